@@ -1,0 +1,233 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/wire"
+)
+
+// Method describes a procedure for the client: its Spec and the retry policy
+// declared in the .proto. Generated code declares one per method.
+type Method struct {
+	Spec tether.Spec
+	// Retry is the policy from the method's (tether.v1.retry) option, or nil.
+	Retry *RetryPolicy
+}
+
+func newCallOptions(opts []CallOption) *callOptions {
+	co := &callOptions{}
+	for _, o := range opts {
+		o(co)
+	}
+	return co
+}
+
+func (co *callOptions) newCall(m *Method) *Call {
+	h := co.header.Clone()
+	if h == nil {
+		h = tether.Metadata{}
+	}
+	return &Call{Spec: m.Spec, Header: h}
+}
+
+func (co *callOptions) capture(call *Call) {
+	if co.respHeader != nil {
+		*co.respHeader = call.ResponseHeader
+	}
+	if co.respTrailer != nil {
+		*co.respTrailer = call.ResponseTrailer
+	}
+}
+
+// CallUnary makes a unary call. Generated clients call it; user code calls
+// the generated methods.
+func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req, opts ...CallOption) (*Res, error) {
+	co := newCallOptions(opts)
+	call := co.newCall(m)
+	res := new(Res)
+	err := c.wrapUnary(func(ctx context.Context, call *Call, req, res proto.Message) error {
+		return c.invokeUnary(ctx, m, co, call, req, res)
+	})(ctx, call, any(req).(proto.Message), any(res).(proto.Message))
+	co.capture(call)
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// invokeUnary runs one logical unary call: every attempt the retry policy
+// allows, then the dead-letter queue if the policy says so.
+func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, call *Call, req, res proto.Message) error {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+	}
+	out, err := c.unaryAttempt(ctx, co, call, b)
+	if err != nil {
+		return err
+	}
+	if err := proto.Unmarshal(out, res); err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
+}
+
+// unaryAttempt sends the request on one stream and reads one response and
+// the status.
+func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, req []byte) ([]byte, error) {
+	s, err := c.openStream(ctx, co, call)
+	if err != nil {
+		return nil, err
+	}
+	defer s.release()
+	if err := s.st.SendMsg(ctx, req); err != nil && !errors.Is(err, io.EOF) {
+		s.st.Reset(err)
+		return nil, err
+	}
+	if err := s.st.CloseSend(ctx); err != nil {
+		s.st.Reset(err)
+		return nil, err
+	}
+	msg, err := s.st.RecvMsg()
+	if err == nil {
+		_, err = s.st.RecvMsg()
+		if err == nil {
+			err = tether.Errorf(tether.CodeInternal, "tether: server sent more than one response to a unary call")
+			s.st.Reset(err)
+		}
+	} else if errors.Is(err, io.EOF) {
+		err = tether.Errorf(tether.CodeInternal, "tether: server ended a unary call without a response")
+	}
+	call.ResponseHeader, _ = s.st.Header(context.Background())
+	call.ResponseTrailer = s.st.Trailer()
+	if errors.Is(err, io.EOF) {
+		return msg, nil
+	}
+	return nil, err
+}
+
+// openStream opens a stream for a call on the ready connection, with the
+// call's metadata and deadline, and resets it when ctx ends.
+func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call) (*clientStream, error) {
+	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header)}
+	if dl, ok := ctx.Deadline(); ok {
+		rem := time.Until(dl)
+		if rem <= 0 {
+			return nil, tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded before the call started")
+		}
+		open.TimeoutMicros = uint64((rem + time.Microsecond - 1) / time.Microsecond)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, tether.AsError(err)
+	}
+	conn, err := c.getConn(ctx, co.failFast)
+	if err != nil {
+		return nil, err
+	}
+	st, err := conn.Open(ctx, open)
+	if err != nil {
+		return nil, err
+	}
+	s := &clientStream{st: st, ctx: ctx}
+	s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
+	return s, nil
+}
+
+// clientStream is the untyped client side of one stream.
+type clientStream struct {
+	st   *mux.Stream
+	ctx  context.Context
+	stop func() bool
+	once sync.Once
+}
+
+func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
+
+func (s *clientStream) Send(msg proto.Message) error {
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+	}
+	return s.st.SendMsg(s.ctx, b)
+}
+
+func (s *clientStream) Receive(msg proto.Message) error {
+	b, err := s.st.RecvMsg()
+	if err != nil {
+		s.release()
+		return err
+	}
+	if err := proto.Unmarshal(b, msg); err != nil {
+		err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+		s.st.Reset(err)
+		s.release()
+		return err
+	}
+	return nil
+}
+
+func (s *clientStream) CloseSend() error { return s.st.CloseSend(s.ctx) }
+
+func (s *clientStream) Header() (tether.Metadata, error) { return s.st.Header(s.ctx) }
+
+func (s *clientStream) Trailer() tether.Metadata { return s.st.Trailer() }
+
+func (s *clientStream) Close() error {
+	s.st.Reset(tether.Errorf(tether.CodeCanceled, "tether: stream closed by the client"))
+	s.release()
+	return nil
+}
+
+// openTyped opens a streaming call through the interceptors.
+func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (Stream, error) {
+	co := newCallOptions(opts)
+	call := co.newCall(m)
+	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
+		return c.openStream(ctx, co, call)
+	})(ctx, call)
+}
+
+// CallServerStream starts a server-streaming call: it sends req and returns
+// the stream of responses.
+func CallServerStream[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req, opts ...CallOption) (*ServerStream[Res], error) {
+	s, err := c.openTyped(ctx, m, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Send(any(req).(proto.Message)); err != nil && !errors.Is(err, io.EOF) {
+		s.Close()
+		return nil, err
+	}
+	if err := s.CloseSend(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return &ServerStream[Res]{s: s}, nil
+}
+
+// CallClientStream starts a client-streaming call.
+func CallClientStream[Req, Res any](ctx context.Context, c *Client, m *Method, opts ...CallOption) (*ClientStream[Req, Res], error) {
+	s, err := c.openTyped(ctx, m, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &ClientStream[Req, Res]{s: s}, nil
+}
+
+// CallBidiStream starts a bidirectional call.
+func CallBidiStream[Req, Res any](ctx context.Context, c *Client, m *Method, opts ...CallOption) (*BidiStream[Req, Res], error) {
+	s, err := c.openTyped(ctx, m, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &BidiStream[Req, Res]{s: s}, nil
+}

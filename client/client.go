@@ -1,0 +1,332 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/mux"
+)
+
+// ErrClosed is returned by calls made on a closed Client.
+var ErrClosed = tether.NewError(tether.CodeCanceled, errors.New("tether: client is closed"))
+
+// Client is a connection manager: it keeps one WebSocket connection to a
+// tether server, reconnects when it is lost, and runs every call over it.
+// A Client is safe for concurrent use; create one per server and share it.
+type Client struct {
+	url    string
+	cfg    config
+	dialer websocket.Dialer
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	state     State
+	conn      *mux.Conn // the ready connection, or nil
+	lastErr   error
+	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
+	changed   chan struct{}
+	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
+}
+
+// New returns a Client for a ws:// or wss:// URL and starts connecting in
+// the background. It fails only for a malformed URL.
+func New(rawURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("tether: parse URL: %w", err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return nil, fmt.Errorf("tether: URL scheme must be ws or wss, not %q", u.Scheme)
+	}
+	c := &Client{
+		url:     rawURL,
+		changed: make(chan struct{}),
+		conns:   make(map[*mux.Conn]struct{}),
+	}
+	c.cfg.handshakeTimeout = DefaultHandshakeTimeout
+	for _, o := range opts {
+		o(&c.cfg)
+	}
+	if c.cfg.logger == nil {
+		c.cfg.logger = slog.Default()
+	}
+	c.cfg.mux.Logger = c.cfg.logger
+	c.dialer = websocket.Dialer{
+		Proxy:            http.ProxyFromEnvironment,
+		HandshakeTimeout: c.cfg.handshakeTimeout,
+		TLSClientConfig:  c.cfg.tlsConfig,
+		Subprotocols:     []string{tether.Subprotocol},
+		WriteBufferPool:  mux.WriteBufferPool,
+		WriteBufferSize:  mux.WriteBufferSize,
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go c.run()
+	return c, nil
+}
+
+// URL returns the URL the client dials.
+func (c *Client) URL() string { return c.url }
+
+// State returns the connection's current state.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// WaitForStateChange waits until the state differs from from, or ctx ends,
+// and returns the state.
+func (c *Client) WaitForStateChange(ctx context.Context, from State) State {
+	for {
+		c.mu.Lock()
+		st, ch := c.state, c.changed
+		c.mu.Unlock()
+		if st != from {
+			return st
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return st
+		}
+	}
+}
+
+// Close closes the connection and stops reconnecting. Calls in flight fail
+// with unavailable; later calls fail with ErrClosed. Close waits for the
+// client's goroutines to end and is idempotent.
+func (c *Client) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	return nil
+}
+
+func (c *Client) setState(st State, err error, conn *mux.Conn) {
+	c.mu.Lock()
+	if c.state == StateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.state, c.lastErr, c.conn = st, err, conn
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	if c.cfg.onState != nil {
+		c.cfg.onState(st, err)
+	}
+}
+
+// newBackoff builds the reconnection policy from the config: exponential,
+// jittered, capped, and never stopping (MaxElapsedTime 0; backoff/v4's
+// default would give up after 15 minutes).
+func (c *Client) newBackoff() *backoff.ExponentialBackOff {
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval = orDefault(c.cfg.backoff.Initial, 100*time.Millisecond)
+	b.MaxInterval = orDefault(c.cfg.backoff.Max, 10*time.Second)
+	b.Multiplier = c.cfg.backoff.Multiplier
+	if b.Multiplier <= 1 {
+		b.Multiplier = 1.6
+	}
+	b.RandomizationFactor = c.cfg.backoff.Jitter
+	if b.RandomizationFactor <= 0 || b.RandomizationFactor > 1 {
+		b.RandomizationFactor = 0.5
+	}
+	b.MaxElapsedTime = 0
+	b.Reset()
+	return b
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// run is the connection manager: connect, serve until the connection is
+// lost or drained, back off, repeat, until Close.
+func (c *Client) run() {
+	defer c.wg.Done()
+	defer c.shutdown()
+	b := c.newBackoff()
+	first := true
+	for {
+		if !first {
+			// A lost connection: wait a random part of the initial interval
+			// so that clients of one server do not return in lockstep.
+			if !c.sleep(time.Duration(rand.Int64N(int64(b.InitialInterval) + 1))) {
+				return
+			}
+		}
+		first = false
+		for {
+			c.setState(StateConnecting, nil, nil)
+			conn, err := c.dial()
+			if err == nil {
+				b.Reset()
+				c.setState(StateReady, nil, conn)
+				select {
+				case <-conn.Done():
+					c.setState(StateIdle, conn.Err(), nil)
+				case <-conn.Draining():
+					// The server sent GOAWAY: calls in flight finish on
+					// the old connection, new ones wait for the next.
+					c.setState(StateIdle, tether.Errorf(tether.CodeUnavailable, "tether: server is going away"), nil)
+				case <-c.ctx.Done():
+					return
+				}
+				break
+			}
+			if c.ctx.Err() != nil {
+				return
+			}
+			c.setState(StateTransientFailure, err, nil)
+			c.cfg.logger.Debug("tether connect failed", "url", c.url, "err", err)
+			if !c.sleep(b.NextBackOff()) {
+				return
+			}
+		}
+	}
+}
+
+func (c *Client) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+func (c *Client) shutdown() {
+	c.mu.Lock()
+	c.state, c.conn, c.lastErr = StateClosed, nil, ErrClosed
+	close(c.changed)
+	c.changed = make(chan struct{})
+	conns := make([]*mux.Conn, 0, len(c.conns))
+	for conn := range c.conns {
+		conns = append(conns, conn)
+	}
+	c.mu.Unlock()
+	if c.cfg.onState != nil {
+		c.cfg.onState(StateClosed, nil)
+	}
+	for _, conn := range conns {
+		conn.Close()
+		<-conn.Done()
+	}
+}
+
+// dial makes one connection attempt.
+func (c *Client) dial() (*mux.Conn, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.handshakeTimeout)
+	defer cancel()
+	ws, resp, err := c.dialer.DialContext(ctx, c.url, c.cfg.header)
+	if err != nil {
+		return nil, c.handshakeError(err, resp)
+	}
+	if ws.Subprotocol() != tether.Subprotocol {
+		ws.Close()
+		c.markPermanent(true)
+		return nil, tether.Errorf(tether.CodeUnavailable, "tether: server at %s did not accept subprotocol %s", c.url, tether.Subprotocol)
+	}
+	c.markPermanent(false)
+	cfg := c.cfg.mux
+	var conn *mux.Conn
+	c.wg.Add(1)
+	cfg.OnClose = func(error) {
+		c.mu.Lock()
+		delete(c.conns, conn)
+		c.mu.Unlock()
+		c.wg.Done()
+	}
+	c.mu.Lock()
+	conn = mux.New(ws, mux.RoleClient, cfg)
+	c.conns[conn] = struct{}{}
+	c.mu.Unlock()
+	return conn, nil
+}
+
+func (c *Client) markPermanent(p bool) {
+	c.mu.Lock()
+	c.permanent = p
+	c.mu.Unlock()
+}
+
+// handshakeError explains a failed upgrade, keeping the server's reason.
+func (c *Client) handshakeError(err error, resp *http.Response) error {
+	if resp == nil {
+		c.markPermanent(false)
+		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %v", c.url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	code := tether.CodeUnavailable
+	permanent := true
+	switch resp.StatusCode {
+	case http.StatusUnauthorized:
+		code = tether.CodeUnauthenticated
+	case http.StatusForbidden:
+		code = tether.CodePermissionDenied
+	case http.StatusNotFound:
+		code = tether.CodeUnimplemented
+	case http.StatusBadRequest, http.StatusUpgradeRequired:
+		code = tether.CodeFailedPrecondition
+	default:
+		permanent = false
+	}
+	c.markPermanent(permanent)
+	return tether.Errorf(code, "tether: connect %s: %s: %s", c.url, resp.Status, trimBody(body))
+}
+
+func trimBody(b []byte) string {
+	s := string(b)
+	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == ' ') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// getConn returns the ready connection, waiting for one unless failFast.
+func (c *Client) getConn(ctx context.Context, failFast bool) (*mux.Conn, error) {
+	for {
+		c.mu.Lock()
+		st, conn, lastErr, permanent, ch := c.state, c.conn, c.lastErr, c.permanent, c.changed
+		c.mu.Unlock()
+		switch {
+		case st == StateReady:
+			return conn, nil
+		case st == StateClosed:
+			return nil, ErrClosed
+		case st == StateTransientFailure && (failFast || permanent):
+			return nil, lastErr
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err := tether.AsError(ctx.Err())
+			if lastErr != nil {
+				return nil, tether.NewError(err.Code(), fmt.Errorf("%w while waiting for a connection (last error: %v)", ctx.Err(), lastErr))
+			}
+			return nil, tether.NewError(err.Code(), fmt.Errorf("%w while waiting for a connection", ctx.Err()))
+		}
+	}
+}

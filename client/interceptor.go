@@ -1,0 +1,75 @@
+package client
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+)
+
+// Call describes one logical call as client interceptors see it.
+type Call struct {
+	// Spec describes the procedure.
+	Spec tether.Spec
+	// Header is the request metadata; interceptors may add to it before
+	// calling next.
+	Header tether.Metadata
+	// ResponseHeader and ResponseTrailer are filled in when a unary call
+	// returns.
+	ResponseHeader, ResponseTrailer tether.Metadata
+}
+
+// UnaryFunc is a unary call as interceptors see it: it sends req and decodes
+// the response into res.
+type UnaryFunc func(ctx context.Context, call *Call, req, res proto.Message) error
+
+// StreamFunc opens a streaming call as interceptors see it.
+type StreamFunc func(ctx context.Context, call *Call) (Stream, error)
+
+// Stream is a streaming call without message types.
+type Stream interface {
+	// Send sends a request message. It returns io.EOF if the server has
+	// already ended the call: Receive then returns the call's status.
+	Send(msg proto.Message) error
+	// Receive decodes the next response into msg; io.EOF at a clean end.
+	Receive(msg proto.Message) error
+	// CloseSend tells the server no more requests follow.
+	CloseSend() error
+	// Header waits for the response headers.
+	Header() (tether.Metadata, error)
+	// Trailer returns the trailers once Receive has returned io.EOF or an
+	// error.
+	Trailer() tether.Metadata
+	// Close cancels the call if it has not ended. It is idempotent.
+	Close() error
+}
+
+// Interceptor wraps calls: logging, metrics, authentication, tracing.
+type Interceptor interface {
+	WrapUnary(next UnaryFunc) UnaryFunc
+	WrapStream(next StreamFunc) StreamFunc
+}
+
+// UnaryInterceptorFunc is an Interceptor that wraps unary calls only.
+type UnaryInterceptorFunc func(next UnaryFunc) UnaryFunc
+
+// WrapUnary implements Interceptor.
+func (f UnaryInterceptorFunc) WrapUnary(next UnaryFunc) UnaryFunc { return f(next) }
+
+// WrapStream implements Interceptor and returns next unchanged.
+func (f UnaryInterceptorFunc) WrapStream(next StreamFunc) StreamFunc { return next }
+
+func (c *Client) wrapUnary(fn UnaryFunc) UnaryFunc {
+	for i := len(c.cfg.interceptors) - 1; i >= 0; i-- {
+		fn = c.cfg.interceptors[i].WrapUnary(fn)
+	}
+	return fn
+}
+
+func (c *Client) wrapStream(fn StreamFunc) StreamFunc {
+	for i := len(c.cfg.interceptors) - 1; i >= 0; i-- {
+		fn = c.cfg.interceptors[i].WrapStream(fn)
+	}
+	return fn
+}

@@ -1,0 +1,145 @@
+package client
+
+import (
+	"crypto/tls"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/mux"
+)
+
+// Option configures a Client.
+type Option func(*config)
+
+type config struct {
+	mux              mux.Config
+	header           http.Header
+	tlsConfig        *tls.Config
+	handshakeTimeout time.Duration
+	backoff          BackoffConfig
+	onState          func(State, error)
+	logger           *slog.Logger
+	interceptors     []Interceptor
+}
+
+// BackoffConfig shapes the delays between reconnection attempts: jittered
+// exponential backoff (github.com/cenkalti/backoff/v4) that never gives up.
+type BackoffConfig struct {
+	// Initial is the delay before the second attempt (default 100ms). The
+	// first attempt after a lost connection waits a random part of it, so
+	// clients that lost the same server do not return in lockstep.
+	Initial time.Duration
+	// Max caps the delay (default 10s).
+	Max time.Duration
+	// Multiplier grows the delay after each failure (default 1.6).
+	Multiplier float64
+	// Jitter is the randomization factor: each delay is drawn from
+	// [d*(1-Jitter), d*(1+Jitter)] (default 0.5).
+	Jitter float64
+}
+
+// Defaults.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultMaxMessageSize   = mux.DefaultMaxMessageSize
+	DefaultStreamWindow     = mux.DefaultStreamWindow
+	DefaultPingInterval     = mux.DefaultPingInterval
+	DefaultPingTimeout      = mux.DefaultPingTimeout
+)
+
+// WithHandshakeHeader adds HTTP headers to the WebSocket upgrade request
+// (for example Authorization).
+func WithHandshakeHeader(h http.Header) Option {
+	return func(c *config) {
+		if c.header == nil {
+			c.header = http.Header{}
+		}
+		for k, vs := range h {
+			for _, v := range vs {
+				c.header.Add(k, v)
+			}
+		}
+	}
+}
+
+// WithTLSConfig sets the TLS configuration for wss:// URLs.
+func WithTLSConfig(cfg *tls.Config) Option { return func(c *config) { c.tlsConfig = cfg } }
+
+// WithHandshakeTimeout bounds one connection attempt: TCP, TLS and the
+// WebSocket upgrade (default 10s).
+func WithHandshakeTimeout(d time.Duration) Option {
+	return func(c *config) { c.handshakeTimeout = d }
+}
+
+// WithMaxMessageSize bounds one message in either direction (default 8 MiB).
+func WithMaxMessageSize(n int) Option { return func(c *config) { c.mux.MaxMessageSize = n } }
+
+// WithStreamWindow sets the flow-control window granted to the server per
+// stream (default 256 KiB, minimum 64 KiB): what one stream can make the
+// client buffer.
+func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
+
+// WithHeartbeat sets how often the client pings the server and how long past
+// that a silent server is given before the connection is declared dead, its
+// calls fail with unavailable and the client reconnects (defaults 10s, 10s).
+func WithHeartbeat(interval, timeout time.Duration) Option {
+	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
+}
+
+// WithWriteTimeout bounds one socket write (default 10s).
+func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.mux.WriteTimeout = d } }
+
+// WithBackoff sets the reconnection backoff. Zero fields keep their defaults.
+func WithBackoff(b BackoffConfig) Option { return func(c *config) { c.backoff = b } }
+
+// WithStateListener calls fn on every connection state change, with the
+// error that caused it (nil when there is none). fn runs synchronously in
+// the connection manager: keep it short and non-blocking.
+func WithStateListener(fn func(State, error)) Option { return func(c *config) { c.onState = fn } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithInterceptors adds client interceptors; the first is outermost.
+func WithInterceptors(interceptors ...Interceptor) Option {
+	return func(c *config) { c.interceptors = append(c.interceptors, interceptors...) }
+}
+
+// CallOption configures one call.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	header      tether.Metadata
+	respHeader  *tether.Metadata
+	respTrailer *tether.Metadata
+	failFast    bool
+}
+
+// WithHeader adds request metadata to the call.
+func WithHeader(md tether.Metadata) CallOption {
+	return func(o *callOptions) {
+		if o.header == nil {
+			o.header = tether.Metadata{}
+		}
+		o.header.Merge(md)
+	}
+}
+
+// WithResponseHeader stores the response headers of a unary or
+// client-streaming call in *md when the call returns.
+func WithResponseHeader(md *tether.Metadata) CallOption {
+	return func(o *callOptions) { o.respHeader = md }
+}
+
+// WithResponseTrailer stores the response trailers of a unary or
+// client-streaming call in *md when the call returns, also on error.
+func WithResponseTrailer(md *tether.Metadata) CallOption {
+	return func(o *callOptions) { o.respTrailer = md }
+}
+
+// FailFast makes the call fail at once with unavailable when the client is
+// not connected, instead of waiting for the connection until the call's
+// context ends.
+func FailFast() CallOption { return func(o *callOptions) { o.failFast = true } }

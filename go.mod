@@ -1,0 +1,10 @@
+module github.com/tetherrpc/tether
+
+go 1.26
+
+require (
+	github.com/cenkalti/backoff/v4 v4.3.0
+	github.com/gorilla/websocket v1.5.3
+	go.uber.org/goleak v1.3.0
+	google.golang.org/protobuf v1.36.12
+)

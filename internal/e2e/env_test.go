@@ -1,0 +1,64 @@
+// Package e2e holds tether's end-to-end tests: generated clients calling
+// generated handlers over real WebSocket connections on 127.0.0.1.
+package e2e
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/examples/echo"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// env is a server and a client connected over loopback.
+type env struct {
+	srv  *server.Server
+	hs   *httptest.Server
+	url  string
+	cli  *client.Client
+	echo echov1.EchoServiceClient
+}
+
+type envConfig struct {
+	handler echov1.EchoServiceHandler
+	srvOpts []server.Option
+	cliOpts []client.Option
+	// dialURL rewrites the URL the client dials (for a proxy in between).
+	dialURL func(serverURL string) string
+}
+
+func newEnv(t *testing.T, cfg envConfig) *env {
+	t.Helper()
+	if cfg.handler == nil {
+		cfg.handler = &echo.Handler{}
+	}
+	e := &env{srv: server.New(cfg.srvOpts...)}
+	echov1.RegisterEchoServiceHandler(e.srv, cfg.handler)
+	e.hs = httptest.NewServer(e.srv) // listens on 127.0.0.1
+	e.url = "ws" + strings.TrimPrefix(e.hs.URL, "http")
+	dial := e.url
+	if cfg.dialURL != nil {
+		dial = cfg.dialURL(e.url)
+	}
+	cli, err := client.New(dial, cfg.cliOpts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cli = cli
+	e.echo = echov1.NewEchoServiceClient(cli)
+	t.Cleanup(func() {
+		_ = e.cli.Close()
+		_ = e.srv.Close()
+		e.hs.Close()
+	})
+	return e
+}

@@ -1,0 +1,112 @@
+// Package mux is tether's connection engine, shared by the server and the
+// client: it multiplexes streams over one WebSocket with exactly one reader
+// and one writer goroutine, credit-based flow control per stream, heartbeats,
+// cancellation and graceful drain. The frame format is in internal/frame and
+// docs/PROTOCOL.md.
+package mux
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+)
+
+// Protocol constants of tether.v1 (docs/PROTOCOL.md).
+const (
+	// InitialWindow is the credit each side of a new stream starts with, in
+	// each direction. A receiver grants more with WINDOW frames.
+	InitialWindow = 65536
+	// FrameOverhead is the credit a MESSAGE frame costs on top of its payload
+	// length, so that floods of empty frames are bounded too.
+	FrameOverhead = 16
+	// MaxWebSocketMessage is the largest WebSocket message a peer may send.
+	MaxWebSocketMessage = 1 << 20
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxMessageSize       = 8 << 20
+	DefaultStreamWindow         = 256 << 10
+	DefaultMaxConcurrentStreams = 1024
+	DefaultMaxHeaderBytes       = 16 << 10
+	DefaultPingInterval         = 10 * time.Second
+	DefaultPingTimeout          = 10 * time.Second
+	DefaultWriteTimeout         = 10 * time.Second
+	DefaultMaxQueueBytes        = 8 << 20
+	// batchBytes is how much the writer's queue holds before senders of
+	// stream data wait for it to drain; control frames never wait.
+	batchBytes = 256 << 10
+)
+
+// Config tunes a connection. Zero fields take the defaults above.
+type Config struct {
+	// MaxMessageSize bounds one message, assembled from its fragments, in
+	// both directions. A larger message fails its stream with
+	// resource_exhausted; the connection stays up.
+	MaxMessageSize int
+	// StreamWindow is the receive window granted to the peer per stream.
+	StreamWindow int
+	// MaxConcurrentStreams bounds the streams a server runs at once on this
+	// connection; OPENs beyond it are refused with resource_exhausted.
+	MaxConcurrentStreams int
+	// MaxHeaderBytes bounds the encoded size of OPEN, HEADERS and END
+	// payloads (metadata and status).
+	MaxHeaderBytes int
+	// PingInterval is how often a PING is sent; PingTimeout is how long past
+	// the interval the connection may stay silent before it is declared dead.
+	PingInterval, PingTimeout time.Duration
+	// WriteTimeout bounds one write to the socket.
+	WriteTimeout time.Duration
+	// MaxQueueBytes bounds the writer's queue; a peer that does not read
+	// while the queue passes it is disconnected.
+	MaxQueueBytes int
+	// Accept is called, in a new goroutine, for every stream the peer opens
+	// (servers only). It must end the stream with Finish or Reset.
+	Accept func(s *Stream, open *tetherv1.Open)
+	// OnClose is called once, after the connection's goroutines have exited.
+	OnClose func(err error)
+	// Logger receives connection-level events; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) withDefaults() {
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.StreamWindow < InitialWindow {
+		c.StreamWindow = DefaultStreamWindow
+	}
+	if c.MaxConcurrentStreams <= 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if c.MaxHeaderBytes <= 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.PingTimeout <= 0 {
+		c.PingTimeout = DefaultPingTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.MaxQueueBytes < 2*batchBytes {
+		c.MaxQueueBytes = DefaultMaxQueueBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// WriteBufferPool is shared by every tether connection's WebSocket writer, so
+// idle connections hold no write buffer (gorilla/websocket's
+// Upgrader.WriteBufferPool and Dialer.WriteBufferPool).
+var WriteBufferPool = &sync.Pool{}
+
+// WriteBufferSize is the WebSocket write buffer size used with
+// WriteBufferPool: large enough that a batch of frames goes out in few
+// syscalls.
+const WriteBufferSize = 64 << 10

@@ -1,0 +1,687 @@
+package mux
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// Role says which end of the connection this is.
+type Role uint8
+
+// The two ends.
+const (
+	RoleClient Role = iota
+	RoleServer
+)
+
+// Conn is one multiplexed tether connection over a WebSocket.
+type Conn struct {
+	ws   *websocket.Conn
+	role Role
+	cfg  Config
+
+	ctx    context.Context // canceled when the connection closes
+	cancel context.CancelCauseFunc
+
+	mu          sync.Mutex
+	streams     map[uint32]*Stream
+	nextID      uint32 // client: id of the next stream
+	maxPeerID   uint32 // server: highest stream id the peer opened
+	running     int    // server: streams accepted and not finished
+	localGoAway bool
+	peerGoAway  bool
+	draining    chan struct{} // closed on GOAWAY (sent or received)
+	idle        chan struct{} // non-nil while someone waits for running == 0
+
+	wmu        sync.Mutex
+	wbuf       []byte
+	spare      []byte
+	wwaiters   int
+	wspace     chan struct{} // closed when the queue drains below batchBytes
+	wnotify    chan struct{}
+	wclosing   bool // graceful close queued: the writer closes once drained
+	closeCode  int
+	closeText  string
+	flushedOpen atomic.Uint32 // client: highest stream id whose OPEN was written
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	err       error
+	wg        sync.WaitGroup
+	pingTimer *time.Timer
+
+	bytesIn, bytesOut atomic.Uint64
+}
+
+// New starts the engine on an established WebSocket: one reader goroutine,
+// one writer goroutine and a heartbeat timer.
+func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
+	cfg.withDefaults()
+	c := &Conn{
+		ws:       ws,
+		role:     role,
+		cfg:      cfg,
+		streams:  make(map[uint32]*Stream),
+		nextID:   1,
+		draining: make(chan struct{}),
+		wspace:   make(chan struct{}),
+		wnotify:  make(chan struct{}, 1),
+		closed:   make(chan struct{}),
+	}
+	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	ws.SetReadLimit(MaxWebSocketMessage)
+	ws.SetPongHandler(func(string) error { c.touch(); return nil })
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.writeLoop()
+	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
+	if cfg.OnClose != nil {
+		go func() {
+			<-c.closed
+			c.wg.Wait()
+			cfg.OnClose(c.err)
+		}()
+	}
+	return c
+}
+
+// Done is closed when the connection has closed.
+func (c *Conn) Done() <-chan struct{} { return c.closed }
+
+// Draining is closed once either side has sent GOAWAY: no new streams will
+// be accepted on this connection.
+func (c *Conn) Draining() <-chan struct{} { return c.draining }
+
+// Err returns why the connection closed, or nil while it is open.
+func (c *Conn) Err() error {
+	select {
+	case <-c.closed:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+// Context is canceled when the connection closes.
+func (c *Conn) Context() context.Context { return c.ctx }
+
+// RemoteAddr is the peer's network address.
+func (c *Conn) RemoteAddr() string { return c.ws.RemoteAddr().String() }
+
+// ActiveStreams returns the number of open streams.
+func (c *Conn) ActiveStreams() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.streams)
+}
+
+// BytesIn and BytesOut count WebSocket payload bytes read and written.
+func (c *Conn) BytesIn() uint64  { return c.bytesIn.Load() }
+func (c *Conn) BytesOut() uint64 { return c.bytesOut.Load() }
+
+// Close closes the connection at once; every open stream fails with
+// unavailable. It is idempotent.
+func (c *Conn) Close() {
+	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), websocket.CloseNormalClosure, "")
+}
+
+// Shutdown drains the connection: GOAWAY tells the peer that no new streams
+// are accepted, in-flight streams run to completion, then the connection
+// closes with code 1001 (going away). If ctx ends first, the connection is
+// closed at once and ctx's error returned.
+func (c *Conn) Shutdown(ctx context.Context) error {
+	c.GoAway(tether.CodeUnavailable, "server shutting down")
+	c.mu.Lock()
+	for c.running > 0 {
+		if c.idle == nil {
+			c.idle = make(chan struct{})
+		}
+		idle := c.idle
+		c.mu.Unlock()
+		select {
+		case <-idle:
+		case <-c.closed:
+			return nil
+		case <-ctx.Done():
+			c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: server shut down before the call finished"), websocket.CloseGoingAway, "shutdown")
+			return ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
+	c.closeAfterFlush(websocket.CloseGoingAway, "shutdown")
+	select {
+	case <-c.closed:
+		return nil
+	case <-ctx.Done():
+		c.Close()
+		return ctx.Err()
+	}
+}
+
+// GoAway sends a GOAWAY frame: the peer must open no new streams, and
+// streams it opens after the ones already received are refused. Idempotent.
+func (c *Conn) GoAway(code tether.Code, msg string) {
+	c.mu.Lock()
+	if c.localGoAway {
+		c.mu.Unlock()
+		return
+	}
+	c.localGoAway = true
+	last := c.maxPeerID
+	if !c.peerGoAway {
+		close(c.draining)
+	}
+	c.mu.Unlock()
+	payload, _ := proto.Marshal(&tetherv1.GoAway{LastStreamId: last, Code: tetherv1.Code(code), Message: msg})
+	c.writeUrgent(func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypeGoAway, Payload: payload})
+	})
+}
+
+// closeWith closes the connection with err, sending a close frame with code
+// when code is not 0. It is safe from any goroutine and idempotent.
+func (c *Conn) closeWith(err error, code int, text string) {
+	c.closeOnce.Do(func() {
+		c.err = err
+		close(c.closed)
+		c.cancel(err)
+		c.pingTimer.Stop()
+		if code != 0 {
+			if len(text) > 120 {
+				text = text[:120]
+			}
+			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(250*time.Millisecond))
+		}
+		_ = c.ws.Close()
+		c.mu.Lock()
+		streams := c.streams
+		c.streams = map[uint32]*Stream{}
+		if c.idle != nil {
+			close(c.idle)
+			c.idle = nil
+		}
+		c.mu.Unlock()
+		flushed := c.flushedOpen.Load()
+		for _, s := range streams {
+			serr := err
+			if c.role == RoleClient && s.id > flushed {
+				serr = unprocessed(err)
+			}
+			s.terminate(serr, false)
+		}
+		c.cfg.Logger.Debug("tether connection closed", "peer", c.ws.RemoteAddr().String(), "err", err)
+	})
+}
+
+// closeAfterFlush asks the writer to close the connection once everything
+// queued so far has been written.
+func (c *Conn) closeAfterFlush(code int, text string) {
+	c.wmu.Lock()
+	c.wclosing, c.closeCode, c.closeText = true, code, text
+	c.wmu.Unlock()
+	c.notifyWriter()
+}
+
+func (c *Conn) touch() {
+	_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.PingInterval + c.cfg.PingTimeout))
+}
+
+func (c *Conn) ping() {
+	select {
+	case <-c.closed:
+		return
+	default:
+	}
+	var p [frame.PingPayloadSize]byte
+	binary.BigEndian.PutUint64(p[:], uint64(time.Now().UnixNano()))
+	c.writeUrgent(func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypePing, Payload: p[:]})
+	})
+	c.pingTimer.Reset(c.cfg.PingInterval)
+}
+
+// connErr is the error a stream sees when the connection has closed.
+func (c *Conn) connErr() error {
+	<-c.closed
+	return c.err
+}
+
+// --- writing ---
+
+func (c *Conn) notifyWriter() {
+	select {
+	case c.wnotify <- struct{}{}:
+	default:
+	}
+}
+
+// write appends frames built by fn to the writer's queue, waiting while the
+// queue is full until it drains, ctx ends or the connection closes.
+func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte) []byte) error {
+	c.wmu.Lock()
+	for len(c.wbuf) >= batchBytes {
+		c.wwaiters++
+		space := c.wspace
+		c.wmu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			c.wmu.Lock()
+			c.wwaiters--
+			c.wmu.Unlock()
+			return ctx.Err()
+		case <-cancel:
+			c.wmu.Lock()
+			c.wwaiters--
+			c.wmu.Unlock()
+			return errStreamDone
+		case <-c.closed:
+			c.wmu.Lock()
+			c.wwaiters--
+			c.wmu.Unlock()
+			return c.connErr()
+		}
+		c.wmu.Lock()
+		c.wwaiters--
+	}
+	select {
+	case <-c.closed:
+		c.wmu.Unlock()
+		return c.connErr()
+	default:
+	}
+	c.wbuf = fn(c.wbuf)
+	c.wmu.Unlock()
+	c.notifyWriter()
+	return nil
+}
+
+var errStreamDone = errors.New("stream done")
+
+// writeUrgent queues small control frames without waiting. If the queue has
+// grown past MaxQueueBytes the peer is not reading: the connection is closed.
+func (c *Conn) writeUrgent(fn func([]byte) []byte) {
+	c.wmu.Lock()
+	if len(c.wbuf) > c.cfg.MaxQueueBytes {
+		c.wmu.Unlock()
+		c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: peer is not reading; send queue over %d bytes", c.cfg.MaxQueueBytes), websocket.ClosePolicyViolation, "send queue overflow")
+		return
+	}
+	c.wbuf = fn(c.wbuf)
+	c.wmu.Unlock()
+	c.notifyWriter()
+}
+
+func (c *Conn) writeLoop() {
+	defer c.wg.Done()
+	for {
+		select {
+		case <-c.wnotify:
+		case <-c.closed:
+			return
+		}
+		c.wmu.Lock()
+		buf := c.wbuf
+		if len(buf) == 0 {
+			closing := c.wclosing
+			c.wmu.Unlock()
+			if closing {
+				c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed after drain"), c.closeCode, c.closeText)
+				return
+			}
+			continue
+		}
+		c.wbuf = c.spare[:0]
+		c.spare = nil
+		if c.wwaiters > 0 {
+			close(c.wspace)
+			c.wspace = make(chan struct{})
+		}
+		c.wmu.Unlock()
+		if err := c.writeBatch(buf); err != nil {
+			c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
+			return
+		}
+		if cap(buf) <= 2*batchBytes {
+			c.spare = buf[:0]
+		} else {
+			c.spare = nil // let a burst's big buffer go
+		}
+		c.wmu.Lock()
+		more := len(c.wbuf) > 0 || c.wclosing
+		c.wmu.Unlock()
+		if more {
+			c.notifyWriter()
+		}
+	}
+}
+
+// writeBatch writes queued frames as few WebSocket messages as the message
+// size limit allows, cutting only at frame boundaries.
+func (c *Conn) writeBatch(buf []byte) error {
+	for len(buf) > 0 {
+		n := 0
+		for n < len(buf) {
+			typ := frame.Type(buf[n])
+			id := binary.BigEndian.Uint32(buf[n+2 : n+6])
+			size := frame.HeaderSize + int(binary.BigEndian.Uint32(buf[n+6:n+10]))
+			if n > 0 && n+size > MaxWebSocketMessage {
+				break
+			}
+			if typ == frame.TypeOpen && id > c.flushedOpen.Load() {
+				// Published before the write: if the write fails, the
+				// stream may have reached the peer and is not unprocessed.
+				c.flushedOpen.Store(id)
+			}
+			n += size
+		}
+		_ = c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
+		if err := c.ws.WriteMessage(websocket.BinaryMessage, buf[:n]); err != nil {
+			return err
+		}
+		c.bytesOut.Add(uint64(n))
+		buf = buf[n:]
+	}
+	return nil
+}
+
+// --- reading ---
+
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	for {
+		c.touch()
+		mt, msg, err := c.ws.ReadMessage()
+		if err != nil {
+			c.closeWith(readError(err), 0, "")
+			return
+		}
+		if mt != websocket.BinaryMessage {
+			c.closeWith(protoErrf("text WebSocket message"), websocket.CloseUnsupportedData, "tether uses binary messages only")
+			return
+		}
+		c.bytesIn.Add(uint64(len(msg)))
+		for len(msg) > 0 {
+			f, rest, err := frame.Parse(msg)
+			if err == nil {
+				err = c.handle(f)
+			}
+			if err != nil {
+				code := websocket.CloseProtocolError
+				c.closeWith(tether.NewError(tether.CodeInternal, err), code, err.Error())
+				return
+			}
+			msg = rest
+		}
+	}
+}
+
+func readError(err error) error {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return tether.Errorf(tether.CodeUnavailable, "tether: connection closed by peer (%d %s)", ce.Code, ce.Text)
+	}
+	if errors.Is(err, websocket.ErrReadLimit) {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message over %d bytes", MaxWebSocketMessage)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return tether.Errorf(tether.CodeUnavailable, "tether: connection lost: %v", err)
+	}
+	return tether.Errorf(tether.CodeUnavailable, "tether: connection lost: %v", err)
+}
+
+func (c *Conn) handle(f frame.Frame) error {
+	switch f.Type {
+	case frame.TypePing:
+		if f.Flags&frame.FlagAck == 0 {
+			p := append([]byte(nil), f.Payload...)
+			c.writeUrgent(func(b []byte) []byte {
+				return frame.Append(b, frame.Frame{Type: frame.TypePing, Flags: frame.FlagAck, Payload: p})
+			})
+		}
+		return nil
+	case frame.TypeGoAway:
+		return c.handleGoAway(f)
+	case frame.TypeOpen:
+		if c.role != RoleServer {
+			return protoErrf("OPEN sent to a client")
+		}
+		return c.handleOpen(f)
+	}
+	if !f.Type.Known() {
+		return nil // reserved for later versions
+	}
+	s, err := c.lookup(f)
+	if err != nil || s == nil {
+		return err
+	}
+	switch f.Type {
+	case frame.TypeMessage:
+		return s.handleMessage(f)
+	case frame.TypeHalfClose:
+		if c.role == RoleServer {
+			s.handleHalfClose()
+		}
+	case frame.TypeWindow:
+		return s.handleWindow(frame.WindowIncrement(f))
+	case frame.TypeHeaders:
+		if c.role != RoleClient {
+			return protoErrf("HEADERS sent to a server")
+		}
+		return s.handleHeaders(f.Payload)
+	case frame.TypeEnd:
+		if c.role != RoleClient {
+			return protoErrf("END sent to a server")
+		}
+		return s.handleEnd(f.Payload)
+	case frame.TypeReset:
+		return s.handleReset(f.Payload)
+	}
+	return nil
+}
+
+// lookup finds the stream a frame is for. Frames for streams that have ended
+// are ignored; frames for streams never opened are protocol errors.
+func (c *Conn) lookup(f frame.Frame) (*Stream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[f.StreamID]; s != nil {
+		return s, nil
+	}
+	if c.role == RoleServer && f.StreamID > c.maxPeerID {
+		return nil, protoErrf("%v for stream %d, which was never opened", f.Type, f.StreamID)
+	}
+	if c.role == RoleClient && f.StreamID >= c.nextID {
+		return nil, protoErrf("%v for stream %d, which was never opened", f.Type, f.StreamID)
+	}
+	return nil, nil
+}
+
+func (c *Conn) handleGoAway(f frame.Frame) error {
+	var g tetherv1.GoAway
+	if err := proto.Unmarshal(f.Payload, &g); err != nil {
+		return protoErrf("bad GOAWAY payload: %v", err)
+	}
+	c.mu.Lock()
+	if c.peerGoAway {
+		c.mu.Unlock()
+		return nil
+	}
+	c.peerGoAway = true
+	if !c.localGoAway {
+		close(c.draining)
+	}
+	var refused []*Stream
+	if c.role == RoleClient {
+		for id, s := range c.streams {
+			if id > g.GetLastStreamId() {
+				refused = append(refused, s)
+				delete(c.streams, id)
+			}
+		}
+	}
+	c.mu.Unlock()
+	msg := g.GetMessage()
+	if msg == "" {
+		msg = "server is going away"
+	}
+	for _, s := range refused {
+		s.terminate(unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: %s", msg)), false)
+	}
+	return nil
+}
+
+func (c *Conn) handleOpen(f frame.Frame) error {
+	c.mu.Lock()
+	if f.StreamID <= c.maxPeerID {
+		c.mu.Unlock()
+		return protoErrf("OPEN for stream %d after stream %d", f.StreamID, c.maxPeerID)
+	}
+	c.maxPeerID = f.StreamID
+	var refuse error
+	switch {
+	case c.localGoAway:
+		refuse = tether.Errorf(tether.CodeUnavailable, "tether: server is going away")
+	case c.running >= c.cfg.MaxConcurrentStreams:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: more than %d concurrent streams on one connection", c.cfg.MaxConcurrentStreams)
+	case len(f.Payload) > c.cfg.MaxHeaderBytes:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(f.Payload), c.cfg.MaxHeaderBytes)
+	}
+	if refuse != nil {
+		c.mu.Unlock()
+		c.sendReset(f.StreamID, refuse, true)
+		return nil
+	}
+	open := new(tetherv1.Open)
+	if err := proto.Unmarshal(f.Payload, open); err != nil {
+		c.mu.Unlock()
+		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), true)
+		return nil
+	}
+	s := c.newStream(f.StreamID)
+	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
+	c.streams[f.StreamID] = s
+	c.running++
+	c.mu.Unlock()
+	if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
+		c.writeUrgent(func(b []byte) []byte { return frame.AppendWindow(b, s.id, uint32(extra)) })
+	}
+	go func() {
+		// The stream counts against MaxConcurrentStreams until its handler
+		// returns, not only until it is reset: a flood of open-then-cancel
+		// cannot run more handlers than the limit.
+		defer c.handlerDone()
+		c.cfg.Accept(s, open)
+	}()
+	return nil
+}
+
+func (c *Conn) sendReset(id uint32, err error, notProcessed bool) {
+	payload, _ := proto.Marshal(resetPayload(err, notProcessed))
+	c.writeUrgent(func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypeReset, StreamID: id, Payload: payload})
+	})
+}
+
+func (c *Conn) newStream(id uint32) *Stream {
+	return &Stream{
+		c:          c,
+		id:         id,
+		sendCredit: InitialWindow,
+		recvWindow: c.cfg.StreamWindow,
+		recvNotify: make(chan struct{}, 1),
+		sendNotify: make(chan struct{}, 1),
+		headersCh:  make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+}
+
+// remove takes a finished stream out of the table.
+func (c *Conn) remove(s *Stream) {
+	c.mu.Lock()
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+	}
+	c.mu.Unlock()
+}
+
+func (c *Conn) handlerDone() {
+	c.mu.Lock()
+	c.running--
+	if c.running == 0 && c.idle != nil {
+		close(c.idle)
+		c.idle = nil
+	}
+	c.mu.Unlock()
+}
+
+// RunningHandlers returns the number of accepted streams whose handler has
+// not returned yet (servers).
+func (c *Conn) RunningHandlers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.running
+}
+
+// Open starts a stream (clients only). The OPEN frame is queued in stream-id
+// order; the returned stream is ready for SendMsg and RecvMsg.
+func (c *Conn) Open(ctx context.Context, open *tetherv1.Open) (*Stream, error) {
+	payload, err := proto.Marshal(open)
+	if err != nil {
+		return nil, tether.Errorf(tether.CodeInternal, "tether: encode OPEN: %v", err)
+	}
+	if len(payload) > c.cfg.MaxHeaderBytes || len(payload) > frame.MaxPayload {
+		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(payload), min(c.cfg.MaxHeaderBytes, frame.MaxPayload))
+	}
+	var s *Stream
+	var openErr error
+	err = c.write(ctx, nil, func(b []byte) []byte {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.peerGoAway || c.localGoAway {
+			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
+			return b
+		}
+		s = c.newStream(c.nextID)
+		c.nextID += 2
+		c.streams[s.id] = s
+		b = frame.Append(b, frame.Frame{Type: frame.TypeOpen, StreamID: s.id, Payload: payload})
+		if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
+			b = frame.AppendWindow(b, s.id, uint32(extra))
+		}
+		return b
+	})
+	if err != nil {
+		return nil, unprocessed(err)
+	}
+	if openErr != nil {
+		return nil, openErr
+	}
+	return s, nil
+}
+
+func resetPayload(err error, notProcessed bool) *tetherv1.Reset {
+	e := tether.AsError(err)
+	return &tetherv1.Reset{
+		Status:      &tetherv1.Status{Code: tetherv1.Code(e.Code()), Message: e.Message()},
+		Unprocessed: notProcessed,
+	}
+}
+
+func (c *Conn) String() string {
+	return fmt.Sprintf("tether.Conn(%s)", c.ws.RemoteAddr())
+}

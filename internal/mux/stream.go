@@ -1,0 +1,526 @@
+package mux
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+	"github.com/tetherrpc/tether/internal/wire"
+)
+
+// Stream is one call on a connection. One goroutine may send and one may
+// receive at a time; Reset and the accessors are safe from any goroutine.
+type Stream struct {
+	c  *Conn
+	id uint32
+
+	ctx       context.Context // server: canceled when the stream ends
+	cancelCtx context.CancelCauseFunc
+
+	sendMu sync.Mutex // serializes senders so fragments never interleave
+
+	mu         sync.Mutex
+	recvQ      []chunk
+	recvHead   int
+	recvEnd    error // io.EOF or the call's error once nothing more arrives
+	recvWindow int   // credit the peer still has
+	unacked    int   // credit consumed by the application, not yet granted back
+	partial    int   // reader goroutine: bytes of the message being received
+	oversized  bool  // reader goroutine: the current message broke the limit
+	assembly   []byte
+	sendCredit int
+	sendErr    error // set when the stream can carry no more sends
+	halfClosed bool  // we sent HALF_CLOSE or END
+	headers    tether.Metadata
+	headersSet bool
+	trailers   tether.Metadata
+	finished   bool // removed from the connection
+
+	recvNotify chan struct{}
+	sendNotify chan struct{}
+	headersCh  chan struct{} // closed when headers, a message or the end arrive
+	done       chan struct{} // closed when the stream is finished
+}
+
+type chunk struct {
+	b    []byte
+	more bool
+}
+
+// ID returns the stream id.
+func (s *Stream) ID() uint32 { return s.id }
+
+// Conn returns the stream's connection.
+func (s *Stream) Conn() *Conn { return s.c }
+
+// Context is canceled when the stream ends for any reason (server streams).
+func (s *Stream) Context() context.Context { return s.ctx }
+
+// Done is closed when the stream has finished.
+func (s *Stream) Done() <-chan struct{} { return s.done }
+
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// --- receiving (reader goroutine) ---
+
+func (s *Stream) handleMessage(f frame.Frame) error {
+	cost := len(f.Payload) + FrameOverhead
+	more := f.Flags&frame.FlagMore != 0
+	s.mu.Lock()
+	s.recvWindow -= cost
+	if s.recvWindow < 0 {
+		s.mu.Unlock()
+		return protoErrf("stream %d: peer sent %d bytes beyond its flow-control window", s.id, -s.recvWindow)
+	}
+	if s.recvEnd != nil || s.finished {
+		s.mu.Unlock()
+		if s.c.role == RoleServer && !s.finished {
+			return protoErrf("stream %d: MESSAGE after HALF_CLOSE", s.id)
+		}
+		return nil
+	}
+	if s.oversized {
+		// Drop the rest of a message already refused; give the credit back.
+		s.unacked += cost
+		if !more {
+			s.oversized = false
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.partial += len(f.Payload)
+	if s.partial > s.c.cfg.MaxMessageSize {
+		size := s.partial
+		s.partial = 0
+		s.mu.Unlock()
+		err := tether.Errorf(tether.CodeResourceExhausted, "tether: received message of at least %d bytes exceeds the limit of %d", size, s.c.cfg.MaxMessageSize)
+		s.Reset(err)
+		return nil
+	}
+	if !more {
+		s.partial = 0
+	}
+	s.recvQ = append(s.recvQ, chunk{b: f.Payload, more: more})
+	s.mu.Unlock()
+	s.markHeaders()
+	notify(s.recvNotify)
+	return nil
+}
+
+func (s *Stream) handleHalfClose() {
+	s.mu.Lock()
+	if s.recvEnd == nil {
+		s.recvEnd = io.EOF
+	}
+	s.mu.Unlock()
+	notify(s.recvNotify)
+}
+
+func (s *Stream) handleWindow(n uint32) error {
+	s.mu.Lock()
+	s.sendCredit += int(n)
+	over := s.sendCredit > 1<<31-1
+	s.mu.Unlock()
+	if over {
+		return protoErrf("stream %d: flow-control window over 2^31-1", s.id)
+	}
+	notify(s.sendNotify)
+	return nil
+}
+
+func (s *Stream) handleHeaders(payload []byte) error {
+	if len(payload) > s.c.cfg.MaxHeaderBytes {
+		s.Reset(tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes))
+		return nil
+	}
+	var h tetherv1.Headers
+	if err := proto.Unmarshal(payload, &h); err != nil {
+		return protoErrf("stream %d: bad HEADERS: %v", s.id, err)
+	}
+	s.mu.Lock()
+	if !s.headersSet {
+		s.headers = wire.MetadataFromProto(h.GetMetadata())
+	}
+	s.mu.Unlock()
+	s.markHeaders()
+	return nil
+}
+
+func (s *Stream) markHeaders() {
+	s.mu.Lock()
+	if !s.headersSet {
+		s.headersSet = true
+		close(s.headersCh)
+	}
+	s.mu.Unlock()
+}
+
+func (s *Stream) handleEnd(payload []byte) error {
+	var end tetherv1.End
+	var err error
+	if len(payload) > s.c.cfg.MaxHeaderBytes {
+		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes)
+	} else if uerr := proto.Unmarshal(payload, &end); uerr != nil {
+		return protoErrf("stream %d: bad END: %v", s.id, uerr)
+	} else {
+		trailers := wire.MetadataFromProto(end.GetTrailers())
+		err = wire.ErrorFromStatus(end.GetStatus(), trailers)
+		s.mu.Lock()
+		s.trailers = trailers
+		s.mu.Unlock()
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	s.mu.Lock()
+	if s.recvEnd == nil {
+		s.recvEnd = err
+	}
+	if s.sendErr == nil {
+		s.sendErr = io.EOF
+	}
+	s.mu.Unlock()
+	s.finish()
+	return nil
+}
+
+func (s *Stream) handleReset(payload []byte) error {
+	var r tetherv1.Reset
+	if err := proto.Unmarshal(payload, &r); err != nil {
+		return protoErrf("stream %d: bad RESET: %v", s.id, err)
+	}
+	err := wire.ErrorFromStatus(r.GetStatus(), nil)
+	if err == nil {
+		err = tether.Errorf(tether.CodeCanceled, "tether: stream reset by peer")
+	}
+	if r.GetUnprocessed() && s.c.role == RoleClient {
+		err = unprocessed(err)
+	}
+	s.terminate(err, false)
+	return nil
+}
+
+// --- receiving (application) ---
+
+// RecvMsg returns the next whole message. At the end of the peer's messages
+// it returns io.EOF (a half-close, or an END with status OK) or the call's
+// error. Fragments are assembled here, in the receiving goroutine, and their
+// credit is granted back as they are taken, so messages larger than the
+// window flow.
+func (s *Stream) RecvMsg() ([]byte, error) {
+	for {
+		s.mu.Lock()
+		for s.recvHead < len(s.recvQ) {
+			ch := s.recvQ[s.recvHead]
+			s.recvQ[s.recvHead] = chunk{}
+			s.recvHead++
+			if s.recvHead == len(s.recvQ) {
+				s.recvQ, s.recvHead = s.recvQ[:0], 0
+			}
+			s.unacked += len(ch.b) + FrameOverhead
+			grant := s.takeGrantLocked()
+			if ch.more {
+				s.assembly = append(s.assembly, ch.b...)
+				s.mu.Unlock()
+				s.grant(grant)
+				s.mu.Lock()
+				continue
+			}
+			msg := ch.b
+			if s.assembly != nil {
+				msg = append(s.assembly, ch.b...)
+				s.assembly = nil
+			}
+			s.mu.Unlock()
+			s.grant(grant)
+			return msg, nil
+		}
+		if s.recvEnd != nil {
+			err := s.recvEnd
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.mu.Unlock()
+		<-s.recvNotify
+	}
+}
+
+// takeGrantLocked returns the credit to grant back now, if enough has been
+// consumed to be worth a WINDOW frame.
+func (s *Stream) takeGrantLocked() int {
+	if s.unacked < s.c.cfg.StreamWindow/4 || s.recvEnd != nil || s.finished {
+		return 0
+	}
+	n := s.unacked
+	s.unacked = 0
+	s.recvWindow += n
+	return n
+}
+
+func (s *Stream) grant(n int) {
+	if n == 0 {
+		return
+	}
+	s.c.writeUrgent(func(b []byte) []byte { return frame.AppendWindow(b, s.id, uint32(n)) })
+}
+
+// Header waits for the response headers (clients): they arrive in a HEADERS
+// frame, or are empty when the first message or the end comes first.
+func (s *Stream) Header(ctx context.Context) (tether.Metadata, error) {
+	select {
+	case <-s.headersCh:
+	case <-s.done:
+	case <-ctx.Done():
+		return nil, tether.AsError(ctx.Err())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.headers == nil {
+		s.headers = tether.Metadata{}
+	}
+	return s.headers, nil
+}
+
+// Trailer returns the trailers from END; empty until the stream ended.
+func (s *Stream) Trailer() tether.Metadata {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.trailers == nil {
+		return tether.Metadata{}
+	}
+	return s.trailers
+}
+
+// --- sending ---
+
+// SendMsg sends one message, in fragments of at most frame.MaxPayload bytes,
+// waiting for flow-control credit. It fails with resource_exhausted for a
+// message over MaxMessageSize; with the stream's error once the stream has
+// ended (io.EOF after a clean END on a client); and with ctx's error.
+func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
+	if len(msg) > s.c.cfg.MaxMessageSize {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", len(msg), s.c.cfg.MaxMessageSize)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	first := true
+	for first || len(msg) > 0 {
+		first = false
+		want := min(len(msg), 16<<10) + FrameOverhead
+		credit, err := s.waitCredit(ctx, want)
+		if err != nil {
+			return err
+		}
+		n := min(len(msg), frame.MaxPayload, credit-FrameOverhead)
+		part := msg[:n]
+		var flags uint8
+		if n < len(msg) {
+			flags = frame.FlagMore
+		}
+		err = s.c.write(ctx, s.done, func(b []byte) []byte {
+			b = frame.AppendHeader(b, frame.TypeMessage, flags, s.id, len(part))
+			return append(b, part...)
+		})
+		// Credit not used goes back.
+		s.mu.Lock()
+		s.sendCredit += credit - (n + FrameOverhead)
+		if err != nil {
+			s.sendCredit += n + FrameOverhead
+		}
+		s.mu.Unlock()
+		if err != nil {
+			return s.sendError(err)
+		}
+		msg = msg[n:]
+	}
+	return nil
+}
+
+// waitCredit waits until at least want credit is available and takes all of
+// it; the caller returns what it does not use.
+func (s *Stream) waitCredit(ctx context.Context, want int) (int, error) {
+	for {
+		s.mu.Lock()
+		if s.sendErr != nil {
+			err := s.sendErr
+			s.mu.Unlock()
+			return 0, err
+		}
+		if s.halfClosed {
+			s.mu.Unlock()
+			return 0, tether.Errorf(tether.CodeInternal, "tether: send after close")
+		}
+		if s.sendCredit >= want {
+			n := s.sendCredit
+			s.sendCredit = 0
+			s.mu.Unlock()
+			return n, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.sendNotify:
+		case <-s.done:
+		case <-ctx.Done():
+			return 0, tether.AsError(ctx.Err())
+		}
+	}
+}
+
+func (s *Stream) sendError(err error) error {
+	if err == errStreamDone {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.sendErr != nil {
+			return s.sendErr
+		}
+		return tether.Errorf(tether.CodeCanceled, "tether: stream ended")
+	}
+	return tether.AsError(err)
+}
+
+// CloseSend sends HALF_CLOSE: no more messages from this side (clients).
+func (s *Stream) CloseSend(ctx context.Context) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	if s.halfClosed || s.sendErr != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.halfClosed = true
+	s.mu.Unlock()
+	err := s.c.write(ctx, s.done, func(b []byte) []byte {
+		return frame.AppendHeader(b, frame.TypeHalfClose, 0, s.id, 0)
+	})
+	if err == errStreamDone {
+		return nil
+	}
+	return err
+}
+
+// SendHeaders sends the response headers (servers), before any message.
+func (s *Stream) SendHeaders(md tether.Metadata) error {
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: wire.MetadataToProto(md)})
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
+	}
+	if len(payload) > s.c.cfg.MaxHeaderBytes {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	err = s.c.write(s.ctx, s.done, func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: payload})
+	})
+	if err != nil {
+		return s.sendError(err)
+	}
+	return nil
+}
+
+// Finish ends the stream with a status (servers): nil for OK, or the error,
+// with trailers. It is a no-op on a stream that has already ended.
+func (s *Stream) Finish(callErr error, trailers tether.Metadata) error {
+	end := &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
+	payload, err := proto.Marshal(end)
+	if err == nil && len(payload) > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
+		// Keep the code; drop what does not fit.
+		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
+		payload, err = proto.Marshal(end)
+	}
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: encode END: %v", err)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	if s.finished || s.sendErr != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.halfClosed = true
+	s.mu.Unlock()
+	// The stream's context may be canceled already (deadline); END must
+	// still go out, so only the stream ending or the connection stop it.
+	err = s.c.write(context.Background(), s.done, func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypeEnd, StreamID: s.id, Payload: payload})
+	})
+	code := tether.CodeOf(callErr)
+	if code == tether.CodeOK {
+		s.terminate(tether.Errorf(tether.CodeCanceled, "tether: call finished"), false)
+	} else {
+		s.terminate(callErr, false)
+	}
+	if err == errStreamDone {
+		return nil
+	}
+	return err
+}
+
+// Reset aborts the stream: the peer gets a RESET with err's code and
+// message, local senders and receivers get err. No-op once finished.
+func (s *Stream) Reset(err error) {
+	if s.terminate(err, true) {
+		s.c.sendReset(s.id, err, false)
+	}
+}
+
+// terminate ends the stream locally with err. It reports whether this call
+// ended it (so that the caller may tell the peer).
+func (s *Stream) terminate(err error, local bool) bool {
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return false
+	}
+	s.finished = true
+	if s.recvEnd == nil || s.recvEnd == io.EOF && s.c.role == RoleServer {
+		s.recvEnd = err
+		s.recvQ, s.recvHead, s.assembly = nil, 0, nil
+	}
+	if s.sendErr == nil {
+		s.sendErr = err
+	}
+	if !s.headersSet {
+		s.headersSet = true
+		close(s.headersCh)
+	}
+	s.mu.Unlock()
+	close(s.done)
+	if s.cancelCtx != nil {
+		s.cancelCtx(err)
+	}
+	s.c.remove(s)
+	notify(s.recvNotify)
+	notify(s.sendNotify)
+	return true
+}
+
+// finish ends a stream whose END arrived: queued messages stay readable.
+func (s *Stream) finish() {
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	s.finished = true
+	if !s.headersSet {
+		s.headersSet = true
+		close(s.headersCh)
+	}
+	s.mu.Unlock()
+	close(s.done)
+	s.c.remove(s)
+	notify(s.recvNotify)
+	notify(s.sendNotify)
+}

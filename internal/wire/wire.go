@@ -1,0 +1,69 @@
+// Package wire converts between tether's Go types (tether.Metadata,
+// *tether.Error) and the protobuf messages that travel in frames.
+package wire
+
+import (
+	"errors"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+)
+
+// MetadataToProto converts metadata to its wire form, keys in sorted order so
+// the encoding is deterministic.
+func MetadataToProto(md tether.Metadata) []*tetherv1.MetadataEntry {
+	if len(md) == 0 {
+		return nil
+	}
+	out := make([]*tetherv1.MetadataEntry, 0, len(md))
+	for _, k := range md.Keys() {
+		out = append(out, &tetherv1.MetadataEntry{Key: k, Values: md[k]})
+	}
+	return out
+}
+
+// MetadataFromProto converts wire metadata to tether.Metadata, lower-casing
+// keys and merging repeated keys.
+func MetadataFromProto(entries []*tetherv1.MetadataEntry) tether.Metadata {
+	md := make(tether.Metadata, len(entries))
+	for _, e := range entries {
+		for _, v := range e.GetValues() {
+			md.Add(e.GetKey(), v)
+		}
+		if len(e.GetValues()) == 0 {
+			md.Add(e.GetKey(), "")
+		}
+	}
+	return md
+}
+
+// StatusFromError converts an error (nil for success) to a wire status.
+func StatusFromError(err error) *tetherv1.Status {
+	if err == nil {
+		return &tetherv1.Status{}
+	}
+	e := tether.AsError(err)
+	return &tetherv1.Status{
+		Code:    tetherv1.Code(e.Code()),
+		Message: e.Message(),
+		Details: e.Details(),
+	}
+}
+
+// ErrorFromStatus converts a wire status to an error: nil for OK, otherwise a
+// *tether.Error carrying the code, message, details and trailers.
+func ErrorFromStatus(st *tetherv1.Status, trailers tether.Metadata) error {
+	if st.GetCode() == tetherv1.Code_CODE_OK {
+		return nil
+	}
+	var msgErr error
+	if st.GetMessage() != "" {
+		msgErr = errors.New(st.GetMessage())
+	}
+	e := tether.NewError(tether.Code(st.GetCode()), msgErr)
+	for _, d := range st.GetDetails() {
+		_ = e.AddDetail(d)
+	}
+	e.Meta().Merge(trailers)
+	return e
+}

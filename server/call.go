@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/mux"
+)
+
+// Peer describes the client of a call.
+type Peer struct {
+	// Addr is the client's network address, as the server saw it.
+	Addr string
+	// Principal is what the server's authenticator returned for this
+	// connection, or nil.
+	Principal any
+}
+
+// CallInfo describes the call a handler is serving. Handlers and
+// interceptors get it with CallInfoFromContext.
+type CallInfo interface {
+	// Spec describes the procedure.
+	Spec() tether.Spec
+	// Peer describes the client.
+	Peer() Peer
+	// RequestHeader is the metadata the client sent. Do not modify it.
+	RequestHeader() tether.Metadata
+	// ResponseHeader is sent to the client before the first response
+	// message (or with the end of the call). Modify it before then.
+	ResponseHeader() tether.Metadata
+	// ResponseTrailer is sent to the client with the end of the call.
+	ResponseTrailer() tether.Metadata
+}
+
+// Stream is a streaming call as interceptors see it, without message types.
+type Stream interface {
+	CallInfo
+	// Receive reads the next request message into msg; io.EOF means the
+	// client sent no more.
+	Receive(msg proto.Message) error
+	// Send sends one response message.
+	Send(msg proto.Message) error
+}
+
+type callInfoKey struct{}
+
+// CallInfoFromContext returns the CallInfo of the call a handler's context
+// belongs to.
+func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {
+	ci, ok := ctx.Value(callInfoKey{}).(CallInfo)
+	return ci, ok
+}
+
+// call is the untyped server side of one stream.
+type call struct {
+	ctx      context.Context
+	s        *mux.Stream
+	spec     tether.Spec
+	peer     Peer
+	reqMD    tether.Metadata
+	mu       sync.Mutex
+	respMD   tether.Metadata
+	trailer  tether.Metadata
+	sentHead bool
+}
+
+func (c *call) Spec() tether.Spec               { return c.spec }
+func (c *call) Peer() Peer                      { return c.peer }
+func (c *call) RequestHeader() tether.Metadata  { return c.reqMD }
+func (c *call) ResponseHeader() tether.Metadata { return c.respMD }
+func (c *call) ResponseTrailer() tether.Metadata {
+	return c.trailer
+}
+
+func (c *call) Receive(msg proto.Message) error {
+	b, err := c.s.RecvMsg()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return io.EOF
+		}
+		return err
+	}
+	if err := proto.Unmarshal(b, msg); err != nil {
+		return tether.Errorf(tether.CodeInvalidArgument, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
+}
+
+func (c *call) Send(msg proto.Message) error {
+	if err := c.flushHeader(); err != nil {
+		return err
+	}
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return c.s.SendMsg(c.ctx, b)
+}
+
+// flushHeader sends the response headers once, if there are any.
+func (c *call) flushHeader() error {
+	c.mu.Lock()
+	if c.sentHead {
+		c.mu.Unlock()
+		return nil
+	}
+	c.sentHead = true
+	md := c.respMD
+	c.mu.Unlock()
+	if len(md) == 0 {
+		return nil
+	}
+	return c.s.SendHeaders(md)
+}
+
+// finish sends END with the handler's result.
+func (c *call) finish(err error) {
+	if err != nil {
+		if e := tether.AsError(err); len(e.Meta()) > 0 {
+			c.trailer.Merge(e.Meta())
+		}
+	}
+	if err == nil || tether.CodeOf(err) != tether.CodeOK {
+		_ = c.flushHeader()
+	}
+	_ = c.s.Finish(err, c.trailer)
+}

@@ -1,0 +1,264 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/wire"
+)
+
+// Server serves registered procedures to tether clients. It is an
+// http.Handler: mount it on the path clients dial. Its methods are safe for
+// concurrent use.
+type Server struct {
+	cfg      config
+	upgrader websocket.Upgrader
+
+	mu       sync.RWMutex
+	handlers map[string]*Handler
+	conns    map[*mux.Conn]struct{}
+	draining bool
+	wg       sync.WaitGroup // connections and handlers
+}
+
+// New returns a Server with no procedures registered.
+func New(opts ...Option) *Server {
+	s := &Server{
+		handlers: make(map[string]*Handler),
+		conns:    make(map[*mux.Conn]struct{}),
+	}
+	s.cfg.handshakeTimeout = DefaultHandshakeTimeout
+	for _, o := range opts {
+		o(&s.cfg)
+	}
+	if s.cfg.logger == nil {
+		s.cfg.logger = slog.Default()
+	}
+	s.cfg.mux.Logger = s.cfg.logger
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: s.cfg.handshakeTimeout,
+		Subprotocols:     []string{tether.Subprotocol},
+		WriteBufferPool:  mux.WriteBufferPool,
+		WriteBufferSize:  mux.WriteBufferSize,
+		CheckOrigin:      func(*http.Request) bool { return true }, // checked before Upgrade
+	}
+	return s
+}
+
+// Register adds handlers. It panics if a procedure is registered twice:
+// that is a programming error best found at start-up.
+func (s *Server) Register(handlers ...*Handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range handlers {
+		if _, dup := s.handlers[h.spec.Procedure]; dup {
+			panic(fmt.Sprintf("tether: procedure %s registered twice", h.spec.Procedure))
+		}
+		s.handlers[h.spec.Procedure] = h.compile(s.cfg.interceptors)
+	}
+}
+
+// Procedures returns the registered procedure names, sorted.
+func (s *Server) Procedures() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.handlers))
+	for p := range s.handlers {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ServeHTTP upgrades the request to a tether connection. It answers 403 to a
+// foreign Origin, 400 to a client that does not offer the tether.v1
+// subprotocol, and 503 while the server shuts down.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		w.Header().Set("Upgrade", "websocket")
+		http.Error(w, "tether: this endpoint speaks WebSocket (subprotocol "+tether.Subprotocol+")", http.StatusUpgradeRequired)
+		return
+	}
+	if !s.originAllowed(r) {
+		http.Error(w, "tether: origin not allowed", http.StatusForbidden)
+		return
+	}
+	if !slices.Contains(websocket.Subprotocols(r), tether.Subprotocol) {
+		http.Error(w, "tether: unsupported protocol version; offer Sec-WebSocket-Protocol: "+tether.Subprotocol, http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		http.Error(w, "tether: server is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.wg.Add(1) // the connection; released by OnClose
+	s.mu.Unlock()
+
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		s.wg.Done()
+		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)
+		return // the upgrader has answered
+	}
+	peer := Peer{Addr: r.RemoteAddr}
+	cfg := s.cfg.mux
+	var conn *mux.Conn
+	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
+	cfg.OnClose = func(error) {
+		s.mu.Lock()
+		delete(s.conns, conn)
+		s.mu.Unlock()
+		s.wg.Done()
+	}
+	s.mu.Lock()
+	conn = mux.New(ws, mux.RoleServer, cfg)
+	s.conns[conn] = struct{}{}
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		conn.GoAway(tether.CodeUnavailable, "server shutting down")
+	}
+}
+
+func (s *Server) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if len(s.cfg.allowedOrigins) > 0 {
+		o := strings.ToLower(strings.TrimRight(origin, "/"))
+		return slices.Contains(s.cfg.allowedOrigins, o) || slices.Contains(s.cfg.allowedOrigins, "*")
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// serveStream runs one call: find the handler, build its context (deadline,
+// call info), run it with panic recovery, and send END.
+func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
+	s.mu.RLock()
+	h := s.handlers[open.GetProcedure()]
+	s.mu.RUnlock()
+	if h == nil {
+		_ = st.Finish(tether.Errorf(tether.CodeUnimplemented, "tether: procedure %q is not served here", open.GetProcedure()), nil)
+		return
+	}
+	c := &call{
+		s:       st,
+		spec:    h.spec,
+		peer:    peer,
+		reqMD:   wire.MetadataFromProto(open.GetMetadata()),
+		respMD:  tether.Metadata{},
+		trailer: tether.Metadata{},
+	}
+	ctx := st.Context()
+	if t := open.GetTimeoutMicros(); t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
+		defer cancel()
+		// The deadline ends the call even if the handler ignores ctx.
+		stop := context.AfterFunc(ctx, func() {
+			if ctx.Err() == context.DeadlineExceeded {
+				st.Reset(tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded"))
+			}
+		})
+		defer stop()
+	}
+	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo(c))
+	c.ctx = ctx
+	c.finish(s.run(ctx, h, c))
+}
+
+// run calls the handler and turns a panic into an internal error for this
+// call alone.
+func (s *Server) run(ctx context.Context, h *Handler, c *call) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.logger.Error("tether handler panicked", "procedure", c.spec.Procedure, "peer", c.peer.Addr, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = tether.Errorf(tether.CodeInternal, "tether: handler panicked")
+		}
+	}()
+	return h.serve(ctx, c)
+}
+
+// Shutdown drains the server gracefully: new connections are refused with
+// 503, every connection gets GOAWAY so clients open new calls elsewhere,
+// calls in flight run to completion, then connections close. If ctx ends
+// first, the remaining connections are closed and ctx's error returned.
+// The server's http.Server, if any, is shut down separately.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*mux.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(conns))
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.Shutdown(ctx)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return s.wait(ctx)
+}
+
+// Close closes every connection at once; calls in flight fail with
+// unavailable and their handlers' contexts are canceled. It waits for the
+// connections' goroutines to end.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*mux.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	return s.wait(context.Background())
+}
+
+func (s *Server) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ConnCount returns the number of open connections.
+func (s *Server) ConnCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.conns)
+}
