@@ -41,6 +41,7 @@ type Client struct {
 	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
 	changed   chan struct{}
 	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
+	counters  clientCounters
 }
 
 // New returns a Client for a ws:// or wss:// URL and starts connecting in
@@ -177,8 +178,10 @@ func (c *Client) run() {
 		first = false
 		for {
 			c.setState(StateConnecting, nil, nil)
+			c.counters.attempts.Add(1)
 			conn, err := c.dial()
 			if err == nil {
+				c.counters.connects.Add(1)
 				b.Reset()
 				c.setState(StateReady, nil, conn)
 				select {

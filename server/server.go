@@ -32,6 +32,7 @@ type Server struct {
 	conns    map[*mux.Conn]struct{}
 	draining bool
 	wg       sync.WaitGroup // connections and handlers
+	counters counters
 }
 
 // New returns a Server with no procedures registered.
@@ -122,12 +123,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
 		delete(s.conns, conn)
+		s.counters.bytesInClosed.Add(conn.BytesIn())
+		s.counters.bytesOutClosed.Add(conn.BytesOut())
 		s.mu.Unlock()
 		s.wg.Done()
 	}
 	s.mu.Lock()
 	conn = mux.New(ws, mux.RoleServer, cfg)
 	s.conns[conn] = struct{}{}
+	s.counters.accepted.Add(1)
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {

@@ -128,9 +128,18 @@ func (c *Conn) ActiveStreams() int {
 	return len(c.streams)
 }
 
-// BytesIn and BytesOut count WebSocket payload bytes read and written.
-func (c *Conn) BytesIn() uint64  { return c.bytesIn.Load() }
+// BytesIn counts WebSocket payload bytes read.
+func (c *Conn) BytesIn() uint64 { return c.bytesIn.Load() }
+
+// BytesOut counts WebSocket payload bytes written.
 func (c *Conn) BytesOut() uint64 { return c.bytesOut.Load() }
+
+// QueuedBytes is the size of the writer's queue now.
+func (c *Conn) QueuedBytes() int {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return len(c.wbuf)
+}
 
 // Close closes the connection at once; every open stream fails with
 // unavailable. It is idempotent.

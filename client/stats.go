@@ -1,0 +1,42 @@
+package client
+
+import "sync/atomic"
+
+// Stats is a snapshot of a client's activity, for metrics.
+type Stats struct {
+	// State is the connection state now.
+	State State
+	// ConnectAttempts counts connection attempts; Connects counts the ones
+	// that succeeded. Reconnects is Connects minus the first.
+	ConnectAttempts, Connects, Reconnects uint64
+	// Retries counts attempts beyond the first of every call.
+	Retries uint64
+	// DeadLettered counts calls parked in the dead-letter queue.
+	DeadLettered uint64
+	// BytesIn and BytesOut count WebSocket payload bytes on the current
+	// connection.
+	BytesIn, BytesOut uint64
+}
+
+type clientCounters struct {
+	attempts, connects, retries, deadLettered atomic.Uint64
+}
+
+// Stats returns a snapshot of the client's activity.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	st := Stats{State: c.state}
+	conn := c.conn
+	c.mu.Unlock()
+	st.ConnectAttempts = c.counters.attempts.Load()
+	st.Connects = c.counters.connects.Load()
+	if st.Connects > 0 {
+		st.Reconnects = st.Connects - 1
+	}
+	st.Retries = c.counters.retries.Load()
+	st.DeadLettered = c.counters.deadLettered.Load()
+	if conn != nil {
+		st.BytesIn, st.BytesOut = conn.BytesIn(), conn.BytesOut()
+	}
+	return st
+}
