@@ -172,12 +172,12 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
 	}
 	ctx := st.Context()
 	if t := open.GetTimeoutMicros(); t > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
+		dctx, cancel := context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
 		defer cancel()
+		ctx = dctx
 		// The deadline ends the call even if the handler ignores ctx.
-		stop := context.AfterFunc(ctx, func() {
-			if ctx.Err() == context.DeadlineExceeded {
+		stop := context.AfterFunc(dctx, func() {
+			if dctx.Err() == context.DeadlineExceeded {
 				st.Reset(tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded"))
 			}
 		})

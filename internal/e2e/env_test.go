@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -62,3 +64,18 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	})
 	return e
 }
+
+// newHTTPServer serves h on 127.0.0.1 and returns its ws:// URL.
+func newHTTPServer(t *testing.T, h http.Handler) string {
+	t.Helper()
+	hs := httptest.NewServer(h)
+	t.Cleanup(func() {
+		if s, ok := h.(*server.Server); ok {
+			_ = s.Close()
+		}
+		hs.Close()
+	})
+	return "ws" + strings.TrimPrefix(hs.URL, "http")
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

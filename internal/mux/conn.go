@@ -84,10 +84,10 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	ws.SetReadLimit(MaxWebSocketMessage)
 	ws.SetPongHandler(func(string) error { c.touch(); return nil })
+	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
 	c.wg.Add(2)
 	go c.readLoop()
 	go c.writeLoop()
-	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
 	if cfg.OnClose != nil {
 		go func() {
 			<-c.closed
