@@ -46,15 +46,15 @@ type Conn struct {
 	draining    chan struct{} // closed on GOAWAY (sent or received)
 	idle        chan struct{} // non-nil while someone waits for running == 0
 
-	wmu        sync.Mutex
-	wbuf       []byte
-	spare      []byte
-	wwaiters   int
-	wspace     chan struct{} // closed when the queue drains below batchBytes
-	wnotify    chan struct{}
-	wclosing   bool // graceful close queued: the writer closes once drained
-	closeCode  int
-	closeText  string
+	wmu         sync.Mutex
+	wbuf        []byte
+	spare       []byte
+	wwaiters    int
+	wspace      chan struct{} // closed when the queue drains below batchBytes
+	wnotify     chan struct{}
+	wclosing    bool // graceful close queued: the writer closes once drained
+	closeCode   int
+	closeText   string
 	flushedOpen atomic.Uint32 // client: highest stream id whose OPEN was written
 
 	closeOnce sync.Once
