@@ -80,13 +80,15 @@ func (e *Error) AddDetail(m proto.Message) error {
 // (*anypb.Any).UnmarshalNew.
 func (e *Error) Details() []*anypb.Any { return e.details }
 
-// Meta returns the trailers that came with the error from the server (nil for
-// an error made locally). A handler may set trailers to send with an error.
-func (e *Error) Meta() Metadata {
-	if e.meta == nil {
-		e.meta = Metadata{}
-	}
-	return e.meta
+// Meta returns the trailers that came with the error from the server; nil
+// for an error made locally. Do not modify it.
+func (e *Error) Meta() Metadata { return e.meta }
+
+// WithMeta returns a copy of e that carries md as its trailers.
+func (e *Error) WithMeta(md Metadata) *Error {
+	c := *e
+	c.meta = md
+	return &c
 }
 
 // CodeOf returns the code of err: CodeOK for nil, the code of an *Error found

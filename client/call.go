@@ -55,30 +55,24 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 	call := co.newCall(m)
 	res := new(Res)
 	err := c.wrapUnary(func(ctx context.Context, call *Call, req, res proto.Message) error {
-		return c.invokeUnary(ctx, m, co, call, req, res)
+		b, err := proto.Marshal(req)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+		}
+		out, err := c.invokeUnary(ctx, m, co, call, b)
+		if err != nil {
+			return err
+		}
+		if err := proto.Unmarshal(out, res); err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
+		}
+		return nil
 	})(ctx, call, any(req).(proto.Message), any(res).(proto.Message))
 	co.capture(call)
 	if err != nil {
 		return nil, err
 	}
 	return res, nil
-}
-
-// invokeUnary runs one logical unary call: every attempt the retry policy
-// allows, then the dead-letter queue if the policy says so.
-func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, call *Call, req, res proto.Message) error {
-	b, err := proto.Marshal(req)
-	if err != nil {
-		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
-	}
-	out, err := c.unaryAttempt(ctx, co, call, b)
-	if err != nil {
-		return err
-	}
-	if err := proto.Unmarshal(out, res); err != nil {
-		return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
-	}
-	return nil
 }
 
 // unaryAttempt sends the request on one stream and reads one response and
@@ -191,8 +185,18 @@ func (s *clientStream) Close() error {
 func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (Stream, error) {
 	co := newCallOptions(opts)
 	call := co.newCall(m)
+	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
-		return c.openStream(ctx, co, call)
+		for try := 0; ; try++ {
+			s, err := c.openStream(ctx, co, call)
+			if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {
+				if s == nil {
+					return nil, err
+				}
+				return s, nil
+			}
+			c.counters.retries.Add(1)
+		}
 	})(ctx, call)
 }
 

@@ -42,6 +42,7 @@ type Client struct {
 	changed   chan struct{}
 	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
 	counters  clientCounters
+	budget    *retryBudget
 }
 
 // New returns a Client for a ws:// or wss:// URL and starts connecting in
@@ -67,6 +68,7 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		c.cfg.logger = slog.Default()
 	}
 	c.cfg.mux.Logger = c.cfg.logger
+	c.budget = newRetryBudget(c.cfg.budget)
 	c.dialer = websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
 		HandshakeTimeout: c.cfg.handshakeTimeout,

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/dlq"
 	"github.com/tetherrpc/tether/internal/mux"
 )
 
@@ -22,6 +23,9 @@ type config struct {
 	onState          func(State, error)
 	logger           *slog.Logger
 	interceptors     []Interceptor
+	defaultRetry     *RetryPolicy
+	budget           RetryBudget
+	dlq              dlq.Store
 }
 
 // BackoffConfig shapes the delays between reconnection attempts: jittered
@@ -115,6 +119,8 @@ type callOptions struct {
 	respHeader  *tether.Metadata
 	respTrailer *tether.Metadata
 	failFast    bool
+	retry       *RetryPolicy
+	noRetry     bool
 }
 
 // WithHeader adds request metadata to the call.
@@ -143,3 +149,37 @@ func WithResponseTrailer(md *tether.Metadata) CallOption {
 // not connected, instead of waiting for the connection until the call's
 // context ends.
 func FailFast() CallOption { return func(o *callOptions) { o.failFast = true } }
+
+// WithDefaultRetryPolicy sets the retry policy of methods that declare none
+// in their .proto. Setting one asserts that the server deduplicates repeated
+// calls of those methods by idempotency key (see RetryPolicy).
+func WithDefaultRetryPolicy(p *RetryPolicy) Option { return func(c *config) { c.defaultRetry = p } }
+
+// WithRetryBudget sets the client's retry throttling (defaults: 100 tokens,
+// 0.1 per success): when most recent attempts fail, retries stop until
+// successes refill the budget, so a failing server is not flooded.
+func WithRetryBudget(b RetryBudget) Option { return func(c *config) { c.budget = b } }
+
+// WithDeadLetterQueue sets the store for calls whose policy dead-letters
+// them, for example dlq.OpenBolt("tether-dlq.db"). The client does not close
+// it. Without a store, such calls fail with their last error.
+func WithDeadLetterQueue(s dlq.Store) Option { return func(c *config) { c.dlq = s } }
+
+// WithRetryPolicy overrides the method's retry policy for this call.
+func WithRetryPolicy(p *RetryPolicy) CallOption { return func(o *callOptions) { o.retry = p } }
+
+// WithoutRetries makes this call a single attempt (requests that never
+// reached the server are still retried transparently).
+func WithoutRetries() CallOption { return func(o *callOptions) { o.noRetry = true } }
+
+// WithIdempotencyKey sets the call's idempotency key instead of a random one.
+// The key is the same across every attempt and any dead-letter replay, so a
+// server can answer a repeat with the first result.
+func WithIdempotencyKey(key string) CallOption {
+	return func(o *callOptions) {
+		if o.header == nil {
+			o.header = tether.Metadata{}
+		}
+		o.header.Set(tether.MetadataIdempotencyKey, key)
+	}
+}

@@ -1,25 +1,359 @@
 package client
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	mrand "math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/internal/mux"
 )
 
 // RetryPolicy says how a method's calls are retried and what happens to a
 // call that exhausts its attempts. Generated code fills it from the method's
-// (tether.v1.retry) option; a call can override it with WithRetryPolicy.
+// (tether.v1.retry) option; WithDefaultRetryPolicy sets one for methods that
+// declare none, and WithRetryPolicy overrides it for one call. Zero fields
+// take the defaults documented on each field.
+//
+// Whatever the policy, a request that never reached the server (its OPEN was
+// never written, or the server refused it before dispatch) is retried
+// transparently. Once a request has reached the server, it is retried only
+// if the method is safe to repeat — idempotency_level NO_SIDE_EFFECTS or
+// IDEMPOTENT — or declares a retry policy, which asserts that the server
+// deduplicates repeated calls by their idempotency key.
 type RetryPolicy struct {
-	// MaxAttempts counts the first attempt too; 1 disables retries.
+	// MaxAttempts counts the first attempt too (default 3 for methods that
+	// are safe to repeat or declare a policy, 1 otherwise). Transparent
+	// retries of unprocessed requests do not count.
 	MaxAttempts int
-	// InitialBackoff, MaxBackoff and BackoffMultiplier shape the jittered
-	// delay between attempts.
-	InitialBackoff    time.Duration
-	MaxBackoff        time.Duration
+	// InitialBackoff is the delay before the first retry (default 100ms);
+	// each delay is drawn at random from [0, d] ("full jitter").
+	InitialBackoff time.Duration
+	// MaxBackoff caps the delay (default 5s).
+	MaxBackoff time.Duration
+	// BackoffMultiplier grows the delay after each attempt (default 2).
 	BackoffMultiplier float64
-	// RetryableCodes are retried once the request has reached the server.
+	// RetryableCodes are retried once the request has reached the server
+	// (default: unavailable, plus aborted and resource_exhausted for
+	// methods that are safe to repeat).
 	RetryableCodes []tether.Code
-	// DeadLetter parks a call that exhausts its attempts in the client's
-	// dead-letter queue.
+	// DeadLetter parks a call that still failed to be delivered after its
+	// attempts in the client's dead-letter queue (WithDeadLetterQueue); the
+	// caller's error then satisfies errors.Is(err, ErrDeadLettered).
 	DeadLetter bool
 }
+
+// ErrDeadLettered is matched, with errors.Is, by the error of a call that was
+// parked in the dead-letter queue. errors.As with *DeadLetterError gives the
+// entry's ID; tether.CodeOf gives the code of the last attempt.
+var ErrDeadLettered = errors.New("tether: call parked in the dead-letter queue")
+
+// DeadLetterError is the error of a call that was parked in the dead-letter
+// queue.
+type DeadLetterError struct {
+	// ID is the dead-letter entry's ID, for `tether dlq show ID`.
+	ID string
+	// Err is the error of the last attempt.
+	Err error
+}
+
+// Error says the call was dead-lettered, under which ID, and why.
+func (e *DeadLetterError) Error() string {
+	return fmt.Sprintf("tether: call parked in the dead-letter queue as %s: %v", e.ID, e.Err)
+}
+
+// Unwrap returns ErrDeadLettered and the last attempt's error.
+func (e *DeadLetterError) Unwrap() []error { return []error{ErrDeadLettered, e.Err} }
+
+// maxTransparentRetries bounds retries of requests that never reached the
+// server, so that a server refusing every call cannot spin a client.
+const maxTransparentRetries = 10
+
+// policy is a RetryPolicy with its defaults applied.
+type policy struct {
+	maxAttempts int
+	initial     time.Duration
+	max         time.Duration
+	mult        float64
+	codes       []tether.Code
+	deadLetter  bool
+	// afterWire: retries are allowed once the request reached the server.
+	afterWire bool
+}
+
+func (c *Client) policyFor(m *Method, co *callOptions) policy {
+	declared := m.Retry
+	if co.retry != nil {
+		declared = co.retry
+	}
+	if declared == nil {
+		declared = c.cfg.defaultRetry
+	}
+	safe := m.Spec.IdempotencyLevel == tether.IdempotencyNoSideEffects || m.Spec.IdempotencyLevel == tether.IdempotencyIdempotent
+	p := policy{
+		initial:   100 * time.Millisecond,
+		max:       5 * time.Second,
+		mult:      2,
+		afterWire: safe || declared != nil,
+	}
+	if safe {
+		p.codes = []tether.Code{tether.CodeUnavailable, tether.CodeAborted, tether.CodeResourceExhausted}
+	} else {
+		p.codes = []tether.Code{tether.CodeUnavailable}
+	}
+	p.maxAttempts = 1
+	if p.afterWire {
+		p.maxAttempts = 3
+	}
+	if declared != nil {
+		if declared.MaxAttempts > 0 {
+			p.maxAttempts = declared.MaxAttempts
+		}
+		if declared.InitialBackoff > 0 {
+			p.initial = declared.InitialBackoff
+		}
+		if declared.MaxBackoff > 0 {
+			p.max = declared.MaxBackoff
+		}
+		if declared.BackoffMultiplier >= 1 {
+			p.mult = declared.BackoffMultiplier
+		}
+		if len(declared.RetryableCodes) > 0 {
+			p.codes = declared.RetryableCodes
+		}
+		p.deadLetter = declared.DeadLetter
+	}
+	if co.noRetry {
+		p.maxAttempts = 1
+	}
+	return p
+}
+
+// delay returns the jittered backoff before retry number n (1 for the first
+// retry).
+func (p policy) delay(n int) time.Duration {
+	d := float64(p.initial) * math.Pow(p.mult, float64(n-1))
+	if d > float64(p.max) {
+		d = float64(p.max)
+	}
+	return time.Duration(mrand.Int64N(int64(d) + 1))
+}
+
+func (p policy) retryable(err error) bool {
+	return p.afterWire && slices.Contains(p.codes, tether.CodeOf(err))
+}
+
+// deliveryFailure reports whether err means the call may not have been
+// delivered or answered, so that a replay could still succeed: the
+// connection failed, the server was unavailable or overloaded, or time ran
+// out. A definite answer from the handler (not_found, invalid_argument, ...)
+// is not a delivery failure: replaying it would give the same answer.
+func (p policy) deliveryFailure(err error) bool {
+	if errors.Is(err, mux.ErrUnprocessed) {
+		return true
+	}
+	switch tether.CodeOf(err) {
+	case tether.CodeUnavailable, tether.CodeDeadlineExceeded, tether.CodeResourceExhausted, tether.CodeAborted:
+		return true
+	}
+	return slices.Contains(p.codes, tether.CodeOf(err))
+}
+
+// retryBudget throttles retries when many calls fail, as gRPC's
+// retryThrottling does: every failed attempt takes a token, every success
+// gives back Ratio of one, and retries are allowed only while more than half
+// of the tokens remain. When a server fails every call, retries stop after
+// MaxTokens/2 failures, and the server sees about one attempt per call
+// instead of MaxAttempts.
+type retryBudget struct {
+	mu     sync.Mutex
+	tokens float64
+	max    float64
+	ratio  float64
+}
+
+// RetryBudget configures the client's retry throttling (WithRetryBudget).
+type RetryBudget struct {
+	// MaxTokens is the bucket size (default 100).
+	MaxTokens float64
+	// Ratio is the tokens a success gives back (default 0.1).
+	Ratio float64
+}
+
+func newRetryBudget(b RetryBudget) *retryBudget {
+	if b.MaxTokens <= 0 {
+		b.MaxTokens = 100
+	}
+	if b.Ratio <= 0 {
+		b.Ratio = 0.1
+	}
+	return &retryBudget{tokens: b.MaxTokens, max: b.MaxTokens, ratio: b.Ratio}
+}
+
+func (b *retryBudget) success() {
+	b.mu.Lock()
+	b.tokens = min(b.max, b.tokens+b.ratio)
+	b.mu.Unlock()
+}
+
+func (b *retryBudget) failure() {
+	b.mu.Lock()
+	b.tokens = max(0, b.tokens-1)
+	b.mu.Unlock()
+}
+
+func (b *retryBudget) allow() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.tokens > b.max/2
+}
+
+// NewIdempotencyKey returns a random key for a logical call: 128 bits, hex.
+func NewIdempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ensureIdempotencyKey gives the call a key unless it has one (set by the
+// caller with WithIdempotencyKey, or by a dead-letter replay). Reads with no
+// side effects need none.
+func ensureIdempotencyKey(call *Call) {
+	if call.Spec.IdempotencyLevel == tether.IdempotencyNoSideEffects {
+		return
+	}
+	if call.Header.Get(tether.MetadataIdempotencyKey) == "" {
+		call.Header.Set(tether.MetadataIdempotencyKey, NewIdempotencyKey())
+	}
+}
+
+// sleepCtx waits d unless ctx ends first; it reports whether it waited.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// fitsDeadline reports whether waiting d leaves time for another attempt.
+func fitsDeadline(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) > d
+}
+
+// invokeUnary runs one logical unary call: every attempt the retry policy
+// allows, then the dead-letter queue if the policy says so.
+func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, call *Call, req []byte) ([]byte, error) {
+	p := c.policyFor(m, co)
+	ensureIdempotencyKey(call)
+	started := time.Now()
+	attempts, transparent := 0, 0
+	var lastErr error
+	for {
+		attempts++
+		if attempts+transparent > 1 {
+			call.Header.Set(tether.MetadataAttempt, strconv.Itoa(attempts+transparent))
+		}
+		out, err := c.unaryAttempt(ctx, co, call, req)
+		if err == nil {
+			c.budget.success()
+			return out, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+		if errors.Is(err, mux.ErrUnprocessed) && transparent < maxTransparentRetries {
+			// Never reached a handler: always safe. Waiting for the next
+			// connection happens in getConn; a short jitter spreads calls
+			// refused by a busy server.
+			attempts--
+			transparent++
+			c.counters.retries.Add(1)
+			if !sleepCtx(ctx, time.Duration(mrand.Int64N(int64(20*time.Millisecond)))) {
+				break
+			}
+			continue
+		}
+		if !p.retryable(err) {
+			break
+		}
+		c.budget.failure()
+		if attempts >= p.maxAttempts || !c.budget.allow() {
+			break
+		}
+		d := p.delay(attempts)
+		if !fitsDeadline(ctx, d) || !sleepCtx(ctx, d) {
+			break
+		}
+		c.counters.retries.Add(1)
+	}
+	if p.deadLetter && p.deliveryFailure(lastErr) && !errors.Is(ctx.Err(), context.Canceled) {
+		return nil, c.deadLetter(call, req, attempts+transparent, lastErr, started)
+	}
+	return nil, lastErr
+}
+
+// deadLetter writes the call to the dead-letter queue before the caller is
+// answered, and returns the caller's error.
+func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, started time.Time) error {
+	if c.cfg.dlq == nil {
+		c.cfg.logger.Warn("tether: call should be dead-lettered but the client has no dead-letter queue (WithDeadLetterQueue)", "procedure", call.Spec.Procedure, "err", cause)
+		return cause
+	}
+	e := tether.AsError(cause)
+	md := call.Header.Clone()
+	md.Del(tether.MetadataAttempt)
+	entry := &dlq.Entry{
+		Procedure:      call.Spec.Procedure,
+		Request:        req,
+		Metadata:       md,
+		IdempotencyKey: md.Get(tether.MetadataIdempotencyKey),
+		Attempts:       attempts,
+		LastCode:       uint32(e.Code()),
+		LastError:      e.Message(),
+		FirstAttempt:   started,
+	}
+	// The caller's context may be over (deadline); the write must not be.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id, err := c.cfg.dlq.Put(ctx, entry)
+	if err != nil {
+		return tether.Errorf(tether.CodeDataLoss, "tether: call failed (%v) and could not be dead-lettered: %v", cause, err)
+	}
+	c.counters.deadLettered.Add(1)
+	c.cfg.logger.Info("tether: call dead-lettered", "procedure", call.Spec.Procedure, "id", id, "attempts", attempts, "err", cause)
+	return &DeadLetterError{ID: id, Err: cause}
+}
+
+// InvokeRaw makes one unary call with an already encoded request and returns
+// the encoded response. It implements dlq.Invoker, for replaying dead
+// letters: md is sent as the request metadata, so the original idempotency
+// key goes with it. Unprocessed attempts are retried transparently; nothing
+// is dead-lettered again.
+func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) ([]byte, error) {
+	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeUnary}}
+	co := &callOptions{noRetry: true}
+	call := co.newCall(m)
+	call.Header.Merge(tether.Metadata(md))
+	call.Header.Del(tether.MetadataAttempt)
+	return c.invokeUnary(ctx, m, co, call, request)
+}
+
+var _ dlq.Invoker = (*Client)(nil)

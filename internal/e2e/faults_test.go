@@ -271,7 +271,7 @@ func TestSilentPeer(t *testing.T) {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := e.echo.Say(ctx, &echov1.SayRequest{SleepMillis: 10_000}, client.FailFast())
+		_, err := e.echo.Say(ctx, &echov1.SayRequest{SleepMillis: 10_000}, client.WithoutRetries())
 		errc <- err
 	}()
 	<-h.started

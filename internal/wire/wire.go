@@ -64,6 +64,8 @@ func ErrorFromStatus(st *tetherv1.Status, trailers tether.Metadata) error {
 	for _, d := range st.GetDetails() {
 		_ = e.AddDetail(d)
 	}
-	e.Meta().Merge(trailers)
+	if len(trailers) > 0 {
+		e = e.WithMeta(trailers)
+	}
 	return e
 }

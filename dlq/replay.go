@@ -1,0 +1,137 @@
+package dlq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// IdempotencyKeyHeader is the metadata key under which Replay sends an
+// entry's original idempotency key, so that a server that did receive the
+// call once can recognise the replay as a duplicate.
+const IdempotencyKeyHeader = "tether-idempotency-key"
+
+// Invoker sends one raw call: procedure, protobuf-encoded request, metadata
+// (which includes the idempotency key). The client package will implement it.
+//
+// An Invoker used for replay should not dead-letter a call that fails again:
+// Replay already keeps the entry and records the failure on it.
+type Invoker interface {
+	InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) (response []byte, err error)
+}
+
+// Replay sends the entry with the given ID again through inv, with its
+// original metadata and, under IdempotencyKeyHeader, its original
+// idempotency key.
+//
+// When the call succeeds, Replay deletes the entry and returns the
+// response. When it fails, Replay keeps the entry, increments its Replays,
+// sets LastReplay and LastReplayError, and returns the call's error wrapped
+// (so tether.CodeOf still finds its code). The bookkeeping is written even if
+// ctx has ended, since a timeout is a common reason for the failure. An
+// entry that is not in the store gives ErrNotFound and no call.
+func Replay(ctx context.Context, s Store, inv Invoker, id string) (response []byte, err error) {
+	e, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	res, callErr, storeErr := replay(ctx, s, inv, e)
+	switch {
+	case callErr != nil && storeErr != nil:
+		return nil, errors.Join(fmt.Errorf("dlq: replay %s: %w", id, callErr), storeErr)
+	case callErr != nil:
+		return nil, fmt.Errorf("dlq: replay %s: %w", id, callErr)
+	case storeErr != nil:
+		return res, storeErr
+	}
+	return res, nil
+}
+
+// replay makes the call for e and does the bookkeeping. callErr is the
+// call's error; storeErr is an error recording the outcome in the store.
+func replay(ctx context.Context, s Store, inv Invoker, e *Entry) (res []byte, callErr, storeErr error) {
+	res, callErr = inv.InvokeRaw(ctx, e.Procedure, e.Request, replayMetadata(e))
+	// Record the outcome even when ctx is what made the call fail.
+	bg := context.WithoutCancel(ctx)
+	if callErr == nil {
+		if err := s.Delete(bg, e.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			storeErr = fmt.Errorf("dlq: replay of %s succeeded but the entry could not be deleted: %w", e.ID, err)
+		}
+		return res, nil, storeErr
+	}
+	e.Replays++
+	e.LastReplay = time.Now()
+	e.LastReplayError = callErr.Error()
+	if err := s.Update(bg, e); err != nil && !errors.Is(err, ErrNotFound) {
+		storeErr = fmt.Errorf("dlq: replay of %s failed and the failure could not be recorded: %w", e.ID, err)
+	}
+	return nil, callErr, storeErr
+}
+
+// replayMetadata returns a copy of e's metadata carrying e's idempotency key
+// under IdempotencyKeyHeader (in place of any spelling of it already there).
+func replayMetadata(e *Entry) map[string][]string {
+	md := cloneMetadata(e.Metadata)
+	if e.IdempotencyKey == "" {
+		return md
+	}
+	if md == nil {
+		md = make(map[string][]string, 1)
+	}
+	for k := range md {
+		if strings.EqualFold(k, IdempotencyKeyHeader) {
+			delete(md, k)
+		}
+	}
+	md[IdempotencyKeyHeader] = []string{e.IdempotencyKey}
+	return md
+}
+
+// replayPage is how many entries ReplayAll reads from the store at a time.
+const replayPage = 64
+
+// ReplayAll replays, oldest first, the entries that opts selects (Limit caps
+// how many are tried), as Replay does each one, and returns how many
+// succeeded and how many failed. A failed call does not stop it; an error
+// of the store or the end of ctx does, and is returned with the counts so
+// far.
+func ReplayAll(ctx context.Context, s Store, inv Invoker, opts ListOptions) (ok, failed int, err error) {
+	after := opts.After
+	for {
+		if err := ctx.Err(); err != nil {
+			return ok, failed, err
+		}
+		page := replayPage
+		if opts.Limit > 0 {
+			if left := opts.Limit - ok - failed; left <= 0 {
+				return ok, failed, nil
+			} else if left < page {
+				page = left
+			}
+		}
+		entries, err := s.List(ctx, ListOptions{Procedure: opts.Procedure, Limit: page, After: after})
+		if err != nil {
+			return ok, failed, err
+		}
+		if len(entries) == 0 {
+			return ok, failed, nil
+		}
+		for _, e := range entries {
+			if err := ctx.Err(); err != nil {
+				return ok, failed, err
+			}
+			after = e.ID
+			_, callErr, storeErr := replay(ctx, s, inv, e)
+			if callErr != nil {
+				failed++
+			} else {
+				ok++
+			}
+			if storeErr != nil {
+				return ok, failed, storeErr
+			}
+		}
+	}
+}

@@ -1,0 +1,194 @@
+// Package idempotency is a server interceptor that makes repeated unary calls
+// safe: a call that carries an idempotency key (metadata
+// "tether-idempotency-key", which tether clients attach to every call of a
+// method with side effects, unchanged across retries and dead-letter
+// replays) runs its handler once; a repeat with the same key and procedure
+// gets the first result instead, and a repeat that arrives while the first
+// is still running waits for it.
+//
+// The cache is in memory, bounded in entries, and forgets a key after a TTL:
+// it protects against retries and replays within that window, in one server
+// process. Effects that must be exactly-once across restarts need the key
+// stored with the effect, in the same transaction.
+package idempotency
+
+import (
+	"container/list"
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/server"
+)
+
+// Defaults.
+const (
+	DefaultMaxEntries = 100_000
+	DefaultTTL        = 10 * time.Minute
+)
+
+// Option configures the interceptor.
+type Option func(*Interceptor)
+
+// WithMaxEntries bounds the cache (default 100,000 keys); the oldest key is
+// forgotten first.
+func WithMaxEntries(n int) Option { return func(i *Interceptor) { i.max = n } }
+
+// WithTTL sets how long a key is remembered (default 10 minutes).
+func WithTTL(d time.Duration) Option { return func(i *Interceptor) { i.ttl = d } }
+
+// withClock replaces time.Now in tests.
+func withClock(now func() time.Time) Option { return func(i *Interceptor) { i.now = now } }
+
+// Interceptor deduplicates unary calls by idempotency key. Create it with
+// New and pass it to server.WithInterceptors.
+type Interceptor struct {
+	max int
+	ttl time.Duration
+	now func() time.Time
+
+	mu    sync.Mutex
+	byKey map[cacheKey]*list.Element
+	order *list.List // of *entry, oldest first
+
+	hits, misses uint64
+}
+
+type cacheKey struct{ procedure, key string }
+
+type entry struct {
+	key     cacheKey
+	expires time.Time
+	done    chan struct{} // closed when the first call has finished
+	res     proto.Message
+	err     error
+}
+
+// New returns an idempotency interceptor.
+func New(opts ...Option) *Interceptor {
+	i := &Interceptor{max: DefaultMaxEntries, ttl: DefaultTTL, now: time.Now, byKey: map[cacheKey]*list.Element{}, order: list.New()}
+	for _, o := range opts {
+		o(i)
+	}
+	return i
+}
+
+// Stats returns how many calls were answered from the cache (hits) and how
+// many ran their handler (misses), and the number of keys held.
+func (i *Interceptor) Stats() (hits, misses uint64, keys int) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.hits, i.misses, len(i.byKey)
+}
+
+// transient codes are not remembered: the call may be repeated and run
+// again, because its effect did not happen or its outcome is unknown to the
+// handler too.
+func transient(err error) bool {
+	switch tether.CodeOf(err) {
+	case tether.CodeCanceled, tether.CodeDeadlineExceeded, tether.CodeUnavailable,
+		tether.CodeResourceExhausted, tether.CodeAborted:
+		return true
+	}
+	return false
+}
+
+// WrapUnary implements server.Interceptor.
+func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
+	return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+		ci, ok := server.CallInfoFromContext(ctx)
+		if !ok {
+			return next(ctx, req)
+		}
+		k := ci.RequestHeader().Get(tether.MetadataIdempotencyKey)
+		if k == "" {
+			return next(ctx, req)
+		}
+		key := cacheKey{ci.Spec().Procedure, k}
+		for {
+			e, first := i.claim(key)
+			if first {
+				res, err := next(ctx, req)
+				i.settle(e, res, err)
+				return res, err
+			}
+			select {
+			case <-e.done:
+			case <-ctx.Done():
+				return nil, tether.AsError(ctx.Err())
+			}
+			if e.res != nil || e.err != nil {
+				i.mu.Lock()
+				i.hits++
+				i.mu.Unlock()
+				if e.err != nil {
+					return nil, e.err
+				}
+				return proto.Clone(e.res), nil
+			}
+			// The first call ended transiently and was forgotten: run again.
+		}
+	}
+}
+
+// WrapStream implements server.Interceptor; streams pass through.
+func (i *Interceptor) WrapStream(next server.StreamFunc) server.StreamFunc { return next }
+
+// claim returns the entry for key, creating it if there is none; first
+// reports whether the caller must run the handler.
+func (i *Interceptor) claim(key cacheKey) (*entry, bool) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	now := i.now()
+	i.expire(now)
+	if el, ok := i.byKey[key]; ok {
+		return el.Value.(*entry), false
+	}
+	e := &entry{key: key, expires: now.Add(i.ttl), done: make(chan struct{})}
+	i.byKey[key] = i.order.PushBack(e)
+	i.misses++
+	for len(i.byKey) > i.max {
+		i.evict(i.order.Front())
+	}
+	return e, true
+}
+
+// settle stores the first call's result, or forgets the key when the result
+// is transient, and wakes the repeats waiting for it.
+func (i *Interceptor) settle(e *entry, res proto.Message, err error) {
+	i.mu.Lock()
+	if transient(err) {
+		if el, ok := i.byKey[e.key]; ok && el.Value == e {
+			i.evict(el)
+		}
+	} else if err != nil {
+		e.err = err
+	} else {
+		e.res = proto.Clone(res)
+	}
+	i.mu.Unlock()
+	close(e.done)
+}
+
+func (i *Interceptor) expire(now time.Time) {
+	for el := i.order.Front(); el != nil; el = i.order.Front() {
+		e := el.Value.(*entry)
+		if now.Before(e.expires) {
+			return
+		}
+		i.evict(el)
+	}
+}
+
+func (i *Interceptor) evict(el *list.Element) {
+	e := el.Value.(*entry)
+	i.order.Remove(el)
+	if cur, ok := i.byKey[e.key]; ok && cur == el {
+		delete(i.byKey, e.key)
+	}
+}
+
+var _ server.Interceptor = (*Interceptor)(nil)
