@@ -92,6 +92,10 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }
 
+// WithMaxHeaderBytes bounds the encoded size of request metadata sent and of
+// response headers and trailers accepted (default 16 KiB).
+func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeaderBytes = n } }
+
 // WithWriteTimeout bounds one socket write (default 10s).
 func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.mux.WriteTimeout = d } }
 

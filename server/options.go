@@ -34,9 +34,9 @@ const (
 
 // WithAllowedOrigins allows browser upgrades from these origins, written as
 // "scheme://host[:port]"; "*" allows any origin. Without it, a request whose
-// Origin header names another host than the request's is refused with 403
-// (requests without an Origin header, which browsers always send, are
-// allowed).
+// Origin header names another host than the request's is refused with 403.
+// Requests with no Origin header come from non-browser clients (browsers
+// always send one) and are allowed.
 func WithAllowedOrigins(origins ...string) Option {
 	return func(c *config) {
 		for _, o := range origins {

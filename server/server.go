@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -135,7 +136,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
-		conn.GoAway(tether.CodeUnavailable, "server shutting down")
+		// Shutdown began after this upgrade was let in: drain it too.
+		go func() { _ = conn.Shutdown(context.Background()) }()
 	}
 }
 
@@ -172,6 +174,7 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
 	}
 	ctx := st.Context()
 	if t := open.GetTimeoutMicros(); t > 0 {
+		t = min(t, uint64(math.MaxInt64/int64(time.Microsecond)))
 		dctx, cancel := context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
 		defer cancel()
 		ctx = dctx
@@ -244,7 +247,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.Close()
+		c.CloseGoingAway()
 	}
 	return s.wait(context.Background())
 }

@@ -191,7 +191,10 @@ func validate(f Frame) error {
 		if f.StreamID == 0 {
 			return ErrStreamID
 		}
-		if f.Flags != 0 || len(f.Payload) != 0 {
+		if f.Flags != 0 {
+			return ErrFlags
+		}
+		if len(f.Payload) != 0 {
 			return ErrPayloadSize
 		}
 	}

@@ -23,6 +23,9 @@ const (
 	FrameOverhead = 16
 	// MaxWebSocketMessage is the largest WebSocket message a peer may send.
 	MaxWebSocketMessage = 1 << 20
+	// maxStreamID is the largest stream id; a client that reaches it
+	// drains the connection and opens a new one.
+	maxStreamID = 1<<31 - 1
 )
 
 // Defaults of Config.
@@ -75,9 +78,11 @@ func (c *Config) withDefaults() {
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
-	if c.StreamWindow < InitialWindow {
+	if c.StreamWindow <= 0 {
 		c.StreamWindow = DefaultStreamWindow
 	}
+	c.StreamWindow = max(c.StreamWindow, InitialWindow)
+	c.StreamWindow = min(c.StreamWindow, 1<<30)
 	if c.MaxConcurrentStreams <= 0 {
 		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
 	}

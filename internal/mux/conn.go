@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,10 +142,16 @@ func (c *Conn) QueuedBytes() int {
 	return len(c.wbuf)
 }
 
-// Close closes the connection at once; every open stream fails with
-// unavailable. It is idempotent.
+// Close closes the connection at once with close code 1000; every open
+// stream fails with unavailable. It is idempotent.
 func (c *Conn) Close() {
 	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), websocket.CloseNormalClosure, "")
+}
+
+// CloseGoingAway closes the connection at once with close code 1001 (the
+// server is going away).
+func (c *Conn) CloseGoingAway() {
+	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: server closed the connection"), websocket.CloseGoingAway, "server closing")
 }
 
 // Shutdown drains the connection: GOAWAY tells the peer that no new streams
@@ -211,7 +218,7 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		c.pingTimer.Stop()
 		if code != 0 {
 			if len(text) > 120 {
-				text = text[:120]
+				text = strings.ToValidUTF8(text[:120], "")
 			}
 			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(250*time.Millisecond))
 		}
@@ -424,10 +431,11 @@ func (c *Conn) readLoop() {
 			return
 		}
 		c.bytesIn.Add(uint64(len(msg)))
+		msgLen := len(msg)
 		for len(msg) > 0 {
 			f, rest, err := frame.Parse(msg)
 			if err == nil {
-				err = c.handle(f)
+				err = c.handle(f, msgLen)
 			}
 			if err != nil {
 				code := websocket.CloseProtocolError
@@ -453,7 +461,9 @@ func readError(err error) error {
 	return tether.Errorf(tether.CodeUnavailable, "tether: connection lost: %v", err)
 }
 
-func (c *Conn) handle(f frame.Frame) error {
+// handle acts on one frame; msgLen is the size of the WebSocket message it
+// came in.
+func (c *Conn) handle(f frame.Frame, msgLen int) error {
 	switch f.Type {
 	case frame.TypePing:
 		if f.Flags&frame.FlagAck == 0 {
@@ -480,7 +490,7 @@ func (c *Conn) handle(f frame.Frame) error {
 	}
 	switch f.Type {
 	case frame.TypeMessage:
-		return s.handleMessage(f)
+		return s.handleMessage(f, msgLen)
 	case frame.TypeHalfClose:
 		if c.role == RoleServer {
 			s.handleHalfClose()
@@ -561,7 +571,14 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		return protoErrf("OPEN for stream %d after stream %d", f.StreamID, c.maxPeerID)
 	}
 	c.maxPeerID = f.StreamID
+	if f.StreamID%2 == 0 {
+		c.mu.Unlock()
+		return protoErrf("OPEN for even stream id %d", f.StreamID)
+	}
+	// Refusals a retry can cure are marked unprocessed; the others are not,
+	// so that clients do not retry a request that can never be accepted.
 	var refuse error
+	retryable := true
 	switch {
 	case c.localGoAway:
 		refuse = tether.Errorf(tether.CodeUnavailable, "tether: server is going away")
@@ -569,16 +586,17 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: more than %d concurrent streams on one connection", c.cfg.MaxConcurrentStreams)
 	case len(f.Payload) > c.cfg.MaxHeaderBytes:
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(f.Payload), c.cfg.MaxHeaderBytes)
+		retryable = false
 	}
 	if refuse != nil {
 		c.mu.Unlock()
-		c.sendReset(f.StreamID, refuse, true)
+		c.sendReset(f.StreamID, refuse, retryable)
 		return nil
 	}
 	open := new(tetherv1.Open)
 	if err := proto.Unmarshal(f.Payload, open); err != nil {
 		c.mu.Unlock()
-		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), true)
+		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
 		return nil
 	}
 	s := c.newStream(f.StreamID)
@@ -665,6 +683,14 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open) (*Stream, error) {
 			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
 			return b
 		}
+		if c.nextID > maxStreamID {
+			// Stream ids used up: drain this connection; the client
+			// opens a new one.
+			c.localGoAway = true
+			close(c.draining)
+			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: stream ids exhausted on this connection"))
+			return b
+		}
 		s = c.newStream(c.nextID)
 		c.nextID += 2
 		c.streams[s.id] = s
@@ -686,7 +712,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open) (*Stream, error) {
 func resetPayload(err error, notProcessed bool) *tetherv1.Reset {
 	e := tether.AsError(err)
 	return &tetherv1.Reset{
-		Status:      &tetherv1.Status{Code: tetherv1.Code(e.Code()), Message: e.Message()},
+		Status:      &tetherv1.Status{Code: tetherv1.Code(e.Code()), Message: strings.ToValidUTF8(e.Message(), "\uFFFD")},
 		Unprocessed: notProcessed,
 	}
 }

@@ -31,7 +31,6 @@ type Stream struct {
 	recvWindow int   // credit the peer still has
 	unacked    int   // credit consumed by the application, not yet granted back
 	partial    int   // reader goroutine: bytes of the message being received
-	oversized  bool  // reader goroutine: the current message broke the limit
 	assembly   []byte
 	sendCredit int
 	sendErr    error // set when the stream can carry no more sends
@@ -73,7 +72,7 @@ func notify(ch chan struct{}) {
 
 // --- receiving (reader goroutine) ---
 
-func (s *Stream) handleMessage(f frame.Frame) error {
+func (s *Stream) handleMessage(f frame.Frame, msgLen int) error {
 	cost := len(f.Payload) + FrameOverhead
 	more := f.Flags&frame.FlagMore != 0
 	s.mu.Lock()
@@ -89,15 +88,6 @@ func (s *Stream) handleMessage(f frame.Frame) error {
 		}
 		return nil
 	}
-	if s.oversized {
-		// Drop the rest of a message already refused; give the credit back.
-		s.unacked += cost
-		if !more {
-			s.oversized = false
-		}
-		s.mu.Unlock()
-		return nil
-	}
 	s.partial += len(f.Payload)
 	if s.partial > s.c.cfg.MaxMessageSize {
 		size := s.partial
@@ -110,7 +100,13 @@ func (s *Stream) handleMessage(f frame.Frame) error {
 	if !more {
 		s.partial = 0
 	}
-	s.recvQ = append(s.recvQ, chunk{b: f.Payload, more: more})
+	payload := f.Payload
+	if 2*len(payload) < msgLen {
+		// A small frame must not pin the large WebSocket message it came
+		// in: flow control counts only its own bytes.
+		payload = append([]byte(nil), payload...)
+	}
+	s.recvQ = append(s.recvQ, chunk{b: payload, more: more})
 	s.mu.Unlock()
 	s.markHeaders()
 	notify(s.recvNotify)
@@ -414,8 +410,8 @@ func (s *Stream) SendHeaders(md tether.Metadata) error {
 	if err != nil {
 		return tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
 	}
-	if len(payload) > s.c.cfg.MaxHeaderBytes {
-		return tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes)
+	if limit := min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload); len(payload) > limit {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), limit)
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
@@ -433,13 +429,16 @@ func (s *Stream) SendHeaders(md tether.Metadata) error {
 func (s *Stream) Finish(callErr error, trailers tether.Metadata) error {
 	end := &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
 	payload, err := proto.Marshal(end)
-	if err == nil && len(payload) > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
+	if err != nil {
+		// Trailers that cannot be encoded (invalid UTF-8): the call must
+		// still end, so send the status alone and say why.
+		end = &tetherv1.End{Status: &tetherv1.Status{Code: tetherv1.Code_CODE_INTERNAL, Message: "tether: response trailers could not be encoded: " + err.Error()}}
+		payload, _ = proto.Marshal(end)
+	}
+	if len(payload) > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
 		// Keep the code; drop what does not fit.
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
-		payload, err = proto.Marshal(end)
-	}
-	if err != nil {
-		return tether.Errorf(tether.CodeInternal, "tether: encode END: %v", err)
+		payload, _ = proto.Marshal(end)
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()

@@ -4,6 +4,7 @@ package wire
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
@@ -45,7 +46,7 @@ func StatusFromError(err error) *tetherv1.Status {
 	e := tether.AsError(err)
 	return &tetherv1.Status{
 		Code:    tetherv1.Code(e.Code()),
-		Message: e.Message(),
+		Message: strings.ToValidUTF8(e.Message(), "\uFFFD"),
 		Details: e.Details(),
 	}
 }

@@ -121,7 +121,7 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 }
 
 // MetadataEntry is one metadata key with its values. Keys are lower case
-// ASCII; keys ending in "-bin" carry base64-free binary values.
+// ASCII; values are UTF-8 strings (encode binary values, e.g. base64).
 type MetadataEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
