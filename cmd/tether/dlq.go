@@ -272,21 +272,31 @@ func writeEntry(w io.Writer, e *dlq.Entry) error {
 	if len(e.Metadata) == 0 {
 		fmt.Fprintf(tw, "Metadata:\t-\n")
 	} else {
-		fmt.Fprintf(tw, "Metadata:\t\n")
+		fmt.Fprintf(tw, "Metadata:\t%s\n", plural(len(e.Metadata), "key", "keys"))
+	}
+	fmt.Fprintf(tw, "Request:\t%s\n", plural(len(e.Request), "byte", "bytes"))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(e.Metadata) > 0 {
+		io.WriteString(w, "\nMetadata:\n")
 		keys := make([]string, 0, len(e.Metadata))
 		for k := range e.Metadata {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
+		mw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 		for _, k := range keys {
 			for _, v := range e.Metadata[k] {
-				fmt.Fprintf(tw, "  %s:\t%s\n", k, v)
+				fmt.Fprintf(mw, "  %s:\t%s\n", k, v)
 			}
 		}
+		if err := mw.Flush(); err != nil {
+			return err
+		}
 	}
-	fmt.Fprintf(tw, "Request:\t%d bytes\n", len(e.Request))
-	if err := tw.Flush(); err != nil {
-		return err
+	if len(e.Request) > 0 {
+		io.WriteString(w, "\nRequest (hex):\n")
 	}
 	dump := e.Request
 	if len(dump) > showHexLimit {
@@ -302,6 +312,14 @@ func writeEntry(w io.Writer, e *dlq.Entry) error {
 		return err
 	}
 	return nil
+}
+
+// plural returns "1 entry", "2 entries" and so on.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 func indent(s, prefix string) string {
@@ -429,7 +447,7 @@ func dlqPurge(args []string, stdout, stderr io.Writer) int {
 	if *olderThan > 0 {
 		opts.OlderThan = now().Add(-*olderThan)
 	}
-	what := "entries"
+	what := ""
 	if *procedure != "" {
 		what += " for " + *procedure
 	}
@@ -454,14 +472,14 @@ func dlqPurge(args []string, stdout, stderr io.Writer) int {
 				n++
 			}
 		}
-		fmt.Fprintf(stdout, "%d %s would be purged from %s; nothing deleted (add -yes to delete them)\n", n, what, *f.store)
+		fmt.Fprintf(stdout, "%s%s would be purged from %s; nothing deleted (add -yes to delete)\n", plural(n, "entry", "entries"), what, *f.store)
 		return exitOK
 	}
 	n, err := s.Purge(ctx, opts)
 	if err != nil {
 		return f.fail(err)
 	}
-	fmt.Fprintf(stdout, "purged %d %s from %s\n", n, what, *f.store)
+	fmt.Fprintf(stdout, "purged %s%s from %s\n", plural(n, "entry", "entries"), what, *f.store)
 	return exitOK
 }
 

@@ -242,7 +242,8 @@ func TestShow(t *testing.T) {
 		"Replays:           2",
 		"Last replay:       2026-03-01T12:30:00Z",
 		"Last replay error: deadline_exceeded: timed out",
-		"  x-trace:         t1\n  x-trace:         t2\n  x-user:          ada\n",
+		"Metadata:          2 keys",
+		"\nMetadata:\n  x-trace: t1\n  x-trace: t2\n  x-user:  ada\n",
 		"Request:           7 bytes",
 		"  00000000  0a 05 68 65 6c 6c 6f",
 		"|..hello|",
@@ -498,7 +499,7 @@ func TestPurgeCommand(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "2 entries dead-lettered before 2026-03-01T11:30:00Z would be purged") || !strings.Contains(stdout, "add -yes") {
+	if !strings.Contains(stdout, "2 entries dead-lettered before 2026-03-01T11:30:00Z would be purged") || !strings.Contains(stdout, "add -yes to delete") {
 		t.Errorf("dry run: %q", stdout)
 	}
 	if got := storeIDs(t, path); len(got) != 3 {
@@ -506,7 +507,7 @@ func TestPurgeCommand(t *testing.T) {
 	}
 
 	code, stdout, _ = runTether(t, "dlq", "purge", "-store", path, "-older-than", "30m", "-procedure", "/echo.v1.EchoService/Say", "-yes")
-	if code != exitOK || stdout != "purged 1 entries for /echo.v1.EchoService/Say dead-lettered before 2026-03-01T11:30:00Z from "+path+"\n" {
+	if code != exitOK || stdout != "purged 1 entry for /echo.v1.EchoService/Say dead-lettered before 2026-03-01T11:30:00Z from "+path+"\n" {
 		t.Errorf("purge: exit %d, %q", code, stdout)
 	}
 	if got := storeIDs(t, path); !reflect.DeepEqual(got, ids[1:]) {

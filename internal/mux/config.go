@@ -38,6 +38,10 @@ const (
 	DefaultPingTimeout          = 10 * time.Second
 	DefaultWriteTimeout         = 10 * time.Second
 	DefaultMaxQueueBytes        = 8 << 20
+	DefaultMaxHeaderKeys        = 64
+	DefaultMaxMessageReadTime   = 30 * time.Second
+	DefaultMaxPingRate          = 10   // PINGs per second, burst twice that
+	DefaultMaxIdleFrameRate     = 1000 // frames without payload per second, burst twice that
 	// batchBytes is how much the writer's queue holds before senders of
 	// stream data wait for it to drain; control frames never wait.
 	batchBytes = 256 << 10
@@ -65,6 +69,22 @@ type Config struct {
 	// MaxQueueBytes bounds the writer's queue; a peer that does not read
 	// while the queue passes it is disconnected.
 	MaxQueueBytes int
+	// MaxHeaderKeys bounds the number of metadata entries in an OPEN; it is
+	// counted on the encoded bytes, before decoding.
+	MaxHeaderKeys int
+	// MaxMessageReadTime bounds the time one WebSocket message may take to
+	// arrive once it has started, so a message trickled in fragments with
+	// pongs between cannot hold the connection forever. Exceeding it closes
+	// the connection with 1008.
+	MaxMessageReadTime time.Duration
+	// MaxPingRate bounds the PING frames a peer may send per second
+	// (burst: twice as many); a ping flood closes the connection with 1008.
+	MaxPingRate float64
+	// MaxIdleFrameRate bounds frames that carry no application data (PING
+	// answers, WINDOW of 0, empty fragments, frames for finished streams,
+	// refused OPENs, unknown types) per second, burst twice as many; a
+	// flood closes the connection with 1008.
+	MaxIdleFrameRate float64
 	// Accept is called, in a new goroutine, for every stream the peer opens
 	// (servers only). It must end the stream with Finish or Reset.
 	Accept func(s *Stream, open *tetherv1.Open)
@@ -100,6 +120,18 @@ func (c *Config) withDefaults() {
 	}
 	if c.MaxQueueBytes < 2*batchBytes {
 		c.MaxQueueBytes = DefaultMaxQueueBytes
+	}
+	if c.MaxHeaderKeys <= 0 {
+		c.MaxHeaderKeys = DefaultMaxHeaderKeys
+	}
+	if c.MaxMessageReadTime <= 0 {
+		c.MaxMessageReadTime = DefaultMaxMessageReadTime
+	}
+	if c.MaxPingRate <= 0 {
+		c.MaxPingRate = DefaultMaxPingRate
+	}
+	if c.MaxIdleFrameRate <= 0 {
+		c.MaxIdleFrameRate = DefaultMaxIdleFrameRate
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
@@ -65,6 +68,10 @@ type Conn struct {
 	pingTimer *time.Timer
 
 	bytesIn, bytesOut atomic.Uint64
+
+	inMessage  atomic.Bool // reader is inside a WebSocket message
+	pingLimit  *rate.Limiter
+	idleLimit  *rate.Limiter
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,
@@ -83,6 +90,8 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 		closed:   make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	c.pingLimit = rate.NewLimiter(rate.Limit(cfg.MaxPingRate), int(2*cfg.MaxPingRate)+1)
+	c.idleLimit = rate.NewLimiter(rate.Limit(cfg.MaxIdleFrameRate), int(2*cfg.MaxIdleFrameRate)+1)
 	ws.SetReadLimit(MaxWebSocketMessage)
 	ws.SetPongHandler(func(string) error { c.touch(); return nil })
 	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
@@ -252,7 +261,12 @@ func (c *Conn) closeAfterFlush(code int, text string) {
 	c.notifyWriter()
 }
 
+// touch renews the read deadline after traffic. Inside a message the
+// message's own deadline stands: pongs between fragments do not extend it.
 func (c *Conn) touch() {
+	if c.inMessage.Load() {
+		return
+	}
 	_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.PingInterval + c.cfg.PingTimeout))
 }
 
@@ -421,8 +435,21 @@ func (c *Conn) readLoop() {
 	defer c.wg.Done()
 	for {
 		c.touch()
-		mt, msg, err := c.ws.ReadMessage()
+		mt, r, err := c.ws.NextReader()
 		if err != nil {
+			c.closeWith(readError(err), 0, "")
+			return
+		}
+		c.inMessage.Store(true)
+		_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.MaxMessageReadTime))
+		msg, err := io.ReadAll(r)
+		c.inMessage.Store(false)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message not complete after %v", c.cfg.MaxMessageReadTime), websocket.ClosePolicyViolation, "message read too slowly")
+				return
+			}
 			c.closeWith(readError(err), 0, "")
 			return
 		}
@@ -439,6 +466,10 @@ func (c *Conn) readLoop() {
 			}
 			if err != nil {
 				code := websocket.CloseProtocolError
+				var fe *floodError
+				if errors.As(err, &fe) {
+					code = websocket.ClosePolicyViolation
+				}
 				c.closeWith(tether.NewError(tether.CodeInternal, err), code, err.Error())
 				return
 			}
@@ -466,12 +497,16 @@ func readError(err error) error {
 func (c *Conn) handle(f frame.Frame, msgLen int) error {
 	switch f.Type {
 	case frame.TypePing:
-		if f.Flags&frame.FlagAck == 0 {
-			p := append([]byte(nil), f.Payload...)
-			c.writeUrgent(func(b []byte) []byte {
-				return frame.Append(b, frame.Frame{Type: frame.TypePing, Flags: frame.FlagAck, Payload: p})
-			})
+		if f.Flags&frame.FlagAck != 0 {
+			return c.idleFrame("PING answers")
 		}
+		if !c.pingLimit.Allow() {
+			return &floodError{"PING"}
+		}
+		p := append([]byte(nil), f.Payload...)
+		c.writeUrgent(func(b []byte) []byte {
+			return frame.Append(b, frame.Frame{Type: frame.TypePing, Flags: frame.FlagAck, Payload: p})
+		})
 		return nil
 	case frame.TypeGoAway:
 		return c.handleGoAway(f)
@@ -482,11 +517,20 @@ func (c *Conn) handle(f frame.Frame, msgLen int) error {
 		return c.handleOpen(f)
 	}
 	if !f.Type.Known() {
-		return nil // reserved for later versions
+		return c.idleFrame("frames of unknown type") // reserved for later versions
 	}
 	s, err := c.lookup(f)
-	if err != nil || s == nil {
+	if err != nil {
 		return err
+	}
+	if s == nil {
+		return c.idleFrame("frames for finished streams")
+	}
+	if f.Type == frame.TypeMessage && len(f.Payload) == 0 && f.Flags&frame.FlagMore != 0 ||
+		f.Type == frame.TypeWindow && frame.WindowIncrement(f) == 0 {
+		if err := c.idleFrame("empty frames"); err != nil {
+			return err
+		}
 	}
 	switch f.Type {
 	case frame.TypeMessage:
@@ -588,10 +632,14 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(f.Payload), c.cfg.MaxHeaderBytes)
 		retryable = false
 	}
+	if refuse == nil && countMetadata(f.Payload) > c.cfg.MaxHeaderKeys {
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata has more than %d keys", c.cfg.MaxHeaderKeys)
+		retryable = false
+	}
 	if refuse != nil {
 		c.mu.Unlock()
 		c.sendReset(f.StreamID, refuse, retryable)
-		return nil
+		return c.idleFrame("refused OPENs")
 	}
 	open := new(tetherv1.Open)
 	if err := proto.Unmarshal(f.Payload, open); err != nil {
@@ -719,4 +767,36 @@ func resetPayload(err error, notProcessed bool) *tetherv1.Reset {
 
 func (c *Conn) String() string {
 	return fmt.Sprintf("tether.Conn(%s)", c.ws.RemoteAddr())
+}
+
+// idleFrame counts a frame that carries no application data against
+// MaxIdleFrameRate.
+func (c *Conn) idleFrame(what string) error {
+	if !c.idleLimit.Allow() {
+		return &floodError{what}
+	}
+	return nil
+}
+
+// countMetadata counts the metadata entries (field 2) of an encoded
+// tether.v1.Open without decoding it; malformed input counts as 0 and is
+// rejected by the decoder afterwards.
+func countMetadata(b []byte) int {
+	n := 0
+	for len(b) > 0 {
+		num, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return 0
+		}
+		b = b[l:]
+		if num == 2 {
+			n++
+		}
+		l = protowire.ConsumeFieldValue(num, typ, b)
+		if l < 0 {
+			return 0
+		}
+		b = b[l:]
+	}
+	return n
 }

@@ -30,6 +30,12 @@ type protocolError struct{ msg string }
 
 func (p *protocolError) Error() string { return "tether: protocol error: " + p.msg }
 
+// floodError is a peer exceeding a frame-rate limit; it closes the
+// connection with close code 1008 (policy violation).
+type floodError struct{ what string }
+
+func (f *floodError) Error() string { return "tether: flood of " + f.what }
+
 func protoErrf(format string, args ...any) error {
 	return &protocolError{msg: fmt.Sprintf(format, args...)}
 }
