@@ -69,9 +69,9 @@ type Conn struct {
 
 	bytesIn, bytesOut atomic.Uint64
 
-	inMessage  atomic.Bool // reader is inside a WebSocket message
-	pingLimit  *rate.Limiter
-	idleLimit  *rate.Limiter
+	inMessage atomic.Bool // reader is inside a WebSocket message
+	pingLimit *rate.Limiter
+	idleLimit *rate.Limiter
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,
