@@ -244,7 +244,20 @@ func (c *Client) shutdown() {
 func (c *Client) dial() (*mux.Conn, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.handshakeTimeout)
 	defer cancel()
-	ws, resp, err := c.dialer.DialContext(ctx, c.url, c.cfg.header)
+	header := c.cfg.header.Clone()
+	if c.cfg.headerFunc != nil {
+		extra, err := c.cfg.headerFunc(ctx)
+		if err != nil {
+			return nil, tether.Errorf(tether.CodeUnauthenticated, "tether: handshake headers: %v", err)
+		}
+		if header == nil {
+			header = http.Header{}
+		}
+		for k, vs := range extra {
+			header[k] = append(header[k], vs...)
+		}
+	}
+	ws, resp, err := c.dialer.DialContext(ctx, c.url, header)
 	if err != nil {
 		return nil, c.handshakeError(err, resp)
 	}

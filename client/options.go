@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"net/http"
@@ -17,6 +18,7 @@ type Option func(*config)
 type config struct {
 	mux              mux.Config
 	header           http.Header
+	headerFunc       func(context.Context) (http.Header, error)
 	tlsConfig        *tls.Config
 	handshakeTimeout time.Duration
 	backoff          BackoffConfig
@@ -66,6 +68,14 @@ func WithHandshakeHeader(h http.Header) Option {
 			}
 		}
 	}
+}
+
+// WithHandshakeHeaderFunc computes extra handshake headers for every
+// connection attempt, for credentials that expire: a server that closes the
+// connection when a token expires gets a fresh one on the reconnect. An
+// error fails that attempt (it is retried with backoff).
+func WithHandshakeHeaderFunc(fn func(ctx context.Context) (http.Header, error)) Option {
+	return func(c *config) { c.headerFunc = fn }
 }
 
 // WithTLSConfig sets the TLS configuration for wss:// URLs.

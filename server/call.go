@@ -16,9 +16,12 @@ import (
 type Peer struct {
 	// Addr is the client's network address, as the server saw it.
 	Addr string
-	// Principal is what the server's authenticator returned for this
+	// Principal is what the server's Authenticator returned for this
 	// connection, or nil.
 	Principal any
+	// ConnID identifies the connection within this server process, for
+	// per-connection state such as rate limits.
+	ConnID uint64
 }
 
 // CallInfo describes the call a handler is serving. Handlers and

@@ -17,6 +17,9 @@ type config struct {
 	handshakeTimeout time.Duration
 	logger           *slog.Logger
 	interceptors     []Interceptor
+	maxConns         int
+	maxConnsPerIP    int
+	authenticate     Authenticator
 }
 
 // Defaults of the server's limits. docs/PROTOCOL.md and docs/SECURITY.md
@@ -30,6 +33,13 @@ const (
 	DefaultPingTimeout          = mux.DefaultPingTimeout
 	DefaultWriteTimeout         = mux.DefaultWriteTimeout
 	DefaultHandshakeTimeout     = 10 * time.Second
+	DefaultMaxConnections       = 50_000
+	DefaultMaxConnectionsPerIP  = 10_000
+	DefaultMaxHeaderKeys        = mux.DefaultMaxHeaderKeys
+	DefaultMaxMessageReadTime   = mux.DefaultMaxMessageReadTime
+	DefaultMaxPingRate          = mux.DefaultMaxPingRate
+	DefaultMaxIdleFrameRate     = mux.DefaultMaxIdleFrameRate
+	DefaultMaxSendQueueBytes    = mux.DefaultMaxQueueBytes
 )
 
 // WithAllowedOrigins allows browser upgrades from these origins, written as
@@ -91,3 +101,44 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 func WithInterceptors(interceptors ...Interceptor) Option {
 	return func(c *config) { c.interceptors = append(c.interceptors, interceptors...) }
 }
+
+// WithMaxConnections bounds the open connections of the server (default
+// 50,000); an upgrade beyond it is answered 503 with Retry-After.
+func WithMaxConnections(n int) Option { return func(c *config) { c.maxConns = n } }
+
+// WithMaxConnectionsPerIP bounds the open connections from one remote IP
+// address (default 10,000); an upgrade beyond it is answered 429.
+func WithMaxConnectionsPerIP(n int) Option { return func(c *config) { c.maxConnsPerIP = n } }
+
+// WithMaxHeaderKeys bounds the metadata entries of one call (default 64),
+// counted before the metadata is decoded; more is refused with
+// resource_exhausted.
+func WithMaxHeaderKeys(n int) Option { return func(c *config) { c.mux.MaxHeaderKeys = n } }
+
+// WithMaxMessageReadTime bounds how long one WebSocket message may take to
+// arrive once it has started (default 30s): a message trickled in tiny
+// fragments closes the connection with 1008.
+func WithMaxMessageReadTime(d time.Duration) Option {
+	return func(c *config) { c.mux.MaxMessageReadTime = d }
+}
+
+// WithFloodLimits bounds PING frames (default 10/s) and frames that carry no
+// application data (default 1,000/s) a client may send, each with a burst of
+// twice the rate; a flood closes the connection with 1008.
+func WithFloodLimits(pingsPerSecond, idleFramesPerSecond float64) Option {
+	return func(c *config) { c.mux.MaxPingRate, c.mux.MaxIdleFrameRate = pingsPerSecond, idleFramesPerSecond }
+}
+
+// WithMaxSendQueueBytes bounds what the server queues for one client that
+// does not read (default 8 MiB); past it the client is disconnected with
+// 1008. A client that reads slower than the write timeout is disconnected
+// too (WithWriteTimeout).
+func WithMaxSendQueueBytes(n int) Option { return func(c *config) { c.mux.MaxQueueBytes = n } }
+
+// WithAuthenticator authenticates every client at the WebSocket handshake,
+// before the upgrade: a failure is answered 401 (or 403 for an error with
+// tether.CodePermissionDenied) and no connection is made. The identity's
+// principal is in every call's CallInfo().Peer().Principal; when the
+// identity expires, the connection is closed with 1008 ("credentials
+// expired") and the client reconnects with fresh credentials.
+func WithAuthenticator(a Authenticator) Option { return func(c *config) { c.authenticate = a } }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"runtime/debug"
@@ -34,6 +35,9 @@ type Server struct {
 	draining bool
 	wg       sync.WaitGroup // connections and handlers
 	counters counters
+	pending  int            // upgrades admitted, not yet registered
+	perIP    map[string]int // open or pending connections by remote IP
+	nextConn uint64
 }
 
 // New returns a Server with no procedures registered.
@@ -41,8 +45,11 @@ func New(opts ...Option) *Server {
 	s := &Server{
 		handlers: make(map[string]*Handler),
 		conns:    make(map[*mux.Conn]struct{}),
+		perIP:    make(map[string]int),
 	}
 	s.cfg.handshakeTimeout = DefaultHandshakeTimeout
+	s.cfg.maxConns = DefaultMaxConnections
+	s.cfg.maxConnsPerIP = DefaultMaxConnectionsPerIP
 	for _, o := range opts {
 		o(&s.cfg)
 	}
@@ -102,28 +109,67 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "tether: unsupported protocol version; offer Sec-WebSocket-Protocol: "+tether.Subprotocol, http.StatusBadRequest)
 		return
 	}
+	var id Identity
+	if s.cfg.authenticate != nil {
+		var err error
+		if id, err = s.cfg.authenticate(r); err != nil {
+			status := http.StatusUnauthorized
+			if tether.CodeOf(err) == tether.CodePermissionDenied {
+				status = http.StatusForbidden
+			} else {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
+			}
+			http.Error(w, "tether: "+tether.AsError(err).Message(), status)
+			return
+		}
+	}
+	ip := remoteIP(r.RemoteAddr)
 	s.mu.Lock()
-	if s.draining {
+	switch {
+	case s.draining:
 		s.mu.Unlock()
 		http.Error(w, "tether: server is shutting down", http.StatusServiceUnavailable)
 		return
+	case s.cfg.maxConns > 0 && len(s.conns)+s.pending >= s.cfg.maxConns:
+		s.mu.Unlock()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "tether: server has too many connections", http.StatusServiceUnavailable)
+		return
+	case s.cfg.maxConnsPerIP > 0 && s.perIP[ip] >= s.cfg.maxConnsPerIP:
+		s.mu.Unlock()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "tether: too many connections from "+ip, http.StatusTooManyRequests)
+		return
 	}
+	s.pending++
+	s.perIP[ip]++
+	s.nextConn++
+	connID := s.nextConn
 	s.wg.Add(1) // the connection; released by OnClose
 	s.mu.Unlock()
 
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		s.mu.Lock()
+		s.pending--
+		s.releaseIP(ip)
+		s.mu.Unlock()
 		s.wg.Done()
 		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)
 		return // the upgrader has answered
 	}
-	peer := Peer{Addr: r.RemoteAddr}
+	peer := Peer{Addr: r.RemoteAddr, Principal: id.Principal, ConnID: connID}
 	cfg := s.cfg.mux
 	var conn *mux.Conn
+	var expiry *time.Timer
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
 	cfg.OnClose = func(error) {
+		if expiry != nil {
+			expiry.Stop()
+		}
 		s.mu.Lock()
 		delete(s.conns, conn)
+		s.releaseIP(ip)
 		s.counters.bytesInClosed.Add(conn.BytesIn())
 		s.counters.bytesOutClosed.Add(conn.BytesOut())
 		s.mu.Unlock()
@@ -131,6 +177,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	conn = mux.New(ws, mux.RoleServer, cfg)
+	if !id.Expires.IsZero() {
+		expiry = time.AfterFunc(time.Until(id.Expires), func() {
+			conn.ClosePolicy(tether.Errorf(tether.CodeUnauthenticated, "tether: credentials expired"), "credentials expired")
+		})
+	}
+	s.pending--
 	s.conns[conn] = struct{}{}
 	s.counters.accepted.Add(1)
 	draining := s.draining
@@ -268,4 +320,18 @@ func (s *Server) ConnCount() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return len(s.conns)
+}
+
+func (s *Server) releaseIP(ip string) {
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+}
+
+func remoteIP(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
 }

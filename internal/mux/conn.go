@@ -157,6 +157,12 @@ func (c *Conn) Close() {
 	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), websocket.CloseNormalClosure, "")
 }
 
+// ClosePolicy closes the connection at once with close code 1008 (policy
+// violation) and the given reason; open streams fail with err.
+func (c *Conn) ClosePolicy(err error, reason string) {
+	c.closeWith(err, websocket.ClosePolicyViolation, reason)
+}
+
 // CloseGoingAway closes the connection at once with close code 1001 (the
 // server is going away).
 func (c *Conn) CloseGoingAway() {

@@ -1,0 +1,43 @@
+package server
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/tetherrpc/tether"
+)
+
+// Identity is what an Authenticator learned about a client.
+type Identity struct {
+	// Principal identifies the client to handlers and interceptors
+	// (Peer.Principal). It should be comparable if a rate limiter keys on it.
+	Principal any
+	// Expires, when not zero, is when the credentials stop being valid: the
+	// connection is closed then with close code 1008.
+	Expires time.Time
+}
+
+// Authenticator checks a handshake request. It returns an error to refuse
+// the connection: 401 Unauthorized, or 403 Forbidden for an error whose
+// code is tether.CodePermissionDenied. The error's message is sent to the
+// client, so it must not leak secrets.
+type Authenticator func(r *http.Request) (Identity, error)
+
+// BearerToken returns an Authenticator for "Authorization: Bearer <token>"
+// headers (or, for browsers, which cannot set headers on a WebSocket, the
+// "access_token" query parameter). validate checks the token.
+func BearerToken(validate func(r *http.Request, token string) (Identity, error)) Authenticator {
+	return func(r *http.Request) (Identity, error) {
+		token := ""
+		if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			token = strings.TrimSpace(h[7:])
+		} else {
+			token = r.URL.Query().Get("access_token")
+		}
+		if token == "" {
+			return Identity{}, tether.Errorf(tether.CodeUnauthenticated, "missing bearer token")
+		}
+		return validate(r, token)
+	}
+}
