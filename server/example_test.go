@@ -1,0 +1,64 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/examples/echo"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
+)
+
+// Serve a service: register the generated handler and mount the server on
+// any mux.
+func Example() {
+	srv := server.New(server.WithAllowedOrigins("https://app.example.com"))
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	mux := http.NewServeMux()
+	mux.Handle("/rpc", srv)
+	hs := httptest.NewServer(mux) // http.ListenAndServe in a real program
+	defer hs.Close()
+	defer srv.Close()
+
+	c, _ := client.New("ws" + strings.TrimPrefix(hs.URL, "http") + "/rpc")
+	defer c.Close()
+	res, err := echov1.NewEchoServiceClient(c).Say(context.Background(), &echov1.SayRequest{Text: "hi"})
+	fmt.Println(res.GetText(), err)
+	// Output: hi <nil>
+}
+
+// An interceptor that refuses calls without a tenant header.
+func ExampleUnaryInterceptorFunc() {
+	requireTenant := server.UnaryInterceptorFunc(func(next server.UnaryFunc) server.UnaryFunc {
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			ci, _ := server.CallInfoFromContext(ctx)
+			if ci.RequestHeader().Get("tenant") == "" {
+				return nil, tether.Errorf(tether.CodeInvalidArgument, "tenant header required")
+			}
+			return next(ctx, req)
+		}
+	})
+	srv := server.New(server.WithInterceptors(requireTenant))
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+
+	c, _ := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
+	defer c.Close()
+	echoClient := echov1.NewEchoServiceClient(c)
+	_, err := echoClient.Say(context.Background(), &echov1.SayRequest{})
+	fmt.Println(err)
+	_, err = echoClient.Say(context.Background(), &echov1.SayRequest{}, client.WithHeader(tether.NewMetadata("tenant", "acme")))
+	fmt.Println(err)
+	// Output:
+	// invalid_argument: tenant header required
+	// <nil>
+}
