@@ -120,9 +120,9 @@ func (d *demo) run() error {
 		client.WithBackoff(client.BackoffConfig{Initial: 100 * time.Millisecond, Max: time.Second}),
 		client.WithStateListener(func(s client.State, err error) {
 			if (s == client.StateReady || s == client.StateTransientFailure) && s != d.lastState {
-				d.lastState = s
 				d.say("[connection] %s", s)
 			}
+			d.lastState = s
 		}))
 	if err != nil {
 		return err
