@@ -273,6 +273,8 @@ func (c *Client) dial() (*mux.Conn, error) {
 	cfg.OnClose = func(error) {
 		c.mu.Lock()
 		delete(c.conns, conn)
+		c.counters.bytesInClosed.Add(conn.BytesIn())
+		c.counters.bytesOutClosed.Add(conn.BytesOut())
 		c.mu.Unlock()
 		c.wg.Done()
 	}

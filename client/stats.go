@@ -13,13 +13,14 @@ type Stats struct {
 	Retries uint64
 	// DeadLettered counts calls parked in the dead-letter queue.
 	DeadLettered uint64
-	// BytesIn and BytesOut count WebSocket payload bytes on the current
-	// connection.
+	// BytesIn and BytesOut count WebSocket payload bytes since the client
+	// started, over every connection it has had.
 	BytesIn, BytesOut uint64
 }
 
 type clientCounters struct {
 	attempts, connects, retries, deadLettered atomic.Uint64
+	bytesInClosed, bytesOutClosed             atomic.Uint64
 }
 
 // Stats returns a snapshot of the client's activity.
@@ -35,8 +36,11 @@ func (c *Client) Stats() Stats {
 	}
 	st.Retries = c.counters.retries.Load()
 	st.DeadLettered = c.counters.deadLettered.Load()
+	st.BytesIn = c.counters.bytesInClosed.Load()
+	st.BytesOut = c.counters.bytesOutClosed.Load()
 	if conn != nil {
-		st.BytesIn, st.BytesOut = conn.BytesIn(), conn.BytesOut()
+		st.BytesIn += conn.BytesIn()
+		st.BytesOut += conn.BytesOut()
 	}
 	return st
 }

@@ -77,9 +77,8 @@ var clientStates = []client.State{
 //	tether_client_bytes_out_total           counter: WebSocket payload bytes sent
 //
 // state is "idle", "connecting", "ready", "transient_failure" or "closed"
-// (client.State's names). The byte counters count the current connection,
-// as client.Stats does: they restart from zero when the client reconnects,
-// which Prometheus's rate and increase treat as a counter reset.
+// (client.State's names). The byte counters cover every connection the
+// client has had, as client.Stats does.
 type ClientCollector struct {
 	cli                                                 *client.Client
 	state, attempts, connects, reconnects, retries, dlq *prom.Desc
