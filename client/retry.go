@@ -43,8 +43,10 @@ type RetryPolicy struct {
 	// BackoffMultiplier grows the delay after each attempt (default 2).
 	BackoffMultiplier float64
 	// RetryableCodes are retried once the request has reached the server
-	// (default: unavailable, plus aborted and resource_exhausted for
-	// methods that are safe to repeat).
+	// (default: unavailable, plus aborted for methods that are safe to
+	// repeat). resource_exhausted is not retried by default: a limit that
+	// refused a request (size, metadata) refuses it again; add it for
+	// methods whose server answers it for load shedding.
 	RetryableCodes []tether.Code
 	// DeadLetter parks a call that still failed to be delivered after its
 	// attempts in the client's dead-letter queue (WithDeadLetterQueue); the
@@ -106,7 +108,7 @@ func (c *Client) policyFor(m *Method, co *callOptions) policy {
 		afterWire: safe || declared != nil,
 	}
 	if safe {
-		p.codes = []tether.Code{tether.CodeUnavailable, tether.CodeAborted, tether.CodeResourceExhausted}
+		p.codes = []tether.Code{tether.CodeUnavailable, tether.CodeAborted}
 	} else {
 		p.codes = []tether.Code{tether.CodeUnavailable}
 	}

@@ -528,8 +528,8 @@ type RetryPolicy struct {
 	// BackoffMultiplier grows the delay after each attempt (default 2).
 	BackoffMultiplier float64 `protobuf:"fixed64,4,opt,name=backoff_multiplier,json=backoffMultiplier,proto3" json:"backoff_multiplier,omitempty"`
 	// RetryableCodes are the codes that are retried once the request has
-	// reached the server (default: UNAVAILABLE, plus RESOURCE_EXHAUSTED and
-	// ABORTED for idempotent methods).
+	// reached the server (default: UNAVAILABLE, plus ABORTED for methods that
+	// are safe to repeat).
 	RetryableCodes []Code `protobuf:"varint,5,rep,packed,name=retryable_codes,json=retryableCodes,proto3,enum=tether.v1.Code" json:"retryable_codes,omitempty"`
 	// DeadLetter parks a call that exhausts its attempts in the client's
 	// dead-letter queue instead of only returning an error.
