@@ -78,18 +78,20 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 // unaryAttempt sends the request on one stream and reads one response and
 // the status.
 func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, req []byte) ([]byte, error) {
-	s, err := c.openStream(ctx, co, call)
+	s, sent, err := c.openStream(ctx, co, call, req, true)
 	if err != nil {
 		return nil, err
 	}
 	defer s.release()
-	if err := s.st.SendMsg(ctx, req); err != nil && !errors.Is(err, io.EOF) {
-		s.st.Reset(err)
-		return nil, err
-	}
-	if err := s.st.CloseSend(ctx); err != nil {
-		s.st.Reset(err)
-		return nil, err
+	if !sent {
+		if err := s.st.SendMsg(ctx, req); err != nil && !errors.Is(err, io.EOF) {
+			s.st.Reset(err)
+			return nil, err
+		}
+		if err := s.st.CloseSend(ctx); err != nil {
+			s.st.Reset(err)
+			return nil, err
+		}
 	}
 	msg, err := s.st.RecvMsg()
 	if err == nil {
@@ -111,29 +113,32 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 
 // openStream opens a stream for a call on the ready connection, with the
 // call's metadata and deadline, and resets it when ctx ends.
-func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call) (*clientStream, error) {
+//
+// first, when not nil, is sent with the OPEN if it fits (then closeSend also
+// half-closes); sent reports whether it was.
+func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, first []byte, closeSend bool) (cs *clientStream, sent bool, err error) {
 	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header)}
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
-			return nil, tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded before the call started")
+			return nil, false, tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded before the call started")
 		}
 		open.TimeoutMicros = uint64((rem + time.Microsecond - 1) / time.Microsecond)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, tether.AsError(err)
+		return nil, false, tether.AsError(err)
 	}
 	conn, err := c.getConn(ctx, co.failFast)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	st, err := conn.Open(ctx, open)
+	st, sent, err := conn.Open(ctx, open, first, closeSend)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	s := &clientStream{st: st, ctx: ctx}
 	s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
-	return s, nil
+	return s, sent, nil
 }
 
 // clientStream is the untyped client side of one stream.
@@ -188,7 +193,7 @@ func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (S
 	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
 		for try := 0; ; try++ {
-			s, err := c.openStream(ctx, co, call)
+			s, _, err := c.openStream(ctx, co, call, nil, false)
 			if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {
 				if s == nil {
 					return nil, err

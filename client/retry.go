@@ -80,6 +80,13 @@ func (e *DeadLetterError) Unwrap() []error { return []error{ErrDeadLettered, e.E
 // server, so that a server refusing every call cannot spin a client.
 const maxTransparentRetries = 10
 
+// Default retryable codes: for methods safe to repeat, and for methods that
+// declare a policy without codes.
+var (
+	safeRetryCodes     = []tether.Code{tether.CodeUnavailable, tether.CodeAborted}
+	declaredRetryCodes = []tether.Code{tether.CodeUnavailable}
+)
+
 // policy is a RetryPolicy with its defaults applied.
 type policy struct {
 	maxAttempts int
@@ -108,9 +115,9 @@ func (c *Client) policyFor(m *Method, co *callOptions) policy {
 		afterWire: safe || declared != nil,
 	}
 	if safe {
-		p.codes = []tether.Code{tether.CodeUnavailable, tether.CodeAborted}
+		p.codes = safeRetryCodes
 	} else {
-		p.codes = []tether.Code{tether.CodeUnavailable}
+		p.codes = declaredRetryCodes
 	}
 	p.maxAttempts = 1
 	if p.afterWire {

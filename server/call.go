@@ -121,15 +121,35 @@ func (c *call) flushHeader() error {
 	return c.s.SendHeaders(md)
 }
 
-// finish sends END with the handler's result.
-func (c *call) finish(err error) {
+// finish ends the call: response headers if not sent yet, the unary
+// response if there is one, and END with the status and trailers, in one
+// write when they fit.
+func (c *call) finish(res proto.Message, err error) {
 	if err != nil {
 		if e := tether.AsError(err); len(e.Meta()) > 0 {
 			c.trailer.Merge(e.Meta())
 		}
 	}
-	if err == nil || tether.CodeOf(err) != tether.CodeOK {
-		_ = c.flushHeader()
+	var last []byte
+	if err == nil && res != nil {
+		var merr error
+		if last, merr = proto.Marshal(res); merr != nil {
+			err = tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", res.ProtoReflect().Descriptor().FullName(), merr)
+			last = nil
+		} else if last == nil {
+			last = []byte{} // an empty message is still a message
+		}
 	}
-	_ = c.s.Finish(err, c.trailer)
+	c.mu.Lock()
+	var headers tether.Metadata
+	if !c.sentHead {
+		c.sentHead = true
+		headers = c.respMD
+	}
+	c.mu.Unlock()
+	if ferr := c.s.FinishWith(headers, last, err, c.trailer); ferr != nil && err == nil {
+		// The response could not be sent (too large, stream gone): end
+		// with that error instead.
+		_ = c.s.Finish(ferr, c.trailer)
+	}
 }

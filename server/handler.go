@@ -163,18 +163,15 @@ func (h *Handler) compile(server []Interceptor) *Handler {
 	return &out
 }
 
-// serve runs the handler for one call and returns its result.
-func (h *Handler) serve(ctx context.Context, c *call) error {
+// serve runs the handler for one call and returns its result: for unary
+// calls the response, which finish sends with the status in one write.
+func (h *Handler) serve(ctx context.Context, c *call) (proto.Message, error) {
 	if h.unary == nil {
-		return h.stream(ctx, c)
+		return nil, h.stream(ctx, c)
 	}
 	req := h.newReq()
 	if err := receiveOne(c, req); err != nil {
-		return err
+		return nil, err
 	}
-	res, err := h.unary(ctx, req)
-	if err != nil {
-		return err
-	}
-	return c.Send(res)
+	return h.unary(ctx, req)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
@@ -240,16 +241,17 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
 	}
 	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo(c))
 	c.ctx = ctx
-	c.finish(s.run(ctx, h, c))
+	res, err := s.run(ctx, h, c)
+	c.finish(res, err)
 }
 
 // run calls the handler and turns a panic into an internal error for this
 // call alone.
-func (s *Server) run(ctx context.Context, h *Handler, c *call) (err error) {
+func (s *Server) run(ctx context.Context, h *Handler, c *call) (res proto.Message, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.cfg.logger.Error("tether handler panicked", "procedure", c.spec.Procedure, "peer", c.peer.Addr, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			err = tether.Errorf(tether.CodeInternal, "tether: handler panicked")
+			res, err = nil, tether.Errorf(tether.CodeInternal, "tether: handler panicked")
 		}
 	}()
 	return h.serve(ctx, c)

@@ -79,3 +79,24 @@ func newHTTPServer(t *testing.T, h http.Handler) string {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// newBenchEnv is newEnv for benchmarks.
+func newBenchEnv(b *testing.B) *env {
+	b.Helper()
+	e := &env{srv: server.New(server.WithLogger(discardLogger()))}
+	echov1.RegisterEchoServiceHandler(e.srv, &echo.Handler{})
+	e.hs = httptest.NewServer(e.srv)
+	e.url = "ws" + strings.TrimPrefix(e.hs.URL, "http")
+	cli, err := client.New(e.url, client.WithLogger(discardLogger()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.cli = cli
+	e.echo = echov1.NewEchoServiceClient(cli)
+	b.Cleanup(func() {
+		_ = e.cli.Close()
+		_ = e.srv.Close()
+		e.hs.Close()
+	})
+	return e
+}

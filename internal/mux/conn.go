@@ -658,9 +658,11 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	c.streams[f.StreamID] = s
 	c.running++
 	c.mu.Unlock()
-	if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
-		c.writeUrgent(func(b []byte) []byte { return frame.AppendWindow(b, s.id, uint32(extra)) })
-	}
+	// The window beyond InitialWindow is granted when the handler first
+	// reads (RecvMsg), not here: a unary call that has already
+	// half-closed never needs it, and the WINDOW frame would cost a write.
+	s.recvWindow = InitialWindow
+	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
 	go func() {
 		// The stream counts against MaxConcurrentStreams until its handler
 		// returns, not only until it is reset: a flood of open-then-cancel
@@ -720,15 +722,17 @@ func (c *Conn) RunningHandlers() int {
 
 // Open starts a stream (clients only). The OPEN frame is queued in stream-id
 // order; the returned stream is ready for SendMsg and RecvMsg.
-func (c *Conn) Open(ctx context.Context, open *tetherv1.Open) (*Stream, error) {
-	payload, err := proto.Marshal(open)
-	if err != nil {
-		return nil, tether.Errorf(tether.CodeInternal, "tether: encode OPEN: %v", err)
+//
+// When first is not nil and fits the initial window, it is queued as the
+// stream's first message together with the OPEN (and HALF_CLOSE when
+// closeSend is set), so that a unary call leaves in one write; otherwise the
+// caller sends it with SendMsg. sent reports which happened.
+func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
+	size := proto.Size(open)
+	if limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload); size > limit {
+		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", size, limit)
 	}
-	if len(payload) > c.cfg.MaxHeaderBytes || len(payload) > frame.MaxPayload {
-		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(payload), min(c.cfg.MaxHeaderBytes, frame.MaxPayload))
-	}
-	var s *Stream
+	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
 	var openErr error
 	err = c.write(ctx, nil, func(b []byte) []byte {
 		c.mu.Lock()
@@ -745,23 +749,44 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open) (*Stream, error) {
 			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: stream ids exhausted on this connection"))
 			return b
 		}
-		s = c.newStream(c.nextID)
+		start := len(b)
+		id := c.nextID
+		b = frame.AppendHeader(b, frame.TypeOpen, 0, id, size)
+		var merr error
+		b, merr = marshalOpts.MarshalAppend(b, open)
+		if merr != nil {
+			openErr = tether.Errorf(tether.CodeInternal, "tether: encode OPEN: %v", merr)
+			return b[:start]
+		}
+		s = c.newStream(id)
 		c.nextID += 2
 		c.streams[s.id] = s
-		b = frame.Append(b, frame.Frame{Type: frame.TypeOpen, StreamID: s.id, Payload: payload})
 		if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
 			b = frame.AppendWindow(b, s.id, uint32(extra))
+		}
+		if inline {
+			s.sendCredit -= len(first) + FrameOverhead
+			b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, len(first))
+			b = append(b, first...)
+			if closeSend {
+				s.halfClosed = true
+				b = frame.AppendHeader(b, frame.TypeHalfClose, 0, s.id, 0)
+			}
 		}
 		return b
 	})
 	if err != nil {
-		return nil, unprocessed(err)
+		return nil, false, unprocessed(err)
 	}
 	if openErr != nil {
-		return nil, openErr
+		return nil, false, openErr
 	}
-	return s, nil
+	return s, inline, nil
 }
+
+// marshalOpts encodes envelopes straight into the writer's queue, reusing
+// the size computed just before.
+var marshalOpts = proto.MarshalOptions{UseCachedSize: true}
 
 func resetPayload(err error, notProcessed bool) *tetherv1.Reset {
 	e := tether.AsError(err)

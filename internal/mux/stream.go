@@ -30,6 +30,7 @@ type Stream struct {
 	recvEnd    error // io.EOF or the call's error once nothing more arrives
 	recvWindow int   // credit the peer still has
 	unacked    int   // credit consumed by the application, not yet granted back
+	deferredGrant int // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial    int   // reader goroutine: bytes of the message being received
 	assembly   []byte
 	sendCredit int
@@ -101,7 +102,7 @@ func (s *Stream) handleMessage(f frame.Frame, msgLen int) error {
 		s.partial = 0
 	}
 	payload := f.Payload
-	if 2*len(payload) < msgLen {
+	if msgLen > 4096 && 2*len(payload) < msgLen {
 		// A small frame must not pin the large WebSocket message it came
 		// in: flow control counts only its own bytes.
 		payload = append([]byte(nil), payload...)
@@ -214,6 +215,17 @@ func (s *Stream) handleReset(payload []byte) error {
 // credit is granted back as they are taken, so messages larger than the
 // window flow.
 func (s *Stream) RecvMsg() ([]byte, error) {
+	if s.deferredGrant > 0 {
+		s.mu.Lock()
+		n := s.deferredGrant
+		s.deferredGrant = 0
+		if s.recvEnd != nil || s.finished {
+			n = 0
+		}
+		s.recvWindow += n
+		s.mu.Unlock()
+		s.grant(n)
+	}
 	for {
 		s.mu.Lock()
 		for s.recvHead < len(s.recvQ) {
@@ -406,16 +418,29 @@ func (s *Stream) CloseSend(ctx context.Context) error {
 
 // SendHeaders sends the response headers (servers), before any message.
 func (s *Stream) SendHeaders(md tether.Metadata) error {
-	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: wire.MetadataToProto(md)})
+	payload, err := s.encodeHeaders(md)
 	if err != nil {
-		return tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
-	}
-	if limit := min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload); len(payload) > limit {
-		return tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), limit)
+		return err
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	err = s.c.write(s.ctx, s.done, func(b []byte) []byte {
+	return s.writeHeaders(payload)
+}
+
+func (s *Stream) encodeHeaders(md tether.Metadata) ([]byte, error) {
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: wire.MetadataToProto(md)})
+	if err != nil {
+		return nil, tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
+	}
+	if limit := min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload); len(payload) > limit {
+		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), limit)
+	}
+	return payload, nil
+}
+
+// writeHeaders queues a HEADERS frame; the caller holds sendMu.
+func (s *Stream) writeHeaders(payload []byte) error {
+	err := s.c.write(s.ctx, s.done, func(b []byte) []byte {
 		return frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: payload})
 	})
 	if err != nil {
@@ -427,18 +452,29 @@ func (s *Stream) SendHeaders(md tether.Metadata) error {
 // Finish ends the stream with a status (servers): nil for OK, or the error,
 // with trailers. It is a no-op on a stream that has already ended.
 func (s *Stream) Finish(callErr error, trailers tether.Metadata) error {
-	end := &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
-	payload, err := proto.Marshal(end)
-	if err != nil {
-		// Trailers that cannot be encoded (invalid UTF-8): the call must
-		// still end, so send the status alone and say why.
-		end = &tetherv1.End{Status: &tetherv1.Status{Code: tetherv1.Code_CODE_INTERNAL, Message: "tether: response trailers could not be encoded: " + err.Error()}}
-		payload, _ = proto.Marshal(end)
+	return s.FinishWith(nil, nil, callErr, trailers)
+}
+
+var errCallFinished = tether.Errorf(tether.CodeCanceled, "tether: call finished")
+
+// FinishWith ends the stream like Finish, first sending headers (when not
+// empty) and a last message (when not nil). When they fit the stream's
+// credit, headers, message and END leave in one write: a unary response
+// costs one syscall.
+func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error, trailers tether.Metadata) error {
+	var hdr []byte
+	if len(headers) > 0 {
+		var err error
+		if hdr, err = s.encodeHeaders(headers); err != nil {
+			return err
+		}
 	}
-	if len(payload) > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
+	end := &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
+	size := proto.Size(end)
+	if size > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
 		// Keep the code; drop what does not fit.
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
-		payload, _ = proto.Marshal(end)
+		size = proto.Size(end)
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
@@ -447,16 +483,58 @@ func (s *Stream) Finish(callErr error, trailers tether.Metadata) error {
 		s.mu.Unlock()
 		return nil
 	}
+	inline := last == nil || len(last) <= frame.MaxPayload && len(last)+FrameOverhead <= s.sendCredit
+	if last != nil && inline {
+		s.sendCredit -= len(last) + FrameOverhead
+	}
+	s.mu.Unlock()
+	if last != nil && len(last) > s.c.cfg.MaxMessageSize {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", len(last), s.c.cfg.MaxMessageSize)
+	}
+	if !inline {
+		// Too big for one write: headers and message first, with flow
+		// control, then END.
+		if hdr != nil {
+			if err := s.writeHeaders(hdr); err != nil {
+				return err
+			}
+			hdr = nil
+		}
+		s.sendMu.Unlock()
+		err := s.SendMsg(s.ctx, last)
+		s.sendMu.Lock()
+		if err != nil {
+			return err
+		}
+		last = nil
+	}
+	s.mu.Lock()
 	s.halfClosed = true
 	s.mu.Unlock()
 	// The stream's context may be canceled already (deadline); END must
 	// still go out, so only the stream ending or the connection stop it.
-	err = s.c.write(context.Background(), s.done, func(b []byte) []byte {
-		return frame.Append(b, frame.Frame{Type: frame.TypeEnd, StreamID: s.id, Payload: payload})
+	err := s.c.write(context.Background(), s.done, func(b []byte) []byte {
+		if hdr != nil {
+			b = frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: hdr})
+		}
+		if last != nil {
+			b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, len(last))
+			b = append(b, last...)
+		}
+		start := len(b)
+		b = frame.AppendHeader(b, frame.TypeEnd, 0, s.id, size)
+		var merr error
+		if b, merr = marshalOpts.MarshalAppend(b, end); merr != nil {
+			// Trailers that cannot be encoded (invalid UTF-8): the call
+			// must still end, so send the status alone and say why.
+			fallback := &tetherv1.End{Status: &tetherv1.Status{Code: tetherv1.Code_CODE_INTERNAL, Message: "tether: response trailers could not be encoded: " + merr.Error()}}
+			b = frame.AppendHeader(b[:start], frame.TypeEnd, 0, s.id, proto.Size(fallback))
+			b, _ = marshalOpts.MarshalAppend(b, fallback)
+		}
+		return b
 	})
-	code := tether.CodeOf(callErr)
-	if code == tether.CodeOK {
-		s.terminate(tether.Errorf(tether.CodeCanceled, "tether: call finished"), false)
+	if tether.CodeOf(callErr) == tether.CodeOK {
+		s.terminate(errCallFinished, false)
 	} else {
 		s.terminate(callErr, false)
 	}
