@@ -24,22 +24,22 @@ type Stream struct {
 
 	sendMu sync.Mutex // serializes senders so fragments never interleave
 
-	mu         sync.Mutex
-	recvQ      []chunk
-	recvHead   int
-	recvEnd    error // io.EOF or the call's error once nothing more arrives
-	recvWindow int   // credit the peer still has
-	unacked    int   // credit consumed by the application, not yet granted back
-	deferredGrant int // server: window beyond InitialWindow, granted on the first RecvMsg
-	partial    int   // reader goroutine: bytes of the message being received
-	assembly   []byte
-	sendCredit int
-	sendErr    error // set when the stream can carry no more sends
-	halfClosed bool  // we sent HALF_CLOSE or END
-	headers    tether.Metadata
-	headersSet bool
-	trailers   tether.Metadata
-	finished   bool // removed from the connection
+	mu            sync.Mutex
+	recvQ         []chunk
+	recvHead      int
+	recvEnd       error // io.EOF or the call's error once nothing more arrives
+	recvWindow    int   // credit the peer still has
+	unacked       int   // credit consumed by the application, not yet granted back
+	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
+	partial       int   // reader goroutine: bytes of the message being received
+	assembly      []byte
+	sendCredit    int
+	sendErr       error // set when the stream can carry no more sends
+	halfClosed    bool  // we sent HALF_CLOSE or END
+	headers       tether.Metadata
+	headersSet    bool
+	trailers      tether.Metadata
+	finished      bool // removed from the connection
 
 	recvNotify chan struct{}
 	sendNotify chan struct{}
