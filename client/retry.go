@@ -245,6 +245,14 @@ func ensureIdempotencyKey(call *Call) {
 	}
 }
 
+// transparentDelay spreads retries of refused requests: a random wait that
+// doubles from 5ms per retry, capped at 1s, so a server at its stream limit
+// is not hammered.
+func transparentDelay(n int) time.Duration {
+	d := min(time.Second, 5*time.Millisecond<<min(n, 10))
+	return time.Duration(mrand.Int64N(int64(d) + 1))
+}
+
 // sleepCtx waits d unless ctx ends first; it reports whether it waited.
 func sleepCtx(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
@@ -295,7 +303,7 @@ func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, ca
 			attempts--
 			transparent++
 			c.counters.retries.Add(1)
-			if !sleepCtx(ctx, time.Duration(mrand.Int64N(int64(20*time.Millisecond)))) {
+			if !sleepCtx(ctx, transparentDelay(transparent)) {
 				break
 			}
 			continue

@@ -165,10 +165,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var expiry *time.Timer
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
 	cfg.OnClose = func(error) {
+		s.mu.Lock()
 		if expiry != nil {
 			expiry.Stop()
 		}
-		s.mu.Lock()
 		delete(s.conns, conn)
 		s.releaseIP(ip)
 		s.counters.bytesInClosed.Add(conn.BytesIn())

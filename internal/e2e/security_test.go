@@ -45,6 +45,7 @@ import (
 	"github.com/tetherrpc/tether/internal/frame"
 	"github.com/tetherrpc/tether/server"
 	"github.com/tetherrpc/tether/server/authz"
+	"github.com/tetherrpc/tether/server/idempotency"
 	"github.com/tetherrpc/tether/server/ratelimit"
 )
 
@@ -111,9 +112,9 @@ func (w *secWitness) call() error {
 	return nil
 }
 
-// background calls every 10ms until the returned stop is called; stop
-// reports the first failure and how many calls succeeded.
-func (w *secWitness) background() (stop func() (int, error)) {
+// background calls every 10ms until the returned stop is called (or the
+// test ends); stop reports the first failure and how many calls succeeded.
+func (w *secWitness) background(t *testing.T) (stop func() (int, error)) {
 	done := make(chan struct{})
 	result := make(chan struct {
 		n   int
@@ -139,11 +140,19 @@ func (w *secWitness) background() (stop func() (int, error)) {
 			}
 		}
 	}()
-	return func() (int, error) {
-		close(done)
-		r := <-result
-		return r.n, r.err
+	var once sync.Once
+	var n int
+	var err error
+	stop = func() (int, error) {
+		once.Do(func() {
+			close(done)
+			r := <-result
+			n, err = r.n, r.err
+		})
+		return n, err
 	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // untouched checks that the witness still works on its first connection.
@@ -192,8 +201,8 @@ func secAwaitClose(ws *websocket.Conn, timeout time.Duration) (code int, text st
 	}
 }
 
-// expectClose fails unless the server closes ws with code within timeout.
-func expectClose(t *testing.T, ws *websocket.Conn, want int, timeout time.Duration) string {
+// secExpectClose fails unless the server closes ws with code within timeout.
+func secExpectClose(t *testing.T, ws *websocket.Conn, want int, timeout time.Duration) string {
 	t.Helper()
 	code, text, err := secAwaitClose(ws, timeout)
 	if code != want {
@@ -291,19 +300,6 @@ func secCountFDs(t *testing.T) int {
 		t.Skipf("cannot count file descriptors: %v", err)
 	}
 	return len(ents)
-}
-
-// secKnownBug marks a check that fails because of a bug in the core,
-// reported in docs/SECURITY.md ("Known issues"): the test is skipped with the
-// bug's description, unless TETHER_KNOWN_BUGS=1 asks to see it fail. Once
-// the bug is fixed the check passes and the skip is never reached.
-func secKnownBug(t *testing.T, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("TETHER_KNOWN_BUGS") != "" {
-		t.Fatalf("KNOWN CORE BUG: %s", msg)
-	}
-	t.Skipf("KNOWN CORE BUG (docs/SECURITY.md, Known issues; TETHER_KNOWN_BUGS=1 to fail): %s", msg)
 }
 
 // secRaceEnabled reports whether the test binary was built with -race.
@@ -525,7 +521,7 @@ func TestPingFlood(t *testing.T) {
 		burst = append(burst, secPing(uint64(i), false)...)
 	}
 	secWrite(t, ws, burst)
-	text := expectClose(t, ws, websocket.ClosePolicyViolation, 5*time.Second)
+	text := secExpectClose(t, ws, websocket.ClosePolicyViolation, 5*time.Second)
 	t.Logf("ping flood: closed with 1008 %q", text)
 	secEventually(t, 5*time.Second, secConnections(srv, 1))
 	w.untouched(t)
@@ -542,7 +538,7 @@ func TestIdleFrameFlood(t *testing.T) {
 		burst = frame.Append(burst, frame.Frame{Type: frame.Type(0x42), StreamID: 1})
 	}
 	secWrite(t, ws, burst)
-	text := expectClose(t, ws, websocket.ClosePolicyViolation, 5*time.Second)
+	text := secExpectClose(t, ws, websocket.ClosePolicyViolation, 5*time.Second)
 	t.Logf("idle-frame flood: closed with 1008 %q", text)
 	secEventually(t, 5*time.Second, secConnections(srv, 1))
 	w.untouched(t)
@@ -626,7 +622,7 @@ func TestOversizeMessage(t *testing.T) {
 		_ = ws.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		_ = ws.WriteMessage(websocket.BinaryMessage, make([]byte, 1<<20+1))
 	}()
-	expectClose(t, ws, websocket.CloseMessageTooBig, 5*time.Second)
+	secExpectClose(t, ws, websocket.CloseMessageTooBig, 5*time.Second)
 	secEventually(t, 5*time.Second, secConnections(srv, 1))
 	w.untouched(t)
 }
@@ -640,7 +636,7 @@ func TestTextMessage(t *testing.T) {
 	if err := ws.WriteMessage(websocket.TextMessage, []byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	text := expectClose(t, ws, websocket.CloseUnsupportedData, 5*time.Second)
+	text := secExpectClose(t, ws, websocket.CloseUnsupportedData, 5*time.Second)
 	if text != "tether uses binary messages only" {
 		t.Fatalf("close reason %q", text)
 	}
@@ -651,7 +647,7 @@ func TestTextMessage(t *testing.T) {
 // --- metadata bombs ---
 
 func TestMetadataLimits(t *testing.T) {
-	srv, u := secServer(t, nil)
+	_, u := secServer(t, nil)
 	w := newSecWitness(t, u)
 	// The client's own header limit is raised so that the server's is the
 	// one tested.
@@ -682,7 +678,7 @@ func TestMetadataLimits(t *testing.T) {
 		retries := cli.Stats().Retries - before
 		t.Run(tc.name+" not retried", func(t *testing.T) {
 			if retries != 0 {
-				secKnownBug(t, "a call refused for its metadata (%v) was retried %d times: the client's default policy "+
+				t.Fatalf("a call refused for its metadata (%v) was retried %d times: the client's default policy "+
 					"for NO_SIDE_EFFECTS methods retries every resource_exhausted, including limits that will refuse it again", err, retries)
 			}
 		})
@@ -702,7 +698,6 @@ func TestMetadataLimits(t *testing.T) {
 	if n := cli.Stats().Connects; n != 1 {
 		t.Fatalf("client reconnected: %d connects", n)
 	}
-	_ = srv
 	w.untouched(t)
 }
 
@@ -808,7 +803,7 @@ func secExpectPingAck(t *testing.T, ws *websocket.Conn, p uint64) {
 func TestSlowReaderEvicted(t *testing.T) {
 	srv, u := secServer(t, nil, server.WithWriteTimeout(300*time.Millisecond))
 	w := newSecWitness(t, u)
-	stop := w.background()
+	stop := w.background(t)
 	ws := secDial(t, u, nil)
 	defer ws.Close()
 	secEventually(t, 5*time.Second, secConnections(srv, 2)) // witness and ws
@@ -831,10 +826,10 @@ func TestSlowReaderEvicted(t *testing.T) {
 
 // --- authentication and authorization ---
 
-// principalEcho answers Say with the caller's principal.
-type principalEcho struct{ echo.Handler }
+// secPrincipalEcho answers Say with the caller's principal.
+type secPrincipalEcho struct{ echo.Handler }
 
-func (principalEcho) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
+func (secPrincipalEcho) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
 	ci, ok := server.CallInfoFromContext(ctx)
 	if !ok {
 		return nil, tether.Errorf(tether.CodeInternal, "no call info")
@@ -858,7 +853,7 @@ func TestAuthentication(t *testing.T) {
 		}
 		return nil
 	})
-	_, u := secServer(t, &principalEcho{}, server.WithAuthenticator(auth), server.WithInterceptors(denyCountdown))
+	_, u := secServer(t, &secPrincipalEcho{}, server.WithAuthenticator(auth), server.WithInterceptors(denyCountdown))
 	ctx := testCtx(t)
 
 	t.Run("no token", func(t *testing.T) {
@@ -897,16 +892,11 @@ func TestAuthentication(t *testing.T) {
 	})
 
 	t.Run("expiry", func(t *testing.T) {
-		if secRaceEnabled() {
-			secKnownBug(t, "data race on the expiry timer: server/server.go ServeHTTP writes `expiry` (line 181) "+
-				"after mux.New has started the goroutine whose OnClose reads it without a lock (line 167); "+
-				"every connection with Identity.Expires trips the race detector when it closes")
-		}
 		// A raw client sees the close code.
 		ws := secDial(t, u, http.Header{"Authorization": {"Bearer short-raw"}})
 		defer ws.Close()
 		start := time.Now()
-		text := expectClose(t, ws, websocket.ClosePolicyViolation, 5*time.Second)
+		text := secExpectClose(t, ws, websocket.ClosePolicyViolation, 5*time.Second)
 		if text != "credentials expired" {
 			t.Fatalf("close reason %q", text)
 		}
@@ -982,13 +972,13 @@ func TestRateLimit(t *testing.T) {
 
 // --- rapid reset ---
 
-// countingChat records how many Chat handlers run at once.
-type countingChat struct {
+// secCountingChat records how many Chat handlers run at once.
+type secCountingChat struct {
 	echo.Handler
 	running, peak, entered atomic.Int64
 }
 
-func (h *countingChat) Chat(ctx context.Context, _ *server.BidiStream[echov1.ChatRequest, echov1.ChatResponse]) error {
+func (h *secCountingChat) Chat(ctx context.Context, _ *server.BidiStream[echov1.ChatRequest, echov1.ChatResponse]) error {
 	h.entered.Add(1)
 	n := h.running.Add(1)
 	for {
@@ -1007,7 +997,7 @@ func (h *countingChat) Chat(ctx context.Context, _ *server.BidiStream[echov1.Cha
 // limit until they return, so no more than 16 ever run.
 func TestRapidReset(t *testing.T) {
 	const limit, total, workers = 16, 10_000, 20
-	h := &countingChat{}
+	h := &secCountingChat{}
 	srv, u := secServer(t, h, server.WithMaxConcurrentStreams(limit))
 	cli, ec := secClient(t, u)
 	ctx := testCtx(t)
@@ -1042,8 +1032,8 @@ func TestRapidReset(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("%d open+cancel pairs in %v: %d opens failed on the client %v, %d handlers ran (so about %d OPENs were refused by the server or lost), peak %d running, %d client connects",
-		total, took.Round(time.Millisecond), failed.Load(), errs, h.entered.Load(), total-failed.Load()-h.entered.Load(), h.peak.Load(), cli.Stats().Connects)
+	t.Logf("%d open+cancel pairs in %v: %d opens failed on the client %v, %d handlers ran (so about %d OPENs were refused by the server or lost), peak %d running, %d client connects (server accepted %d)",
+		total, took.Round(time.Millisecond), failed.Load(), errs, h.entered.Load(), total-failed.Load()-h.entered.Load(), h.peak.Load(), cli.Stats().Connects, srv.Stats().ConnectionsAccepted)
 	if p := h.peak.Load(); p > limit {
 		t.Fatalf("%d handlers ran at once; the limit is %d", p, limit)
 	}
@@ -1083,7 +1073,7 @@ func TestOverStreamLimitKeepsConnection(t *testing.T) {
 		t.Fatalf("only %d calls succeeded", codes[tether.CodeOK])
 	}
 	if n := cli.Stats().Connects; n != 1 {
-		secKnownBug(t, "the server closed a well-behaved client's connection (%d connects; server log: %s): "+
+		t.Fatalf("the server closed a well-behaved client's connection (%d connects; server log: %s): "+
 			"each OPEN refused over MaxConcurrentStreams, and the WINDOW, MESSAGE and HALF_CLOSE that follow it, count "+
 			"as idle frames (internal/mux/conn.go handleOpen and handle), and the client retries refused unary calls "+
 			"transparently up to 10 times within ~100ms, so ~84 calls over the limit pass the default 1,000 idle frames/s",
@@ -1091,10 +1081,10 @@ func TestOverStreamLimitKeepsConnection(t *testing.T) {
 	}
 }
 
-// smallSendBufListener accepts connections with a 32 KiB socket send buffer.
-type smallSendBufListener struct{ *net.TCPListener }
+// secSmallSendBufListener accepts connections with a 32 KiB socket send buffer.
+type secSmallSendBufListener struct{ *net.TCPListener }
 
-func (l smallSendBufListener) Accept() (net.Conn, error) {
+func (l secSmallSendBufListener) Accept() (net.Conn, error) {
 	c, err := l.AcceptTCP()
 	if err != nil {
 		return nil, err
@@ -1154,7 +1144,7 @@ func TestSendQueueOverflow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln = smallSendBufListener{ln.(*net.TCPListener)}
+	ln = secSmallSendBufListener{ln.(*net.TCPListener)}
 	hs := httptest.NewUnstartedServer(srv)
 	hs.Listener.Close()
 	hs.Listener = ln
@@ -1189,4 +1179,104 @@ func TestSendQueueOverflow(t *testing.T) {
 	code, text, err := secAwaitClose(ws, 5*time.Second)
 	t.Logf("the client sees: code %d %q %v", code, text, err)
 	w.untouched(t)
+}
+
+// TestTinyMessageFlood: floods of WebSocket messages that carry no tether
+// frame at all, empty binary messages and WebSocket pings, should be
+// bounded like floods of idle frames (1008).
+func TestTinyMessageFlood(t *testing.T) {
+	_, u := secServer(t, nil)
+	w := newSecWitness(t, u)
+	for _, tc := range []struct {
+		name string
+		send func(ws *websocket.Conn) error
+		why  string
+	}{
+		{"empty binary messages", func(ws *websocket.Conn) error { return ws.WriteMessage(websocket.BinaryMessage, nil) },
+			"internal/mux/conn.go readLoop counts only tether frames against MaxIdleFrameRate; a message without frames costs nothing"},
+		{"WebSocket pings", func(ws *websocket.Conn) error {
+			return ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
+		}, "mux.New sets no ping handler, so gorilla's default answers every WebSocket ping with a pong (one socket write each), outside MaxPingRate"},
+		{"WINDOW frames of 1 byte on a live stream", func(ws *websocket.Conn) error {
+			return ws.WriteMessage(websocket.BinaryMessage, secWindow(1, 1))
+		}, "a non-zero WINDOW for a live stream is not an idle frame (internal/mux/conn.go handle counts only WINDOW 0); " +
+			"a peer may send ~2^31 of them before the credit overflows"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := secDial(t, u, nil)
+			defer ws.Close()
+			secWrite(t, ws, secOpen(1, echov1.EchoServiceChatProcedure, nil, 0)) // a live stream
+			// A reader takes the pongs and looks for the PING ACK or the close.
+			type outcome struct {
+				code int
+				err  error
+			}
+			done := make(chan outcome, 1)
+			go func() {
+				_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+				for {
+					_, msg, err := ws.ReadMessage()
+					if err != nil {
+						var ce *websocket.CloseError
+						if errors.As(err, &ce) {
+							done <- outcome{ce.Code, nil}
+						} else {
+							done <- outcome{0, err}
+						}
+						return
+					}
+					if string(msg) == string(secPing(9, true)) {
+						done <- outcome{0, nil}
+						return
+					}
+				}
+			}()
+			const n = 5000 // 2.5 times the default idle-frame burst
+			sent := 0
+			for ; sent < n; sent++ {
+				_ = ws.SetWriteDeadline(time.Now().Add(2 * time.Second))
+				if tc.send(ws) != nil {
+					break
+				}
+			}
+			_ = ws.WriteMessage(websocket.BinaryMessage, secPing(9, false))
+			res := <-done
+			switch {
+			case res.code == websocket.ClosePolicyViolation:
+				t.Logf("closed with 1008 after %d of %d", sent, n)
+			case res.code == 0 && res.err == nil:
+				t.Fatalf("%d %s in a burst were all accepted (the server answered a PING after them): %s", sent, tc.name, tc.why)
+			default:
+				t.Fatalf("after %d %s: close code %d, err %v", sent, tc.name, res.code, res.err)
+			}
+		})
+	}
+	w.untouched(t)
+}
+
+// TestIdempotencyKeyScope: the idempotency cache must not answer one
+// principal's call with another principal's result when their keys collide
+// (keys chosen by applications, such as order numbers, are guessable).
+func TestIdempotencyKeyScope(t *testing.T) {
+	auth := server.BearerToken(func(r *http.Request, tok string) (server.Identity, error) {
+		return server.Identity{Principal: tok}, nil // the token names the principal
+	})
+	_, u := secServer(t, &secPrincipalEcho{}, server.WithAuthenticator(auth), server.WithInterceptors(idempotency.New()))
+	ctx := testCtx(t)
+	as := func(who string) echov1.EchoServiceClient {
+		_, ec := secClient(t, u, client.WithHandshakeHeader(http.Header{"Authorization": {"Bearer " + who}}))
+		return ec
+	}
+	alice, bob := as("alice"), as("bob")
+	if res, err := alice.Say(ctx, &echov1.SayRequest{}, client.WithIdempotencyKey("order-1")); err != nil || res.GetText() != "alice" {
+		t.Fatalf("alice: %v %v", res, err)
+	}
+	res, err := bob.Say(ctx, &echov1.SayRequest{}, client.WithIdempotencyKey("order-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetText() != "bob" {
+		t.Fatalf("bob's call with alice's idempotency key got alice's cached response %q: server/idempotency keys its "+
+			"cache on (procedure, key) only, not on the caller's principal", res.GetText())
+	}
 }

@@ -26,6 +26,8 @@ const (
 	// maxStreamID is the largest stream id; a client that reaches it
 	// drains the connection and opens a new one.
 	maxStreamID = 1<<31 - 1
+	// minUsefulWindow: WINDOW frames granting less count as idle frames.
+	minUsefulWindow = 1024
 )
 
 // Defaults of Config.
@@ -118,9 +120,10 @@ func (c *Config) withDefaults() {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
-	if c.MaxQueueBytes < 2*batchBytes {
+	if c.MaxQueueBytes <= 0 {
 		c.MaxQueueBytes = DefaultMaxQueueBytes
 	}
+	c.MaxQueueBytes = max(c.MaxQueueBytes, 2*batchBytes)
 	if c.MaxHeaderKeys <= 0 {
 		c.MaxHeaderKeys = DefaultMaxHeaderKeys
 	}

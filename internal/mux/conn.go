@@ -69,7 +69,8 @@ type Conn struct {
 
 	bytesIn, bytesOut atomic.Uint64
 
-	inMessage atomic.Bool // reader is inside a WebSocket message
+	inMessage atomic.Bool  // reader is inside a WebSocket message
+	exited    atomic.Int32 // reader and writer that have returned
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
 }
@@ -94,17 +95,27 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	c.idleLimit = rate.NewLimiter(rate.Limit(cfg.MaxIdleFrameRate), int(2*cfg.MaxIdleFrameRate)+1)
 	ws.SetReadLimit(MaxWebSocketMessage)
 	ws.SetPongHandler(func(string) error { c.touch(); return nil })
+	// WebSocket pings (tether uses its own PING frames) are answered as
+	// gorilla would, but count against the ping limit.
+	ws.SetPingHandler(func(data string) error {
+		if !c.pingLimit.Allow() {
+			return &floodError{"WebSocket pings"}
+		}
+		c.touch()
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			return err
+		}
+		return nil
+	})
 	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
 	c.wg.Add(2)
 	go c.readLoop()
 	go c.writeLoop()
-	if cfg.OnClose != nil {
-		go func() {
-			<-c.closed
-			c.wg.Wait()
-			cfg.OnClose(c.err)
-		}()
-	}
 	return c
 }
 
@@ -362,8 +373,17 @@ func (c *Conn) writeUrgent(fn func([]byte) []byte) {
 	c.notifyWriter()
 }
 
+// exit is deferred by the reader and the writer: the last one to leave
+// calls OnClose, so no third goroutine waits per connection.
+func (c *Conn) exit() {
+	c.wg.Done()
+	if c.exited.Add(1) == 2 && c.cfg.OnClose != nil {
+		c.cfg.OnClose(c.err)
+	}
+}
+
 func (c *Conn) writeLoop() {
-	defer c.wg.Done()
+	defer c.exit()
 	for {
 		select {
 		case <-c.wnotify:
@@ -438,11 +458,16 @@ func (c *Conn) writeBatch(buf []byte) error {
 // --- reading ---
 
 func (c *Conn) readLoop() {
-	defer c.wg.Done()
+	defer c.exit()
 	for {
 		c.touch()
 		mt, r, err := c.ws.NextReader()
 		if err != nil {
+			var fe *floodError
+			if errors.As(err, &fe) {
+				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+				return
+			}
 			c.closeWith(readError(err), 0, "")
 			return
 		}
@@ -465,6 +490,12 @@ func (c *Conn) readLoop() {
 		}
 		c.bytesIn.Add(uint64(len(msg)))
 		msgLen := len(msg)
+		if msgLen == 0 {
+			if err := c.idleFrame("empty messages"); err != nil {
+				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+				return
+			}
+		}
 		for len(msg) > 0 {
 			f, rest, err := frame.Parse(msg)
 			if err == nil {
@@ -530,10 +561,12 @@ func (c *Conn) handle(f frame.Frame, msgLen int) error {
 		return err
 	}
 	if s == nil {
-		return c.idleFrame("frames for finished streams")
+		// Frames for a stream that just ended are normal (a RESET or
+		// WINDOW crossing the END) and cost only a lookup.
+		return nil
 	}
 	if f.Type == frame.TypeMessage && len(f.Payload) == 0 && f.Flags&frame.FlagMore != 0 ||
-		f.Type == frame.TypeWindow && frame.WindowIncrement(f) == 0 {
+		f.Type == frame.TypeWindow && frame.WindowIncrement(f) < minUsefulWindow {
 		if err := c.idleFrame("empty frames"); err != nil {
 			return err
 		}
@@ -645,6 +678,11 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	if refuse != nil {
 		c.mu.Unlock()
 		c.sendReset(f.StreamID, refuse, retryable)
+		if retryable {
+			// Refused by a limit or a drain: a well-behaved client can
+			// send these; the RESET costs a small write.
+			return nil
+		}
 		return c.idleFrame("refused OPENs")
 	}
 	open := new(tetherv1.Open)

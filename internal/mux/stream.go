@@ -83,8 +83,9 @@ func (s *Stream) handleMessage(f frame.Frame, msgLen int) error {
 		return protoErrf("stream %d: peer sent %d bytes beyond its flow-control window", s.id, -s.recvWindow)
 	}
 	if s.recvEnd != nil || s.finished {
+		afterHalfClose := s.c.role == RoleServer && !s.finished
 		s.mu.Unlock()
-		if s.c.role == RoleServer && !s.finished {
+		if afterHalfClose {
 			return protoErrf("stream %d: MESSAGE after HALF_CLOSE", s.id)
 		}
 		return nil

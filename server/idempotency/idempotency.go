@@ -6,7 +6,13 @@
 // gets the first result instead, and a repeat that arrives while the first
 // is still running waits for it.
 //
-// The cache is in memory, bounded in entries, and forgets a key after a TTL:
+// Keys are scoped to the caller: the principal the server's Authenticator
+// returned (Peer.Principal) and the procedure, so one client cannot read
+// another's cached response by sending its key. Unauthenticated callers
+// share one scope.
+//
+// The cache is in memory, bounded in entries and in bytes of cached
+// responses, and forgets a key after a TTL:
 // it protects against retries and replays within that window, in one server
 // process. Effects that must be exactly-once across restarts need the key
 // stored with the effect, in the same transaction.
@@ -15,6 +21,7 @@ package idempotency
 import (
 	"container/list"
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -27,6 +34,7 @@ import (
 // Defaults.
 const (
 	DefaultMaxEntries = 100_000
+	DefaultMaxBytes   = 64 << 20
 	DefaultTTL        = 10 * time.Minute
 )
 
@@ -37,6 +45,10 @@ type Option func(*Interceptor)
 // forgotten first.
 func WithMaxEntries(n int) Option { return func(i *Interceptor) { i.max = n } }
 
+// WithMaxBytes bounds the cached responses' total encoded size (default
+// 64 MiB); the oldest keys are forgotten first.
+func WithMaxBytes(n int) Option { return func(i *Interceptor) { i.maxBytes = n } }
+
 // WithTTL sets how long a key is remembered (default 10 minutes).
 func WithTTL(d time.Duration) Option { return func(i *Interceptor) { i.ttl = d } }
 
@@ -46,22 +58,25 @@ func withClock(now func() time.Time) Option { return func(i *Interceptor) { i.no
 // Interceptor deduplicates unary calls by idempotency key. Create it with
 // New and pass it to server.WithInterceptors.
 type Interceptor struct {
-	max int
-	ttl time.Duration
+	max      int
+	maxBytes int
+	ttl      time.Duration
 	now func() time.Time
 
 	mu    sync.Mutex
 	byKey map[cacheKey]*list.Element
 	order *list.List // of *entry, oldest first
+	bytes int        // encoded size of the cached responses
 
 	hits, misses uint64
 }
 
-type cacheKey struct{ procedure, key string }
+type cacheKey struct{ principal, procedure, key string }
 
 type entry struct {
 	key     cacheKey
 	expires time.Time
+	size    int           // encoded size of res
 	done    chan struct{} // closed when the first call has finished
 	res     proto.Message
 	err     error
@@ -69,7 +84,7 @@ type entry struct {
 
 // New returns an idempotency interceptor.
 func New(opts ...Option) *Interceptor {
-	i := &Interceptor{max: DefaultMaxEntries, ttl: DefaultTTL, now: time.Now, byKey: map[cacheKey]*list.Element{}, order: list.New()}
+	i := &Interceptor{max: DefaultMaxEntries, maxBytes: DefaultMaxBytes, ttl: DefaultTTL, now: time.Now, byKey: map[cacheKey]*list.Element{}, order: list.New()}
 	for _, o := range opts {
 		o(i)
 	}
@@ -107,7 +122,7 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		if k == "" {
 			return next(ctx, req)
 		}
-		key := cacheKey{ci.Spec().Procedure, k}
+		key := cacheKey{principalKey(ci.Peer().Principal), ci.Spec().Procedure, k}
 		for {
 			e, first := i.claim(key)
 			if first {
@@ -168,6 +183,11 @@ func (i *Interceptor) settle(e *entry, res proto.Message, err error) {
 		e.err = err
 	} else {
 		e.res = proto.Clone(res)
+		e.size = proto.Size(e.res)
+		i.bytes += e.size
+		for i.bytes > i.maxBytes && i.order.Len() > 0 {
+			i.evict(i.order.Front())
+		}
 	}
 	i.mu.Unlock()
 	close(e.done)
@@ -186,9 +206,24 @@ func (i *Interceptor) expire(now time.Time) {
 func (i *Interceptor) evict(el *list.Element) {
 	e := el.Value.(*entry)
 	i.order.Remove(el)
+	i.bytes -= e.size
 	if cur, ok := i.byKey[e.key]; ok && cur == el {
 		delete(i.byKey, e.key)
 	}
 }
 
 var _ server.Interceptor = (*Interceptor)(nil)
+
+// principalKey turns a principal into a cache scope. Principals are usually
+// strings or small structs; %#v keeps distinct values distinct.
+func principalKey(p any) string {
+	switch v := p.(type) {
+	case nil:
+		return ""
+	case string:
+		return "s:" + v
+	case fmt.Stringer:
+		return fmt.Sprintf("%T:%s", v, v.String())
+	}
+	return fmt.Sprintf("%#v", p)
+}
