@@ -61,7 +61,7 @@ type Interceptor struct {
 	max      int
 	maxBytes int
 	ttl      time.Duration
-	now func() time.Time
+	now      func() time.Time
 
 	mu    sync.Mutex
 	byKey map[cacheKey]*list.Element
