@@ -83,9 +83,11 @@ type Config struct {
 	// (burst: twice as many); a ping flood closes the connection with 1008.
 	MaxPingRate float64
 	// MaxIdleFrameRate bounds frames that carry no application data (PING
-	// answers, WINDOW of 0, empty fragments, frames for finished streams,
-	// refused OPENs, unknown types) per second, burst twice as many; a
-	// flood closes the connection with 1008.
+	// answers, empty WebSocket messages, WINDOW frames of less than 1 KiB,
+	// empty MORE fragments, OPENs refused for bad input, unknown types) per
+	// second, burst twice as many; a flood closes the connection with 1008.
+	// Frames for streams that just ended and OPENs refused by the stream
+	// limit or a drain are not counted: well-behaved clients send them.
 	MaxIdleFrameRate float64
 	// Accept is called, in a new goroutine, for every stream the peer opens
 	// (servers only). It must end the stream with Finish or Reset.

@@ -689,7 +689,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	if err := proto.Unmarshal(f.Payload, open); err != nil {
 		c.mu.Unlock()
 		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
-		return nil
+		return c.idleFrame("malformed OPENs")
 	}
 	s := c.newStream(f.StreamID)
 	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
@@ -737,7 +737,13 @@ func (c *Conn) remove(s *Stream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
 	}
+	// A client connection that drains (GOAWAY either way) closes once its
+	// last stream is done; the client has moved to a new connection.
+	done := c.role == RoleClient && (c.localGoAway || c.peerGoAway) && len(c.streams) == 0
 	c.mu.Unlock()
+	if done {
+		go c.Close()
+	}
 }
 
 func (c *Conn) handlerDone() {

@@ -103,7 +103,7 @@ func (s *Stream) handleMessage(f frame.Frame, msgLen int) error {
 		s.partial = 0
 	}
 	payload := f.Payload
-	if msgLen > 4096 && 2*len(payload) < msgLen {
+	if 2*len(payload) < msgLen {
 		// A small frame must not pin the large WebSocket message it came
 		// in: flow control counts only its own bytes.
 		payload = append([]byte(nil), payload...)
@@ -467,7 +467,12 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 	if len(headers) > 0 {
 		var err error
 		if hdr, err = s.encodeHeaders(headers); err != nil {
-			return err
+			// The call must still end: without the headers, and with
+			// the reason if it was going to succeed.
+			hdr, last = nil, nil
+			if callErr == nil {
+				callErr = err
+			}
 		}
 	}
 	end := &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
