@@ -60,3 +60,21 @@ func BenchmarkServerStream(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkServerStream1KiB measures one-way streaming of 1 KiB messages.
+func BenchmarkServerStream1KiB(b *testing.B) {
+	e := newBenchEnv(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.SetBytes(1024)
+	b.ResetTimer()
+	s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(b.N), Payload: make([]byte, 1024)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		if _, err := s.Receive(); err != nil {
+			break
+		}
+	}
+}

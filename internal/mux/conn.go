@@ -71,6 +71,7 @@ type Conn struct {
 
 	inMessage atomic.Bool  // reader is inside a WebSocket message
 	exited    atomic.Int32 // reader and writer that have returned
+	donated   bool         // reader: a stream kept a frame of the current buffer
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
 }
@@ -473,7 +474,9 @@ func (c *Conn) readLoop() {
 		}
 		c.inMessage.Store(true)
 		_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.MaxMessageReadTime))
-		msg, err := io.ReadAll(r)
+		bp := readBuffers.Get().(*[]byte)
+		buf, err := readAll((*bp)[:0], r)
+		msg := buf
 		c.inMessage.Store(false)
 		if err != nil {
 			var ne net.Error
@@ -499,7 +502,7 @@ func (c *Conn) readLoop() {
 		for len(msg) > 0 {
 			f, rest, err := frame.Parse(msg)
 			if err == nil {
-				err = c.handle(f, msgLen)
+				err = c.handle(f, cap(buf))
 			}
 			if err != nil {
 				code := websocket.CloseProtocolError
@@ -511,6 +514,36 @@ func (c *Conn) readLoop() {
 				return
 			}
 			msg = rest
+		}
+		// The buffer goes back to the pool unless a stream kept a frame
+		// of it (handleMessage aliases large frames instead of copying).
+		if c.donated {
+			c.donated = false
+		} else if cap(buf) <= 2*MaxWebSocketMessage {
+			*bp = buf[:0]
+			readBuffers.Put(bp)
+		}
+	}
+}
+
+// readBuffers holds the reader's message buffers between messages, so that
+// an idle connection holds none and a busy one does not allocate per
+// message.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// readAll reads r to its end into buf, growing it as needed.
+func readAll(buf []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
 		}
 	}
 }
@@ -529,9 +562,9 @@ func readError(err error) error {
 	return tether.Errorf(tether.CodeUnavailable, "tether: connection lost: %v", err)
 }
 
-// handle acts on one frame; msgLen is the size of the WebSocket message it
-// came in.
-func (c *Conn) handle(f frame.Frame, msgLen int) error {
+// handle acts on one frame; bufCap is the capacity of the buffer holding
+// the WebSocket message it came in.
+func (c *Conn) handle(f frame.Frame, bufCap int) error {
 	switch f.Type {
 	case frame.TypePing:
 		if f.Flags&frame.FlagAck != 0 {
@@ -573,7 +606,7 @@ func (c *Conn) handle(f frame.Frame, msgLen int) error {
 	}
 	switch f.Type {
 	case frame.TypeMessage:
-		return s.handleMessage(f, msgLen)
+		return s.handleMessage(f, bufCap)
 	case frame.TypeHalfClose:
 		if c.role == RoleServer {
 			s.handleHalfClose()

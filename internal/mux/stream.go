@@ -73,7 +73,7 @@ func notify(ch chan struct{}) {
 
 // --- receiving (reader goroutine) ---
 
-func (s *Stream) handleMessage(f frame.Frame, msgLen int) error {
+func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	cost := len(f.Payload) + FrameOverhead
 	more := f.Flags&frame.FlagMore != 0
 	s.mu.Lock()
@@ -103,10 +103,13 @@ func (s *Stream) handleMessage(f frame.Frame, msgLen int) error {
 		s.partial = 0
 	}
 	payload := f.Payload
-	if 2*len(payload) < msgLen {
-		// A small frame must not pin the large WebSocket message it came
-		// in: flow control counts only its own bytes.
+	if 2*len(payload) < bufCap {
+		// A small frame must not pin the large buffer it came in (flow
+		// control counts only its own bytes), and the buffer is reused
+		// for the next message.
 		payload = append([]byte(nil), payload...)
+	} else {
+		s.c.donated = true // the frame keeps the buffer
 	}
 	s.recvQ = append(s.recvQ, chunk{b: payload, more: more})
 	s.mu.Unlock()
