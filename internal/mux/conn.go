@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"net"
 	"strings"
 	"sync"
@@ -391,6 +392,11 @@ func (c *Conn) writeLoop() {
 		case <-c.closed:
 			return
 		}
+		// Let the goroutines that are ready to queue frames do so before
+		// taking the batch: under load more frames share a write (as
+		// grpc-go's loopy writer does); with nothing else runnable this
+		// returns at once.
+		runtime.Gosched()
 		c.wmu.Lock()
 		buf := c.wbuf
 		if len(buf) == 0 {
