@@ -63,6 +63,10 @@ func New(opts ...Option) *Server {
 		Subprotocols:     []string{tether.Subprotocol},
 		WriteBufferPool:  mux.WriteBufferPool,
 		WriteBufferSize:  mux.WriteBufferSize,
+		// A small read buffer of its own instead of net/http's 4 KiB one:
+		// idle connections are cheaper, and large payloads are read
+		// straight into the message buffer anyway.
+		ReadBufferSize: mux.ReadBufferSize,
 		CheckOrigin:      func(*http.Request) bool { return true }, // checked before Upgrade
 	}
 	return s

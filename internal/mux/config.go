@@ -148,6 +148,10 @@ func (c *Config) withDefaults() {
 // Upgrader.WriteBufferPool and Dialer.WriteBufferPool).
 var WriteBufferPool = &sync.Pool{}
 
+// ReadBufferSize is the WebSocket read buffer size: small, since payloads
+// larger than it bypass it.
+const ReadBufferSize = 1024
+
 // WriteBufferSize is the WebSocket write buffer size used with
 // WriteBufferPool: large enough that a batch of frames goes out in few
 // syscalls.

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +58,8 @@ type Conn struct {
 	wspace      chan struct{} // closed when the queue drains below batchBytes
 	wnotify     chan struct{}
 	wclosing    bool // graceful close queued: the writer closes once drained
+	wrunning    bool // a writer goroutine is running
+	wdead       bool // the connection closed: no writer is started any more
 	closeCode   int
 	closeText   string
 	flushedOpen atomic.Uint32 // client: highest stream id whose OPEN was written
@@ -70,9 +72,8 @@ type Conn struct {
 
 	bytesIn, bytesOut atomic.Uint64
 
-	inMessage atomic.Bool  // reader is inside a WebSocket message
-	exited    atomic.Int32 // reader and writer that have returned
-	donated   bool         // reader: a stream kept a frame of the current buffer
+	inMessage atomic.Bool // reader is inside a WebSocket message
+	donated   bool        // reader: a stream kept a frame of the current buffer
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
 }
@@ -115,9 +116,7 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 		return nil
 	})
 	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
-	c.wg.Add(2)
 	go c.readLoop()
-	go c.writeLoop()
 	return c
 }
 
@@ -276,8 +275,8 @@ func (c *Conn) closeWith(err error, code int, text string) {
 func (c *Conn) closeAfterFlush(code int, text string) {
 	c.wmu.Lock()
 	c.wclosing, c.closeCode, c.closeText = true, code, text
+	c.kickLocked()
 	c.wmu.Unlock()
-	c.notifyWriter()
 }
 
 // touch renews the read deadline after traffic. Inside a message the
@@ -311,12 +310,28 @@ func (c *Conn) connErr() error {
 
 // --- writing ---
 
-func (c *Conn) notifyWriter() {
-	select {
-	case c.wnotify <- struct{}{}:
-	default:
+// kickLocked makes sure a writer will take the queue: it wakes the running
+// writer or starts one. The writer goroutine exits after writerLinger
+// without work, so an idle connection has only its reader goroutine. The
+// caller holds wmu.
+func (c *Conn) kickLocked() {
+	if c.wrunning {
+		select {
+		case c.wnotify <- struct{}{}:
+		default:
+		}
+		return
 	}
+	if c.wdead {
+		return
+	}
+	c.wrunning = true
+	c.wg.Add(1)
+	go c.writeLoop()
 }
+
+// writerLinger is how long a writer waits for more work before it exits.
+const writerLinger = 100 * time.Millisecond
 
 // write appends frames built by fn to the writer's queue, waiting while the
 // queue is full until it drains, ctx ends or the connection closes.
@@ -354,8 +369,8 @@ func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte
 	default:
 	}
 	c.wbuf = fn(c.wbuf)
+	c.kickLocked()
 	c.wmu.Unlock()
-	c.notifyWriter()
 	return nil
 }
 
@@ -371,27 +386,27 @@ func (c *Conn) writeUrgent(fn func([]byte) []byte) {
 		return
 	}
 	c.wbuf = fn(c.wbuf)
+	c.kickLocked()
 	c.wmu.Unlock()
-	c.notifyWriter()
 }
 
-// exit is deferred by the reader and the writer: the last one to leave
-// calls OnClose, so no third goroutine waits per connection.
-func (c *Conn) exit() {
-	c.wg.Done()
-	if c.exited.Add(1) == 2 && c.cfg.OnClose != nil {
+// readerExit runs when the reader returns, which it does only once the
+// connection has closed: it stops writers from starting, waits for the
+// running one, then calls OnClose. No goroutine waits per connection.
+func (c *Conn) readerExit() {
+	c.wmu.Lock()
+	c.wdead = true
+	c.wmu.Unlock()
+	c.wg.Wait()
+	if c.cfg.OnClose != nil {
 		c.cfg.OnClose(c.err)
 	}
 }
 
 func (c *Conn) writeLoop() {
-	defer c.exit()
+	defer c.wg.Done()
+	var linger *time.Timer
 	for {
-		select {
-		case <-c.wnotify:
-		case <-c.closed:
-			return
-		}
 		// Let the goroutines that are ready to queue frames do so before
 		// taking the batch: under load more frames share a write (as
 		// grpc-go's loopy writer does); with nothing else runnable this
@@ -404,9 +419,33 @@ func (c *Conn) writeLoop() {
 			c.wmu.Unlock()
 			if closing {
 				c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed after drain"), c.closeCode, c.closeText)
+				c.stopWriter()
 				return
 			}
-			continue
+			if linger == nil {
+				linger = time.NewTimer(writerLinger)
+			} else {
+				linger.Reset(writerLinger)
+			}
+			select {
+			case <-c.wnotify:
+				continue
+			case <-c.closed:
+				c.stopWriter()
+				return
+			case <-linger.C:
+				c.wmu.Lock()
+				if len(c.wbuf) == 0 && !c.wclosing {
+					// Idle: release the buffers and exit; the next
+					// frame starts a writer again.
+					c.wrunning = false
+					c.spare, c.wbuf = nil, nil
+					c.wmu.Unlock()
+					return
+				}
+				c.wmu.Unlock()
+				continue
+			}
 		}
 		c.wbuf = c.spare[:0]
 		c.spare = nil
@@ -417,6 +456,7 @@ func (c *Conn) writeLoop() {
 		c.wmu.Unlock()
 		if err := c.writeBatch(buf); err != nil {
 			c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
+			c.stopWriter()
 			return
 		}
 		if cap(buf) <= 2*batchBytes {
@@ -424,13 +464,14 @@ func (c *Conn) writeLoop() {
 		} else {
 			c.spare = nil // let a burst's big buffer go
 		}
-		c.wmu.Lock()
-		more := len(c.wbuf) > 0 || c.wclosing
-		c.wmu.Unlock()
-		if more {
-			c.notifyWriter()
-		}
 	}
+}
+
+// stopWriter marks the writer stopped after the connection closed.
+func (c *Conn) stopWriter() {
+	c.wmu.Lock()
+	c.wrunning = false
+	c.wmu.Unlock()
 }
 
 // writeBatch writes queued frames as few WebSocket messages as the message
@@ -465,7 +506,7 @@ func (c *Conn) writeBatch(buf []byte) error {
 // --- reading ---
 
 func (c *Conn) readLoop() {
-	defer c.exit()
+	defer c.readerExit()
 	for {
 		c.touch()
 		mt, r, err := c.ws.NextReader()
