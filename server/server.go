@@ -67,7 +67,7 @@ func New(opts ...Option) *Server {
 		// idle connections are cheaper, and large payloads are read
 		// straight into the message buffer anyway.
 		ReadBufferSize: mux.ReadBufferSize,
-		CheckOrigin:      func(*http.Request) bool { return true }, // checked before Upgrade
+		CheckOrigin:    func(*http.Request) bool { return true }, // checked before Upgrade
 	}
 	return s
 }

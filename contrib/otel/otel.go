@@ -57,12 +57,9 @@ package otel
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -231,8 +228,8 @@ func (s *serverInterceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		}
 		ctx, span := s.start(ctx, ci)
 		res, err := next(ctx, req)
-		code, cause := serverResult(ctx, err)
-		endSpan(span, code, cause)
+		cause := server.HandlerError(ctx, err)
+		endSpan(span, tether.CodeOf(cause), cause)
 		return res, err
 	}
 }
@@ -241,25 +238,10 @@ func (s *serverInterceptor) WrapStream(next server.StreamFunc) server.StreamFunc
 	return func(ctx context.Context, st server.Stream) error {
 		ctx, span := s.start(ctx, st)
 		err := next(ctx, st)
-		code, cause := serverResult(ctx, err)
-		endSpan(span, code, cause)
+		cause := server.HandlerError(ctx, err)
+		endSpan(span, tether.CodeOf(cause), cause)
 		return err
 	}
-}
-
-// serverResult is the code and error of a handler's result. A bare context
-// error is replaced by the context's cause: the server cancels a handler's
-// context with the error that ended the call (the client's reset, the
-// deadline).
-func serverResult(ctx context.Context, err error) (tether.Code, error) {
-	var te *tether.Error
-	if err != nil && !errors.As(err, &te) &&
-		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		if cause := context.Cause(ctx); cause != nil {
-			return tether.CodeOf(cause), cause
-		}
-	}
-	return tether.CodeOf(err), err
 }
 
 // NewClient returns a client interceptor that runs each call in a client
@@ -302,69 +284,8 @@ func (c *clientInterceptor) WrapStream(next client.StreamFunc) client.StreamFunc
 			endSpan(span, tether.CodeOf(err), err)
 			return nil, err
 		}
-		return &clientStream{Stream: st, span: span}, nil
+		return client.ObserveStream(st, func(err error, _, _ int64) {
+			endSpan(span, tether.CodeOf(err), err)
+		}), nil
 	}
-}
-
-// errClosed is the result of a client stream closed before it ended.
-var errClosed = tether.Errorf(tether.CodeCanceled, "tether: stream closed by the client")
-
-// clientStream ends its span when the stream ends.
-type clientStream struct {
-	client.Stream
-	span    trace.Span
-	once    sync.Once
-	mu      sync.Mutex
-	sendErr error // the first error of Send or CloseSend other than io.EOF
-}
-
-func (s *clientStream) finish(err error) {
-	s.once.Do(func() { endSpan(s.span, tether.CodeOf(err), err) })
-}
-
-func (s *clientStream) noteSendErr(err error) {
-	if err == nil || errors.Is(err, io.EOF) {
-		return
-	}
-	s.mu.Lock()
-	if s.sendErr == nil {
-		s.sendErr = err
-	}
-	s.mu.Unlock()
-}
-
-func (s *clientStream) Send(msg proto.Message) error {
-	err := s.Stream.Send(msg)
-	s.noteSendErr(err)
-	return err
-}
-
-func (s *clientStream) CloseSend() error {
-	err := s.Stream.CloseSend()
-	s.noteSendErr(err)
-	return err
-}
-
-func (s *clientStream) Receive(msg proto.Message) error {
-	err := s.Stream.Receive(msg)
-	switch {
-	case err == nil:
-	case errors.Is(err, io.EOF):
-		s.finish(nil)
-	default:
-		s.finish(err)
-	}
-	return err
-}
-
-func (s *clientStream) Close() error {
-	err := s.Stream.Close()
-	s.mu.Lock()
-	cause := s.sendErr
-	s.mu.Unlock()
-	if cause == nil {
-		cause = errClosed
-	}
-	s.finish(cause)
-	return err
 }

@@ -49,10 +49,6 @@ package prometheus
 
 import (
 	"context"
-	"errors"
-	"io"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	prom "github.com/prometheus/client_golang/prometheus"
@@ -197,7 +193,7 @@ func (s *ServerMetrics) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		if ci, ok := server.CallInfoFromContext(ctx); ok {
 			procedure = ci.Spec().Procedure
 		}
-		code := serverCode(ctx, err)
+		code := tether.CodeOf(server.HandlerError(ctx, err))
 		var sent int64
 		if code == tether.CodeOK {
 			sent = 1
@@ -211,47 +207,12 @@ func (s *ServerMetrics) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 func (s *ServerMetrics) WrapStream(next server.StreamFunc) server.StreamFunc {
 	return func(ctx context.Context, st server.Stream) error {
 		start := time.Now()
-		cs := &countingServerStream{Stream: st}
-		err := next(ctx, cs)
-		s.m.observe(st.Spec().Procedure, serverCode(ctx, err), time.Since(start), cs.received.Load(), cs.sent.Load())
+		observed, counts := server.ObserveStream(st)
+		err := next(ctx, observed)
+		sent, received := counts()
+		s.m.observe(st.Spec().Procedure, tether.CodeOf(server.HandlerError(ctx, err)), time.Since(start), received, sent)
 		return err
 	}
-}
-
-// serverCode is the code of a handler's result. A bare context error takes
-// its code from the context's cause: the server cancels a handler's context
-// with the error that ended the call (the client's reset, the deadline).
-func serverCode(ctx context.Context, err error) tether.Code {
-	var te *tether.Error
-	if err != nil && !errors.As(err, &te) &&
-		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		if cause := context.Cause(ctx); cause != nil {
-			return tether.CodeOf(cause)
-		}
-	}
-	return tether.CodeOf(err)
-}
-
-// countingServerStream counts the messages a handler receives and sends.
-type countingServerStream struct {
-	server.Stream
-	received, sent atomic.Int64
-}
-
-func (s *countingServerStream) Receive(msg proto.Message) error {
-	err := s.Stream.Receive(msg)
-	if err == nil {
-		s.received.Add(1)
-	}
-	return err
-}
-
-func (s *countingServerStream) Send(msg proto.Message) error {
-	err := s.Stream.Send(msg)
-	if err == nil {
-		s.sent.Add(1)
-	}
-	return err
 }
 
 // ClientMetrics is a client.Interceptor that measures a client's calls, and
@@ -305,74 +266,6 @@ func (c *ClientMetrics) WrapStream(next client.StreamFunc) client.StreamFunc {
 			end(err, 0, 0)
 			return nil, err
 		}
-		return &clientStream{Stream: st, end: end}, nil
+		return client.ObserveStream(st, end), nil
 	}
-}
-
-// errClosed is the result of a client stream closed before it ended.
-var errClosed = tether.Errorf(tether.CodeCanceled, "tether: stream closed by the client")
-
-// clientStream watches a client stream for its end and counts its messages.
-type clientStream struct {
-	client.Stream
-	end            func(err error, sent, received int64)
-	sent, received atomic.Int64
-	once           sync.Once
-	mu             sync.Mutex
-	sendErr        error // the first error of Send or CloseSend other than io.EOF
-}
-
-func (s *clientStream) finish(err error) {
-	s.once.Do(func() { s.end(err, s.sent.Load(), s.received.Load()) })
-}
-
-func (s *clientStream) noteSendErr(err error) {
-	if err == nil || errors.Is(err, io.EOF) {
-		return
-	}
-	s.mu.Lock()
-	if s.sendErr == nil {
-		s.sendErr = err
-	}
-	s.mu.Unlock()
-}
-
-func (s *clientStream) Send(msg proto.Message) error {
-	err := s.Stream.Send(msg)
-	if err == nil {
-		s.sent.Add(1)
-	}
-	s.noteSendErr(err)
-	return err
-}
-
-func (s *clientStream) CloseSend() error {
-	err := s.Stream.CloseSend()
-	s.noteSendErr(err)
-	return err
-}
-
-func (s *clientStream) Receive(msg proto.Message) error {
-	err := s.Stream.Receive(msg)
-	switch {
-	case err == nil:
-		s.received.Add(1)
-	case errors.Is(err, io.EOF):
-		s.finish(nil)
-	default:
-		s.finish(err)
-	}
-	return err
-}
-
-func (s *clientStream) Close() error {
-	err := s.Stream.Close()
-	s.mu.Lock()
-	cause := s.sendErr
-	s.mu.Unlock()
-	if cause == nil {
-		cause = errClosed
-	}
-	s.finish(cause)
-	return err
 }

@@ -50,13 +50,9 @@ package logging
 
 import (
 	"context"
-	"errors"
-	"io"
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -290,7 +286,8 @@ func (s *serverInterceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		start := s.lg.cfg.now()
 		res, err := next(ctx, req)
 		e := callEnd{duration: s.lg.cfg.now().Sub(start)}
-		e.code, e.err = serverResult(ctx, err)
+		e.err = server.HandlerError(ctx, err)
+		e.code = tether.CodeOf(e.err)
 		if ci, ok := server.CallInfoFromContext(ctx); ok {
 			e.spec, e.peer, e.md = ci.Spec(), ci.Peer().Addr, ci.RequestHeader()
 		}
@@ -302,60 +299,23 @@ func (s *serverInterceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 func (s *serverInterceptor) WrapStream(next server.StreamFunc) server.StreamFunc {
 	return func(ctx context.Context, st server.Stream) error {
 		start := s.lg.cfg.now()
-		cs := &countingServerStream{Stream: st}
-		err := next(ctx, cs)
-		code, cause := serverResult(ctx, err)
+		observed, counts := server.ObserveStream(st)
+		err := next(ctx, observed)
+		cause := server.HandlerError(ctx, err)
+		sent, received := counts()
 		s.lg.log(ctx, callEnd{
 			spec:     st.Spec(),
 			err:      cause,
-			code:     code,
+			code:     tether.CodeOf(cause),
 			duration: s.lg.cfg.now().Sub(start),
 			peer:     st.Peer().Addr,
 			stream:   true,
-			received: cs.received.Load(),
-			sent:     cs.sent.Load(),
+			received: received,
+			sent:     sent,
 			md:       st.RequestHeader(),
 		})
 		return err
 	}
-}
-
-// serverResult is the code and error of a handler's result. A bare context
-// error is replaced by the context's cause: the server cancels a handler's
-// context with the error that ended the call (the client's reset, the
-// deadline), so a handler that returns ctx.Err() after its client gave up at
-// its deadline reports deadline_exceeded rather than canceled.
-func serverResult(ctx context.Context, err error) (tether.Code, error) {
-	var te *tether.Error
-	if err != nil && !errors.As(err, &te) &&
-		(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		if cause := context.Cause(ctx); cause != nil {
-			return tether.CodeOf(cause), cause
-		}
-	}
-	return tether.CodeOf(err), err
-}
-
-// countingServerStream counts the messages a handler receives and sends.
-type countingServerStream struct {
-	server.Stream
-	received, sent atomic.Int64
-}
-
-func (s *countingServerStream) Receive(msg proto.Message) error {
-	err := s.Stream.Receive(msg)
-	if err == nil {
-		s.received.Add(1)
-	}
-	return err
-}
-
-func (s *countingServerStream) Send(msg proto.Message) error {
-	err := s.Stream.Send(msg)
-	if err == nil {
-		s.sent.Add(1)
-	}
-	return err
 }
 
 // NewClient returns a client interceptor that logs every call to logger
@@ -407,74 +367,6 @@ func (c *clientInterceptor) WrapStream(next client.StreamFunc) client.StreamFunc
 			end(err, 0, 0)
 			return nil, err
 		}
-		return &clientStream{Stream: st, end: end}, nil
+		return client.ObserveStream(st, end), nil
 	}
-}
-
-// errClosed is the result of a client stream closed before it ended.
-var errClosed = tether.Errorf(tether.CodeCanceled, "tether: stream closed by the client")
-
-// clientStream watches a client stream for its end and counts its messages.
-type clientStream struct {
-	client.Stream
-	end            func(err error, sent, received int64)
-	sent, received atomic.Int64
-	once           sync.Once
-	mu             sync.Mutex
-	sendErr        error // the first error of Send or CloseSend other than io.EOF
-}
-
-func (s *clientStream) finish(err error) {
-	s.once.Do(func() { s.end(err, s.sent.Load(), s.received.Load()) })
-}
-
-func (s *clientStream) noteSendErr(err error) {
-	if err == nil || errors.Is(err, io.EOF) {
-		return
-	}
-	s.mu.Lock()
-	if s.sendErr == nil {
-		s.sendErr = err
-	}
-	s.mu.Unlock()
-}
-
-func (s *clientStream) Send(msg proto.Message) error {
-	err := s.Stream.Send(msg)
-	if err == nil {
-		s.sent.Add(1)
-	}
-	s.noteSendErr(err)
-	return err
-}
-
-func (s *clientStream) CloseSend() error {
-	err := s.Stream.CloseSend()
-	s.noteSendErr(err)
-	return err
-}
-
-func (s *clientStream) Receive(msg proto.Message) error {
-	err := s.Stream.Receive(msg)
-	switch {
-	case err == nil:
-		s.received.Add(1)
-	case errors.Is(err, io.EOF):
-		s.finish(nil)
-	default:
-		s.finish(err)
-	}
-	return err
-}
-
-func (s *clientStream) Close() error {
-	err := s.Stream.Close()
-	s.mu.Lock()
-	cause := s.sendErr
-	s.mu.Unlock()
-	if cause == nil {
-		cause = errClosed
-	}
-	s.finish(cause)
-	return err
 }
