@@ -1,0 +1,448 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherrpc/tether/bench"
+	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
+)
+
+// metrics are one scenario's results for one system, by metric name.
+type metrics map[string]float64
+
+// Metric names.
+const (
+	mRate       = "rate"        // calls, messages or round trips per second
+	mMBps       = "mbps"        // payload MB/s (10^6 bytes)
+	mP50        = "p50"         // latency, microseconds
+	mP99        = "p99"         // latency, microseconds
+	mCliAllocs  = "cli_allocs"  // client allocations per unit
+	mSrvAllocs  = "srv_allocs"  // server allocations per unit
+	mCliBytes   = "cli_bytes"   // client bytes allocated per unit
+	mSrvBytes   = "srv_bytes"   // server bytes allocated per unit
+	mHeld       = "held"        // idle connections the server held
+	mRSSPer     = "rss_per"     // server RSS per idle connection, bytes
+	mHeapPer    = "heap_per"    // server live Go heap per idle connection, bytes
+	mStackPer   = "stack_per"   // server goroutine stacks per idle connection, bytes
+	mGoroutines = "goroutines"  // server goroutines per idle connection
+	mSetupP50   = "setup_p50"   // connection set-up latency, microseconds
+	mCliMemPer  = "cli_mem_per" // client live Go heap and stacks per idle connection, bytes
+	mCliCPU     = "cli_cpu"     // client CPU time per unit, microseconds
+	mSrvCPU     = "srv_cpu"     // server CPU time per unit, microseconds
+	mOtherLoad  = "other_load"  // CPUs used by other processes during the timed run
+	mCliReads   = "cli_reads"   // client read syscalls per unit
+	mCliWrites  = "cli_writes"  // client write syscalls per unit
+	mSrvReads   = "srv_reads"   // server read syscalls per unit
+	mSrvWrites  = "srv_writes"  // server write syscalls per unit
+)
+
+// scenario is one measurement, run once per system.
+type scenario struct {
+	name    string
+	systems []string // nil: tether and grpc-go
+	run     func(e *env, sys string, srv *child) (metrics, error)
+	ips     func(e *env) int // loopback addresses the server listens on (default 1)
+}
+
+var rpcSystems = []string{bench.Tether, bench.GRPC}
+
+func scenarios() []scenario {
+	return []scenario{
+		{name: "unary-c1", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.unary(sys, srv, "unary-c1", 1, 1)
+		}},
+		{name: "unary-c64", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.unary(sys, srv, "unary-c64", 1, 64)
+		}},
+		{name: "unary-c64-8conns", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.unary(sys, srv, "unary-c64-8conns", 8, 64)
+		}},
+		{name: "stream-64B", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.serverStream(sys, srv, "stream-64B", 64, 20000)
+		}},
+		{name: "stream-1KiB", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.serverStream(sys, srv, "stream-1KiB", 1024, 5000)
+		}},
+		{name: "bidi-c1", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.bidi(sys, srv, "bidi-c1", 1)
+		}},
+		{name: "bidi-c64", run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.bidi(sys, srv, "bidi-c64", 64)
+		}},
+		{name: "idle", run: (*env).idle, ips: func(e *env) int {
+			if e.idleIPs > 0 {
+				return e.idleIPs
+			}
+			return 1 + (e.idleConns-1)/15000 // an ephemeral port range holds ~28k
+		}},
+		{name: "setup", run: (*env).setup},
+		{name: "raw-c1", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
+			return e.rawPingPong(srv)
+		}},
+		{name: "raw-pipelined", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
+			return e.rawPipelined(srv, 64)
+		}},
+	}
+}
+
+func (e *env) dial(sys string, srv *child, n int) ([]bench.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conns := make([]bench.Conn, 0, n)
+	for i := range n {
+		c, err := bench.Dial(ctx, sys, srv.Targets[i%len(srv.Targets)], true)
+		if err != nil {
+			closeAll(conns)
+			return nil, err
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+// closeAll closes connections, 64 at a time.
+func closeAll(conns []bench.Conn) {
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_ = c.Close()
+		})
+	}
+	wg.Wait()
+}
+
+func payload(size int) *benchv1.Payload { return &benchv1.Payload{Body: make([]byte, size)} }
+
+func latencyMetrics(m measured) metrics {
+	return metrics{
+		mRate:      m.rate(),
+		mP50:       us(m.percentile(50)),
+		mP99:       us(m.percentile(99)),
+		mCliAllocs: m.clientAllocs,
+		mSrvAllocs: m.serverAllocs,
+		mCliBytes:  m.clientBytes,
+		mSrvBytes:  m.serverBytes,
+		mCliCPU:    m.clientCPU,
+		mSrvCPU:    m.serverCPU,
+		mOtherLoad: m.otherLoad,
+		mCliReads:  m.clientReads,
+		mCliWrites: m.clientWrites,
+		mSrvReads:  m.serverReads,
+		mSrvWrites: m.serverWrites,
+	}
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// unary: workers goroutines make unary calls with a 16-byte body over nConns
+// connections.
+func (e *env) unary(sys string, srv *child, name string, nConns, workers int) (metrics, error) {
+	conns, err := e.dial(sys, srv, nConns)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(conns)
+	reqs := make([]*benchv1.Payload, workers)
+	for i := range reqs {
+		reqs[i] = payload(bench.PayloadSize)
+	}
+	ctx := context.Background()
+	m, err := e.measure(srv, name, workers, true, func(w int) (int, error) {
+		_, err := conns[w%nConns].Unary(ctx, reqs[w])
+		return 1, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return latencyMetrics(m), nil
+}
+
+// serverStream: one call at a time streams count messages of size bytes.
+func (e *env) serverStream(sys string, srv *child, name string, size, count int) (metrics, error) {
+	conns, err := e.dial(sys, srv, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(conns)
+	req := &benchv1.StreamRequest{Count: uint32(count), Size: uint32(size)}
+	ctx := context.Background()
+	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
+		n, err := conns[0].ServerStream(ctx, req)
+		if err == nil && n != count {
+			err = fmt.Errorf("received %d messages, want %d", n, count)
+		}
+		return n, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	mt := latencyMetrics(m)
+	mt[mMBps] = m.rate() * float64(size) / 1e6
+	delete(mt, mP50)
+	delete(mt, mP99)
+	return mt, nil
+}
+
+// bidi: workers bidirectional streams on one connection, each sending a
+// 16-byte body and waiting for its echo.
+func (e *env) bidi(sys string, srv *child, name string, workers int) (metrics, error) {
+	conns, err := e.dial(sys, srv, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(conns)
+	ctx := context.Background()
+	streams := make([]bench.BidiStream, workers)
+	defer func() {
+		for _, s := range streams {
+			if s != nil {
+				_ = s.Close()
+			}
+		}
+	}()
+	for i := range streams {
+		if streams[i], err = conns[0].Bidi(ctx); err != nil {
+			return nil, err
+		}
+	}
+	reqs := make([]*benchv1.Payload, workers)
+	for i := range reqs {
+		reqs[i] = payload(bench.PayloadSize)
+	}
+	m, err := e.measure(srv, name, workers, true, func(w int) (int, error) {
+		if err := streams[w].Send(reqs[w]); err != nil {
+			return 0, err
+		}
+		_, err := streams[w].Recv()
+		return 1, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return latencyMetrics(m), nil
+}
+
+// idle: e.idleConns connections, each after one unary call, held open
+// while the server's memory is measured.
+func (e *env) idle(sys string, srv *child) (metrics, error) {
+	base, err := srv.stats(true)
+	if err != nil {
+		return nil, err
+	}
+	cliBase := bench.ReadProcStats(true)
+	n := e.idleConns
+	conns := make([]bench.Conn, n)
+	defer func() {
+		var open []bench.Conn
+		for _, c := range conns {
+			if c != nil {
+				open = append(open, c)
+			}
+		}
+		closeAll(open)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 32 {
+		wg.Go(func() {
+			req := payload(bench.PayloadSize)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				c, err := bench.Dial(ctx, sys, srv.Targets[i%len(srv.Targets)], true)
+				if err == nil {
+					conns[i] = c
+					_, err = c.Unary(ctx, req)
+				}
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("connection %d: %w", i, err); cancel() })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	e.logf("%s: %d connections open in %v", sys, n, time.Since(start).Round(time.Millisecond))
+	time.Sleep(time.Second) // let the connections settle into idleness
+	after, err := srv.stats(true)
+	if err != nil {
+		return nil, err
+	}
+	cliAfter := bench.ReadProcStats(true)
+	if e.profileDir != "" {
+		e.saveServerProfile(srv, "idle", "heap")
+		e.saveServerProfile(srv, "idle", "goroutine")
+	}
+	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
+	return metrics{
+		mHeld:       float64(after.OpenFDs - base.OpenFDs),
+		mRSSPer:     per(after.RSS, base.RSS),
+		mHeapPer:    per(after.HeapAlloc, base.HeapAlloc),
+		mStackPer:   per(after.StackInuse, base.StackInuse),
+		mGoroutines: float64(after.Goroutines-base.Goroutines) / float64(n),
+		mCliMemPer:  per(cliAfter.HeapAlloc+cliAfter.StackInuse, cliBase.HeapAlloc+cliBase.StackInuse),
+	}, nil
+}
+
+// setup: e.setupWorkers goroutines each connect, make one unary call and
+// close, over and over. The rate counts completed set-ups per second; the
+// latency is from the start of the connection to the end of its first call.
+func (e *env) setup(sys string, srv *child) (metrics, error) {
+	req := payload(bench.PayloadSize)
+	op := func(int) (int, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := bench.Dial(ctx, sys, srv.Targets[0], false)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		_, err = c.Unary(ctx, req)
+		return 1, err
+	}
+	if _, err := run(e.warmup, e.setupWorkers, false, op); err != nil {
+		return nil, err
+	}
+	// Time the set-up alone for the latency, the whole loop for the rate.
+	var mu sync.Mutex
+	var lat []time.Duration
+	res, err := run(e.duration, e.setupWorkers, false, func(w int) (int, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		t0 := time.Now()
+		c, err := bench.Dial(ctx, sys, srv.Targets[0], false)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		if _, err = c.Unary(ctx, req); err != nil {
+			return 0, err
+		}
+		d := time.Since(t0)
+		mu.Lock()
+		lat = append(lat, d)
+		mu.Unlock()
+		return 1, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.lat = lat
+	slices.Sort(res.lat)
+	return metrics{mRate: res.rate(), mSetupP50: us(res.percentile(50))}, nil
+}
+
+// rawPingPong: one gorilla/websocket connection, a 16-byte binary message
+// and its echo at a time.
+func (e *env) rawPingPong(srv *child) (metrics, error) {
+	ws, err := bench.DialRaw(context.Background(), srv.Targets[0])
+	if err != nil {
+		return nil, err
+	}
+	defer ws.Close()
+	msg, buf := make([]byte, bench.PayloadSize), make([]byte, 0, 64)
+	m, err := e.measure(srv, "raw-c1", 1, true, func(int) (int, error) {
+		var err error
+		buf, err = bench.RawEcho(ws, msg, buf)
+		return 1, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return latencyMetrics(m), nil
+}
+
+// rawPipelined: one gorilla/websocket connection with a writer that keeps
+// window 16-byte messages in flight and a reader that takes their echoes.
+func (e *env) rawPipelined(srv *child, window int) (metrics, error) {
+	ws, err := bench.DialRaw(context.Background(), srv.Targets[0])
+	if err != nil {
+		return nil, err
+	}
+	defer ws.Close()
+	// phase runs the pipeline for d and returns the echoes received in d.
+	phase := func(d time.Duration) (int64, time.Duration, error) {
+		tokens := make(chan struct{}, window)
+		for range window {
+			tokens <- struct{}{}
+		}
+		done := make(chan struct{})
+		var sent atomic.Int64
+		writeErr := make(chan error, 1)
+		go func() {
+			msg := make([]byte, bench.PayloadSize)
+			for {
+				select {
+				case <-tokens:
+				case <-done:
+					writeErr <- nil
+					return
+				}
+				select {
+				case <-done:
+					writeErr <- nil
+					return
+				default:
+				}
+				if err := ws.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+					writeErr <- err
+					return
+				}
+				sent.Add(1)
+			}
+		}()
+		start := time.Now()
+		buf := make([]byte, 0, 64)
+		var recvd int64
+		for time.Since(start) < d {
+			if buf, err = bench.RawRead(ws, buf); err != nil {
+				close(done)
+				<-writeErr
+				return 0, 0, err
+			}
+			recvd++
+			tokens <- struct{}{} // never blocks: one token per message in flight
+		}
+		elapsed := time.Since(start)
+		counted := recvd
+		close(done)
+		if err := <-writeErr; err != nil {
+			return 0, 0, err
+		}
+		for recvd < sent.Load() { // drain the echoes still in flight
+			if buf, err = bench.RawRead(ws, buf); err != nil {
+				return 0, 0, err
+			}
+			recvd++
+		}
+		return counted, elapsed, nil
+	}
+	if _, _, err := phase(e.warmup); err != nil {
+		return nil, err
+	}
+	n, elapsed, err := phase(e.duration)
+	if err != nil {
+		return nil, err
+	}
+	return metrics{mRate: float64(n) / elapsed.Seconds()}, nil
+}

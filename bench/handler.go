@@ -1,0 +1,119 @@
+// Package bench compares tether with grpc-go: BenchService (bench.v1) served
+// by identical handlers over tether and over grpc-go, a raw gorilla/websocket
+// echo as the ceiling tether is measured against, and clients for all three
+// behind one interface. Everything listens on loopback only.
+//
+// cmd/benchcmp runs the side-by-side comparison with client and server in
+// separate processes; the testing.B benchmarks in this package measure
+// allocations per call with both in one process. docs/BENCHMARKS.md has the
+// commands and results.
+package bench
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
+	"github.com/tetherrpc/tether/bench/gen/bench/v1/benchv1grpc"
+	"github.com/tetherrpc/tether/server"
+)
+
+// PayloadSize is the body size of the small-message benchmarks.
+const PayloadSize = 16
+
+// MaxStreamSize bounds StreamRequest.size, so that a stray request cannot
+// make the server allocate without limit.
+const MaxStreamSize = 4 << 20
+
+// The handlers' logic, shared by the tether and grpc-go handlers so that
+// both do exactly the same work per message.
+
+// echo is Unary's and Bidi's answer: a new payload with the same body.
+func echo(req *benchv1.Payload) *benchv1.Payload {
+	return &benchv1.Payload{Body: req.GetBody()}
+}
+
+// streamPayload is the one message ServerStream sends count times. Both
+// systems marshal a message before Send returns, so it is safe to reuse.
+func streamPayload(req *benchv1.StreamRequest) *benchv1.Payload {
+	return &benchv1.Payload{Body: make([]byte, min(req.GetSize(), MaxStreamSize))}
+}
+
+// TetherHandler serves BenchService over tether.
+type TetherHandler struct {
+	benchv1.UnimplementedBenchServiceHandler
+}
+
+var _ benchv1.BenchServiceHandler = (*TetherHandler)(nil)
+
+// Unary answers with the request's body.
+func (*TetherHandler) Unary(_ context.Context, req *benchv1.Payload) (*benchv1.Payload, error) {
+	return echo(req), nil
+}
+
+// ServerStream sends req.Count payloads of req.Size bytes.
+func (*TetherHandler) ServerStream(_ context.Context, req *benchv1.StreamRequest, stream *server.ServerStream[benchv1.Payload]) error {
+	msg := streamPayload(req)
+	for range req.GetCount() {
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Bidi answers every payload with its body.
+func (*TetherHandler) Bidi(_ context.Context, stream *server.BidiStream[benchv1.Payload, benchv1.Payload]) error {
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(echo(req)); err != nil {
+			return err
+		}
+	}
+}
+
+// GRPCHandler serves BenchService over grpc-go.
+type GRPCHandler struct {
+	benchv1grpc.UnimplementedBenchServiceServer
+}
+
+var _ benchv1grpc.BenchServiceServer = (*GRPCHandler)(nil)
+
+// Unary answers with the request's body.
+func (*GRPCHandler) Unary(_ context.Context, req *benchv1.Payload) (*benchv1.Payload, error) {
+	return echo(req), nil
+}
+
+// ServerStream sends req.Count payloads of req.Size bytes.
+func (*GRPCHandler) ServerStream(req *benchv1.StreamRequest, stream benchv1grpc.BenchService_ServerStreamServer) error {
+	msg := streamPayload(req)
+	for range req.GetCount() {
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Bidi answers every payload with its body.
+func (*GRPCHandler) Bidi(stream benchv1grpc.BenchService_BidiServer) error {
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(echo(req)); err != nil {
+			return err
+		}
+	}
+}

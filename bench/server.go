@@ -1,0 +1,166 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/grpc"
+
+	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
+	"github.com/tetherrpc/tether/bench/gen/bench/v1/benchv1grpc"
+	"github.com/tetherrpc/tether/server"
+)
+
+// The systems compared.
+const (
+	Tether = "tether"  // tether over WebSocket
+	GRPC   = "grpc-go" // grpc-go over HTTP/2, insecure
+	Raw    = "raw-ws"  // a gorilla/websocket echo, no RPC layer at all
+)
+
+// Paths served over WebSocket.
+const (
+	TetherPath = "/tether"
+	RawPath    = "/echo"
+)
+
+// ListenLoopback listens on a free TCP port of ip, which must be an IPv4
+// loopback address (127.0.0.0/8): the benchmarks never listen on anything
+// else.
+func ListenLoopback(ip string) (net.Listener, error) {
+	addr := net.ParseIP(ip)
+	if addr == nil || addr.To4() == nil || !addr.IsLoopback() {
+		return nil, fmt.Errorf("bench: %q is not an IPv4 loopback address", ip)
+	}
+	return net.Listen("tcp4", net.JoinHostPort(addr.String(), "0"))
+}
+
+// LoopbackIPs returns n loopback addresses: 127.0.0.1, 127.0.0.2, ...
+// Linux answers on all of 127.0.0.0/8; spreading connections over several
+// addresses multiplies the ephemeral ports available to a client.
+func LoopbackIPs(n int) []string {
+	ips := make([]string, max(n, 1))
+	for i := range ips {
+		ips[i] = fmt.Sprintf("127.0.0.%d", i+1)
+	}
+	return ips
+}
+
+// Server is a running benchmark server of one system.
+type Server struct {
+	// System is Tether, GRPC or Raw.
+	System string
+	// Targets are what clients dial, one per listener: ws:// URLs for Tether
+	// and Raw, host:port for GRPC.
+	Targets []string
+
+	stop func()
+}
+
+// Close stops the server and closes its connections.
+func (s *Server) Close() { s.stop() }
+
+// Serve starts a server of system on a free port of each loopback ip.
+func Serve(system string, ips ...string) (*Server, error) {
+	if len(ips) == 0 {
+		ips = LoopbackIPs(1)
+	}
+	var lns []net.Listener
+	for _, ip := range ips {
+		ln, err := ListenLoopback(ip)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	s := &Server{System: system}
+	switch system {
+	case Tether:
+		ts := server.New(server.WithLogger(slog.New(slog.DiscardHandler)))
+		benchv1.RegisterBenchServiceHandler(ts, &TetherHandler{})
+		mux := http.NewServeMux()
+		mux.Handle(TetherPath, ts)
+		stop := serveHTTP(mux, lns)
+		s.stop = func() { _ = ts.Close(); stop() }
+		s.Targets = wsURLs(lns, TetherPath)
+	case Raw:
+		mux := http.NewServeMux()
+		mux.HandleFunc(RawPath, rawEcho)
+		s.stop = serveHTTP(mux, lns)
+		s.Targets = wsURLs(lns, RawPath)
+	case GRPC:
+		gs := grpc.NewServer()
+		benchv1grpc.RegisterBenchServiceServer(gs, &GRPCHandler{})
+		for _, ln := range lns {
+			go func() { _ = gs.Serve(ln) }()
+			s.Targets = append(s.Targets, ln.Addr().String())
+		}
+		s.stop = gs.Stop
+	default:
+		for _, l := range lns {
+			l.Close()
+		}
+		return nil, fmt.Errorf("bench: unknown system %q", system)
+	}
+	return s, nil
+}
+
+func wsURLs(lns []net.Listener, path string) []string {
+	out := make([]string, len(lns))
+	for i, ln := range lns {
+		out[i] = "ws://" + ln.Addr().String() + path
+	}
+	return out
+}
+
+func serveHTTP(h http.Handler, lns []net.Listener) (stop func()) {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Go(func() {
+			if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				slog.Error("bench: serve", "err", err)
+			}
+		})
+	}
+	return func() { _ = hs.Close(); wg.Wait() }
+}
+
+// rawUpgrader is gorilla/websocket with its defaults (4 KiB buffers).
+var rawUpgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+
+// rawEcho answers every WebSocket message with the same bytes: the least
+// work a message-oriented server over gorilla/websocket can do per message.
+func rawEcho(w http.ResponseWriter, r *http.Request) {
+	ws, err := rawUpgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.Close()
+	for {
+		mt, rd, err := ws.NextReader()
+		if err != nil {
+			return
+		}
+		wr, err := ws.NextWriter(mt)
+		if err != nil {
+			return
+		}
+		if _, err := io.Copy(wr, rd); err != nil {
+			return
+		}
+		if err := wr.Close(); err != nil {
+			return
+		}
+	}
+}
