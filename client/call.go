@@ -103,8 +103,10 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 	} else if errors.Is(err, io.EOF) {
 		err = tether.Errorf(tether.CodeInternal, "tether: server ended a unary call without a response")
 	}
-	call.ResponseHeader, _ = s.st.Header(context.Background())
-	call.ResponseTrailer = s.st.Trailer()
+	if co.respHeader != nil || co.respTrailer != nil || len(c.cfg.interceptors) > 0 {
+		call.ResponseHeader, _ = s.st.Header(context.Background())
+		call.ResponseTrailer = s.st.Trailer()
+	}
 	if errors.Is(err, io.EOF) {
 		return msg, nil
 	}

@@ -806,7 +806,6 @@ func (c *Conn) newStream(id uint32) *Stream {
 		recvWindow: c.cfg.StreamWindow,
 		recvNotify: make(chan struct{}, 1),
 		sendNotify: make(chan struct{}, 1),
-		headersCh:  make(chan struct{}),
 		done:       make(chan struct{}),
 	}
 }

@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"sync"
@@ -43,7 +44,7 @@ type Stream struct {
 
 	recvNotify chan struct{}
 	sendNotify chan struct{}
-	headersCh  chan struct{} // closed when headers, a message or the end arrive
+	headersCh  chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive
 	done       chan struct{} // closed when the stream is finished
 }
 
@@ -157,19 +158,33 @@ func (s *Stream) handleHeaders(payload []byte) error {
 	return nil
 }
 
+// closeHeadersLocked wakes Header; the caller holds mu and has just set
+// headersSet.
+func (s *Stream) closeHeadersLocked() {
+	if s.headersCh != nil {
+		close(s.headersCh)
+	}
+}
+
 func (s *Stream) markHeaders() {
 	s.mu.Lock()
 	if !s.headersSet {
 		s.headersSet = true
-		close(s.headersCh)
+		s.closeHeadersLocked()
 	}
 	s.mu.Unlock()
 }
 
+// okEnd is the END payload of a successful call without trailers
+// (tether.v1.End{status: {}}): sent and recognised without marshalling.
+var okEnd = []byte{0x0a, 0x00}
+
 func (s *Stream) handleEnd(payload []byte) error {
 	var end tetherv1.End
 	var err error
-	if len(payload) > s.c.cfg.MaxHeaderBytes {
+	if bytes.Equal(payload, okEnd) || len(payload) == 0 {
+		// Success, no trailers.
+	} else if len(payload) > s.c.cfg.MaxHeaderBytes {
 		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes)
 	} else if uerr := proto.Unmarshal(payload, &end); uerr != nil {
 		return protoErrf("stream %d: bad END: %v", s.id, uerr)
@@ -289,13 +304,20 @@ func (s *Stream) grant(n int) {
 // Header waits for the response headers (clients): they arrive in a HEADERS
 // frame, or are empty when the first message or the end comes first.
 func (s *Stream) Header(ctx context.Context) (tether.Metadata, error) {
-	select {
-	case <-s.headersCh:
-	case <-s.done:
-	case <-ctx.Done():
-		return nil, tether.AsError(ctx.Err())
-	}
 	s.mu.Lock()
+	if !s.headersSet {
+		if s.headersCh == nil {
+			s.headersCh = make(chan struct{})
+		}
+		ch := s.headersCh
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, tether.AsError(ctx.Err())
+		}
+		s.mu.Lock()
+	}
 	defer s.mu.Unlock()
 	if s.headers == nil {
 		s.headers = tether.Metadata{}
@@ -478,9 +500,13 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 			}
 		}
 	}
-	end := &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
-	size := proto.Size(end)
-	if size > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
+	var end *tetherv1.End
+	size := len(okEnd)
+	if callErr != nil || len(trailers) > 0 {
+		end = &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
+		size = proto.Size(end)
+	}
+	if end != nil && size > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
 		// Keep the code; drop what does not fit.
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
 		size = proto.Size(end)
@@ -532,6 +558,9 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		}
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeEnd, 0, s.id, size)
+		if end == nil {
+			return append(b, okEnd...)
+		}
 		var merr error
 		if b, merr = marshalOpts.MarshalAppend(b, end); merr != nil {
 			// Trailers that cannot be encoded (invalid UTF-8): the call
@@ -579,7 +608,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 	}
 	if !s.headersSet {
 		s.headersSet = true
-		close(s.headersCh)
+		s.closeHeadersLocked()
 	}
 	s.mu.Unlock()
 	close(s.done)
@@ -602,7 +631,7 @@ func (s *Stream) finish() {
 	s.finished = true
 	if !s.headersSet {
 		s.headersSet = true
-		close(s.headersCh)
+		s.closeHeadersLocked()
 	}
 	s.mu.Unlock()
 	close(s.done)
