@@ -154,11 +154,7 @@ type clientStream struct {
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 
 func (s *clientStream) Send(msg proto.Message) error {
-	b, err := proto.Marshal(msg)
-	if err != nil {
-		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
-	}
-	return s.st.SendMsg(s.ctx, b)
+	return s.st.SendProto(s.ctx, msg)
 }
 
 func (s *clientStream) Receive(msg proto.Message) error {

@@ -98,11 +98,7 @@ func (c *call) Send(msg proto.Message) error {
 	if err := c.flushHeader(); err != nil {
 		return err
 	}
-	b, err := proto.Marshal(msg)
-	if err != nil {
-		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
-	}
-	return c.s.SendMsg(c.ctx, b)
+	return c.s.SendProto(c.ctx, msg)
 }
 
 // flushHeader sends the response headers once, if there are any.

@@ -3,6 +3,7 @@ package mux
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"sync"
 
@@ -376,6 +377,53 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 			return s.sendError(err)
 		}
 		msg = msg[n:]
+	}
+	return nil
+}
+
+// SendProto sends one protobuf message. A message that fits one frame is
+// marshalled straight into the writer's queue, saving an allocation and a
+// copy; a larger one goes through SendMsg.
+func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
+	size := proto.Size(m)
+	if size > frame.MaxPayload || size > s.c.cfg.MaxMessageSize {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), err)
+		}
+		return s.SendMsg(ctx, b)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	credit, err := s.waitCredit(ctx, size+FrameOverhead)
+	if err != nil {
+		return err
+	}
+	var merr error
+	err = s.c.write(ctx, s.done, func(b []byte) []byte {
+		start := len(b)
+		b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, size)
+		out, e := marshalOpts.MarshalAppend(b, m)
+		if e != nil || len(out)-len(b) != size {
+			merr = e
+			if merr == nil {
+				merr = errors.New("message changed while it was being sent")
+			}
+			return b[:start]
+		}
+		return out
+	})
+	s.mu.Lock()
+	s.sendCredit += credit - (size + FrameOverhead)
+	if err != nil || merr != nil {
+		s.sendCredit += size + FrameOverhead
+	}
+	s.mu.Unlock()
+	if merr != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), merr)
+	}
+	if err != nil {
+		return s.sendError(err)
 	}
 	return nil
 }
