@@ -99,47 +99,29 @@ type Config struct {
 }
 
 func (c *Config) withDefaults() {
-	if c.MaxMessageSize <= 0 {
-		c.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if c.StreamWindow <= 0 {
-		c.StreamWindow = DefaultStreamWindow
-	}
-	c.StreamWindow = max(c.StreamWindow, InitialWindow)
-	c.StreamWindow = min(c.StreamWindow, 1<<30)
-	if c.MaxConcurrentStreams <= 0 {
-		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
-	}
-	if c.MaxHeaderBytes <= 0 {
-		c.MaxHeaderBytes = DefaultMaxHeaderBytes
-	}
-	if c.PingInterval <= 0 {
-		c.PingInterval = DefaultPingInterval
-	}
-	if c.PingTimeout <= 0 {
-		c.PingTimeout = DefaultPingTimeout
-	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = DefaultWriteTimeout
-	}
-	if c.MaxQueueBytes <= 0 {
-		c.MaxQueueBytes = DefaultMaxQueueBytes
-	}
+	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&c.StreamWindow, DefaultStreamWindow)
+	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
+	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
+	orDefault(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	orDefault(&c.PingInterval, DefaultPingInterval)
+	orDefault(&c.PingTimeout, DefaultPingTimeout)
+	orDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	orDefault(&c.MaxQueueBytes, DefaultMaxQueueBytes)
 	c.MaxQueueBytes = max(c.MaxQueueBytes, 2*batchBytes)
-	if c.MaxHeaderKeys <= 0 {
-		c.MaxHeaderKeys = DefaultMaxHeaderKeys
-	}
-	if c.MaxMessageReadTime <= 0 {
-		c.MaxMessageReadTime = DefaultMaxMessageReadTime
-	}
-	if c.MaxPingRate <= 0 {
-		c.MaxPingRate = DefaultMaxPingRate
-	}
-	if c.MaxIdleFrameRate <= 0 {
-		c.MaxIdleFrameRate = DefaultMaxIdleFrameRate
-	}
+	orDefault(&c.MaxHeaderKeys, DefaultMaxHeaderKeys)
+	orDefault(&c.MaxMessageReadTime, DefaultMaxMessageReadTime)
+	orDefault(&c.MaxPingRate, DefaultMaxPingRate)
+	orDefault(&c.MaxIdleFrameRate, DefaultMaxIdleFrameRate)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// orDefault sets *v to def when it is zero or negative.
+func orDefault[T int | float64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
 	}
 }
 
