@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -70,6 +71,7 @@ type call struct {
 	respMD   tether.Metadata
 	trailer  tether.Metadata
 	sentHead bool
+	headDone atomic.Bool // sentHead, readable without the lock
 }
 
 func (c *call) Spec() tether.Spec               { return c.spec }
@@ -103,12 +105,16 @@ func (c *call) Send(msg proto.Message) error {
 
 // flushHeader sends the response headers once, if there are any.
 func (c *call) flushHeader() error {
+	if c.headDone.Load() {
+		return nil
+	}
 	c.mu.Lock()
 	if c.sentHead {
 		c.mu.Unlock()
 		return nil
 	}
 	c.sentHead = true
+	c.headDone.Store(true)
 	md := c.respMD
 	c.mu.Unlock()
 	if len(md) == 0 {
@@ -140,6 +146,7 @@ func (c *call) finish(res proto.Message, err error) {
 	var headers tether.Metadata
 	if !c.sentHead {
 		c.sentHead = true
+		c.headDone.Store(true)
 		headers = c.respMD
 	}
 	c.mu.Unlock()

@@ -114,8 +114,11 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 		s.c.donated = true // the frame keeps the buffer
 	}
 	s.recvQ = append(s.recvQ, chunk{b: payload, more: more})
+	if !s.headersSet { // a message before HEADERS: the headers are empty
+		s.headersSet = true
+		s.closeHeadersLocked()
+	}
 	s.mu.Unlock()
-	s.markHeaders()
 	notify(s.recvNotify)
 	return nil
 }
@@ -395,12 +398,12 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	credit, err := s.waitCredit(ctx, size+FrameOverhead)
-	if err != nil {
+	cost := size + FrameOverhead
+	if err := s.takeCredit(ctx, cost); err != nil {
 		return err
 	}
 	var merr error
-	err = s.c.write(ctx, s.done, func(b []byte) []byte {
+	err := s.c.write(ctx, s.done, func(b []byte) []byte {
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, size)
 		out, e := marshalOpts.MarshalAppend(b, m)
@@ -413,12 +416,11 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 		}
 		return out
 	})
-	s.mu.Lock()
-	s.sendCredit += credit - (size + FrameOverhead)
 	if err != nil || merr != nil {
-		s.sendCredit += size + FrameOverhead
+		s.mu.Lock()
+		s.sendCredit += cost // not sent: the credit goes back
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	if merr != nil {
 		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), merr)
 	}
@@ -426,6 +428,34 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 		return s.sendError(err)
 	}
 	return nil
+}
+
+// takeCredit waits until n credit is available and takes exactly n.
+func (s *Stream) takeCredit(ctx context.Context, n int) error {
+	for {
+		s.mu.Lock()
+		if s.sendErr != nil {
+			err := s.sendErr
+			s.mu.Unlock()
+			return err
+		}
+		if s.halfClosed {
+			s.mu.Unlock()
+			return tether.Errorf(tether.CodeInternal, "tether: send after close")
+		}
+		if s.sendCredit >= n {
+			s.sendCredit -= n
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.sendNotify:
+		case <-s.done:
+		case <-ctx.Done():
+			return tether.AsError(ctx.Err())
+		}
+	}
 }
 
 // waitCredit waits until at least want credit is available and takes all of
