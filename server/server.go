@@ -36,8 +36,9 @@ type Server struct {
 	draining bool
 	wg       sync.WaitGroup // connections and handlers
 	counters counters
-	pending  int            // upgrades admitted, not yet registered
-	perIP    map[string]int // open or pending connections by remote IP
+	pending  int             // upgrades admitted, not yet registered
+	drainCtx context.Context // Shutdown's context, for connections that race it
+	perIP    map[string]int  // open or pending connections by remote IP
 	nextConn uint64
 }
 
@@ -190,11 +191,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.pending--
 	s.conns[conn] = struct{}{}
 	s.counters.accepted.Add(1)
-	draining := s.draining
+	draining, drainCtx := s.draining, s.drainCtx
 	s.mu.Unlock()
 	if draining {
-		// Shutdown began after this upgrade was let in: drain it too.
-		go func() { _ = conn.Shutdown(context.Background()) }()
+		// Shutdown or Close began after this upgrade was let in: drain it
+		// within the same deadline (Close's context is already over, so
+		// the connection closes at once).
+		go func() { _ = conn.Shutdown(drainCtx) }()
 	}
 }
 
@@ -269,6 +272,7 @@ func (s *Server) run(ctx context.Context, h *Handler, c *call) (res proto.Messag
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
+	s.drainCtx = ctx
 	conns := make([]*mux.Conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -299,6 +303,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.draining = true
+	s.drainCtx = closedCtx
 	conns := make([]*mux.Conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
@@ -341,3 +346,11 @@ func remoteIP(addr string) string {
 	}
 	return host
 }
+
+// closedCtx is an already canceled context: a connection drained with it
+// closes at once.
+var closedCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()

@@ -526,6 +526,11 @@ func (c *Conn) readLoop() {
 		msg := buf
 		c.inMessage.Store(false)
 		if err != nil {
+			var fe *floodError
+			if errors.As(err, &fe) { // a ping flood between fragments
+				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+				return
+			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message not complete after %v", c.cfg.MaxMessageReadTime), websocket.ClosePolicyViolation, "message read too slowly")

@@ -21,8 +21,13 @@ func unprocessed(err error) error {
 
 type unprocessedError struct{ err *tether.Error }
 
-func (u *unprocessedError) Error() string   { return u.err.Message() }
-func (u *unprocessedError) Unwrap() []error { return []error{ErrUnprocessed, u.err.Unwrap()} }
+func (u *unprocessedError) Error() string { return u.err.Message() }
+func (u *unprocessedError) Unwrap() []error {
+	if inner := u.err.Unwrap(); inner != nil {
+		return []error{ErrUnprocessed, inner}
+	}
+	return []error{ErrUnprocessed}
+}
 
 // protocolError is a violation of the wire protocol by the peer; it closes
 // the connection with WebSocket close code 1002.

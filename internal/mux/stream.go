@@ -643,7 +643,11 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		if b, merr = marshalOpts.MarshalAppend(b, end); merr != nil {
 			// Trailers that cannot be encoded (invalid UTF-8): the call
 			// must still end, so send the status alone and say why.
-			fallback := &tetherv1.End{Status: &tetherv1.Status{Code: tetherv1.Code_CODE_INTERNAL, Message: "tether: response trailers could not be encoded: " + merr.Error()}}
+			code := end.GetStatus().GetCode()
+			if code == tetherv1.Code_CODE_OK {
+				code = tetherv1.Code_CODE_INTERNAL
+			}
+			fallback := &tetherv1.End{Status: &tetherv1.Status{Code: code, Message: "tether: response trailers could not be encoded: " + merr.Error()}}
 			b = frame.AppendHeader(b[:start], frame.TypeEnd, 0, s.id, proto.Size(fallback))
 			b, _ = marshalOpts.MarshalAppend(b, fallback)
 		}
