@@ -840,13 +840,6 @@ func (c *Conn) handlerDone() {
 	c.mu.Unlock()
 }
 
-// RunningHandlers returns the number of accepted streams whose handler has
-// not returned yet (servers).
-func (c *Conn) RunningHandlers() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.running
-}
 
 // Open starts a stream (clients only). The OPEN frame is queued in stream-id
 // order; the returned stream is ready for SendMsg and RecvMsg.

@@ -57,14 +57,8 @@ type chunk struct {
 // ID returns the stream id.
 func (s *Stream) ID() uint32 { return s.id }
 
-// Conn returns the stream's connection.
-func (s *Stream) Conn() *Conn { return s.c }
-
 // Context is canceled when the stream ends for any reason (server streams).
 func (s *Stream) Context() context.Context { return s.ctx }
-
-// Done is closed when the stream has finished.
-func (s *Stream) Done() <-chan struct{} { return s.done }
 
 func notify(ch chan struct{}) {
 	select {
