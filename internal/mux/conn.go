@@ -840,7 +840,6 @@ func (c *Conn) handlerDone() {
 	c.mu.Unlock()
 }
 
-
 // Open starts a stream (clients only). The OPEN frame is queued in stream-id
 // order; the returned stream is ready for SendMsg and RecvMsg.
 //
