@@ -72,7 +72,8 @@ type Conn struct {
 
 	bytesIn, bytesOut atomic.Uint64
 
-	inMessage atomic.Bool // reader is inside a WebSocket message
+	inMessage   atomic.Bool  // reader is inside a WebSocket message
+	lingerUntil atomic.Int64 // after a close frame was sent: read deadline (Unix ns) of the drain
 	donated   bool        // reader: a stream kept a frame of the current buffer
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
@@ -243,13 +244,18 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		close(c.closed)
 		c.cancel(err)
 		c.pingTimer.Stop()
-		if code != 0 {
+		switch code {
+		case 0:
+			_ = c.ws.Close()
+		case closeSent:
+			c.linger()
+		default:
 			if len(text) > 120 {
 				text = strings.ToValidUTF8(text[:120], "")
 			}
 			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(250*time.Millisecond))
+			c.linger()
 		}
-		_ = c.ws.Close()
 		c.mu.Lock()
 		streams := c.streams
 		c.streams = map[uint32]*Stream{}
@@ -270,6 +276,61 @@ func (c *Conn) closeWith(err error, code int, text string) {
 	})
 }
 
+// closeSent, as closeWith's code, says that gorilla/websocket has already
+// sent the close frame (1009 for a message over the read limit): the
+// connection lingers without sending another.
+const closeSent = -1
+
+// closeLinger bounds how long a connection that sent a close frame keeps
+// reading before it closes the socket.
+const closeLinger = time.Second
+
+// linger half-closes the socket after the close frame and leaves it to the
+// reader to drain what the peer still sends, until the peer's own close
+// frame, its FIN or closeLinger. Closing at once would make the kernel answer
+// unread data (a flood the peer is still sending) with a reset, and the peer
+// would lose the close frame and its code. The reader closes the socket.
+func (c *Conn) linger() {
+	until := time.Now().Add(closeLinger)
+	c.lingerUntil.Store(until.UnixNano())
+	_ = c.ws.SetReadDeadline(until)
+	if hc, ok := c.ws.NetConn().(interface{ CloseWrite() error }); ok {
+		_ = hc.CloseWrite()
+	}
+}
+
+// setReadDeadline sets the read deadline, never past a lingering close's.
+func (c *Conn) setReadDeadline(t time.Time) {
+	_ = c.ws.SetReadDeadline(t)
+	if l := c.lingerUntil.Load(); l != 0 && t.UnixNano() > l {
+		_ = c.ws.SetReadDeadline(time.Unix(0, l))
+	}
+}
+
+// drain discards what the peer still sends after the connection closed,
+// until the peer's close frame, its FIN or the linger deadline, then closes
+// the socket. Once gorilla's reader has failed (a flood, a message over the
+// limit) the rest is discarded as raw bytes.
+func (c *Conn) drain() {
+	if c.lingerUntil.Load() != 0 {
+		for {
+			_, r, err := c.ws.NextReader()
+			if err == nil {
+				_, err = io.Copy(io.Discard, r)
+			}
+			if err == nil {
+				continue
+			}
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) {
+				_, _ = io.Copy(io.Discard, c.ws.NetConn())
+			}
+			break
+		}
+	}
+	_ = c.ws.Close()
+}
+
 // closeAfterFlush asks the writer to close the connection once everything
 // queued so far has been written.
 func (c *Conn) closeAfterFlush(code int, text string) {
@@ -285,7 +346,7 @@ func (c *Conn) touch() {
 	if c.inMessage.Load() {
 		return
 	}
-	_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.PingInterval + c.cfg.PingTimeout))
+	c.setReadDeadline(time.Now().Add(c.cfg.PingInterval + c.cfg.PingTimeout))
 }
 
 func (c *Conn) ping() {
@@ -300,6 +361,16 @@ func (c *Conn) ping() {
 		return frame.Append(b, frame.Frame{Type: frame.TypePing, Payload: p[:]})
 	})
 	c.pingTimer.Reset(c.cfg.PingInterval)
+}
+
+// isClosed reports whether the connection has closed.
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // connErr is the error a stream sees when the connection has closed.
@@ -507,24 +578,32 @@ func (c *Conn) writeBatch(buf []byte) error {
 
 func (c *Conn) readLoop() {
 	defer c.readerExit()
+	defer c.drain()
 	for {
 		c.touch()
 		mt, r, err := c.ws.NextReader()
+		if c.isClosed() {
+			return
+		}
 		if err != nil {
 			var fe *floodError
 			if errors.As(err, &fe) {
 				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
 				return
 			}
-			c.closeWith(readError(err), 0, "")
+			c.closeWith(readError(err), readCloseCode(err), "")
 			return
 		}
 		c.inMessage.Store(true)
-		_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.MaxMessageReadTime))
+		c.setReadDeadline(time.Now().Add(c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
 		buf, err := readAll((*bp)[:0], r)
 		msg := buf
 		c.inMessage.Store(false)
+		if c.isClosed() { // closed meanwhile: the rest is drained, not handled
+			readBuffers.Put(bp)
+			return
+		}
 		if err != nil {
 			var fe *floodError
 			if errors.As(err, &fe) { // a ping flood between fragments
@@ -536,7 +615,7 @@ func (c *Conn) readLoop() {
 				c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message not complete after %v", c.cfg.MaxMessageReadTime), websocket.ClosePolicyViolation, "message read too slowly")
 				return
 			}
-			c.closeWith(readError(err), 0, "")
+			c.closeWith(readError(err), readCloseCode(err), "")
 			return
 		}
 		if mt != websocket.BinaryMessage {
@@ -598,6 +677,16 @@ func readAll(buf []byte, r io.Reader) ([]byte, error) {
 			return buf, err
 		}
 	}
+}
+
+// readCloseCode is closeWith's code after the read error err: closeSent
+// when gorilla/websocket sent a close frame itself (a message over the read
+// limit, answered with 1009), else 0 (the connection is gone).
+func readCloseCode(err error) int {
+	if errors.Is(err, websocket.ErrReadLimit) {
+		return closeSent
+	}
+	return 0
 }
 
 func readError(err error) error {
