@@ -97,11 +97,11 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 	if err == nil {
 		_, err = s.st.RecvMsg()
 		if err == nil {
-			err = tether.Errorf(tether.CodeInternal, "tether: server sent more than one response to a unary call")
+			err = tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response to a unary call")
 			s.st.Reset(err)
 		}
 	} else if errors.Is(err, io.EOF) {
-		err = tether.Errorf(tether.CodeInternal, "tether: server ended a unary call without a response")
+		err = tether.Errorf(tether.CodeUnimplemented, "tether: server ended a unary call without a response")
 	}
 	if co.respHeader != nil || co.respTrailer != nil || len(c.cfg.interceptors) > 0 {
 		call.ResponseHeader, _ = s.st.Header(context.Background())

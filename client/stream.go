@@ -68,7 +68,7 @@ func receiveLast[Res any](s Stream) (*Res, error) {
 	res := new(Res)
 	if err := s.Receive(any(res).(proto.Message)); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, tether.Errorf(tether.CodeInternal, "tether: server ended the call without a response")
+			return nil, tether.Errorf(tether.CodeUnimplemented, "tether: server ended the call without a response")
 		}
 		return nil, err
 	}
@@ -80,7 +80,7 @@ func receiveLast[Res any](s Stream) (*Res, error) {
 		return nil, err
 	}
 	s.Close()
-	return nil, tether.Errorf(tether.CodeInternal, "tether: server sent more than one response")
+	return nil, tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response")
 }
 
 // BidiStream is the caller's side of a bidirectional call. One goroutine may

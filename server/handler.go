@@ -141,7 +141,7 @@ func NewBidiStreamHandler[Req, Res any](spec tether.Spec, fn func(context.Contex
 func receiveOne(st Stream, req proto.Message) error {
 	if err := st.Receive(req); err != nil {
 		if errors.Is(err, io.EOF) {
-			return tether.Errorf(tether.CodeInvalidArgument, "tether: %s: the client sent no request message", st.Spec().Procedure)
+			return tether.Errorf(tether.CodeUnimplemented, "tether: %s: the client sent no request message", st.Spec().Procedure)
 		}
 		return err
 	}

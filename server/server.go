@@ -169,6 +169,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var conn *mux.Conn
 	var expiry *time.Timer
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
+	cfg.SingleRequest = s.singleRequest
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
 		if expiry != nil {
@@ -212,6 +213,14 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	}
 	u, err := url.Parse(origin)
 	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// singleRequest reports whether procedure takes one request message.
+func (s *Server) singleRequest(procedure string) bool {
+	s.mu.RLock()
+	h := s.handlers[procedure]
+	s.mu.RUnlock()
+	return h != nil && (h.spec.StreamType == tether.StreamTypeUnary || h.spec.StreamType == tether.StreamTypeServer)
 }
 
 // serveStream runs one call: find the handler, build its context (deadline,

@@ -92,6 +92,12 @@ type Config struct {
 	// Accept is called, in a new goroutine, for every stream the peer opens
 	// (servers only). It must end the stream with Finish or Reset.
 	Accept func(s *Stream, open *tetherv1.Open)
+	// SingleRequest reports whether a procedure takes exactly one request
+	// message (unary and server-streaming calls); servers only. A second
+	// request message on such a stream resets it with unimplemented, the
+	// code gRPC gives cardinality violations. It is called by the reader
+	// goroutine for every OPEN and must be fast.
+	SingleRequest func(procedure string) bool
 	// OnClose is called once, after the connection's goroutines have exited.
 	OnClose func(err error)
 	// Logger receives connection-level events; nil discards them.

@@ -74,9 +74,9 @@ type Conn struct {
 
 	inMessage   atomic.Bool  // reader is inside a WebSocket message
 	lingerUntil atomic.Int64 // after a close frame was sent: read deadline (Unix ns) of the drain
-	donated   bool        // reader: a stream kept a frame of the current buffer
-	pingLimit *rate.Limiter
-	idleLimit *rate.Limiter
+	donated     bool         // reader: a stream kept a frame of the current buffer
+	pingLimit   *rate.Limiter
+	idleLimit   *rate.Limiter
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,
@@ -867,6 +867,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	}
 	s := c.newStream(f.StreamID)
 	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
+	s.single = c.cfg.SingleRequest != nil && c.cfg.SingleRequest(open.GetProcedure())
 	c.streams[f.StreamID] = s
 	c.running++
 	c.mu.Unlock()

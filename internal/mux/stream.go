@@ -42,6 +42,8 @@ type Stream struct {
 	headersSet    bool
 	trailers      tether.Metadata
 	finished      bool // removed from the connection
+	single        bool // server: the procedure takes one request message
+	gotMessage    bool // reader goroutine: a whole message has arrived
 
 	recvNotify chan struct{}
 	sendNotify chan struct{}
@@ -86,6 +88,11 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 		}
 		return nil
 	}
+	if s.single && s.gotMessage && s.partial == 0 {
+		s.mu.Unlock()
+		s.Reset(tether.Errorf(tether.CodeUnimplemented, "tether: more than one request message for a procedure that takes one"))
+		return nil
+	}
 	s.partial += len(f.Payload)
 	if s.partial > s.c.cfg.MaxMessageSize {
 		size := s.partial
@@ -97,6 +104,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	}
 	if !more {
 		s.partial = 0
+		s.gotMessage = true
 	}
 	payload := f.Payload
 	if 2*len(payload) < bufCap {
