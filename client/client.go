@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
@@ -39,6 +40,9 @@ type Client struct {
 	conn      *mux.Conn // the ready connection, or nil
 	lastErr   error
 	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
+	// retryAfter is the server's Retry-After of the last refused upgrade
+	// (429, 503); only the connection manager goroutine uses it.
+	retryAfter time.Duration
 	changed   chan struct{}
 	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
 	counters  clientCounters
@@ -203,7 +207,15 @@ func (c *Client) run() {
 			}
 			c.setState(StateTransientFailure, err, nil)
 			c.cfg.logger.Debug("tether connect failed", "url", c.url, "err", err)
-			if !c.sleep(b.NextBackOff()) {
+			delay := b.NextBackOff()
+			if ra := c.retryAfter; ra > 0 {
+				// The server said when to come back: not before, and
+				// spread over half as long again so that the clients it
+				// refused together do not return together.
+				c.retryAfter = 0
+				delay = max(delay, ra+time.Duration(rand.Int64N(int64(ra/2)+1)))
+			}
+			if !c.sleep(delay) {
 				return
 			}
 		}
@@ -314,7 +326,31 @@ func (c *Client) handshakeError(err error, resp *http.Response) error {
 		permanent = false
 	}
 	c.markPermanent(permanent)
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		c.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
 	return tether.Errorf(code, "tether: connect %s: %s: %s", c.url, resp.Status, trimBody(body))
+}
+
+// MaxRetryAfter caps the delay a server's Retry-After can impose on
+// reconnection, so that a wrong or hostile value cannot park a client for
+// hours.
+const MaxRetryAfter = 5 * time.Minute
+
+// parseRetryAfter reads a Retry-After header (delay-seconds or an HTTP date,
+// RFC 9110 section 10.2.3) as a delay from now, capped at MaxRetryAfter; 0
+// when absent or malformed.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), MaxRetryAfter)
 }
 
 func trimBody(b []byte) string {
