@@ -35,6 +35,9 @@ type Stream struct {
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial       int   // reader goroutine: bytes of the message being received
 	assembly      []byte
+	slab          *slab // where small queued frames are copied (slab.go)
+	held          *slab // the slab of the message RecvMsg returned last
+	copiedFirst   bool  // a payload has been copied out (slab.go)
 	sendCredit    int
 	sendErr       error // set when the stream can carry no more sends
 	halfClosed    bool  // we sent HALF_CLOSE or END
@@ -54,6 +57,7 @@ type Stream struct {
 type chunk struct {
 	b    []byte
 	more bool
+	slab *slab // b points into it, or nil
 }
 
 // ID returns the stream id.
@@ -107,15 +111,20 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 		s.gotMessage = true
 	}
 	payload := f.Payload
+	var sl *slab
 	if 2*len(payload) < bufCap {
 		// A small frame must not pin the large buffer it came in (flow
 		// control counts only its own bytes), and the buffer is reused
 		// for the next message.
-		payload = append([]byte(nil), payload...)
+		if len(payload) > 0 {
+			payload, sl = s.copyInLocked(payload)
+		} else {
+			payload = nil
+		}
 	} else {
 		s.c.donated = true // the frame keeps the buffer
 	}
-	s.recvQ = append(s.recvQ, chunk{b: payload, more: more})
+	s.recvQ = append(s.recvQ, chunk{b: payload, more: more, slab: sl})
 	if !s.headersSet { // a message before HEADERS: the headers are empty
 		s.headersSet = true
 		s.closeHeadersLocked()
@@ -234,7 +243,9 @@ func (s *Stream) handleReset(payload []byte) error {
 
 // --- receiving (application) ---
 
-// RecvMsg returns the next whole message. At the end of the peer's messages
+// RecvMsg returns the next whole message. The message is valid until the
+// next call of RecvMsg (small messages share pooled memory, slab.go), except
+// a stream's first message, which the caller may keep. At the end of the peer's messages
 // it returns io.EOF (a half-close, or an END with status OK) or the call's
 // error. Fragments are assembled here, in the receiving goroutine, and their
 // credit is granted back as they are taken, so messages larger than the
@@ -260,10 +271,13 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			if s.recvHead == len(s.recvQ) {
 				s.recvQ, s.recvHead = s.recvQ[:0], 0
 			}
+			s.releaseLocked(s.held) // the caller is done with the last message
+			s.held = nil
 			s.unacked += len(ch.b) + FrameOverhead
 			grant := s.takeGrantLocked()
 			if ch.more {
 				s.assembly = append(s.assembly, ch.b...)
+				s.releaseLocked(ch.slab)
 				s.mu.Unlock()
 				s.grant(grant)
 				s.mu.Lock()
@@ -273,6 +287,9 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			if s.assembly != nil {
 				msg = append(s.assembly, ch.b...)
 				s.assembly = nil
+				s.releaseLocked(ch.slab)
+			} else {
+				s.held = ch.slab
 			}
 			s.mu.Unlock()
 			s.grant(grant)
@@ -280,6 +297,8 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		}
 		if s.recvEnd != nil {
 			err := s.recvEnd
+			s.releaseLocked(s.held)
+			s.held = nil
 			s.mu.Unlock()
 			return nil, err
 		}

@@ -1,0 +1,64 @@
+package mux
+
+import "sync"
+
+// A slab holds the small frames a stream has queued, copied out of the
+// reader's message buffer one after another, so that receiving a stream of
+// small messages does not allocate per message. Frames are consumed in
+// order, so a slab is free again once its last frame has been taken: it then
+// goes back to slabPool. A stream holds no slab while its queue is empty.
+//
+// The receiver's RecvMsg returns a frame that points into a slab; the slab
+// counts it as a reference until the next RecvMsg, which is why RecvMsg's
+// result is valid only until then (callers unmarshal it at once;
+// proto.Unmarshal copies what it keeps).
+type slab struct {
+	buf  []byte
+	refs int // queued chunks pointing into buf, plus the message RecvMsg returned last
+}
+
+// slabSize is the capacity of a pooled slab. Frames larger than a slab's
+// free space are copied on their own.
+const slabSize = 16 << 10
+
+var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, slabSize)} }}
+
+// copyInLocked copies a small payload out of the reader's buffer and
+// returns the copy, and the slab it lives in (nil when it was allocated on
+// its own). s.mu is held.
+//
+// A stream's first payload is copied on its own, exactly: unary calls and
+// single responses then never touch a slab, and their callers may keep the
+// message past the next RecvMsg.
+func (s *Stream) copyInLocked(p []byte) ([]byte, *slab) {
+	if !s.copiedFirst || len(p) > slabSize/4 {
+		s.copiedFirst = true
+		return append([]byte(nil), p...), nil
+	}
+	sl := s.slab
+	if sl == nil || cap(sl.buf)-len(sl.buf) < len(p) {
+		sl = slabPool.Get().(*slab)
+		sl.buf, sl.refs = sl.buf[:0], 0
+		s.slab = sl // a full slab it replaces lives on in its chunks
+	}
+	start := len(sl.buf)
+	sl.buf = append(sl.buf, p...)
+	sl.refs++
+	return sl.buf[start:len(sl.buf):len(sl.buf)], sl
+}
+
+// releaseLocked drops one reference to sl, taken by a chunk the receiver has
+// finished with; the last one returns the slab to the pool. s.mu is held.
+func (s *Stream) releaseLocked(sl *slab) {
+	if sl == nil {
+		return
+	}
+	sl.refs--
+	if sl.refs > 0 {
+		return
+	}
+	if s.slab == sl {
+		s.slab = nil
+	}
+	slabPool.Put(sl)
+}
