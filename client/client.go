@@ -43,10 +43,10 @@ type Client struct {
 	// retryAfter is the server's Retry-After of the last refused upgrade
 	// (429, 503); only the connection manager goroutine uses it.
 	retryAfter time.Duration
-	changed   chan struct{}
-	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
-	counters  clientCounters
-	budget    *retryBudget
+	changed    chan struct{}
+	conns      map[*mux.Conn]struct{} // every open connection, draining ones too
+	counters   clientCounters
+	budget     *retryBudget
 }
 
 // New returns a Client for a ws:// or wss:// URL and starts connecting in
