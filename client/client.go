@@ -188,10 +188,20 @@ func (c *Client) run() {
 			conn, err := c.dial()
 			if err == nil {
 				c.counters.connects.Add(1)
-				b.Reset()
 				c.setState(StateReady, nil, conn)
 				select {
 				case <-conn.Done():
+					if err := conn.Err(); mux.IsRefusal(err) {
+						// A browser-style refusal (close code 44xx right
+						// after the upgrade): a failed attempt, not a
+						// connection; calls fail with its code.
+						c.markPermanent(true)
+						c.setState(StateTransientFailure, err, nil)
+						if !c.sleep(b.NextBackOff()) {
+							return
+						}
+						continue
+					}
 					c.setState(StateIdle, conn.Err(), nil)
 				case <-conn.Draining():
 					// The server sent GOAWAY: calls in flight finish on
@@ -200,6 +210,7 @@ func (c *Client) run() {
 				case <-c.ctx.Done():
 					return
 				}
+				b.Reset() // the connection was good: start the next backoff afresh
 				break
 			}
 			if c.ctx.Err() != nil {

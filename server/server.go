@@ -100,7 +100,10 @@ func (s *Server) Procedures() []string {
 
 // ServeHTTP upgrades the request to a tether connection. It answers 403 to a
 // foreign Origin, 400 to a client that does not offer the tether.v1
-// subprotocol, and 503 while the server shuts down.
+// subprotocol, 401 or 403 when the authenticator refuses, and 503 while the
+// server shuts down or is full. A browser's request (one with an allowed
+// Origin) refused for its version or credentials gets close code 4400,
+// 4401 or 4403 right after the upgrade instead (see refuse).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !websocket.IsWebSocketUpgrade(r) {
 		w.Header().Set("Upgrade", "websocket")
@@ -112,7 +115,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !slices.Contains(websocket.Subprotocols(r), tether.Subprotocol) {
-		http.Error(w, "tether: unsupported protocol version; offer Sec-WebSocket-Protocol: "+tether.Subprotocol, http.StatusBadRequest)
+		s.refuse(w, r, http.StatusBadRequest, "tether: unsupported protocol version; offer Sec-WebSocket-Protocol: "+tether.Subprotocol)
 		return
 	}
 	var id Identity
@@ -125,7 +128,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			} else {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 			}
-			http.Error(w, "tether: "+tether.AsError(err).Message(), status)
+			s.refuse(w, r, status, "tether: "+tether.AsError(err).Message())
 			return
 		}
 	}
@@ -200,6 +203,41 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// the connection closes at once).
 		go func() { _ = conn.Shutdown(drainCtx) }()
 	}
+}
+
+// Close codes of the handshake refusals a browser is told about (see
+// refuse): 4000 plus the HTTP status a non-browser client gets.
+const (
+	CloseBadVersion       = mux.CloseBadVersion       // 4400: the client did not offer tether.v1
+	CloseUnauthenticated  = mux.CloseUnauthenticated  // 4401: the authenticator refused the credentials
+	ClosePermissionDenied = mux.ClosePermissionDenied // 4403: the authenticator refused with permission_denied
+)
+
+// refuse answers a handshake that will never succeed as it is (bad
+// version, refused credentials). A browser cannot read the status or body
+// of a refused upgrade (its WebSocket API reports only close code 1006), so
+// a request with an Origin header (every browser sends one; the origin has
+// already been allowed) is upgraded and closed at once with close code 4000
+// + status and the reason, which the browser's close event carries. Other
+// clients get the HTTP status and the reason as a text/plain body.
+// Refusals that a wait can cure (429, 503) stay HTTP for everyone: a
+// browser sees 1006 and retries with backoff, which is right for them, and
+// an overloaded server does not upgrade connections it is shedding.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reason string) {
+	if r.Header.Get("Origin") == "" || s.cfg.httpRefusals {
+		http.Error(w, reason, status)
+		return
+	}
+	up := s.upgrader
+	if status == http.StatusBadRequest {
+		up.Subprotocols = nil // selecting one the browser did not offer would fail its handshake
+	}
+	w.Header().Del("WWW-Authenticate")
+	ws, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		return // gorilla has answered
+	}
+	mux.Refuse(ws, 4000+status, reason)
 }
 
 func (s *Server) originAllowed(r *http.Request) bool {

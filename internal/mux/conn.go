@@ -294,7 +294,13 @@ func (c *Conn) linger() {
 	until := time.Now().Add(closeLinger)
 	c.lingerUntil.Store(until.UnixNano())
 	_ = c.ws.SetReadDeadline(until)
-	if hc, ok := c.ws.NetConn().(interface{ CloseWrite() error }); ok {
+	halfClose(c.ws)
+}
+
+// halfClose shuts the sending side of ws's socket (a FIN after what was
+// written), where the socket supports it (TCP, TLS).
+func halfClose(ws *websocket.Conn) {
+	if hc, ok := ws.NetConn().(interface{ CloseWrite() error }); ok {
 		_ = hc.CloseWrite()
 	}
 }
@@ -309,26 +315,47 @@ func (c *Conn) setReadDeadline(t time.Time) {
 
 // drain discards what the peer still sends after the connection closed,
 // until the peer's close frame, its FIN or the linger deadline, then closes
-// the socket. Once gorilla's reader has failed (a flood, a message over the
-// limit) the rest is discarded as raw bytes.
+// the socket.
 func (c *Conn) drain() {
 	if c.lingerUntil.Load() != 0 {
-		for {
-			_, r, err := c.ws.NextReader()
-			if err == nil {
-				_, err = io.Copy(io.Discard, r)
-			}
-			if err == nil {
-				continue
-			}
-			var ce *websocket.CloseError
-			if !errors.As(err, &ce) {
-				_, _ = io.Copy(io.Discard, c.ws.NetConn())
-			}
-			break
-		}
+		discard(c.ws)
 	}
 	_ = c.ws.Close()
+}
+
+// discard reads and drops what arrives on ws until the peer's close frame,
+// an error or ws's read deadline. Once gorilla's reader has failed (a
+// flood, a message over the limit) the rest is discarded as raw bytes.
+func discard(ws *websocket.Conn) {
+	for {
+		_, r, err := ws.NextReader()
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		if err == nil {
+			continue
+		}
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) {
+			_, _ = io.Copy(io.Discard, ws.NetConn())
+		}
+		return
+	}
+}
+
+// Refuse closes a freshly upgraded ws with code and reason, as a lingering
+// close: the close frame, a half-close, then what the peer sends is read
+// and dropped until its close frame, its FIN or closeLinger, so that the
+// close frame is not lost to a reset.
+func Refuse(ws *websocket.Conn, code int, reason string) {
+	if len(reason) > 123 {
+		reason = strings.ToValidUTF8(reason[:123], "")
+	}
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	_ = ws.SetReadDeadline(time.Now().Add(closeLinger))
+	halfClose(ws)
+	discard(ws)
+	_ = ws.Close()
 }
 
 // closeAfterFlush asks the writer to close the connection once everything
@@ -689,9 +716,52 @@ func readCloseCode(err error) int {
 	return 0
 }
 
+// Close codes of a server's handshake refusals, sent to browsers (which
+// cannot see an HTTP refusal) right after the upgrade: 4000 plus the HTTP
+// status a non-browser client gets.
+const (
+	CloseBadVersion       = 4400
+	CloseUnauthenticated  = 4401
+	ClosePermissionDenied = 4403
+)
+
+// refusalCode is the error code of a handshake refusal's close code, or
+// false for any other close code.
+func refusalCode(closeCode int) (tether.Code, bool) {
+	switch closeCode {
+	case CloseBadVersion:
+		return tether.CodeFailedPrecondition, true
+	case CloseUnauthenticated:
+		return tether.CodeUnauthenticated, true
+	case ClosePermissionDenied:
+		return tether.CodePermissionDenied, true
+	}
+	return 0, false
+}
+
+// IsRefusal reports whether err, a connection's error, is a server's
+// handshake refusal sent as a close code (CloseBadVersion and the others):
+// retrying will not help until the client changes.
+func IsRefusal(err error) bool {
+	var r *refusalError
+	return errors.As(err, &r)
+}
+
+type refusalError struct {
+	closeCode int
+	reason    string
+}
+
+func (e *refusalError) Error() string {
+	return fmt.Sprintf("tether: server refused the connection (%d): %s", e.closeCode, e.reason)
+}
+
 func readError(err error) error {
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) {
+		if code, ok := refusalCode(ce.Code); ok {
+			return tether.NewError(code, &refusalError{ce.Code, ce.Text})
+		}
 		return tether.Errorf(tether.CodeUnavailable, "tether: connection closed by peer (%d %s)", ce.Code, ce.Text)
 	}
 	if errors.Is(err, websocket.ErrReadLimit) {
