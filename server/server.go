@@ -132,38 +132,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ip := remoteIP(r.RemoteAddr)
-	s.mu.Lock()
-	switch {
-	case s.draining:
-		s.mu.Unlock()
-		http.Error(w, "tether: server is shutting down", http.StatusServiceUnavailable)
-		return
-	case s.cfg.maxConns > 0 && len(s.conns)+s.pending >= s.cfg.maxConns:
-		s.mu.Unlock()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "tether: server has too many connections", http.StatusServiceUnavailable)
-		return
-	case s.cfg.maxConnsPerIP > 0 && s.perIP[ip] >= s.cfg.maxConnsPerIP:
-		s.mu.Unlock()
-		w.Header().Set("Retry-After", "1")
-		http.Error(w, "tether: too many connections from "+ip, http.StatusTooManyRequests)
+	ip, ok := s.admit(w, r)
+	if !ok {
 		return
 	}
-	s.pending++
-	s.perIP[ip]++
+	s.mu.Lock()
 	s.nextConn++
 	connID := s.nextConn
-	s.wg.Add(1) // the connection; released by OnClose
 	s.mu.Unlock()
-
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		s.mu.Lock()
-		s.pending--
-		s.releaseIP(ip)
-		s.mu.Unlock()
-		s.wg.Done()
+		s.unadmit(ip)
 		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)
 		return // the upgrader has answered
 	}
@@ -205,6 +184,43 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// admit reserves a place for a connection from r, or answers 503 (shutting
+// down, MaxConnections) or 429 (MaxConnectionsPerIP) and reports false. The
+// place counts against both limits and holds Shutdown until it is released:
+// by unadmit, or by the connection's OnClose.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request) (ip string, ok bool) {
+	ip = remoteIP(r.RemoteAddr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.draining:
+		http.Error(w, "tether: server is shutting down", http.StatusServiceUnavailable)
+		return ip, false
+	case s.cfg.maxConns > 0 && len(s.conns)+s.pending >= s.cfg.maxConns:
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "tether: server has too many connections", http.StatusServiceUnavailable)
+		return ip, false
+	case s.cfg.maxConnsPerIP > 0 && s.perIP[ip] >= s.cfg.maxConnsPerIP:
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "tether: too many connections from "+ip, http.StatusTooManyRequests)
+		return ip, false
+	}
+	s.pending++
+	s.perIP[ip]++
+	s.wg.Add(1)
+	return ip, true
+}
+
+// unadmit releases a place taken by admit that did not become a
+// connection.
+func (s *Server) unadmit(ip string) {
+	s.mu.Lock()
+	s.pending--
+	s.releaseIP(ip)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
 // Close codes of the handshake refusals a browser is told about (see
 // refuse): 4000 plus the HTTP status a non-browser client gets.
 const (
@@ -228,11 +244,19 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reas
 		http.Error(w, reason, status)
 		return
 	}
+	w.Header().Del("WWW-Authenticate")
+	// The refused connection lives for up to a few seconds (the close
+	// frame, then the lingering read): it counts against the connection
+	// limits and Shutdown waits for it, like any other.
+	ip, ok := s.admit(w, r)
+	if !ok {
+		return
+	}
+	defer s.unadmit(ip)
 	up := s.upgrader
 	if status == http.StatusBadRequest {
 		up.Subprotocols = nil // selecting one the browser did not offer would fail its handshake
 	}
-	w.Header().Del("WWW-Authenticate")
 	ws, err := up.Upgrade(w, r, nil)
 	if err != nil {
 		return // gorilla has answered

@@ -502,15 +502,29 @@ func TestRetryLimits(t *testing.T) {
 		if _, err := e.echo.Say(testCtx(t), &echov1.SayRequest{}, client.WithoutRetries()); err == nil {
 			t.Fatal("want error") // connects first
 		}
+		// Many short backoffs: attempts stop at the deadline. (Wall-clock
+		// bounds here are loose: CI machines under -race are slow; the
+		// second case is the sharp one.)
+		before := h.calls.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		defer cancel()
 		start := time.Now()
 		_, err := e.echo.Say(ctx, &echov1.SayRequest{}, client.WithRetryPolicy(&client.RetryPolicy{MaxAttempts: 1000, InitialBackoff: 40 * time.Millisecond, BackoffMultiplier: 1}))
 		elapsed := time.Since(start)
-		if err == nil || elapsed > 300*time.Millisecond+100*time.Millisecond {
-			t.Fatalf("err = %v after %v: retries outlived the 300ms deadline", err, elapsed)
+		attempts := h.calls.Load() - before
+		if err == nil || elapsed > time.Second {
+			t.Fatalf("err = %v after %v and %d attempts: retries outlived the 300ms deadline", err, elapsed, attempts)
 		}
-		t.Logf("%d attempts in %v before the deadline", h.calls.Load()-1, elapsed.Round(time.Millisecond))
+		t.Logf("%d attempts in %v before the deadline", attempts, elapsed.Round(time.Millisecond))
+		// One backoff longer than the time left: the call must end at
+		// once (or at its deadline), not sleep the backoff out.
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel2()
+		start = time.Now()
+		_, err = e.echo.Say(ctx2, &echov1.SayRequest{}, client.WithRetryPolicy(&client.RetryPolicy{MaxAttempts: 5, InitialBackoff: 3 * time.Second, BackoffMultiplier: 1}))
+		if elapsed := time.Since(start); err == nil || elapsed > 1500*time.Millisecond {
+			t.Fatalf("err = %v after %v: the call slept a 3 s backoff past its 300ms deadline", err, elapsed)
+		}
 	})
 	t.Run("budget stops a retry storm", func(t *testing.T) {
 		h := &flakyEcho{err: unavailable}

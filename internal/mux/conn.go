@@ -317,6 +317,10 @@ func (c *Conn) setReadDeadline(t time.Time) {
 // until the peer's close frame, its FIN or the linger deadline, then closes
 // the socket.
 func (c *Conn) drain() {
+	// A closeWith running in another goroutine may not have written its
+	// close frame yet: wait for it (closeOnce.Do blocks until the first
+	// call returns; if none ran, this one closes).
+	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), 0, "")
 	if c.lingerUntil.Load() != 0 {
 		discard(c.ws)
 	}
@@ -657,7 +661,7 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
-		for len(msg) > 0 {
+		for len(msg) > 0 && !c.isClosed() {
 			f, rest, err := frame.Parse(msg)
 			if err == nil {
 				err = c.handle(f, cap(buf))
@@ -935,12 +939,21 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
 		return c.idleFrame("malformed OPENs")
 	}
+	if c.isClosed() {
+		// Closed while this message's frames were being handled: the
+		// streams have been terminated already, and this one would never be.
+		c.mu.Unlock()
+		return nil
+	}
 	s := c.newStream(f.StreamID)
 	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
-	s.single = c.cfg.SingleRequest != nil && c.cfg.SingleRequest(open.GetProcedure())
 	c.streams[f.StreamID] = s
 	c.running++
 	c.mu.Unlock()
+	// Outside c.mu: SingleRequest takes the server's lock, which is held
+	// elsewhere while connections' locks are taken. Only this goroutine
+	// reads s.single, and it handles the stream's messages after this.
+	s.single = c.cfg.SingleRequest != nil && c.cfg.SingleRequest(open.GetProcedure())
 	// The window beyond InitialWindow is granted when the handler first
 	// reads (RecvMsg), not here: a unary call that has already
 	// half-closed never needs it, and the WINDOW frame would cost a write.

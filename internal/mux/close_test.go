@@ -1,0 +1,89 @@
+package mux
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestCloseFrameNotLost: when another goroutine closes the connection while
+// the peer is sending, the peer must still read the close frame and its code
+// (the reader may not close the socket before closeWith has written it).
+func TestCloseFrameNotLost(t *testing.T) {
+	conns := make(chan *Conn, 1)
+	up := websocket.Upgrader{}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		conns <- New(ws, RoleServer, Config{Accept: func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) }})
+	}))
+	defer hs.Close()
+	u := "ws" + strings.TrimPrefix(hs.URL, "http")
+	lost := 0
+	const n = 200
+	for i := 0; i < n; i++ {
+		ws, _, err := websocket.DefaultDialer.Dial(u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := <-conns
+		open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/x/y"})
+		_ = ws.WriteMessage(websocket.BinaryMessage, frame.Append(nil, frame.Frame{Type: frame.TypeOpen, StreamID: 1, Payload: open}))
+		msg := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: []byte("x")})
+		stop := make(chan struct{})
+		go func() { // the peer keeps sending small messages for the ended stream
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if ws.WriteMessage(websocket.BinaryMessage, msg) != nil {
+					return
+				}
+			}
+		}()
+		time.Sleep(5 * time.Millisecond)
+		go c.ClosePolicy(tether.Errorf(tether.CodeInternal, "bye"), "bye")
+		_ = ws.SetReadDeadline(time.Now().Add(3 * time.Second))
+		var code int
+		for {
+			if _, _, err = ws.ReadMessage(); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					code = ce.Code
+				}
+				break
+			}
+		}
+		close(stop)
+		if code != websocket.ClosePolicyViolation {
+			lost++
+			if lost < 4 {
+				t.Logf("iteration %d: close code %d, err %v", i, code, err)
+			}
+		}
+		ws.Close()
+		<-c.Done()
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d closes: peer did not get the 1008 close frame", lost, n)
+	}
+}
