@@ -1089,6 +1089,7 @@ func resetPayload(err error, notProcessed bool) *tetherv1.Reset {
 	}
 }
 
+// String names the connection by its peer's address, for logs.
 func (c *Conn) String() string {
 	return fmt.Sprintf("tether.Conn(%s)", c.ws.RemoteAddr())
 }
