@@ -291,6 +291,11 @@ func (c *Client) dial() (*mux.Conn, error) {
 	}
 	c.markPermanent(false)
 	cfg := c.cfg.mux
+	// Queue calls beyond the server's announced stream limit on this side
+	// instead of having them refused (and retried) by the server.
+	if n, err := strconv.Atoi(resp.Header.Get(mux.HeaderMaxConcurrentStreams)); err == nil && n > 0 && n <= 1<<20 {
+		cfg.PeerMaxStreams = n
+	}
 	var conn *mux.Conn
 	c.wg.Add(1)
 	cfg.OnClose = func(error) {

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,6 +30,8 @@ import (
 type Server struct {
 	cfg      config
 	upgrader websocket.Upgrader
+	// upgradeHeader goes with every 101: it announces the stream limit.
+	upgradeHeader http.Header
 
 	mu       sync.RWMutex
 	handlers map[string]*Handler
@@ -59,6 +62,11 @@ func New(opts ...Option) *Server {
 		s.cfg.logger = slog.Default()
 	}
 	s.cfg.mux.Logger = s.cfg.logger
+	maxStreams := s.cfg.mux.MaxConcurrentStreams
+	if maxStreams <= 0 {
+		maxStreams = mux.DefaultMaxConcurrentStreams
+	}
+	s.upgradeHeader = http.Header{mux.HeaderMaxConcurrentStreams: {strconv.Itoa(maxStreams)}}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
 		Subprotocols:     []string{tether.Subprotocol},
@@ -140,7 +148,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.nextConn++
 	connID := s.nextConn
 	s.mu.Unlock()
-	ws, err := s.upgrader.Upgrade(w, r, nil)
+	ws, err := s.upgrader.Upgrade(w, r, s.upgradeHeader)
 	if err != nil {
 		s.unadmit(ip)
 		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)

@@ -49,6 +49,10 @@ const (
 	batchBytes = 256 << 10
 )
 
+// HeaderMaxConcurrentStreams is the header of the server's 101 response
+// that announces its MaxConcurrentStreams (docs/PROTOCOL.md, section 2).
+const HeaderMaxConcurrentStreams = "Tether-Max-Concurrent-Streams"
+
 // Config tunes a connection. Zero fields take the defaults above.
 type Config struct {
 	// MaxMessageSize bounds one message, assembled from its fragments, in
@@ -92,6 +96,11 @@ type Config struct {
 	// Accept is called, in a new goroutine, for every stream the peer opens
 	// (servers only). It must end the stream with Finish or Reset.
 	Accept func(s *Stream, open *tetherv1.Open)
+	// PeerMaxStreams is how many streams the server runs at once on this
+	// connection, as it announced in the handshake (clients only; 0: not
+	// announced). Open waits while that many of this client's streams are
+	// open instead of sending an OPEN the server would refuse.
+	PeerMaxStreams int
 	// SingleRequest reports whether a procedure takes exactly one request
 	// message (unary and server-streaming calls); servers only. A second
 	// request message on such a stream resets it with unimplemented, the

@@ -64,6 +64,8 @@ type Conn struct {
 	closeText   string
 	flushedOpen atomic.Uint32 // client: highest stream id whose OPEN was written
 
+	slots chan struct{} // client: one token per open stream, up to PeerMaxStreams
+
 	closeOnce sync.Once
 	closed    chan struct{}
 	err       error
@@ -95,6 +97,9 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 		closed:   make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	if role == RoleClient && cfg.PeerMaxStreams > 0 {
+		c.slots = make(chan struct{}, cfg.PeerMaxStreams)
+	}
 	c.pingLimit = rate.NewLimiter(rate.Limit(cfg.MaxPingRate), int(2*cfg.MaxPingRate)+1)
 	c.idleLimit = rate.NewLimiter(rate.Limit(cfg.MaxIdleFrameRate), int(2*cfg.MaxIdleFrameRate)+1)
 	ws.SetReadLimit(MaxWebSocketMessage)
@@ -963,7 +968,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		// The stream counts against MaxConcurrentStreams until its handler
 		// returns, not only until it is reset: a flood of open-then-cancel
 		// cannot run more handlers than the limit.
-		defer c.handlerDone()
+		defer c.releaseRunning(s)
 		c.cfg.Accept(s, open)
 	}()
 	return nil
@@ -993,6 +998,9 @@ func (c *Conn) remove(s *Stream) {
 	c.mu.Lock()
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
+		if s.slot {
+			<-c.slots
+		}
 	}
 	// A client connection that drains (GOAWAY either way) closes once its
 	// last stream is done; the client has moved to a new connection.
@@ -1003,7 +1011,14 @@ func (c *Conn) remove(s *Stream) {
 	}
 }
 
-func (c *Conn) handlerDone() {
+// releaseRunning takes a server stream out of the running count, once: when
+// its END is queued (the handler has returned; the client may open another
+// stream as soon as it reads END, and must find the place free) or, if no
+// END is sent, when its handler goroutine ends.
+func (c *Conn) releaseRunning(s *Stream) {
+	if !s.runningReleased.CompareAndSwap(false, true) {
+		return
+	}
 	c.mu.Lock()
 	c.running--
 	if c.running == 0 && c.idle != nil {
@@ -1024,6 +1039,26 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	size := proto.Size(open)
 	if limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload); size > limit {
 		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", size, limit)
+	}
+	if c.slots != nil {
+		// The server runs at most PeerMaxStreams calls at once: wait for
+		// one of ours to end rather than be refused.
+		select {
+		case c.slots <- struct{}{}:
+		default:
+			select {
+			case c.slots <- struct{}{}:
+			case <-ctx.Done():
+				return nil, false, tether.AsError(ctx.Err())
+			case <-c.closed:
+				return nil, false, unprocessed(c.err)
+			}
+		}
+		defer func() {
+			if s == nil {
+				<-c.slots
+			}
+		}()
 	}
 	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
 	var openErr error
@@ -1052,6 +1087,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			return b[:start]
 		}
 		s = c.newStream(id)
+		s.slot = c.slots != nil
 		c.nextID += 2
 		c.streams[s.id] = s
 		if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
@@ -1069,6 +1105,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		return b
 	})
 	if err != nil {
+		// Not written: the stream, if made, is dropped with the connection.
 		return nil, false, unprocessed(err)
 	}
 	if openErr != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -38,15 +39,18 @@ type Stream struct {
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
 	copiedFirst   bool  // a payload has been copied out (slab.go)
-	sendCredit    int
-	sendErr       error // set when the stream can carry no more sends
-	halfClosed    bool  // we sent HALF_CLOSE or END
-	headers       tether.Metadata
-	headersSet    bool
-	trailers      tether.Metadata
-	finished      bool // removed from the connection
-	single        bool // server: the procedure takes one request message
-	gotMessage    bool // reader goroutine: a whole message has arrived
+	slot          bool  // client: holds one of the connection's slots
+
+	runningReleased atomic.Bool // server: out of the connection's running count (releaseRunning)
+	sendCredit      int
+	sendErr         error // set when the stream can carry no more sends
+	halfClosed      bool  // we sent HALF_CLOSE or END
+	headers         tether.Metadata
+	headersSet      bool
+	trailers        tether.Metadata
+	finished        bool // removed from the connection
+	single          bool // server: the procedure takes one request message
+	gotMessage      bool // reader goroutine: a whole message has arrived
 
 	recvNotify chan struct{}
 	sendNotify chan struct{}
@@ -654,6 +658,11 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		if last != nil {
 			b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, len(last))
 			b = append(b, last...)
+		}
+		if s.c.role == RoleServer {
+			// Before END can be read: the client may open its next
+			// stream at once.
+			s.c.releaseRunning(s)
 		}
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeEnd, 0, s.id, size)
