@@ -40,6 +40,9 @@ type Client struct {
 	conn      *mux.Conn // the ready connection, or nil
 	lastErr   error
 	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
+	// maxHeaderBytes is the announcement of this client's MaxHeaderBytes
+	// sent with every upgrade request.
+	maxHeaderBytes string
 	// retryAfter is the server's Retry-After of the last refused upgrade
 	// (429, 503); only the connection manager goroutine uses it.
 	retryAfter time.Duration
@@ -72,6 +75,11 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		c.cfg.logger = slog.Default()
 	}
 	c.cfg.mux.Logger = c.cfg.logger
+	maxHeader := c.cfg.mux.MaxHeaderBytes
+	if maxHeader <= 0 {
+		maxHeader = mux.DefaultMaxHeaderBytes
+	}
+	c.maxHeaderBytes = strconv.Itoa(maxHeader)
 	c.budget = newRetryBudget(c.cfg.budget)
 	c.dialer = websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
@@ -280,6 +288,10 @@ func (c *Client) dial() (*mux.Conn, error) {
 			header[k] = append(header[k], vs...)
 		}
 	}
+	if header == nil {
+		header = http.Header{}
+	}
+	header.Set(mux.HeaderMaxHeaderBytes, c.maxHeaderBytes)
 	ws, resp, err := c.dialer.DialContext(ctx, c.url, header)
 	if err != nil {
 		return nil, c.handshakeError(err, resp)
@@ -293,9 +305,8 @@ func (c *Client) dial() (*mux.Conn, error) {
 	cfg := c.cfg.mux
 	// Queue calls beyond the server's announced stream limit on this side
 	// instead of having them refused (and retried) by the server.
-	if n, err := strconv.Atoi(resp.Header.Get(mux.HeaderMaxConcurrentStreams)); err == nil && n > 0 && n <= 1<<20 {
-		cfg.PeerMaxStreams = n
-	}
+	cfg.PeerMaxStreams = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxConcurrentStreams), 1<<20)
+	cfg.PeerMaxHeaderBytes = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxHeaderBytes), 1<<20)
 	var conn *mux.Conn
 	c.wg.Add(1)
 	cfg.OnClose = func(error) {

@@ -82,7 +82,10 @@ func WithMaxConcurrentStreams(n int) Option {
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithMaxHeaderBytes bounds the encoded size of a call's request metadata
-// (default 16 KiB); a larger OPEN is refused with resource_exhausted.
+// (default 16 KiB); a larger OPEN is refused with resource_exhausted. The
+// server announces it in the handshake (Go clients then fail such calls
+// before sending them), and also sends no more than this in response
+// headers and trailers to clients that announce no limit of their own.
 func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeaderBytes = n } }
 
 // WithHeartbeat sets how often the server pings each client and how long past

@@ -66,7 +66,14 @@ func New(opts ...Option) *Server {
 	if maxStreams <= 0 {
 		maxStreams = mux.DefaultMaxConcurrentStreams
 	}
-	s.upgradeHeader = http.Header{mux.HeaderMaxConcurrentStreams: {strconv.Itoa(maxStreams)}}
+	maxHeader := s.cfg.mux.MaxHeaderBytes
+	if maxHeader <= 0 {
+		maxHeader = mux.DefaultMaxHeaderBytes
+	}
+	s.upgradeHeader = http.Header{
+		mux.HeaderMaxConcurrentStreams: {strconv.Itoa(maxStreams)},
+		mux.HeaderMaxHeaderBytes:       {strconv.Itoa(maxHeader)},
+	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
 		Subprotocols:     []string{tether.Subprotocol},
@@ -156,6 +163,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	peer := Peer{Addr: r.RemoteAddr, Principal: id.Principal, ConnID: connID}
 	cfg := s.cfg.mux
+	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes), 1<<20)
 	var conn *mux.Conn
 	var expiry *time.Timer
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }

@@ -649,8 +649,8 @@ func TestTextMessage(t *testing.T) {
 func TestMetadataLimits(t *testing.T) {
 	_, u := secServer(t, nil)
 	w := newSecWitness(t, u)
-	// The client's own header limit is raised so that the server's is the
-	// one tested.
+	// The client's own header limit is raised: the server's, which it
+	// announces in the handshake, is the one that applies.
 	cli, ec := secClient(t, u, client.WithMaxHeaderBytes(64<<10))
 	ctx := testCtx(t)
 	if _, err := ec.Say(ctx, &echov1.SayRequest{Text: "first"}); err != nil {
@@ -668,7 +668,7 @@ func TestMetadataLimits(t *testing.T) {
 		want string
 	}{
 		{"100 keys", many, "more than 64 keys"},
-		{"32 KiB", big, "exceeds the limit of 16384"},
+		{"32 KiB", big, "exceeds the server's announced limit of 16384"},
 	} {
 		before := cli.Stats().Retries
 		_, err := ec.Say(ctx, &echov1.SayRequest{Text: tc.name}, client.WithHeader(tc.md))
@@ -682,6 +682,16 @@ func TestMetadataLimits(t *testing.T) {
 					"for NO_SIDE_EFFECTS methods retries every resource_exhausted, including limits that will refuse it again", err, retries)
 			}
 		})
+	}
+
+	// A client that ignores the announcement: the server refuses the OPEN
+	// with RESET resource_exhausted.
+	raw := secDial(t, u, nil)
+	defer raw.Close()
+	secWrite(t, raw, secConcat(secOpen(1, echov1.EchoServiceSayProcedure, big, 0), secMessage(1, &echov1.SayRequest{}), secHalfClose(1)))
+	if typ, err := secAwaitEnd(t, raw, 1); typ != frame.TypeReset || tether.CodeOf(err) != tether.CodeResourceExhausted ||
+		!strings.Contains(err.Error(), "exceeds the limit of 16384") {
+		t.Fatalf("raw OPEN with 32 KiB of metadata: %v %v; want RESET resource_exhausted", typ, err)
 	}
 
 	// With the client's default 16 KiB limit the call is refused locally.

@@ -7,6 +7,7 @@ package mux
 
 import (
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -49,9 +50,26 @@ const (
 	batchBytes = 256 << 10
 )
 
-// HeaderMaxConcurrentStreams is the header of the server's 101 response
-// that announces its MaxConcurrentStreams (docs/PROTOCOL.md, section 2).
-const HeaderMaxConcurrentStreams = "Tether-Max-Concurrent-Streams"
+// Handshake headers that announce limits (docs/PROTOCOL.md, section 2).
+const (
+	// HeaderMaxConcurrentStreams, in the server's 101, is its
+	// MaxConcurrentStreams.
+	HeaderMaxConcurrentStreams = "Tether-Max-Concurrent-Streams"
+	// HeaderMaxHeaderBytes, in the client's upgrade request and in the
+	// server's 101, is the sender's MaxHeaderBytes: the largest OPEN,
+	// HEADERS or END payload it accepts.
+	HeaderMaxHeaderBytes = "Tether-Max-Header-Bytes"
+)
+
+// ParseLimit reads a limit announced in a handshake header: a positive
+// integer up to max, else 0 (not announced).
+func ParseLimit(v string, max int) int {
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 || n > max {
+		return 0
+	}
+	return n
+}
 
 // Config tunes a connection. Zero fields take the defaults above.
 type Config struct {
@@ -101,6 +119,12 @@ type Config struct {
 	// announced). Open waits while that many of this client's streams are
 	// open instead of sending an OPEN the server would refuse.
 	PeerMaxStreams int
+	// PeerMaxHeaderBytes is the largest OPEN, HEADERS or END payload the
+	// peer accepts, as it announced in the handshake (0: not announced;
+	// MaxHeaderBytes is assumed). Larger ones are not sent: an OPEN fails
+	// with resource_exhausted before it leaves, and HEADERS or END lose
+	// their metadata but keep the call's code.
+	PeerMaxHeaderBytes int
 	// SingleRequest reports whether a procedure takes exactly one request
 	// message (unary and server-streaming calls); servers only. A second
 	// request message on such a stream resets it with unimplemented, the

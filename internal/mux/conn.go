@@ -1037,8 +1037,12 @@ func (c *Conn) releaseRunning(s *Stream) {
 // caller sends it with SendMsg. sent reports which happened.
 func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
 	size := proto.Size(open)
-	if limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload); size > limit {
-		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", size, limit)
+	if limit := c.sendHeaderLimit(); size > limit {
+		whose := "this client's"
+		if c.cfg.PeerMaxHeaderBytes > 0 {
+			whose = "the server's announced"
+		}
+		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds %s limit of %d", size, whose, limit)
 	}
 	if c.slots != nil {
 		// The server runs at most PeerMaxStreams calls at once: wait for
@@ -1112,6 +1116,18 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		return nil, false, openErr
 	}
 	return s, inline, nil
+}
+
+// sendHeaderLimit is the largest OPEN, HEADERS or END payload this side
+// sends: what the peer announced it accepts, or else this side's own limit,
+// and never more than a frame.
+func (c *Conn) sendHeaderLimit() int {
+	limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload)
+	if p := c.cfg.PeerMaxHeaderBytes; p > 0 {
+		// At least room for an END whose details were dropped.
+		limit = min(max(p, 256), frame.MaxPayload)
+	}
+	return limit
 }
 
 // marshalOpts encodes envelopes straight into the writer's queue, reusing

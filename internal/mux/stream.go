@@ -561,7 +561,7 @@ func (s *Stream) encodeHeaders(md tether.Metadata) ([]byte, error) {
 	if err != nil {
 		return nil, tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
 	}
-	if limit := min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload); len(payload) > limit {
+	if limit := s.c.sendHeaderLimit(); len(payload) > limit {
 		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), limit)
 	}
 	return payload, nil
@@ -609,8 +609,11 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		end = &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
 		size = proto.Size(end)
 	}
-	if end != nil && size > min(s.c.cfg.MaxHeaderBytes, frame.MaxPayload) {
-		// Keep the code; drop what does not fit.
+	if limit := s.c.sendHeaderLimit(); end != nil && size > limit {
+		// Keep the code; drop what does not fit, and say so where the
+		// operator will see it.
+		s.c.cfg.Logger.Warn("tether: status and trailers over the peer's header limit; message, details and trailers dropped",
+			"peer", s.c.RemoteAddr(), "stream", s.id, "code", tether.Code(end.GetStatus().GetCode()).String(), "bytes", size, "limit", limit)
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
 		size = proto.Size(end)
 	}
