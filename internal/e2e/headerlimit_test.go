@@ -49,3 +49,22 @@ func TestHeaderLimitsAnnounced(t *testing.T) {
 		t.Fatalf("request metadata over the server's announced 2048 bytes: %v; want resource_exhausted naming the limit", err)
 	}
 }
+
+// longErrorEcho fails Say with not_found and a 150-byte message.
+type longErrorEcho struct{ echo.Handler }
+
+func (*longErrorEcho) Say(context.Context, *echov1.SayRequest) (*echov1.SayResponse, error) {
+	return nil, tether.Errorf(tether.CodeNotFound, "%s", strings.Repeat("m", 150))
+}
+
+// TestTinyHeaderLimitKeepsCode: even a client that accepts only 100 bytes
+// of status gets the handler's code; the message that does not fit is
+// dropped.
+func TestTinyHeaderLimitKeepsCode(t *testing.T) {
+	_, u := secServer(t, &longErrorEcho{})
+	_, ec := secClient(t, u, client.WithMaxHeaderBytes(100))
+	_, err := ec.Say(testCtx(t), &echov1.SayRequest{})
+	if tether.CodeOf(err) != tether.CodeNotFound {
+		t.Fatalf("error over the client's 100-byte limit: %v; want not_found", err)
+	}
+}

@@ -995,12 +995,12 @@ func (c *Conn) newStream(id uint32) *Stream {
 
 // remove takes a finished stream out of the table.
 func (c *Conn) remove(s *Stream) {
+	if s.slotHeld.CompareAndSwap(true, false) {
+		<-c.slots // a token is there: this stream put it
+	}
 	c.mu.Lock()
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
-		if s.slot {
-			<-c.slots
-		}
 	}
 	// A client connection that drains (GOAWAY either way) closes once its
 	// last stream is done; the client has moved to a new connection.
@@ -1054,6 +1054,8 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			case c.slots <- struct{}{}:
 			case <-ctx.Done():
 				return nil, false, tether.AsError(ctx.Err())
+			case <-c.draining: // GOAWAY: the call goes to the next connection
+				return nil, false, unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
 			case <-c.closed:
 				return nil, false, unprocessed(c.err)
 			}
@@ -1091,7 +1093,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			return b[:start]
 		}
 		s = c.newStream(id)
-		s.slot = c.slots != nil
+		s.slotHeld.Store(c.slots != nil)
 		c.nextID += 2
 		c.streams[s.id] = s
 		if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
@@ -1109,7 +1111,6 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		return b
 	})
 	if err != nil {
-		// Not written: the stream, if made, is dropped with the connection.
 		return nil, false, unprocessed(err)
 	}
 	if openErr != nil {
@@ -1124,8 +1125,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 func (c *Conn) sendHeaderLimit() int {
 	limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload)
 	if p := c.cfg.PeerMaxHeaderBytes; p > 0 {
-		// At least room for an END whose details were dropped.
-		limit = min(max(p, 256), frame.MaxPayload)
+		limit = min(p, frame.MaxPayload)
 	}
 	return limit
 }

@@ -36,10 +36,10 @@ type Stream struct {
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial       int   // reader goroutine: bytes of the message being received
 	assembly      []byte
-	slab          *slab // where small queued frames are copied (slab.go)
-	held          *slab // the slab of the message RecvMsg returned last
-	copiedFirst   bool  // a payload has been copied out (slab.go)
-	slot          bool  // client: holds one of the connection's slots
+	slab          *slab       // where small queued frames are copied (slab.go)
+	held          *slab       // the slab of the message RecvMsg returned last
+	copiedFirst   bool        // a payload has been copied out (slab.go)
+	slotHeld      atomic.Bool // client: holds one of the connection's slots (Conn.Open)
 
 	runningReleased atomic.Bool // server: out of the connection's running count (releaseRunning)
 	sendCredit      int
@@ -615,7 +615,10 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		s.c.cfg.Logger.Warn("tether: status and trailers over the peer's header limit; message, details and trailers dropped",
 			"peer", s.c.RemoteAddr(), "stream", s.id, "code", tether.Code(end.GetStatus().GetCode()).String(), "bytes", size, "limit", limit)
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
-		size = proto.Size(end)
+		if size = proto.Size(end); size > limit {
+			end.Status.Message = "" // the code alone: a few bytes
+			size = proto.Size(end)
+		}
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
