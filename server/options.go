@@ -58,10 +58,11 @@ func WithAllowedOrigins(origins ...string) Option {
 
 // WithHTTPHandshakeRefusals answers every refused handshake with its HTTP
 // status (400, 401, 403), browsers included. By default a browser's request
-// (one with an Origin header) that is refused for its protocol version or
-// its credentials is upgraded and closed at once with close code 4400, 4401
-// or 4403 and the reason, because a browser's WebSocket API shows neither
-// the status nor the body of a refused upgrade.
+// (one with an allowed Origin header; a foreign origin always gets 403) that
+// is refused for its protocol version or its credentials is upgraded and
+// closed at once with close code 4400, 4401 or 4403 and the reason, because
+// a browser's WebSocket API shows neither the status nor the body of a
+// refused upgrade.
 func WithHTTPHandshakeRefusals() Option { return func(c *config) { c.httpRefusals = true } }
 
 // WithMaxMessageSize bounds one message in either direction (default 8 MiB).

@@ -50,7 +50,8 @@ const (
 	batchBytes = 256 << 10
 )
 
-// Handshake headers that announce limits (docs/PROTOCOL.md, section 2).
+// Handshake headers that announce limits (docs/PROTOCOL.md, section 1,
+// Handshake).
 const (
 	// HeaderMaxConcurrentStreams, in the server's 101, is its
 	// MaxConcurrentStreams.
@@ -122,8 +123,9 @@ type Config struct {
 	// PeerMaxHeaderBytes is the largest OPEN, HEADERS or END payload the
 	// peer accepts, as it announced in the handshake (0: not announced;
 	// MaxHeaderBytes is assumed). Larger ones are not sent: an OPEN fails
-	// with resource_exhausted before it leaves, and HEADERS or END lose
-	// their metadata but keep the call's code.
+	// with resource_exhausted before it leaves; response headers fail a
+	// call that was going to succeed with resource_exhausted; an END keeps
+	// only the call's code (and a fixed message if it fits).
 	PeerMaxHeaderBytes int
 	// SingleRequest reports whether a procedure takes exactly one request
 	// message (unary and server-streaming calls); servers only. A second

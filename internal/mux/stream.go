@@ -268,6 +268,13 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 	}
 	for {
 		s.mu.Lock()
+		if s.held != nil {
+			// The caller is done with the last message (see above): its
+			// slab reference goes now, so a stream waiting on an empty
+			// queue holds no slab.
+			s.releaseLocked(s.held)
+			s.held = nil
+		}
 		for s.recvHead < len(s.recvQ) {
 			ch := s.recvQ[s.recvHead]
 			s.recvQ[s.recvHead] = chunk{}
@@ -275,8 +282,6 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			if s.recvHead == len(s.recvQ) {
 				s.recvQ, s.recvHead = s.recvQ[:0], 0
 			}
-			s.releaseLocked(s.held) // the caller is done with the last message
-			s.held = nil
 			s.unacked += len(ch.b) + FrameOverhead
 			grant := s.takeGrantLocked()
 			if ch.more {
@@ -301,8 +306,6 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		}
 		if s.recvEnd != nil {
 			err := s.recvEnd
-			s.releaseLocked(s.held)
-			s.held = nil
 			s.mu.Unlock()
 			return nil, err
 		}
