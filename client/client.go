@@ -40,9 +40,6 @@ type Client struct {
 	conn      *mux.Conn // the ready connection, or nil
 	lastErr   error
 	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
-	// maxHeaderBytes is the announcement of this client's MaxHeaderBytes
-	// sent with every upgrade request.
-	maxHeaderBytes string
 	// retryAfter is the server's Retry-After of the last refused upgrade
 	// (429, 503); only the connection manager goroutine uses it.
 	retryAfter time.Duration
@@ -75,11 +72,6 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		c.cfg.logger = slog.Default()
 	}
 	c.cfg.mux.Logger = c.cfg.logger
-	maxHeader := c.cfg.mux.MaxHeaderBytes
-	if maxHeader <= 0 {
-		maxHeader = mux.DefaultMaxHeaderBytes
-	}
-	c.maxHeaderBytes = strconv.Itoa(maxHeader)
 	c.budget = newRetryBudget(c.cfg.budget)
 	c.dialer = websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
@@ -197,29 +189,13 @@ func (c *Client) run() {
 			if err == nil {
 				c.counters.connects.Add(1)
 				c.setState(StateReady, nil, conn)
-				select {
-				case <-conn.Done():
-					if err := conn.Err(); mux.IsRefusal(err) {
-						// A browser-style refusal (close code 44xx right
-						// after the upgrade): a failed attempt, not a
-						// connection; calls fail with its code.
-						c.markPermanent(true)
-						c.setState(StateTransientFailure, err, nil)
-						if !c.sleep(b.NextBackOff()) {
-							return
-						}
-						continue
+				if err = c.serve(conn); err == nil {
+					if c.ctx.Err() != nil {
+						return
 					}
-					c.setState(StateIdle, conn.Err(), nil)
-				case <-conn.Draining():
-					// The server sent GOAWAY: calls in flight finish on
-					// the old connection, new ones wait for the next.
-					c.setState(StateIdle, tether.Errorf(tether.CodeUnavailable, "tether: server is going away"), nil)
-				case <-c.ctx.Done():
-					return
+					b.Reset() // the connection was good: start the next backoff afresh
+					break
 				}
-				b.Reset() // the connection was good: start the next backoff afresh
-				break
 			}
 			if c.ctx.Err() != nil {
 				return
@@ -239,6 +215,27 @@ func (c *Client) run() {
 			}
 		}
 	}
+}
+
+// serve waits until conn ends, the server drains it or the client closes.
+// It returns the refusal when the server closed conn with a 44xx code (a
+// browser-style handshake refusal right after the upgrade: a failed
+// attempt, not a lost connection, and calls fail with its code), else nil.
+func (c *Client) serve(conn *mux.Conn) error {
+	select {
+	case <-conn.Done():
+		if err := conn.Err(); mux.IsRefusal(err) {
+			c.markPermanent(true)
+			return err
+		}
+		c.setState(StateIdle, conn.Err(), nil)
+	case <-conn.Draining():
+		// The server sent GOAWAY: calls in flight finish on the old
+		// connection, new ones wait for the next.
+		c.setState(StateIdle, tether.Errorf(tether.CodeUnavailable, "tether: server is going away"), nil)
+	case <-c.ctx.Done():
+	}
+	return nil
 }
 
 func (c *Client) sleep(d time.Duration) bool {
@@ -291,7 +288,7 @@ func (c *Client) dial() (*mux.Conn, error) {
 	if header == nil {
 		header = http.Header{}
 	}
-	header.Set(mux.HeaderMaxHeaderBytes, c.maxHeaderBytes)
+	c.cfg.mux.Announce(header, mux.RoleClient)
 	ws, resp, err := c.dialer.DialContext(ctx, c.url, header)
 	if err != nil {
 		return nil, c.handshakeError(err, resp)
@@ -305,8 +302,8 @@ func (c *Client) dial() (*mux.Conn, error) {
 	cfg := c.cfg.mux
 	// Queue calls beyond the server's announced stream limit on this side
 	// instead of having them refused (and retried) by the server.
-	cfg.PeerMaxStreams = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxConcurrentStreams), 1<<20)
-	cfg.PeerMaxHeaderBytes = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxHeaderBytes), 1<<20)
+	cfg.PeerMaxStreams = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxConcurrentStreams))
+	cfg.PeerMaxHeaderBytes = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxHeaderBytes))
 	var conn *mux.Conn
 	c.wg.Add(1)
 	cfg.OnClose = func(error) {

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,7 +29,7 @@ import (
 type Server struct {
 	cfg      config
 	upgrader websocket.Upgrader
-	// upgradeHeader goes with every 101: it announces the stream limit.
+	// upgradeHeader goes with every 101: it announces the server's limits.
 	upgradeHeader http.Header
 
 	mu       sync.RWMutex
@@ -62,18 +61,8 @@ func New(opts ...Option) *Server {
 		s.cfg.logger = slog.Default()
 	}
 	s.cfg.mux.Logger = s.cfg.logger
-	maxStreams := s.cfg.mux.MaxConcurrentStreams
-	if maxStreams <= 0 {
-		maxStreams = mux.DefaultMaxConcurrentStreams
-	}
-	maxHeader := s.cfg.mux.MaxHeaderBytes
-	if maxHeader <= 0 {
-		maxHeader = mux.DefaultMaxHeaderBytes
-	}
-	s.upgradeHeader = http.Header{
-		mux.HeaderMaxConcurrentStreams: {strconv.Itoa(maxStreams)},
-		mux.HeaderMaxHeaderBytes:       {strconv.Itoa(maxHeader)},
-	}
+	s.upgradeHeader = http.Header{}
+	s.cfg.mux.Announce(s.upgradeHeader, mux.RoleServer)
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
 		Subprotocols:     []string{tether.Subprotocol},
@@ -163,11 +152,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	peer := Peer{Addr: r.RemoteAddr, Principal: id.Principal, ConnID: connID}
 	cfg := s.cfg.mux
-	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes), 1<<20)
+	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes))
 	var conn *mux.Conn
 	var expiry *time.Timer
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
-	cfg.SingleRequest = s.singleRequest
+	cfg.Route = s.route
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
 		if expiry != nil {
@@ -293,20 +282,22 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return err == nil && strings.EqualFold(u.Host, r.Host)
 }
 
-// singleRequest reports whether procedure takes one request message.
-func (s *Server) singleRequest(procedure string) bool {
+// route looks up procedure's handler when its OPEN arrives (mux.Config.Route)
+// and reports whether it takes one request message.
+func (s *Server) route(procedure string) (any, bool) {
 	s.mu.RLock()
 	h := s.handlers[procedure]
 	s.mu.RUnlock()
-	return h != nil && (h.spec.StreamType == tether.StreamTypeUnary || h.spec.StreamType == tether.StreamTypeServer)
+	if h == nil {
+		return nil, false
+	}
+	return h, h.spec.StreamType == tether.StreamTypeUnary || h.spec.StreamType == tether.StreamTypeServer
 }
 
 // serveStream runs one call: find the handler, build its context (deadline,
 // call info), run it with panic recovery, and send END.
 func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
-	s.mu.RLock()
-	h := s.handlers[open.GetProcedure()]
-	s.mu.RUnlock()
+	h, _ := st.Route().(*Handler)
 	if h == nil {
 		_ = st.Finish(tether.Errorf(tether.CodeUnimplemented, "tether: procedure %q is not served here", open.GetProcedure()), nil)
 		return

@@ -7,6 +7,7 @@ package mux
 
 import (
 	"log/slog"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -62,14 +63,29 @@ const (
 	HeaderMaxHeaderBytes = "Tether-Max-Header-Bytes"
 )
 
+// maxAnnounced bounds a limit read from a handshake header; larger values
+// count as not announced.
+const maxAnnounced = 1 << 20
+
 // ParseLimit reads a limit announced in a handshake header: a positive
-// integer up to max, else 0 (not announced).
-func ParseLimit(v string, max int) int {
+// integer up to 1,048,576, else 0 (not announced).
+func ParseLimit(v string) int {
 	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 || n > max {
+	if err != nil || n <= 0 || n > maxAnnounced {
 		return 0
 	}
 	return n
+}
+
+// Announce sets, in h, the handshake headers of the limits this side
+// announces: its MaxHeaderBytes and, for a server, its MaxConcurrentStreams
+// (defaults applied).
+func (c Config) Announce(h http.Header, role Role) {
+	c.withDefaults()
+	h.Set(HeaderMaxHeaderBytes, strconv.Itoa(c.MaxHeaderBytes))
+	if role == RoleServer {
+		h.Set(HeaderMaxConcurrentStreams, strconv.Itoa(c.MaxConcurrentStreams))
+	}
 }
 
 // Config tunes a connection. Zero fields take the defaults above.
@@ -127,12 +143,13 @@ type Config struct {
 	// call that was going to succeed with resource_exhausted; an END keeps
 	// only the call's code (and a fixed message if it fits).
 	PeerMaxHeaderBytes int
-	// SingleRequest reports whether a procedure takes exactly one request
-	// message (unary and server-streaming calls); servers only. A second
-	// request message on such a stream resets it with unimplemented, the
-	// code gRPC gives cardinality violations. It is called by the reader
-	// goroutine for every OPEN and must be fast.
-	SingleRequest func(procedure string) bool
+	// Route looks up a procedure when its OPEN arrives (servers only):
+	// route is kept on the stream for Accept (Stream.Route), and single
+	// says the procedure takes exactly one request message (unary and
+	// server-streaming calls): a second one resets the stream with
+	// unimplemented, the code gRPC gives cardinality violations. It is
+	// called by the reader goroutine for every OPEN and must be fast.
+	Route func(procedure string) (route any, single bool)
 	// OnClose is called once, after the connection's goroutines have exited.
 	OnClose func(err error)
 	// Logger receives connection-level events; nil discards them.

@@ -255,10 +255,7 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		case closeSent:
 			c.linger()
 		default:
-			if len(text) > 120 {
-				text = strings.ToValidUTF8(text[:120], "")
-			}
-			_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(250*time.Millisecond))
+			writeClose(c.ws, code, text, 250*time.Millisecond)
 			c.linger()
 		}
 		c.mu.Lock()
@@ -352,15 +349,21 @@ func discard(ws *websocket.Conn) {
 	}
 }
 
+// writeClose sends a close frame with code and text, cut to 120 bytes at a
+// UTF-8 boundary, waiting at most wait for the socket.
+func writeClose(ws *websocket.Conn, code int, text string, wait time.Duration) {
+	if len(text) > 120 {
+		text = strings.ToValidUTF8(text[:120], "")
+	}
+	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(wait))
+}
+
 // Refuse closes a freshly upgraded ws with code and reason, as a lingering
 // close: the close frame, a half-close, then what the peer sends is read
 // and dropped until its close frame, its FIN or closeLinger, so that the
 // close frame is not lost to a reset.
 func Refuse(ws *websocket.Conn, code int, reason string) {
-	if len(reason) > 123 {
-		reason = strings.ToValidUTF8(reason[:123], "")
-	}
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	writeClose(ws, code, reason, time.Second)
 	_ = ws.SetReadDeadline(time.Now().Add(closeLinger))
 	halfClose(ws)
 	discard(ws)
@@ -666,7 +669,7 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
-		for len(msg) > 0 && !c.isClosed() {
+		for len(msg) > 0 {
 			f, rest, err := frame.Parse(msg)
 			if err == nil {
 				err = c.handle(f, cap(buf))
@@ -955,10 +958,13 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	c.streams[f.StreamID] = s
 	c.running++
 	c.mu.Unlock()
-	// Outside c.mu: SingleRequest takes the server's lock, which is held
-	// elsewhere while connections' locks are taken. Only this goroutine
-	// reads s.single, and it handles the stream's messages after this.
-	s.single = c.cfg.SingleRequest != nil && c.cfg.SingleRequest(open.GetProcedure())
+	// Outside c.mu: Route takes the server's lock, which is held elsewhere
+	// while connections' locks are taken. Only this goroutine reads
+	// s.single, and it handles the stream's messages after this; Accept's
+	// goroutine starts after s.route is set.
+	if c.cfg.Route != nil {
+		s.route, s.single = c.cfg.Route(open.GetProcedure())
+	}
 	// The window beyond InitialWindow is granted when the handler first
 	// reads (RecvMsg), not here: a unary call that has already
 	// half-closed never needs it, and the WINDOW frame would cost a write.
@@ -1049,16 +1055,12 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		// one of ours to end rather than be refused.
 		select {
 		case c.slots <- struct{}{}:
-		default:
-			select {
-			case c.slots <- struct{}{}:
-			case <-ctx.Done():
-				return nil, false, tether.AsError(ctx.Err())
-			case <-c.draining: // GOAWAY: the call goes to the next connection
-				return nil, false, unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
-			case <-c.closed:
-				return nil, false, unprocessed(c.err)
-			}
+		case <-ctx.Done():
+			return nil, false, tether.AsError(ctx.Err())
+		case <-c.draining: // GOAWAY: the call goes to the next connection
+			return nil, false, unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
+		case <-c.closed:
+			return nil, false, unprocessed(c.err)
 		}
 		defer func() {
 			if s == nil {

@@ -36,21 +36,25 @@ type Stream struct {
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial       int   // reader goroutine: bytes of the message being received
 	assembly      []byte
-	slab          *slab       // where small queued frames are copied (slab.go)
-	held          *slab       // the slab of the message RecvMsg returned last
-	copiedFirst   bool        // a payload has been copied out (slab.go)
-	slotHeld      atomic.Bool // client: holds one of the connection's slots (Conn.Open)
+	slab          *slab // where small queued frames are copied (slab.go)
+	held          *slab // the slab of the message RecvMsg returned last
+	copiedFirst   bool  // a payload has been copied out (slab.go)
+	sendCredit    int
+	sendErr       error // set when the stream can carry no more sends
+	halfClosed    bool  // we sent HALF_CLOSE or END
+	headers       tether.Metadata
+	headersSet    bool
+	trailers      tether.Metadata
+	finished      bool // removed from the connection
+	gotMessage    bool // reader goroutine: a whole message has arrived
 
+	// Set by the reader goroutine before the stream's frames are handled
+	// and before Accept runs (server).
+	route  any  // Config.Route's value for the procedure
+	single bool // the procedure takes one request message
+
+	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
 	runningReleased atomic.Bool // server: out of the connection's running count (releaseRunning)
-	sendCredit      int
-	sendErr         error // set when the stream can carry no more sends
-	halfClosed      bool  // we sent HALF_CLOSE or END
-	headers         tether.Metadata
-	headersSet      bool
-	trailers        tether.Metadata
-	finished        bool // removed from the connection
-	single          bool // server: the procedure takes one request message
-	gotMessage      bool // reader goroutine: a whole message has arrived
 
 	recvNotify chan struct{}
 	sendNotify chan struct{}
@@ -66,6 +70,10 @@ type chunk struct {
 
 // ID returns the stream id.
 func (s *Stream) ID() uint32 { return s.id }
+
+// Route is what Config.Route returned for the stream's procedure (server
+// streams), or nil.
+func (s *Stream) Route() any { return s.route }
 
 // Context is canceled when the stream ends for any reason (server streams).
 func (s *Stream) Context() context.Context { return s.ctx }
