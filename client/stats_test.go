@@ -1,0 +1,76 @@
+package client_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/examples/echo"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
+)
+
+// Issue 10 item 20: the byte counters never go down, also while a drained
+// connection still carries a call (it is no longer the client's current
+// connection but has not closed yet) and after it closes.
+func TestStatsBytesMonotonicAcrossDrain(t *testing.T) {
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	url := startServer(t, srv)
+	c, err := client.New(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ec := echov1.NewEchoServiceClient(c)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := ec.Say(ctx, &echov1.SayRequest{Text: "warm up"}); err != nil {
+		t.Fatal(err)
+	}
+	prev := c.Stats()
+	if prev.BytesIn == 0 || prev.BytesOut == 0 {
+		t.Fatalf("no bytes counted after a call: %+v", prev)
+	}
+	check := func(when string) {
+		t.Helper()
+		st := c.Stats()
+		if st.BytesIn < prev.BytesIn || st.BytesOut < prev.BytesOut {
+			t.Fatalf("%s: byte counters went down: in %d -> %d, out %d -> %d", when, prev.BytesIn, st.BytesIn, prev.BytesOut, st.BytesOut)
+		}
+		prev = st
+	}
+
+	// A call in flight keeps the connection open while the server drains it.
+	slow := make(chan error, 1)
+	go func() {
+		_, err := ec.Say(ctx, &echov1.SayRequest{Text: "slow", SleepMillis: 1500})
+		slow <- err
+	}()
+	for srv.Stats().ActiveStreams == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	check("call in flight")
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(ctx) }()
+	// The client leaves Ready when the GOAWAY arrives; the old connection
+	// still carries the slow call.
+	for c.State() == client.StateReady {
+		check("waiting for the drain")
+		time.Sleep(time.Millisecond)
+	}
+	check("connection draining")
+	if err := <-slow; err != nil {
+		t.Fatalf("call on the draining connection: %v", err)
+	}
+	check("call done")
+	if err := <-shut; err != nil {
+		t.Fatal(err)
+	}
+	check("server shut down")
+	for i := 0; i < 100; i++ {
+		check("after the drain")
+		time.Sleep(time.Millisecond)
+	}
+}
