@@ -83,8 +83,13 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 		return nil, err
 	}
 	defer s.release()
-	if !sent {
-		if err := s.st.SendMsg(ctx, req); err != nil && !errors.Is(err, io.EOF) {
+	if sent {
+		call.sent++
+	} else {
+		switch err := s.st.SendMsg(ctx, req); {
+		case err == nil:
+			call.sent++
+		case !errors.Is(err, io.EOF):
 			s.st.Reset(err)
 			return nil, err
 		}
