@@ -149,6 +149,18 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 }
 
 // clientStream is the untyped client side of one stream.
+//
+// Once the caller's context has ended, every method returns the context's
+// error (canceled or deadline_exceeded) and nothing but the RESET leaves for
+// the stream. The RESET is sent by a context.AfterFunc goroutine, which may
+// not have run yet when the caller, having called cancel, calls the next
+// method: so each method first checks ctx itself and, if it has ended,
+// resets the stream synchronously before anything else is queued (the
+// stream's reset state then stops every later write; Reset is idempotent,
+// whichever of the two comes first sends the one RESET). cancel closes
+// ctx.Done before it returns, so a method called after cancel returned
+// always sees it: a HALF_CLOSE can no longer overtake the RESET and let the
+// handler complete a call the client canceled.
 type clientStream struct {
 	st   *mux.Stream
 	ctx  context.Context
@@ -158,11 +170,29 @@ type clientStream struct {
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 
+// ended returns the call's error if ctx has ended, after resetting the
+// stream.
+func (s *clientStream) ended() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	err := tether.AsError(context.Cause(s.ctx))
+	s.st.Reset(err)
+	s.release()
+	return err
+}
+
 func (s *clientStream) Send(msg proto.Message) error {
+	if err := s.ended(); err != nil {
+		return err
+	}
 	return s.st.SendProto(s.ctx, msg)
 }
 
 func (s *clientStream) Receive(msg proto.Message) error {
+	if err := s.ended(); err != nil {
+		return err
+	}
 	b, err := s.st.RecvMsg()
 	if err != nil {
 		s.release()
@@ -177,9 +207,19 @@ func (s *clientStream) Receive(msg proto.Message) error {
 	return nil
 }
 
-func (s *clientStream) CloseSend() error { return s.st.CloseSend(s.ctx) }
+func (s *clientStream) CloseSend() error {
+	if err := s.ended(); err != nil {
+		return err
+	}
+	return s.st.CloseSend(s.ctx)
+}
 
-func (s *clientStream) Header() (tether.Metadata, error) { return s.st.Header(s.ctx) }
+func (s *clientStream) Header() (tether.Metadata, error) {
+	if err := s.ended(); err != nil {
+		return nil, err
+	}
+	return s.st.Header(s.ctx)
+}
 
 func (s *clientStream) Trailer() tether.Metadata { return s.st.Trailer() }
 

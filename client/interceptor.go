@@ -38,6 +38,11 @@ type UnaryFunc func(ctx context.Context, call *Call, req, res proto.Message) err
 type StreamFunc func(ctx context.Context, call *Call) (Stream, error)
 
 // Stream is a streaming call without message types.
+//
+// Once the call's context has ended (canceled or past its deadline), every
+// method except Trailer and Close returns the context's error, and nothing
+// but a RESET is sent for the stream: a call canceled before CloseSend is
+// never half-closed, so its handler cannot complete it.
 type Stream interface {
 	// Send sends a request message. It returns io.EOF if the server has
 	// already ended the call: Receive then returns the call's status.

@@ -16,7 +16,8 @@ import (
 // connection but has not closed yet) and after it closes.
 func TestStatsBytesMonotonicAcrossDrain(t *testing.T) {
 	srv := server.New()
-	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	h := &sayProbe{started: make(chan struct{}, 1)}
+	echov1.RegisterEchoServiceHandler(srv, h)
 	url := startServer(t, srv)
 	c, err := client.New(url)
 	if err != nil {
@@ -29,6 +30,7 @@ func TestStatsBytesMonotonicAcrossDrain(t *testing.T) {
 	if _, err := ec.Say(ctx, &echov1.SayRequest{Text: "warm up"}); err != nil {
 		t.Fatal(err)
 	}
+	<-h.started
 	prev := c.Stats()
 	if prev.BytesIn == 0 || prev.BytesOut == 0 {
 		t.Fatalf("no bytes counted after a call: %+v", prev)
@@ -48,9 +50,7 @@ func TestStatsBytesMonotonicAcrossDrain(t *testing.T) {
 		_, err := ec.Say(ctx, &echov1.SayRequest{Text: "slow", SleepMillis: 1500})
 		slow <- err
 	}()
-	for srv.Stats().ActiveStreams == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	<-h.started
 	check("call in flight")
 	shut := make(chan error, 1)
 	go func() { shut <- srv.Shutdown(ctx) }()
@@ -73,4 +73,15 @@ func TestStatsBytesMonotonicAcrossDrain(t *testing.T) {
 		check("after the drain")
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// sayProbe is the echo service whose Say says when it starts.
+type sayProbe struct {
+	echo.Handler
+	started chan struct{}
+}
+
+func (h *sayProbe) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
+	h.started <- struct{}{}
+	return h.Handler.Say(ctx, req)
 }
