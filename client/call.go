@@ -86,11 +86,19 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 	if sent {
 		call.sent++
 	} else {
+		// As for streams (clientStream): a call canceled by now sends
+		// nothing but its RESET.
+		if err := s.ended(); err != nil {
+			return nil, err
+		}
 		switch err := s.st.SendMsg(ctx, req); {
 		case err == nil:
 			call.sent++
 		case !errors.Is(err, io.EOF):
 			s.st.Reset(err)
+			return nil, err
+		}
+		if err := s.ended(); err != nil {
 			return nil, err
 		}
 		if err := s.st.CloseSend(ctx); err != nil {
