@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -237,6 +239,31 @@ func (s *clientStream) Close() error {
 	return nil
 }
 
+// abandoned is what releaseAbandoned needs of a stream; it must not refer to
+// the clientStream, or the stream would never become unreachable.
+type abandoned struct {
+	st        *mux.Stream
+	stop      func() bool
+	procedure string
+	logger    *slog.Logger
+}
+
+// releaseAbandoned runs once the caller's stream is unreachable (a
+// runtime.AddCleanup cleanup). If the call has not ended, the caller
+// dropped it without Close, without reading it to its end and with a
+// context that never ended: nothing can end it any more, and it would hold
+// a stream slot and a handler on the server for the connection's life. It
+// is reset with canceled, and a warning names the procedure, once per
+// stream.
+func releaseAbandoned(a abandoned) {
+	a.stop()
+	if a.st.Ended() {
+		return
+	}
+	a.st.Reset(tether.Errorf(tether.CodeCanceled, "tether: stream abandoned by the client"))
+	a.logger.Warn("tether: stream abandoned without Close or reading it to its end; reset it (defer the stream's Close, or cancel its context)", "procedure", a.procedure)
+}
+
 // openTyped opens a streaming call through the interceptors.
 func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (Stream, error) {
 	co := newCallOptions(opts)
@@ -249,6 +276,7 @@ func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (S
 				if s == nil {
 					return nil, err
 				}
+				runtime.AddCleanup(s, releaseAbandoned, abandoned{st: s.st, stop: s.stop, procedure: call.Spec.Procedure, logger: c.cfg.logger})
 				return s, nil
 			}
 			c.counters.retries.Add(1)
