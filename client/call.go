@@ -110,6 +110,7 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 	}
 	msg, err := s.st.RecvMsg()
 	if err == nil {
+		c.markServed(s.conn)
 		_, err = s.st.RecvMsg()
 		if err == nil {
 			err = tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response to a unary call")
@@ -153,7 +154,7 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	if err != nil {
 		return nil, false, err
 	}
-	s := &clientStream{st: st, ctx: ctx}
+	s := &clientStream{st: st, ctx: ctx, c: c, conn: conn}
 	s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
 	return s, sent, nil
 }
@@ -176,6 +177,8 @@ type clientStream struct {
 	ctx  context.Context
 	stop func() bool
 	once sync.Once
+	c    *Client
+	conn *mux.Conn // the connection the stream is on
 }
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
@@ -205,9 +208,13 @@ func (s *clientStream) Receive(msg proto.Message) error {
 	}
 	b, err := s.st.RecvMsg()
 	if err != nil {
+		if errors.Is(err, io.EOF) {
+			s.c.markServed(s.conn)
+		}
 		s.release()
 		return err
 	}
+	s.c.markServed(s.conn)
 	if err := proto.Unmarshal(b, msg); err != nil {
 		err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
 		s.st.Reset(err)

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -47,7 +48,19 @@ type Client struct {
 	conns      map[*mux.Conn]struct{} // every open connection, draining ones too
 	counters   clientCounters
 	budget     *retryBudget
+	// served is the last connection that delivered a response to a call:
+	// it proved healthy (see healthy).
+	served atomic.Pointer[mux.Conn]
 }
+
+// HealthyUptime is how long a connection must stay open, if it has not
+// delivered a response to a call, before the reconnection backoff starts
+// afresh when it is lost. A connection lost sooner counts as a failed
+// attempt, so that a server that accepts and at once closes (a token
+// rejected right after the upgrade) is redialed with a growing delay, not in
+// a loop; grpc-go resets its backoff only after a connection proved healthy
+// too.
+const HealthyUptime = 5 * time.Second
 
 // New returns a Client for a ws:// or wss:// URL and starts connecting in
 // the background. It fails only for a malformed URL.
@@ -189,12 +202,20 @@ func (c *Client) run() {
 			if err == nil {
 				c.counters.connects.Add(1)
 				c.setState(StateReady, nil, conn)
+				opened := time.Now()
 				if err = c.serve(conn); err == nil {
 					if c.ctx.Err() != nil {
 						return
 					}
-					b.Reset() // the connection was good: start the next backoff afresh
-					break
+					healthy := c.healthy(conn, opened)
+					c.served.CompareAndSwap(conn, nil) // do not keep the old connection alive
+					if healthy {
+						b.Reset() // the connection was good: start the next backoff afresh
+						break
+					}
+					// Lost before it proved healthy: a failed attempt,
+					// and the backoff keeps growing.
+					err = c.lostEarly(conn, time.Since(opened))
 				}
 			}
 			if c.ctx.Err() != nil {
@@ -215,6 +236,28 @@ func (c *Client) run() {
 			}
 		}
 	}
+}
+
+// healthy reports whether conn, now lost or draining, proved healthy: it
+// delivered a response to a call, or stayed open for HealthyUptime.
+func (c *Client) healthy(conn *mux.Conn, opened time.Time) bool {
+	return c.served.Load() == conn || time.Since(opened) >= HealthyUptime
+}
+
+// markServed records that conn delivered a response to a call.
+func (c *Client) markServed(conn *mux.Conn) {
+	if c.served.Load() != conn {
+		c.served.Store(conn)
+	}
+}
+
+// lostEarly is the error of a connection lost before it proved healthy.
+func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
+	cause := conn.Err()
+	if cause == nil {
+		cause = errors.New("tether: server is going away")
+	}
+	return tether.NewError(tether.CodeUnavailable, fmt.Errorf("tether: connection to %s lost %v after it opened, before it served a call: %w", c.url, age.Round(time.Millisecond), cause))
 }
 
 // serve waits until conn ends, the server drains it or the client closes.

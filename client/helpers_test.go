@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -16,3 +17,6 @@ func startServer(t *testing.T, srv *server.Server) string {
 	t.Cleanup(func() { srv.Close(); hs.Close() })
 	return "ws" + strings.TrimPrefix(hs.URL, "http")
 }
+
+// quietLogger discards the client's logs.
+func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
