@@ -35,10 +35,11 @@ func (b *syncBuffer) String() string {
 }
 
 // abandonCountdowns opens n long Countdown streams, reads one message of
-// each, and drops them: no Close, not read to the end, a context that never
-// ends.
-func abandonCountdowns(t *testing.T, ec echov1.EchoServiceClient, n int) {
+// each, checks that the server runs them all, and drops them: no Close, not
+// read to the end, a context that never ends.
+func abandonCountdowns(t *testing.T, srv *server.Server, ec echov1.EchoServiceClient, n int) {
 	t.Helper()
+	var streams []*client.ServerStream[echov1.CountdownResponse]
 	for i := 0; i < n; i++ {
 		st, err := ec.Countdown(context.Background(), &echov1.CountdownRequest{Count: 1 << 30})
 		if err != nil {
@@ -47,7 +48,12 @@ func abandonCountdowns(t *testing.T, ec echov1.EchoServiceClient, n int) {
 		if _, err := st.Receive(); err != nil {
 			t.Fatal(err)
 		}
+		streams = append(streams, st)
 	}
+	if got := srv.Stats().ActiveStreams; got != n {
+		t.Fatalf("%d streams active on the server, want the %d abandoned ones", got, n)
+	}
+	runtime.KeepAlive(streams) // until here: a GC may release them from now on
 }
 
 // Issue 10 item 14: a stream the caller drops is released once it is
@@ -64,10 +70,7 @@ func TestAbandonedStreamIsReleased(t *testing.T) {
 	}
 	defer c.Close()
 	ec := echov1.NewEchoServiceClient(c)
-	abandonCountdowns(t, ec, 2)
-	if n := srv.Stats().ActiveStreams; n != 2 {
-		t.Fatalf("%d streams active on the server, want the 2 abandoned ones", n)
-	}
+	abandonCountdowns(t, srv, ec, 2)
 
 	deadline := time.Now().Add(20 * time.Second)
 	for srv.Stats().ActiveStreams > 0 {
