@@ -34,8 +34,11 @@ type config struct {
 // exponential backoff (github.com/cenkalti/backoff/v4) that never gives up.
 type BackoffConfig struct {
 	// Initial is the delay before the second attempt (default 100ms). The
-	// first attempt after a lost connection waits a random part of it, so
-	// clients that lost the same server do not return in lockstep.
+	// first attempt after a lost connection that proved healthy (it
+	// delivered a response, or stayed open for HealthyUptime) waits a
+	// random part of it, so clients that lost the same server do not
+	// return in lockstep; a connection lost sooner counts as a failed
+	// attempt, and the delays keep growing.
 	Initial time.Duration
 	// Max caps the delay (default 10s).
 	Max time.Duration

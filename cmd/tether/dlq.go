@@ -564,9 +564,9 @@ func dialClient(ctx context.Context, url string) (dlq.Invoker, io.Closer, error)
 			mu.Lock()
 			defer mu.Unlock()
 			if lastErr != nil {
-				return nil, nil, fmt.Errorf("cannot connect to %s: %w", url, lastErr)
+				return nil, nil, fmt.Errorf("cannot connect to %s: %w", c.URL(), lastErr)
 			}
-			return nil, nil, fmt.Errorf("cannot connect to %s: %w", url, ctx.Err())
+			return nil, nil, fmt.Errorf("cannot connect to %s: %w", c.URL(), ctx.Err())
 		}
 	}
 	return c, c, nil

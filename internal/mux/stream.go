@@ -78,6 +78,17 @@ func (s *Stream) Route() any { return s.route }
 // Context is canceled when the stream ends for any reason (server streams).
 func (s *Stream) Context() context.Context { return s.ctx }
 
+// Ended reports whether the stream has finished: ended by the peer, reset,
+// or closed with its connection.
+func (s *Stream) Ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func notify(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
