@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"runtime"
 	"strings"
@@ -121,7 +122,11 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 		}
 		return nil
 	})
-	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
+	// The heartbeat timer is armed only once c.pingTimer is set: ping reads
+	// the field (to re-arm it), and Reset orders this write before the
+	// timer's first run.
+	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
+	c.pingTimer.Reset(cfg.PingInterval)
 	go c.readLoop()
 	return c
 }
