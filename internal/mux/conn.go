@@ -897,6 +897,9 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 			}
 		}
 	}
+	// With no stream left (the refused ones were taken out of the table
+	// above), no removal will close the connection: close it now.
+	idle := c.drainedLocked()
 	c.mu.Unlock()
 	msg := g.GetMessage()
 	if msg == "" {
@@ -904,6 +907,9 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 	}
 	for _, s := range refused {
 		s.terminate(unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: %s", msg)), false)
+	}
+	if idle {
+		go c.Close()
 	}
 	return nil
 }
@@ -1013,13 +1019,20 @@ func (c *Conn) remove(s *Stream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
 	}
-	// A client connection that drains (GOAWAY either way) closes once its
-	// last stream is done; the client has moved to a new connection.
-	done := c.role == RoleClient && (c.localGoAway || c.peerGoAway) && len(c.streams) == 0
+	done := c.drainedLocked()
 	c.mu.Unlock()
 	if done {
 		go c.Close()
 	}
+}
+
+// drainedLocked reports whether this is a client connection that drains
+// (GOAWAY either way, or its stream ids used up) with no stream left: the
+// client has moved to a new connection, and this one is to be closed. It is
+// checked wherever either condition starts to hold: when a stream is
+// removed, and when the drain begins. c.mu is held.
+func (c *Conn) drainedLocked() bool {
+	return c.role == RoleClient && (c.localGoAway || c.peerGoAway) && len(c.streams) == 0
 }
 
 // releaseRunning takes a server stream out of the running count, once: when
@@ -1075,6 +1088,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	}
 	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
 	var openErr error
+	var idle bool // the ids ran out with no stream open: nothing else closes the connection
 	err = c.write(ctx, nil, func(b []byte) []byte {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -1087,6 +1101,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			// opens a new one.
 			c.localGoAway = true
 			close(c.draining)
+			idle = c.drainedLocked()
 			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: stream ids exhausted on this connection"))
 			return b
 		}
@@ -1117,6 +1132,9 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		}
 		return b
 	})
+	if idle {
+		go c.Close()
+	}
 	if err != nil {
 		return nil, false, unprocessed(err)
 	}
