@@ -837,7 +837,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 		return s.handleMessage(f, bufCap)
 	case frame.TypeHalfClose:
 		if c.role == RoleServer {
-			s.handleHalfClose()
+			return s.handleHalfClose()
 		}
 	case frame.TypeWindow:
 		return s.handleWindow(frame.WindowIncrement(f))

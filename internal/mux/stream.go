@@ -35,6 +35,7 @@ type Stream struct {
 	unacked       int   // credit consumed by the application, not yet granted back
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial       int   // reader goroutine: bytes of the message being received
+	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	assembly      []byte
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
@@ -118,6 +119,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 		s.Reset(err)
 		return nil
 	}
+	s.midMessage = more
 	if !more {
 		s.partial = 0
 		s.gotMessage = true
@@ -146,13 +148,20 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	return nil
 }
 
-func (s *Stream) handleHalfClose() {
+// handleHalfClose: the client sends no more messages. Between the fragments
+// of a message it is a protocol error: the message would be lost without a
+// trace, and the handler would see a clean end of stream.
+func (s *Stream) handleHalfClose() error {
+	if s.midMessage {
+		return protoErrf("stream %d: HALF_CLOSE in the middle of a message", s.id)
+	}
 	s.mu.Lock()
 	if s.recvEnd == nil {
 		s.recvEnd = io.EOF
 	}
 	s.mu.Unlock()
 	notify(s.recvNotify)
+	return nil
 }
 
 func (s *Stream) handleWindow(n uint32) error {
@@ -207,6 +216,10 @@ func (s *Stream) markHeaders() {
 var okEnd = []byte{0x0a, 0x00}
 
 func (s *Stream) handleEnd(payload []byte) error {
+	if s.midMessage {
+		// As HALF_CLOSE: the call would end with its last message lost.
+		return protoErrf("stream %d: END in the middle of a message", s.id)
+	}
 	var end tetherv1.End
 	var err error
 	if bytes.Equal(payload, okEnd) || len(payload) == 0 {
@@ -388,12 +401,13 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	first := true
+	started := false // a fragment with MORE has been queued
 	for first || len(msg) > 0 {
 		first = false
 		want := min(len(msg), 16<<10) + FrameOverhead
 		credit, err := s.waitCredit(ctx, want)
 		if err != nil {
-			return err
+			return s.abandonMessage(started, err)
 		}
 		n := min(len(msg), frame.MaxPayload, credit-FrameOverhead)
 		part := msg[:n]
@@ -413,11 +427,24 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 		}
 		s.mu.Unlock()
 		if err != nil {
-			return s.sendError(err)
+			return s.abandonMessage(started, s.sendError(err))
 		}
+		started = true
 		msg = msg[n:]
 	}
 	return nil
+}
+
+// abandonMessage returns err, the error of a SendMsg that stops before the
+// message is complete. Once a fragment has been queued (started), the
+// stream is reset with err: the peer would otherwise wait for the rest,
+// and anything sent later (another message, HALF_CLOSE) would land in the
+// middle of this one, which is a protocol error that closes the connection.
+func (s *Stream) abandonMessage(started bool, err error) error {
+	if started {
+		s.Reset(err)
+	}
+	return err
 }
 
 // SendProto sends one protobuf message. A message that fits one frame is
