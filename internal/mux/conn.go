@@ -1092,6 +1092,15 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	err = c.write(ctx, nil, func(b []byte) []byte {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if c.isClosed() {
+			// write checked this before taking c.mu, but closeWith may have
+			// swapped the stream table since: a stream added now would never
+			// be terminated. Under c.mu the check is final, since closeWith
+			// closes c.closed before it takes the table (as handleOpen does
+			// on the server).
+			openErr = unprocessed(c.err)
+			return b
+		}
 		if c.peerGoAway || c.localGoAway {
 			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
 			return b
