@@ -28,8 +28,7 @@ type Stream struct {
 	sendMu sync.Mutex // serializes senders so fragments never interleave
 
 	mu            sync.Mutex
-	recvQ         []chunk
-	recvHead      int
+	recvQ         recvQueue
 	recvEnd       error // io.EOF or the call's error once nothing more arrives
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
@@ -67,6 +66,60 @@ type chunk struct {
 	b    []byte
 	more bool
 	slab *slab // b points into it, or nil
+}
+
+// recvQueue is a stream's queue of received frames: a ring whose slot
+// count is a power of two, grown (doubled) only when it is full. Every
+// queued frame holds at least FrameOverhead of the peer's credit, so the
+// queue never holds more than StreamWindow/FrameOverhead frames, and its
+// slots never exceed that rounded up to a power of two, whatever the
+// consumer's pace against the sender's. (A slice reset only when it ran
+// empty grew by a slot per message under a consumer slightly slower than
+// its sender.)
+type recvQueue struct {
+	buf  []chunk
+	head int // index of the oldest frame
+	n    int // frames queued
+}
+
+const (
+	// minQueueSlots is the size of a queue's first ring.
+	minQueueSlots = 4
+	// maxIdleQueueSlots: a ring larger than this is dropped when it runs
+	// empty, so that a stream holds a burst's slots only while the burst is
+	// queued.
+	maxIdleQueueSlots = 64
+)
+
+func (q *recvQueue) len() int { return q.n }
+
+// slots is the ring's size (what the queue holds in memory).
+func (q *recvQueue) slots() int { return len(q.buf) }
+
+func (q *recvQueue) push(c chunk) {
+	if q.n == len(q.buf) {
+		buf := make([]chunk, max(minQueueSlots, 2*len(q.buf)))
+		k := copy(buf, q.buf[q.head:])
+		copy(buf[k:], q.buf[:q.head])
+		q.buf, q.head = buf, 0
+	}
+	q.buf[(q.head+q.n)&(len(q.buf)-1)] = c
+	q.n++
+}
+
+// pop takes the oldest frame; the queue is not empty.
+func (q *recvQueue) pop() chunk {
+	c := q.buf[q.head]
+	q.buf[q.head] = chunk{}
+	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.n--
+	if q.n == 0 {
+		q.head = 0
+		if len(q.buf) > maxIdleQueueSlots {
+			q.buf = nil
+		}
+	}
+	return c
 }
 
 // ID returns the stream id.
@@ -138,7 +191,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	} else {
 		s.c.donated = true // the frame keeps the buffer
 	}
-	s.recvQ = append(s.recvQ, chunk{b: payload, more: more, slab: sl})
+	s.recvQ.push(chunk{b: payload, more: more, slab: sl})
 	if !s.headersSet { // a message before HEADERS: the headers are empty
 		s.headersSet = true
 		s.closeHeadersLocked()
@@ -296,13 +349,8 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			s.releaseLocked(s.held)
 			s.held = nil
 		}
-		for s.recvHead < len(s.recvQ) {
-			ch := s.recvQ[s.recvHead]
-			s.recvQ[s.recvHead] = chunk{}
-			s.recvHead++
-			if s.recvHead == len(s.recvQ) {
-				s.recvQ, s.recvHead = s.recvQ[:0], 0
-			}
+		for s.recvQ.len() > 0 {
+			ch := s.recvQ.pop()
 			s.unacked += len(ch.b) + FrameOverhead
 			grant := s.takeGrantLocked()
 			if ch.more {
@@ -757,7 +805,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 	s.finished = true
 	if s.recvEnd == nil || s.recvEnd == io.EOF && s.c.role == RoleServer {
 		s.recvEnd = err
-		s.recvQ, s.recvHead, s.assembly = nil, 0, nil
+		s.recvQ, s.assembly = recvQueue{}, nil
 	}
 	if s.sendErr == nil {
 		s.sendErr = err
