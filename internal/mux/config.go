@@ -94,6 +94,15 @@ type Config struct {
 	// both directions. A larger message fails its stream with
 	// resource_exhausted; the connection stays up.
 	MaxMessageSize int
+	// MaxPartialBytes bounds, per connection, the memory of received
+	// messages still being assembled from their fragments (counted as the
+	// capacity of their buffers). Credit is granted back as fragments are
+	// assembled, so that messages larger than the window flow, which is why
+	// the windows do not bound this. A stream whose next fragment would
+	// take the total over it is reset with resource_exhausted; the
+	// connection goes on. Default: 4 × MaxMessageSize; never less than
+	// MaxMessageSize, so a single message of the largest size always fits.
+	MaxPartialBytes int
 	// StreamWindow is the receive window granted to the peer per stream.
 	StreamWindow int
 	// MaxConcurrentStreams bounds the streams a server runs at once on this
@@ -158,6 +167,8 @@ type Config struct {
 
 func (c *Config) withDefaults() {
 	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&c.MaxPartialBytes, 4*c.MaxMessageSize)
+	c.MaxPartialBytes = max(c.MaxPartialBytes, c.MaxMessageSize)
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)

@@ -74,6 +74,7 @@ type Conn struct {
 	pingTimer *time.Timer
 
 	bytesIn, bytesOut atomic.Uint64
+	partialBytes      atomic.Int64 // capacity of the buffers of messages being assembled (Stream.assembleLocked)
 
 	inMessage   atomic.Bool  // reader is inside a WebSocket message
 	lingerUntil atomic.Int64 // after a close frame was sent: read deadline (Unix ns) of the drain

@@ -36,6 +36,7 @@ type Stream struct {
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	assembly      []byte
+	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
 	copiedFirst   bool  // a payload has been copied out (slab.go)
@@ -353,9 +354,16 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			ch := s.recvQ.pop()
 			s.unacked += len(ch.b) + FrameOverhead
 			grant := s.takeGrantLocked()
-			if ch.more {
-				s.assembly = append(s.assembly, ch.b...)
+			if ch.more || s.assembly != nil {
+				err := s.assembleLocked(ch.b)
 				s.releaseLocked(ch.slab)
+				if err != nil {
+					s.mu.Unlock()
+					s.Reset(err)
+					return nil, err
+				}
+			}
+			if ch.more {
 				s.mu.Unlock()
 				s.grant(grant)
 				s.mu.Lock()
@@ -363,9 +371,9 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			}
 			msg := ch.b
 			if s.assembly != nil {
-				msg = append(s.assembly, ch.b...)
+				msg = s.assembly
 				s.assembly = nil
-				s.releaseLocked(ch.slab)
+				s.uncharge()
 			} else {
 				s.held = ch.slab
 			}
@@ -381,6 +389,41 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		s.mu.Unlock()
 		<-s.recvNotify
 	}
+}
+
+// assembleLocked appends a fragment to the message being assembled. The
+// buffer's growth is charged to the connection's budget for partial
+// messages (Config.MaxPartialBytes); over it, the fragment is not taken,
+// the partial message is dropped and resource_exhausted returned: the
+// caller resets the stream. The buffer grows by doubling, never past
+// MaxMessageSize (the reader has reset a stream whose message passes it).
+// s.mu is held.
+func (s *Stream) assembleLocked(p []byte) error {
+	need := len(s.assembly) + len(p)
+	if need > cap(s.assembly) {
+		size := max(min(2*cap(s.assembly), s.c.cfg.MaxMessageSize), need)
+		limit := int64(s.c.cfg.MaxPartialBytes)
+		if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
+			s.c.partialBytes.Add(-int64(size - s.assemblyCap))
+			s.assembly = nil
+			s.uncharge()
+			return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+		}
+		buf := make([]byte, len(s.assembly), size)
+		copy(buf, s.assembly)
+		s.assembly, s.assemblyCap = buf, size
+	}
+	s.assembly = append(s.assembly, p...)
+	return nil
+}
+
+// uncharge takes the stream's assembly buffer off the connection's budget
+// for partial messages: the message is complete (the application owns
+// it), dropped, or the stream has ended (no more fragments will come, so
+// what is left is bounded by what was queued within credit). s.mu is held.
+func (s *Stream) uncharge() {
+	s.c.partialBytes.Add(-int64(s.assemblyCap))
+	s.assemblyCap = 0
 }
 
 // takeGrantLocked returns the credit to grant back now, if enough has been
@@ -807,6 +850,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 		s.recvEnd = err
 		s.recvQ, s.assembly = recvQueue{}, nil
 	}
+	s.uncharge()
 	if s.sendErr == nil {
 		s.sendErr = err
 	}
@@ -833,6 +877,7 @@ func (s *Stream) finish() {
 		return
 	}
 	s.finished = true
+	s.uncharge()
 	if !s.headersSet {
 		s.headersSet = true
 		s.closeHeadersLocked()
