@@ -935,11 +935,14 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		refuse = tether.Errorf(tether.CodeUnavailable, "tether: server is going away")
 	case c.running >= c.cfg.MaxConcurrentStreams:
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: more than %d concurrent streams on one connection", c.cfg.MaxConcurrentStreams)
-	case len(f.Payload) > c.cfg.MaxHeaderBytes:
-		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(f.Payload), c.cfg.MaxHeaderBytes)
-		retryable = false
 	}
-	if refuse == nil && countMetadata(f.Payload) > c.cfg.MaxHeaderKeys {
+	cost, entries := headerCost(f.Payload, openMetadataField)
+	switch {
+	case refuse != nil:
+	case cost > c.cfg.MaxHeaderBytes:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", cost, c.cfg.MaxHeaderBytes)
+		retryable = false
+	case entries > c.cfg.MaxHeaderKeys:
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata has more than %d keys", c.cfg.MaxHeaderKeys)
 		retryable = false
 	}
@@ -1062,12 +1065,12 @@ func (c *Conn) releaseRunning(s *Stream) {
 // caller sends it with SendMsg. sent reports which happened.
 func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
 	size := proto.Size(open)
-	if limit := c.sendHeaderLimit(); size > limit {
+	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {
 		whose := "this client's"
 		if c.cfg.PeerMaxHeaderBytes > 0 {
 			whose = "the server's announced"
 		}
-		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds %s limit of %d", size, whose, limit)
+		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds %s limit of %d", cost, whose, limit)
 	}
 	if c.slots != nil {
 		// The server runs at most PeerMaxStreams calls at once: wait for
@@ -1154,9 +1157,9 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	return s, inline, nil
 }
 
-// sendHeaderLimit is the largest OPEN, HEADERS or END payload this side
-// sends: what the peer announced it accepts, or else this side's own limit,
-// and never more than a frame.
+// sendHeaderLimit is the largest cost (headerCost) of an OPEN, HEADERS or
+// END payload this side sends: what the peer announced it accepts, or else
+// this side's own limit, and never more than a frame.
 func (c *Conn) sendHeaderLimit() int {
 	limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload)
 	if p := c.cfg.PeerMaxHeaderBytes; p > 0 {
@@ -1191,25 +1194,79 @@ func (c *Conn) idleFrame(what string) error {
 	return nil
 }
 
-// countMetadata counts the metadata entries (field 2) of an encoded
-// tether.v1.Open without decoding it; malformed input counts as 0 and is
-// rejected by the decoder afterwards.
-func countMetadata(b []byte) int {
+// metadataItemCost is what each metadata entry and each value costs against
+// MaxHeaderBytes on top of its encoded bytes. An empty value takes 2 bytes
+// on the wire but a 16-byte string header both in the decoded message and
+// in tether.Metadata, plus slice growth; counting 32 bytes per item (as
+// HTTP/2 counts 32 bytes per header field, RFC 9113 section 6.5.2) bounds
+// what a payload within the limit costs in memory once decoded, to a few
+// times the limit (TestMetadataMemoryBounded).
+const metadataItemCost = 32
+
+// The field numbers of the repeated MetadataEntry in tether.v1.Open,
+// tether.v1.Headers and tether.v1.End, and of the values in MetadataEntry.
+const (
+	openMetadataField    = 2
+	headersMetadataField = 1
+	endTrailersField     = 2
+	entryValuesField     = 2
+)
+
+// headerCost is what an encoded OPEN, HEADERS or END payload costs against
+// MaxHeaderBytes: its length plus metadataItemCost per metadata entry
+// (field number field) and per value, counted on the encoded bytes without
+// decoding them; entries is the number of entries. Malformed input is
+// counted as far as it parses: the decoder rejects it afterwards.
+func headerCost(b []byte, field protowire.Number) (cost, entries int) {
+	size, items := len(b), 0
+	for len(b) > 0 {
+		num, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			break
+		}
+		b = b[l:]
+		l = protowire.ConsumeFieldValue(num, typ, b)
+		if l < 0 {
+			break
+		}
+		if num == field && typ == protowire.BytesType {
+			entries++
+			items++
+			entry, _ := protowire.ConsumeBytes(b[:l])
+			items += countField(entry, entryValuesField)
+		}
+		b = b[l:]
+	}
+	return size + items*metadataItemCost, entries
+}
+
+// countField counts the occurrences of field number field in an encoded
+// message, as far as it parses.
+func countField(b []byte, field protowire.Number) int {
 	n := 0
 	for len(b) > 0 {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
-			return 0
+			return n
 		}
 		b = b[l:]
-		if num == 2 {
-			n++
+		if l = protowire.ConsumeFieldValue(num, typ, b); l < 0 {
+			return n
 		}
-		l = protowire.ConsumeFieldValue(num, typ, b)
-		if l < 0 {
-			return 0
+		if num == field {
+			n++
 		}
 		b = b[l:]
 	}
 	return n
+}
+
+// metadataCost is what md costs against MaxHeaderBytes beyond its encoded
+// size (headerCost), for a sender.
+func metadataCost(md []*tetherv1.MetadataEntry) int {
+	items := len(md)
+	for _, e := range md {
+		items += len(e.GetValues())
+	}
+	return items * metadataItemCost
 }

@@ -231,8 +231,8 @@ func (s *Stream) handleWindow(n uint32) error {
 }
 
 func (s *Stream) handleHeaders(payload []byte) error {
-	if len(payload) > s.c.cfg.MaxHeaderBytes {
-		s.Reset(tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes))
+	if cost, _ := headerCost(payload, headersMetadataField); cost > s.c.cfg.MaxHeaderBytes {
+		s.Reset(tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes))
 		return nil
 	}
 	var h tetherv1.Headers
@@ -278,8 +278,8 @@ func (s *Stream) handleEnd(payload []byte) error {
 	var err error
 	if bytes.Equal(payload, okEnd) || len(payload) == 0 {
 		// Success, no trailers.
-	} else if len(payload) > s.c.cfg.MaxHeaderBytes {
-		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes)
+	} else if cost, _ := headerCost(payload, endTrailersField); cost > s.c.cfg.MaxHeaderBytes {
+		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes)
 	} else if uerr := proto.Unmarshal(payload, &end); uerr != nil {
 		return protoErrf("stream %d: bad END: %v", s.id, uerr)
 	} else {
@@ -686,12 +686,13 @@ func (s *Stream) SendHeaders(md tether.Metadata) error {
 }
 
 func (s *Stream) encodeHeaders(md tether.Metadata) ([]byte, error) {
-	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: wire.MetadataToProto(md)})
+	entries := wire.MetadataToProto(md)
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: entries})
 	if err != nil {
 		return nil, tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
 	}
-	if limit := s.c.sendHeaderLimit(); len(payload) > limit {
-		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), limit)
+	if cost, limit := len(payload)+metadataCost(entries), s.c.sendHeaderLimit(); cost > limit {
+		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", cost, limit)
 	}
 	return payload, nil
 }
@@ -738,11 +739,11 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		end = &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
 		size = proto.Size(end)
 	}
-	if limit := s.c.sendHeaderLimit(); end != nil && size > limit {
+	if limit := s.c.sendHeaderLimit(); end != nil && size+metadataCost(end.GetTrailers()) > limit {
 		// Keep the code; drop what does not fit, and say so where the
 		// operator will see it.
 		s.c.cfg.Logger.Warn("tether: status and trailers over the peer's header limit; message, details and trailers dropped",
-			"peer", s.c.RemoteAddr(), "stream", s.id, "code", tether.Code(end.GetStatus().GetCode()).String(), "bytes", size, "limit", limit)
+			"peer", s.c.RemoteAddr(), "stream", s.id, "code", tether.Code(end.GetStatus().GetCode()).String(), "bytes", size+metadataCost(end.GetTrailers()), "limit", limit)
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
 		if size = proto.Size(end); size > limit {
 			end.Status.Message = "" // the code alone: a few bytes
