@@ -1020,13 +1020,24 @@ func (c *Conn) remove(s *Stream) {
 		<-c.slots // a token is there: this stream put it
 	}
 	c.mu.Lock()
-	if c.streams[s.id] == s {
-		delete(c.streams, s.id)
-	}
+	c.unlinkLocked(s)
 	done := c.drainedLocked()
 	c.mu.Unlock()
 	if done {
 		go c.Close()
+	}
+}
+
+// unlink takes s out of the stream table; frames for it are then ignored.
+func (c *Conn) unlink(s *Stream) {
+	c.mu.Lock()
+	c.unlinkLocked(s)
+	c.mu.Unlock()
+}
+
+func (c *Conn) unlinkLocked(s *Stream) {
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
 	}
 }
 

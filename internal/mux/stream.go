@@ -799,6 +799,12 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 			// Before END can be read: the client may open its next
 			// stream at once.
 			s.c.releaseRunning(s)
+			// Out of the table before END can be read too: once the
+			// client has read END, what it sends for the stream is for
+			// an ended stream, ignored without flow-control accounting
+			// (PROTOCOL.md section 4). terminate, below, would come too
+			// late if this goroutine ran late.
+			s.c.unlink(s)
 		}
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeEnd, 0, s.id, size)
