@@ -5,8 +5,10 @@ import (
 	"io"
 	"testing"
 	"time"
+	"unsafe"
 
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
 )
 
 // queueStats returns how many chunks s has queued and how many slots its
@@ -80,5 +82,77 @@ func TestRecvQueueBoundedBySlowConsumer(t *testing.T) {
 	t.Logf("%d one-byte messages through a %d-byte window: at most %d queue slots (bound %d)", messages, window, maxSlots, bound)
 	if maxSlots > bound {
 		t.Fatalf("receive queue grew to %d slots for a %d-byte window; want at most %d (window / FrameOverhead)", maxSlots, window, bound)
+	}
+}
+
+// queuedMemory is what s's queue holds in memory: the buffers its frames
+// point into (a slab counted once, in full) and its ring of slots; and the
+// payload bytes queued.
+func queuedMemory(s *Stream) (held, payload int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	slabs := map[*slab]bool{}
+	q := s.recvQ
+	for i := 0; i < q.n; i++ {
+		ch := q.buf[(q.head+i)&(len(q.buf)-1)]
+		payload += len(ch.b)
+		switch {
+		case ch.slab != nil:
+			if !slabs[ch.slab] {
+				slabs[ch.slab] = true
+				held += cap(ch.slab.buf)
+			}
+		default:
+			held += cap(ch.b) + frame.HeaderSize // a frame keeping its read buffer starts after its header
+		}
+	}
+	return held + q.slots()*int(unsafe.Sizeof(chunk{})), payload
+}
+
+// TestQueuedMemoryWithinCredit: whatever the size of the messages a peer
+// sends to a stream that does not read, what the queue holds stays within
+// twice the credit, plus one slab, plus the slot ring (whose bound
+// TestRecvQueueBoundedBySlowConsumer checks): a small frame never pins the
+// large WebSocket message buffer it came in.
+func TestQueuedMemoryWithinCredit(t *testing.T) {
+	for _, size := range []int{0, 1, 100, 4 << 10, 5000, 33 << 10, 64 << 10, 100 << 10} {
+		streams := make(chan *Stream, 1)
+		release := make(chan struct{})
+		cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+			_, _ = s.RecvMsg() // the first read grants the whole window
+			streams <- s
+			<-release
+			s.Reset(context.Canceled)
+		}}, Config{})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cs, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("first"), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := <-streams
+		// Send until the credit is used up: a send that cannot complete
+		// within a moment is waiting for credit.
+		msg := make([]byte, size)
+		for {
+			sendCtx, sendCancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			err := cs.SendMsg(sendCtx, msg)
+			sendCancel()
+			if err != nil {
+				break
+			}
+		}
+		waitFor(t, 10*time.Second, "the server's window not used up", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.recvWindow < size+FrameOverhead || s.finished
+		})
+		held, payload := queuedMemory(s)
+		limit := 2*DefaultStreamWindow + slabSize + DefaultStreamWindow/FrameOverhead*int(unsafe.Sizeof(chunk{}))
+		t.Logf("%6d-byte messages: %7d payload bytes queued, %7d bytes held (limit %d)", size, payload, held, limit)
+		if held > limit {
+			t.Errorf("%d-byte messages: queue holds %d bytes for %d bytes of payload; want at most %d", size, held, payload, limit)
+		}
+		close(release)
+		cancel()
 	}
 }
