@@ -3,9 +3,13 @@ package mux
 import (
 	"context"
 	"io"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/frame"
@@ -154,5 +158,33 @@ func TestQueuedMemoryWithinCredit(t *testing.T) {
 		}
 		close(release)
 		cancel()
+	}
+}
+
+// TestBeyondWindowCloses: a peer that sends a stream more than its credit
+// (here 64 KiB to a handler that has not read) is disconnected with 1002,
+// so the credit bounds what a stream queues.
+func TestBeyondWindowCloses(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	ws, _ := rawPeer(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		select {
+		case <-release:
+		case <-s.Context().Done():
+		}
+		s.Reset(context.Canceled)
+	}})
+	open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/a/b"})
+	writeFrames(t, ws, frame.Frame{Type: frame.TypeOpen, StreamID: 1, Payload: open})
+	var b []byte
+	for range InitialWindow/(1+FrameOverhead) + 1 {
+		b = frame.Append(b, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: []byte("x")})
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		t.Fatal(err)
+	}
+	code, text := awaitClose(ws, 10*time.Second)
+	if code != websocket.CloseProtocolError || !strings.Contains(text, "beyond its flow-control window") {
+		t.Fatalf("close %d %q; want 1002 '… beyond its flow-control window'", code, text)
 	}
 }
