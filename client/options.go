@@ -105,8 +105,9 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }
 
-// WithMaxHeaderBytes bounds the encoded size of response headers and
-// trailers accepted (default 16 KiB), and of request metadata sent when the
+// WithMaxHeaderBytes bounds the cost (encoded size plus 32 bytes per
+// metadata entry and per value) of response headers and trailers accepted
+// (default 16 KiB), and of request metadata sent when the
 // server has not announced its own limit. The client announces it in the
 // handshake, so the server does not send more.
 func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeaderBytes = n } }

@@ -82,8 +82,10 @@ func WithMaxConcurrentStreams(n int) Option {
 // make the server buffer.
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
-// WithMaxHeaderBytes bounds the encoded size of a call's request metadata
-// (default 16 KiB); a larger OPEN is refused with resource_exhausted. The
+// WithMaxHeaderBytes bounds the cost of a call's request metadata: its
+// encoded size plus 32 bytes per metadata entry and per value, so that it
+// bounds memory, not only wire size (default 16 KiB); a costlier OPEN is
+// refused with resource_exhausted. The
 // server announces it in the handshake (Go clients then fail such calls
 // before sending them), and also sends no more than this in response
 // headers and trailers to clients that announce no limit of their own.
