@@ -93,6 +93,13 @@ func WithHandshakeTimeout(d time.Duration) Option {
 // WithMaxMessageSize bounds one message in either direction (default 8 MiB).
 func WithMaxMessageSize(n int) Option { return func(c *config) { c.mux.MaxMessageSize = n } }
 
+// WithMaxPartialBytes bounds, per connection, the memory held for received
+// messages whose fragments have not all arrived (default 4 × the maximum
+// message size, never less than it, so one message of the largest size
+// always fits). A stream whose message would take the connection over it
+// is reset with resource_exhausted; the connection's other calls go on.
+func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxPartialBytes = n } }
+
 // WithStreamWindow sets the flow-control window granted to the server per
 // stream (default 256 KiB, minimum 64 KiB): what one stream can make the
 // client buffer.

@@ -70,6 +70,13 @@ func WithHTTPHandshakeRefusals() Option { return func(c *config) { c.httpRefusal
 // other calls go on.
 func WithMaxMessageSize(n int) Option { return func(c *config) { c.mux.MaxMessageSize = n } }
 
+// WithMaxPartialBytes bounds, per connection, the memory held for received
+// messages whose fragments have not all arrived (default 4 × the maximum
+// message size, never less than it, so one message of the largest size
+// always fits). A stream whose message would take the connection over it
+// is reset with resource_exhausted; the connection's other calls go on.
+func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxPartialBytes = n } }
+
 // WithMaxConcurrentStreams bounds the handlers running at once on one
 // connection (default 1024). A call beyond it is refused with
 // resource_exhausted before its handler runs.
