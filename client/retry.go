@@ -13,6 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/dlq"
 	"github.com/tetherrpc/tether/internal/mux"
@@ -141,8 +144,13 @@ func (c *Client) policyFor(m *Method, co *callOptions) policy {
 		}
 		p.deadLetter = declared.DeadLetter
 	}
-	if co.noRetry {
+	if co.noRetry || co.replay {
 		p.maxAttempts = 1
+	}
+	if co.replay {
+		// A replay updates the entry it replays (dlq.Replay); parking a
+		// copy would make the queue grow with every failed replay.
+		p.deadLetter = false
 	}
 	return p
 }
@@ -362,15 +370,64 @@ func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, s
 // InvokeRaw makes one unary call with an already encoded request and returns
 // the encoded response. It implements dlq.Invoker, for replaying dead
 // letters: md is sent as the request metadata, so the original idempotency
-// key goes with it. Unprocessed attempts are retried transparently; nothing
-// is dead-lettered again.
+// key goes with it.
+//
+// The call goes through the client's interceptors like any other, with
+// Call.Replay set, so replays show in logs, metrics and traces; its request
+// and response are *emptypb.Empty values carrying the encoded messages as
+// unknown fields. A replay is a single attempt: whatever the client's
+// default retry policy says, it is not retried after it reached the server
+// (requests that never reached it are retried transparently) and it is never
+// dead-lettered again, so a failed replay only updates the entry it replays.
+// The replay is sent with the client's own credentials (its handshake
+// headers, WithHandshakeHeader): for the server to recognise it as a repeat,
+// the client must authenticate as the original caller did (see "Replay" in
+// docs/DELIVERY.md).
 func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) ([]byte, error) {
 	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeUnary}}
-	co := &callOptions{noRetry: true}
+	co := &callOptions{replay: true}
 	call := co.newCall(m)
+	call.Replay = true
 	call.Header.Merge(tether.Metadata(md))
 	call.Header.Del(tether.MetadataAttempt)
-	return c.invokeUnary(ctx, m, co, call, request)
+	res := rawMessage(nil)
+	err := c.wrapUnary(func(ctx context.Context, call *Call, req, res proto.Message) error {
+		b, err := proto.Marshal(req)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+		}
+		out, err := c.invokeUnary(ctx, m, co, call, b)
+		if err != nil {
+			return err
+		}
+		if raw, ok := res.(*emptypb.Empty); ok {
+			raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
+			return nil
+		}
+		if err := proto.Unmarshal(out, res); err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: unmarshal response: %v", err)
+		}
+		return nil
+	})(ctx, call, rawMessage(request), res)
+	if err != nil {
+		return nil, err
+	}
+	out, err := proto.Marshal(res)
+	if err != nil {
+		return nil, tether.Errorf(tether.CodeInternal, "tether: marshal response: %v", err)
+	}
+	return out, nil
+}
+
+// rawMessage returns a message whose encoding is exactly b: an empty message
+// holding b as unknown fields. It carries already encoded messages through
+// code written for proto.Message (interceptors) without decoding them.
+func rawMessage(b []byte) *emptypb.Empty {
+	m := &emptypb.Empty{}
+	if len(b) > 0 {
+		m.ProtoReflect().SetUnknown(b)
+	}
+	return m
 }
 
 var _ dlq.Invoker = (*Client)(nil)

@@ -97,41 +97,65 @@ const replayPage = 64
 // succeeded and how many failed. A failed call does not stop it; an error
 // of the store or the end of ctx does, and is returned with the counts so
 // far.
+//
+// ReplayAll works on a snapshot: it first lists the IDs of the selected
+// entries, then replays those, so it always ends, even if entries are added
+// meanwhile (they wait for the next ReplayAll). An entry of the snapshot
+// that is gone by its turn (deleted or replayed by someone else) is skipped
+// and not counted.
 func ReplayAll(ctx context.Context, s Store, inv Invoker, opts ListOptions) (ok, failed int, err error) {
-	after := opts.After
-	for {
+	ids, err := snapshot(ctx, s, opts)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return ok, failed, err
 		}
-		page := replayPage
-		if opts.Limit > 0 {
-			if left := opts.Limit - ok - failed; left <= 0 {
-				return ok, failed, nil
-			} else if left < page {
-				page = left
-			}
+		e, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
 		}
-		entries, err := s.List(ctx, ListOptions{Procedure: opts.Procedure, Limit: page, After: after})
 		if err != nil {
 			return ok, failed, err
 		}
+		_, callErr, storeErr := replay(ctx, s, inv, e)
+		if callErr != nil {
+			failed++
+		} else {
+			ok++
+		}
+		if storeErr != nil {
+			return ok, failed, storeErr
+		}
+	}
+	return ok, failed, nil
+}
+
+// snapshot returns the IDs of the entries that opts selects, oldest first,
+// reading the store a page at a time.
+func snapshot(ctx context.Context, s Store, opts ListOptions) ([]string, error) {
+	var ids []string
+	after := opts.After
+	for {
+		page := replayPage
+		if opts.Limit > 0 {
+			left := opts.Limit - len(ids)
+			if left <= 0 {
+				return ids, nil
+			}
+			page = min(page, left)
+		}
+		entries, err := s.List(ctx, ListOptions{Procedure: opts.Procedure, Limit: page, After: after})
+		if err != nil {
+			return ids, err
+		}
 		if len(entries) == 0 {
-			return ok, failed, nil
+			return ids, nil
 		}
 		for _, e := range entries {
-			if err := ctx.Err(); err != nil {
-				return ok, failed, err
-			}
-			after = e.ID
-			_, callErr, storeErr := replay(ctx, s, inv, e)
-			if callErr != nil {
-				failed++
-			} else {
-				ok++
-			}
-			if storeErr != nil {
-				return ok, failed, storeErr
-			}
+			ids = append(ids, e.ID)
 		}
+		after = entries[len(entries)-1].ID
 	}
 }
