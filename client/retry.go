@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	mrand "math/rand/v2"
 	"slices"
@@ -33,6 +34,12 @@ import (
 // if the method is safe to repeat — idempotency_level NO_SIDE_EFFECTS or
 // IDEMPOTENT — or declares a retry policy, which asserts that the server
 // deduplicates repeated calls by their idempotency key.
+//
+// A server-streaming call follows the policy until its first response
+// message has been delivered (its one request is kept for the retries and
+// for the dead-letter queue); after that it is committed and not retried.
+// Client-streaming and bidi calls are retried only transparently, before
+// they reach the server: the policy does not apply to them.
 type RetryPolicy struct {
 	// MaxAttempts counts the first attempt too (default 3 for methods that
 	// are safe to repeat or declare a policy, 1 otherwise). Transparent
@@ -354,6 +361,9 @@ func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, s
 		LastCode:       uint32(e.Code()),
 		LastError:      e.Message(),
 		FirstAttempt:   started,
+		// The request of a server stream is kept as a unary one's is;
+		// replay reads its responses to the end.
+		ServerStreaming: call.Spec.StreamType == tether.StreamTypeServer,
 	}
 	// The caller's context may be over (deadline); the write must not be.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -419,6 +429,52 @@ func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte
 	return out, nil
 }
 
+// InvokeServerStreamRaw makes one server-streaming call with an already
+// encoded request and calls onResponse with each encoded response, until the
+// call ends; an error from onResponse cancels the call and is returned. It
+// implements dlq.StreamInvoker, for replaying dead-lettered server streams,
+// and is a replay as InvokeRaw is: through the interceptors with
+// Call.Replay set, one attempt, never dead-lettered again.
+func (c *Client) InvokeServerStreamRaw(ctx context.Context, procedure string, request []byte, md map[string][]string, onResponse func([]byte) error) error {
+	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeServer}}
+	co := &callOptions{replay: true}
+	call := co.newCall(m)
+	call.Replay = true
+	call.Header.Merge(tether.Metadata(md))
+	call.Header.Del(tether.MetadataAttempt)
+	ensureIdempotencyKey(call)
+	s, err := c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
+		return c.openServerStream(ctx, m, co, call)
+	})(ctx, call)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Send(rawMessage(request)); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if err := s.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		res := rawMessage(nil)
+		err := s.Receive(res)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		b, err := proto.Marshal(res)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal response: %v", err)
+		}
+		if err := onResponse(b); err != nil {
+			return err
+		}
+	}
+}
+
 // rawMessage returns a message whose encoding is exactly b: an empty message
 // holding b as unknown fields. It carries already encoded messages through
 // code written for proto.Message (interceptors) without decoding them.
@@ -430,4 +486,4 @@ func rawMessage(b []byte) *emptypb.Empty {
 	return m
 }
 
-var _ dlq.Invoker = (*Client)(nil)
+var _ dlq.StreamInvoker = (*Client)(nil)

@@ -22,12 +22,23 @@ type Invoker interface {
 	InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) (response []byte, err error)
 }
 
+// StreamInvoker is an Invoker that can also replay server-streaming calls
+// (entries with ServerStreaming set). The client package implements it.
+type StreamInvoker interface {
+	Invoker
+	// InvokeServerStreamRaw sends one server-streaming call and reads its
+	// responses to the end, calling onResponse for each. It returns the
+	// call's error, nil when it ended cleanly.
+	InvokeServerStreamRaw(ctx context.Context, procedure string, request []byte, md map[string][]string, onResponse func([]byte) error) error
+}
+
 // Replay sends the entry with the given ID again through inv, with its
 // original metadata and, under IdempotencyKeyHeader, its original
 // idempotency key.
 //
 // When the call succeeds, Replay deletes the entry and returns the
-// response. When it fails, Replay keeps the entry, increments its Replays,
+// response (nil for a server-streaming entry: its responses are read to the
+// end and dropped). When it fails, Replay keeps the entry, increments its Replays,
 // sets LastReplay and LastReplayError, and returns the call's error wrapped
 // (so tether.CodeOf still finds its code). The bookkeeping is written even if
 // ctx has ended, since a timeout is a common reason for the failure. An
@@ -52,7 +63,11 @@ func Replay(ctx context.Context, s Store, inv Invoker, id string) (response []by
 // replay makes the call for e and does the bookkeeping. callErr is the
 // call's error; storeErr is an error recording the outcome in the store.
 func replay(ctx context.Context, s Store, inv Invoker, e *Entry) (res []byte, callErr, storeErr error) {
-	res, callErr = inv.InvokeRaw(ctx, e.Procedure, e.Request, replayMetadata(e))
+	if e.ServerStreaming {
+		callErr = replayStream(ctx, inv, e)
+	} else {
+		res, callErr = inv.InvokeRaw(ctx, e.Procedure, e.Request, replayMetadata(e))
+	}
 	// Record the outcome even when ctx is what made the call fail.
 	bg := context.WithoutCancel(ctx)
 	if callErr == nil {
@@ -68,6 +83,15 @@ func replay(ctx context.Context, s Store, inv Invoker, e *Entry) (res []byte, ca
 		storeErr = fmt.Errorf("dlq: replay of %s failed and the failure could not be recorded: %w", e.ID, err)
 	}
 	return nil, callErr, storeErr
+}
+
+// replayStream replays a server-streaming entry, dropping its responses.
+func replayStream(ctx context.Context, inv Invoker, e *Entry) error {
+	si, ok := inv.(StreamInvoker)
+	if !ok {
+		return fmt.Errorf("dlq: entry %s is a server-streaming call, and this Invoker (%T) cannot replay streams", e.ID, inv)
+	}
+	return si.InvokeServerStreamRaw(ctx, e.Procedure, e.Request, replayMetadata(e), func([]byte) error { return nil })
 }
 
 // replayMetadata returns a copy of e's metadata carrying e's idempotency key

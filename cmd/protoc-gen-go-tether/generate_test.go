@@ -221,6 +221,8 @@ func TestCompilerVersionInHeader(t *testing.T) {
 func TestInvalidRetryPolicies(t *testing.T) {
 	wantErrors := map[string]string{
 		"bad_nanos.proto":           "initial_backoff {seconds: 1, nanos: -5} is not a valid google.protobuf.Duration",
+		"bidi_retry.proto":          "not supported on bidi-streaming method Sync: " + streamRetryReason,
+		"client_stream_retry.proto": "not supported on client-streaming method Upload: " + streamRetryReason,
 		"duplicate_code.proto":      "retryable_codes: CODE_UNAVAILABLE is listed twice",
 		"huge_attempts.proto":       "max_attempts 4294967295 is too large",
 		"huge_backoff.proto":        "max_backoff {seconds: 315576000000} is longer than a time.Duration holds",

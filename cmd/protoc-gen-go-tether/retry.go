@@ -109,6 +109,10 @@ func checkRetryExtension(xd protoreflect.ExtensionDescriptor) error {
 	return nil
 }
 
+// streamRetryReason says why client-streaming and bidi methods take no
+// retry policy.
+const streamRetryReason = "tether retries unary and server-streaming calls only; the requests of a client or bidi stream are sent as the application makes them and cannot be re-sent, nor a live stream parked in the dead-letter queue (remove the option)"
+
 // policy returns m's retry policy, or nil if it declares none.
 func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 	if r.ext == nil {
@@ -127,6 +131,14 @@ func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 	xd := r.ext.TypeDescriptor()
 	if !opts.ProtoReflect().Has(xd) {
 		return nil, nil
+	}
+	if m.Desc.IsStreamingClient() {
+		kind := "client-streaming"
+		if m.Desc.IsStreamingServer() {
+			kind = "bidi-streaming"
+		}
+		return nil, fmt.Errorf("%s: option (%s): not supported on %s method %s: %s",
+			m.Desc.FullName(), retryExtension, kind, m.Desc.Name(), streamRetryReason)
 	}
 	p := new(retryPolicy)
 	msg := opts.ProtoReflect().Get(xd).Message()
