@@ -190,8 +190,8 @@ func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (S
 	call := co.newCall(m)
 	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
-		if m.Spec.StreamType == tether.StreamTypeServer {
-			return c.openServerStream(ctx, m, co, call) // retried per policy: streamretry.go
+		if p := c.policyFor(m, co); streamRetries(m.Spec.StreamType, p) {
+			return c.openRetryStream(ctx, m, co, call, p) // retried per policy: streamretry.go
 		}
 		for try := 0; ; try++ {
 			s, _, err := c.openStream(ctx, co, call, nil, false)

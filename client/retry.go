@@ -35,11 +35,11 @@ import (
 // IDEMPOTENT — or declares a retry policy, which asserts that the server
 // deduplicates repeated calls by their idempotency key.
 //
-// A server-streaming call follows the policy until its first response
-// message has been delivered (its one request is kept for the retries and
-// for the dead-letter queue); after that it is committed and not retried.
-// Client-streaming and bidi calls are retried only transparently, before
-// they reach the server: the policy does not apply to them.
+// Streaming calls follow the policy until their first response message has
+// been delivered; after that they are committed and not retried. A
+// server-streaming call keeps its one request for the retries and for the
+// dead-letter queue; a client-streaming or bidi call keeps up to
+// RetryBufferSize bytes of the requests it sent, and is committed past that.
 type RetryPolicy struct {
 	// MaxAttempts counts the first attempt too (default 3 for methods that
 	// are safe to repeat or declare a policy, 1 otherwise). Transparent
@@ -60,7 +60,9 @@ type RetryPolicy struct {
 	RetryableCodes []tether.Code
 	// DeadLetter parks a call that still failed to be delivered after its
 	// attempts in the client's dead-letter queue (WithDeadLetterQueue); the
-	// caller's error then satisfies errors.Is(err, ErrDeadLettered).
+	// caller's error then satisfies errors.Is(err, ErrDeadLettered). It
+	// applies to unary and server-streaming calls (one that failed before
+	// its first response): a client-streaming or bidi call is never parked.
 	DeadLetter bool
 }
 
@@ -444,7 +446,7 @@ func (c *Client) InvokeServerStreamRaw(ctx context.Context, procedure string, re
 	call.Header.Del(tether.MetadataAttempt)
 	ensureIdempotencyKey(call)
 	s, err := c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
-		return c.openServerStream(ctx, m, co, call)
+		return c.openRetryStream(ctx, m, co, call, c.policyFor(m, co))
 	})(ctx, call)
 	if err != nil {
 		return err

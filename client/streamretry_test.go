@@ -3,7 +3,9 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,4 +170,194 @@ func (h *failAfterOne) Countdown(ctx context.Context, req *echov1.CountdownReque
 		return err
 	}
 	return tether.Errorf(tether.CodeUnavailable, "gone after one")
+}
+
+// flakyCollect fails the first failFirst Collect calls with unavailable:
+// with early set, at once, before reading any request; otherwise after
+// reading them all. It records what each call received.
+type flakyCollect struct {
+	echo.Handler
+	failFirst atomic.Int64
+	early     bool
+	calls     atomic.Int64
+	mu        sync.Mutex
+	got       [][]string
+}
+
+func (h *flakyCollect) Collect(ctx context.Context, stream *server.ClientStream[echov1.CollectRequest]) (*echov1.CollectResponse, error) {
+	n := h.calls.Add(1)
+	fail := n <= h.failFirst.Load()
+	if fail && h.early {
+		return nil, tether.Errorf(tether.CodeUnavailable, "not yet (call %d)", n)
+	}
+	var texts []string
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		texts = append(texts, req.GetText())
+	}
+	h.mu.Lock()
+	h.got = append(h.got, texts)
+	h.mu.Unlock()
+	if fail {
+		return nil, tether.Errorf(tether.CodeUnavailable, "not yet (call %d)", n)
+	}
+	return &echov1.CollectResponse{Joined: strings.Join(texts, " "), Count: uint32(len(texts))}, nil
+}
+
+// collectWithRetry is Collect with a declared retry policy (no dead letter:
+// the generator refuses it on client streams).
+var collectWithRetry = &client.Method{
+	Spec:  tether.Spec{Procedure: echov1.EchoServiceCollectProcedure, StreamType: tether.StreamTypeClient},
+	Retry: &client.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond},
+}
+
+func collect(ctx context.Context, c *client.Client, texts ...string) (*echov1.CollectResponse, error) {
+	return collectPaced(ctx, c, 0, texts...)
+}
+
+// collectPaced sends texts with a pause between them, so that an attempt
+// the server fails at once ends while the client is still sending.
+func collectPaced(ctx context.Context, c *client.Client, pause time.Duration, texts ...string) (*echov1.CollectResponse, error) {
+	s, err := client.CallClientStream[echov1.CollectRequest, echov1.CollectResponse](ctx, c, collectWithRetry)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	for _, t := range texts {
+		time.Sleep(pause)
+		if err := s.Send(&echov1.CollectRequest{Text: t}); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	return s.CloseAndReceive()
+}
+
+// TestClientStreamRetried (issue 10 item 22): a client stream with
+// max_attempts 3 whose server fails the first two attempts, after reading
+// every request or at once while the client is still sending, succeeds on
+// the third with every request re-sent in order.
+func TestClientStreamRetried(t *testing.T) {
+	for _, early := range []bool{false, true} {
+		t.Run(map[bool]string{false: "after_reading", true: "at_once"}[early], func(t *testing.T) {
+			h := &flakyCollect{early: early}
+			h.failFirst.Store(2)
+			url := startServer(t, h)
+			c := dial(t, url)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			texts := make([]string, 50)
+			for i := range texts {
+				texts[i] = fmt.Sprint("m", i)
+			}
+			var pause time.Duration
+			if early {
+				pause = time.Millisecond
+			}
+			res, err := collectPaced(ctx, c, pause, texts...)
+			if err != nil || res.GetJoined() != strings.Join(texts, " ") {
+				t.Fatalf("collect: %q, %v; want every message joined (handler ran %d times)", res.GetJoined(), err, h.calls.Load())
+			}
+			if n := h.calls.Load(); n != 3 {
+				t.Errorf("handler ran %d times, want 3", n)
+			}
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			for i, got := range h.got {
+				if i == len(h.got)-1 && len(got) != len(texts) {
+					t.Errorf("the successful attempt got %d requests, want %d", len(got), len(texts))
+				}
+			}
+		})
+	}
+}
+
+// TestClientStreamCommittedPastBuffer: a client stream that sent more than
+// RetryBufferSize is committed and not retried.
+func TestClientStreamCommittedPastBuffer(t *testing.T) {
+	h := &flakyCollect{}
+	h.failFirst.Store(2)
+	url := startServer(t, h)
+	c := dial(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	big := strings.Repeat("x", 64<<10)
+	texts := []string{big, big, big, big, big} // 320 KiB > 256 KiB
+	_, err := collect(ctx, c, texts...)
+	if tether.CodeOf(err) != tether.CodeUnavailable {
+		t.Fatalf("collect: %v, want unavailable (not retried)", err)
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+}
+
+// flakyChat fails the first failFirst Chat calls with unavailable after
+// reading one message and before answering.
+type flakyChat struct {
+	echo.Handler
+	failFirst atomic.Int64
+	calls     atomic.Int64
+}
+
+func (h *flakyChat) Chat(ctx context.Context, stream *server.BidiStream[echov1.ChatRequest, echov1.ChatResponse]) error {
+	n := h.calls.Add(1)
+	if n <= h.failFirst.Load() {
+		if _, err := stream.Receive(); err != nil {
+			return err
+		}
+		return tether.Errorf(tether.CodeUnavailable, "not yet (call %d)", n)
+	}
+	return h.Handler.Chat(ctx, stream)
+}
+
+// TestBidiStreamRetried (issue 10 item 22): a bidi call whose server fails
+// before its first response is retried with the messages sent so far; once
+// a response has arrived it is committed.
+func TestBidiStreamRetried(t *testing.T) {
+	h := &flakyChat{}
+	h.failFirst.Store(2)
+	url := startServer(t, h)
+	c := dial(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m := &client.Method{
+		Spec:  tether.Spec{Procedure: echov1.EchoServiceChatProcedure, StreamType: tether.StreamTypeBidi},
+		Retry: &client.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond},
+	}
+	s, err := client.CallBidiStream[echov1.ChatRequest, echov1.ChatResponse](ctx, c, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Send(&echov1.ChatRequest{Text: "a"}); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	res, err := s.Receive()
+	if err != nil || res.GetText() != "echo: a" {
+		t.Fatalf("first response: %v, %v; want \"echo: a\" after 2 retries (handler ran %d times)", res, err, h.calls.Load())
+	}
+	if err := s.Send(&echov1.ChatRequest{Text: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.Receive()
+	if err != nil || res.GetText() != "echo: b" {
+		t.Fatalf("second response: %v, %v", res, err)
+	}
+	if _, err := s.Receive(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v, want io.EOF", err)
+	}
+	if n := h.calls.Load(); n != 3 {
+		t.Errorf("handler ran %d times, want 3", n)
+	}
 }

@@ -59,3 +59,51 @@ func TestReplayAllSkipsEntriesDeletedMeanwhile(t *testing.T) {
 		}
 	})
 }
+
+// TestReplayServerStreamNeedsStreamInvoker: a server-streaming entry is
+// replayed through a StreamInvoker, and survives, with the failure
+// recorded, an Invoker that cannot replay streams; its flag survives the
+// store's encoding.
+func TestReplayServerStreamNeedsStreamInvoker(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s Store) {
+		ctx := context.Background()
+		e := sampleEntry("/echo.v1.EchoService/Countdown")
+		e.ServerStreaming = true
+		id, err := s.Put(ctx, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Get(ctx, id); err != nil || !got.ServerStreaming {
+			t.Fatalf("stored entry: %+v, %v; want ServerStreaming", got, err)
+		}
+		unary := &fakeInvoker{}
+		if _, err := Replay(ctx, s, unary, id); err == nil || len(unary.calls) != 0 {
+			t.Fatalf("replay through a unary Invoker: %v after %d calls, want an error and no call", err, len(unary.calls))
+		}
+		if got, _ := s.Get(ctx, id); got.Replays != 1 {
+			t.Errorf("failure not recorded: %+v", got)
+		}
+		inv := &streamInvoker{}
+		if _, err := Replay(ctx, s, inv, id); err != nil || inv.calls != 1 {
+			t.Fatalf("replay through a StreamInvoker: %v after %d calls", err, inv.calls)
+		}
+		if n, _ := s.Len(ctx); n != 0 {
+			t.Errorf("%d entries left", n)
+		}
+	})
+}
+
+type streamInvoker struct {
+	fakeInvoker
+	calls int
+}
+
+func (f *streamInvoker) InvokeServerStreamRaw(ctx context.Context, procedure string, request []byte, md map[string][]string, onResponse func([]byte) error) error {
+	f.calls++
+	for range 3 {
+		if err := onResponse([]byte("r")); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -109,9 +109,9 @@ func checkRetryExtension(xd protoreflect.ExtensionDescriptor) error {
 	return nil
 }
 
-// streamRetryReason says why client-streaming and bidi methods take no
-// retry policy.
-const streamRetryReason = "tether retries unary and server-streaming calls only; the requests of a client or bidi stream are sent as the application makes them and cannot be re-sent, nor a live stream parked in the dead-letter queue (remove the option)"
+// streamDeadLetterReason says why client-streaming and bidi methods cannot
+// be dead-lettered.
+const streamDeadLetterReason = "a live stream of requests, sent as the application makes them, cannot be parked in the dead-letter queue and replayed later (tether retries such a call before its first response, within the client's retry buffer; remove dead_letter)"
 
 // policy returns m's retry policy, or nil if it declares none.
 func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
@@ -132,14 +132,6 @@ func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 	if !opts.ProtoReflect().Has(xd) {
 		return nil, nil
 	}
-	if m.Desc.IsStreamingClient() {
-		kind := "client-streaming"
-		if m.Desc.IsStreamingServer() {
-			kind = "bidi-streaming"
-		}
-		return nil, fmt.Errorf("%s: option (%s): not supported on %s method %s: %s",
-			m.Desc.FullName(), retryExtension, kind, m.Desc.Name(), streamRetryReason)
-	}
 	p := new(retryPolicy)
 	msg := opts.ProtoReflect().Get(xd).Message()
 	fields := msg.Descriptor().Fields()
@@ -149,6 +141,14 @@ func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 				return nil, fmt.Errorf("%s: option (%s): %v", m.Desc.FullName(), retryExtension, err)
 			}
 		}
+	}
+	if p.deadLetter && m.Desc.IsStreamingClient() {
+		kind := "client-streaming"
+		if m.Desc.IsStreamingServer() {
+			kind = "bidi-streaming"
+		}
+		return nil, fmt.Errorf("%s: option (%s): dead_letter is not supported on %s method %s: %s",
+			m.Desc.FullName(), retryExtension, kind, m.Desc.Name(), streamDeadLetterReason)
 	}
 	if p.initialBackoff != 0 && p.maxBackoff != 0 && p.maxBackoff < p.initialBackoff {
 		return nil, fmt.Errorf("%s: option (%s): max_backoff %v is less than initial_backoff %v",

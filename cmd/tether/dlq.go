@@ -267,6 +267,9 @@ func writeEntry(w io.Writer, e *dlq.Entry) error {
 	}
 	fmt.Fprintf(tw, "ID:\t%s\n", e.ID)
 	fmt.Fprintf(tw, "Procedure:\t%s\n", e.Procedure)
+	if e.ServerStreaming {
+		fmt.Fprintf(tw, "Call:\tserver-streaming (replay reads the responses to the end)\n")
+	}
 	fmt.Fprintf(tw, "Idempotency key:\t%s\n", orNone(e.IdempotencyKey))
 	fmt.Fprintf(tw, "Attempts:\t%d\n", e.Attempts)
 	fmt.Fprintf(tw, "Last code:\t%s (%d)\n", tether.Code(e.LastCode), e.LastCode)
@@ -545,6 +548,7 @@ func dlqPurge(args []string, stdout, stderr io.Writer) int {
 type jsonEntry struct {
 	ID              string              `json:"id"`
 	Procedure       string              `json:"procedure"`
+	ServerStreaming bool                `json:"server_streaming,omitempty"`
 	IdempotencyKey  string              `json:"idempotency_key,omitempty"`
 	Attempts        int                 `json:"attempts"`
 	LastCode        uint32              `json:"last_code"`
@@ -564,6 +568,7 @@ func toJSON(e *dlq.Entry) jsonEntry {
 	return jsonEntry{
 		ID:              e.ID,
 		Procedure:       e.Procedure,
+		ServerStreaming: e.ServerStreaming,
 		IdempotencyKey:  e.IdempotencyKey,
 		Attempts:        e.Attempts,
 		LastCode:        e.LastCode,
