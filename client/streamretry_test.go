@@ -361,3 +361,44 @@ func TestBidiStreamRetried(t *testing.T) {
 		t.Errorf("handler ran %d times, want 3", n)
 	}
 }
+
+// TestStreamRetryStopsOnClose: Close during a retry's backoff ends the call
+// at once with canceled, and a canceled call is not dead-lettered.
+func TestStreamRetryStopsOnClose(t *testing.T) {
+	h := &flakyCountdown{}
+	h.failFirst.Store(-1)
+	url := startServer(t, h)
+	store := dlq.NewMemoryStore()
+	defer store.Close()
+	c := dial(t, url, client.WithDeadLetterQueue(store))
+	m := &client.Method{
+		Spec:  countdownWithRetry.Spec,
+		Retry: &client.RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Hour, MaxBackoff: time.Hour, DeadLetter: true},
+	}
+	// No deadline: a backoff past the deadline would end the call at once.
+	ctx := context.Background()
+	s, err := client.CallServerStream[echov1.CountdownRequest, echov1.CountdownResponse](ctx, c, m, &echov1.CountdownRequest{Count: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Receive()
+		done <- err
+	}()
+	for h.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	s.Close()
+	select {
+	case err := <-done:
+		if errors.Is(err, client.ErrDeadLettered) || err == nil {
+			t.Errorf("Receive after Close: %v, want the call's error, not a dead letter", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Receive still waiting 20s after Close")
+	}
+	if n, _ := store.Len(context.Background()); n != 0 {
+		t.Errorf("%d entries parked for a closed call", n)
+	}
+}
