@@ -277,6 +277,9 @@ func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (S
 	call := co.newCall(m)
 	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
+		if p := c.policyFor(m, co); streamRetries(m.Spec.StreamType, p) {
+			return c.openRetryStream(ctx, m, co, call, p) // retried per policy: streamretry.go
+		}
 		for try := 0; ; try++ {
 			s, _, err := c.openStream(ctx, co, call, nil, false)
 			if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {

@@ -18,6 +18,12 @@ type Call struct {
 	// ResponseHeader and ResponseTrailer are filled in when a unary call
 	// returns.
 	ResponseHeader, ResponseTrailer tether.Metadata
+	// Replay is true for the replay of a dead-lettered call (InvokeRaw, as
+	// used by dlq.Replay and `tether dlq replay`). Its req and res are
+	// *emptypb.Empty values whose unknown fields hold the encoded request
+	// and response: proto.Size and proto.Marshal give the bytes on the
+	// wire. A replay is one attempt and is never dead-lettered again.
+	Replay bool
 
 	sent int64 // times a unary call's request was written to a connection
 }

@@ -148,6 +148,9 @@ type callOptions struct {
 	failFast    bool
 	retry       *RetryPolicy
 	noRetry     bool
+	// replay: the call replays a dead letter (InvokeRaw): one attempt,
+	// never dead-lettered again.
+	replay bool
 }
 
 // WithHeader adds request metadata to the call.
