@@ -2,10 +2,11 @@
 // handlers and clients for the services in .proto files.
 //
 // For each file that defines services it writes name_tether.pb.go next to
-// the name.pb.go that protoc-gen-go writes, in the same Go package. For a
-// service Foo in package pkg the file holds:
+// the name.pb.go that protoc-gen-go writes, in the same Go package (or, with
+// the package_suffix option, in a package of its own beside it). For a
+// service Foo with a method Bar the file holds:
 //
-//   - FooServiceName and one FooBarProcedure constant per method;
+//   - FooName and one FooBarProcedure constant per method;
 //   - FooHandler, the interface a server implements, with
 //     UnimplementedFooHandler to embed in implementations and
 //     RegisterFooHandler to serve one on a *server.Server;
