@@ -126,7 +126,10 @@ var (
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceUploadCoverProcedure,
 			StreamType:       tether.StreamTypeClient,
-			IdempotencyLevel: tether.IdempotencyUnknown,
+			IdempotencyLevel: tether.IdempotencyIdempotent,
+		},
+		Retry: &client.RetryPolicy{
+			MaxAttempts: 4,
 		},
 	}
 
@@ -135,6 +138,10 @@ var (
 			Procedure:        LibraryServiceSyncBooksProcedure,
 			StreamType:       tether.StreamTypeBidi,
 			IdempotencyLevel: tether.IdempotencyUnknown,
+		},
+		Retry: &client.RetryPolicy{
+			MaxAttempts:    2,
+			RetryableCodes: []tether.Code{tether.CodeUnavailable, tether.CodeAborted},
 		},
 	}
 
@@ -173,7 +180,9 @@ type LibraryServiceHandler interface {
 	// WatchBooks streams every change to the library.
 	WatchBooks(ctx context.Context, req *WatchBooksRequest, stream *server.ServerStream[Book]) error
 
-	// UploadCover receives a cover image in chunks.
+	// UploadCover receives a cover image in chunks. It is retried before its
+	// response, with the chunks sent so far (within the client's retry
+	// buffer).
 	UploadCover(ctx context.Context, stream *server.ClientStream[v1.Chunk]) (*v1.Ack, error)
 
 	// SyncBooks exchanges changes in both directions.
@@ -277,7 +286,9 @@ type LibraryServiceClient interface {
 	// WatchBooks streams every change to the library.
 	WatchBooks(ctx context.Context, req *WatchBooksRequest, opts ...client.CallOption) (*client.ServerStream[Book], error)
 
-	// UploadCover receives a cover image in chunks.
+	// UploadCover receives a cover image in chunks. It is retried before its
+	// response, with the chunks sent so far (within the client's retry
+	// buffer).
 	UploadCover(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[v1.Chunk, v1.Ack], error)
 
 	// SyncBooks exchanges changes in both directions.
