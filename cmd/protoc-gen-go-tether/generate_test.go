@@ -163,6 +163,15 @@ func TestGoldenFiles(t *testing.T) {
 		names = append(names, f.GetName())
 	}
 	want := []string{
+		"tethertest/edge/deprecated/v1/deprecated_tether.pb.go",
+		"tethertest/edge/empty/v1/empty_tether.pb.go",
+		"tethertest/edge/importnames/v1/importnames_tether.pb.go",
+		"tethertest/edge/initialisms/v1/initialisms_tether.pb.go",
+		"tethertest/edge/messagenames/v1/messagenames_tether.pb.go",
+		"tethertest/edge/runtogether/v1/runtogether_tether.pb.go",
+		"tethertest/edge/twopackages/a/echo_a_tether.pb.go",
+		"tethertest/edge/twopackages/b/echo_b_tether.pb.go",
+		"tethertest/edge/unimplemented/v1/unimplemented_tether.pb.go",
 		"tethertest/editions/v1/editions_tether.pb.go",
 		"tethertest/v1/library_tether.pb.go",
 	}
