@@ -1,0 +1,145 @@
+package interop
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	iterations = flag.Int("interop.iterations", 20, "how many times TestInterop runs the whole set of cases, stress included")
+	caseFilter = flag.String("interop.cases", "", "regular expression selecting the cases TestInterop runs (default all)")
+	stressN    = flag.Int("interop.stress", 200, "goroutines of the stress case, each running one case per iteration over the shared client (0 to skip)")
+	watchdog   = flag.Duration("interop.watchdog", time.Minute, "a case still running after this long is canceled and reported as hung")
+)
+
+// timeoutOnSleepingServerTimeout is the call timeout of
+// timeout_on_sleeping_server, as in gRPC's description.
+const timeoutOnSleepingServerTimeout = time.Millisecond
+
+// maxReported bounds the failures TestInterop prints per case; the summary
+// counts them all.
+const maxReported = 5
+
+var errWatchdog = errors.New("interop: the case hung")
+
+// runCase runs c with a watchdog: the calls carry no deadline (except where
+// the case sets one), so a call that never ends would otherwise hang the
+// test instead of failing the case.
+func runCase(parent context.Context, e *env, c interopCase) error {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	t := time.AfterFunc(*watchdog, func() { cancel(errWatchdog) })
+	defer t.Stop()
+	err := c.run(ctx, e)
+	if err != nil && errors.Is(context.Cause(ctx), errWatchdog) {
+		err = fmt.Errorf("%w (hung: still running after %v)", err, *watchdog)
+	}
+	return err
+}
+
+// failures counts and reports the failures of a run.
+type failures struct {
+	t      *testing.T
+	mu     sync.Mutex
+	counts map[string]int // by case ("stress/<case>" in the stress case)
+	iters  map[string]int // iterations with at least one failure, by case
+	last   map[string]int // the last iteration counted in iters
+}
+
+func (f *failures) add(iter int, name string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.counts[name]++
+	if f.last[name] != iter {
+		f.last[name] = iter
+		f.iters[name]++
+	}
+	if f.counts[name] <= maxReported {
+		f.t.Errorf("iteration %d/%d: %s: %v", iter, *iterations, name, err)
+	} else if f.counts[name] == maxReported+1 {
+		f.t.Errorf("iteration %d/%d: %s: more failures; only counting them from now on", iter, *iterations, name)
+	}
+}
+
+func (f *failures) summary(total map[string]int) string {
+	names := make([]string, 0, len(f.counts))
+	for name := range f.counts {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, name := range names {
+		fmt.Fprintf(&b, "\n  %-40s failed %d of %d runs, in %d of %d iterations", name, f.counts[name], total[name], f.iters[name], *iterations)
+	}
+	return b.String()
+}
+
+// TestInterop runs the interop cases -interop.iterations times over one
+// client and one server, each iteration the cases in order and then the
+// stress case: -interop.stress goroutines, each running one of the cases at
+// the same time as the others over the same client.
+//
+// A failure names the case and the iteration; the summary at the end says
+// how often each case failed.
+func TestInterop(t *testing.T) {
+	selected := cases
+	if *caseFilter != "" {
+		re, err := regexp.Compile(*caseFilter)
+		if err != nil {
+			t.Fatalf("-interop.cases: %v", err)
+		}
+		selected = nil
+		for _, c := range cases {
+			if re.MatchString(c.name) {
+				selected = append(selected, c)
+			}
+		}
+		if len(selected) == 0 {
+			t.Fatalf("-interop.cases %q selects no case", *caseFilter)
+		}
+	}
+	e := newEnv(t)
+	ctx := t.Context()
+	f := &failures{t: t, counts: map[string]int{}, iters: map[string]int{}, last: map[string]int{}}
+	runs := map[string]int{}
+	start := time.Now()
+	for iter := 1; iter <= *iterations; iter++ {
+		for _, c := range selected {
+			runs[c.name]++
+			if err := runCase(ctx, e, c); err != nil {
+				f.add(iter, c.name, err)
+			}
+		}
+		if *stressN <= 0 {
+			continue
+		}
+		var wg sync.WaitGroup
+		for g := range *stressN {
+			c := selected[(g+iter)%len(selected)]
+			name := "stress/" + c.name
+			runs[name]++
+			wg.Go(func() {
+				if err := runCase(ctx, e, c); err != nil {
+					f.add(iter, name, fmt.Errorf("goroutine %d: %w", g, err))
+				}
+			})
+		}
+		wg.Wait()
+	}
+	total := 0
+	for _, n := range runs {
+		total += n
+	}
+	t.Logf("%d iterations, %d case runs (%d cases, %d stress goroutines) in %v", *iterations, total, len(selected), *stressN, time.Since(start).Round(time.Millisecond))
+	if t.Failed() {
+		t.Logf("failures:%s", f.summary(runs))
+	}
+}
