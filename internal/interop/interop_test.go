@@ -110,13 +110,16 @@ func TestInterop(t *testing.T) {
 	ctx := t.Context()
 	f := &failures{t: t, counts: map[string]int{}, iters: map[string]int{}, last: map[string]int{}}
 	runs := map[string]int{}
+	slowest := map[string]time.Duration{} // serial runs only
 	start := time.Now()
 	for iter := 1; iter <= *iterations; iter++ {
 		for _, c := range selected {
 			runs[c.name]++
+			t0 := time.Now()
 			if err := runCase(ctx, e, c); err != nil {
 				f.add(iter, c.name, err)
 			}
+			slowest[c.name] = max(slowest[c.name], time.Since(t0))
 		}
 		if *stressN <= 0 {
 			continue
@@ -139,6 +142,9 @@ func TestInterop(t *testing.T) {
 		total += n
 	}
 	t.Logf("%d iterations, %d case runs (%d cases, %d stress goroutines) in %v", *iterations, total, len(selected), *stressN, time.Since(start).Round(time.Millisecond))
+	for _, c := range selected {
+		t.Logf("  %-40s slowest serial run %v", c.name, slowest[c.name].Round(time.Microsecond))
+	}
 	if t.Failed() {
 		t.Logf("failures:%s", f.summary(runs))
 	}
