@@ -36,6 +36,7 @@ var cases = []interopCase{
 	{"unimplemented_method", unimplementedMethod},
 	{"unimplemented_service", unimplementedService},
 	{"cancel_after_begin", cancelAfterBegin},
+	{"cancel_after_begin_in_handler", cancelAfterBeginInHandler},
 	{"cancel_after_first_response", cancelAfterFirstResponse},
 	{"timeout_on_sleeping_server", timeoutOnSleepingServer},
 }
@@ -356,14 +357,35 @@ func unimplementedService(ctx context.Context, e *env) error {
 	return checkCode("UnimplementedService.UnimplementedCall", err, tether.CodeUnimplemented)
 }
 
-// cancelAfterBegin: a client-streaming call canceled before any message
-// ends with canceled, for the caller and for the handler.
+// cancelAfterBegin: a client-streaming call canceled as soon as it has
+// started, before any message, ends with canceled; as gRPC's Go client does,
+// it cancels and then calls CloseAndReceive.
 //
-// gRPC's client cancels as soon as the call has started; this one first
-// waits until the handler runs, so that the handler's outcome is always
-// there to check. Then, as gRPC's Go client does, it cancels and calls
-// CloseAndReceive.
+// The handler may or may not run (the cancellation can overtake the call's
+// OPEN): if it runs, it must end with canceled too. That is checked once the
+// server has closed, when every handler has returned (tracker.checkEnd).
 func cancelAfterBegin(ctx context.Context, e *env) error {
+	rec := e.calls.track() // not forgotten: the handler may start after the case
+	e.calls.checkAtEnd(ctx, rec, tether.CodeCanceled)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := e.test.StreamingInputCall(cctx, rec.header())
+	if err != nil {
+		return fmt.Errorf("StreamingInputCall: %w", err)
+	}
+	defer stream.Close()
+	cancel()
+	res, err := stream.CloseAndReceive()
+	if err == nil {
+		return fmt.Errorf("CloseAndReceive after cancel: succeeded (aggregated_payload_size %d), want canceled", res.GetAggregatedPayloadSize())
+	}
+	return checkCode("CloseAndReceive after cancel", err, tether.CodeCanceled)
+}
+
+// cancelAfterBeginInHandler is cancelAfterBegin, canceled once the handler
+// runs: then the handler's outcome is always there to check, at once. It
+// ends with canceled, for the caller and for the handler.
+func cancelAfterBeginInHandler(ctx context.Context, e *env) error {
 	rec := e.calls.track()
 	defer e.calls.forget(rec)
 	cctx, cancel := context.WithCancel(ctx)

@@ -27,6 +27,8 @@ type env struct {
 	unimpl interopv1.UnimplementedServiceClient
 	// calls records what the server's handlers did with tracked calls.
 	calls *tracker
+	// close closes the client and the server, and waits for the handlers.
+	close func()
 }
 
 func newEnv(t *testing.T) *env {
@@ -41,16 +43,18 @@ func newEnv(t *testing.T) *env {
 		hs.Close()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cli.Close()
-		_ = srv.Close()
-		hs.Close()
-	})
-	return &env{
+	e := &env{
 		test:   interopv1.NewTestServiceClient(cli),
 		unimpl: interopv1.NewUnimplementedServiceClient(cli),
 		calls:  tr,
 	}
+	e.close = sync.OnceFunc(func() {
+		_ = cli.Close()
+		_ = srv.Close() // returns once every handler has returned
+		hs.Close()
+	})
+	t.Cleanup(e.close)
+	return e
 }
 
 // callIDKey is the request metadata key that names a tracked call.
@@ -63,6 +67,16 @@ type tracker struct {
 	mu    sync.Mutex
 	next  uint64
 	calls map[string]*handlerRecord
+	atEnd []endCheck
+}
+
+// endCheck is a check of a handler's outcome made once the server has
+// closed, when every handler that ever started has returned: for calls whose
+// handler may or may not run.
+type endCheck struct {
+	label caseLabel
+	rec   *handlerRecord
+	want  tether.Code
 }
 
 // handlerRecord is what the handler of one tracked call did.
@@ -88,6 +102,52 @@ func (t *tracker) track() *handlerRecord {
 	}
 	t.calls[rec.id] = rec
 	return rec
+}
+
+// checkAtEnd asks for rec's handler, if it ran, to be checked for code want
+// at the end of the test, after the server has closed (see checkEnd).
+func (t *tracker) checkAtEnd(ctx context.Context, rec *handlerRecord, want tether.Code) {
+	label, _ := ctx.Value(labelKey{}).(caseLabel)
+	t.mu.Lock()
+	t.atEnd = append(t.atEnd, endCheck{label: label, rec: rec, want: want})
+	t.mu.Unlock()
+}
+
+// checkEnd makes the checks checkAtEnd asked for; call it after env.close.
+// It returns the failures by label, and how many handlers ran.
+func (t *tracker) checkEnd() (failed map[caseLabel][]error, ran int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	failed = map[caseLabel][]error{}
+	for _, c := range t.atEnd {
+		select {
+		case <-c.rec.done:
+		default:
+			if c.rec.runs.Load() == 0 {
+				continue // the OPEN never reached the server
+			}
+			failed[c.label] = append(failed[c.label], errors.New("the server handler is still running after the server closed"))
+			continue
+		}
+		ran++
+		if n := c.rec.runs.Load(); n != 1 {
+			failed[c.label] = append(failed[c.label], fmt.Errorf("the server handler ran %d times, want at most once", n))
+		}
+		if got := tether.CodeOf(c.rec.err); got != c.want {
+			failed[c.label] = append(failed[c.label], fmt.Errorf("the server handler returned %s (%v; its context: %v), want %s", got, c.rec.err, c.rec.cause, c.want))
+		}
+	}
+	return failed, ran
+}
+
+// labelKey is the context key of the caseLabel of the case running under
+// the context.
+type labelKey struct{}
+
+// caseLabel names one run of a case.
+type caseLabel struct {
+	iter int
+	name string // "stress/<case>" in the stress case
 }
 
 func (t *tracker) forget(rec *handlerRecord) {

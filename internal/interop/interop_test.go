@@ -33,8 +33,8 @@ var errWatchdog = errors.New("interop: the case hung")
 // runCase runs c with a watchdog: the calls carry no deadline (except where
 // the case sets one), so a call that never ends would otherwise hang the
 // test instead of failing the case.
-func runCase(parent context.Context, e *env, c interopCase) error {
-	ctx, cancel := context.WithCancelCause(parent)
+func runCase(parent context.Context, e *env, c interopCase, label caseLabel) error {
+	ctx, cancel := context.WithCancelCause(context.WithValue(parent, labelKey{}, label))
 	defer cancel(nil)
 	t := time.AfterFunc(*watchdog, func() { cancel(errWatchdog) })
 	defer t.Stop()
@@ -49,19 +49,18 @@ func runCase(parent context.Context, e *env, c interopCase) error {
 type failures struct {
 	t      *testing.T
 	mu     sync.Mutex
-	counts map[string]int // by case ("stress/<case>" in the stress case)
-	iters  map[string]int // iterations with at least one failure, by case
-	last   map[string]int // the last iteration counted in iters
+	counts map[string]int          // by case ("stress/<case>" in the stress case)
+	iters  map[string]map[int]bool // iterations with at least one failure, by case
 }
 
 func (f *failures) add(iter int, name string, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.counts[name]++
-	if f.last[name] != iter {
-		f.last[name] = iter
-		f.iters[name]++
+	if f.iters[name] == nil {
+		f.iters[name] = map[int]bool{}
 	}
+	f.iters[name][iter] = true
 	if f.counts[name] <= maxReported {
 		f.t.Errorf("iteration %d/%d: %s: %v", iter, *iterations, name, err)
 	} else if f.counts[name] == maxReported+1 {
@@ -77,7 +76,7 @@ func (f *failures) summary(total map[string]int) string {
 	sort.Strings(names)
 	var b strings.Builder
 	for _, name := range names {
-		fmt.Fprintf(&b, "\n  %-40s failed %d of %d runs, in %d of %d iterations", name, f.counts[name], total[name], f.iters[name], *iterations)
+		fmt.Fprintf(&b, "\n  %-40s failed %d of %d runs, in %d of %d iterations", name, f.counts[name], total[name], len(f.iters[name]), *iterations)
 	}
 	return b.String()
 }
@@ -108,7 +107,7 @@ func TestInterop(t *testing.T) {
 	}
 	e := newEnv(t)
 	ctx := t.Context()
-	f := &failures{t: t, counts: map[string]int{}, iters: map[string]int{}, last: map[string]int{}}
+	f := &failures{t: t, counts: map[string]int{}, iters: map[string]map[int]bool{}}
 	runs := map[string]int{}
 	slowest := map[string]time.Duration{} // serial runs only
 	start := time.Now()
@@ -116,7 +115,7 @@ func TestInterop(t *testing.T) {
 		for _, c := range selected {
 			runs[c.name]++
 			t0 := time.Now()
-			if err := runCase(ctx, e, c); err != nil {
+			if err := runCase(ctx, e, c, caseLabel{iter, c.name}); err != nil {
 				f.add(iter, c.name, err)
 			}
 			slowest[c.name] = max(slowest[c.name], time.Since(t0))
@@ -130,13 +129,33 @@ func TestInterop(t *testing.T) {
 			name := "stress/" + c.name
 			runs[name]++
 			wg.Go(func() {
-				if err := runCase(ctx, e, c); err != nil {
+				if err := runCase(ctx, e, c, caseLabel{iter, name}); err != nil {
 					f.add(iter, name, fmt.Errorf("goroutine %d: %w", g, err))
 				}
 			})
 		}
 		wg.Wait()
 	}
+	// The checks of handlers that may or may not have run, now that every
+	// handler has returned.
+	e.close()
+	endFailures, endRan := e.calls.checkEnd()
+	labels := make([]caseLabel, 0, len(endFailures))
+	for l := range endFailures {
+		labels = append(labels, l)
+	}
+	sort.Slice(labels, func(i, j int) bool {
+		if labels[i].iter != labels[j].iter {
+			return labels[i].iter < labels[j].iter
+		}
+		return labels[i].name < labels[j].name
+	})
+	for _, l := range labels {
+		for _, err := range endFailures[l] {
+			f.add(l.iter, l.name, fmt.Errorf("checked after the server closed: %w", err))
+		}
+	}
+	t.Logf("%d of %d handlers of cancel_after_begin calls ran (checked after the server closed)", endRan, runs["cancel_after_begin"]+runs["stress/cancel_after_begin"])
 	total := 0
 	for _, n := range runs {
 		total += n
