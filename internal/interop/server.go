@@ -4,7 +4,11 @@
 // grpc.testing.TestService, and, in its tests, the client cases with the
 // assertions gRPC's descriptions make.
 //
-// Run the cases many times under the race detector with
+// TestInterop runs every case -interop.iterations times (default 20, as in
+// CI), each time followed by a stress round of -interop.stress goroutines
+// (default 200) running the cases at once over the same client; a failure
+// names the case and the iteration, and a summary counts failures per case.
+// -interop.cases selects cases by regular expression. For a longer run:
 //
 //	go test -race -run TestInterop ./internal/interop -interop.iterations=200
 package interop
