@@ -13,6 +13,11 @@ import (
 	server "github.com/tetherrpc/tether/server"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // TestServiceName is the fully-qualified name of the
 // tether.testing.interop.v1.TestService service.
 const TestServiceName = "tether.testing.interop.v1.TestService"
@@ -112,6 +117,10 @@ var (
 // TestServiceHandler is the server side of the
 // tether.testing.interop.v1.TestService service. Serve an implementation with
 // [RegisterTestServiceHandler]; embed [UnimplementedTestServiceHandler] in it.
+//
+// TestService is the service the interop cases call. Its request and
+// response messages keep gRPC's names and shapes, which buf's naming rules
+// do not expect (see the exceptions in buf.yaml).
 type TestServiceHandler interface {
 	// EmptyCall answers an empty request with an empty response.
 	EmptyCall(ctx context.Context, req *Empty) (*Empty, error)
@@ -203,6 +212,10 @@ func RegisterTestServiceHandler(s *server.Server, h TestServiceHandler, opts ...
 
 // TestServiceClient is a client for the tether.testing.interop.v1.TestService
 // service. Create one with [NewTestServiceClient].
+//
+// TestService is the service the interop cases call. Its request and
+// response messages keep gRPC's names and shapes, which buf's naming rules
+// do not expect (see the exceptions in buf.yaml).
 type TestServiceClient interface {
 	// EmptyCall answers an empty request with an empty response.
 	EmptyCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error)
@@ -311,6 +324,9 @@ var (
 // tether.testing.interop.v1.UnimplementedService service. Serve an
 // implementation with [RegisterUnimplementedServiceHandler]; embed
 // [UnimplementedUnimplementedServiceHandler] in it.
+//
+// UnimplementedService is a service the interop server does not serve:
+// calling it must end with unimplemented.
 type UnimplementedServiceHandler interface {
 	// UnimplementedCall is not served.
 	UnimplementedCall(ctx context.Context, req *Empty) (*Empty, error)
@@ -342,6 +358,9 @@ func RegisterUnimplementedServiceHandler(s *server.Server, h UnimplementedServic
 // UnimplementedServiceClient is a client for the
 // tether.testing.interop.v1.UnimplementedService service. Create one with
 // [NewUnimplementedServiceClient].
+//
+// UnimplementedService is a service the interop server does not serve:
+// calling it must end with unimplemented.
 type UnimplementedServiceClient interface {
 	// UnimplementedCall is not served.
 	UnimplementedCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error)
