@@ -69,6 +69,7 @@ type Interceptor struct {
 	bytes int        // encoded size of the cached responses
 
 	hits, misses uint64
+	blocked      int // repeats waiting for a call that has not finished
 }
 
 type cacheKey struct{ principal, procedure, key string }
@@ -80,6 +81,8 @@ type entry struct {
 	done    chan struct{} // closed when the first call has finished
 	res     proto.Message
 	err     error
+	waiters int  // repeats waiting for done (guarded by mu)
+	closed  bool // done is closed or about to be (guarded by mu)
 }
 
 // New returns an idempotency interceptor.
@@ -123,29 +126,50 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 			return next(ctx, req)
 		}
 		key := cacheKey{principalKey(ci.Peer().Principal), ci.Spec().Procedure, k}
-		for {
-			e, first := i.claim(key)
-			if first {
-				res, err := next(ctx, req)
-				i.settle(e, res, err)
-				return res, err
-			}
-			select {
-			case <-e.done:
-			case <-ctx.Done():
-				return nil, tether.AsError(ctx.Err())
-			}
-			if e.res != nil || e.err != nil {
-				i.mu.Lock()
-				i.hits++
-				i.mu.Unlock()
-				if e.err != nil {
-					return nil, e.err
-				}
-				return proto.Clone(e.res), nil
-			}
-			// The first call ended transiently and was forgotten: run again.
+		return i.do(ctx, key, func() (proto.Message, error) { return next(ctx, req) })
+	}
+}
+
+// do runs the call identified by key: run is its handler.
+func (i *Interceptor) do(ctx context.Context, key cacheKey, run func() (proto.Message, error)) (proto.Message, error) {
+	for {
+		e, first := i.claim(key)
+		if first {
+			res, err := run()
+			i.settle(e, res, err)
+			return res, err
 		}
+		i.mu.Lock()
+		e.waiters++
+		if !e.closed {
+			i.blocked++
+		}
+		i.mu.Unlock()
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+		}
+		i.mu.Lock()
+		e.waiters--
+		if !e.closed {
+			i.blocked--
+		}
+		i.mu.Unlock()
+		select {
+		case <-e.done:
+		default:
+			return nil, tether.AsError(ctx.Err())
+		}
+		if e.res != nil || e.err != nil {
+			i.mu.Lock()
+			i.hits++
+			i.mu.Unlock()
+			if e.err != nil {
+				return nil, e.err
+			}
+			return proto.Clone(e.res), nil
+		}
+		// The first call ended transiently and was forgotten: run again.
 	}
 }
 
@@ -189,6 +213,8 @@ func (i *Interceptor) settle(e *entry, res proto.Message, err error) {
 			i.evict(i.order.Front())
 		}
 	}
+	e.closed = true
+	i.blocked -= e.waiters
 	i.mu.Unlock()
 	close(e.done)
 }
@@ -226,4 +252,38 @@ func principalKey(p any) string {
 		return fmt.Sprintf("%T:%s", v, v.String())
 	}
 	return fmt.Sprintf("%#v", p)
+}
+
+// heldEntry is what snapshot reports of one key the cache holds.
+type heldEntry struct {
+	running bool
+	size    int // bytes counted for the entry
+	waiters int
+	expires time.Time
+	res     proto.Message
+	err     error
+}
+
+// snapshot is the cache's state, for tests' invariant checks.
+type snapshot struct {
+	bytes   int // the running byte total
+	blocked int // repeats waiting for a call that has not finished
+	entries map[cacheKey]heldEntry
+}
+
+func (i *Interceptor) snapshot() snapshot {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	s := snapshot{bytes: i.bytes, blocked: i.blocked, entries: make(map[cacheKey]heldEntry, len(i.byKey))}
+	for k, el := range i.byKey {
+		e := el.Value.(*entry)
+		h := heldEntry{size: e.size, waiters: e.waiters, expires: e.expires, res: e.res, err: e.err}
+		select {
+		case <-e.done:
+		default:
+			h.running = true
+		}
+		s.entries[k] = h
+	}
+	return s
 }
