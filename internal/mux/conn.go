@@ -64,14 +64,23 @@ const (
 )
 
 // Conn is one multiplexed tether connection over a WebSocket.
+//
+// Its fields are grouped by owner; the file comments say which goroutine
+// runs the code that uses each group.
 type Conn struct {
-	ws   *websocket.Conn
-	role Role
-	cfg  Config
+	// Set by New, read-only afterwards: safe from any goroutine.
+	ws        *websocket.Conn
+	role      Role
+	cfg       Config
+	ctx       context.Context // canceled when the connection closes
+	cancel    context.CancelCauseFunc
+	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
+	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
+	pingLimit *rate.Limiter
+	idleLimit *rate.Limiter
 
-	ctx    context.Context // canceled when the connection closes
-	cancel context.CancelCauseFunc
-
+	// The stream table and the drain state (this file, open.go,
+	// lifecycle.go), guarded by mu; any goroutine.
 	mu          sync.Mutex
 	streams     map[uint32]*Stream
 	nextID      uint32 // client: id of the next stream
@@ -82,6 +91,9 @@ type Conn struct {
 	draining    chan struct{} // closed on GOAWAY (sent or received)
 	idle        chan struct{} // non-nil while someone waits for running == 0
 
+	// The writer's queue (writer.go), guarded by wmu; any goroutine
+	// queues, the writer goroutine takes. spare is the running writer
+	// goroutine's own.
 	wmu         sync.Mutex
 	wbuf        []byte
 	spare       []byte
@@ -95,22 +107,21 @@ type Conn struct {
 	closeText   string
 	flushedOpen atomic.Uint32 // client: highest stream id whose OPEN was written
 
-	slots chan struct{} // client: one token per open stream, up to PeerMaxStreams
+	// Closing (lifecycle.go): closed and err are set once, by closeWith,
+	// on whichever goroutine closes first.
+	closeOnce   sync.Once
+	closed      chan struct{}
+	err         error
+	wg          sync.WaitGroup // the writer goroutine, waited for by readerExit
+	lingerUntil atomic.Int64   // after a close frame was sent: read deadline (Unix ns) of the drain
 
-	closeOnce sync.Once
-	closed    chan struct{}
-	err       error
-	wg        sync.WaitGroup
-	pingTimer *time.Timer
+	// The reader goroutine's own (reader.go).
+	inMessage atomic.Bool // reader is inside a WebSocket message
+	donated   bool        // reader: a stream kept a frame of the current buffer
 
+	// Counters, updated atomically from any goroutine.
 	bytesIn, bytesOut atomic.Uint64
 	partialBytes      atomic.Int64 // capacity of the buffers of messages being assembled (Stream.assembleLocked)
-
-	inMessage   atomic.Bool  // reader is inside a WebSocket message
-	lingerUntil atomic.Int64 // after a close frame was sent: read deadline (Unix ns) of the drain
-	donated     bool         // reader: a stream kept a frame of the current buffer
-	pingLimit   *rate.Limiter
-	idleLimit   *rate.Limiter
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,

@@ -32,16 +32,34 @@ import (
 
 // Stream is one call on a connection. One goroutine may send and one may
 // receive at a time; Reset and the accessors are safe from any goroutine.
+//
+// Its fields are grouped by owner; the file comments say which goroutine
+// runs the code that uses each group.
 type Stream struct {
-	c  *Conn
-	id uint32
+	// Set when the stream is made, read-only afterwards.
+	c          *Conn
+	id         uint32
+	recvNotify chan struct{}
+	sendNotify chan struct{}
+	done       chan struct{} // closed when the stream is finished
 
+	// Set by the reader goroutine before the stream's frames are handled
+	// and before Accept runs (server).
 	ctx       context.Context // server: canceled when the stream ends
 	cancelCtx context.CancelCauseFunc
+	route     any  // Config.Route's value for the procedure
+	single    bool // the procedure takes one request message
+
+	// Atomic, any goroutine.
+	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
+	runningReleased atomic.Bool // server: out of the connection's running count (releaseRunning)
 
 	sendMu sync.Mutex // serializes senders so fragments never interleave
 
-	mu            sync.Mutex
+	mu sync.Mutex // guards the fields below
+
+	// The receiving side: the reader goroutine queues, the receiving
+	// goroutine takes (stream_handle.go, stream_recv.go, slab.go).
 	recvQ         recvQueue
 	recvEnd       error // io.EOF or the call's error once nothing more arrives
 	recvWindow    int   // credit the peer still has
@@ -49,32 +67,23 @@ type Stream struct {
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
+	gotMessage    bool  // reader goroutine: a whole message has arrived
 	assembly      []byte
 	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
 	copiedFirst   bool  // a payload has been copied out (slab.go)
-	sendCredit    int
-	sendErr       error // set when the stream can carry no more sends
-	halfClosed    bool  // we sent HALF_CLOSE or END
 	headers       tether.Metadata
 	headersSet    bool
+	headersCh     chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive
 	trailers      tether.Metadata
-	finished      bool // removed from the connection
-	gotMessage    bool // reader goroutine: a whole message has arrived
 
-	// Set by the reader goroutine before the stream's frames are handled
-	// and before Accept runs (server).
-	route  any  // Config.Route's value for the procedure
-	single bool // the procedure takes one request message
+	// The sending side (stream_send.go, stream_end.go).
+	sendCredit int
+	sendErr    error // set when the stream can carry no more sends
+	halfClosed bool  // we sent HALF_CLOSE or END
 
-	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
-	runningReleased atomic.Bool // server: out of the connection's running count (releaseRunning)
-
-	recvNotify chan struct{}
-	sendNotify chan struct{}
-	headersCh  chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive
-	done       chan struct{} // closed when the stream is finished
+	finished bool // removed from the connection (stream_end.go)
 }
 
 // ID returns the stream id.
