@@ -4,7 +4,7 @@ package mux
 //
 // ping runs on the heartbeat timer's goroutine (a time.AfterFunc armed in
 // New, re-armed by ping, stopped by closeWith): it queues a PING with
-// writeUrgent (wmu). touch runs on the reader goroutine (after each
+// writeUrgent (wmu). touch runs on the reader goroutine (before each
 // message, and in gorilla's ping and pong handlers, which run inside the
 // reader's reads) and renews the read deadline; setReadDeadline never
 // moves it past a lingering close's deadline (lingerUntil, set by linger on

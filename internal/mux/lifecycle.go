@@ -7,11 +7,11 @@ package mux
 // (closeOnce), on whichever goroutine gets there first (the application's,
 // the reader on a read or protocol error, the writer on a write error or
 // at the end of a graceful close, a writeUrgent caller on queue overflow),
-// with neither of the connection's locks nor a stream's mu held. It closes closed, cancels ctx, stops the
-// heartbeat, sends the close frame (WriteControl), empties the stream
-// table under mu and then terminates each stream (its mu, then mu again
-// through remove). Other callers of closeWith block until the first has
-// returned.
+// with neither of the connection's locks nor a stream's mu held. It
+// closes closed, cancels ctx, stops the heartbeat, sends the close frame
+// (WriteControl), empties the stream table under mu and then terminates
+// each stream (its mu, then mu again through remove). Other callers of
+// closeWith block until the first has returned.
 //
 // After a close frame the socket lingers (linger): the reader goroutine
 // discards what still arrives (drain, discard) until the peer's close

@@ -12,8 +12,8 @@ package mux
 // and the read buffers.
 //
 // It never blocks on a stream's consumer: handlers append to bounded
-// per-stream queues and wake the consumer. Control frames it answers
-// (PONG, RESET) go through writeUrgent, which never waits for space.
+// per-stream queues and wake the consumer. Control frames it sends (PING
+// answers, RESETs) go through writeUrgent, which never waits for space.
 //
 // Locks: mu (lookup, handleOpen, handleGoAway) and a stream's mu, each
 // alone and briefly; wmu only through writeUrgent.

@@ -10,9 +10,10 @@ package mux
 // connection closes.
 //
 // terminate and finish end a stream once (finished, under mu): they close
-// done, cancel the stream's context and take it out of the table (remove:
-// its slot token, then the connection's mu). sendReset queues a RESET with
-// writeUrgent.
+// done, wake Header, the receiver and the sender, and take the stream out
+// of the table (remove: its slot token, then the connection's mu);
+// terminate also cancels a server stream's context. sendReset queues a
+// RESET with writeUrgent.
 //
 // Locks: in FinishWith, sendMu → wmu → the connection's mu (releaseRunning
 // and unlink run inside the write); terminate and finish take mu alone,

@@ -1,7 +1,7 @@
 package mux
 
 // A stream's frames, as the reader goroutine delivers them: Conn.handle
-// (reader.go) calls these, and nothing else does.
+// (reader.go) calls the handle methods, and nothing else does.
 //
 // They never block. They take the stream's mu briefly, queue what arrived
 // (recvqueue.go; small payloads are copied into slabs, slab.go) and wake
@@ -129,14 +129,6 @@ func (s *Stream) handleHeaders(payload []byte) error {
 	s.mu.Unlock()
 	s.markHeaders()
 	return nil
-}
-
-// closeHeadersLocked wakes Header; the caller holds mu and has just set
-// headersSet.
-func (s *Stream) closeHeadersLocked() {
-	if s.headersCh != nil {
-		close(s.headersCh)
-	}
 }
 
 func (s *Stream) markHeaders() {

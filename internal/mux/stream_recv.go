@@ -166,6 +166,14 @@ func (s *Stream) Header(ctx context.Context) (tether.Metadata, error) {
 	return s.headers, nil
 }
 
+// closeHeadersLocked wakes Header; the caller holds mu and has just set
+// headersSet.
+func (s *Stream) closeHeadersLocked() {
+	if s.headersCh != nil {
+		close(s.headersCh)
+	}
+}
+
 // Trailer returns the trailers from END; empty until the stream ended.
 func (s *Stream) Trailer() tether.Metadata {
 	s.mu.Lock()
