@@ -31,8 +31,8 @@ package mux
 // frames runs under it and may take Conn.mu (Open, FinishWith). closeWith
 // is called with neither of the connection's locks nor a Stream.mu held
 // (a sender may hold its sendMu: SendMsg resets its stream, and the RESET
-// may find the queue overflowing). Config.Route and Config.Accept run with no
-// lock of the connection held (Route may take the server's lock).
+// may find the queue overflowing). Config.Route and Config.Accept run with
+// no lock of the connection held (Route may take the server's lock).
 //
 // The stream table (streams, nextID, maxPeerID, running) and the drain
 // state (localGoAway, peerGoAway, draining, idle) are guarded by mu; any
