@@ -1087,7 +1087,7 @@ func TestOverStreamLimitKeepsConnection(t *testing.T) {
 	if n := cli.Stats().Connects; n != 1 {
 		t.Fatalf("the server closed a well-behaved client's connection (%d connects; server log: %s): "+
 			"each OPEN refused over MaxConcurrentStreams, and the WINDOW, MESSAGE and HALF_CLOSE that follow it, count "+
-			"as idle frames (internal/mux/conn.go handleOpen and handle), and the client retries refused unary calls "+
+			"as idle frames (internal/mux/open.go handleOpen and reader.go handle), and the client retries refused unary calls "+
 			"transparently up to 10 times within ~100ms, so ~84 calls over the limit pass the default 1,000 idle frames/s",
 			n, strings.TrimSpace(secGrep(logs.String(), "flood")))
 	}
@@ -1205,13 +1205,13 @@ func TestTinyMessageFlood(t *testing.T) {
 		why  string
 	}{
 		{"empty binary messages", func(ws *websocket.Conn) error { return ws.WriteMessage(websocket.BinaryMessage, nil) },
-			"internal/mux/conn.go readLoop counts only tether frames against MaxIdleFrameRate; a message without frames costs nothing"},
+			"internal/mux/reader.go readLoop counts only tether frames against MaxIdleFrameRate; a message without frames costs nothing"},
 		{"WebSocket pings", func(ws *websocket.Conn) error {
 			return ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(time.Second))
 		}, "mux.New sets no ping handler, so gorilla's default answers every WebSocket ping with a pong (one socket write each), outside MaxPingRate"},
 		{"WINDOW frames of 1 byte on a live stream", func(ws *websocket.Conn) error {
 			return ws.WriteMessage(websocket.BinaryMessage, secWindow(1, 1))
-		}, "a non-zero WINDOW for a live stream is not an idle frame (internal/mux/conn.go handle counts only WINDOW 0); " +
+		}, "a non-zero WINDOW for a live stream is not an idle frame (internal/mux/reader.go handle counts only WINDOW 0); " +
 			"a peer may send ~2^31 of them before the credit overflows"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

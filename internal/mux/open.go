@@ -1,0 +1,207 @@
+package mux
+
+// Opening streams.
+//
+// Open runs on the application's goroutine (clients). It waits for a slot
+// (Config.PeerMaxStreams) with no lock held, then builds the OPEN inside
+// the writer's queue: the function it passes to write runs under wmu and
+// takes mu there, so stream ids are given in the order their OPENs are
+// queued. Lock order: wmu → mu.
+//
+// handleOpen runs on the reader goroutine (servers). It checks the limits
+// and adds the stream to the table under mu, and releases mu before it
+// calls Config.Route (which may take the server's lock) and before
+// sendReset (wmu). It starts the handler's goroutine (Config.Accept),
+// which holds the stream's place in the running count until releaseRunning
+// (conn.go).
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// Open starts a stream (clients only). The OPEN frame is queued in stream-id
+// order; the returned stream is ready for SendMsg and RecvMsg.
+//
+// When first is not nil and fits the initial window, it is queued as the
+// stream's first message together with the OPEN (and HALF_CLOSE when
+// closeSend is set), so that a unary call leaves in one write; otherwise the
+// caller sends it with SendMsg. sent reports which happened.
+func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
+	size := proto.Size(open)
+	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {
+		whose := "this client's"
+		if c.cfg.PeerMaxHeaderBytes > 0 {
+			whose = "the server's announced"
+		}
+		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds %s limit of %d", cost, whose, limit)
+	}
+	if c.slots != nil {
+		// The server runs at most PeerMaxStreams calls at once: wait for
+		// one of ours to end rather than be refused.
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, false, tether.AsError(ctx.Err())
+		case <-c.draining: // GOAWAY: the call goes to the next connection
+			return nil, false, unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
+		case <-c.closed:
+			return nil, false, unprocessed(c.err)
+		}
+		defer func() {
+			if s == nil {
+				<-c.slots
+			}
+		}()
+	}
+	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
+	var openErr error
+	var idle bool // the ids ran out with no stream open: nothing else closes the connection
+	err = c.write(ctx, nil, func(b []byte) []byte {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.isClosed() {
+			// write checked this before taking c.mu, but closeWith may have
+			// swapped the stream table since: a stream added now would never
+			// be terminated. Under c.mu the check is final, since closeWith
+			// closes c.closed before it takes the table (as handleOpen does
+			// on the server).
+			openErr = unprocessed(c.err)
+			return b
+		}
+		if c.peerGoAway || c.localGoAway {
+			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
+			return b
+		}
+		if c.nextID > maxStreamID {
+			// Stream ids used up: drain this connection; the client
+			// opens a new one.
+			c.localGoAway = true
+			close(c.draining)
+			idle = c.drainedLocked()
+			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: stream ids exhausted on this connection"))
+			return b
+		}
+		start := len(b)
+		id := c.nextID
+		b = frame.AppendHeader(b, frame.TypeOpen, 0, id, size)
+		var merr error
+		b, merr = marshalOpts.MarshalAppend(b, open)
+		if merr != nil {
+			openErr = tether.Errorf(tether.CodeInternal, "tether: encode OPEN: %v", merr)
+			return b[:start]
+		}
+		s = c.newStream(id)
+		s.slotHeld.Store(c.slots != nil)
+		c.nextID += 2
+		c.streams[s.id] = s
+		if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
+			b = frame.AppendWindow(b, s.id, uint32(extra))
+		}
+		if inline {
+			s.sendCredit -= len(first) + FrameOverhead
+			b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, len(first))
+			b = append(b, first...)
+			if closeSend {
+				s.halfClosed = true
+				b = frame.AppendHeader(b, frame.TypeHalfClose, 0, s.id, 0)
+			}
+		}
+		return b
+	})
+	if idle {
+		go c.Close()
+	}
+	if err != nil {
+		return nil, false, unprocessed(err)
+	}
+	if openErr != nil {
+		return nil, false, openErr
+	}
+	return s, inline, nil
+}
+
+func (c *Conn) handleOpen(f frame.Frame) error {
+	c.mu.Lock()
+	if f.StreamID <= c.maxPeerID {
+		c.mu.Unlock()
+		return protoErrf("OPEN for stream %d after stream %d", f.StreamID, c.maxPeerID)
+	}
+	c.maxPeerID = f.StreamID
+	if f.StreamID%2 == 0 {
+		c.mu.Unlock()
+		return protoErrf("OPEN for even stream id %d", f.StreamID)
+	}
+	// Refusals a retry can cure are marked unprocessed; the others are not,
+	// so that clients do not retry a request that can never be accepted.
+	var refuse error
+	retryable := true
+	switch {
+	case c.localGoAway:
+		refuse = tether.Errorf(tether.CodeUnavailable, "tether: server is going away")
+	case c.running >= c.cfg.MaxConcurrentStreams:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: more than %d concurrent streams on one connection", c.cfg.MaxConcurrentStreams)
+	}
+	cost, entries := headerCost(f.Payload, openMetadataField)
+	switch {
+	case refuse != nil:
+	case cost > c.cfg.MaxHeaderBytes:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", cost, c.cfg.MaxHeaderBytes)
+		retryable = false
+	case entries > c.cfg.MaxHeaderKeys:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata has more than %d keys", c.cfg.MaxHeaderKeys)
+		retryable = false
+	}
+	if refuse != nil {
+		c.mu.Unlock()
+		c.sendReset(f.StreamID, refuse, retryable)
+		if retryable {
+			// Refused by a limit or a drain: a well-behaved client can
+			// send these; the RESET costs a small write.
+			return nil
+		}
+		return c.idleFrame("refused OPENs")
+	}
+	open := new(tetherv1.Open)
+	if err := proto.Unmarshal(f.Payload, open); err != nil {
+		c.mu.Unlock()
+		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
+		return c.idleFrame("malformed OPENs")
+	}
+	if c.isClosed() {
+		// Closed while this message's frames were being handled: the
+		// streams have been terminated already, and this one would never be.
+		c.mu.Unlock()
+		return nil
+	}
+	s := c.newStream(f.StreamID)
+	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
+	c.streams[f.StreamID] = s
+	c.running++
+	c.mu.Unlock()
+	// Outside c.mu: Route takes the server's lock, which is held elsewhere
+	// while connections' locks are taken. Only this goroutine reads
+	// s.single, and it handles the stream's messages after this; Accept's
+	// goroutine starts after s.route is set.
+	if c.cfg.Route != nil {
+		s.route, s.single = c.cfg.Route(open.GetProcedure())
+	}
+	// The window beyond InitialWindow is granted when the handler first
+	// reads (RecvMsg), not here: a unary call that has already
+	// half-closed never needs it, and the WINDOW frame would cost a write.
+	s.recvWindow = InitialWindow
+	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
+	go func() {
+		// The stream counts against MaxConcurrentStreams until its handler
+		// returns, not only until it is reset: a flood of open-then-cancel
+		// cannot run more handlers than the limit.
+		defer c.releaseRunning(s)
+		c.cfg.Accept(s, open)
+	}()
+	return nil
+}

@@ -1,0 +1,66 @@
+package mux
+
+// A stream's queue of received frames. It has no lock of its own: it is
+// part of the stream's state under Stream.mu. The reader goroutine pushes
+// (handleMessage, stream_handle.go); the receiving goroutine pops (RecvMsg,
+// stream_recv.go); terminate drops it.
+
+type chunk struct {
+	b    []byte
+	more bool
+	slab *slab // b points into it, or nil
+}
+
+// recvQueue is a stream's queue of received frames: a ring whose slot
+// count is a power of two, grown (doubled) only when it is full. Every
+// queued frame holds at least FrameOverhead of the peer's credit, so the
+// queue never holds more than StreamWindow/FrameOverhead frames, and its
+// slots never exceed that rounded up to a power of two, whatever the
+// consumer's pace against the sender's. (A slice reset only when it ran
+// empty grew by a slot per message under a consumer slightly slower than
+// its sender.)
+type recvQueue struct {
+	buf  []chunk
+	head int // index of the oldest frame
+	n    int // frames queued
+}
+
+const (
+	// minQueueSlots is the size of a queue's first ring.
+	minQueueSlots = 4
+	// maxIdleQueueSlots: a ring larger than this is dropped when it runs
+	// empty, so that a stream holds a burst's slots only while the burst is
+	// queued.
+	maxIdleQueueSlots = 64
+)
+
+func (q *recvQueue) len() int { return q.n }
+
+// slots is the ring's size (what the queue holds in memory).
+func (q *recvQueue) slots() int { return len(q.buf) }
+
+func (q *recvQueue) push(c chunk) {
+	if q.n == len(q.buf) {
+		buf := make([]chunk, max(minQueueSlots, 2*len(q.buf)))
+		k := copy(buf, q.buf[q.head:])
+		copy(buf[k:], q.buf[:q.head])
+		q.buf, q.head = buf, 0
+	}
+	q.buf[(q.head+q.n)&(len(q.buf)-1)] = c
+	q.n++
+}
+
+// pop takes the oldest frame; the queue is not empty.
+func (q *recvQueue) pop() chunk {
+	c := q.buf[q.head]
+	q.buf[q.head] = chunk{}
+	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.n--
+	if q.n == 0 {
+		q.head = 0
+		if len(q.buf) > maxIdleQueueSlots {
+			q.buf = nil
+		}
+	}
+	return c
+}

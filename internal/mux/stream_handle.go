@@ -1,0 +1,192 @@
+package mux
+
+// A stream's frames, as the reader goroutine delivers them: Conn.handle
+// (reader.go) calls the handle methods, and nothing else does.
+//
+// They never block. They take the stream's mu briefly, queue what arrived
+// (recvqueue.go; small payloads are copied into slabs, slab.go) and wake
+// the receiver or the sender (notify). A peer's violation of the protocol
+// is returned as an error (the reader then closes the connection); a
+// stream's own limit resets only that stream (Reset, which queues a RESET
+// with writeUrgent and never waits).
+//
+// Locks: mu, alone; ending the stream (finish, terminate) takes the
+// connection's mu after releasing it.
+
+import (
+	"bytes"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+	"github.com/tetherrpc/tether/internal/wire"
+)
+
+func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
+	cost := len(f.Payload) + FrameOverhead
+	more := f.Flags&frame.FlagMore != 0
+	s.mu.Lock()
+	s.recvWindow -= cost
+	if s.recvWindow < 0 {
+		s.mu.Unlock()
+		return protoErrf("stream %d: peer sent %d bytes beyond its flow-control window", s.id, -s.recvWindow)
+	}
+	if s.recvEnd != nil || s.finished {
+		afterHalfClose := s.c.role == RoleServer && !s.finished
+		s.mu.Unlock()
+		if afterHalfClose {
+			return protoErrf("stream %d: MESSAGE after HALF_CLOSE", s.id)
+		}
+		return nil
+	}
+	if s.single && s.gotMessage && s.partial == 0 {
+		s.mu.Unlock()
+		s.Reset(tether.Errorf(tether.CodeUnimplemented, "tether: more than one request message for a procedure that takes one"))
+		return nil
+	}
+	s.partial += len(f.Payload)
+	if s.partial > s.c.cfg.MaxMessageSize {
+		size := s.partial
+		s.partial = 0
+		s.mu.Unlock()
+		err := tether.Errorf(tether.CodeResourceExhausted, "tether: received message of at least %d bytes exceeds the limit of %d", size, s.c.cfg.MaxMessageSize)
+		s.Reset(err)
+		return nil
+	}
+	s.midMessage = more
+	if !more {
+		s.partial = 0
+		s.gotMessage = true
+	}
+	payload := f.Payload
+	var sl *slab
+	if 2*len(payload) < bufCap {
+		// A small frame must not pin the large buffer it came in (flow
+		// control counts only its own bytes), and the buffer is reused
+		// for the next message.
+		if len(payload) > 0 {
+			payload, sl = s.copyInLocked(payload)
+		} else {
+			payload = nil
+		}
+	} else {
+		s.c.donated = true // the frame keeps the buffer
+	}
+	s.recvQ.push(chunk{b: payload, more: more, slab: sl})
+	if !s.headersSet { // a message before HEADERS: the headers are empty
+		s.headersSet = true
+		s.closeHeadersLocked()
+	}
+	s.mu.Unlock()
+	notify(s.recvNotify)
+	return nil
+}
+
+// handleHalfClose: the client sends no more messages. Between the fragments
+// of a message it is a protocol error: the message would be lost without a
+// trace, and the handler would see a clean end of stream.
+func (s *Stream) handleHalfClose() error {
+	if s.midMessage {
+		return protoErrf("stream %d: HALF_CLOSE in the middle of a message", s.id)
+	}
+	s.mu.Lock()
+	if s.recvEnd == nil {
+		s.recvEnd = io.EOF
+	}
+	s.mu.Unlock()
+	notify(s.recvNotify)
+	return nil
+}
+
+func (s *Stream) handleWindow(n uint32) error {
+	s.mu.Lock()
+	s.sendCredit += int(n)
+	over := s.sendCredit > 1<<31-1
+	s.mu.Unlock()
+	if over {
+		return protoErrf("stream %d: flow-control window over 2^31-1", s.id)
+	}
+	notify(s.sendNotify)
+	return nil
+}
+
+func (s *Stream) handleHeaders(payload []byte) error {
+	if cost, _ := headerCost(payload, headersMetadataField); cost > s.c.cfg.MaxHeaderBytes {
+		s.Reset(tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes))
+		return nil
+	}
+	var h tetherv1.Headers
+	if err := proto.Unmarshal(payload, &h); err != nil {
+		return protoErrf("stream %d: bad HEADERS: %v", s.id, err)
+	}
+	s.mu.Lock()
+	if !s.headersSet {
+		s.headers = wire.MetadataFromProto(h.GetMetadata())
+	}
+	s.mu.Unlock()
+	s.markHeaders()
+	return nil
+}
+
+func (s *Stream) markHeaders() {
+	s.mu.Lock()
+	if !s.headersSet {
+		s.headersSet = true
+		s.closeHeadersLocked()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Stream) handleEnd(payload []byte) error {
+	if s.midMessage {
+		// As HALF_CLOSE: the call would end with its last message lost.
+		return protoErrf("stream %d: END in the middle of a message", s.id)
+	}
+	var end tetherv1.End
+	var err error
+	if bytes.Equal(payload, okEnd) || len(payload) == 0 {
+		// Success, no trailers.
+	} else if cost, _ := headerCost(payload, endTrailersField); cost > s.c.cfg.MaxHeaderBytes {
+		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes)
+	} else if uerr := proto.Unmarshal(payload, &end); uerr != nil {
+		return protoErrf("stream %d: bad END: %v", s.id, uerr)
+	} else {
+		trailers := wire.MetadataFromProto(end.GetTrailers())
+		err = wire.ErrorFromStatus(end.GetStatus(), trailers)
+		s.mu.Lock()
+		s.trailers = trailers
+		s.mu.Unlock()
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	s.mu.Lock()
+	if s.recvEnd == nil {
+		s.recvEnd = err
+	}
+	if s.sendErr == nil {
+		s.sendErr = io.EOF
+	}
+	s.mu.Unlock()
+	s.finish()
+	return nil
+}
+
+func (s *Stream) handleReset(payload []byte) error {
+	var r tetherv1.Reset
+	if err := proto.Unmarshal(payload, &r); err != nil {
+		return protoErrf("stream %d: bad RESET: %v", s.id, err)
+	}
+	err := wire.ErrorFromStatus(r.GetStatus(), nil)
+	if err == nil {
+		err = tether.Errorf(tether.CodeCanceled, "tether: stream reset by peer")
+	}
+	if r.GetUnprocessed() && s.c.role == RoleClient {
+		err = unprocessed(err)
+	}
+	s.terminate(err, false)
+	return nil
+}

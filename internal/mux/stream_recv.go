@@ -1,0 +1,185 @@
+package mux
+
+// The receiving side, as the application sees it.
+//
+// One receiving goroutine at a time (a client's caller, a server's
+// handler) calls RecvMsg; Header and Trailer are safe from any goroutine.
+// RecvMsg takes frames from the queue the reader goroutine fills
+// (recvqueue.go), assembles fragments here rather than on the reader,
+// charging the buffer to the connection's partialBytes (atomic), and
+// grants credit back with WINDOW frames (grant: writeUrgent). It waits on
+// recvNotify with no lock held.
+//
+// Locks: mu; wmu (grant) only after mu is released.
+
+import (
+	"context"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// RecvMsg returns the next whole message. The message is valid until the
+// next call of RecvMsg (small messages share pooled memory, slab.go), except
+// a stream's first message, which the caller may keep. At the end of the peer's messages
+// it returns io.EOF (a half-close, or an END with status OK) or the call's
+// error. Fragments are assembled here, in the receiving goroutine, and their
+// credit is granted back as they are taken, so messages larger than the
+// window flow.
+func (s *Stream) RecvMsg() ([]byte, error) {
+	if s.deferredGrant > 0 {
+		s.mu.Lock()
+		n := s.deferredGrant
+		s.deferredGrant = 0
+		if s.recvEnd != nil || s.finished {
+			n = 0
+		}
+		s.recvWindow += n
+		s.mu.Unlock()
+		s.grant(n)
+	}
+	for {
+		s.mu.Lock()
+		if s.held != nil {
+			// The caller is done with the last message (see above): its
+			// slab reference goes now, so a stream waiting on an empty
+			// queue holds no slab.
+			s.releaseLocked(s.held)
+			s.held = nil
+		}
+		for s.recvQ.len() > 0 {
+			ch := s.recvQ.pop()
+			s.unacked += len(ch.b) + FrameOverhead
+			grant := s.takeGrantLocked()
+			if ch.more || s.assembly != nil {
+				err := s.assembleLocked(ch.b)
+				s.releaseLocked(ch.slab)
+				if err != nil {
+					s.mu.Unlock()
+					s.Reset(err)
+					return nil, err
+				}
+			}
+			if ch.more {
+				s.mu.Unlock()
+				s.grant(grant)
+				s.mu.Lock()
+				continue
+			}
+			msg := ch.b
+			if s.assembly != nil {
+				msg = s.assembly
+				s.assembly = nil
+				s.uncharge()
+			} else {
+				s.held = ch.slab
+			}
+			s.mu.Unlock()
+			s.grant(grant)
+			return msg, nil
+		}
+		if s.recvEnd != nil {
+			err := s.recvEnd
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.mu.Unlock()
+		<-s.recvNotify
+	}
+}
+
+// assembleLocked appends a fragment to the message being assembled. The
+// buffer's growth is charged to the connection's budget for partial
+// messages (Config.MaxPartialBytes); over it, the fragment is not taken,
+// the partial message is dropped and resource_exhausted returned: the
+// caller resets the stream. The buffer grows by doubling, never past
+// MaxMessageSize (the reader has reset a stream whose message passes it).
+// s.mu is held.
+func (s *Stream) assembleLocked(p []byte) error {
+	need := len(s.assembly) + len(p)
+	if need > cap(s.assembly) {
+		size := max(min(2*cap(s.assembly), s.c.cfg.MaxMessageSize), need)
+		limit := int64(s.c.cfg.MaxPartialBytes)
+		if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
+			s.c.partialBytes.Add(-int64(size - s.assemblyCap))
+			s.assembly = nil
+			s.uncharge()
+			return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+		}
+		buf := make([]byte, len(s.assembly), size)
+		copy(buf, s.assembly)
+		s.assembly, s.assemblyCap = buf, size
+	}
+	s.assembly = append(s.assembly, p...)
+	return nil
+}
+
+// uncharge takes the stream's assembly buffer off the connection's budget
+// for partial messages: the message is complete (the application owns
+// it), dropped, or the stream has ended (no more fragments will come, so
+// what is left is bounded by what was queued within credit). s.mu is held.
+func (s *Stream) uncharge() {
+	s.c.partialBytes.Add(-int64(s.assemblyCap))
+	s.assemblyCap = 0
+}
+
+// takeGrantLocked returns the credit to grant back now, if enough has been
+// consumed to be worth a WINDOW frame.
+func (s *Stream) takeGrantLocked() int {
+	if s.unacked < s.c.cfg.StreamWindow/4 || s.recvEnd != nil || s.finished {
+		return 0
+	}
+	n := s.unacked
+	s.unacked = 0
+	s.recvWindow += n
+	return n
+}
+
+func (s *Stream) grant(n int) {
+	if n == 0 {
+		return
+	}
+	s.c.writeUrgent(func(b []byte) []byte { return frame.AppendWindow(b, s.id, uint32(n)) })
+}
+
+// Header waits for the response headers (clients): they arrive in a HEADERS
+// frame, or are empty when the first message or the end comes first.
+func (s *Stream) Header(ctx context.Context) (tether.Metadata, error) {
+	s.mu.Lock()
+	if !s.headersSet {
+		if s.headersCh == nil {
+			s.headersCh = make(chan struct{})
+		}
+		ch := s.headersCh
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, tether.AsError(ctx.Err())
+		}
+		s.mu.Lock()
+	}
+	defer s.mu.Unlock()
+	if s.headers == nil {
+		s.headers = tether.Metadata{}
+	}
+	return s.headers, nil
+}
+
+// closeHeadersLocked wakes Header; the caller holds mu and has just set
+// headersSet.
+func (s *Stream) closeHeadersLocked() {
+	if s.headersCh != nil {
+		close(s.headersCh)
+	}
+}
+
+// Trailer returns the trailers from END; empty until the stream ended.
+func (s *Stream) Trailer() tether.Metadata {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.trailers == nil {
+		return tether.Metadata{}
+	}
+	return s.trailers
+}

@@ -1,0 +1,252 @@
+package mux
+
+// The sending side.
+//
+// One sending goroutine at a time (a client's caller, a server's handler);
+// sendMu serializes SendMsg, SendProto, CloseSend, SendHeaders and
+// FinishWith, so that a message's fragments never interleave with another
+// frame of the stream. Credit (sendCredit) is under mu: a sender takes it
+// (takeCredit, waitCredit) and gives back what it did not use; the reader
+// goroutine adds to it (handleWindow) and wakes sendNotify. Frames are
+// queued with Conn.write, which may wait for space in the writer's queue.
+//
+// Locks: sendMu, then mu (released before writing), then wmu (Conn.write).
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+	"github.com/tetherrpc/tether/internal/wire"
+)
+
+// SendMsg sends one message, in fragments of at most frame.MaxPayload bytes,
+// waiting for flow-control credit. It fails with resource_exhausted for a
+// message over MaxMessageSize; with the stream's error once the stream has
+// ended (io.EOF after a clean END on a client); and with ctx's error.
+func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
+	if len(msg) > s.c.cfg.MaxMessageSize {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", len(msg), s.c.cfg.MaxMessageSize)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	first := true
+	started := false // a fragment with MORE has been queued
+	for first || len(msg) > 0 {
+		first = false
+		want := min(len(msg), 16<<10) + FrameOverhead
+		credit, err := s.waitCredit(ctx, want)
+		if err != nil {
+			return s.abandonMessage(started, err)
+		}
+		n := min(len(msg), frame.MaxPayload, credit-FrameOverhead)
+		part := msg[:n]
+		var flags uint8
+		if n < len(msg) {
+			flags = frame.FlagMore
+		}
+		err = s.c.write(ctx, s.done, func(b []byte) []byte {
+			b = frame.AppendHeader(b, frame.TypeMessage, flags, s.id, len(part))
+			return append(b, part...)
+		})
+		// Credit not used goes back.
+		s.mu.Lock()
+		s.sendCredit += credit - (n + FrameOverhead)
+		if err != nil {
+			s.sendCredit += n + FrameOverhead
+		}
+		s.mu.Unlock()
+		if err != nil {
+			return s.abandonMessage(started, s.sendError(err))
+		}
+		started = true
+		msg = msg[n:]
+	}
+	return nil
+}
+
+// abandonMessage returns err, the error of a SendMsg that stops before the
+// message is complete. Once a fragment has been queued (started), the
+// stream is reset with err: the peer would otherwise wait for the rest,
+// and anything sent later (another message, HALF_CLOSE) would land in the
+// middle of this one, which is a protocol error that closes the connection.
+func (s *Stream) abandonMessage(started bool, err error) error {
+	if started {
+		s.Reset(err)
+	}
+	return err
+}
+
+// SendProto sends one protobuf message. A message that fits one frame is
+// marshalled straight into the writer's queue, saving an allocation and a
+// copy; a larger one goes through SendMsg.
+func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
+	size := proto.Size(m)
+	if size > frame.MaxPayload || size > s.c.cfg.MaxMessageSize {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), err)
+		}
+		return s.SendMsg(ctx, b)
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	cost := size + FrameOverhead
+	if err := s.takeCredit(ctx, cost); err != nil {
+		return err
+	}
+	var merr error
+	err := s.c.write(ctx, s.done, func(b []byte) []byte {
+		start := len(b)
+		b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, size)
+		out, e := marshalOpts.MarshalAppend(b, m)
+		if e != nil || len(out)-len(b) != size {
+			merr = e
+			if merr == nil {
+				merr = errors.New("message changed while it was being sent")
+			}
+			return b[:start]
+		}
+		return out
+	})
+	if err != nil || merr != nil {
+		s.mu.Lock()
+		s.sendCredit += cost // not sent: the credit goes back
+		s.mu.Unlock()
+	}
+	if merr != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), merr)
+	}
+	if err != nil {
+		return s.sendError(err)
+	}
+	return nil
+}
+
+// takeCredit waits until n credit is available and takes exactly n.
+func (s *Stream) takeCredit(ctx context.Context, n int) error {
+	for {
+		s.mu.Lock()
+		if s.sendErr != nil {
+			err := s.sendErr
+			s.mu.Unlock()
+			return err
+		}
+		if s.halfClosed {
+			s.mu.Unlock()
+			return tether.Errorf(tether.CodeInternal, "tether: send after close")
+		}
+		if s.sendCredit >= n {
+			s.sendCredit -= n
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.sendNotify:
+		case <-s.done:
+		case <-ctx.Done():
+			return tether.AsError(ctx.Err())
+		}
+	}
+}
+
+// waitCredit waits until at least want credit is available and takes all of
+// it; the caller returns what it does not use.
+func (s *Stream) waitCredit(ctx context.Context, want int) (int, error) {
+	for {
+		s.mu.Lock()
+		if s.sendErr != nil {
+			err := s.sendErr
+			s.mu.Unlock()
+			return 0, err
+		}
+		if s.halfClosed {
+			s.mu.Unlock()
+			return 0, tether.Errorf(tether.CodeInternal, "tether: send after close")
+		}
+		if s.sendCredit >= want {
+			n := s.sendCredit
+			s.sendCredit = 0
+			s.mu.Unlock()
+			return n, nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.sendNotify:
+		case <-s.done:
+		case <-ctx.Done():
+			return 0, tether.AsError(ctx.Err())
+		}
+	}
+}
+
+func (s *Stream) sendError(err error) error {
+	if err == errStreamDone {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.sendErr != nil {
+			return s.sendErr
+		}
+		return tether.Errorf(tether.CodeCanceled, "tether: stream ended")
+	}
+	return tether.AsError(err)
+}
+
+// CloseSend sends HALF_CLOSE: no more messages from this side (clients).
+func (s *Stream) CloseSend(ctx context.Context) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	s.mu.Lock()
+	if s.halfClosed || s.sendErr != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.halfClosed = true
+	s.mu.Unlock()
+	err := s.c.write(ctx, s.done, func(b []byte) []byte {
+		return frame.AppendHeader(b, frame.TypeHalfClose, 0, s.id, 0)
+	})
+	if err == errStreamDone {
+		return nil
+	}
+	return err
+}
+
+// SendHeaders sends the response headers (servers), before any message.
+func (s *Stream) SendHeaders(md tether.Metadata) error {
+	payload, err := s.encodeHeaders(md)
+	if err != nil {
+		return err
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	return s.writeHeaders(payload)
+}
+
+func (s *Stream) encodeHeaders(md tether.Metadata) ([]byte, error) {
+	entries := wire.MetadataToProto(md)
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: entries})
+	if err != nil {
+		return nil, tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
+	}
+	if cost, limit := len(payload)+metadataCost(entries), s.c.sendHeaderLimit(); cost > limit {
+		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", cost, limit)
+	}
+	return payload, nil
+}
+
+// writeHeaders queues a HEADERS frame; the caller holds sendMu.
+func (s *Stream) writeHeaders(payload []byte) error {
+	err := s.c.write(s.ctx, s.done, func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: payload})
+	})
+	if err != nil {
+		return s.sendError(err)
+	}
+	return nil
+}
