@@ -315,12 +315,17 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
 		t = min(t, uint64(math.MaxInt64/int64(time.Microsecond)))
 		timeout = time.Duration(t) * time.Microsecond
 	}
-	// The deadline ends the call even if the handler ignores ctx; a RESET
-	// from a client whose deadline passed ends ctx with DeadlineExceeded
-	// too (callctx.go).
-	cctx, stop := newCallCtx(st.Context(), timeout, func() { st.Reset(errDeadline) })
-	defer stop()
-	var ctx context.Context = cctx
+	ctx := st.Context()
+	if timeout > 0 {
+		// The deadline ends the call even if the handler ignores ctx; a
+		// RESET from a client whose deadline passed ends ctx with
+		// DeadlineExceeded too (callctx.go). Without a deadline, the
+		// stream's context is the handler's: it ends with Canceled and
+		// the stream's cause, as callCtx's would.
+		cctx, stop := newCallCtx(ctx, timeout, func() { st.Reset(errDeadline) })
+		defer stop()
+		ctx = cctx
+	}
 	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo(c))
 	c.ctx = ctx
 	res, err := s.run(ctx, h, c)
