@@ -136,6 +136,7 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string, opts ...ServeO
 // and the listener's error if serving failed (after draining too). s is
 // shut down when Serve returns; do not use it again.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...ServeOption) error {
+	defer ln.Close() // also when ServeTLS fails before serving (no certificate)
 	cfg := s.serveConfig(opts)
 	hs := s.newHTTPServer(&cfg)
 	served := make(chan error, 1)

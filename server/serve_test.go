@@ -340,3 +340,21 @@ func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
+
+// A TLS configuration without a certificate fails Serve at once, after
+// draining, and closes the listener.
+func TestServeTLSWithoutCertificate(t *testing.T) {
+	srv := server.New()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = srv.Serve(context.Background(), ln, server.WithServeTLS(&tls.Config{MinVersion: tls.VersionTLS12}))
+	if err == nil {
+		t.Fatal("Serve without a certificate returned nil")
+	}
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(time.Second))
+	if _, aerr := ln.Accept(); !errors.Is(aerr, net.ErrClosed) {
+		t.Fatalf("Accept after Serve: %v; want net.ErrClosed", aerr)
+	}
+}
