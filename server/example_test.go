@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -25,7 +26,7 @@ func Example() {
 	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
 	mux := http.NewServeMux()
 	mux.Handle("/rpc", srv)
-	hs := httptest.NewServer(mux) // http.ListenAndServe in a real program
+	hs := httptest.NewServer(mux) // srv.ListenAndServe in a real program (ExampleServer_Serve)
 	defer hs.Close()
 	defer srv.Close()
 
@@ -42,6 +43,41 @@ func Example() {
 	}
 	fmt.Println(res.GetText())
 	// Output: hi
+}
+
+// Serve with safe HTTP timeouts until a context ends, then drain
+// gracefully: clients get GOAWAY, calls in flight finish, connections close.
+func ExampleServer_Serve() {
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	mux := http.NewServeMux()
+	mux.Handle("/rpc", srv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0") // or srv.ListenAndServe(ctx, addr, …)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background()) // signal.NotifyContext in a real program
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln, server.WithHTTPHandler(mux)) }()
+
+	c, err := client.New("ws://" + ln.Addr().String() + "/rpc")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	callCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := echov1.NewEchoServiceClient(c).Say(callCtx, &echov1.SayRequest{Text: "hi"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.GetText())
+
+	stop()
+	fmt.Println("drained:", <-served)
+	// Output:
+	// hi
+	// drained: <nil>
 }
 
 // An interceptor that refuses calls without a tenant header.

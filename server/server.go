@@ -310,19 +310,21 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
 		respMD:  tether.Metadata{},
 		trailer: tether.Metadata{},
 	}
-	ctx := st.Context()
+	var timeout time.Duration
 	if t := open.GetTimeoutMicros(); t > 0 {
 		t = min(t, uint64(math.MaxInt64/int64(time.Microsecond)))
-		dctx, cancel := context.WithTimeout(ctx, time.Duration(t)*time.Microsecond)
-		defer cancel()
-		ctx = dctx
-		// The deadline ends the call even if the handler ignores ctx.
-		stop := context.AfterFunc(dctx, func() {
-			if dctx.Err() == context.DeadlineExceeded {
-				st.Reset(tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded"))
-			}
-		})
+		timeout = time.Duration(t) * time.Microsecond
+	}
+	ctx := st.Context()
+	if timeout > 0 {
+		// The deadline ends the call even if the handler ignores ctx; a
+		// RESET from a client whose deadline passed ends ctx with
+		// DeadlineExceeded too (callctx.go). Without a deadline, the
+		// stream's context is the handler's: it ends with Canceled and
+		// the stream's cause, as callCtx's would.
+		cctx, stop := newCallCtx(ctx, timeout, func() { st.Reset(errDeadline) })
 		defer stop()
+		ctx = cctx
 	}
 	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo(c))
 	c.ctx = ctx

@@ -390,7 +390,8 @@ func (sg *serviceGen) handler() {
 	g := sg.g
 	g.P()
 	sg.doc(sg.handlerName(), " is the server side of the ", sg.fullName(), " service. Serve an implementation with [",
-		sg.registerName(), "]; embed [", sg.unimplementedName(), "] in it.")
+		sg.registerName(), "]; embed [", sg.unimplementedName(), "] in it.",
+		" A method's ctx ends with context.DeadlineExceeded when the call's deadline passes (even if the client's cancel arrives first) and with context.Canceled when the client cancels; context.Cause(ctx) is the *tether.Error that ended the call.")
 	comments := sg.serviceComments()
 	sg.renamed(sg.handlerName())
 	sg.deprecated(sg.serviceDeprecated(), comments)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -91,13 +90,13 @@ func (d *demo) run() error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
+	// Serve with safe timeouts until the demo ends, then drain gracefully.
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx, ln, server.WithShutdownGrace(5*time.Second)) }()
 	defer func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		_ = srv.Shutdown(sctx)
-		_ = hs.Shutdown(sctx)
+		stopServing()
+		<-served
 	}()
 
 	// A fault proxy between client and server, to drop the connection.

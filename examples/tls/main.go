@@ -4,10 +4,11 @@
 //	go run ./examples/tls
 //
 // It shows the pieces a TLS deployment needs: a certificate for the address
-// clients dial, an http.Server with a TLSConfig and a ReadHeaderTimeout
-// (tether's handshake timeout only starts once the request headers have been
-// read; the http.Server's timeout is the user's to set), and a client that
-// trusts the certificate through client.WithTLSConfig.
+// clients dial, a server started with Server.Serve and server.WithServeTLS
+// (an http.Server with safe timeouts, ReadHeaderTimeout first: it bounds the
+// TLS handshake and the upgrade request, which tether's own handshake
+// timeout does not cover; and a graceful drain when its context ends), and
+// a client that trusts the certificate through client.WithTLSConfig.
 package main
 
 import (
@@ -18,13 +19,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"log"
 	"log/slog"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -90,19 +89,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{
-		Handler: srv,
-		TLSConfig: &tls.Config{
+	// Serve until serveCtx ends, then drain: GOAWAY to clients, calls in
+	// flight finish (up to server.DefaultShutdownGrace), connections close.
+	serveCtx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	served := make(chan error, 1)
+	go func() {
+		served <- srv.Serve(serveCtx, ln, server.WithServeTLS(&tls.Config{
 			Certificates: []tls.Certificate{cert},
 			MinVersion:   tls.VersionTLS12,
-		},
-		// Bounds the TLS handshake and the request headers; without it a
-		// client that connects and sends nothing holds a goroutine and a
-		// socket forever.
-		ReadHeaderTimeout: 5 * time.Second,
-	}
-	served := make(chan error, 1)
-	go func() { served <- hs.ServeTLS(ln, "", "") }() // certificate from TLSConfig
+		}))
+	}()
 
 	url := "wss://" + ln.Addr().String()
 	cli, err := client.New(url,
@@ -121,13 +118,8 @@ func run() error {
 	fmt.Printf("server at %s answered: %q\n", url, res.GetText())
 
 	_ = cli.Close()
-	if err := srv.Shutdown(ctx); err != nil {
-		return fmt.Errorf("tether shutdown: %w", err)
-	}
-	if err := hs.Shutdown(ctx); err != nil {
-		return fmt.Errorf("http shutdown: %w", err)
-	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+	stopServing()
+	if err := <-served; err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil

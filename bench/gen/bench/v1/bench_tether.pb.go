@@ -66,7 +66,10 @@ var (
 
 // BenchServiceHandler is the server side of the bench.v1.BenchService service.
 // Serve an implementation with [RegisterBenchServiceHandler]; embed
-// [UnimplementedBenchServiceHandler] in it.
+// [UnimplementedBenchServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // BenchService is implemented identically over tether and grpc-go.
 type BenchServiceHandler interface {

@@ -79,7 +79,10 @@ var (
 
 // EchoServiceHandler is the server side of the example.echo.v1.EchoService
 // service. Serve an implementation with [RegisterEchoServiceHandler]; embed
-// [UnimplementedEchoServiceHandler] in it.
+// [UnimplementedEchoServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // EchoService echoes what it is sent, in each of the four kinds of call.
 type EchoServiceHandler interface {

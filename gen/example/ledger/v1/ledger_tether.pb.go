@@ -82,7 +82,10 @@ var (
 // LedgerServiceHandler is the server side of the
 // example.ledger.v1.LedgerService service. Serve an implementation with
 // [RegisterLedgerServiceHandler]; embed [UnimplementedLedgerServiceHandler] in
-// it.
+// it. A method's ctx ends with context.DeadlineExceeded when the call's
+// deadline passes (even if the client's cancel arrives first) and with
+// context.Canceled when the client cancels; context.Cause(ctx) is the
+// *tether.Error that ended the call.
 //
 // LedgerService keeps account balances.
 type LedgerServiceHandler interface {

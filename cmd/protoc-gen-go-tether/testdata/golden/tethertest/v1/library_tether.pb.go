@@ -156,7 +156,10 @@ var (
 
 // LibraryServiceHandler is the server side of the tethertest.v1.LibraryService
 // service. Serve an implementation with [RegisterLibraryServiceHandler]; embed
-// [UnimplementedLibraryServiceHandler] in it.
+// [UnimplementedLibraryServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // LibraryService manages books. It has a method of each kind of call and
 // each idempotency level.
@@ -391,7 +394,10 @@ var (
 // HTTPAdminServiceHandler is the server side of the
 // tethertest.v1.HTTPAdminService service. Serve an implementation with
 // [RegisterHTTPAdminServiceHandler]; embed
-// [UnimplementedHTTPAdminServiceHandler] in it.
+// [UnimplementedHTTPAdminServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // HTTPAdminService is deprecated, has an initialism in its name and lives in
 // the same file as LibraryService.

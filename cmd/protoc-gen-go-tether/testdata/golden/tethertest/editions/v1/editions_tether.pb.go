@@ -51,7 +51,10 @@ var (
 // GreeterServiceHandler is the server side of the
 // tethertest.editions.v1.GreeterService service. Serve an implementation with
 // [RegisterGreeterServiceHandler]; embed [UnimplementedGreeterServiceHandler]
-// in it.
+// in it. A method's ctx ends with context.DeadlineExceeded when the call's
+// deadline passes (even if the client's cancel arrives first) and with
+// context.Canceled when the client cancels; context.Cause(ctx) is the
+// *tether.Error that ended the call.
 //
 // GreeterService greets.
 type GreeterServiceHandler interface {
@@ -115,7 +118,10 @@ const EmptyServiceName = "tethertest.editions.v1.EmptyService"
 // EmptyServiceHandler is the server side of the
 // tethertest.editions.v1.EmptyService service. Serve an implementation with
 // [RegisterEmptyServiceHandler]; embed [UnimplementedEmptyServiceHandler] in
-// it.
+// it. A method's ctx ends with context.DeadlineExceeded when the call's
+// deadline passes (even if the client's cancel arrives first) and with
+// context.Canceled when the client cancels; context.Cause(ctx) is the
+// *tether.Error that ended the call.
 //
 // EmptyService has no methods yet.
 type EmptyServiceHandler interface{}

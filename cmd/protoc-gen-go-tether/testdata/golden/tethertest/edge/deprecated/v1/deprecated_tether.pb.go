@@ -49,7 +49,10 @@ var (
 // OldServiceHandler is the server side of the
 // tethertest.edge.deprecated.v1.OldService service. Serve an implementation
 // with [RegisterOldServiceHandler]; embed [UnimplementedOldServiceHandler] in
-// it.
+// it. A method's ctx ends with context.DeadlineExceeded when the call's
+// deadline passes (even if the client's cancel arrives first) and with
+// context.Canceled when the client cancels; context.Cause(ctx) is the
+// *tether.Error that ended the call.
 //
 // OldService is the service before NewService.
 //
@@ -167,7 +170,10 @@ var (
 // NewServiceHandler is the server side of the
 // tethertest.edge.deprecated.v1.NewService service. Serve an implementation
 // with [RegisterNewServiceHandler]; embed [UnimplementedNewServiceHandler] in
-// it.
+// it. A method's ctx ends with context.DeadlineExceeded when the call's
+// deadline passes (even if the client's cancel arrives first) and with
+// context.Canceled when the client cancels; context.Cause(ctx) is the
+// *tether.Error that ended the call.
 //
 // NewService replaces OldService.
 type NewServiceHandler interface {

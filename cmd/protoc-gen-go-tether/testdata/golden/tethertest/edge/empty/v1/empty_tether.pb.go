@@ -24,7 +24,10 @@ const EmptyServiceName = "tethertest.edge.empty.v1.EmptyService"
 // EmptyServiceHandler is the server side of the
 // tethertest.edge.empty.v1.EmptyService service. Serve an implementation with
 // [RegisterEmptyServiceHandler]; embed [UnimplementedEmptyServiceHandler] in
-// it.
+// it. A method's ctx ends with context.DeadlineExceeded when the call's
+// deadline passes (even if the client's cancel arrives first) and with
+// context.Canceled when the client cancels; context.Cause(ctx) is the
+// *tether.Error that ended the call.
 //
 // EmptyService has no methods yet.
 type EmptyServiceHandler interface{}

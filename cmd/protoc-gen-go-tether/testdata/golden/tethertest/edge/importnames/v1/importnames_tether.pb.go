@@ -87,7 +87,10 @@ var (
 // ImportNamesServiceHandler is the server side of the
 // tethertest.edge.importnames.v1.ImportNamesService service. Serve an
 // implementation with [RegisterImportNamesServiceHandler]; embed
-// [UnimplementedImportNamesServiceHandler] in it.
+// [UnimplementedImportNamesServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 type ImportNamesServiceHandler interface {
 	// Unary handles tethertest.edge.importnames.v1.ImportNamesService.Unary.
 	Unary(ctx context.Context, req *req.In) (*opts.Out, error)

@@ -45,6 +45,10 @@ var (
 // HTTPAdminHandler is the server side of the
 // tethertest.edge.initialisms.v1.HTTPAdmin service. Serve an implementation
 // with [RegisterHTTPAdminHandler]; embed [UnimplementedHTTPAdminHandler] in it.
+// A method's ctx ends with context.DeadlineExceeded when the call's deadline
+// passes (even if the client's cancel arrives first) and with context.Canceled
+// when the client cancels; context.Cause(ctx) is the *tether.Error that ended
+// the call.
 type HTTPAdminHandler interface {
 	// Ping handles tethertest.edge.initialisms.v1.HTTPAdmin.Ping.
 	Ping(ctx context.Context, req *PingRequest) (*PingResponse, error)
@@ -122,6 +126,10 @@ var (
 // HttpAdminHandler is the server side of the
 // tethertest.edge.initialisms.v1.HttpAdmin service. Serve an implementation
 // with [RegisterHttpAdminHandler]; embed [UnimplementedHttpAdminHandler] in it.
+// A method's ctx ends with context.DeadlineExceeded when the call's deadline
+// passes (even if the client's cancel arrives first) and with context.Canceled
+// when the client cancels; context.Cause(ctx) is the *tether.Error that ended
+// the call.
 type HttpAdminHandler interface {
 	// Ping handles tethertest.edge.initialisms.v1.HttpAdmin.Ping.
 	Ping(ctx context.Context, req *PingRequest) (*PingResponse, error)

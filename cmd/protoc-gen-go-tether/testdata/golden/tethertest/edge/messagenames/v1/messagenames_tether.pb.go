@@ -47,7 +47,10 @@ var (
 
 // UserHandler_ is the server side of the tethertest.edge.messagenames.v1.User
 // service. Serve an implementation with [RegisterUserHandler]; embed
-// [UnimplementedUserHandler] in it.
+// [UnimplementedUserHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // It is named UserHandler_ because UserHandler is message
 // tethertest.edge.messagenames.v1.UserHandler in this Go package.

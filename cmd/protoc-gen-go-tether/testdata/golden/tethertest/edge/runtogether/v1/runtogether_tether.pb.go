@@ -44,7 +44,10 @@ var (
 
 // FooHandler is the server side of the tethertest.edge.runtogether.v1.Foo
 // service. Serve an implementation with [RegisterFooHandler]; embed
-// [UnimplementedFooHandler] in it.
+// [UnimplementedFooHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 type FooHandler interface {
 	// BarBaz handles tethertest.edge.runtogether.v1.Foo.BarBaz.
 	BarBaz(ctx context.Context, req *Req) (*Res, error)
@@ -125,7 +128,10 @@ var (
 
 // FooBarHandler is the server side of the tethertest.edge.runtogether.v1.FooBar
 // service. Serve an implementation with [RegisterFooBarHandler]; embed
-// [UnimplementedFooBarHandler] in it.
+// [UnimplementedFooBarHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 type FooBarHandler interface {
 	// Baz handles tethertest.edge.runtogether.v1.FooBar.Baz.
 	Baz(ctx context.Context, req *Req) (*Res, error)

@@ -44,7 +44,10 @@ var (
 
 // EchoHandler is the server side of the tethertest.edge.twopackages.a.Echo
 // service. Serve an implementation with [RegisterEchoHandler]; embed
-// [UnimplementedEchoHandler] in it.
+// [UnimplementedEchoHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 type EchoHandler interface {
 	// Echo handles tethertest.edge.twopackages.a.Echo.Echo.
 	Echo(ctx context.Context, req *EchoARequest) (*EchoAResponse, error)
