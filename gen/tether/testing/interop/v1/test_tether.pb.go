@@ -117,6 +117,10 @@ var (
 // TestServiceHandler is the server side of the
 // tether.testing.interop.v1.TestService service. Serve an implementation with
 // [RegisterTestServiceHandler]; embed [UnimplementedTestServiceHandler] in it.
+// A method's ctx ends with context.DeadlineExceeded when the call's deadline
+// passes (even if the client's cancel arrives first) and with context.Canceled
+// when the client cancels; context.Cause(ctx) is the *tether.Error that ended
+// the call.
 //
 // TestService is the service the interop cases call. Its request and
 // response messages keep gRPC's names and shapes, which buf's naming rules
@@ -323,7 +327,10 @@ var (
 // UnimplementedServiceHandler is the server side of the
 // tether.testing.interop.v1.UnimplementedService service. Serve an
 // implementation with [RegisterUnimplementedServiceHandler]; embed
-// [UnimplementedUnimplementedServiceHandler] in it.
+// [UnimplementedUnimplementedServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // UnimplementedService is a service the interop server does not serve:
 // calling it must end with unimplemented.
