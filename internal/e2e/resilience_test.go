@@ -448,8 +448,19 @@ func TestReconnectSpread(t *testing.T) {
 	if minPer < 4 {
 		t.Fatalf("a client made only %d attempts in 10 s: it gave up or backed off too far", minPer)
 	}
-	if busiest > n/3 {
-		t.Fatalf("%d of %d clients attempted within the same 10 ms: lockstep", busiest, n)
+	// Lockstep shows in every round of attempts; a loaded machine that
+	// stalls the test for a moment also bunches the timers that expire
+	// meanwhile, but only in the bins of that stall. So a crowded bin
+	// (over a third of the clients) is tolerated in a few rounds, not in
+	// most (each client makes about ten attempts here).
+	crowded := 0
+	for _, c := range bins {
+		if c > n/3 {
+			crowded++
+		}
+	}
+	if crowded > max(2, minPer/3) {
+		t.Fatalf("%d rounds had over a third of the %d clients attempting within the same 10 ms (busiest %d): lockstep", crowded, n, busiest)
 	}
 	if spread := firsts[len(firsts)-1] - firsts[0]; spread < 30*time.Millisecond {
 		t.Fatalf("first reconnect attempts spread over only %v", spread)
