@@ -72,7 +72,7 @@ func Example() {
 // A call that cannot be delivered is parked in the dead-letter queue and
 // the caller's error says so.
 func ExampleWithDeadLetterQueue() {
-	store := dlq.NewMemoryStore() // dlq.OpenBolt("tether-dlq.db") for a durable queue
+	store := dlq.NewMemoryStore() // dlqbolt.Open("tether-dlq.db") for a durable queue
 	defer store.Close()
 	// Nothing listens on port 1: every connection attempt is refused.
 	c, err := client.New("ws://127.0.0.1:1/unreachable",

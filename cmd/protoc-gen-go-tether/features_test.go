@@ -56,7 +56,7 @@ func TestPackageSuffixBesideGRPC(t *testing.T) {
 	got := readGenerated(t, dir, "tethertest/v1/tethertestv1tether/library_tether.pb.go")
 	for _, want := range []string{
 		"package tethertestv1tether",
-		"func NewLibraryServiceClient(c *client.Client) LibraryServiceClient {",
+		"func NewLibraryServiceClient(c clientconn.Conn) LibraryServiceClient {",
 		"GetBook(ctx context.Context, req *v1.GetBookRequest) (*v1.Book, error)",
 	} {
 		if !strings.Contains(got, want) {
