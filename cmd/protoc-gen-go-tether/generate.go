@@ -377,8 +377,9 @@ func idempotencyLevel(m *protogen.Method) string {
 }
 
 // methodComment writes a method's leading comment from the .proto, or
-// fallback when it has none, and marks a deprecated method.
-func (sg *serviceGen) methodComment(m *protogen.Method, fallback string) {
+// fallback when it has none, then the paragraphs extra writes (if any), and
+// marks a deprecated method.
+func (sg *serviceGen) methodComment(m *protogen.Method, fallback string, extra ...func(*protogen.Method)) {
 	g := sg.g
 	leading := string(m.Comments.Leading)
 	if strings.TrimSpace(leading) == "" {
@@ -386,7 +387,23 @@ func (sg *serviceGen) methodComment(m *protogen.Method, fallback string) {
 	} else {
 		g.P(strings.TrimSuffix(m.Comments.Leading.String(), "\n"))
 	}
+	for _, f := range extra {
+		f(m)
+	}
 	sg.deprecated(sg.methodDeprecated(m), leading)
+}
+
+// unaryMetadataDoc writes, for a unary method of the client interface, the
+// paragraph that says where its response headers and trailers are: the
+// method returns only the response message, and the call options that
+// capture them are easy to miss. A streaming call has them on its stream.
+func (sg *serviceGen) unaryMetadataDoc(m *protogen.Method) {
+	if kindOf(m) != unary {
+		return
+	}
+	sg.g.P("//")
+	sg.doc("It returns the response message only: read the response headers and trailers",
+		" with the call options client.WithResponseHeader and client.WithResponseTrailer.")
 }
 
 func (sg *serviceGen) handler() {
@@ -517,7 +534,7 @@ func (sg *serviceGen) client() {
 			if i > 0 {
 				g.P()
 			}
-			sg.methodComment(m, "calls")
+			sg.methodComment(m, "calls", sg.unaryMetadataDoc)
 			sg.annotate(sg.clientName()+"."+m.GoName, m)
 			g.P(m.GoName, sg.clientSignature(m, "ctx", "req", "opts"))
 		}

@@ -121,6 +121,10 @@ func RegisterBenchServiceHandler(s *server.Server, h BenchServiceHandler, opts .
 // BenchService is implemented identically over tether and grpc-go.
 type BenchServiceClient interface {
 	// Unary answers with a payload holding the same body.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Unary(ctx context.Context, req *Payload, opts ...clientconn.CallOption) (*Payload, error)
 
 	// ServerStream sends count payloads of size bytes each, then ends.

@@ -145,6 +145,10 @@ func RegisterEchoServiceHandler(s *server.Server, h EchoServiceHandler, opts ...
 type EchoServiceClient interface {
 	// Say answers one request with one response carrying the same text and
 	// payload.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Say(ctx context.Context, req *SayRequest, opts ...clientconn.CallOption) (*SayResponse, error)
 
 	// Countdown streams count, count-1, ..., 1 back to the caller.

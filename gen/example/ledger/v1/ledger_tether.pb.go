@@ -144,13 +144,25 @@ type LedgerServiceClient interface {
 	// so the method is not idempotent by itself: the server deduplicates
 	// repeats by idempotency key, and a credit that cannot be delivered is
 	// parked in the client's dead-letter queue for replay.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Credit(ctx context.Context, req *CreditRequest, opts ...clientconn.CallOption) (*CreditResponse, error)
 
 	// Record stores an entry under its id; storing the same entry again
 	// changes nothing.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Record(ctx context.Context, req *RecordRequest, opts ...clientconn.CallOption) (*RecordResponse, error)
 
 	// Balance reads an account's balance.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Balance(ctx context.Context, req *BalanceRequest, opts ...clientconn.CallOption) (*BalanceResponse, error)
 }
 

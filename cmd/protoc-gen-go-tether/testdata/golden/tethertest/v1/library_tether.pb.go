@@ -270,17 +270,33 @@ type LibraryServiceClient interface {
 	// GetBook returns one book.
 	//
 	// It has no side effects, so the client may retry it freely.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	GetBook(ctx context.Context, req *GetBookRequest, opts ...clientconn.CallOption) (*Book, error)
 
 	// PutBook stores a book, replacing any book with the same name. It
 	// declares a retry policy with every field set.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	PutBook(ctx context.Context, req *PutBookRequest, opts ...clientconn.CallOption) (*Book, error)
 
 	// DeleteBook removes a book. It has side effects, and declares a partial
 	// retry policy: the runtime fills in the fields left out.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	DeleteBook(ctx context.Context, req *DeleteBookRequest, opts ...clientconn.CallOption) (*emptypb.Empty, error)
 
 	// Ping calls tethertest.v1.LibraryService.Ping.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *emptypb.Empty, opts ...clientconn.CallOption) (*emptypb.Empty, error)
 
 	// WatchBooks streams every change to the library.
@@ -295,6 +311,10 @@ type LibraryServiceClient interface {
 	SyncBooks(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Book, Book], error)
 
 	// LendBook lends a book out.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	//
 	// Deprecated: Do not use.
 	LendBook(ctx context.Context, req *LendBookRequest, opts ...clientconn.CallOption) (*Book, error)

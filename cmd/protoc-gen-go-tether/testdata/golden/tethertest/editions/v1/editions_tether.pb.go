@@ -89,6 +89,10 @@ func RegisterGreeterServiceHandler(s *server.Server, h GreeterServiceHandler, op
 // GreeterService greets.
 type GreeterServiceClient interface {
 	// Greet says hello.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Greet(ctx context.Context, req *GreetRequest, opts ...clientconn.CallOption) (*GreetResponse, error)
 }
 

@@ -102,6 +102,10 @@ func RegisterOldServiceHandler(s *server.Server, h OldServiceHandler, opts ...se
 type OldServiceClient interface {
 	// Ping answers.
 	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	//
 	// Deprecated: Do not use.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
@@ -217,9 +221,17 @@ func RegisterNewServiceHandler(s *server.Server, h NewServiceHandler, opts ...se
 // NewService replaces OldService.
 type NewServiceClient interface {
 	// Ping answers.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 
 	// OldPing answers, as Ping did before.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	//
 	// Deprecated: Do not use.
 	OldPing(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)

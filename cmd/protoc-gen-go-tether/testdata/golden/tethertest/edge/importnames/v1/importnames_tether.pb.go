@@ -151,6 +151,10 @@ func RegisterImportNamesServiceHandler(s *server.Server, h ImportNamesServiceHan
 // [NewImportNamesServiceClient].
 type ImportNamesServiceClient interface {
 	// Unary calls tethertest.edge.importnames.v1.ImportNamesService.Unary.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Unary(ctx context.Context, req *req.In, opts ...clientconn.CallOption) (*opts.Out, error)
 
 	// ServerStream calls

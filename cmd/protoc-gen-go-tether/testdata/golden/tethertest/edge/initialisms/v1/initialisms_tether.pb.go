@@ -76,6 +76,10 @@ func RegisterHTTPAdminHandler(s *server.Server, h HTTPAdminHandler, opts ...serv
 // service. Create one with [NewHTTPAdminClient].
 type HTTPAdminClient interface {
 	// Ping calls tethertest.edge.initialisms.v1.HTTPAdmin.Ping.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
@@ -154,6 +158,10 @@ func RegisterHttpAdminHandler(s *server.Server, h HttpAdminHandler, opts ...serv
 // service. Create one with [NewHttpAdminClient].
 type HttpAdminClient interface {
 	// Ping calls tethertest.edge.initialisms.v1.HttpAdmin.Ping.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 

@@ -85,6 +85,10 @@ func RegisterUserHandler(s *server.Server, h UserHandler_, opts ...server.Handle
 // tethertest.edge.messagenames.v1.UserClient in this Go package.
 type UserClient_ interface {
 	// Get calls tethertest.edge.messagenames.v1.User.Get.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Get(ctx context.Context, req *UserName, opts ...clientconn.CallOption) (*UserHandler, error)
 }
 

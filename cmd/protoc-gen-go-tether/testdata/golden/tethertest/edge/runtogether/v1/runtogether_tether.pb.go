@@ -76,6 +76,10 @@ func RegisterFooHandler(s *server.Server, h FooHandler, opts ...server.HandlerOp
 // Create one with [NewFooClient].
 type FooClient interface {
 	// BarBaz calls tethertest.edge.runtogether.v1.Foo.BarBaz.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	BarBaz(ctx context.Context, req *Req, opts ...clientconn.CallOption) (*Res, error)
 }
 
@@ -157,6 +161,10 @@ func RegisterFooBarHandler(s *server.Server, h FooBarHandler, opts ...server.Han
 // service. Create one with [NewFooBarClient].
 type FooBarClient interface {
 	// Baz calls tethertest.edge.runtogether.v1.FooBar.Baz.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Baz(ctx context.Context, req *Req, opts ...clientconn.CallOption) (*Res, error)
 }
 

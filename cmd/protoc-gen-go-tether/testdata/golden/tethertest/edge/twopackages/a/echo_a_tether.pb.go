@@ -76,6 +76,10 @@ func RegisterEchoHandler(s *server.Server, h EchoHandler, opts ...server.Handler
 // Create one with [NewEchoClient].
 type EchoClient interface {
 	// Echo calls tethertest.edge.twopackages.a.Echo.Echo.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Echo(ctx context.Context, req *EchoARequest, opts ...clientconn.CallOption) (*EchoAResponse, error)
 }
 

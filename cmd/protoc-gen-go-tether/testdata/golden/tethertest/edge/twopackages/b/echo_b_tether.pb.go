@@ -99,6 +99,10 @@ func RegisterEchoHandler_(s *server.Server, h EchoHandler_, opts ...server.Handl
 // Go package.
 type EchoClient_ interface {
 	// Echo calls tethertest.edge.twopackages.b.Echo.Echo.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Echo(ctx context.Context, req *EchoBRequest, opts ...clientconn.CallOption) (*EchoBResponse, error)
 }
 

@@ -76,6 +76,10 @@ func RegisterServiceHandler(s *server.Server, h ServiceHandler, opts ...server.H
 // service. Create one with [NewServiceClient].
 type ServiceClient interface {
 	// Ping calls tethertest.edge.unimplemented.v1.Service.Ping.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
@@ -162,6 +166,10 @@ func RegisterUnimplementedServiceHandler(s *server.Server, h UnimplementedServic
 // with [NewUnimplementedServiceClient].
 type UnimplementedServiceClient interface {
 	// Ping calls tethertest.edge.unimplemented.v1.UnimplementedService.Ping.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
@@ -268,9 +276,17 @@ func RegisterAlphaHandler(s *server.Server, h AlphaHandler, opts ...server.Handl
 type AlphaClient interface {
 	// UnimplementedAlphaHandler calls
 	// tethertest.edge.unimplemented.v1.Alpha.UnimplementedAlphaHandler.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	UnimplementedAlphaHandler(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 
 	// Ping calls tethertest.edge.unimplemented.v1.Alpha.Ping.
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
 	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
