@@ -162,15 +162,17 @@ func WithHeader(md tether.Metadata) CallOption {
 }
 
 // WithResponseHeader stores the response headers of a unary call in *md
-// when the call returns. It is the only way to read a unary call's response
-// headers (a streaming call's are on its stream: Header).
+// when the call returns: a unary call returns only its response message, so
+// this is how the caller reads them (interceptors see them on the Call; a
+// streaming call has them on its stream: Header).
 func WithResponseHeader(md *tether.Metadata) CallOption {
 	return func(o *clientconn.CallOptions) { o.ResponseHeader = md }
 }
 
 // WithResponseTrailer stores the response trailers of a unary call in *md
-// when the call returns, also on error. It is the only way to read a unary
-// call's response trailers (a streaming call's are on its stream: Trailer).
+// when the call returns, also on error: this is how the caller reads them
+// (interceptors see them on the Call; a streaming call has them on its
+// stream: Trailer).
 func WithResponseTrailer(md *tether.Metadata) CallOption {
 	return func(o *clientconn.CallOptions) { o.ResponseTrailer = md }
 }
