@@ -69,10 +69,56 @@ func Example() {
 	// 1
 }
 
+// greeter is an echo handler whose Say also sends a response header.
+type greeter struct{ echo.Handler }
+
+func (g *greeter) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
+	if ci, ok := server.CallInfoFromContext(ctx); ok {
+		ci.ResponseHeader().Set("served-by", "replica-7")
+	}
+	return g.Handler.Say(ctx, req) // sets the trailer echo-length
+}
+
+// A unary call returns only its response message: its response headers and
+// trailers are read with the call options WithResponseHeader and
+// WithResponseTrailer, which fill them in when the call returns (the
+// trailers also when it fails). A streaming call has them on its stream:
+// Header and Trailer.
+func ExampleWithResponseHeader() {
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, &greeter{})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+
+	c, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var header, trailer tether.Metadata
+	res, err := echov1.NewEchoServiceClient(c).Say(ctx, &echov1.SayRequest{Text: "hi", Payload: []byte("abc")},
+		client.WithResponseHeader(&header),
+		client.WithResponseTrailer(&trailer))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.GetText())
+	fmt.Println("served-by:", header.Get("served-by"))
+	fmt.Println("echo-length:", trailer.Get("echo-length"))
+	// Output:
+	// hi
+	// served-by: replica-7
+	// echo-length: 3
+}
+
 // A call that cannot be delivered is parked in the dead-letter queue and
 // the caller's error says so.
 func ExampleWithDeadLetterQueue() {
-	store := dlq.NewMemoryStore() // dlq.OpenBolt("tether-dlq.db") for a durable queue
+	store := dlq.NewMemoryStore() // dlqbolt.Open("tether-dlq.db") for a durable queue
 	defer store.Close()
 	// Nothing listens on port 1: every connection attempt is refused.
 	c, err := client.New("ws://127.0.0.1:1/unreachable",

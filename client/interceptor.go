@@ -43,29 +43,6 @@ type UnaryFunc func(ctx context.Context, call *Call, req, res proto.Message) err
 // StreamFunc opens a streaming call as interceptors see it.
 type StreamFunc func(ctx context.Context, call *Call) (Stream, error)
 
-// Stream is a streaming call without message types.
-//
-// Once the call's context has ended (canceled or past its deadline), every
-// method except Trailer and Close returns the context's error, and nothing
-// but a RESET is sent for the stream: a call canceled before CloseSend is
-// never half-closed, so its handler cannot complete it.
-type Stream interface {
-	// Send sends a request message. It returns io.EOF if the server has
-	// already ended the call: Receive then returns the call's status.
-	Send(msg proto.Message) error
-	// Receive decodes the next response into msg; io.EOF at a clean end.
-	Receive(msg proto.Message) error
-	// CloseSend tells the server no more requests follow.
-	CloseSend() error
-	// Header waits for the response headers.
-	Header() (tether.Metadata, error)
-	// Trailer returns the trailers once Receive has returned io.EOF or an
-	// error.
-	Trailer() tether.Metadata
-	// Close cancels the call if it has not ended. It is idempotent.
-	Close() error
-}
-
 // Interceptor wraps calls: logging, metrics, authentication, tracing.
 type Interceptor interface {
 	WrapUnary(next UnaryFunc) UnaryFunc

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/clientconn"
 	"github.com/tetherrpc/tether/dlq"
 	"github.com/tetherrpc/tether/internal/mux"
 )
@@ -138,16 +139,13 @@ func WithInterceptors(interceptors ...Interceptor) Option {
 	return func(c *config) { c.interceptors = append(c.interceptors, interceptors...) }
 }
 
-// CallOption configures one call.
-type CallOption func(*callOptions)
+// CallOption configures one call: an alias of clientconn.CallOption, the
+// type generated clients take.
+type CallOption = clientconn.CallOption
 
+// callOptions is a call's options as the client reads them.
 type callOptions struct {
-	header      tether.Metadata
-	respHeader  *tether.Metadata
-	respTrailer *tether.Metadata
-	failFast    bool
-	retry       *RetryPolicy
-	noRetry     bool
+	clientconn.CallOptions
 	// replay: the call replays a dead letter (InvokeRaw): one attempt,
 	// never dead-lettered again.
 	replay bool
@@ -155,30 +153,34 @@ type callOptions struct {
 
 // WithHeader adds request metadata to the call.
 func WithHeader(md tether.Metadata) CallOption {
-	return func(o *callOptions) {
-		if o.header == nil {
-			o.header = tether.Metadata{}
+	return func(o *clientconn.CallOptions) {
+		if o.Header == nil {
+			o.Header = tether.Metadata{}
 		}
-		o.header.Merge(md)
+		o.Header.Merge(md)
 	}
 }
 
-// WithResponseHeader stores the response headers of a unary or
-// client-streaming call in *md when the call returns.
+// WithResponseHeader stores the response headers of a unary call in *md
+// when the call returns: a unary call returns only its response message, so
+// this is how the caller reads them (interceptors see them on the Call; a
+// streaming call has them on its stream: Header).
 func WithResponseHeader(md *tether.Metadata) CallOption {
-	return func(o *callOptions) { o.respHeader = md }
+	return func(o *clientconn.CallOptions) { o.ResponseHeader = md }
 }
 
-// WithResponseTrailer stores the response trailers of a unary or
-// client-streaming call in *md when the call returns, also on error.
+// WithResponseTrailer stores the response trailers of a unary call in *md
+// when the call returns, also on error: this is how the caller reads them
+// (interceptors see them on the Call; a streaming call has them on its
+// stream: Trailer).
 func WithResponseTrailer(md *tether.Metadata) CallOption {
-	return func(o *callOptions) { o.respTrailer = md }
+	return func(o *clientconn.CallOptions) { o.ResponseTrailer = md }
 }
 
 // FailFast makes the call fail at once with unavailable when the client is
 // not connected, instead of waiting for the connection until the call's
 // context ends.
-func FailFast() CallOption { return func(o *callOptions) { o.failFast = true } }
+func FailFast() CallOption { return func(o *clientconn.CallOptions) { o.FailFast = true } }
 
 // WithDefaultRetryPolicy sets the retry policy of methods that declare none
 // in their .proto. Setting one asserts that the server deduplicates repeated
@@ -191,25 +193,28 @@ func WithDefaultRetryPolicy(p *RetryPolicy) Option { return func(c *config) { c.
 func WithRetryBudget(b RetryBudget) Option { return func(c *config) { c.budget = b } }
 
 // WithDeadLetterQueue sets the store for calls whose policy dead-letters
-// them, for example dlq.OpenBolt("tether-dlq.db"). The client does not close
+// them, for example dlqbolt.Open("tether-dlq.db") (package
+// github.com/tetherrpc/tether/dlq/dlqbolt). The client does not close
 // it. Without a store, such calls fail with their last error.
 func WithDeadLetterQueue(s dlq.Store) Option { return func(c *config) { c.dlq = s } }
 
 // WithRetryPolicy overrides the method's retry policy for this call.
-func WithRetryPolicy(p *RetryPolicy) CallOption { return func(o *callOptions) { o.retry = p } }
+func WithRetryPolicy(p *RetryPolicy) CallOption {
+	return func(o *clientconn.CallOptions) { o.RetryPolicy = p }
+}
 
 // WithoutRetries makes this call a single attempt (requests that never
 // reached the server are still retried transparently).
-func WithoutRetries() CallOption { return func(o *callOptions) { o.noRetry = true } }
+func WithoutRetries() CallOption { return func(o *clientconn.CallOptions) { o.NoRetry = true } }
 
 // WithIdempotencyKey sets the call's idempotency key instead of a random one.
 // The key is the same across every attempt and any dead-letter replay, so a
 // server can answer a repeat with the first result.
 func WithIdempotencyKey(key string) CallOption {
-	return func(o *callOptions) {
-		if o.header == nil {
-			o.header = tether.Metadata{}
+	return func(o *clientconn.CallOptions) {
+		if o.Header == nil {
+			o.Header = tether.Metadata{}
 		}
-		o.header.Set(tether.MetadataIdempotencyKey, key)
+		o.Header.Set(tether.MetadataIdempotencyKey, key)
 	}
 }

@@ -18,53 +18,15 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/clientconn"
 	"github.com/tetherrpc/tether/dlq"
 	"github.com/tetherrpc/tether/internal/mux"
 )
 
 // RetryPolicy says how a method's calls are retried and what happens to a
-// call that exhausts its attempts. Generated code fills it from the method's
-// (tether.v1.retry) option; WithDefaultRetryPolicy sets one for methods that
-// declare none, and WithRetryPolicy overrides it for one call. Zero fields
-// take the defaults documented on each field.
-//
-// Whatever the policy, a request that never reached the server (its OPEN was
-// never written, or the server refused it before dispatch) is retried
-// transparently. Once a request has reached the server, it is retried only
-// if the method is safe to repeat — idempotency_level NO_SIDE_EFFECTS or
-// IDEMPOTENT — or declares a retry policy, which asserts that the server
-// deduplicates repeated calls by their idempotency key.
-//
-// Streaming calls follow the policy until their first response message has
-// been delivered; after that they are committed and not retried. A
-// server-streaming call keeps its one request for the retries and for the
-// dead-letter queue; a client-streaming or bidi call keeps up to
-// RetryBufferSize bytes of the requests it sent, and is committed past that.
-type RetryPolicy struct {
-	// MaxAttempts counts the first attempt too (default 3 for methods that
-	// are safe to repeat or declare a policy, 1 otherwise). Transparent
-	// retries of unprocessed requests do not count.
-	MaxAttempts int
-	// InitialBackoff is the delay before the first retry (default 100ms);
-	// each delay is drawn at random from [0, d] ("full jitter").
-	InitialBackoff time.Duration
-	// MaxBackoff caps the delay (default 5s).
-	MaxBackoff time.Duration
-	// BackoffMultiplier grows the delay after each attempt (default 2).
-	BackoffMultiplier float64
-	// RetryableCodes are retried once the request has reached the server
-	// (default: unavailable, plus aborted for methods that are safe to
-	// repeat). resource_exhausted is not retried by default: a limit that
-	// refused a request (size, metadata) refuses it again; add it for
-	// methods whose server answers it for load shedding.
-	RetryableCodes []tether.Code
-	// DeadLetter parks a call that still failed to be delivered after its
-	// attempts in the client's dead-letter queue (WithDeadLetterQueue); the
-	// caller's error then satisfies errors.Is(err, ErrDeadLettered). It
-	// applies to unary and server-streaming calls (one that failed before
-	// its first response): a client-streaming or bidi call is never parked.
-	DeadLetter bool
-}
+// call that exhausts its attempts: an alias of clientconn.RetryPolicy, which
+// generated code fills from the method's (tether.v1.retry) option.
+type RetryPolicy = clientconn.RetryPolicy
 
 // ErrDeadLettered is matched, with errors.Is, by the error of a call that was
 // parked in the dead-letter queue. errors.As with *DeadLetterError gives the
@@ -113,8 +75,8 @@ type policy struct {
 
 func (c *Client) policyFor(m *Method, co *callOptions) policy {
 	declared := m.Retry
-	if co.retry != nil {
-		declared = co.retry
+	if co.RetryPolicy != nil {
+		declared = co.RetryPolicy
 	}
 	if declared == nil {
 		declared = c.cfg.defaultRetry
@@ -153,7 +115,7 @@ func (c *Client) policyFor(m *Method, co *callOptions) policy {
 		}
 		p.deadLetter = declared.DeadLetter
 	}
-	if co.noRetry || co.replay {
+	if co.NoRetry || co.replay {
 		p.maxAttempts = 1
 	}
 	if co.replay {

@@ -9,16 +9,20 @@
 //
 // # Stores
 //
-// OpenBolt opens the durable store, a single bbolt file: every Put is
-// committed and fsynced before it returns, so an entry survives a crash or a
-// SIGKILL of the process right after Put. bbolt takes an exclusive lock on
-// the file, so only one process (one open handle) may use it at a time; a
-// second open waits for the lock timeout (one second by default) and fails
-// with ErrLocked.
+// The durable store is a single bbolt file, in package dlqbolt
+// (dlqbolt.Open): every Put is committed and fsynced before it returns, so
+// an entry survives a crash or a SIGKILL of the process right after Put. It
+// is a package of its own so that only the programs that open one link
+// bbolt: a server, or a client without a durable queue, does not.
 //
 // NewMemoryStore returns a store that lives in memory only. It is for tests
 // and for programs that explicitly opt out of durability: its entries are
 // lost when the process exits.
+//
+// Another store (a database of your own) implements Store with the helpers
+// this package exports for stores (FormatID, PrepareEntry, MarshalEntry,
+// UnmarshalEntry, the options' Match), and checks itself with the
+// conformance suite in package dlqtest.
 //
 // # IDs
 //

@@ -93,8 +93,10 @@ type entryV1 struct {
 	ServerStreaming bool                `json:"server_streaming,omitempty"`
 }
 
-// validate reports an entry that must not be stored.
-func validate(e *Entry) error {
+// Validate reports an entry that must not be stored: one with no
+// Procedure, negative counts, or a time outside years 0-9999 (which the
+// encoding cannot hold). Stores call it in Put and Update.
+func (e *Entry) Validate() error {
 	switch {
 	case e.Procedure == "":
 		return errors.New("dlq: entry has no procedure")
@@ -111,9 +113,11 @@ func validate(e *Entry) error {
 	return nil
 }
 
-// encodeEntry returns the stored form of e.
-func encodeEntry(e *Entry) ([]byte, error) {
-	if err := validate(e); err != nil {
+// MarshalEntry returns the stored form of e (see "Encoding" in the package
+// documentation), for Store implementations. It fails for an entry that
+// Validate refuses.
+func MarshalEntry(e *Entry) ([]byte, error) {
+	if err := e.Validate(); err != nil {
 		return nil, err
 	}
 	b, err := json.Marshal(entryV1{
@@ -139,9 +143,10 @@ func encodeEntry(e *Entry) ([]byte, error) {
 	return b, nil
 }
 
-// decodeEntry parses the stored form of an entry. It returns an error, and
-// never panics, for bytes that are not a valid entry of a known version.
-func decodeEntry(b []byte) (*Entry, error) {
+// UnmarshalEntry parses the stored form of an entry, as MarshalEntry writes
+// it, for Store implementations. It returns an error, and never panics, for
+// bytes that are not a valid entry of a known version.
+func UnmarshalEntry(b []byte) (*Entry, error) {
 	// Read the version first, so that an entry written by a newer,
 	// incompatible encoding is reported as such rather than as whatever
 	// type mismatch its fields would cause.
@@ -189,7 +194,7 @@ func decodeEntry(b []byte) (*Entry, error) {
 	if len(e.Metadata) == 0 {
 		e.Metadata = nil
 	}
-	if err := validate(e); err != nil {
+	if err := e.Validate(); err != nil {
 		return nil, fmt.Errorf("dlq: decode entry: %w", err)
 	}
 	return e, nil

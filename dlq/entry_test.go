@@ -10,14 +10,14 @@ import (
 
 func TestEncodingRoundTrip(t *testing.T) {
 	full := sampleEntry("/echo.v1.EchoService/Say")
-	full.ID = formatID(7)
+	full.ID = FormatID(7)
 	full.Replays, full.LastReplay, full.LastReplayError = 3, t0.Add(time.Hour).In(time.FixedZone("X", 5*3600)), "nope"
 	for _, e := range []*Entry{full, {Procedure: "/a.B/C"}} {
-		b, err := encodeEntry(e)
+		b, err := MarshalEntry(e)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := decodeEntry(b)
+		got, err := UnmarshalEntry(b)
 		if err != nil {
 			t.Fatalf("decode %s: %v", b, err)
 		}
@@ -28,9 +28,9 @@ func TestEncodingRoundTrip(t *testing.T) {
 // TestEncodingFormat pins the stored form: changing it needs a new version.
 func TestEncodingFormat(t *testing.T) {
 	e := sampleEntry("/echo.v1.EchoService/Say")
-	e.ID = formatID(1)
+	e.ID = FormatID(1)
 	e.Metadata = map[string][]string{"x-user": {"ada"}}
-	b, err := encodeEntry(e)
+	b, err := MarshalEntry(e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"v":1,"procedure":"/a.B/C"} trailing`, "decode entry"},
 		{`{"v":1,"procedure":"/a.B/C"`, "decode entry"},
 	} {
-		e, err := decodeEntry([]byte(tc.in))
+		e, err := UnmarshalEntry([]byte(tc.in))
 		if err == nil {
 			t.Errorf("decode %q = %+v, want an error", tc.in, e)
 			continue
@@ -79,7 +79,7 @@ func TestDecodeErrors(t *testing.T) {
 }
 
 func TestDecodeIgnoresUnknownFields(t *testing.T) {
-	e, err := decodeEntry([]byte(`{"v":1,"procedure":"/a.B/C","added_later":{"x":1}}`))
+	e, err := UnmarshalEntry([]byte(`{"v":1,"procedure":"/a.B/C","added_later":{"x":1}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,25 +93,25 @@ func TestDecodeIgnoresUnknownFields(t *testing.T) {
 // Seeds are in testdata/fuzz/FuzzDecodeEntry.
 func FuzzDecodeEntry(f *testing.F) {
 	e := sampleEntry("/echo.v1.EchoService/Say")
-	e.ID = formatID(42)
+	e.ID = FormatID(42)
 	e.Replays, e.LastReplay, e.LastReplayError = 1, t0.Add(time.Minute), "again"
-	if b, err := encodeEntry(e); err == nil {
+	if b, err := MarshalEntry(e); err == nil {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"v":1,"procedure":"/a.B/C"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e, err := decodeEntry(b)
+		e, err := UnmarshalEntry(b)
 		if err != nil {
 			if e != nil {
 				t.Fatalf("decode returned an entry with error %v", err)
 			}
 			return
 		}
-		b2, err := encodeEntry(e)
+		b2, err := MarshalEntry(e)
 		if err != nil {
 			t.Fatalf("decoded entry %+v does not encode: %v", e, err)
 		}
-		e2, err := decodeEntry(b2)
+		e2, err := UnmarshalEntry(b2)
 		if err != nil {
 			t.Fatalf("re-encoded entry %s does not decode: %v", b2, err)
 		}

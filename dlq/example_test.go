@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/tetherrpc/tether/dlq"
@@ -25,7 +23,7 @@ func (s *flakyServer) InvokeRaw(ctx context.Context, procedure string, request [
 
 func ExampleReplay() {
 	ctx := context.Background()
-	store := dlq.NewMemoryStore() // not durable; use dlq.OpenBolt in production
+	store := dlq.NewMemoryStore() // not durable; use dlqbolt.Open in production
 	defer store.Close()
 
 	// What the client does with a call that exhausted its retries.
@@ -65,39 +63,4 @@ func ExampleReplay() {
 	// replay failed; entry kept with 1 replay(s): unavailable: connection refused
 	// server got /echo.v1.EchoService/Say with idempotency key 7d0e6c1a
 	// replayed: response; 0 entries left
-}
-
-func ExampleOpenBolt() {
-	dir, err := os.MkdirTemp("", "dlq-example")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "tether-dlq.db")
-
-	store, err := dlq.OpenBolt(path, dlq.WithLockTimeout(2*time.Second))
-	if err != nil {
-		log.Fatal(err) // errors.Is(err, dlq.ErrLocked) if another process has it open
-	}
-	ctx := context.Background()
-	id, err := store.Put(ctx, &dlq.Entry{Procedure: "/echo.v1.EchoService/Say", Attempts: 3})
-	if err != nil {
-		log.Fatal(err)
-	}
-	store.Close() // the entry was fsynced by Put; it is on disk already
-
-	store, err = dlq.OpenBolt(path)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer store.Close()
-	entries, err := store.List(ctx, dlq.ListOptions{Procedure: "/echo.v1.EchoService/Say"})
-	if err != nil {
-		log.Fatal(err)
-	}
-	for _, e := range entries {
-		fmt.Println(e.ID == id, e.ID, e.Procedure, e.Attempts)
-	}
-	// Output:
-	// true 00000000000000000001 /echo.v1.EchoService/Say 3
 }

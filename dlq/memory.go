@@ -11,9 +11,9 @@ import (
 // MemoryStore is a Store that keeps its entries in memory. It is NOT
 // durable: every entry is lost when the process exits or the store is
 // closed. Use it in tests, or when a program deliberately opts out of
-// durability; use OpenBolt otherwise.
+// durability; use the bbolt store (package dlqbolt) otherwise.
 //
-// A MemoryStore assigns IDs and orders entries exactly as a BoltStore does,
+// A MemoryStore assigns IDs and orders entries exactly as the bbolt store does,
 // and stores entries in the same encoding, so code tested against it sees
 // the same behaviour (times lose their monotonic clock reading, for one).
 type MemoryStore struct {
@@ -47,7 +47,7 @@ func (s *MemoryStore) lock(ctx context.Context, op string) error {
 
 // Put implements Store.
 func (s *MemoryStore) Put(ctx context.Context, e *Entry) (string, error) {
-	if err := validate(e); err != nil {
+	if err := e.Validate(); err != nil {
 		return "", err
 	}
 	if err := s.lock(ctx, "put"); err != nil {
@@ -58,7 +58,7 @@ func (s *MemoryStore) Put(ctx context.Context, e *Entry) (string, error) {
 	if id == "" {
 		for {
 			s.seq++
-			id = formatID(s.seq)
+			id = FormatID(s.seq)
 			if _, ok := s.values[id]; !ok {
 				break
 			}
@@ -66,11 +66,11 @@ func (s *MemoryStore) Put(ctx context.Context, e *Entry) (string, error) {
 	} else if _, ok := s.values[id]; ok {
 		return "", exists(id)
 	}
-	c, err := preparePut(e, id, time.Now())
+	c, err := PrepareEntry(e, id, time.Now())
 	if err != nil {
 		return "", err
 	}
-	v, err := encodeEntry(c)
+	v, err := MarshalEntry(c)
 	if err != nil {
 		return "", err
 	}
@@ -114,7 +114,7 @@ func (s *MemoryStore) List(ctx context.Context, opts ListOptions) ([]*Entry, err
 		if err != nil {
 			return nil, err
 		}
-		if !opts.match(e) {
+		if !opts.Match(e) {
 			continue
 		}
 		out = append(out, e)
@@ -127,7 +127,7 @@ func (s *MemoryStore) List(ctx context.Context, opts ListOptions) ([]*Entry, err
 
 // Update implements Store.
 func (s *MemoryStore) Update(ctx context.Context, e *Entry) error {
-	v, err := encodeEntry(e)
+	v, err := MarshalEntry(e)
 	if err != nil {
 		return err
 	}
@@ -179,7 +179,7 @@ func (s *MemoryStore) Purge(ctx context.Context, opts PurgeOptions) (int, error)
 		if err != nil {
 			return 0, err
 		}
-		if opts.match(e) {
+		if opts.Match(e) {
 			doomed = append(doomed, id)
 		}
 	}
@@ -205,4 +205,14 @@ func (s *MemoryStore) Close() error {
 	s.closed = true
 	s.keys, s.values = nil, nil
 	return nil
+}
+
+// decodeStored decodes the value stored under key; the key is the ID.
+func decodeStored(key, v []byte) (*Entry, error) {
+	e, err := UnmarshalEntry(v)
+	if err != nil {
+		return nil, fmt.Errorf("entry %q: %w", key, err)
+	}
+	e.ID = string(key)
+	return e, nil
 }

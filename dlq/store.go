@@ -15,11 +15,6 @@ var ErrNotFound = errors.New("dlq: entry not found")
 // the store.
 var ErrExists = errors.New("dlq: entry already exists")
 
-// ErrLocked is returned (wrapped) by OpenBolt when another process, or
-// another open handle in this one, holds the store's file lock for longer
-// than the lock timeout.
-var ErrLocked = errors.New("dlq: store is locked by another process")
-
 // ErrClosed is returned (wrapped) by the methods of a closed store.
 var ErrClosed = errors.New("dlq: store is closed")
 
@@ -76,23 +71,28 @@ type PurgeOptions struct {
 	OlderThan time.Time
 }
 
-func (o ListOptions) match(e *Entry) bool {
+// Match reports whether opts selects e (its Procedure; Limit and After are
+// the store's to apply), for Store implementations.
+func (o ListOptions) Match(e *Entry) bool {
 	return o.Procedure == "" || e.Procedure == o.Procedure
 }
 
-func (o PurgeOptions) match(e *Entry) bool {
+// Match reports whether opts selects e, for Store implementations.
+func (o PurgeOptions) Match(e *Entry) bool {
 	return (o.Procedure == "" || e.Procedure == o.Procedure) &&
 		(o.OlderThan.IsZero() || e.DeadLettered.Before(o.OlderThan))
 }
 
-// formatID returns the ID for sequence number n: 20 decimal digits, enough
-// for any uint64, so that IDs sort as their numbers do.
-func formatID(n uint64) string { return fmt.Sprintf("%020d", n) }
+// FormatID returns the ID a store assigns for its sequence number n: 20
+// decimal digits, enough for any uint64, so that IDs sort as their numbers
+// do (see "IDs" in the package documentation).
+func FormatID(n uint64) string { return fmt.Sprintf("%020d", n) }
 
-// preparePut checks e, fills in its DeadLettered time and returns a copy of
-// it to store under id.
-func preparePut(e *Entry, id string, now time.Time) (*Entry, error) {
-	if err := validate(e); err != nil {
+// PrepareEntry checks e (Validate) and returns the copy of it that a Store's
+// Put keeps under id: with ID set to id and, when e.DeadLettered is zero,
+// DeadLettered set to now.
+func PrepareEntry(e *Entry, id string, now time.Time) (*Entry, error) {
+	if err := e.Validate(); err != nil {
 		return nil, err
 	}
 	c := e.Clone()

@@ -56,7 +56,7 @@ func TestPackageSuffixBesideGRPC(t *testing.T) {
 	got := readGenerated(t, dir, "tethertest/v1/tethertestv1tether/library_tether.pb.go")
 	for _, want := range []string{
 		"package tethertestv1tether",
-		"func NewLibraryServiceClient(c *client.Client) LibraryServiceClient {",
+		"func NewLibraryServiceClient(c clientconn.Conn) LibraryServiceClient {",
 		"GetBook(ctx context.Context, req *v1.GetBookRequest) (*v1.Book, error)",
 	} {
 		if !strings.Contains(got, want) {
@@ -173,6 +173,86 @@ func TestDeprecatedEverywhere(t *testing.T) {
 	if n < 20 {
 		t.Errorf("checked %d names, want every exported one", n)
 	}
+}
+
+// Issue 16 part 4: a unary method returns only the response message, so its
+// doc in the client interface says how to read the response headers and
+// trailers (before any Deprecated paragraph); a streaming method's does not,
+// its stream has Header and Trailer.
+func TestUnaryClientDocNamesResponseMetadataOptions(t *testing.T) {
+	const para = "It returns the response message only: read the response headers and trailers " +
+		"with the call options client.WithResponseHeader and client.WithResponseTrailer."
+	// clientDocs returns the doc of every method of the client interfaces
+	// in a generated file, with its lines joined by spaces, and whether
+	// the method is unary (it takes a req).
+	clientDocs := func(file, name string) (docs map[string]string, unary map[string]bool) {
+		t.Helper()
+		src := generateOne(t, file, "paths=source_relative")[name].GetContent()
+		f, err := parser.ParseFile(token.NewFileSet(), name, src, parser.ParseComments)
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs, unary = map[string]string{}, map[string]bool{}
+		ast.Inspect(f, func(n ast.Node) bool {
+			ts, ok := n.(*ast.TypeSpec)
+			if !ok {
+				return true
+			}
+			it, ok := ts.Type.(*ast.InterfaceType)
+			if !ok || !strings.HasSuffix(ts.Name.Name, "Client") {
+				return false
+			}
+			for _, m := range it.Methods.List {
+				name := ts.Name.Name + "." + m.Names[0].Name
+				text := strings.TrimSpace(m.Doc.Text())
+				docs[name] = strings.Join(strings.Fields(text), " ")
+				params := m.Type.(*ast.FuncType).Params.List
+				unary[name] = len(params) == 3 && !isStream(m.Type.(*ast.FuncType))
+			}
+			return false
+		})
+		return docs, unary
+	}
+
+	docs, unary := clientDocs("tethertest/v1/library.proto", "tethertest/v1/library_tether.pb.go")
+	units := 0
+	for name, doc := range docs {
+		if got := strings.Contains(doc, para); got != unary[name] {
+			t.Errorf("%s: doc names the response metadata options = %v, want %v (unary):\n%s", name, got, unary[name], doc)
+		}
+		if unary[name] {
+			units++
+		}
+	}
+	if units < 4 {
+		t.Errorf("checked %d unary methods, want the library's 4 or more", units)
+	}
+
+	// A deprecated method keeps its Deprecated paragraph last.
+	docs, unary = clientDocs("tethertest/edge/deprecated/v1/deprecated.proto", "tethertest/edge/deprecated/v1/deprecated_tether.pb.go")
+	checked := 0
+	for name, doc := range docs {
+		if unary[name] && strings.Contains(doc, "Deprecated:") {
+			checked++
+			if !strings.Contains(doc, para) || !strings.HasSuffix(doc, "Deprecated: Do not use.") {
+				t.Errorf("%s: want the response metadata paragraph, then Deprecated last:\n%s", name, doc)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Error("no deprecated unary client method checked")
+	}
+}
+
+// isStream reports whether a client method returns a stream.
+func isStream(ft *ast.FuncType) bool {
+	star, ok := ft.Results.List[0].Type.(*ast.StarExpr)
+	if !ok {
+		return false
+	}
+	_, generic := star.X.(*ast.IndexExpr)
+	_, generic2 := star.X.(*ast.IndexListExpr)
+	return generic || generic2
 }
 
 // Item 5: the service's comment from the .proto is copied to the handler and

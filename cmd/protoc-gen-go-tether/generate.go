@@ -17,7 +17,10 @@ const (
 	timePackage    = protogen.GoImportPath("time")
 	tetherPackage  = protogen.GoImportPath("github.com/tetherrpc/tether")
 	serverPackage  = protogen.GoImportPath("github.com/tetherrpc/tether/server")
-	clientPackage  = protogen.GoImportPath("github.com/tetherrpc/tether/client")
+	// Generated clients make their calls on a clientconn.Conn, not on the
+	// client package: a program that only serves links neither the
+	// client's connection manager nor the dead-letter queue.
+	clientconnPackage = protogen.GoImportPath("github.com/tetherrpc/tether/clientconn")
 )
 
 // generate runs the plugin with the default options.
@@ -116,11 +119,11 @@ func versionCheck(g *protogen.GeneratedFile) {
 // code requires. Raise its number, in the runtime and here, when generated
 // code starts using something older runtimes lack; keep the old constants in
 // the runtime for as long as it supports code generated for them.
-const runtimeVersionConst = "SupportPackageIsVersion1"
+const runtimeVersionConst = "SupportPackageIsVersion2"
 
 // methodInfo is what the generator knows about a method beyond protogen.
 type methodInfo struct {
-	varName string       // the unexported *client.Method variable
+	varName string       // the unexported *clientconn.Method variable
 	retry   *retryPolicy // nil without a (tether.v1.retry) option
 }
 
@@ -282,7 +285,7 @@ func (sg *serviceGen) methodVars() {
 		if i > 0 {
 			g.P()
 		}
-		g.P(info.varName, " = &", sg.ident(clientPackage, "Method"), "{")
+		g.P(info.varName, " = &", sg.ident(clientconnPackage, "Method"), "{")
 		g.P("Spec: ", sg.ident(tetherPackage, "Spec"), "{")
 		g.P("Procedure: ", sg.procedureConst(m), ",")
 		g.P("StreamType: ", sg.ident(tetherPackage, kindOf(m).streamType), ",")
@@ -296,11 +299,11 @@ func (sg *serviceGen) methodVars() {
 	g.P(")")
 }
 
-// retryPolicy writes the Retry field of a client.Method literal. Fields the
+// retryPolicy writes the Retry field of a clientconn.Method literal. Fields the
 // option leaves out are left out, so that the runtime's defaults apply.
 func (sg *serviceGen) retryPolicy(p *retryPolicy) {
 	g := sg.g
-	g.P("Retry: &", sg.ident(clientPackage, "RetryPolicy"), "{")
+	g.P("Retry: &", sg.ident(clientconnPackage, "RetryPolicy"), "{")
 	if p.maxAttempts != 0 {
 		g.P("MaxAttempts: ", p.maxAttempts, ",")
 	}
@@ -341,7 +344,7 @@ func (sg *serviceGen) duration(d duration) string {
 type kind struct {
 	streamType string // the tether.StreamType constant
 	newHandler string // the server function that adapts a handler method
-	call       string // the client function that makes a call
+	call       string // the clientconn function that makes a call
 }
 
 var (
@@ -374,8 +377,9 @@ func idempotencyLevel(m *protogen.Method) string {
 }
 
 // methodComment writes a method's leading comment from the .proto, or
-// fallback when it has none, and marks a deprecated method.
-func (sg *serviceGen) methodComment(m *protogen.Method, fallback string) {
+// fallback when it has none, then the paragraphs extra writes (if any), and
+// marks a deprecated method.
+func (sg *serviceGen) methodComment(m *protogen.Method, fallback string, extra ...func(*protogen.Method)) {
 	g := sg.g
 	leading := string(m.Comments.Leading)
 	if strings.TrimSpace(leading) == "" {
@@ -383,7 +387,23 @@ func (sg *serviceGen) methodComment(m *protogen.Method, fallback string) {
 	} else {
 		g.P(strings.TrimSuffix(m.Comments.Leading.String(), "\n"))
 	}
+	for _, f := range extra {
+		f(m)
+	}
 	sg.deprecated(sg.methodDeprecated(m), leading)
+}
+
+// unaryMetadataDoc writes, for a unary method of the client interface, the
+// paragraph that says where its response headers and trailers are: the
+// method returns only the response message, and the call options that
+// capture them are easy to miss. A streaming call has them on its stream.
+func (sg *serviceGen) unaryMetadataDoc(m *protogen.Method) {
+	if kindOf(m) != unary {
+		return
+	}
+	sg.g.P("//")
+	sg.doc("It returns the response message only: read the response headers and trailers",
+		" with the call options client.WithResponseHeader and client.WithResponseTrailer.")
 }
 
 func (sg *serviceGen) handler() {
@@ -515,7 +535,7 @@ func (sg *serviceGen) client() {
 			if i > 0 {
 				g.P()
 			}
-			sg.methodComment(m, "calls")
+			sg.methodComment(m, "calls", sg.unaryMetadataDoc)
 			sg.annotate(sg.clientName()+"."+m.GoName, m)
 			g.P(m.GoName, sg.clientSignature(m, "ctx", "req", "opts"))
 		}
@@ -524,22 +544,23 @@ func (sg *serviceGen) client() {
 
 	impl := sg.clientImplName()
 	g.P()
-	sg.doc(sg.newClientName(), " returns a client for the ", sg.fullName(), " service that makes its calls on c.")
+	sg.doc(sg.newClientName(), " returns a client for the ", sg.fullName(), " service that makes its calls on c,",
+		" usually a *client.Client (client.New).")
 	sg.renamed(sg.newClientName())
 	sg.deprecatedService()
 	sg.annotate(sg.newClientName(), nil)
 	// The body refers only to impl, a package-level name, and c.
-	g.P("func ", sg.newClientName(), "(c *", sg.ident(clientPackage, "Client"), ") ", sg.clientName(), " {")
+	g.P("func ", sg.newClientName(), "(c ", sg.ident(clientconnPackage, "Conn"), ") ", sg.clientName(), " {")
 	g.P("return &", impl, "{cc: c}")
 	g.P("}")
 	g.P()
 	sg.doc(impl, " implements ", sg.clientName(), ".")
 	sg.renamed(impl)
 	g.P("type ", impl, " struct {")
-	g.P("cc *", sg.ident(clientPackage, "Client"))
+	g.P("cc ", sg.ident(clientconnPackage, "Conn"))
 	g.P("}")
 	for _, m := range sg.s.Methods {
-		call := sg.ident(clientPackage, kindOf(m).call)
+		call := sg.ident(clientconnPackage, kindOf(m).call)
 		in := sg.g.QualifiedGoIdent(m.Input.GoIdent)
 		out := sg.g.QualifiedGoIdent(m.Output.GoIdent)
 		p := paramNames([]string{call, in, out}, "c", "ctx", "req", "opts")
@@ -561,19 +582,19 @@ func (sg *serviceGen) client() {
 // without its name, with the parameters named ctx, req and opts.
 func (sg *serviceGen) clientSignature(m *protogen.Method, ctx, req, opts string) string {
 	ctxType := sg.ident(contextPackage, "Context")
-	optsType := sg.ident(clientPackage, "CallOption")
+	optsType := sg.ident(clientconnPackage, "CallOption")
 	in := sg.g.QualifiedGoIdent(m.Input.GoIdent)
 	out := sg.g.QualifiedGoIdent(m.Output.GoIdent)
 	switch kindOf(m) {
 	case serverStream:
 		return fmt.Sprintf("(%s %s, %s *%s, %s ...%s) (*%s[%s], error)",
-			ctx, ctxType, req, in, opts, optsType, sg.ident(clientPackage, "ServerStream"), out)
+			ctx, ctxType, req, in, opts, optsType, sg.ident(clientconnPackage, "ServerStream"), out)
 	case clientStream:
 		return fmt.Sprintf("(%s %s, %s ...%s) (*%s[%s, %s], error)",
-			ctx, ctxType, opts, optsType, sg.ident(clientPackage, "ClientStream"), in, out)
+			ctx, ctxType, opts, optsType, sg.ident(clientconnPackage, "ClientStream"), in, out)
 	case bidiStream:
 		return fmt.Sprintf("(%s %s, %s ...%s) (*%s[%s, %s], error)",
-			ctx, ctxType, opts, optsType, sg.ident(clientPackage, "BidiStream"), in, out)
+			ctx, ctxType, opts, optsType, sg.ident(clientconnPackage, "BidiStream"), in, out)
 	}
 	return fmt.Sprintf("(%s %s, %s *%s, %s ...%s) (*%s, error)", ctx, ctxType, req, in, opts, optsType, out)
 }

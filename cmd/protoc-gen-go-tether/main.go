@@ -11,7 +11,9 @@
 //     UnimplementedFooHandler to embed in implementations and
 //     RegisterFooHandler to serve one on a *server.Server;
 //   - FooClient and NewFooClient, which calls the service over a
-//     *client.Client.
+//     clientconn.Conn, usually a *client.Client. The generated code imports
+//     the light clientconn package, not the client package, so a program
+//     that only serves links no client code.
 //
 // Each method's idempotency comes from the standard idempotency_level
 // option, and its retry and dead-letter policy from the (tether.v1.retry)
@@ -72,7 +74,7 @@
 // the plugin sees all of its names.
 //
 // Every generated file asserts at compile time that the tether runtime it is
-// built with is recent enough (const _ = tether.SupportPackageIsVersion1).
+// built with is recent enough (const _ = tether.SupportPackageIsVersion2).
 //
 // Run protoc-gen-go-tether --version to print its version.
 package main

@@ -15,6 +15,7 @@ import (
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/dlq/dlqbolt"
 	"github.com/tetherrpc/tether/examples/echo"
 	"github.com/tetherrpc/tether/examples/ledger"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
@@ -106,7 +107,7 @@ func (d *demo) run() error {
 	}
 	defer proxy.Close()
 
-	store, err := dlq.OpenBolt(d.storePath)
+	store, err := dlqbolt.Open(d.storePath)
 	if err != nil {
 		return err
 	}

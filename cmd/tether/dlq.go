@@ -20,6 +20,7 @@ import (
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/dlq/dlqbolt"
 )
 
 const dlqUsage = `Usage:
@@ -153,7 +154,7 @@ func (f *dlqFlags) fail(err error) int {
 
 // open opens the store named by -store. The file must exist: a command
 // that finds none reports it rather than creating an empty queue.
-func (f *dlqFlags) open(readOnly bool) (*dlq.BoltStore, error) {
+func (f *dlqFlags) open(readOnly bool) (*dlqbolt.Store, error) {
 	path := *f.store
 	if _, err := os.Stat(path); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -161,12 +162,12 @@ func (f *dlqFlags) open(readOnly bool) (*dlq.BoltStore, error) {
 		}
 		return nil, err
 	}
-	var opts []dlq.BoltOption
+	var opts []dlqbolt.Option
 	if readOnly {
-		opts = append(opts, dlq.WithReadOnly())
+		opts = append(opts, dlqbolt.WithReadOnly())
 	}
-	s, err := dlq.OpenBolt(path, opts...)
-	if errors.Is(err, dlq.ErrLocked) {
+	s, err := dlqbolt.Open(path, opts...)
+	if errors.Is(err, dlqbolt.ErrLocked) {
 		return nil, fmt.Errorf("%w\n(stop the program that has the dead-letter queue open, or copy the file and use -store)", err)
 	}
 	return s, err

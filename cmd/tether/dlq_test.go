@@ -18,6 +18,7 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/dlq/dlqbolt"
 )
 
 var tBase = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -26,7 +27,7 @@ var tBase = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 func seed(t *testing.T, entries ...*dlq.Entry) (string, []string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "dlq.db")
-	s, err := dlq.OpenBolt(path)
+	s, err := dlqbolt.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func standardSeed(t *testing.T) (string, []string) {
 // storeIDs returns the IDs in the store at path (opened and closed again).
 func storeIDs(t *testing.T, path string) []string {
 	t.Helper()
-	s, err := dlq.OpenBolt(path)
+	s, err := dlqbolt.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +87,7 @@ func storeIDs(t *testing.T, path string) []string {
 
 func getEntry(t *testing.T, path, id string) *dlq.Entry {
 	t.Helper()
-	s, err := dlq.OpenBolt(path)
+	s, err := dlqbolt.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +211,7 @@ func TestDefaultStorePath(t *testing.T) {
 
 func TestLockedStore(t *testing.T) {
 	path, _ := standardSeed(t)
-	s, err := dlq.OpenBolt(path)
+	s, err := dlqbolt.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}

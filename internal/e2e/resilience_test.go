@@ -21,6 +21,7 @@ import (
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/dlq/dlqbolt"
 	"github.com/tetherrpc/tether/examples/ledger"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 	ledgerv1 "github.com/tetherrpc/tether/gen/example/ledger/v1"
@@ -286,7 +287,7 @@ func TestDeadLetterSurvivesSIGKILL(t *testing.T) {
 		t.Fatal("the child process did not dead-letter its call")
 	}
 
-	store, err := dlq.OpenBolt(path)
+	store, err := dlqbolt.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +317,7 @@ func TestHelperDeadLetterClient(t *testing.T) {
 	if path == "" {
 		t.Skip("helper process only")
 	}
-	store, err := dlq.OpenBolt(path)
+	store, err := dlqbolt.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,14 +9,14 @@ package benchv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // BenchServiceName is the fully-qualified name of the bench.v1.BenchService
 // service.
@@ -39,7 +39,7 @@ const (
 // The methods of BenchService, shared by NewBenchServiceClient and
 // RegisterBenchServiceHandler so that client and server agree on each one.
 var (
-	benchServiceUnaryMethod = &client.Method{
+	benchServiceUnaryMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        BenchServiceUnaryProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -47,7 +47,7 @@ var (
 		},
 	}
 
-	benchServiceServerStreamMethod = &client.Method{
+	benchServiceServerStreamMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        BenchServiceServerStreamProcedure,
 			StreamType:       tether.StreamTypeServer,
@@ -55,7 +55,7 @@ var (
 		},
 	}
 
-	benchServiceBidiMethod = &client.Method{
+	benchServiceBidiMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        BenchServiceBidiProcedure,
 			StreamType:       tether.StreamTypeBidi,
@@ -124,37 +124,41 @@ func RegisterBenchServiceHandler(s *server.Server, h BenchServiceHandler, opts .
 // BenchService is implemented identically over tether and grpc-go.
 type BenchServiceClient interface {
 	// Unary answers with a payload holding the same body.
-	Unary(ctx context.Context, req *Payload, opts ...client.CallOption) (*Payload, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Unary(ctx context.Context, req *Payload, opts ...clientconn.CallOption) (*Payload, error)
 
 	// ServerStream sends count payloads of size bytes each, then ends.
-	ServerStream(ctx context.Context, req *StreamRequest, opts ...client.CallOption) (*client.ServerStream[Payload], error)
+	ServerStream(ctx context.Context, req *StreamRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[Payload], error)
 
 	// Bidi answers every payload with one holding the same body.
-	Bidi(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[Payload, Payload], error)
+	Bidi(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Payload, Payload], error)
 }
 
 // NewBenchServiceClient returns a client for the bench.v1.BenchService service
-// that makes its calls on c.
-func NewBenchServiceClient(c *client.Client) BenchServiceClient {
+// that makes its calls on c, usually a *client.Client (client.New).
+func NewBenchServiceClient(c clientconn.Conn) BenchServiceClient {
 	return &benchServiceClient{cc: c}
 }
 
 // benchServiceClient implements BenchServiceClient.
 type benchServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Unary calls bench.v1.BenchService.Unary.
-func (c *benchServiceClient) Unary(ctx context.Context, req *Payload, opts ...client.CallOption) (*Payload, error) {
-	return client.CallUnary[Payload, Payload](ctx, c.cc, benchServiceUnaryMethod, req, opts...)
+func (c *benchServiceClient) Unary(ctx context.Context, req *Payload, opts ...clientconn.CallOption) (*Payload, error) {
+	return clientconn.CallUnary[Payload, Payload](ctx, c.cc, benchServiceUnaryMethod, req, opts...)
 }
 
 // ServerStream calls bench.v1.BenchService.ServerStream.
-func (c *benchServiceClient) ServerStream(ctx context.Context, req *StreamRequest, opts ...client.CallOption) (*client.ServerStream[Payload], error) {
-	return client.CallServerStream[StreamRequest, Payload](ctx, c.cc, benchServiceServerStreamMethod, req, opts...)
+func (c *benchServiceClient) ServerStream(ctx context.Context, req *StreamRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[Payload], error) {
+	return clientconn.CallServerStream[StreamRequest, Payload](ctx, c.cc, benchServiceServerStreamMethod, req, opts...)
 }
 
 // Bidi calls bench.v1.BenchService.Bidi.
-func (c *benchServiceClient) Bidi(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[Payload, Payload], error) {
-	return client.CallBidiStream[Payload, Payload](ctx, c.cc, benchServiceBidiMethod, opts...)
+func (c *benchServiceClient) Bidi(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Payload, Payload], error) {
+	return clientconn.CallBidiStream[Payload, Payload](ctx, c.cc, benchServiceBidiMethod, opts...)
 }

@@ -9,14 +9,14 @@ package echov1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // EchoServiceName is the fully-qualified name of the
 // example.echo.v1.EchoService service.
@@ -44,7 +44,7 @@ const (
 // The methods of EchoService, shared by NewEchoServiceClient and
 // RegisterEchoServiceHandler so that client and server agree on each one.
 var (
-	echoServiceSayMethod = &client.Method{
+	echoServiceSayMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        EchoServiceSayProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -52,7 +52,7 @@ var (
 		},
 	}
 
-	echoServiceCountdownMethod = &client.Method{
+	echoServiceCountdownMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        EchoServiceCountdownProcedure,
 			StreamType:       tether.StreamTypeServer,
@@ -60,7 +60,7 @@ var (
 		},
 	}
 
-	echoServiceCollectMethod = &client.Method{
+	echoServiceCollectMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        EchoServiceCollectProcedure,
 			StreamType:       tether.StreamTypeClient,
@@ -68,7 +68,7 @@ var (
 		},
 	}
 
-	echoServiceChatMethod = &client.Method{
+	echoServiceChatMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        EchoServiceChatProcedure,
 			StreamType:       tether.StreamTypeBidi,
@@ -148,45 +148,49 @@ func RegisterEchoServiceHandler(s *server.Server, h EchoServiceHandler, opts ...
 type EchoServiceClient interface {
 	// Say answers one request with one response carrying the same text and
 	// payload.
-	Say(ctx context.Context, req *SayRequest, opts ...client.CallOption) (*SayResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Say(ctx context.Context, req *SayRequest, opts ...clientconn.CallOption) (*SayResponse, error)
 
 	// Countdown streams count, count-1, ..., 1 back to the caller.
-	Countdown(ctx context.Context, req *CountdownRequest, opts ...client.CallOption) (*client.ServerStream[CountdownResponse], error)
+	Countdown(ctx context.Context, req *CountdownRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[CountdownResponse], error)
 
 	// Collect receives many texts and answers once with all of them joined.
-	Collect(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[CollectRequest, CollectResponse], error)
+	Collect(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[CollectRequest, CollectResponse], error)
 
 	// Chat answers every message as it arrives.
-	Chat(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[ChatRequest, ChatResponse], error)
+	Chat(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[ChatRequest, ChatResponse], error)
 }
 
 // NewEchoServiceClient returns a client for the example.echo.v1.EchoService
-// service that makes its calls on c.
-func NewEchoServiceClient(c *client.Client) EchoServiceClient {
+// service that makes its calls on c, usually a *client.Client (client.New).
+func NewEchoServiceClient(c clientconn.Conn) EchoServiceClient {
 	return &echoServiceClient{cc: c}
 }
 
 // echoServiceClient implements EchoServiceClient.
 type echoServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Say calls example.echo.v1.EchoService.Say.
-func (c *echoServiceClient) Say(ctx context.Context, req *SayRequest, opts ...client.CallOption) (*SayResponse, error) {
-	return client.CallUnary[SayRequest, SayResponse](ctx, c.cc, echoServiceSayMethod, req, opts...)
+func (c *echoServiceClient) Say(ctx context.Context, req *SayRequest, opts ...clientconn.CallOption) (*SayResponse, error) {
+	return clientconn.CallUnary[SayRequest, SayResponse](ctx, c.cc, echoServiceSayMethod, req, opts...)
 }
 
 // Countdown calls example.echo.v1.EchoService.Countdown.
-func (c *echoServiceClient) Countdown(ctx context.Context, req *CountdownRequest, opts ...client.CallOption) (*client.ServerStream[CountdownResponse], error) {
-	return client.CallServerStream[CountdownRequest, CountdownResponse](ctx, c.cc, echoServiceCountdownMethod, req, opts...)
+func (c *echoServiceClient) Countdown(ctx context.Context, req *CountdownRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[CountdownResponse], error) {
+	return clientconn.CallServerStream[CountdownRequest, CountdownResponse](ctx, c.cc, echoServiceCountdownMethod, req, opts...)
 }
 
 // Collect calls example.echo.v1.EchoService.Collect.
-func (c *echoServiceClient) Collect(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[CollectRequest, CollectResponse], error) {
-	return client.CallClientStream[CollectRequest, CollectResponse](ctx, c.cc, echoServiceCollectMethod, opts...)
+func (c *echoServiceClient) Collect(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[CollectRequest, CollectResponse], error) {
+	return clientconn.CallClientStream[CollectRequest, CollectResponse](ctx, c.cc, echoServiceCollectMethod, opts...)
 }
 
 // Chat calls example.echo.v1.EchoService.Chat.
-func (c *echoServiceClient) Chat(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[ChatRequest, ChatResponse], error) {
-	return client.CallBidiStream[ChatRequest, ChatResponse](ctx, c.cc, echoServiceChatMethod, opts...)
+func (c *echoServiceClient) Chat(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[ChatRequest, ChatResponse], error) {
+	return clientconn.CallBidiStream[ChatRequest, ChatResponse](ctx, c.cc, echoServiceChatMethod, opts...)
 }

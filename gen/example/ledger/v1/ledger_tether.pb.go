@@ -9,7 +9,7 @@ package ledgerv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 	time "time"
 )
@@ -17,7 +17,7 @@ import (
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // LedgerServiceName is the fully-qualified name of the
 // example.ledger.v1.LedgerService service.
@@ -42,13 +42,13 @@ const (
 // The methods of LedgerService, shared by NewLedgerServiceClient and
 // RegisterLedgerServiceHandler so that client and server agree on each one.
 var (
-	ledgerServiceCreditMethod = &client.Method{
+	ledgerServiceCreditMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LedgerServiceCreditProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyUnknown,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    4,
 			InitialBackoff: 50 * time.Millisecond,
 			MaxBackoff:     time.Second,
@@ -57,20 +57,20 @@ var (
 		},
 	}
 
-	ledgerServiceRecordMethod = &client.Method{
+	ledgerServiceRecordMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LedgerServiceRecordProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyIdempotent,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    8,
 			InitialBackoff: 20 * time.Millisecond,
 			MaxBackoff:     500 * time.Millisecond,
 		},
 	}
 
-	ledgerServiceBalanceMethod = &client.Method{
+	ledgerServiceBalanceMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LedgerServiceBalanceProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -147,38 +147,51 @@ type LedgerServiceClient interface {
 	// so the method is not idempotent by itself: the server deduplicates
 	// repeats by idempotency key, and a credit that cannot be delivered is
 	// parked in the client's dead-letter queue for replay.
-	Credit(ctx context.Context, req *CreditRequest, opts ...client.CallOption) (*CreditResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Credit(ctx context.Context, req *CreditRequest, opts ...clientconn.CallOption) (*CreditResponse, error)
 
 	// Record stores an entry under its id; storing the same entry again
 	// changes nothing.
-	Record(ctx context.Context, req *RecordRequest, opts ...client.CallOption) (*RecordResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Record(ctx context.Context, req *RecordRequest, opts ...clientconn.CallOption) (*RecordResponse, error)
 
 	// Balance reads an account's balance.
-	Balance(ctx context.Context, req *BalanceRequest, opts ...client.CallOption) (*BalanceResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Balance(ctx context.Context, req *BalanceRequest, opts ...clientconn.CallOption) (*BalanceResponse, error)
 }
 
 // NewLedgerServiceClient returns a client for the
-// example.ledger.v1.LedgerService service that makes its calls on c.
-func NewLedgerServiceClient(c *client.Client) LedgerServiceClient {
+// example.ledger.v1.LedgerService service that makes its calls on c, usually a
+// *client.Client (client.New).
+func NewLedgerServiceClient(c clientconn.Conn) LedgerServiceClient {
 	return &ledgerServiceClient{cc: c}
 }
 
 // ledgerServiceClient implements LedgerServiceClient.
 type ledgerServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Credit calls example.ledger.v1.LedgerService.Credit.
-func (c *ledgerServiceClient) Credit(ctx context.Context, req *CreditRequest, opts ...client.CallOption) (*CreditResponse, error) {
-	return client.CallUnary[CreditRequest, CreditResponse](ctx, c.cc, ledgerServiceCreditMethod, req, opts...)
+func (c *ledgerServiceClient) Credit(ctx context.Context, req *CreditRequest, opts ...clientconn.CallOption) (*CreditResponse, error) {
+	return clientconn.CallUnary[CreditRequest, CreditResponse](ctx, c.cc, ledgerServiceCreditMethod, req, opts...)
 }
 
 // Record calls example.ledger.v1.LedgerService.Record.
-func (c *ledgerServiceClient) Record(ctx context.Context, req *RecordRequest, opts ...client.CallOption) (*RecordResponse, error) {
-	return client.CallUnary[RecordRequest, RecordResponse](ctx, c.cc, ledgerServiceRecordMethod, req, opts...)
+func (c *ledgerServiceClient) Record(ctx context.Context, req *RecordRequest, opts ...clientconn.CallOption) (*RecordResponse, error) {
+	return clientconn.CallUnary[RecordRequest, RecordResponse](ctx, c.cc, ledgerServiceRecordMethod, req, opts...)
 }
 
 // Balance calls example.ledger.v1.LedgerService.Balance.
-func (c *ledgerServiceClient) Balance(ctx context.Context, req *BalanceRequest, opts ...client.CallOption) (*BalanceResponse, error) {
-	return client.CallUnary[BalanceRequest, BalanceResponse](ctx, c.cc, ledgerServiceBalanceMethod, req, opts...)
+func (c *ledgerServiceClient) Balance(ctx context.Context, req *BalanceRequest, opts ...clientconn.CallOption) (*BalanceResponse, error) {
+	return clientconn.CallUnary[BalanceRequest, BalanceResponse](ctx, c.cc, ledgerServiceBalanceMethod, req, opts...)
 }

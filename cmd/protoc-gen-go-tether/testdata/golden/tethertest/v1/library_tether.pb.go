@@ -9,7 +9,7 @@ package tethertestv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	v1 "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/common/v1"
 	server "github.com/tetherrpc/tether/server"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
@@ -19,7 +19,7 @@ import (
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // LibraryServiceName is the fully-qualified name of the
 // tethertest.v1.LibraryService service.
@@ -66,7 +66,7 @@ const (
 // The methods of LibraryService, shared by NewLibraryServiceClient and
 // RegisterLibraryServiceHandler so that client and server agree on each one.
 var (
-	libraryServiceGetBookMethod = &client.Method{
+	libraryServiceGetBookMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceGetBookProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -74,13 +74,13 @@ var (
 		},
 	}
 
-	libraryServicePutBookMethod = &client.Method{
+	libraryServicePutBookMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServicePutBookProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyIdempotent,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:       5,
 			InitialBackoff:    250 * time.Millisecond,
 			MaxBackoff:        90 * time.Second,
@@ -90,19 +90,19 @@ var (
 		},
 	}
 
-	libraryServiceDeleteBookMethod = &client.Method{
+	libraryServiceDeleteBookMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceDeleteBookProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyUnknown,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    2,
 			RetryableCodes: []tether.Code{tether.CodeUnavailable},
 		},
 	}
 
-	libraryServicePingMethod = &client.Method{
+	libraryServicePingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServicePingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -110,42 +110,42 @@ var (
 		},
 	}
 
-	libraryServiceWatchBooksMethod = &client.Method{
+	libraryServiceWatchBooksMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceWatchBooksProcedure,
 			StreamType:       tether.StreamTypeServer,
 			IdempotencyLevel: tether.IdempotencyNoSideEffects,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			InitialBackoff: time.Second,
 			MaxBackoff:     2 * time.Minute,
 		},
 	}
 
-	libraryServiceUploadCoverMethod = &client.Method{
+	libraryServiceUploadCoverMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceUploadCoverProcedure,
 			StreamType:       tether.StreamTypeClient,
 			IdempotencyLevel: tether.IdempotencyIdempotent,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts: 4,
 		},
 	}
 
-	libraryServiceSyncBooksMethod = &client.Method{
+	libraryServiceSyncBooksMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceSyncBooksProcedure,
 			StreamType:       tether.StreamTypeBidi,
 			IdempotencyLevel: tether.IdempotencyUnknown,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    2,
 			RetryableCodes: []tether.Code{tether.CodeUnavailable, tether.CodeAborted},
 		},
 	}
 
-	libraryServiceLendBookMethod = &client.Method{
+	libraryServiceLendBookMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceLendBookProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -273,87 +273,107 @@ type LibraryServiceClient interface {
 	// GetBook returns one book.
 	//
 	// It has no side effects, so the client may retry it freely.
-	GetBook(ctx context.Context, req *GetBookRequest, opts ...client.CallOption) (*Book, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	GetBook(ctx context.Context, req *GetBookRequest, opts ...clientconn.CallOption) (*Book, error)
 
 	// PutBook stores a book, replacing any book with the same name. It
 	// declares a retry policy with every field set.
-	PutBook(ctx context.Context, req *PutBookRequest, opts ...client.CallOption) (*Book, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	PutBook(ctx context.Context, req *PutBookRequest, opts ...clientconn.CallOption) (*Book, error)
 
 	// DeleteBook removes a book. It has side effects, and declares a partial
 	// retry policy: the runtime fills in the fields left out.
-	DeleteBook(ctx context.Context, req *DeleteBookRequest, opts ...client.CallOption) (*emptypb.Empty, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	DeleteBook(ctx context.Context, req *DeleteBookRequest, opts ...clientconn.CallOption) (*emptypb.Empty, error)
 
 	// Ping calls tethertest.v1.LibraryService.Ping.
-	Ping(ctx context.Context, req *emptypb.Empty, opts ...client.CallOption) (*emptypb.Empty, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *emptypb.Empty, opts ...clientconn.CallOption) (*emptypb.Empty, error)
 
 	// WatchBooks streams every change to the library.
-	WatchBooks(ctx context.Context, req *WatchBooksRequest, opts ...client.CallOption) (*client.ServerStream[Book], error)
+	WatchBooks(ctx context.Context, req *WatchBooksRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[Book], error)
 
 	// UploadCover receives a cover image in chunks. It is retried before its
 	// response, with the chunks sent so far (within the client's retry
 	// buffer).
-	UploadCover(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[v1.Chunk, v1.Ack], error)
+	UploadCover(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[v1.Chunk, v1.Ack], error)
 
 	// SyncBooks exchanges changes in both directions.
-	SyncBooks(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[Book, Book], error)
+	SyncBooks(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Book, Book], error)
 
 	// LendBook lends a book out.
 	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	//
 	// Deprecated: Do not use.
-	LendBook(ctx context.Context, req *LendBookRequest, opts ...client.CallOption) (*Book, error)
+	LendBook(ctx context.Context, req *LendBookRequest, opts ...clientconn.CallOption) (*Book, error)
 }
 
 // NewLibraryServiceClient returns a client for the tethertest.v1.LibraryService
-// service that makes its calls on c.
-func NewLibraryServiceClient(c *client.Client) LibraryServiceClient {
+// service that makes its calls on c, usually a *client.Client (client.New).
+func NewLibraryServiceClient(c clientconn.Conn) LibraryServiceClient {
 	return &libraryServiceClient{cc: c}
 }
 
 // libraryServiceClient implements LibraryServiceClient.
 type libraryServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // GetBook calls tethertest.v1.LibraryService.GetBook.
-func (c *libraryServiceClient) GetBook(ctx context.Context, req *GetBookRequest, opts ...client.CallOption) (*Book, error) {
-	return client.CallUnary[GetBookRequest, Book](ctx, c.cc, libraryServiceGetBookMethod, req, opts...)
+func (c *libraryServiceClient) GetBook(ctx context.Context, req *GetBookRequest, opts ...clientconn.CallOption) (*Book, error) {
+	return clientconn.CallUnary[GetBookRequest, Book](ctx, c.cc, libraryServiceGetBookMethod, req, opts...)
 }
 
 // PutBook calls tethertest.v1.LibraryService.PutBook.
-func (c *libraryServiceClient) PutBook(ctx context.Context, req *PutBookRequest, opts ...client.CallOption) (*Book, error) {
-	return client.CallUnary[PutBookRequest, Book](ctx, c.cc, libraryServicePutBookMethod, req, opts...)
+func (c *libraryServiceClient) PutBook(ctx context.Context, req *PutBookRequest, opts ...clientconn.CallOption) (*Book, error) {
+	return clientconn.CallUnary[PutBookRequest, Book](ctx, c.cc, libraryServicePutBookMethod, req, opts...)
 }
 
 // DeleteBook calls tethertest.v1.LibraryService.DeleteBook.
-func (c *libraryServiceClient) DeleteBook(ctx context.Context, req *DeleteBookRequest, opts ...client.CallOption) (*emptypb.Empty, error) {
-	return client.CallUnary[DeleteBookRequest, emptypb.Empty](ctx, c.cc, libraryServiceDeleteBookMethod, req, opts...)
+func (c *libraryServiceClient) DeleteBook(ctx context.Context, req *DeleteBookRequest, opts ...clientconn.CallOption) (*emptypb.Empty, error) {
+	return clientconn.CallUnary[DeleteBookRequest, emptypb.Empty](ctx, c.cc, libraryServiceDeleteBookMethod, req, opts...)
 }
 
 // Ping calls tethertest.v1.LibraryService.Ping.
-func (c *libraryServiceClient) Ping(ctx context.Context, req *emptypb.Empty, opts ...client.CallOption) (*emptypb.Empty, error) {
-	return client.CallUnary[emptypb.Empty, emptypb.Empty](ctx, c.cc, libraryServicePingMethod, req, opts...)
+func (c *libraryServiceClient) Ping(ctx context.Context, req *emptypb.Empty, opts ...clientconn.CallOption) (*emptypb.Empty, error) {
+	return clientconn.CallUnary[emptypb.Empty, emptypb.Empty](ctx, c.cc, libraryServicePingMethod, req, opts...)
 }
 
 // WatchBooks calls tethertest.v1.LibraryService.WatchBooks.
-func (c *libraryServiceClient) WatchBooks(ctx context.Context, req *WatchBooksRequest, opts ...client.CallOption) (*client.ServerStream[Book], error) {
-	return client.CallServerStream[WatchBooksRequest, Book](ctx, c.cc, libraryServiceWatchBooksMethod, req, opts...)
+func (c *libraryServiceClient) WatchBooks(ctx context.Context, req *WatchBooksRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[Book], error) {
+	return clientconn.CallServerStream[WatchBooksRequest, Book](ctx, c.cc, libraryServiceWatchBooksMethod, req, opts...)
 }
 
 // UploadCover calls tethertest.v1.LibraryService.UploadCover.
-func (c *libraryServiceClient) UploadCover(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[v1.Chunk, v1.Ack], error) {
-	return client.CallClientStream[v1.Chunk, v1.Ack](ctx, c.cc, libraryServiceUploadCoverMethod, opts...)
+func (c *libraryServiceClient) UploadCover(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[v1.Chunk, v1.Ack], error) {
+	return clientconn.CallClientStream[v1.Chunk, v1.Ack](ctx, c.cc, libraryServiceUploadCoverMethod, opts...)
 }
 
 // SyncBooks calls tethertest.v1.LibraryService.SyncBooks.
-func (c *libraryServiceClient) SyncBooks(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[Book, Book], error) {
-	return client.CallBidiStream[Book, Book](ctx, c.cc, libraryServiceSyncBooksMethod, opts...)
+func (c *libraryServiceClient) SyncBooks(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Book, Book], error) {
+	return clientconn.CallBidiStream[Book, Book](ctx, c.cc, libraryServiceSyncBooksMethod, opts...)
 }
 
 // LendBook calls tethertest.v1.LibraryService.LendBook.
 //
 // Deprecated: Do not use.
-func (c *libraryServiceClient) LendBook(ctx context.Context, req *LendBookRequest, opts ...client.CallOption) (*Book, error) {
-	return client.CallUnary[LendBookRequest, Book](ctx, c.cc, libraryServiceLendBookMethod, req, opts...)
+func (c *libraryServiceClient) LendBook(ctx context.Context, req *LendBookRequest, opts ...clientconn.CallOption) (*Book, error) {
+	return clientconn.CallUnary[LendBookRequest, Book](ctx, c.cc, libraryServiceLendBookMethod, req, opts...)
 }
 
 // HTTPAdminServiceName is the fully-qualified name of the
@@ -375,13 +395,13 @@ const (
 // The methods of HTTPAdminService, shared by NewHTTPAdminServiceClient and
 // RegisterHTTPAdminServiceHandler so that client and server agree on each one.
 var (
-	httpAdminServiceReindexMethod = &client.Method{
+	httpAdminServiceReindexMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        HTTPAdminServiceReindexProcedure,
 			StreamType:       tether.StreamTypeServer,
 			IdempotencyLevel: tether.IdempotencyUnknown,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:       10,
 			InitialBackoff:    time.Hour,
 			MaxBackoff:        7200000000001 * time.Nanosecond,
@@ -452,25 +472,26 @@ type HTTPAdminServiceClient interface {
 	// Its backoffs are whole hours and an odd number of nanoseconds.
 	//
 	// Deprecated: Do not use.
-	Reindex(ctx context.Context, req *emptypb.Empty, opts ...client.CallOption) (*client.ServerStream[v1.Ack], error)
+	Reindex(ctx context.Context, req *emptypb.Empty, opts ...clientconn.CallOption) (*clientconn.ServerStream[v1.Ack], error)
 }
 
 // NewHTTPAdminServiceClient returns a client for the
-// tethertest.v1.HTTPAdminService service that makes its calls on c.
+// tethertest.v1.HTTPAdminService service that makes its calls on c, usually a
+// *client.Client (client.New).
 //
 // Deprecated: Do not use.
-func NewHTTPAdminServiceClient(c *client.Client) HTTPAdminServiceClient {
+func NewHTTPAdminServiceClient(c clientconn.Conn) HTTPAdminServiceClient {
 	return &httpAdminServiceClient{cc: c}
 }
 
 // httpAdminServiceClient implements HTTPAdminServiceClient.
 type httpAdminServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Reindex calls tethertest.v1.HTTPAdminService.Reindex.
 //
 // Deprecated: Do not use.
-func (c *httpAdminServiceClient) Reindex(ctx context.Context, req *emptypb.Empty, opts ...client.CallOption) (*client.ServerStream[v1.Ack], error) {
-	return client.CallServerStream[emptypb.Empty, v1.Ack](ctx, c.cc, httpAdminServiceReindexMethod, req, opts...)
+func (c *httpAdminServiceClient) Reindex(ctx context.Context, req *emptypb.Empty, opts ...clientconn.CallOption) (*clientconn.ServerStream[v1.Ack], error) {
+	return clientconn.CallServerStream[emptypb.Empty, v1.Ack](ctx, c.cc, httpAdminServiceReindexMethod, req, opts...)
 }

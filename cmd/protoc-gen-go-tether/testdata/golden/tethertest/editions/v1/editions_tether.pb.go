@@ -9,7 +9,7 @@ package editionsv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 	time "time"
 )
@@ -17,7 +17,7 @@ import (
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // GreeterServiceName is the fully-qualified name of the
 // tethertest.editions.v1.GreeterService service.
@@ -34,13 +34,13 @@ const (
 // The methods of GreeterService, shared by NewGreeterServiceClient and
 // RegisterGreeterServiceHandler so that client and server agree on each one.
 var (
-	greeterServiceGreetMethod = &client.Method{
+	greeterServiceGreetMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        GreeterServiceGreetProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyIdempotent,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    4,
 			InitialBackoff: 1500 * time.Nanosecond,
 			MaxBackoff:     1500 * time.Millisecond,
@@ -92,23 +92,28 @@ func RegisterGreeterServiceHandler(s *server.Server, h GreeterServiceHandler, op
 // GreeterService greets.
 type GreeterServiceClient interface {
 	// Greet says hello.
-	Greet(ctx context.Context, req *GreetRequest, opts ...client.CallOption) (*GreetResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Greet(ctx context.Context, req *GreetRequest, opts ...clientconn.CallOption) (*GreetResponse, error)
 }
 
 // NewGreeterServiceClient returns a client for the
-// tethertest.editions.v1.GreeterService service that makes its calls on c.
-func NewGreeterServiceClient(c *client.Client) GreeterServiceClient {
+// tethertest.editions.v1.GreeterService service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewGreeterServiceClient(c clientconn.Conn) GreeterServiceClient {
 	return &greeterServiceClient{cc: c}
 }
 
 // greeterServiceClient implements GreeterServiceClient.
 type greeterServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Greet calls tethertest.editions.v1.GreeterService.Greet.
-func (c *greeterServiceClient) Greet(ctx context.Context, req *GreetRequest, opts ...client.CallOption) (*GreetResponse, error) {
-	return client.CallUnary[GreetRequest, GreetResponse](ctx, c.cc, greeterServiceGreetMethod, req, opts...)
+func (c *greeterServiceClient) Greet(ctx context.Context, req *GreetRequest, opts ...clientconn.CallOption) (*GreetResponse, error) {
+	return clientconn.CallUnary[GreetRequest, GreetResponse](ctx, c.cc, greeterServiceGreetMethod, req, opts...)
 }
 
 // EmptyServiceName is the fully-qualified name of the
@@ -149,12 +154,13 @@ func RegisterEmptyServiceHandler(s *server.Server, h EmptyServiceHandler, opts .
 type EmptyServiceClient interface{}
 
 // NewEmptyServiceClient returns a client for the
-// tethertest.editions.v1.EmptyService service that makes its calls on c.
-func NewEmptyServiceClient(c *client.Client) EmptyServiceClient {
+// tethertest.editions.v1.EmptyService service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewEmptyServiceClient(c clientconn.Conn) EmptyServiceClient {
 	return &emptyServiceClient{cc: c}
 }
 
 // emptyServiceClient implements EmptyServiceClient.
 type emptyServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }

@@ -9,14 +9,14 @@ package deprecatedv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // OldServiceName is the fully-qualified name of the
 // tethertest.edge.deprecated.v1.OldService service.
@@ -37,7 +37,7 @@ const (
 // The methods of OldService, shared by NewOldServiceClient and
 // RegisterOldServiceHandler so that client and server agree on each one.
 var (
-	oldServicePingMethod = &client.Method{
+	oldServicePingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        OldServicePingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -105,28 +105,33 @@ func RegisterOldServiceHandler(s *server.Server, h OldServiceHandler, opts ...se
 type OldServiceClient interface {
 	// Ping answers.
 	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	//
 	// Deprecated: Do not use.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewOldServiceClient returns a client for the
-// tethertest.edge.deprecated.v1.OldService service that makes its calls on c.
+// tethertest.edge.deprecated.v1.OldService service that makes its calls on c,
+// usually a *client.Client (client.New).
 //
 // Deprecated: Do not use.
-func NewOldServiceClient(c *client.Client) OldServiceClient {
+func NewOldServiceClient(c clientconn.Conn) OldServiceClient {
 	return &oldServiceClient{cc: c}
 }
 
 // oldServiceClient implements OldServiceClient.
 type oldServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Ping calls tethertest.edge.deprecated.v1.OldService.Ping.
 //
 // Deprecated: Do not use.
-func (c *oldServiceClient) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, oldServicePingMethod, req, opts...)
+func (c *oldServiceClient) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, oldServicePingMethod, req, opts...)
 }
 
 // NewServiceName is the fully-qualified name of the
@@ -150,7 +155,7 @@ const (
 // The methods of NewService, shared by NewNewServiceClient and
 // RegisterNewServiceHandler so that client and server agree on each one.
 var (
-	newServicePingMethod = &client.Method{
+	newServicePingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        NewServicePingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -158,7 +163,7 @@ var (
 		},
 	}
 
-	newServiceOldPingMethod = &client.Method{
+	newServiceOldPingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        NewServiceOldPingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -222,33 +227,42 @@ func RegisterNewServiceHandler(s *server.Server, h NewServiceHandler, opts ...se
 // NewService replaces OldService.
 type NewServiceClient interface {
 	// Ping answers.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 
 	// OldPing answers, as Ping did before.
 	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	//
 	// Deprecated: Do not use.
-	OldPing(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	OldPing(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewNewServiceClient returns a client for the
-// tethertest.edge.deprecated.v1.NewService service that makes its calls on c.
-func NewNewServiceClient(c *client.Client) NewServiceClient {
+// tethertest.edge.deprecated.v1.NewService service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewNewServiceClient(c clientconn.Conn) NewServiceClient {
 	return &newServiceClient{cc: c}
 }
 
 // newServiceClient implements NewServiceClient.
 type newServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Ping calls tethertest.edge.deprecated.v1.NewService.Ping.
-func (c *newServiceClient) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, newServicePingMethod, req, opts...)
+func (c *newServiceClient) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, newServicePingMethod, req, opts...)
 }
 
 // OldPing calls tethertest.edge.deprecated.v1.NewService.OldPing.
 //
 // Deprecated: Do not use.
-func (c *newServiceClient) OldPing(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, newServiceOldPingMethod, req, opts...)
+func (c *newServiceClient) OldPing(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, newServiceOldPingMethod, req, opts...)
 }

@@ -8,14 +8,14 @@ package emptyv1
 
 import (
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // EmptyServiceName is the fully-qualified name of the
 // tethertest.edge.empty.v1.EmptyService service.
@@ -55,12 +55,13 @@ func RegisterEmptyServiceHandler(s *server.Server, h EmptyServiceHandler, opts .
 type EmptyServiceClient interface{}
 
 // NewEmptyServiceClient returns a client for the
-// tethertest.edge.empty.v1.EmptyService service that makes its calls on c.
-func NewEmptyServiceClient(c *client.Client) EmptyServiceClient {
+// tethertest.edge.empty.v1.EmptyService service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewEmptyServiceClient(c clientconn.Conn) EmptyServiceClient {
 	return &emptyServiceClient{cc: c}
 }
 
 // emptyServiceClient implements EmptyServiceClient.
 type emptyServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }

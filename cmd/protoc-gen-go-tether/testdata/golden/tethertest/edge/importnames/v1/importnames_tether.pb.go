@@ -9,9 +9,9 @@ package importnamesv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	c "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/edge/importnames/c"
-	client1 "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/edge/importnames/client"
+	client "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/edge/importnames/client"
 	ctx "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/edge/importnames/ctx"
 	opts "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/edge/importnames/opts"
 	req "github.com/tetherrpc/tether/cmd/protoc-gen-go-tether/testdata/gen/tethertest/edge/importnames/req"
@@ -21,7 +21,7 @@ import (
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // ImportNamesServiceName is the fully-qualified name of the
 // tethertest.edge.importnames.v1.ImportNamesService service.
@@ -51,7 +51,7 @@ const (
 // RegisterImportNamesServiceHandler so that client and server agree on each
 // one.
 var (
-	importNamesServiceUnaryMethod = &client.Method{
+	importNamesServiceUnaryMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ImportNamesServiceUnaryProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -59,7 +59,7 @@ var (
 		},
 	}
 
-	importNamesServiceServerStreamMethod = &client.Method{
+	importNamesServiceServerStreamMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ImportNamesServiceServerStreamProcedure,
 			StreamType:       tether.StreamTypeServer,
@@ -67,7 +67,7 @@ var (
 		},
 	}
 
-	importNamesServiceClientStreamMethod = &client.Method{
+	importNamesServiceClientStreamMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ImportNamesServiceClientStreamProcedure,
 			StreamType:       tether.StreamTypeClient,
@@ -75,7 +75,7 @@ var (
 		},
 	}
 
-	importNamesServiceBidiStreamMethod = &client.Method{
+	importNamesServiceBidiStreamMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ImportNamesServiceBidiStreamProcedure,
 			StreamType:       tether.StreamTypeBidi,
@@ -101,7 +101,7 @@ type ImportNamesServiceHandler interface {
 
 	// ClientStream handles
 	// tethertest.edge.importnames.v1.ImportNamesService.ClientStream.
-	ClientStream(ctx context.Context, stream *server.ClientStream[client1.In]) (*req.Out, error)
+	ClientStream(ctx context.Context, stream *server.ClientStream[client.In]) (*req.Out, error)
 
 	// BidiStream handles
 	// tethertest.edge.importnames.v1.ImportNamesService.BidiStream.
@@ -128,7 +128,7 @@ func (UnimplementedImportNamesServiceHandler) ServerStream(context.Context, *ctx
 }
 
 // ClientStream answers [tether.CodeUnimplemented].
-func (UnimplementedImportNamesServiceHandler) ClientStream(context.Context, *server.ClientStream[client1.In]) (*req.Out, error) {
+func (UnimplementedImportNamesServiceHandler) ClientStream(context.Context, *server.ClientStream[client.In]) (*req.Out, error) {
 	return nil, tether.Errorf(tether.CodeUnimplemented, "tethertest.edge.importnames.v1.ImportNamesService.ClientStream is not implemented")
 }
 
@@ -154,52 +154,56 @@ func RegisterImportNamesServiceHandler(s *server.Server, h ImportNamesServiceHan
 // [NewImportNamesServiceClient].
 type ImportNamesServiceClient interface {
 	// Unary calls tethertest.edge.importnames.v1.ImportNamesService.Unary.
-	Unary(ctx context.Context, req *req.In, opts ...client.CallOption) (*opts.Out, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Unary(ctx context.Context, req *req.In, opts ...clientconn.CallOption) (*opts.Out, error)
 
 	// ServerStream calls
 	// tethertest.edge.importnames.v1.ImportNamesService.ServerStream.
-	ServerStream(ctx context.Context, req *ctx.In, opts ...client.CallOption) (*client.ServerStream[c.Out], error)
+	ServerStream(ctx context.Context, req *ctx.In, opts ...clientconn.CallOption) (*clientconn.ServerStream[c.Out], error)
 
 	// ClientStream calls
 	// tethertest.edge.importnames.v1.ImportNamesService.ClientStream.
-	ClientStream(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[client1.In, req.Out], error)
+	ClientStream(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[client.In, req.Out], error)
 
 	// BidiStream calls
 	// tethertest.edge.importnames.v1.ImportNamesService.BidiStream.
-	BidiStream(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[c.In, ctx.Out], error)
+	BidiStream(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[c.In, ctx.Out], error)
 }
 
 // NewImportNamesServiceClient returns a client for the
 // tethertest.edge.importnames.v1.ImportNamesService service that makes its
-// calls on c.
-func NewImportNamesServiceClient(c *client.Client) ImportNamesServiceClient {
+// calls on c, usually a *client.Client (client.New).
+func NewImportNamesServiceClient(c clientconn.Conn) ImportNamesServiceClient {
 	return &importNamesServiceClient{cc: c}
 }
 
 // importNamesServiceClient implements ImportNamesServiceClient.
 type importNamesServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Unary calls tethertest.edge.importnames.v1.ImportNamesService.Unary.
-func (c *importNamesServiceClient) Unary(ctx context.Context, req_ *req.In, opts_ ...client.CallOption) (*opts.Out, error) {
-	return client.CallUnary[req.In, opts.Out](ctx, c.cc, importNamesServiceUnaryMethod, req_, opts_...)
+func (c *importNamesServiceClient) Unary(ctx context.Context, req_ *req.In, opts_ ...clientconn.CallOption) (*opts.Out, error) {
+	return clientconn.CallUnary[req.In, opts.Out](ctx, c.cc, importNamesServiceUnaryMethod, req_, opts_...)
 }
 
 // ServerStream calls
 // tethertest.edge.importnames.v1.ImportNamesService.ServerStream.
-func (c_ *importNamesServiceClient) ServerStream(ctx_ context.Context, req *ctx.In, opts ...client.CallOption) (*client.ServerStream[c.Out], error) {
-	return client.CallServerStream[ctx.In, c.Out](ctx_, c_.cc, importNamesServiceServerStreamMethod, req, opts...)
+func (c_ *importNamesServiceClient) ServerStream(ctx_ context.Context, req *ctx.In, opts ...clientconn.CallOption) (*clientconn.ServerStream[c.Out], error) {
+	return clientconn.CallServerStream[ctx.In, c.Out](ctx_, c_.cc, importNamesServiceServerStreamMethod, req, opts...)
 }
 
 // ClientStream calls
 // tethertest.edge.importnames.v1.ImportNamesService.ClientStream.
-func (c *importNamesServiceClient) ClientStream(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[client1.In, req.Out], error) {
-	return client.CallClientStream[client1.In, req.Out](ctx, c.cc, importNamesServiceClientStreamMethod, opts...)
+func (c *importNamesServiceClient) ClientStream(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[client.In, req.Out], error) {
+	return clientconn.CallClientStream[client.In, req.Out](ctx, c.cc, importNamesServiceClientStreamMethod, opts...)
 }
 
 // BidiStream calls
 // tethertest.edge.importnames.v1.ImportNamesService.BidiStream.
-func (c_ *importNamesServiceClient) BidiStream(ctx_ context.Context, opts ...client.CallOption) (*client.BidiStream[c.In, ctx.Out], error) {
-	return client.CallBidiStream[c.In, ctx.Out](ctx_, c_.cc, importNamesServiceBidiStreamMethod, opts...)
+func (c_ *importNamesServiceClient) BidiStream(ctx_ context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[c.In, ctx.Out], error) {
+	return clientconn.CallBidiStream[c.In, ctx.Out](ctx_, c_.cc, importNamesServiceBidiStreamMethod, opts...)
 }

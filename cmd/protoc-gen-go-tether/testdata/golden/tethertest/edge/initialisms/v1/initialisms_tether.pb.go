@@ -9,14 +9,14 @@ package initialismsv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // HTTPAdminName is the fully-qualified name of the
 // tethertest.edge.initialisms.v1.HTTPAdmin service.
@@ -33,7 +33,7 @@ const (
 // The methods of HTTPAdmin, shared by NewHTTPAdminClient and
 // RegisterHTTPAdminHandler so that client and server agree on each one.
 var (
-	httpAdminPingMethod = &client.Method{
+	httpAdminPingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        HTTPAdminPingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -80,23 +80,28 @@ func RegisterHTTPAdminHandler(s *server.Server, h HTTPAdminHandler, opts ...serv
 // service. Create one with [NewHTTPAdminClient].
 type HTTPAdminClient interface {
 	// Ping calls tethertest.edge.initialisms.v1.HTTPAdmin.Ping.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewHTTPAdminClient returns a client for the
-// tethertest.edge.initialisms.v1.HTTPAdmin service that makes its calls on c.
-func NewHTTPAdminClient(c *client.Client) HTTPAdminClient {
+// tethertest.edge.initialisms.v1.HTTPAdmin service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewHTTPAdminClient(c clientconn.Conn) HTTPAdminClient {
 	return &httpAdminClient{cc: c}
 }
 
 // httpAdminClient implements HTTPAdminClient.
 type httpAdminClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Ping calls tethertest.edge.initialisms.v1.HTTPAdmin.Ping.
-func (c *httpAdminClient) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, httpAdminPingMethod, req, opts...)
+func (c *httpAdminClient) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, httpAdminPingMethod, req, opts...)
 }
 
 // HttpAdminName is the fully-qualified name of the
@@ -114,7 +119,7 @@ const (
 // The methods of HttpAdmin, shared by NewHttpAdminClient and
 // RegisterHttpAdminHandler so that client and server agree on each one.
 var (
-	httpAdminPingMethod_ = &client.Method{
+	httpAdminPingMethod_ = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        HttpAdminPingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -161,12 +166,17 @@ func RegisterHttpAdminHandler(s *server.Server, h HttpAdminHandler, opts ...serv
 // service. Create one with [NewHttpAdminClient].
 type HttpAdminClient interface {
 	// Ping calls tethertest.edge.initialisms.v1.HttpAdmin.Ping.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewHttpAdminClient returns a client for the
-// tethertest.edge.initialisms.v1.HttpAdmin service that makes its calls on c.
-func NewHttpAdminClient(c *client.Client) HttpAdminClient {
+// tethertest.edge.initialisms.v1.HttpAdmin service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewHttpAdminClient(c clientconn.Conn) HttpAdminClient {
 	return &httpAdminClient_{cc: c}
 }
 
@@ -176,10 +186,10 @@ func NewHttpAdminClient(c *client.Client) HttpAdminClient {
 // protoc-gen-go-tether for service tethertest.edge.initialisms.v1.HTTPAdmin in
 // this Go package.
 type httpAdminClient_ struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Ping calls tethertest.edge.initialisms.v1.HttpAdmin.Ping.
-func (c *httpAdminClient_) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, httpAdminPingMethod_, req, opts...)
+func (c *httpAdminClient_) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, httpAdminPingMethod_, req, opts...)
 }

@@ -9,14 +9,14 @@ package messagenamesv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // UserName_ is the fully-qualified name of the
 // tethertest.edge.messagenames.v1.User service.
@@ -36,7 +36,7 @@ const (
 // The methods of User, shared by NewUserClient and RegisterUserHandler so that
 // client and server agree on each one.
 var (
-	userGetMethod = &client.Method{
+	userGetMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        UserGetProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -88,21 +88,25 @@ func RegisterUserHandler(s *server.Server, h UserHandler_, opts ...server.Handle
 // tethertest.edge.messagenames.v1.UserClient in this Go package.
 type UserClient_ interface {
 	// Get calls tethertest.edge.messagenames.v1.User.Get.
-	Get(ctx context.Context, req *UserName, opts ...client.CallOption) (*UserHandler, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Get(ctx context.Context, req *UserName, opts ...clientconn.CallOption) (*UserHandler, error)
 }
 
 // NewUserClient returns a client for the tethertest.edge.messagenames.v1.User
-// service that makes its calls on c.
-func NewUserClient(c *client.Client) UserClient_ {
+// service that makes its calls on c, usually a *client.Client (client.New).
+func NewUserClient(c clientconn.Conn) UserClient_ {
 	return &userClient{cc: c}
 }
 
 // userClient implements UserClient_.
 type userClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Get calls tethertest.edge.messagenames.v1.User.Get.
-func (c *userClient) Get(ctx context.Context, req *UserName, opts ...client.CallOption) (*UserHandler, error) {
-	return client.CallUnary[UserName, UserHandler](ctx, c.cc, userGetMethod, req, opts...)
+func (c *userClient) Get(ctx context.Context, req *UserName, opts ...clientconn.CallOption) (*UserHandler, error) {
+	return clientconn.CallUnary[UserName, UserHandler](ctx, c.cc, userGetMethod, req, opts...)
 }

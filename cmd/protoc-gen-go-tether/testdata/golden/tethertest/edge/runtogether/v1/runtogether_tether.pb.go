@@ -9,14 +9,14 @@ package runtogetherv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // FooName is the fully-qualified name of the tethertest.edge.runtogether.v1.Foo
 // service.
@@ -33,7 +33,7 @@ const (
 // The methods of Foo, shared by NewFooClient and RegisterFooHandler so that
 // client and server agree on each one.
 var (
-	fooBarBazMethod = &client.Method{
+	fooBarBazMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        FooBarBazProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -79,23 +79,27 @@ func RegisterFooHandler(s *server.Server, h FooHandler, opts ...server.HandlerOp
 // Create one with [NewFooClient].
 type FooClient interface {
 	// BarBaz calls tethertest.edge.runtogether.v1.Foo.BarBaz.
-	BarBaz(ctx context.Context, req *Req, opts ...client.CallOption) (*Res, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	BarBaz(ctx context.Context, req *Req, opts ...clientconn.CallOption) (*Res, error)
 }
 
 // NewFooClient returns a client for the tethertest.edge.runtogether.v1.Foo
-// service that makes its calls on c.
-func NewFooClient(c *client.Client) FooClient {
+// service that makes its calls on c, usually a *client.Client (client.New).
+func NewFooClient(c clientconn.Conn) FooClient {
 	return &fooClient{cc: c}
 }
 
 // fooClient implements FooClient.
 type fooClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // BarBaz calls tethertest.edge.runtogether.v1.Foo.BarBaz.
-func (c *fooClient) BarBaz(ctx context.Context, req *Req, opts ...client.CallOption) (*Res, error) {
-	return client.CallUnary[Req, Res](ctx, c.cc, fooBarBazMethod, req, opts...)
+func (c *fooClient) BarBaz(ctx context.Context, req *Req, opts ...clientconn.CallOption) (*Res, error) {
+	return clientconn.CallUnary[Req, Res](ctx, c.cc, fooBarBazMethod, req, opts...)
 }
 
 // FooBarName is the fully-qualified name of the
@@ -117,7 +121,7 @@ const (
 // The methods of FooBar, shared by NewFooBarClient and RegisterFooBarHandler so
 // that client and server agree on each one.
 var (
-	fooBarBazMethod_ = &client.Method{
+	fooBarBazMethod_ = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        FooBarBazProcedure_,
 			StreamType:       tether.StreamTypeUnary,
@@ -163,21 +167,26 @@ func RegisterFooBarHandler(s *server.Server, h FooBarHandler, opts ...server.Han
 // service. Create one with [NewFooBarClient].
 type FooBarClient interface {
 	// Baz calls tethertest.edge.runtogether.v1.FooBar.Baz.
-	Baz(ctx context.Context, req *Req, opts ...client.CallOption) (*Res, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Baz(ctx context.Context, req *Req, opts ...clientconn.CallOption) (*Res, error)
 }
 
 // NewFooBarClient returns a client for the
-// tethertest.edge.runtogether.v1.FooBar service that makes its calls on c.
-func NewFooBarClient(c *client.Client) FooBarClient {
+// tethertest.edge.runtogether.v1.FooBar service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewFooBarClient(c clientconn.Conn) FooBarClient {
 	return &fooBarClient{cc: c}
 }
 
 // fooBarClient implements FooBarClient.
 type fooBarClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Baz calls tethertest.edge.runtogether.v1.FooBar.Baz.
-func (c *fooBarClient) Baz(ctx context.Context, req *Req, opts ...client.CallOption) (*Res, error) {
-	return client.CallUnary[Req, Res](ctx, c.cc, fooBarBazMethod_, req, opts...)
+func (c *fooBarClient) Baz(ctx context.Context, req *Req, opts ...clientconn.CallOption) (*Res, error) {
+	return clientconn.CallUnary[Req, Res](ctx, c.cc, fooBarBazMethod_, req, opts...)
 }

@@ -9,14 +9,14 @@ package twopackages
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // EchoName is the fully-qualified name of the
 // tethertest.edge.twopackages.a.Echo service.
@@ -33,7 +33,7 @@ const (
 // The methods of Echo, shared by NewEchoClient and RegisterEchoHandler so that
 // client and server agree on each one.
 var (
-	echoEchoMethod = &client.Method{
+	echoEchoMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        EchoEchoProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -79,21 +79,25 @@ func RegisterEchoHandler(s *server.Server, h EchoHandler, opts ...server.Handler
 // Create one with [NewEchoClient].
 type EchoClient interface {
 	// Echo calls tethertest.edge.twopackages.a.Echo.Echo.
-	Echo(ctx context.Context, req *EchoARequest, opts ...client.CallOption) (*EchoAResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Echo(ctx context.Context, req *EchoARequest, opts ...clientconn.CallOption) (*EchoAResponse, error)
 }
 
 // NewEchoClient returns a client for the tethertest.edge.twopackages.a.Echo
-// service that makes its calls on c.
-func NewEchoClient(c *client.Client) EchoClient {
+// service that makes its calls on c, usually a *client.Client (client.New).
+func NewEchoClient(c clientconn.Conn) EchoClient {
 	return &echoClient{cc: c}
 }
 
 // echoClient implements EchoClient.
 type echoClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Echo calls tethertest.edge.twopackages.a.Echo.Echo.
-func (c *echoClient) Echo(ctx context.Context, req *EchoARequest, opts ...client.CallOption) (*EchoAResponse, error) {
-	return client.CallUnary[EchoARequest, EchoAResponse](ctx, c.cc, echoEchoMethod, req, opts...)
+func (c *echoClient) Echo(ctx context.Context, req *EchoARequest, opts ...clientconn.CallOption) (*EchoAResponse, error) {
+	return clientconn.CallUnary[EchoARequest, EchoAResponse](ctx, c.cc, echoEchoMethod, req, opts...)
 }

@@ -9,14 +9,14 @@ package unimplementedv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // ServiceName is the fully-qualified name of the
 // tethertest.edge.unimplemented.v1.Service service.
@@ -33,7 +33,7 @@ const (
 // The methods of Service, shared by NewServiceClient and RegisterServiceHandler
 // so that client and server agree on each one.
 var (
-	servicePingMethod = &client.Method{
+	servicePingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ServicePingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -80,23 +80,28 @@ func RegisterServiceHandler(s *server.Server, h ServiceHandler, opts ...server.H
 // service. Create one with [NewServiceClient].
 type ServiceClient interface {
 	// Ping calls tethertest.edge.unimplemented.v1.Service.Ping.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewServiceClient returns a client for the
-// tethertest.edge.unimplemented.v1.Service service that makes its calls on c.
-func NewServiceClient(c *client.Client) ServiceClient {
+// tethertest.edge.unimplemented.v1.Service service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewServiceClient(c clientconn.Conn) ServiceClient {
 	return &serviceClient{cc: c}
 }
 
 // serviceClient implements ServiceClient.
 type serviceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Ping calls tethertest.edge.unimplemented.v1.Service.Ping.
-func (c *serviceClient) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, servicePingMethod, req, opts...)
+func (c *serviceClient) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, servicePingMethod, req, opts...)
 }
 
 // UnimplementedServiceName is the fully-qualified name of the
@@ -115,7 +120,7 @@ const (
 // and RegisterUnimplementedServiceHandler so that client and server agree on
 // each one.
 var (
-	unimplementedServicePingMethod = &client.Method{
+	unimplementedServicePingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        UnimplementedServicePingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -168,24 +173,28 @@ func RegisterUnimplementedServiceHandler(s *server.Server, h UnimplementedServic
 // with [NewUnimplementedServiceClient].
 type UnimplementedServiceClient interface {
 	// Ping calls tethertest.edge.unimplemented.v1.UnimplementedService.Ping.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewUnimplementedServiceClient returns a client for the
 // tethertest.edge.unimplemented.v1.UnimplementedService service that makes its
-// calls on c.
-func NewUnimplementedServiceClient(c *client.Client) UnimplementedServiceClient {
+// calls on c, usually a *client.Client (client.New).
+func NewUnimplementedServiceClient(c clientconn.Conn) UnimplementedServiceClient {
 	return &unimplementedServiceClient{cc: c}
 }
 
 // unimplementedServiceClient implements UnimplementedServiceClient.
 type unimplementedServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Ping calls tethertest.edge.unimplemented.v1.UnimplementedService.Ping.
-func (c *unimplementedServiceClient) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, unimplementedServicePingMethod, req, opts...)
+func (c *unimplementedServiceClient) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, unimplementedServicePingMethod, req, opts...)
 }
 
 // AlphaName is the fully-qualified name of the
@@ -207,7 +216,7 @@ const (
 // The methods of Alpha, shared by NewAlphaClient and RegisterAlphaHandler so
 // that client and server agree on each one.
 var (
-	alphaUnimplementedAlphaHandlerMethod = &client.Method{
+	alphaUnimplementedAlphaHandlerMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        AlphaUnimplementedAlphaHandlerProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -215,7 +224,7 @@ var (
 		},
 	}
 
-	alphaPingMethod = &client.Method{
+	alphaPingMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        AlphaPingProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -277,30 +286,39 @@ func RegisterAlphaHandler(s *server.Server, h AlphaHandler, opts ...server.Handl
 type AlphaClient interface {
 	// UnimplementedAlphaHandler calls
 	// tethertest.edge.unimplemented.v1.Alpha.UnimplementedAlphaHandler.
-	UnimplementedAlphaHandler(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	UnimplementedAlphaHandler(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 
 	// Ping calls tethertest.edge.unimplemented.v1.Alpha.Ping.
-	Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error)
 }
 
 // NewAlphaClient returns a client for the
-// tethertest.edge.unimplemented.v1.Alpha service that makes its calls on c.
-func NewAlphaClient(c *client.Client) AlphaClient {
+// tethertest.edge.unimplemented.v1.Alpha service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewAlphaClient(c clientconn.Conn) AlphaClient {
 	return &alphaClient{cc: c}
 }
 
 // alphaClient implements AlphaClient.
 type alphaClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // UnimplementedAlphaHandler calls
 // tethertest.edge.unimplemented.v1.Alpha.UnimplementedAlphaHandler.
-func (c *alphaClient) UnimplementedAlphaHandler(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, alphaUnimplementedAlphaHandlerMethod, req, opts...)
+func (c *alphaClient) UnimplementedAlphaHandler(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, alphaUnimplementedAlphaHandlerMethod, req, opts...)
 }
 
 // Ping calls tethertest.edge.unimplemented.v1.Alpha.Ping.
-func (c *alphaClient) Ping(ctx context.Context, req *PingRequest, opts ...client.CallOption) (*PingResponse, error) {
-	return client.CallUnary[PingRequest, PingResponse](ctx, c.cc, alphaPingMethod, req, opts...)
+func (c *alphaClient) Ping(ctx context.Context, req *PingRequest, opts ...clientconn.CallOption) (*PingResponse, error) {
+	return clientconn.CallUnary[PingRequest, PingResponse](ctx, c.cc, alphaPingMethod, req, opts...)
 }

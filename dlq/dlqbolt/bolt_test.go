@@ -1,4 +1,4 @@
-package dlq
+package dlqbolt
 
 import (
 	"bufio"
@@ -14,12 +14,53 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+
+	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/dlq/dlqtest"
 )
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		// The SIGKILL test's child: it runs TestHelperProcess only and is
+		// killed, so there is nothing for goleak to check.
+		os.Exit(m.Run())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// The Store conformance suite (the dlq package runs it on its memory store).
+func TestConformance(t *testing.T) {
+	dlqtest.TestStore(t, func(t *testing.T) dlq.Store {
+		s, err := Open(filepath.Join(t.TempDir(), "dlq.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
+
+func sampleEntry(proc string) *dlq.Entry {
+	return &dlq.Entry{
+		Procedure:      proc,
+		Request:        []byte{0x0a, 0x02, 'h', 'i', 0x00, 0xff},
+		Metadata:       map[string][]string{"x-user": {"ada"}, "x-multi": {"a", "b"}},
+		IdempotencyKey: "idem-" + proc,
+		Attempts:       5,
+		LastCode:       14,
+		LastError:      "unavailable: connection refused",
+		FirstAttempt:   t0,
+		DeadLettered:   t0.Add(3 * time.Second),
+	}
+}
 
 func TestBoltDurableAcrossReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "dlq.db")
-	s, err := OpenBolt(path)
+	s, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +91,7 @@ func TestBoltDurableAcrossReopen(t *testing.T) {
 		t.Errorf("file mode %v, want 0600", perm)
 	}
 
-	s, err = OpenBolt(path)
+	s, err = Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +100,7 @@ func TestBoltDurableAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sameEntry(t, got, want)
+	dlqtest.SameEntry(t, got, want)
 	if n, _ := s.Len(ctx); n != 1 {
 		t.Errorf("Len after reopen = %d, want 1", n)
 	}
@@ -72,14 +113,14 @@ func TestBoltDurableAcrossReopen(t *testing.T) {
 
 func TestBoltLockTimeout(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "dlq.db")
-	holder, err := OpenBolt(path)
+	holder, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer holder.Close()
 
 	start := time.Now()
-	s, err := OpenBolt(path, WithLockTimeout(150*time.Millisecond))
+	s, err := Open(path, WithLockTimeout(150*time.Millisecond))
 	if err == nil {
 		s.Close()
 		t.Fatal("second OpenBolt succeeded while the file is held")
@@ -97,7 +138,7 @@ func TestBoltLockTimeout(t *testing.T) {
 
 	// A read-only open needs a shared lock, which the writer's exclusive
 	// lock excludes as well.
-	if s, err := OpenBolt(path, WithReadOnly(), WithLockTimeout(50*time.Millisecond)); !errors.Is(err, ErrLocked) {
+	if s, err := Open(path, WithReadOnly(), WithLockTimeout(50*time.Millisecond)); !errors.Is(err, ErrLocked) {
 		if s != nil {
 			s.Close()
 		}
@@ -108,7 +149,7 @@ func TestBoltLockTimeout(t *testing.T) {
 	if err := holder.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = OpenBolt(path, WithLockTimeout(150*time.Millisecond))
+	s, err = Open(path, WithLockTimeout(150*time.Millisecond))
 	if err != nil {
 		t.Fatalf("open after release: %v", err)
 	}
@@ -118,7 +159,7 @@ func TestBoltLockTimeout(t *testing.T) {
 func TestBoltReadOnly(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if _, err := OpenBolt(filepath.Join(dir, "missing.db"), WithReadOnly()); err == nil {
+	if _, err := Open(filepath.Join(dir, "missing.db"), WithReadOnly()); err == nil {
 		t.Fatal("read-only open of a missing file succeeded")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "missing.db")); !os.IsNotExist(err) {
@@ -126,19 +167,19 @@ func TestBoltReadOnly(t *testing.T) {
 	}
 
 	path := filepath.Join(dir, "dlq.db")
-	s, err := OpenBolt(path)
+	s, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := s.Put(ctx, sampleEntry("/a.B/C"))
 	s.Close()
 
-	r1, err := OpenBolt(path, WithReadOnly())
+	r1, err := Open(path, WithReadOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r1.Close()
-	r2, err := OpenBolt(path, WithReadOnly(), WithLockTimeout(100*time.Millisecond))
+	r2, err := Open(path, WithReadOnly(), WithLockTimeout(100*time.Millisecond))
 	if err != nil {
 		t.Fatalf("second read-only handle: %v", err)
 	}
@@ -156,13 +197,13 @@ func TestBoltReadOnly(t *testing.T) {
 
 func TestBoltCorruptEntry(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenBolt(filepath.Join(t.TempDir(), "dlq.db"))
+	s, err := Open(filepath.Join(t.TempDir(), "dlq.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	good, _ := s.Put(ctx, sampleEntry("/a.B/C"))
-	bad := formatID(1000)
+	bad := dlq.FormatID(1000)
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketName).Put([]byte(bad), []byte(`{"v":1,"procedure":`))
 	})
@@ -172,10 +213,10 @@ func TestBoltCorruptEntry(t *testing.T) {
 	if _, err := s.Get(ctx, bad); err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("Get of a corrupt entry: %v, want an error naming it", err)
 	}
-	if _, err := s.List(ctx, ListOptions{}); err == nil || !strings.Contains(err.Error(), bad) {
+	if _, err := s.List(ctx, dlq.ListOptions{}); err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("List over a corrupt entry: %v, want an error naming it", err)
 	}
-	if _, err := s.Purge(ctx, PurgeOptions{Procedure: "/a.B/C"}); err == nil {
+	if _, err := s.Purge(ctx, dlq.PurgeOptions{Procedure: "/a.B/C"}); err == nil {
 		t.Fatal("filtered Purge over a corrupt entry succeeded")
 	}
 	if _, err := s.Get(ctx, good); err != nil {
@@ -185,7 +226,7 @@ func TestBoltCorruptEntry(t *testing.T) {
 	if err := s.Delete(ctx, bad); err != nil {
 		t.Fatal(err)
 	}
-	if es, err := s.List(ctx, ListOptions{}); err != nil || len(es) != 1 {
+	if es, err := s.List(ctx, dlq.ListOptions{}); err != nil || len(es) != 1 {
 		t.Fatalf("List after removing the corrupt entry: %d, %v", len(es), err)
 	}
 }
@@ -206,7 +247,7 @@ func TestHelperProcess(t *testing.T) {
 	if path == "" {
 		t.Skip("helper process for TestSIGKILL")
 	}
-	s, err := OpenBolt(path)
+	s, err := Open(path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		os.Exit(3)
@@ -301,7 +342,7 @@ func sigkill(t *testing.T, loop bool) {
 		t.Fatalf("child ended with %v, want killed by SIGKILL", err)
 	}
 
-	s, err := OpenBolt(path)
+	s, err := Open(path)
 	if err != nil {
 		t.Fatalf("reopen after SIGKILL: %v", err)
 	}
@@ -323,7 +364,7 @@ func sigkill(t *testing.T, loop bool) {
 		}
 		w := sampleEntry("/echo.v1.EchoService/Say")
 		w.ID, w.Attempts = id, i
-		sameEntry(t, e, w)
+		dlqtest.SameEntry(t, e, w)
 	}
 	t.Logf("%d reported entries intact after SIGKILL", len(written))
 }

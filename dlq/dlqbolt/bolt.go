@@ -1,4 +1,19 @@
-package dlq
+// Package dlqbolt is the durable dead-letter store: a dlq.Store in one bbolt
+// file. It is a package of its own so that only programs that open one link
+// bbolt; the dlq package keeps the Store interface, the in-memory store and
+// replay.
+//
+//	store, err := dlqbolt.Open("tether-dlq.db")
+//	if err != nil { ... }
+//	defer store.Close()
+//	c, err := client.New(url, client.WithDeadLetterQueue(store))
+//
+// Every Put is committed and fsynced before it returns, so an entry survives
+// a crash or a SIGKILL of the process right after Put. bbolt takes an
+// exclusive lock on the file, so only one process (one open handle) may use
+// it at a time; a second Open waits for the lock timeout (one second by
+// default) and fails with ErrLocked.
+package dlqbolt
 
 import (
 	"bytes"
@@ -9,44 +24,51 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/tetherrpc/tether/dlq"
 )
 
-// BucketName is the bbolt bucket that holds the entries of a BoltStore,
+// ErrLocked is returned (wrapped) by Open when another process, or another
+// open handle in this one, holds the store's file lock for longer than the
+// lock timeout.
+var ErrLocked = errors.New("dlq: store is locked by another process")
+
+// BucketName is the bbolt bucket that holds the entries of a Store,
 // keyed by ID. Its name carries the layout version.
 const BucketName = "tether.dlq.v1"
 
-// DefaultLockTimeout is how long OpenBolt waits for the file lock unless
+// DefaultLockTimeout is how long Open waits for the file lock unless
 // WithLockTimeout says otherwise.
 const DefaultLockTimeout = time.Second
 
-// FileMode is the permission a BoltStore's file is created with: the
+// FileMode is the permission a Store's file is created with: the
 // entries hold request payloads and metadata, which may be sensitive.
 const FileMode = 0o600
 
 var bucketName = []byte(BucketName)
 
-// BoltStore is the durable Store: one bbolt file. Each write is committed
-// and fsynced before it returns. A BoltStore is safe for concurrent use; only
-// one BoltStore (in any process) can have a given file open at a time.
-type BoltStore struct {
+// Store is the durable dlq.Store: one bbolt file. Each write is committed
+// and fsynced before it returns. A Store is safe for concurrent use; only
+// one Store (in any process) can have a given file open at a time.
+type Store struct {
 	db   *bolt.DB
 	path string
 }
 
-var _ Store = (*BoltStore)(nil)
+var _ dlq.Store = (*Store)(nil)
 
-// BoltOption configures OpenBolt.
-type BoltOption func(*boltConfig)
+// Option configures Open.
+type Option func(*boltConfig)
 
 type boltConfig struct {
 	lockTimeout time.Duration
 	readOnly    bool
 }
 
-// WithLockTimeout sets how long OpenBolt waits for the file lock held by
+// WithLockTimeout sets how long Open waits for the file lock held by
 // another process or handle before it fails with ErrLocked. Zero or less
 // waits for as long as it takes. The default is DefaultLockTimeout.
-func WithLockTimeout(d time.Duration) BoltOption {
+func WithLockTimeout(d time.Duration) Option {
 	return func(c *boltConfig) { c.lockTimeout = d }
 }
 
@@ -54,16 +76,16 @@ func WithLockTimeout(d time.Duration) BoltOption {
 // Put, Update, Delete and Purge fail. A read-only store takes a shared lock,
 // so several read-only handles can be open at once, but not alongside a
 // read-write one.
-func WithReadOnly() BoltOption {
+func WithReadOnly() Option {
 	return func(c *boltConfig) { c.readOnly = true }
 }
 
-// OpenBolt opens the bbolt store at path, creating the file (mode 0600) and
+// Open opens the bbolt store at path, creating the file (mode 0600) and
 // its bucket when they do not exist. It waits for the file lock for the lock
 // timeout (DefaultLockTimeout unless WithLockTimeout says otherwise) and
 // fails with an error wrapping ErrLocked when the file is still held by
-// another process or another open BoltStore.
-func OpenBolt(path string, opts ...BoltOption) (*BoltStore, error) {
+// another process or another open Store.
+func Open(path string, opts ...Option) (*Store, error) {
 	cfg := boltConfig{lockTimeout: DefaultLockTimeout}
 	for _, o := range opts {
 		o(&cfg)
@@ -97,24 +119,24 @@ func OpenBolt(path string, opts ...BoltOption) (*BoltStore, error) {
 			return nil, fmt.Errorf("dlq: open %s: create bucket: %w", path, err)
 		}
 	}
-	return &BoltStore{db: db, path: path}, nil
+	return &Store{db: db, path: path}, nil
 }
 
 // Path returns the file the store was opened from.
-func (s *BoltStore) Path() string { return s.path }
+func (s *Store) Path() string { return s.path }
 
-// Put implements Store. The entry is committed and fsynced before Put
+// Put implements dlq.Store. The entry is committed and fsynced before Put
 // returns. Concurrent Puts are batched into one transaction (and one fsync)
 // when they arrive together.
-func (s *BoltStore) Put(ctx context.Context, e *Entry) (string, error) {
+func (s *Store) Put(ctx context.Context, e *dlq.Entry) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	if err := validate(e); err != nil {
+	if err := e.Validate(); err != nil {
 		return "", err
 	}
 	now := time.Now()
-	var stored *Entry
+	var stored *dlq.Entry
 	// Batch may run the function more than once (alone, after a failed
 	// batch), so it only sets stored and never touches e.
 	err := s.db.Batch(func(tx *bolt.Tx) error {
@@ -131,19 +153,19 @@ func (s *BoltStore) Put(ctx context.Context, e *Entry) (string, error) {
 				if err != nil {
 					return err
 				}
-				id = formatID(n)
+				id = dlq.FormatID(n)
 				if b.Get([]byte(id)) == nil {
 					break
 				}
 			}
 		} else if b.Get([]byte(id)) != nil {
-			return exists(id)
+			return fmt.Errorf("%w: %q", dlq.ErrExists, id)
 		}
-		c, err := preparePut(e, id, now)
+		c, err := dlq.PrepareEntry(e, id, now)
 		if err != nil {
 			return err
 		}
-		v, err := encodeEntry(c)
+		v, err := dlq.MarshalEntry(c)
 		if err != nil {
 			return err
 		}
@@ -160,20 +182,20 @@ func (s *BoltStore) Put(ctx context.Context, e *Entry) (string, error) {
 	return stored.ID, nil
 }
 
-// Get implements Store.
-func (s *BoltStore) Get(ctx context.Context, id string) (*Entry, error) {
+// Get implements dlq.Store.
+func (s *Store) Get(ctx context.Context, id string) (*dlq.Entry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var e *Entry
+	var e *dlq.Entry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		if b == nil {
-			return notFound(id)
+			return fmt.Errorf("%w: %q", dlq.ErrNotFound, id)
 		}
 		v := b.Get([]byte(id))
 		if v == nil {
-			return notFound(id)
+			return fmt.Errorf("%w: %q", dlq.ErrNotFound, id)
 		}
 		var err error
 		e, err = decodeStored([]byte(id), v)
@@ -185,12 +207,12 @@ func (s *BoltStore) Get(ctx context.Context, id string) (*Entry, error) {
 	return e, nil
 }
 
-// List implements Store.
-func (s *BoltStore) List(ctx context.Context, opts ListOptions) ([]*Entry, error) {
+// List implements dlq.Store.
+func (s *Store) List(ctx context.Context, opts dlq.ListOptions) ([]*dlq.Entry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	var out []*Entry
+	var out []*dlq.Entry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		if b == nil {
@@ -214,7 +236,7 @@ func (s *BoltStore) List(ctx context.Context, opts ListOptions) ([]*Entry, error
 			if err != nil {
 				return err
 			}
-			if !opts.match(e) {
+			if !opts.Match(e) {
 				continue
 			}
 			out = append(out, e)
@@ -230,51 +252,51 @@ func (s *BoltStore) List(ctx context.Context, opts ListOptions) ([]*Entry, error
 	return out, nil
 }
 
-// Update implements Store. The change is committed and fsynced before Update
+// Update implements dlq.Store. The change is committed and fsynced before Update
 // returns.
-func (s *BoltStore) Update(ctx context.Context, e *Entry) error {
+func (s *Store) Update(ctx context.Context, e *dlq.Entry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	v, err := encodeEntry(e)
+	v, err := dlq.MarshalEntry(e)
 	if err != nil {
 		return err
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		if b == nil || b.Get([]byte(e.ID)) == nil {
-			return notFound(e.ID)
+			return fmt.Errorf("%w: %q", dlq.ErrNotFound, e.ID)
 		}
 		return b.Put([]byte(e.ID), v)
 	})
 	return s.wrap("update", err)
 }
 
-// Delete implements Store. The deletion is committed and fsynced before
+// Delete implements dlq.Store. The deletion is committed and fsynced before
 // Delete returns.
-func (s *BoltStore) Delete(ctx context.Context, id string) error {
+func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		if b == nil || b.Get([]byte(id)) == nil {
-			return notFound(id)
+			return fmt.Errorf("%w: %q", dlq.ErrNotFound, id)
 		}
 		return b.Delete([]byte(id))
 	})
 	return s.wrap("delete", err)
 }
 
-// Purge implements Store. It removes the matching entries in one
+// Purge implements dlq.Store. It removes the matching entries in one
 // transaction: all of them or, on error, none. The zero PurgeOptions removes
 // every entry without reading it; with a filter, an entry that cannot be
 // decoded makes Purge fail with an error that names it (Delete removes it).
-func (s *BoltStore) Purge(ctx context.Context, opts PurgeOptions) (int, error) {
+func (s *Store) Purge(ctx context.Context, opts dlq.PurgeOptions) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	all := opts == PurgeOptions{}
+	all := opts == dlq.PurgeOptions{}
 	var purged int
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketName)
@@ -296,7 +318,7 @@ func (s *BoltStore) Purge(ctx context.Context, opts PurgeOptions) (int, error) {
 				if err != nil {
 					return err
 				}
-				if !opts.match(e) {
+				if !opts.Match(e) {
 					continue
 				}
 			}
@@ -316,8 +338,8 @@ func (s *BoltStore) Purge(ctx context.Context, opts PurgeOptions) (int, error) {
 	return purged, nil
 }
 
-// Len implements Store.
-func (s *BoltStore) Len(ctx context.Context) (int, error) {
+// Len implements dlq.Store.
+func (s *Store) Len(ctx context.Context) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -334,8 +356,8 @@ func (s *BoltStore) Len(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// Close implements Store: it releases the file and its lock.
-func (s *BoltStore) Close() error {
+// Close implements dlq.Store: it releases the file and its lock.
+func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("dlq: close %s: %w", s.path, err)
 	}
@@ -345,13 +367,13 @@ func (s *BoltStore) Close() error {
 // wrap adds the store's path to an error and maps bbolt's closed-database
 // error to ErrClosed. Errors of this package and context errors pass as
 // they are.
-func (s *BoltStore) wrap(op string, err error) error {
+func (s *Store) wrap(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, berrors.ErrDatabaseNotOpen):
-		return fmt.Errorf("dlq: %s: %w", op, ErrClosed)
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrExists),
+		return fmt.Errorf("dlq: %s: %w", op, dlq.ErrClosed)
+	case errors.Is(err, dlq.ErrNotFound), errors.Is(err, dlq.ErrExists),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	}
@@ -359,8 +381,8 @@ func (s *BoltStore) wrap(op string, err error) error {
 }
 
 // decodeStored decodes the value stored under key; the key is the ID.
-func decodeStored(key, v []byte) (*Entry, error) {
-	e, err := decodeEntry(v)
+func decodeStored(key, v []byte) (*dlq.Entry, error) {
+	e, err := dlq.UnmarshalEntry(v)
 	if err != nil {
 		return nil, fmt.Errorf("entry %q: %w", key, err)
 	}

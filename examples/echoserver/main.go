@@ -1,0 +1,63 @@
+// Command echoserver serves example.echo.v1.EchoService and nothing else: the
+// server half of the README's quick start, as a program of its own.
+//
+// It is also the check that a server pays only for what it uses: it links
+// neither the client's connection manager nor the dead-letter queue, so
+// neither go.etcd.io/bbolt nor github.com/cenkalti/backoff. .ci/run fails if
+// `go list -deps ./examples/echoserver` shows either.
+//
+//	go run ./examples/echoserver -addr 127.0.0.1:8080
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/tetherrpc/tether/examples/echo"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on")
+	flag.Parse()
+
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	mux := http.NewServeMux()
+	mux.Handle("/rpc", srv)
+	// Timeouts for the upgrade request: a peer that trickles its headers is
+	// cut after ReadHeaderTimeout (see docs/SECURITY.md).
+	hs := &http.Server{
+		Addr:              *addr,
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		<-ctx.Done()
+		// Drain: stop accepting, GOAWAY to every client, let running
+		// calls finish (for up to 10s).
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Printf("serving example.echo.v1.EchoService on ws://%s/rpc", *addr)
+	if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Fatal(err)
+	}
+	<-drained
+}
