@@ -9,14 +9,14 @@ package interopv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 )
 
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // TestServiceName is the fully-qualified name of the
 // tether.testing.interop.v1.TestService service.
@@ -57,7 +57,7 @@ const (
 // The methods of TestService, shared by NewTestServiceClient and
 // RegisterTestServiceHandler so that client and server agree on each one.
 var (
-	testServiceEmptyCallMethod = &client.Method{
+	testServiceEmptyCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceEmptyCallProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -65,7 +65,7 @@ var (
 		},
 	}
 
-	testServiceUnaryCallMethod = &client.Method{
+	testServiceUnaryCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceUnaryCallProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -73,7 +73,7 @@ var (
 		},
 	}
 
-	testServiceStreamingOutputCallMethod = &client.Method{
+	testServiceStreamingOutputCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceStreamingOutputCallProcedure,
 			StreamType:       tether.StreamTypeServer,
@@ -81,7 +81,7 @@ var (
 		},
 	}
 
-	testServiceStreamingInputCallMethod = &client.Method{
+	testServiceStreamingInputCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceStreamingInputCallProcedure,
 			StreamType:       tether.StreamTypeClient,
@@ -89,7 +89,7 @@ var (
 		},
 	}
 
-	testServiceFullDuplexCallMethod = &client.Method{
+	testServiceFullDuplexCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceFullDuplexCallProcedure,
 			StreamType:       tether.StreamTypeBidi,
@@ -97,7 +97,7 @@ var (
 		},
 	}
 
-	testServiceHalfDuplexCallMethod = &client.Method{
+	testServiceHalfDuplexCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceHalfDuplexCallProcedure,
 			StreamType:       tether.StreamTypeBidi,
@@ -105,7 +105,7 @@ var (
 		},
 	}
 
-	testServiceUnimplementedCallMethod = &client.Method{
+	testServiceUnimplementedCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        TestServiceUnimplementedCallProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -222,81 +222,94 @@ func RegisterTestServiceHandler(s *server.Server, h TestServiceHandler, opts ...
 // do not expect (see the exceptions in buf.yaml).
 type TestServiceClient interface {
 	// EmptyCall answers an empty request with an empty response.
-	EmptyCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	EmptyCall(ctx context.Context, req *Empty, opts ...clientconn.CallOption) (*Empty, error)
 
 	// UnaryCall answers with a payload of the requested size, or ends with
 	// the requested status.
-	UnaryCall(ctx context.Context, req *SimpleRequest, opts ...client.CallOption) (*SimpleResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	UnaryCall(ctx context.Context, req *SimpleRequest, opts ...clientconn.CallOption) (*SimpleResponse, error)
 
 	// StreamingOutputCall answers with one response per ResponseParameters,
 	// in order, then ends with OK; or ends at once with the requested status.
-	StreamingOutputCall(ctx context.Context, req *StreamingOutputCallRequest, opts ...client.CallOption) (*client.ServerStream[StreamingOutputCallResponse], error)
+	StreamingOutputCall(ctx context.Context, req *StreamingOutputCallRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[StreamingOutputCallResponse], error)
 
 	// StreamingInputCall receives requests until the client half-closes, then
 	// answers with the total size of their payloads.
-	StreamingInputCall(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[StreamingInputCallRequest, StreamingInputCallResponse], error)
+	StreamingInputCall(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[StreamingInputCallRequest, StreamingInputCallResponse], error)
 
 	// FullDuplexCall answers each request, as it arrives, with one response
 	// per ResponseParameters; a request with a response_status ends the call
 	// with that status instead. It ends with OK after the client half-closes.
-	FullDuplexCall(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error)
+	FullDuplexCall(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error)
 
 	// HalfDuplexCall receives every request until the client half-closes,
 	// then answers them all, in order.
-	HalfDuplexCall(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error)
+	HalfDuplexCall(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error)
 
 	// UnimplementedCall is not implemented by the server: calling it must end
 	// with unimplemented.
-	UnimplementedCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	UnimplementedCall(ctx context.Context, req *Empty, opts ...clientconn.CallOption) (*Empty, error)
 }
 
 // NewTestServiceClient returns a client for the
-// tether.testing.interop.v1.TestService service that makes its calls on c.
-func NewTestServiceClient(c *client.Client) TestServiceClient {
+// tether.testing.interop.v1.TestService service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewTestServiceClient(c clientconn.Conn) TestServiceClient {
 	return &testServiceClient{cc: c}
 }
 
 // testServiceClient implements TestServiceClient.
 type testServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // EmptyCall calls tether.testing.interop.v1.TestService.EmptyCall.
-func (c *testServiceClient) EmptyCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error) {
-	return client.CallUnary[Empty, Empty](ctx, c.cc, testServiceEmptyCallMethod, req, opts...)
+func (c *testServiceClient) EmptyCall(ctx context.Context, req *Empty, opts ...clientconn.CallOption) (*Empty, error) {
+	return clientconn.CallUnary[Empty, Empty](ctx, c.cc, testServiceEmptyCallMethod, req, opts...)
 }
 
 // UnaryCall calls tether.testing.interop.v1.TestService.UnaryCall.
-func (c *testServiceClient) UnaryCall(ctx context.Context, req *SimpleRequest, opts ...client.CallOption) (*SimpleResponse, error) {
-	return client.CallUnary[SimpleRequest, SimpleResponse](ctx, c.cc, testServiceUnaryCallMethod, req, opts...)
+func (c *testServiceClient) UnaryCall(ctx context.Context, req *SimpleRequest, opts ...clientconn.CallOption) (*SimpleResponse, error) {
+	return clientconn.CallUnary[SimpleRequest, SimpleResponse](ctx, c.cc, testServiceUnaryCallMethod, req, opts...)
 }
 
 // StreamingOutputCall calls
 // tether.testing.interop.v1.TestService.StreamingOutputCall.
-func (c *testServiceClient) StreamingOutputCall(ctx context.Context, req *StreamingOutputCallRequest, opts ...client.CallOption) (*client.ServerStream[StreamingOutputCallResponse], error) {
-	return client.CallServerStream[StreamingOutputCallRequest, StreamingOutputCallResponse](ctx, c.cc, testServiceStreamingOutputCallMethod, req, opts...)
+func (c *testServiceClient) StreamingOutputCall(ctx context.Context, req *StreamingOutputCallRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[StreamingOutputCallResponse], error) {
+	return clientconn.CallServerStream[StreamingOutputCallRequest, StreamingOutputCallResponse](ctx, c.cc, testServiceStreamingOutputCallMethod, req, opts...)
 }
 
 // StreamingInputCall calls
 // tether.testing.interop.v1.TestService.StreamingInputCall.
-func (c *testServiceClient) StreamingInputCall(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[StreamingInputCallRequest, StreamingInputCallResponse], error) {
-	return client.CallClientStream[StreamingInputCallRequest, StreamingInputCallResponse](ctx, c.cc, testServiceStreamingInputCallMethod, opts...)
+func (c *testServiceClient) StreamingInputCall(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[StreamingInputCallRequest, StreamingInputCallResponse], error) {
+	return clientconn.CallClientStream[StreamingInputCallRequest, StreamingInputCallResponse](ctx, c.cc, testServiceStreamingInputCallMethod, opts...)
 }
 
 // FullDuplexCall calls tether.testing.interop.v1.TestService.FullDuplexCall.
-func (c *testServiceClient) FullDuplexCall(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error) {
-	return client.CallBidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse](ctx, c.cc, testServiceFullDuplexCallMethod, opts...)
+func (c *testServiceClient) FullDuplexCall(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error) {
+	return clientconn.CallBidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse](ctx, c.cc, testServiceFullDuplexCallMethod, opts...)
 }
 
 // HalfDuplexCall calls tether.testing.interop.v1.TestService.HalfDuplexCall.
-func (c *testServiceClient) HalfDuplexCall(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error) {
-	return client.CallBidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse](ctx, c.cc, testServiceHalfDuplexCallMethod, opts...)
+func (c *testServiceClient) HalfDuplexCall(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse], error) {
+	return clientconn.CallBidiStream[StreamingOutputCallRequest, StreamingOutputCallResponse](ctx, c.cc, testServiceHalfDuplexCallMethod, opts...)
 }
 
 // UnimplementedCall calls
 // tether.testing.interop.v1.TestService.UnimplementedCall.
-func (c *testServiceClient) UnimplementedCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error) {
-	return client.CallUnary[Empty, Empty](ctx, c.cc, testServiceUnimplementedCallMethod, req, opts...)
+func (c *testServiceClient) UnimplementedCall(ctx context.Context, req *Empty, opts ...clientconn.CallOption) (*Empty, error) {
+	return clientconn.CallUnary[Empty, Empty](ctx, c.cc, testServiceUnimplementedCallMethod, req, opts...)
 }
 
 // UnimplementedServiceName is the fully-qualified name of the
@@ -315,7 +328,7 @@ const (
 // and RegisterUnimplementedServiceHandler so that client and server agree on
 // each one.
 var (
-	unimplementedServiceUnimplementedCallMethod = &client.Method{
+	unimplementedServiceUnimplementedCallMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        UnimplementedServiceUnimplementedCallProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -370,23 +383,27 @@ func RegisterUnimplementedServiceHandler(s *server.Server, h UnimplementedServic
 // calling it must end with unimplemented.
 type UnimplementedServiceClient interface {
 	// UnimplementedCall is not served.
-	UnimplementedCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	UnimplementedCall(ctx context.Context, req *Empty, opts ...clientconn.CallOption) (*Empty, error)
 }
 
 // NewUnimplementedServiceClient returns a client for the
 // tether.testing.interop.v1.UnimplementedService service that makes its calls
-// on c.
-func NewUnimplementedServiceClient(c *client.Client) UnimplementedServiceClient {
+// on c, usually a *client.Client (client.New).
+func NewUnimplementedServiceClient(c clientconn.Conn) UnimplementedServiceClient {
 	return &unimplementedServiceClient{cc: c}
 }
 
 // unimplementedServiceClient implements UnimplementedServiceClient.
 type unimplementedServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // UnimplementedCall calls
 // tether.testing.interop.v1.UnimplementedService.UnimplementedCall.
-func (c *unimplementedServiceClient) UnimplementedCall(ctx context.Context, req *Empty, opts ...client.CallOption) (*Empty, error) {
-	return client.CallUnary[Empty, Empty](ctx, c.cc, unimplementedServiceUnimplementedCallMethod, req, opts...)
+func (c *unimplementedServiceClient) UnimplementedCall(ctx context.Context, req *Empty, opts ...clientconn.CallOption) (*Empty, error) {
+	return clientconn.CallUnary[Empty, Empty](ctx, c.cc, unimplementedServiceUnimplementedCallMethod, req, opts...)
 }
