@@ -161,7 +161,8 @@ func TestCall(t *testing.T) {
 }
 
 // TestCallWithoutReflection: a server without reflection answers list with
-// unimplemented (and says what to do); --descriptor-set then works, and a
+// unimplemented (and says what to do); --descriptor-set and --proto (the
+// repository's .proto files, compiled in-process) then work, and a
 // method the descriptors have but the server does not serve is
 // unimplemented. A server that is not there is unavailable.
 func TestCallWithoutReflection(t *testing.T) {
@@ -202,6 +203,8 @@ func TestCallWithoutReflection(t *testing.T) {
 		{name: "exit-unimplemented-reflection", args: []string{"list", "URL"}, exit: 76},
 		{name: "descriptor-set-list", args: []string{"list", "--descriptor-set", set2, "URL"}},
 		{name: "descriptor-set-call", args: []string{"call", "--descriptor-set", set2, "URL", "example.echo.v1.EchoService/Say", "-d", `{"text": "no reflection"}`}},
+		{name: "proto-describe", args: []string{"describe", "--import-path", "../../proto", "--proto", "example/ledger/v1/ledger.proto", "URL", "example.ledger.v1.LedgerService"}},
+		{name: "proto-call", args: []string{"call", "--import-path", "../../proto", "--proto", "example/echo/v1/echo.proto", "URL", "example.echo.v1.EchoService/Countdown", "-d", `{"count": 2}`}},
 		{name: "exit-unimplemented", args: []string{"call", "--descriptor-set", set2, "URL", "tether.reflection.v1.ReflectionService/ListServices", "-d", `{}`}, exit: 76},
 	})
 	runGolden(t, closed, []cliCase{
