@@ -2,8 +2,8 @@ package main
 
 import (
 	"flag"
-	"net"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
