@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/pem"
 	"flag"
 	"log/slog"
 	"net"
@@ -15,6 +17,9 @@ import (
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/tetherrpc/tether"
 
 	"github.com/tetherrpc/tether/examples/echo"
 	"github.com/tetherrpc/tether/examples/ledger"
@@ -210,4 +215,44 @@ func TestCallWithoutReflection(t *testing.T) {
 	runGolden(t, closed, []cliCase{
 		{name: "exit-unavailable", args: []string{"call", "--timeout", "30s", "--descriptor-set", set2, "URL", "example.echo.v1.EchoService/Say", "-d", `{}`}, exit: 78},
 	})
+}
+
+// detailEcho fails Say with a detail, for the error output.
+type detailEcho struct{ echo.Handler }
+
+func (*detailEcho) Say(context.Context, *echov1.SayRequest) (*echov1.SayResponse, error) {
+	e := tether.Errorf(tether.CodeFailedPrecondition, "not now")
+	_ = e.AddDetail(wrapperspb.String("try later"))
+	return nil, e
+}
+
+// TestCallTLSAndDetails: a wss:// server is reached with --cacert (and with
+// --insecure), not without either; a failed call's details are printed as
+// JSON on stderr.
+func TestCallTLSAndDetails(t *testing.T) {
+	srv := server.New(server.WithLogger(discardLogger()))
+	echov1.RegisterEchoServiceHandler(srv, &detailEcho{})
+	reflection.Register(srv)
+	hs := httptest.NewTLSServer(srv)
+	t.Cleanup(func() { _ = srv.Close(); hs.Close() })
+	url := "wss" + strings.TrimPrefix(hs.URL, "https")
+	pemFile := filepath.Join(t.TempDir(), "ca.pem")
+	cert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: hs.Certificate().Raw})
+	if err := os.WriteFile(pemFile, cert, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--cacert", pemFile}, {"--insecure"}} {
+		code, stdout, stderr := runTether(t, append([]string{"list", url}, args...)...)
+		if code != exitOK || !strings.Contains(stdout, "example.echo.v1.EchoService") {
+			t.Errorf("list %v: exit %d, %q %q", args, code, stdout, stderr)
+		}
+	}
+	if code, _, stderr := runTether(t, "list", "--timeout", "30s", url); code != exitStatusBase+int(tether.CodeUnavailable) {
+		t.Errorf("list without the CA: exit %d, %q; want unavailable (78)", code, stderr)
+	}
+	code, _, stderr := runTether(t, "call", "--insecure", url, "example.echo.v1.EchoService/Say", "-d", "{}")
+	want := "ERROR:\n  Code: failed_precondition\n  Message: not now\n  Details:\n  1) {\"@type\":\"type.googleapis.com/google.protobuf.StringValue\",\"value\":\"try later\"}\n"
+	if code != exitStatusBase+int(tether.CodeFailedPrecondition) || stderr != want {
+		t.Errorf("failed call: exit %d, stderr\n%s\nwant\n%s", code, stderr, want)
+	}
 }
