@@ -8,7 +8,21 @@ import (
 // Metadata is a set of call headers or trailers. Keys are case-insensitive and
 // stored in lower case; a key may have several values. Keys that start with
 // "tether-" are reserved for the protocol.
+//
+// Values are UTF-8 text, except the values of keys that end in "-bin"
+// (IsBinaryKey), which hold raw bytes, as in gRPC: store them as they are
+// (string(b)) and they reach the peer unchanged. A value of any other key
+// that is not valid UTF-8 cannot be sent (docs/PROTOCOL.md section 9).
 type Metadata map[string][]string
+
+// BinarySuffix ends the keys whose values are raw bytes.
+const BinarySuffix = "-bin"
+
+// IsBinaryKey reports whether key's values are raw bytes: whether it ends in
+// BinarySuffix, in any case.
+func IsBinaryKey(key string) bool {
+	return len(key) >= len(BinarySuffix) && strings.EqualFold(key[len(key)-len(BinarySuffix):], BinarySuffix)
+}
 
 // NewMetadata returns metadata built from alternating keys and values. It
 // panics if given an odd number of strings.

@@ -6,8 +6,11 @@
 //
 // The commands are:
 //
-//	dlq     inspect, replay and purge the dead-letter queue
-//	demo    run the example services and a client on loopback
+//	list     list a server's services, or a service's methods
+//	describe print a service, method or message in .proto syntax
+//	call     call any method with JSON requests
+//	dlq      inspect, replay and purge the dead-letter queue
+//	demo     run the example services and a client on loopback
 //
 // Run "tether <command> -h" for a command's usage.
 package main
@@ -36,6 +39,9 @@ type command struct {
 // commands lists the subcommands, in the order usage shows them. Add new
 // ones here; each lives in its own file (cmd/tether/<name>.go).
 var commands = []command{
+	{"list", "list a server's services, or a service's methods", runList},
+	{"describe", "print a service, method or message in .proto syntax", runDescribe},
+	{"call", "call any method with JSON requests", runCall},
 	{"dlq", "inspect, replay and purge the dead-letter queue", runDLQ},
 	{"demo", "run the example services and a client on loopback", runDemo},
 }
@@ -69,7 +75,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "Usage:\n\n\ttether <command> [arguments]\n\nThe commands are:\n\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "\t%-8s%s\n", c.name, c.summary)
+		fmt.Fprintf(w, "\t%-9s%s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\nRun \"tether <command> -h\" for a command's usage.\n")
 }

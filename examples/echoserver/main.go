@@ -1,5 +1,6 @@
-// Command echoserver serves example.echo.v1.EchoService and nothing else: the
-// server half of the README's quick start, as a program of its own.
+// Command echoserver serves example.echo.v1.EchoService (and the reflection
+// service, for `tether list / describe / call`): the server half of the
+// README's quick start, as a program of its own.
 //
 // It is also the check that a server pays only for what it uses: it links
 // neither the client's connection manager nor the dead-letter queue, so
@@ -22,6 +23,7 @@ import (
 	"github.com/tetherrpc/tether/examples/echo"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 	"github.com/tetherrpc/tether/server"
+	"github.com/tetherrpc/tether/server/reflection"
 )
 
 func main() {
@@ -30,6 +32,8 @@ func main() {
 
 	srv := server.New()
 	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	// Reflection lets tools (tether list, describe, call) find the schema.
+	reflection.Register(srv)
 	mux := http.NewServeMux()
 	mux.Handle("/rpc", srv)
 	// Timeouts for the upgrade request: a peer that trickles its headers is

@@ -25,9 +25,8 @@ import (
 )
 
 // The metadata keys the server echoes, as in gRPC's "Echo Metadata" server
-// feature. Tether metadata values are UTF-8 strings (docs/PROTOCOL.md §9):
-// the value of EchoTrailingKey, binary in gRPC, travels base64-encoded; the
-// server sends it back unchanged.
+// feature. The value of EchoTrailingKey is binary, as in gRPC: raw bytes
+// under a -bin key (docs/PROTOCOL.md §9); the server sends it back unchanged.
 const (
 	// EchoInitialKey's values come back in the response headers.
 	EchoInitialKey = "x-grpc-test-echo-initial"

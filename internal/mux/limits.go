@@ -51,6 +51,7 @@ const (
 	headersMetadataField = 1
 	endTrailersField     = 2
 	entryValuesField     = 2
+	entryBinaryField     = 3
 )
 
 // headerCost is what an encoded OPEN, HEADERS or END payload costs against
@@ -74,7 +75,7 @@ func headerCost(b []byte, field protowire.Number) (cost, entries int) {
 			entries++
 			items++
 			entry, _ := protowire.ConsumeBytes(b[:l])
-			items += countField(entry, entryValuesField)
+			items += countField(entry, entryValuesField) + countField(entry, entryBinaryField)
 		}
 		b = b[l:]
 	}
@@ -107,7 +108,7 @@ func countField(b []byte, field protowire.Number) int {
 func metadataCost(md []*tetherv1.MetadataEntry) int {
 	items := len(md)
 	for _, e := range md {
-		items += len(e.GetValues())
+		items += len(e.GetValues()) + len(e.GetBinaryValues())
 	}
 	return items * metadataItemCost
 }

@@ -189,3 +189,23 @@ func TestResponseMetadataMemoryBounded(t *testing.T) {
 		t.Fatalf("HEADERS with one key and 8000 empty values (%d bytes): %d values kept, err %v; want resource_exhausted", len(headers), len(md["k"]), err)
 	}
 }
+
+// TestBinaryValuesCost: binary values (of "-bin" keys) cost 32 bytes each
+// against MaxHeaderBytes like text values, on the encoded payload at the
+// receiver and in what a sender counts, so that many empty binary values
+// are no cheaper to send than they are to hold.
+func TestBinaryValuesCost(t *testing.T) {
+	md := tether.Metadata{"k-bin": make([]string, 100), "t": make([]string, 100)}
+	entries := wire.MetadataToProto(md)
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: entries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := len(payload) + (2+200)*metadataItemCost
+	if cost, n := headerCost(payload, headersMetadataField); cost != want || n != 2 {
+		t.Errorf("headerCost = %d, %d entries; want %d, 2", cost, n, want)
+	}
+	if got := len(payload) + metadataCost(entries); got != want {
+		t.Errorf("sender's cost = %d, want %d", got, want)
+	}
+}

@@ -18,20 +18,36 @@ func MetadataToProto(md tether.Metadata) []*tetherv1.MetadataEntry {
 	}
 	out := make([]*tetherv1.MetadataEntry, 0, len(md))
 	for _, k := range md.Keys() {
-		out = append(out, &tetherv1.MetadataEntry{Key: k, Values: md[k]})
+		if !tether.IsBinaryKey(k) {
+			out = append(out, &tetherv1.MetadataEntry{Key: k, Values: md[k]})
+			continue
+		}
+		bin := make([][]byte, len(md[k]))
+		for i, v := range md[k] {
+			bin[i] = []byte(v)
+		}
+		if len(bin) == 0 {
+			bin = [][]byte{{}} // keep the key: an entry with no values is one empty value
+		}
+		out = append(out, &tetherv1.MetadataEntry{Key: k, BinaryValues: bin})
 	}
 	return out
 }
 
 // MetadataFromProto converts wire metadata to tether.Metadata, lower-casing
-// keys and merging repeated keys.
+// keys and merging repeated keys. An entry's values come first, then its
+// binary values (raw bytes of a "-bin" key); an entry with neither is one
+// empty value.
 func MetadataFromProto(entries []*tetherv1.MetadataEntry) tether.Metadata {
 	md := make(tether.Metadata, len(entries))
 	for _, e := range entries {
 		for _, v := range e.GetValues() {
 			md.Add(e.GetKey(), v)
 		}
-		if len(e.GetValues()) == 0 {
+		for _, v := range e.GetBinaryValues() {
+			md.Add(e.GetKey(), string(v))
+		}
+		if len(e.GetValues()) == 0 && len(e.GetBinaryValues()) == 0 {
 			md.Add(e.GetKey(), "")
 		}
 	}

@@ -121,11 +121,15 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 }
 
 // MetadataEntry is one metadata key with its values. Keys are lower case
-// ASCII; values are UTF-8 strings (encode binary values, e.g. base64).
+// ASCII. Values of keys that end in "-bin" are raw bytes and travel in
+// binary_values; all other values are UTF-8 strings and travel in values. A
+// receiver appends an entry's values, then its binary_values.
 type MetadataEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Key    string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	// BinaryValues are the values of a "-bin" key, as raw bytes.
+	BinaryValues  [][]byte `protobuf:"bytes,3,rep,name=binary_values,json=binaryValues,proto3" json:"binary_values,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -170,6 +174,13 @@ func (x *MetadataEntry) GetKey() string {
 func (x *MetadataEntry) GetValues() []string {
 	if x != nil {
 		return x.Values
+	}
+	return nil
+}
+
+func (x *MetadataEntry) GetBinaryValues() [][]byte {
+	if x != nil {
+		return x.BinaryValues
 	}
 	return nil
 }
@@ -636,10 +647,11 @@ var File_tether_v1_tether_proto protoreflect.FileDescriptor
 
 const file_tether_v1_tether_proto_rawDesc = "" +
 	"\n" +
-	"\x16tether/v1/tether.proto\x12\ttether.v1\x1a\x19google/protobuf/any.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\"9\n" +
+	"\x16tether/v1/tether.proto\x12\ttether.v1\x1a\x19google/protobuf/any.proto\x1a google/protobuf/descriptor.proto\x1a\x1egoogle/protobuf/duration.proto\"^\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
-	"\x06values\x18\x02 \x03(\tR\x06values\"\x81\x01\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12#\n" +
+	"\rbinary_values\x18\x03 \x03(\fR\fbinaryValues\"\x81\x01\n" +
 	"\x04Open\x12\x1c\n" +
 	"\tprocedure\x18\x01 \x01(\tR\tprocedure\x124\n" +
 	"\bmetadata\x18\x02 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12%\n" +
