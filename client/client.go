@@ -207,16 +207,20 @@ func (c *Client) run() {
 	defer c.wg.Done()
 	defer c.shutdown()
 	b := c.newBackoff()
-	first := true
+	first, moved := true, false
 	for {
-		if !first {
+		if !first && !moved {
 			// A lost connection: wait a random part of the initial interval
-			// so that clients of one server do not return in lockstep.
+			// so that clients of one server do not return in lockstep. A
+			// healthy connection the server drained (GOAWAY) is replaced at
+			// once instead: the server asked the client to move, it is
+			// still up to finish the old calls, and every new call waits
+			// for the next connection (see serve).
 			if !c.sleep(time.Duration(rand.Int64N(int64(b.InitialInterval) + 1))) {
 				return
 			}
 		}
-		first = false
+		first, moved = false, false
 		for {
 			c.setState(StateConnecting, nil, nil)
 			c.counters.attempts.Add(1)
@@ -225,7 +229,8 @@ func (c *Client) run() {
 				c.counters.connects.Add(1)
 				c.setState(StateReady, nil, conn)
 				opened := time.Now()
-				if err = c.serve(conn); err == nil {
+				var drained bool
+				if drained, err = c.serve(conn); err == nil {
 					if c.ctx.Err() != nil {
 						return
 					}
@@ -233,6 +238,7 @@ func (c *Client) run() {
 					c.served.CompareAndSwap(conn, nil) // do not keep the old connection alive
 					if healthy {
 						b.Reset() // the connection was good: start the next backoff afresh
+						moved = drained
 						break
 					}
 					// Lost before it proved healthy: a failed attempt,
@@ -282,25 +288,30 @@ func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
 	return tether.Errorf(tether.CodeUnavailable, "tether: connection to %s lost %v after it opened, before it served a call: %s", c.url, age.Round(time.Millisecond), cause)
 }
 
-// serve waits until conn ends, the server drains it or the client closes.
-// It returns the refusal when the server closed conn with a 44xx code (a
-// browser-style handshake refusal right after the upgrade: a failed
-// attempt, not a lost connection, and calls fail with its code), else nil.
-func (c *Client) serve(conn *mux.Conn) error {
+// serve waits until conn ends, the server drains it or the client closes,
+// and reports whether the server drained it (GOAWAY). It returns the
+// refusal when the server closed conn with a 44xx code (a browser-style
+// handshake refusal right after the upgrade: a failed attempt, not a lost
+// connection, and calls fail with its code), else nil.
+func (c *Client) serve(conn *mux.Conn) (drained bool, err error) {
 	select {
 	case <-conn.Done():
 		if err := conn.Err(); mux.IsRefusal(err) {
 			c.markPermanent(true)
-			return err
+			return false, err
 		}
 		c.setState(StateIdle, conn.Err(), nil)
 	case <-conn.Draining():
 		// The server sent GOAWAY: calls in flight finish on the old
-		// connection, new ones wait for the next.
+		// connection (it stays in conns until it closes), new ones wait
+		// for the next, which run dials at once: no call waits for the
+		// drain, and a call that raced the GOAWAY is refused unprocessed
+		// and retried on the next connection.
 		c.setState(StateIdle, tether.Errorf(tether.CodeUnavailable, "tether: server is going away"), nil)
+		return true, nil
 	case <-c.ctx.Done():
 	}
-	return nil
+	return false, nil
 }
 
 func (c *Client) sleep(d time.Duration) bool {

@@ -39,7 +39,8 @@ type BackoffConfig struct {
 	// delivered a response, or stayed open for HealthyUptime) waits a
 	// random part of it, so clients that lost the same server do not
 	// return in lockstep; a connection lost sooner counts as a failed
-	// attempt, and the delays keep growing.
+	// attempt, and the delays keep growing. A healthy connection the
+	// server drains (GOAWAY) is replaced at once, without a delay.
 	Initial time.Duration
 	// Max caps the delay (default 10s).
 	Max time.Duration

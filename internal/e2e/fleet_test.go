@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/examples/echo"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
+)
+
+// holdHandler is the echo service whose Say("hold") runs until release is
+// closed, so that a test can keep a drain going for as long as it likes.
+type holdHandler struct {
+	echo.Handler
+	started chan struct{} // receives one value when a held call starts
+	release chan struct{}
+}
+
+func newHoldHandler() *holdHandler {
+	return &holdHandler{started: make(chan struct{}, 16), release: make(chan struct{})}
+}
+
+func (h *holdHandler) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
+	if req.GetText() == "hold" {
+		h.started <- struct{}{}
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return h.Handler.Say(ctx, req)
+}
+
+// replica is one tether server of a fleet, with its held-call handler.
+type replica struct {
+	srv  *server.Server
+	hold *holdHandler
+}
+
+func newReplica(t *testing.T, opts ...server.Option) *replica {
+	r := &replica{srv: server.New(append([]server.Option{server.WithLogger(discardLogger())}, opts...)...), hold: newHoldHandler()}
+	echov1.RegisterEchoServiceHandler(r.srv, r.hold)
+	t.Cleanup(func() { _ = r.srv.Close() })
+	return r
+}
+
+// balancer is a load balancer in miniature: one URL, and every new
+// connection goes to the current replica.
+type balancer struct {
+	current atomic.Pointer[replica]
+	url     string
+}
+
+func newBalancer(t *testing.T, first *replica) *balancer {
+	b := &balancer{}
+	b.current.Store(first)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.current.Load().srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	b.url = "ws" + strings.TrimPrefix(hs.URL, "http")
+	return b
+}
+
+// load makes one Say call every interval, each in its own goroutine, until
+// stop; it counts the calls that succeeded and keeps the errors.
+type load struct {
+	ok   atomic.Int64
+	mu   sync.Mutex
+	errs []error
+	wg   sync.WaitGroup
+	stop chan struct{}
+}
+
+func startLoad(cli echov1.EchoServiceClient, interval time.Duration) *load {
+	l := &load{stop: make(chan struct{})}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			case <-tick.C:
+			}
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				if _, err := cli.Say(ctx, &echov1.SayRequest{Text: fmt.Sprint("call ", i)}); err != nil {
+					l.mu.Lock()
+					l.errs = append(l.errs, err)
+					l.mu.Unlock()
+					return
+				}
+				l.ok.Add(1)
+			}()
+		}
+	}()
+	return l
+}
+
+// finish stops the load, waits for its calls and returns their errors.
+func (l *load) finish() []error {
+	close(l.stop)
+	l.wg.Wait()
+	return l.errs
+}
+
+// waitUntil polls cond until it holds or 30 s pass.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestGoAwayMovesCallsAtOnce: a replica drains (Shutdown: GOAWAY, then it
+// waits for a call held in flight) while 100 calls a second run through one
+// balancer URL. The client opens its next connection at once, to the other
+// replica, and new calls go there: 100 calls succeed there while the drain
+// is still held, none fails, and the held call finishes on the old
+// connection. The client's reconnection backoff is an hour: before, the
+// reconnection after a GOAWAY waited a random part of it, and the calls
+// waited with it.
+func TestGoAwayMovesCallsAtOnce(t *testing.T) {
+	a, b := newReplica(t), newReplica(t)
+	lb := newBalancer(t, a)
+	cli := newClient(t, lb.url, client.WithBackoff(client.BackoffConfig{Initial: time.Hour, Max: time.Hour}))
+	ec := echov1.NewEchoServiceClient(cli)
+	ctx := testCtx(t)
+	if _, err := ec.Say(ctx, &echov1.SayRequest{Text: "warm up"}); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error, 1)
+	go func() {
+		_, err := ec.Say(context.Background(), &echov1.SayRequest{Text: "hold"})
+		held <- err
+	}()
+	<-a.hold.started
+
+	l := startLoad(ec, 10*time.Millisecond)
+	waitUntil(t, "20 calls succeeded on the first replica", func() bool { return l.ok.Load() >= 20 })
+	lb.current.Store(b)
+	drained := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		drained <- a.srv.Shutdown(sctx)
+	}()
+	before := l.ok.Load()
+	waitUntil(t, "the client connected to the second replica", func() bool { return b.srv.ConnCount() == 1 })
+	waitUntil(t, "100 more calls succeeded during the drain", func() bool { return l.ok.Load() >= before+100 })
+	select {
+	case err := <-drained:
+		t.Fatalf("the drain ended (%v) while a call was held", err)
+	default:
+	}
+	close(a.hold.release)
+	if err := <-held; err != nil {
+		t.Errorf("the call in flight during the drain failed: %v", err)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	errs := l.finish()
+	for _, err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	t.Logf("%d calls, %d failed; the drained replica has %d connections", l.ok.Load()+int64(len(errs)), len(errs), a.srv.ConnCount())
+}
