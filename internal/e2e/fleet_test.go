@@ -186,3 +186,56 @@ func TestGoAwayMovesCallsAtOnce(t *testing.T) {
 	}
 	t.Logf("%d calls, %d failed; the drained replica has %d connections", l.ok.Load()+int64(len(errs)), len(errs), a.srv.ConnCount())
 }
+
+// TestMaxConnectionAge: a server whose connections age out after 300 ms
+// drains each with GOAWAY; the client moves to a new connection each time
+// while 100 calls a second run, and none fails.
+func TestMaxConnectionAge(t *testing.T) {
+	a := newReplica(t, server.WithMaxConnectionAge(300*time.Millisecond, 0))
+	lb := newBalancer(t, a)
+	ec := echov1.NewEchoServiceClient(newClient(t, lb.url))
+	l := startLoad(ec, 10*time.Millisecond)
+	waitUntil(t, "three connections aged out", func() bool { return a.srv.Stats().ConnectionsAgedOut >= 3 })
+	waitUntil(t, "a fourth connection", func() bool { return a.srv.Stats().ConnectionsAccepted >= 4 })
+	after := l.ok.Load()
+	waitUntil(t, "10 calls on it", func() bool { return l.ok.Load() >= after+10 })
+	errs := l.finish()
+	for _, err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	st := a.srv.Stats()
+	t.Logf("%d calls, %d failed, %d connections accepted, %d aged out", l.ok.Load()+int64(len(errs)), len(errs), st.ConnectionsAccepted, st.ConnectionsAgedOut)
+	if st.ConnectionsAccepted < 4 {
+		t.Fatalf("%d connections accepted after 3 aged out, want at least 4", st.ConnectionsAccepted)
+	}
+}
+
+// TestMaxConnectionAgeGrace: a call still running the grace after its
+// connection aged out is ended (its context canceled) and the connection
+// closes; without the grace it would hold the connection forever.
+func TestMaxConnectionAgeGrace(t *testing.T) {
+	a := newReplica(t, server.WithMaxConnectionAge(200*time.Millisecond, 200*time.Millisecond))
+	lb := newBalancer(t, a)
+	cli := newClient(t, lb.url)
+	ec := echov1.NewEchoServiceClient(cli)
+	res := make(chan error, 1)
+	go func() {
+		// Retries off: the held call would be held again on the next
+		// connection.
+		_, err := ec.Say(context.Background(), &echov1.SayRequest{Text: "hold"}, client.WithoutRetries())
+		res <- err
+	}()
+	<-a.hold.started
+	select {
+	case err := <-res:
+		if err == nil {
+			t.Fatal("the held call succeeded")
+		}
+		t.Logf("held call ended with: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the held call was not ended by the grace")
+	}
+	if got := a.srv.Stats().ConnectionsAgedOut; got < 1 {
+		t.Fatalf("%d connections aged out", got)
+	}
+}
