@@ -7,8 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,7 +26,10 @@ var ErrClosed = tether.NewError(tether.CodeCanceled, errors.New("tether: client 
 
 // Client is a connection manager: it keeps one WebSocket connection to a
 // tether server, reconnects when it is lost, and runs every call over it.
-// A Client is safe for concurrent use; create one per server and share it.
+// Given several endpoints of one service (WithEndpoints, WithResolver), it
+// connects to one and fails over to the next when it refuses, dies or
+// drains. A Client is safe for concurrent use; create one per service and
+// share it.
 type Client struct {
 	// url is the URL as the client prints it, in errors, logs and
 	// spans: credentials redacted (redactURL). Only dial uses dialURL.
@@ -55,6 +58,16 @@ type Client struct {
 	// served is the last connection that delivered a response to a call:
 	// it proved healthy (see healthy).
 	served atomic.Pointer[mux.Conn]
+
+	// The endpoints (resolver.go), used by the connection manager
+	// goroutine only: the last resolved list, the index of the one dialed
+	// last (or next), and the failed attempts since the last resolution.
+	eps   []endpoint
+	cur   int
+	tried int
+	ep    endpoint // the endpoint of the connection or attempt under way
+	// resolveErr is the resolver's last error, if it failed.
+	resolveErr error
 }
 
 // HealthyUptime is how long a connection must stay open, if it has not
@@ -71,24 +84,10 @@ const HealthyUptime = 5 * time.Second
 // (user:password@), which WebSocket URLs do not allow. Credentials in the
 // query (access_token=...) are sent, but never printed: see URL.
 func New(rawURL string, opts ...Option) (*Client, error) {
-	u, err := url.Parse(rawURL)
+	shown, secrets, err := parseEndpoint(rawURL)
 	if err != nil {
-		// url.Error repeats the URL, credentials and all.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, fmt.Errorf("tether: parse URL: %w", err)
+		return nil, err
 	}
-	if u.Scheme != "ws" && u.Scheme != "wss" {
-		return nil, fmt.Errorf("tether: URL scheme must be ws or wss, not %q", u.Scheme)
-	}
-	if u.User != nil {
-		// The WebSocket dialer refuses userinfo (RFC 6455 section 3), and
-		// it is a credential: say so without repeating it.
-		return nil, errors.New("tether: URL must not contain a user name or password; send credentials with WithHandshakeHeader")
-	}
-	shown, secrets := redactURL(u)
 	c := &Client{
 		url:     shown,
 		dialURL: rawURL,
@@ -99,6 +98,24 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	c.cfg.handshakeTimeout = DefaultHandshakeTimeout
 	for _, o := range opts {
 		o(&c.cfg)
+	}
+	c.eps = []endpoint{{dialURL: rawURL, shown: shown}}
+	if len(c.cfg.endpoints) > 0 {
+		if c.cfg.resolver != nil {
+			return nil, errors.New("tether: use WithEndpoints or WithResolver, not both")
+		}
+		for _, raw := range c.cfg.endpoints {
+			shown, secrets, err := parseEndpoint(raw)
+			if err != nil {
+				return nil, err
+			}
+			c.secrets = append(c.secrets, secrets...)
+			c.eps = append(c.eps, endpoint{dialURL: raw, shown: shown})
+		}
+	}
+	c.cur = rand.IntN(len(c.eps))
+	if c.cfg.resolver != nil {
+		c.eps = nil // the resolver's, before the first attempt
 	}
 	if c.cfg.logger == nil {
 		c.cfg.logger = slog.Default()
@@ -221,6 +238,7 @@ func (c *Client) run() {
 			}
 		}
 		first, moved = false, false
+		c.resolve()
 		for {
 			c.setState(StateConnecting, nil, nil)
 			c.counters.attempts.Add(1)
@@ -239,6 +257,7 @@ func (c *Client) run() {
 					if healthy {
 						b.Reset() // the connection was good: start the next backoff afresh
 						moved = drained
+						c.cur++ // the next connection goes to the next endpoint
 						break
 					}
 					// Lost before it proved healthy: a failed attempt,
@@ -249,8 +268,13 @@ func (c *Client) run() {
 			if c.ctx.Err() != nil {
 				return
 			}
+			if c.cur, c.tried = c.cur+1, c.tried+1; c.tried < len(c.eps) {
+				// Fail over: an endpoint of this round is still untried.
+				c.cfg.logger.Debug("tether connect failed, trying the next endpoint", "url", c.ep.shown, "err", err)
+				continue
+			}
 			c.setState(StateTransientFailure, err, nil)
-			c.cfg.logger.Debug("tether connect failed", "url", c.url, "err", err)
+			c.cfg.logger.Debug("tether connect failed", "url", c.ep.shown, "err", err)
 			delay := b.NextBackOff()
 			if ra := c.retryAfter; ra > 0 {
 				// The server said when to come back: not before, and
@@ -262,8 +286,45 @@ func (c *Client) run() {
 			if !c.sleep(delay) {
 				return
 			}
+			c.resolve()
 		}
 	}
+}
+
+// resolve asks the resolver, if any, for the endpoints again and starts a
+// new round of attempts over them. On an error it keeps the last list (an
+// empty one makes the next attempt fail with the error).
+func (c *Client) resolve() {
+	c.tried = 0
+	if c.cfg.resolver == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.handshakeTimeout)
+	defer cancel()
+	found, err := c.cfg.resolver.Resolve(ctx, c.dialURL)
+	var eps []endpoint
+	for _, e := range found {
+		shown, secrets, perr := parseEndpoint(e.URL)
+		if perr != nil {
+			err = errors.Join(err, perr)
+			continue
+		}
+		c.secrets = append(c.secrets, secrets...) // for scrub; this goroutine only
+		eps = append(eps, endpoint{dialURL: e.URL, shown: shown, addr: e.Addr})
+	}
+	if err != nil {
+		c.cfg.logger.Warn("tether resolver failed", "target", c.url, "err", c.scrub(err.Error()))
+		c.resolveErr = tether.Errorf(tether.CodeUnavailable, "tether: resolve %s: %s", c.url, c.scrub(err.Error()))
+	} else {
+		c.resolveErr = nil
+	}
+	if len(eps) == 0 {
+		return // keep the last list; none makes dial fail with resolveErr
+	}
+	if c.eps == nil {
+		c.cur = rand.IntN(len(eps)) // spread the clients over the endpoints
+	}
+	c.eps = eps
 }
 
 // healthy reports whether conn, now lost or draining, proved healthy: it
@@ -285,7 +346,7 @@ func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
 	if err := conn.Err(); err != nil {
 		cause = c.scrub(err.Error()) // may hold the server's close reason
 	}
-	return tether.Errorf(tether.CodeUnavailable, "tether: connection to %s lost %v after it opened, before it served a call: %s", c.url, age.Round(time.Millisecond), cause)
+	return tether.Errorf(tether.CodeUnavailable, "tether: connection to %s lost %v after it opened, before it served a call: %s", c.ep.shown, age.Round(time.Millisecond), cause)
 }
 
 // serve waits until conn ends, the server drains it or the client closes,
@@ -344,8 +405,16 @@ func (c *Client) shutdown() {
 	}
 }
 
-// dial makes one connection attempt.
+// dial makes one connection attempt, to the current endpoint.
 func (c *Client) dial() (*mux.Conn, error) {
+	if len(c.eps) == 0 {
+		c.markPermanent(false)
+		if c.resolveErr != nil {
+			return nil, c.resolveErr
+		}
+		return nil, tether.Errorf(tether.CodeUnavailable, "tether: resolve %s: no endpoints", c.url)
+	}
+	c.ep = c.eps[c.cur%len(c.eps)]
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.handshakeTimeout)
 	defer cancel()
 	header := c.cfg.header.Clone()
@@ -365,14 +434,26 @@ func (c *Client) dial() (*mux.Conn, error) {
 		header = http.Header{}
 	}
 	c.cfg.mux.Announce(header, mux.RoleClient)
-	ws, resp, err := c.dialer.DialContext(ctx, c.dialURL, header)
+	dialer := &c.dialer
+	if c.ep.addr != "" {
+		// A resolved address: connect there, keep the URL's host for the
+		// Host header and TLS.
+		d := c.dialer
+		d.Proxy = nil
+		addr := c.ep.addr
+		d.NetDialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return new(net.Dialer).DialContext(ctx, network, addr)
+		}
+		dialer = &d
+	}
+	ws, resp, err := dialer.DialContext(ctx, c.ep.dialURL, header)
 	if err != nil {
 		return nil, c.handshakeError(err, resp)
 	}
 	if ws.Subprotocol() != tether.Subprotocol {
 		ws.Close()
 		c.markPermanent(true)
-		return nil, tether.Errorf(tether.CodeUnavailable, "tether: server at %s did not accept subprotocol %s", c.url, tether.Subprotocol)
+		return nil, tether.Errorf(tether.CodeUnavailable, "tether: server at %s did not accept subprotocol %s", c.ep.shown, tether.Subprotocol)
 	}
 	c.markPermanent(false)
 	cfg := c.cfg.mux
@@ -407,7 +488,7 @@ func (c *Client) markPermanent(p bool) {
 func (c *Client) handshakeError(err error, resp *http.Response) error {
 	if resp == nil {
 		c.markPermanent(false)
-		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %s", c.url, c.scrub(err.Error()))
+		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %s", c.ep.shown, c.scrub(err.Error()))
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -429,7 +510,7 @@ func (c *Client) handshakeError(err error, resp *http.Response) error {
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		c.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
-	return tether.Errorf(code, "tether: connect %s: %s: %s", c.url, resp.Status, c.scrub(trimBody(body)))
+	return tether.Errorf(code, "tether: connect %s: %s: %s", c.ep.shown, resp.Status, c.scrub(trimBody(body)))
 }
 
 // MaxRetryAfter caps the delay a server's Retry-After can impose on

@@ -29,6 +29,8 @@ type config struct {
 	defaultRetry     *RetryPolicy
 	budget           RetryBudget
 	dlq              dlq.Store
+	resolver         Resolver
+	endpoints        []string
 }
 
 // BackoffConfig shapes the delays between reconnection attempts: jittered

@@ -239,3 +239,138 @@ func TestMaxConnectionAgeGrace(t *testing.T) {
 		t.Fatalf("%d connections aged out", got)
 	}
 }
+
+// listen serves r's server on its own 127.0.0.1 listener and returns its
+// URL and a function that kills it: listener and connections closed.
+func listen(t *testing.T, r *replica) (string, func()) {
+	hs := httptest.NewServer(r.srv)
+	var once sync.Once
+	kill := func() { once.Do(func() { _ = r.srv.Close(); hs.Close() }) }
+	t.Cleanup(kill)
+	return "ws" + strings.TrimPrefix(hs.URL, "http"), kill
+}
+
+// TestFailoverOnDeath: a client with two endpoints, under 100 calls a
+// second; the replica it is connected to dies (its connections closed, its
+// port refusing). The client fails over to the other one and no call
+// fails.
+func TestFailoverOnDeath(t *testing.T) {
+	a, b := newReplica(t), newReplica(t)
+	urlA, killA := listen(t, a)
+	urlB, killB := listen(t, b)
+	ec := echov1.NewEchoServiceClient(newClient(t, urlA, client.WithEndpoints(urlB)))
+	l := startLoad(ec, 10*time.Millisecond)
+	waitUntil(t, "20 calls succeeded", func() bool { return l.ok.Load() >= 20 })
+	live, kill := b, killA
+	if a.srv.ConnCount() == 0 {
+		live, kill = a, killB
+	}
+	kill()
+	before := l.ok.Load()
+	waitUntil(t, "the client connected to the other replica", func() bool { return live.srv.ConnCount() == 1 })
+	waitUntil(t, "50 calls succeeded after the death", func() bool { return l.ok.Load() >= before+50 })
+	errs := l.finish()
+	for _, err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	t.Logf("%d calls, %d failed", l.ok.Load()+int64(len(errs)), len(errs))
+}
+
+// TestFailoverOnRefusal: of two endpoints, one refuses connections (its
+// port is closed). Clients that start at either fail over within one round
+// of attempts: they never enter transient_failure, and a fail-fast call
+// succeeds.
+func TestFailoverOnRefusal(t *testing.T) {
+	a := newReplica(t)
+	urlA, _ := listen(t, a)
+	dead := newReplica(t)
+	urlDead, killDead := listen(t, dead)
+	killDead()
+	ctx := testCtx(t)
+	for i := range 8 {
+		var failed atomic.Bool
+		cli := newClient(t, urlDead, client.WithEndpoints(urlA), client.WithStateListener(func(s client.State, err error) {
+			if s == client.StateTransientFailure {
+				failed.Store(true)
+			}
+		}))
+		if _, err := echov1.NewEchoServiceClient(cli).Say(ctx, &echov1.SayRequest{Text: "hi"}, client.FailFast()); err != nil {
+			t.Fatalf("client %d: fail-fast call: %v", i, err)
+		}
+		if failed.Load() {
+			t.Fatalf("client %d entered transient_failure with a live endpoint", i)
+		}
+	}
+	if st := a.srv.Stats(); st.ConnectionsAccepted != 8 {
+		t.Fatalf("the live replica accepted %d connections, want 8", st.ConnectionsAccepted)
+	}
+}
+
+// TestResolverFollowsFleet: a resolver's answer changes (replica a is
+// replaced by b) and a drains; the client asks the resolver again and moves
+// to b, and no call fails.
+func TestResolverFollowsFleet(t *testing.T) {
+	a, b := newReplica(t), newReplica(t)
+	urlA, _ := listen(t, a)
+	urlB, _ := listen(t, b)
+	var current atomic.Value
+	current.Store(urlA)
+	var asked atomic.Int64
+	res := client.ResolverFunc(func(_ context.Context, target string) ([]client.Endpoint, error) {
+		asked.Add(1)
+		if target != "ws://fleet.invalid/" {
+			return nil, fmt.Errorf("target %q", target)
+		}
+		return []client.Endpoint{{URL: current.Load().(string)}}, nil
+	})
+	ec := echov1.NewEchoServiceClient(newClient(t, "ws://fleet.invalid/", client.WithResolver(res)))
+	l := startLoad(ec, 10*time.Millisecond)
+	waitUntil(t, "20 calls succeeded on a", func() bool { return l.ok.Load() >= 20 })
+	current.Store(urlB)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := l.ok.Load()
+	waitUntil(t, "the client connected to b", func() bool { return b.srv.ConnCount() == 1 })
+	waitUntil(t, "50 calls succeeded on b", func() bool { return l.ok.Load() >= before+50 })
+	errs := l.finish()
+	for _, err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	if asked.Load() < 2 {
+		t.Fatalf("resolver asked %d times, want at least 2", asked.Load())
+	}
+}
+
+// TestDNSResolverDialsAddress: the DNS resolver's endpoints dial the
+// address it found and keep the name in the Host header.
+func TestDNSResolverDialsAddress(t *testing.T) {
+	a := newReplica(t)
+	var host atomic.Value
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host.Store(r.Host)
+		a.srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { _ = a.srv.Close(); hs.Close() })
+	port := hs.URL[strings.LastIndex(hs.URL, ":")+1:]
+	target := "ws://fleet.invalid:" + port + "/rpc"
+	res := client.DNSResolver{LookupHost: func(_ context.Context, name string) ([]string, error) {
+		if name != "fleet.invalid" {
+			return nil, fmt.Errorf("lookup %q", name)
+		}
+		return []string{"127.0.0.1"}, nil
+	}}
+	eps, err := res.Resolve(context.Background(), target)
+	if err != nil || len(eps) != 1 || eps[0].Addr != "127.0.0.1:"+port || eps[0].URL != target {
+		t.Fatalf("Resolve = %+v, %v", eps, err)
+	}
+	ec := echov1.NewEchoServiceClient(newClient(t, target, client.WithResolver(res)))
+	if _, err := ec.Say(testCtx(t), &echov1.SayRequest{Text: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := host.Load(); got != "fleet.invalid:"+port {
+		t.Fatalf("Host header %q, want fleet.invalid:%s", got, port)
+	}
+}
