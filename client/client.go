@@ -109,7 +109,7 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 			if err != nil {
 				return nil, err
 			}
-			c.secrets = append(c.secrets, secrets...)
+			c.addSecrets(secrets)
 			c.eps = append(c.eps, endpoint{dialURL: raw, shown: shown})
 		}
 	}
@@ -309,7 +309,7 @@ func (c *Client) resolve() {
 			err = errors.Join(err, perr)
 			continue
 		}
-		c.secrets = append(c.secrets, secrets...) // for scrub; this goroutine only
+		c.addSecrets(secrets)
 		eps = append(eps, endpoint{dialURL: e.URL, shown: shown, addr: e.Addr})
 	}
 	if err != nil {

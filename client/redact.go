@@ -2,6 +2,7 @@ package client
 
 import (
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -83,4 +84,16 @@ func (c *Client) scrub(s string) string {
 		s = strings.ReplaceAll(s, secret, redacted)
 	}
 	return s
+}
+
+// addSecrets adds the secrets of another endpoint's URL to those scrub
+// hides, once each, longest first. Only New and the connection manager
+// goroutine call it, as only they call scrub.
+func (c *Client) addSecrets(secrets []string) {
+	for _, secret := range secrets {
+		if !slices.Contains(c.secrets, secret) {
+			c.secrets = append(c.secrets, secret)
+		}
+	}
+	sort.SliceStable(c.secrets, func(i, j int) bool { return len(c.secrets[i]) > len(c.secrets[j]) })
 }

@@ -2,7 +2,10 @@ package client_test
 
 import (
 	"context"
+	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tetherrpc/tether/client"
 )
@@ -35,4 +38,40 @@ func TestEndpointsValidated(t *testing.T) {
 	if _, err := client.New("ws://127.0.0.1:1", client.WithEndpoints("ws://127.0.0.1:2"), client.WithResolver(client.StaticResolver("ws://127.0.0.1:3"))); err == nil {
 		t.Fatal("New accepted WithEndpoints and WithResolver together")
 	}
+}
+
+// TestEndpointCredentialsRedacted: the error of a failed endpoint names it
+// with its credentials redacted.
+func TestEndpointCredentialsRedacted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refuses from now on
+	failures := make(chan error, 16)
+	c, err := client.New("ws://"+addr+"/?access_token=firstsecret", client.WithLogger(quietLogger()),
+		client.WithEndpoints("ws://"+addr+"/?access_token=secondsecret"),
+		client.WithStateListener(func(s client.State, err error) {
+			if s == client.StateTransientFailure {
+				select {
+				case failures <- err:
+				default:
+				}
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case err = <-failures:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no transient failure with both endpoints refusing")
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "firstsecret") || strings.Contains(msg, "secondsecret") || !strings.Contains(msg, "REDACTED") {
+		t.Fatalf("error %q: want the endpoint with its token REDACTED", msg)
+	}
+	t.Log(msg)
 }
