@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -75,11 +76,38 @@ func newBalancer(t *testing.T, first *replica) *balancer {
 // load makes one Say call every interval, each in its own goroutine, until
 // stop; it counts the calls that succeeded and keeps the errors.
 type load struct {
-	ok   atomic.Int64
-	mu   sync.Mutex
-	errs []error
-	wg   sync.WaitGroup
-	stop chan struct{}
+	ok    atomic.Int64
+	mu    sync.Mutex
+	errs  []error
+	calls []timedCall // the successful calls
+	wg    sync.WaitGroup
+	stop  chan struct{}
+}
+
+// timedCall is when a call started and how long it took.
+type timedCall struct {
+	start time.Time
+	took  time.Duration
+}
+
+// latency summarizes the calls that started in [from, to).
+func (l *load) latency(from, to time.Time) string {
+	l.mu.Lock()
+	var ds []time.Duration
+	for _, c := range l.calls {
+		if !c.start.Before(from) && c.start.Before(to) {
+			ds = append(ds, c.took)
+		}
+	}
+	l.mu.Unlock()
+	if len(ds) == 0 {
+		return "no calls"
+	}
+	slices.Sort(ds)
+	q := func(p float64) time.Duration {
+		return ds[min(len(ds)-1, int(p*float64(len(ds))))].Round(10 * time.Microsecond)
+	}
+	return fmt.Sprintf("%d calls, p50 %v, p99 %v, max %v", len(ds), q(0.5), q(0.99), ds[len(ds)-1].Round(10*time.Microsecond))
 }
 
 func startLoad(cli echov1.EchoServiceClient, interval time.Duration) *load {
@@ -100,12 +128,16 @@ func startLoad(cli echov1.EchoServiceClient, interval time.Duration) *load {
 				defer l.wg.Done()
 				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 				defer cancel()
-				if _, err := cli.Say(ctx, &echov1.SayRequest{Text: fmt.Sprint("call ", i)}); err != nil {
-					l.mu.Lock()
+				start := time.Now()
+				_, err := cli.Say(ctx, &echov1.SayRequest{Text: fmt.Sprint("call ", i)})
+				took := time.Since(start)
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				if err != nil {
 					l.errs = append(l.errs, err)
-					l.mu.Unlock()
 					return
 				}
+				l.calls = append(l.calls, timedCall{start, took})
 				l.ok.Add(1)
 			}()
 		}
@@ -157,7 +189,9 @@ func TestGoAwayMovesCallsAtOnce(t *testing.T) {
 	<-a.hold.started
 
 	l := startLoad(ec, 10*time.Millisecond)
+	t0 := time.Now()
 	waitUntil(t, "20 calls succeeded on the first replica", func() bool { return l.ok.Load() >= 20 })
+	goaway := time.Now()
 	lb.current.Store(b)
 	drained := make(chan error, 1)
 	go func() {
@@ -173,6 +207,7 @@ func TestGoAwayMovesCallsAtOnce(t *testing.T) {
 		t.Fatalf("the drain ended (%v) while a call was held", err)
 	default:
 	}
+	held0 := time.Now()
 	close(a.hold.release)
 	if err := <-held; err != nil {
 		t.Errorf("the call in flight during the drain failed: %v", err)
@@ -185,6 +220,8 @@ func TestGoAwayMovesCallsAtOnce(t *testing.T) {
 		t.Errorf("call failed: %v", err)
 	}
 	t.Logf("%d calls, %d failed; the drained replica has %d connections", l.ok.Load()+int64(len(errs)), len(errs), a.srv.ConnCount())
+	t.Logf("before the GOAWAY: %s", l.latency(t0, goaway))
+	t.Logf("during the drain (%v, held open): %s", held0.Sub(goaway).Round(time.Millisecond), l.latency(goaway, held0))
 }
 
 // TestMaxConnectionAge: a server whose connections age out after 300 ms
@@ -265,6 +302,7 @@ func TestFailoverOnDeath(t *testing.T) {
 	if a.srv.ConnCount() == 0 {
 		live, kill = a, killB
 	}
+	death := time.Now()
 	kill()
 	before := l.ok.Load()
 	waitUntil(t, "the client connected to the other replica", func() bool { return live.srv.ConnCount() == 1 })
@@ -274,6 +312,8 @@ func TestFailoverOnDeath(t *testing.T) {
 		t.Errorf("call failed: %v", err)
 	}
 	t.Logf("%d calls, %d failed", l.ok.Load()+int64(len(errs)), len(errs))
+	t.Logf("before the death: %s", l.latency(time.Time{}, death))
+	t.Logf("after it: %s", l.latency(death, time.Now()))
 }
 
 // TestFailoverOnRefusal: of two endpoints, one refuses connections (its
