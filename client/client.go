@@ -28,7 +28,8 @@ var ErrClosed = tether.NewError(tether.CodeCanceled, errors.New("tether: client 
 // tether server, reconnects when it is lost, and runs every call over it.
 // Given several endpoints of one service (WithEndpoints, WithResolver), it
 // connects to one and fails over to the next when it refuses, dies or
-// drains. A Client is safe for concurrent use; create one per service and
+// drains; WithConnections keeps several connections and spreads calls
+// over them. A Client is safe for concurrent use; create one per service and
 // share it.
 type Client struct {
 	// url is the URL as the client prints it, in errors, logs and
@@ -43,30 +44,51 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	secretsMu sync.RWMutex // guards secrets once the connection managers run
+
+	// subs are the connection managers, one per connection the client
+	// keeps (WithConnections; one by default).
+	subs []*sub
+	rr   atomic.Uint32 // round-robin over the ready connections
+	base int           // the endpoint index the first manager starts at
+
 	mu        sync.Mutex
-	state     State
-	conn      *mux.Conn // the ready connection, or nil
+	state     State // the best of the managers' states (aggregateLocked)
 	lastErr   error
 	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
-	// retryAfter is the server's Retry-After of the last refused upgrade
-	// (429, 503); only the connection manager goroutine uses it.
-	retryAfter time.Duration
-	changed    chan struct{}
-	conns      map[*mux.Conn]struct{} // every open connection, draining ones too
-	counters   clientCounters
-	budget     *retryBudget
-	// served is the last connection that delivered a response to a call:
-	// it proved healthy (see healthy).
-	served atomic.Pointer[mux.Conn]
+	changed   chan struct{}
+	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
+	counters  clientCounters
+	budget    *retryBudget
+}
 
-	// The endpoints (resolver.go), used by the connection manager
-	// goroutine only: the last resolved list, the index of the one dialed
-	// last (or next), and the failed attempts since the last resolution.
-	eps   []endpoint
-	cur   int
-	tried int
-	ep    endpoint // the endpoint of the connection or attempt under way
-	// resolveErr is the resolver's last error, if it failed.
+// sub is one connection manager: it keeps one connection, to one endpoint
+// at a time. It shares its Client's configuration, lock and counters.
+type sub struct {
+	*Client
+	idx int // its place in Client.subs
+
+	// Guarded by Client.mu.
+	st        State
+	conn      *mux.Conn // the ready connection, or nil
+	permanent bool      // its last error will not go away by waiting
+
+	// current is the connection this manager serves (ready or draining),
+	// for markServed; served is its last connection that delivered a
+	// response to a call: it proved healthy (see healthy).
+	current, served atomic.Pointer[mux.Conn]
+
+	// Used by the manager's goroutine only. retryAfter is the server's
+	// Retry-After of the last refused upgrade (429, 503). The endpoints
+	// (resolver.go): the last resolved list, the index of the one dialed
+	// last (or next), the failed attempts since the last resolution, the
+	// endpoint of the connection or attempt under way, and the resolver's
+	// last error, if it failed.
+	retryAfter time.Duration
+	eps        []endpoint
+	cur        int
+	tried      int
+	ep         endpoint
 	resolveErr error
 }
 
@@ -99,7 +121,7 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(&c.cfg)
 	}
-	c.eps = []endpoint{{dialURL: rawURL, shown: shown}}
+	eps := []endpoint{{dialURL: rawURL, shown: shown}}
 	if len(c.cfg.endpoints) > 0 {
 		if c.cfg.resolver != nil {
 			return nil, errors.New("tether: use WithEndpoints or WithResolver, not both")
@@ -110,12 +132,17 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 				return nil, err
 			}
 			c.addSecrets(secrets)
-			c.eps = append(c.eps, endpoint{dialURL: raw, shown: shown})
+			eps = append(eps, endpoint{dialURL: raw, shown: shown})
 		}
 	}
-	c.cur = rand.IntN(len(c.eps))
 	if c.cfg.resolver != nil {
-		c.eps = nil // the resolver's, before the first attempt
+		eps = nil // the resolver's, before the first attempt
+	}
+	// Spread the clients over the endpoints (a random start), and a
+	// client's connections over consecutive ones.
+	c.base = rand.IntN(1 << 20)
+	for i := range max(c.cfg.connections, 1) {
+		c.subs = append(c.subs, &sub{Client: c, idx: i, eps: eps, cur: c.base + i})
 	}
 	if c.cfg.logger == nil {
 		c.cfg.logger = slog.Default()
@@ -132,7 +159,7 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
-	go c.run()
+	go c.runAll()
 	return c, nil
 }
 
@@ -142,7 +169,8 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 // errors and logs use this form only.
 func (c *Client) URL() string { return c.url }
 
-// State returns the connection's current state.
+// State returns the connection's current state; with several connections
+// (WithConnections), the best of theirs: ready while any is ready.
 func (c *Client) State() State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -176,19 +204,81 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) setState(st State, err error, conn *mux.Conn) {
+// setState records the manager's state and recomputes the client's.
+func (c *sub) setState(st State, err error, conn *mux.Conn) {
 	c.mu.Lock()
-	if c.state == StateClosed {
+	if c.Client.state == StateClosed {
 		c.mu.Unlock()
 		return
 	}
-	c.state, c.lastErr, c.conn = st, err, conn
+	c.st, c.conn = st, conn
+	agg := c.aggregateLocked()
+	if err != nil || len(c.subs) == 1 {
+		c.lastErr = err
+	}
+	c.Client.permanent = c.permanent
+	c.Client.state = agg
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
 	if c.cfg.onState != nil {
-		c.cfg.onState(st, err)
+		c.cfg.onState(agg, err)
 	}
+}
+
+// aggregateLocked is the client's state: ready if a connection is,
+// else connecting if a manager is, else idle if one is, else
+// transient_failure.
+func (c *Client) aggregateLocked() State {
+	agg := StateTransientFailure
+	for _, s := range c.subs {
+		switch s.st {
+		case StateReady:
+			return StateReady
+		case StateConnecting:
+			agg = StateConnecting
+		case StateIdle:
+			if agg != StateConnecting {
+				agg = StateIdle
+			}
+		}
+	}
+	return agg
+}
+
+// readyLocked returns a ready connection, round-robin over the managers'.
+func (c *Client) readyLocked() *mux.Conn {
+	n := len(c.subs)
+	if n == 1 {
+		return c.subs[0].conn
+	}
+	start := int(c.rr.Add(1))
+	for i := range n {
+		if s := c.subs[(start+i)%n]; s.st == StateReady {
+			return s.conn
+		}
+	}
+	return nil
+}
+
+// runAll runs the connection managers until Close, then closes every
+// connection.
+func (c *Client) runAll() {
+	defer c.wg.Done()
+	defer c.shutdown()
+	if len(c.subs) == 1 {
+		c.subs[0].run()
+		return
+	}
+	var wg sync.WaitGroup
+	for _, s := range c.subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.run()
+		}()
+	}
+	wg.Wait()
 }
 
 // newBackoff builds the reconnection policy from the config: exponential,
@@ -220,9 +310,7 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // run is the connection manager: connect, serve until the connection is
 // lost or drained, back off, repeat, until Close.
-func (c *Client) run() {
-	defer c.wg.Done()
-	defer c.shutdown()
+func (c *sub) run() {
 	b := c.newBackoff()
 	first, moved := true, false
 	for {
@@ -245,6 +333,7 @@ func (c *Client) run() {
 			conn, err := c.dial()
 			if err == nil {
 				c.counters.connects.Add(1)
+				c.current.Store(conn)
 				c.setState(StateReady, nil, conn)
 				opened := time.Now()
 				var drained bool
@@ -253,7 +342,9 @@ func (c *Client) run() {
 						return
 					}
 					healthy := c.healthy(conn, opened)
-					c.served.CompareAndSwap(conn, nil) // do not keep the old connection alive
+					// Do not keep the old connection alive.
+					c.current.CompareAndSwap(conn, nil)
+					c.served.CompareAndSwap(conn, nil)
 					if healthy {
 						b.Reset() // the connection was good: start the next backoff afresh
 						moved = drained
@@ -294,7 +385,7 @@ func (c *Client) run() {
 // resolve asks the resolver, if any, for the endpoints again and starts a
 // new round of attempts over them. On an error it keeps the last list (an
 // empty one makes the next attempt fail with the error).
-func (c *Client) resolve() {
+func (c *sub) resolve() {
 	c.tried = 0
 	if c.cfg.resolver == nil {
 		return
@@ -322,26 +413,31 @@ func (c *Client) resolve() {
 		return // keep the last list; none makes dial fail with resolveErr
 	}
 	if c.eps == nil {
-		c.cur = rand.IntN(len(eps)) // spread the clients over the endpoints
+		c.cur = c.base + c.idx // spread as New does
 	}
 	c.eps = eps
 }
 
 // healthy reports whether conn, now lost or draining, proved healthy: it
 // delivered a response to a call, or stayed open for HealthyUptime.
-func (c *Client) healthy(conn *mux.Conn, opened time.Time) bool {
+func (c *sub) healthy(conn *mux.Conn, opened time.Time) bool {
 	return c.served.Load() == conn || time.Since(opened) >= HealthyUptime
 }
 
 // markServed records that conn delivered a response to a call.
 func (c *Client) markServed(conn *mux.Conn) {
-	if c.served.Load() != conn {
-		c.served.Store(conn)
+	for _, s := range c.subs {
+		if s.current.Load() == conn {
+			if s.served.Load() != conn {
+				s.served.Store(conn)
+			}
+			return
+		}
 	}
 }
 
 // lostEarly is the error of a connection lost before it proved healthy.
-func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
+func (c *sub) lostEarly(conn *mux.Conn, age time.Duration) error {
 	cause := "tether: server is going away"
 	if err := conn.Err(); err != nil {
 		cause = c.scrub(err.Error()) // may hold the server's close reason
@@ -354,7 +450,7 @@ func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
 // refusal when the server closed conn with a 44xx code (a browser-style
 // handshake refusal right after the upgrade: a failed attempt, not a lost
 // connection, and calls fail with its code), else nil.
-func (c *Client) serve(conn *mux.Conn) (drained bool, err error) {
+func (c *sub) serve(conn *mux.Conn) (drained bool, err error) {
 	select {
 	case <-conn.Done():
 		if err := conn.Err(); mux.IsRefusal(err) {
@@ -388,7 +484,10 @@ func (c *Client) sleep(d time.Duration) bool {
 
 func (c *Client) shutdown() {
 	c.mu.Lock()
-	c.state, c.conn, c.lastErr = StateClosed, nil, ErrClosed
+	c.state, c.lastErr = StateClosed, ErrClosed
+	for _, s := range c.subs {
+		s.conn = nil
+	}
 	close(c.changed)
 	c.changed = make(chan struct{})
 	conns := make([]*mux.Conn, 0, len(c.conns))
@@ -406,7 +505,7 @@ func (c *Client) shutdown() {
 }
 
 // dial makes one connection attempt, to the current endpoint.
-func (c *Client) dial() (*mux.Conn, error) {
+func (c *sub) dial() (*mux.Conn, error) {
 	if len(c.eps) == 0 {
 		c.markPermanent(false)
 		if c.resolveErr != nil {
@@ -478,14 +577,14 @@ func (c *Client) dial() (*mux.Conn, error) {
 	return conn, nil
 }
 
-func (c *Client) markPermanent(p bool) {
+func (c *sub) markPermanent(p bool) {
 	c.mu.Lock()
 	c.permanent = p
 	c.mu.Unlock()
 }
 
 // handshakeError explains a failed upgrade, keeping the server's reason.
-func (c *Client) handshakeError(err error, resp *http.Response) error {
+func (c *sub) handshakeError(err error, resp *http.Response) error {
 	if resp == nil {
 		c.markPermanent(false)
 		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %s", c.ep.shown, c.scrub(err.Error()))
@@ -546,10 +645,14 @@ func trimBody(b []byte) string {
 func (c *Client) getConn(ctx context.Context, failFast bool) (*mux.Conn, error) {
 	for {
 		c.mu.Lock()
-		st, conn, lastErr, permanent, ch := c.state, c.conn, c.lastErr, c.permanent, c.changed
+		st, lastErr, permanent, ch := c.state, c.lastErr, c.permanent, c.changed
+		var conn *mux.Conn
+		if st == StateReady {
+			conn = c.readyLocked()
+		}
 		c.mu.Unlock()
 		switch {
-		case st == StateReady:
+		case st == StateReady && conn != nil:
 			return conn, nil
 		case st == StateClosed:
 			return nil, ErrClosed

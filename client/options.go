@@ -31,6 +31,7 @@ type config struct {
 	dlq              dlq.Store
 	resolver         Resolver
 	endpoints        []string
+	connections      int
 }
 
 // BackoffConfig shapes the delays between reconnection attempts: jittered

@@ -80,6 +80,8 @@ func redactURL(u *url.URL) (string, []string) {
 // from the client (an error of the dialer or the network, a server's
 // refusal body), in case it repeats them.
 func (c *Client) scrub(s string) string {
+	c.secretsMu.RLock()
+	defer c.secretsMu.RUnlock()
 	for _, secret := range c.secrets {
 		s = strings.ReplaceAll(s, secret, redacted)
 	}
@@ -87,9 +89,10 @@ func (c *Client) scrub(s string) string {
 }
 
 // addSecrets adds the secrets of another endpoint's URL to those scrub
-// hides, once each, longest first. Only New and the connection manager
-// goroutine call it, as only they call scrub.
+// hides, once each, longest first.
 func (c *Client) addSecrets(secrets []string) {
+	c.secretsMu.Lock()
+	defer c.secretsMu.Unlock()
 	for _, secret := range secrets {
 		if !slices.Contains(c.secrets, secret) {
 			c.secrets = append(c.secrets, secret)

@@ -121,6 +121,15 @@ func WithEndpoints(urls ...string) Option {
 	return func(c *config) { c.endpoints = append(c.endpoints, urls...) }
 }
 
+// WithConnections makes the client keep n connections (default 1), each
+// managed on its own: with several endpoints they start at consecutive
+// ones, so that they land on different servers where there are enough.
+// Calls go round-robin over the ready connections; while one reconnects
+// (lost, refused, or drained by GOAWAY) calls go on over the others at
+// once, without waiting even for a dial. The client's State is ready while
+// any connection is.
+func WithConnections(n int) Option { return func(c *config) { c.connections = n } }
+
 // endpoint is a resolved Endpoint as the client dials and prints it.
 type endpoint struct {
 	dialURL string // with credentials

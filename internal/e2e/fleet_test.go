@@ -24,6 +24,7 @@ type holdHandler struct {
 	echo.Handler
 	started chan struct{} // receives one value when a held call starts
 	release chan struct{}
+	calls   atomic.Int64 // Say calls served
 }
 
 func newHoldHandler() *holdHandler {
@@ -31,6 +32,7 @@ func newHoldHandler() *holdHandler {
 }
 
 func (h *holdHandler) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
+	h.calls.Add(1)
 	if req.GetText() == "hold" {
 		h.started <- struct{}{}
 		select {
@@ -413,4 +415,57 @@ func TestDNSResolverDialsAddress(t *testing.T) {
 	if got := host.Load(); got != "fleet.invalid:"+port {
 		t.Fatalf("Host header %q, want fleet.invalid:%s", got, port)
 	}
+}
+
+// TestConnectionsSpread: a client keeping two connections over two
+// endpoints has one on each, and its calls go to both. When one replica
+// drains (held open by a call in flight), calls go on over the other
+// connection while the drained one is replaced, and none fails.
+func TestConnectionsSpread(t *testing.T) {
+	a, b := newReplica(t), newReplica(t)
+	urlA, _ := listen(t, a)
+	urlB, _ := listen(t, b)
+	cli := newClient(t, urlA, client.WithEndpoints(urlB), client.WithConnections(2))
+	ec := echov1.NewEchoServiceClient(cli)
+	waitUntil(t, "a connection to each replica", func() bool { return a.srv.ConnCount() == 1 && b.srv.ConnCount() == 1 })
+	held := make(chan error, 1)
+	go func() {
+		_, err := ec.Say(context.Background(), &echov1.SayRequest{Text: "hold"})
+		held <- err
+	}()
+	var holder *replica
+	select {
+	case <-a.hold.started:
+		holder = a
+	case <-b.hold.started:
+		holder = b
+	}
+	l := startLoad(ec, 10*time.Millisecond)
+	waitUntil(t, "20 calls succeeded", func() bool { return l.ok.Load() >= 20 })
+	aCalls, bCalls := a.hold.calls.Load(), b.hold.calls.Load()
+	if aCalls == 0 || bCalls == 0 {
+		t.Fatalf("calls went to one replica only: %d and %d", aCalls, bCalls)
+	}
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		drained <- holder.srv.Shutdown(ctx)
+	}()
+	goaway := time.Now()
+	before := l.ok.Load()
+	waitUntil(t, "100 calls succeeded during the drain", func() bool { return l.ok.Load() >= before+100 })
+	held0 := time.Now()
+	close(holder.hold.release)
+	if err := <-held; err != nil {
+		t.Errorf("the held call failed: %v", err)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	errs := l.finish()
+	for _, err := range errs {
+		t.Errorf("call failed: %v", err)
+	}
+	t.Logf("%d calls, %d failed; before the GOAWAY: %s; during the drain: %s", l.ok.Load()+int64(len(errs)), len(errs), l.latency(time.Time{}, goaway), l.latency(goaway, held0))
 }
