@@ -319,8 +319,8 @@ func (c *sub) run() {
 			// so that clients of one server do not return in lockstep. A
 			// healthy connection the server drained (GOAWAY) is replaced at
 			// once instead: the server asked the client to move, it is
-			// still up to finish the old calls, and every new call waits
-			// for the next connection (see serve).
+			// still up to finish the old calls, and new calls wait for the
+			// next connection (or go over the client's others; see serve).
 			if !c.sleep(time.Duration(rand.Int64N(int64(b.InitialInterval) + 1))) {
 				return
 			}

@@ -132,7 +132,10 @@ func WithBackoff(b BackoffConfig) Option { return func(c *config) { c.backoff = 
 
 // WithStateListener calls fn on every connection state change, with the
 // error that caused it (nil when there is none). fn runs synchronously in
-// the connection manager: keep it short and non-blocking.
+// the connection manager: keep it short and non-blocking. With several
+// connections (WithConnections) it is called with the client's state
+// (Client.State) each time one of them changes state, so the same state
+// may be reported twice in a row.
 func WithStateListener(fn func(State, error)) Option { return func(c *config) { c.onState = fn } }
 
 // WithLogger sets the logger (default slog.Default()).
