@@ -7,8 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,7 +26,11 @@ var ErrClosed = tether.NewError(tether.CodeCanceled, errors.New("tether: client 
 
 // Client is a connection manager: it keeps one WebSocket connection to a
 // tether server, reconnects when it is lost, and runs every call over it.
-// A Client is safe for concurrent use; create one per server and share it.
+// Given several endpoints of one service (WithEndpoints, WithResolver), it
+// connects to one and fails over to the next when it refuses, dies or
+// drains; WithConnections keeps several connections and spreads calls
+// over them. A Client is safe for concurrent use; create one per service and
+// share it.
 type Client struct {
 	// url is the URL as the client prints it, in errors, logs and
 	// spans: credentials redacted (redactURL). Only dial uses dialURL.
@@ -40,21 +44,52 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	secretsMu sync.RWMutex // guards secrets once the connection managers run
+
+	// subs are the connection managers, one per connection the client
+	// keeps (WithConnections; one by default).
+	subs []*sub
+	rr   atomic.Uint32 // round-robin over the ready connections
+	base int           // the endpoint index the first manager starts at
+
 	mu        sync.Mutex
-	state     State
-	conn      *mux.Conn // the ready connection, or nil
+	state     State // the best of the managers' states (aggregateLocked)
 	lastErr   error
 	permanent bool // lastErr will not go away by waiting (401, 403, 404, 400)
-	// retryAfter is the server's Retry-After of the last refused upgrade
-	// (429, 503); only the connection manager goroutine uses it.
+	changed   chan struct{}
+	conns     map[*mux.Conn]struct{} // every open connection, draining ones too
+	counters  clientCounters
+	budget    *retryBudget
+}
+
+// sub is one connection manager: it keeps one connection, to one endpoint
+// at a time. It shares its Client's configuration, lock and counters.
+type sub struct {
+	*Client
+	idx int // its place in Client.subs
+
+	// Guarded by Client.mu.
+	st        State
+	conn      *mux.Conn // the ready connection, or nil
+	permanent bool      // its last error will not go away by waiting
+
+	// current is the connection this manager serves (ready or draining),
+	// for markServed; served is its last connection that delivered a
+	// response to a call: it proved healthy (see healthy).
+	current, served atomic.Pointer[mux.Conn]
+
+	// Used by the manager's goroutine only. retryAfter is the server's
+	// Retry-After of the last refused upgrade (429, 503). The endpoints
+	// (resolver.go): the last resolved list, the index of the one dialed
+	// last (or next), the failed attempts since the last resolution, the
+	// endpoint of the connection or attempt under way, and the resolver's
+	// last error, if it failed.
 	retryAfter time.Duration
-	changed    chan struct{}
-	conns      map[*mux.Conn]struct{} // every open connection, draining ones too
-	counters   clientCounters
-	budget     *retryBudget
-	// served is the last connection that delivered a response to a call:
-	// it proved healthy (see healthy).
-	served atomic.Pointer[mux.Conn]
+	eps        []endpoint
+	cur        int
+	tried      int
+	ep         endpoint
+	resolveErr error
 }
 
 // HealthyUptime is how long a connection must stay open, if it has not
@@ -71,24 +106,10 @@ const HealthyUptime = 5 * time.Second
 // (user:password@), which WebSocket URLs do not allow. Credentials in the
 // query (access_token=...) are sent, but never printed: see URL.
 func New(rawURL string, opts ...Option) (*Client, error) {
-	u, err := url.Parse(rawURL)
+	shown, secrets, err := parseEndpoint(rawURL)
 	if err != nil {
-		// url.Error repeats the URL, credentials and all.
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err
-		}
-		return nil, fmt.Errorf("tether: parse URL: %w", err)
+		return nil, err
 	}
-	if u.Scheme != "ws" && u.Scheme != "wss" {
-		return nil, fmt.Errorf("tether: URL scheme must be ws or wss, not %q", u.Scheme)
-	}
-	if u.User != nil {
-		// The WebSocket dialer refuses userinfo (RFC 6455 section 3), and
-		// it is a credential: say so without repeating it.
-		return nil, errors.New("tether: URL must not contain a user name or password; send credentials with WithHandshakeHeader")
-	}
-	shown, secrets := redactURL(u)
 	c := &Client{
 		url:     shown,
 		dialURL: rawURL,
@@ -99,6 +120,29 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	c.cfg.handshakeTimeout = DefaultHandshakeTimeout
 	for _, o := range opts {
 		o(&c.cfg)
+	}
+	eps := []endpoint{{dialURL: rawURL, shown: shown}}
+	if len(c.cfg.endpoints) > 0 {
+		if c.cfg.resolver != nil {
+			return nil, errors.New("tether: use WithEndpoints or WithResolver, not both")
+		}
+		for _, raw := range c.cfg.endpoints {
+			shown, secrets, err := parseEndpoint(raw)
+			if err != nil {
+				return nil, err
+			}
+			c.addSecrets(secrets)
+			eps = append(eps, endpoint{dialURL: raw, shown: shown})
+		}
+	}
+	if c.cfg.resolver != nil {
+		eps = nil // the resolver's, before the first attempt
+	}
+	// Spread the clients over the endpoints (a random start), and a
+	// client's connections over consecutive ones.
+	c.base = rand.IntN(1 << 20)
+	for i := range max(c.cfg.connections, 1) {
+		c.subs = append(c.subs, &sub{Client: c, idx: i, eps: eps, cur: c.base + i})
 	}
 	if c.cfg.logger == nil {
 		c.cfg.logger = slog.Default()
@@ -115,7 +159,7 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
-	go c.run()
+	go c.runAll()
 	return c, nil
 }
 
@@ -125,7 +169,8 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 // errors and logs use this form only.
 func (c *Client) URL() string { return c.url }
 
-// State returns the connection's current state.
+// State returns the connection's current state; with several connections
+// (WithConnections), the best of theirs: ready while any is ready.
 func (c *Client) State() State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -159,19 +204,81 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) setState(st State, err error, conn *mux.Conn) {
+// setState records the manager's state and recomputes the client's.
+func (c *sub) setState(st State, err error, conn *mux.Conn) {
 	c.mu.Lock()
-	if c.state == StateClosed {
+	if c.Client.state == StateClosed {
 		c.mu.Unlock()
 		return
 	}
-	c.state, c.lastErr, c.conn = st, err, conn
+	c.st, c.conn = st, conn
+	agg := c.aggregateLocked()
+	if err != nil || len(c.subs) == 1 {
+		c.lastErr = err
+	}
+	c.Client.permanent = c.permanent
+	c.Client.state = agg
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
 	if c.cfg.onState != nil {
-		c.cfg.onState(st, err)
+		c.cfg.onState(agg, err)
 	}
+}
+
+// aggregateLocked is the client's state: ready if a connection is,
+// else connecting if a manager is, else idle if one is, else
+// transient_failure.
+func (c *Client) aggregateLocked() State {
+	agg := StateTransientFailure
+	for _, s := range c.subs {
+		switch s.st {
+		case StateReady:
+			return StateReady
+		case StateConnecting:
+			agg = StateConnecting
+		case StateIdle:
+			if agg != StateConnecting {
+				agg = StateIdle
+			}
+		}
+	}
+	return agg
+}
+
+// readyLocked returns a ready connection, round-robin over the managers'.
+func (c *Client) readyLocked() *mux.Conn {
+	n := len(c.subs)
+	if n == 1 {
+		return c.subs[0].conn
+	}
+	start := int(c.rr.Add(1))
+	for i := range n {
+		if s := c.subs[(start+i)%n]; s.st == StateReady {
+			return s.conn
+		}
+	}
+	return nil
+}
+
+// runAll runs the connection managers until Close, then closes every
+// connection.
+func (c *Client) runAll() {
+	defer c.wg.Done()
+	defer c.shutdown()
+	if len(c.subs) == 1 {
+		c.subs[0].run()
+		return
+	}
+	var wg sync.WaitGroup
+	for _, s := range c.subs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.run()
+		}()
+	}
+	wg.Wait()
 }
 
 // newBackoff builds the reconnection policy from the config: exponential,
@@ -203,36 +310,45 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // run is the connection manager: connect, serve until the connection is
 // lost or drained, back off, repeat, until Close.
-func (c *Client) run() {
-	defer c.wg.Done()
-	defer c.shutdown()
+func (c *sub) run() {
 	b := c.newBackoff()
-	first := true
+	first, moved := true, false
 	for {
-		if !first {
+		if !first && !moved {
 			// A lost connection: wait a random part of the initial interval
-			// so that clients of one server do not return in lockstep.
+			// so that clients of one server do not return in lockstep. A
+			// healthy connection the server drained (GOAWAY) is replaced at
+			// once instead: the server asked the client to move, it is
+			// still up to finish the old calls, and new calls wait for the
+			// next connection (or go over the client's others; see serve).
 			if !c.sleep(time.Duration(rand.Int64N(int64(b.InitialInterval) + 1))) {
 				return
 			}
 		}
-		first = false
+		first, moved = false, false
+		c.resolve()
 		for {
 			c.setState(StateConnecting, nil, nil)
 			c.counters.attempts.Add(1)
 			conn, err := c.dial()
 			if err == nil {
 				c.counters.connects.Add(1)
+				c.current.Store(conn)
 				c.setState(StateReady, nil, conn)
 				opened := time.Now()
-				if err = c.serve(conn); err == nil {
+				var drained bool
+				if drained, err = c.serve(conn); err == nil {
 					if c.ctx.Err() != nil {
 						return
 					}
 					healthy := c.healthy(conn, opened)
-					c.served.CompareAndSwap(conn, nil) // do not keep the old connection alive
+					// Do not keep the old connection alive.
+					c.current.CompareAndSwap(conn, nil)
+					c.served.CompareAndSwap(conn, nil)
 					if healthy {
 						b.Reset() // the connection was good: start the next backoff afresh
+						moved = drained
+						c.cur++ // the next connection goes to the next endpoint
 						break
 					}
 					// Lost before it proved healthy: a failed attempt,
@@ -243,8 +359,13 @@ func (c *Client) run() {
 			if c.ctx.Err() != nil {
 				return
 			}
+			if c.cur, c.tried = c.cur+1, c.tried+1; c.tried < len(c.eps) {
+				// Fail over: an endpoint of this round is still untried.
+				c.cfg.logger.Debug("tether connect failed, trying the next endpoint", "url", c.ep.shown, "err", err)
+				continue
+			}
 			c.setState(StateTransientFailure, err, nil)
-			c.cfg.logger.Debug("tether connect failed", "url", c.url, "err", err)
+			c.cfg.logger.Debug("tether connect failed", "url", c.ep.shown, "err", err)
 			delay := b.NextBackOff()
 			if ra := c.retryAfter; ra > 0 {
 				// The server said when to come back: not before, and
@@ -256,51 +377,98 @@ func (c *Client) run() {
 			if !c.sleep(delay) {
 				return
 			}
+			c.resolve()
 		}
 	}
 }
 
+// resolve asks the resolver, if any, for the endpoints again and starts a
+// new round of attempts over them. On an error it keeps the last list (an
+// empty one makes the next attempt fail with the error).
+func (c *sub) resolve() {
+	c.tried = 0
+	if c.cfg.resolver == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.handshakeTimeout)
+	defer cancel()
+	found, err := c.cfg.resolver.Resolve(ctx, c.dialURL)
+	var eps []endpoint
+	for _, e := range found {
+		shown, secrets, perr := parseEndpoint(e.URL)
+		if perr != nil {
+			err = errors.Join(err, perr)
+			continue
+		}
+		c.addSecrets(secrets)
+		eps = append(eps, endpoint{dialURL: e.URL, shown: shown, addr: e.Addr})
+	}
+	if err != nil {
+		c.cfg.logger.Warn("tether resolver failed", "target", c.url, "err", c.scrub(err.Error()))
+		c.resolveErr = tether.Errorf(tether.CodeUnavailable, "tether: resolve %s: %s", c.url, c.scrub(err.Error()))
+	} else {
+		c.resolveErr = nil
+	}
+	if len(eps) == 0 {
+		return // keep the last list; none makes dial fail with resolveErr
+	}
+	if c.eps == nil {
+		c.cur = c.base + c.idx // spread as New does
+	}
+	c.eps = eps
+}
+
 // healthy reports whether conn, now lost or draining, proved healthy: it
 // delivered a response to a call, or stayed open for HealthyUptime.
-func (c *Client) healthy(conn *mux.Conn, opened time.Time) bool {
+func (c *sub) healthy(conn *mux.Conn, opened time.Time) bool {
 	return c.served.Load() == conn || time.Since(opened) >= HealthyUptime
 }
 
 // markServed records that conn delivered a response to a call.
 func (c *Client) markServed(conn *mux.Conn) {
-	if c.served.Load() != conn {
-		c.served.Store(conn)
+	for _, s := range c.subs {
+		if s.current.Load() == conn {
+			if s.served.Load() != conn {
+				s.served.Store(conn)
+			}
+			return
+		}
 	}
 }
 
 // lostEarly is the error of a connection lost before it proved healthy.
-func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
+func (c *sub) lostEarly(conn *mux.Conn, age time.Duration) error {
 	cause := "tether: server is going away"
 	if err := conn.Err(); err != nil {
 		cause = c.scrub(err.Error()) // may hold the server's close reason
 	}
-	return tether.Errorf(tether.CodeUnavailable, "tether: connection to %s lost %v after it opened, before it served a call: %s", c.url, age.Round(time.Millisecond), cause)
+	return tether.Errorf(tether.CodeUnavailable, "tether: connection to %s lost %v after it opened, before it served a call: %s", c.ep.shown, age.Round(time.Millisecond), cause)
 }
 
-// serve waits until conn ends, the server drains it or the client closes.
-// It returns the refusal when the server closed conn with a 44xx code (a
-// browser-style handshake refusal right after the upgrade: a failed
-// attempt, not a lost connection, and calls fail with its code), else nil.
-func (c *Client) serve(conn *mux.Conn) error {
+// serve waits until conn ends, the server drains it or the client closes,
+// and reports whether the server drained it (GOAWAY). It returns the
+// refusal when the server closed conn with a 44xx code (a browser-style
+// handshake refusal right after the upgrade: a failed attempt, not a lost
+// connection, and calls fail with its code), else nil.
+func (c *sub) serve(conn *mux.Conn) (drained bool, err error) {
 	select {
 	case <-conn.Done():
 		if err := conn.Err(); mux.IsRefusal(err) {
 			c.markPermanent(true)
-			return err
+			return false, err
 		}
 		c.setState(StateIdle, conn.Err(), nil)
 	case <-conn.Draining():
 		// The server sent GOAWAY: calls in flight finish on the old
-		// connection, new ones wait for the next.
+		// connection (it stays in conns until it closes), new ones wait
+		// for the next, which run dials at once: no call waits for the
+		// drain, and a call that raced the GOAWAY is refused unprocessed
+		// and retried on the next connection.
 		c.setState(StateIdle, tether.Errorf(tether.CodeUnavailable, "tether: server is going away"), nil)
+		return true, nil
 	case <-c.ctx.Done():
 	}
-	return nil
+	return false, nil
 }
 
 func (c *Client) sleep(d time.Duration) bool {
@@ -316,7 +484,10 @@ func (c *Client) sleep(d time.Duration) bool {
 
 func (c *Client) shutdown() {
 	c.mu.Lock()
-	c.state, c.conn, c.lastErr = StateClosed, nil, ErrClosed
+	c.state, c.lastErr = StateClosed, ErrClosed
+	for _, s := range c.subs {
+		s.conn = nil
+	}
 	close(c.changed)
 	c.changed = make(chan struct{})
 	conns := make([]*mux.Conn, 0, len(c.conns))
@@ -333,8 +504,16 @@ func (c *Client) shutdown() {
 	}
 }
 
-// dial makes one connection attempt.
-func (c *Client) dial() (*mux.Conn, error) {
+// dial makes one connection attempt, to the current endpoint.
+func (c *sub) dial() (*mux.Conn, error) {
+	if len(c.eps) == 0 {
+		c.markPermanent(false)
+		if c.resolveErr != nil {
+			return nil, c.resolveErr
+		}
+		return nil, tether.Errorf(tether.CodeUnavailable, "tether: resolve %s: no endpoints", c.url)
+	}
+	c.ep = c.eps[c.cur%len(c.eps)]
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.handshakeTimeout)
 	defer cancel()
 	header := c.cfg.header.Clone()
@@ -354,14 +533,26 @@ func (c *Client) dial() (*mux.Conn, error) {
 		header = http.Header{}
 	}
 	c.cfg.mux.Announce(header, mux.RoleClient)
-	ws, resp, err := c.dialer.DialContext(ctx, c.dialURL, header)
+	dialer := &c.dialer
+	if c.ep.addr != "" {
+		// A resolved address: connect there, keep the URL's host for the
+		// Host header and TLS.
+		d := c.dialer
+		d.Proxy = nil
+		addr := c.ep.addr
+		d.NetDialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return new(net.Dialer).DialContext(ctx, network, addr)
+		}
+		dialer = &d
+	}
+	ws, resp, err := dialer.DialContext(ctx, c.ep.dialURL, header)
 	if err != nil {
 		return nil, c.handshakeError(err, resp)
 	}
 	if ws.Subprotocol() != tether.Subprotocol {
 		ws.Close()
 		c.markPermanent(true)
-		return nil, tether.Errorf(tether.CodeUnavailable, "tether: server at %s did not accept subprotocol %s", c.url, tether.Subprotocol)
+		return nil, tether.Errorf(tether.CodeUnavailable, "tether: server at %s did not accept subprotocol %s", c.ep.shown, tether.Subprotocol)
 	}
 	c.markPermanent(false)
 	cfg := c.cfg.mux
@@ -386,17 +577,17 @@ func (c *Client) dial() (*mux.Conn, error) {
 	return conn, nil
 }
 
-func (c *Client) markPermanent(p bool) {
+func (c *sub) markPermanent(p bool) {
 	c.mu.Lock()
 	c.permanent = p
 	c.mu.Unlock()
 }
 
 // handshakeError explains a failed upgrade, keeping the server's reason.
-func (c *Client) handshakeError(err error, resp *http.Response) error {
+func (c *sub) handshakeError(err error, resp *http.Response) error {
 	if resp == nil {
 		c.markPermanent(false)
-		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %s", c.url, c.scrub(err.Error()))
+		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %s", c.ep.shown, c.scrub(err.Error()))
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -418,7 +609,7 @@ func (c *Client) handshakeError(err error, resp *http.Response) error {
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		c.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
-	return tether.Errorf(code, "tether: connect %s: %s: %s", c.url, resp.Status, c.scrub(trimBody(body)))
+	return tether.Errorf(code, "tether: connect %s: %s: %s", c.ep.shown, resp.Status, c.scrub(trimBody(body)))
 }
 
 // MaxRetryAfter caps the delay a server's Retry-After can impose on
@@ -454,10 +645,14 @@ func trimBody(b []byte) string {
 func (c *Client) getConn(ctx context.Context, failFast bool) (*mux.Conn, error) {
 	for {
 		c.mu.Lock()
-		st, conn, lastErr, permanent, ch := c.state, c.conn, c.lastErr, c.permanent, c.changed
+		st, lastErr, permanent, ch := c.state, c.lastErr, c.permanent, c.changed
+		var conn *mux.Conn
+		if st == StateReady {
+			conn = c.readyLocked()
+		}
 		c.mu.Unlock()
 		switch {
-		case st == StateReady:
+		case st == StateReady && conn != nil:
 			return conn, nil
 		case st == StateClosed:
 			return nil, ErrClosed

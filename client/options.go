@@ -29,6 +29,9 @@ type config struct {
 	defaultRetry     *RetryPolicy
 	budget           RetryBudget
 	dlq              dlq.Store
+	resolver         Resolver
+	endpoints        []string
+	connections      int
 }
 
 // BackoffConfig shapes the delays between reconnection attempts: jittered
@@ -39,7 +42,8 @@ type BackoffConfig struct {
 	// delivered a response, or stayed open for HealthyUptime) waits a
 	// random part of it, so clients that lost the same server do not
 	// return in lockstep; a connection lost sooner counts as a failed
-	// attempt, and the delays keep growing.
+	// attempt, and the delays keep growing. A healthy connection the
+	// server drains (GOAWAY) is replaced at once, without a delay.
 	Initial time.Duration
 	// Max caps the delay (default 10s).
 	Max time.Duration
@@ -128,7 +132,10 @@ func WithBackoff(b BackoffConfig) Option { return func(c *config) { c.backoff = 
 
 // WithStateListener calls fn on every connection state change, with the
 // error that caused it (nil when there is none). fn runs synchronously in
-// the connection manager: keep it short and non-blocking.
+// the connection manager: keep it short and non-blocking. With several
+// connections (WithConnections) it is called with the client's state
+// (Client.State) each time one of them changes state, so the same state
+// may be reported twice in a row.
 func WithStateListener(fn func(State, error)) Option { return func(c *config) { c.onState = fn } }
 
 // WithLogger sets the logger (default slog.Default()).

@@ -2,6 +2,7 @@ package client
 
 import (
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -79,8 +80,23 @@ func redactURL(u *url.URL) (string, []string) {
 // from the client (an error of the dialer or the network, a server's
 // refusal body), in case it repeats them.
 func (c *Client) scrub(s string) string {
+	c.secretsMu.RLock()
+	defer c.secretsMu.RUnlock()
 	for _, secret := range c.secrets {
 		s = strings.ReplaceAll(s, secret, redacted)
 	}
 	return s
+}
+
+// addSecrets adds the secrets of another endpoint's URL to those scrub
+// hides, once each, longest first.
+func (c *Client) addSecrets(secrets []string) {
+	c.secretsMu.Lock()
+	defer c.secretsMu.Unlock()
+	for _, secret := range secrets {
+		if !slices.Contains(c.secrets, secret) {
+			c.secrets = append(c.secrets, secret)
+		}
+	}
+	sort.SliceStable(c.secrets, func(i, j int) bool { return len(c.secrets[i]) > len(c.secrets[j]) })
 }

@@ -4,7 +4,7 @@ import "sync/atomic"
 
 // Stats is a snapshot of a client's activity, for metrics.
 type Stats struct {
-	// State is the connection state now.
+	// State is the connection state now (Client.State).
 	State State
 	// ConnectAttempts counts connection attempts; Connects counts the ones
 	// that succeeded. Reconnects is Connects minus the first.

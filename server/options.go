@@ -21,6 +21,27 @@ type config struct {
 	maxConnsPerIP    int
 	authenticate     Authenticator
 	httpRefusals     bool
+	maxConnAge       time.Duration
+	maxConnAgeGrace  time.Duration
+}
+
+// MaxConnectionAgeJitter is the share of the maximum connection age by
+// which each connection's age is randomized (plus or minus), so that the
+// connections opened together, after a restart, do not drain together.
+const MaxConnectionAgeJitter = 0.1
+
+// WithMaxConnectionAge drains every connection once it is age old (plus or
+// minus MaxConnectionAgeJitter): the server sends GOAWAY, the client opens
+// its next connection at once (through the load balancer, possibly to a
+// newer replica) and moves its new calls there, and the calls in flight
+// finish on the old connection. After grace more, calls still running are
+// ended with unavailable (a clean, retryable end) and the connection
+// closes; grace 0 waits for them without a bound. This rebalances a fleet
+// after a scale-out: without it a long-lived connection stays on its
+// replica forever. The default age is 0: connections live as long as they
+// like.
+func WithMaxConnectionAge(age, grace time.Duration) Option {
+	return func(c *config) { c.maxConnAge, c.maxConnAgeGrace = age, grace }
 }
 
 // Defaults of the server's limits. docs/PROTOCOL.md and docs/SECURITY.md

@@ -43,10 +43,23 @@ const (
 type ServeOption func(*serveConfig)
 
 type serveConfig struct {
-	handler http.Handler
-	tls     *tls.Config
-	grace   time.Duration
-	http    []func(*http.Server)
+	handler    http.Handler
+	tls        *tls.Config
+	grace      time.Duration
+	drainDelay time.Duration
+	http       []func(*http.Server)
+}
+
+// WithDrainDelay makes Serve, once its context has ended, run the server's
+// OnDrain functions (a health service registered with health.Register
+// reports NOT_SERVING, and its readiness endpoint answers 503) and go on
+// serving for d, new connections included, before it refuses new
+// connections and sends GOAWAY. Set d to how long your load balancer takes
+// to see a failed readiness probe (Kubernetes: periodSeconds times
+// failureThreshold), so that no client is sent to a replica that already
+// refuses it. The default is 0: GOAWAY at once.
+func WithDrainDelay(d time.Duration) ServeOption {
+	return func(c *serveConfig) { c.drainDelay = d }
 }
 
 // WithHTTPHandler serves h instead of the Server alone: a mux that mounts
@@ -126,7 +139,9 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string, opts ...ServeO
 // Default constants: without a ReadHeaderTimeout, which http.ListenAndServe
 // does not set, a client that sends its upgrade request one byte at a time,
 // or nothing, holds a socket and a goroutine for as long as it likes), and
-// drains gracefully when ctx ends: no new connections, GOAWAY to every
+// drains gracefully when ctx ends: the OnDrain functions run (a registered
+// health service reports NOT_SERVING), then after the drain delay
+// (WithDrainDelay, default none) no new connections, GOAWAY to every
 // client so that it opens new calls elsewhere, calls in flight run to
 // completion for up to the shutdown grace (WithShutdownGrace), then the
 // remaining connections are closed. It closes ln.
@@ -150,6 +165,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...ServeOption
 	var serveErr error
 	select {
 	case <-ctx.Done():
+		s.beginDrain()
+		if cfg.drainDelay > 0 {
+			t := time.NewTimer(cfg.drainDelay)
+			select {
+			case <-t.C:
+			case serveErr = <-served:
+				served <- serveErr // for drain
+			}
+			t.Stop()
+		}
 	case serveErr = <-served:
 		served <- serveErr // for drain
 	}

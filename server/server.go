@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -42,6 +43,34 @@ type Server struct {
 	drainCtx context.Context // Shutdown's context, for connections that race it
 	perIP    map[string]int  // open or pending connections by remote IP
 	nextConn uint64
+	onDrain  []func()
+	drainRan bool
+}
+
+// OnDrain registers f to run once when the server begins to drain
+// (Shutdown, Close, or Serve when its context ends), before any GOAWAY is
+// sent: health.Register uses it to report NOT_SERVING first.
+func (s *Server) OnDrain(f func()) {
+	s.mu.Lock()
+	ran := s.drainRan
+	if !ran {
+		s.onDrain = append(s.onDrain, f)
+	}
+	s.mu.Unlock()
+	if ran {
+		f()
+	}
+}
+
+// beginDrain runs the OnDrain functions, once.
+func (s *Server) beginDrain() {
+	s.mu.Lock()
+	fs := s.onDrain
+	s.onDrain, s.drainRan = nil, true
+	s.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
 }
 
 // New returns a Server with no procedures registered.
@@ -154,13 +183,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cfg := s.cfg.mux
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes))
 	var conn *mux.Conn
-	var expiry *time.Timer
+	var expiry, aged *time.Timer
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
 	cfg.Route = s.route
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
 		if expiry != nil {
 			expiry.Stop()
+		}
+		if aged != nil {
+			aged.Stop()
 		}
 		delete(s.conns, conn)
 		s.releaseIP(ip)
@@ -175,6 +207,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		expiry = time.AfterFunc(time.Until(id.Expires), func() {
 			conn.ClosePolicy(tether.Errorf(tether.CodeUnauthenticated, "tether: credentials expired"), "credentials expired")
 		})
+	}
+	if s.cfg.maxConnAge > 0 {
+		aged = time.AfterFunc(jitter(s.cfg.maxConnAge), func() { s.ageOut(conn) })
 	}
 	s.pending--
 	s.conns[conn] = struct{}{}
@@ -344,12 +379,14 @@ func (s *Server) run(ctx context.Context, h *Handler, c *call) (res proto.Messag
 	return h.serve(ctx, c)
 }
 
-// Shutdown drains the server gracefully: new connections are refused with
-// 503, every connection gets GOAWAY so clients open new calls elsewhere,
+// Shutdown drains the server gracefully: the OnDrain functions run first
+// (a registered health service reports NOT_SERVING), new connections are
+// refused with 503, every connection gets GOAWAY so clients open new calls elsewhere,
 // calls in flight run to completion, then connections close. If ctx ends
 // first, the remaining connections are closed and ctx's error returned.
 // The server's http.Server, if any, is shut down separately.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.beginDrain()
 	s.mu.Lock()
 	s.draining = true
 	s.drainCtx = ctx
@@ -381,6 +418,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // unavailable and their handlers' contexts are canceled. It waits for the
 // connections' goroutines to end.
 func (s *Server) Close() error {
+	s.beginDrain()
 	s.mu.Lock()
 	s.draining = true
 	s.drainCtx = closedCtx
@@ -404,6 +442,37 @@ func (s *Server) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// ageOut drains conn, which reached the maximum connection age: GOAWAY,
+// then it waits for its calls for up to the grace (WithMaxConnectionAge).
+func (s *Server) ageOut(conn *mux.Conn) {
+	s.mu.Lock()
+	if _, open := s.conns[conn]; !open || s.draining {
+		s.mu.Unlock()
+		return // closed, or Shutdown drains it
+	}
+	// conn holds a count in wg until its OnClose, so this Add cannot race
+	// a Wait that has seen zero.
+	s.wg.Add(1)
+	s.counters.aged.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if g := s.cfg.maxConnAgeGrace; g > 0 {
+			ctx, cancel = context.WithTimeout(ctx, g)
+		}
+		defer cancel()
+		_ = conn.Shutdown(ctx)
+	}()
+}
+
+// jitter returns d changed by a random share of up to
+// MaxConnectionAgeJitter, either way.
+func jitter(d time.Duration) time.Duration {
+	f := 1 + MaxConnectionAgeJitter*(2*rand.Float64()-1)
+	return time.Duration(float64(d) * f)
 }
 
 // ConnCount returns the number of open connections.

@@ -15,10 +15,14 @@ type Stats struct {
 	BytesIn, BytesOut uint64
 	// ConnectionsAccepted counts upgrades since the server started.
 	ConnectionsAccepted uint64
+	// ConnectionsAgedOut counts connections drained because they reached
+	// the maximum connection age (WithMaxConnectionAge).
+	ConnectionsAgedOut uint64
 }
 
 type counters struct {
 	accepted       atomic.Uint64
+	aged           atomic.Uint64
 	bytesInClosed  atomic.Uint64
 	bytesOutClosed atomic.Uint64
 }
@@ -27,6 +31,7 @@ type counters struct {
 func (s *Server) Stats() Stats {
 	st := Stats{
 		ConnectionsAccepted: s.counters.accepted.Load(),
+		ConnectionsAgedOut:  s.counters.aged.Load(),
 		BytesIn:             s.counters.bytesInClosed.Load(),
 		BytesOut:            s.counters.bytesOutClosed.Load(),
 	}
