@@ -87,7 +87,9 @@ func main() {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var calls atomic.Int64
 
-	srv := server.New(server.WithLogger(logger), server.WithInterceptors(echoHeader{&calls}))
+	// Any origin: the browser suite reaches this server through the proxy too,
+	// whose port differs from the page's.
+	srv := server.New(server.WithLogger(logger), server.WithInterceptors(echoHeader{&calls}), server.WithAllowedOrigins("*"))
 	echov1.RegisterEchoServiceHandler(srv, &failing{})
 	auth := server.New(server.WithLogger(logger), server.WithAuthenticator(func(*http.Request) (server.Identity, error) {
 		return server.Identity{}, errors.New("no credentials")
