@@ -3,7 +3,8 @@
 // Chromium (Debian's chromium, installed with apt-get when missing) through
 // puppeteer-core, and fails unless every case passed. With --demo it also
 // screenshots the demo page (docs/web-demo.png).
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { createInterface } from "node:readline";
 import { copyFileSync, existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -57,10 +58,44 @@ try {
   const version = await browser.version();
   console.log(`${version}: ${JSON.stringify(bench)}`);
   writeFileSync(join(here, "..", "dist", "chromium-bench.json"), JSON.stringify({ version, ...bench }, null, 2));
+  failed += await demo(browser);
 } finally {
   await browser.close();
   await srv.stop();
 }
+// demo checks the page of `tether demo web` (a bidi chat with the
+// generated client) and screenshots it: dist/web-demo.png, or
+// docs/web-demo.png (the README's) with --screenshot.
+async function demo(browser) {
+  const bin = join(www, "tether");
+  execFileSync("go", ["build", "-o", bin, "./cmd/tether"], { cwd: join(here, "..", ".."), stdio: "inherit" });
+  const p = spawn(bin, ["demo", "web", "-addr", "127.0.0.1:0", "-stdin"], { stdio: ["pipe", "pipe", "inherit"] });
+  try {
+    const line = await new Promise((res, rej) => {
+      createInterface({ input: p.stdout }).once("line", res);
+      p.once("exit", (c) => rej(new Error(`demo web exited with ${c}`)));
+    });
+    const url = /open (http:\/\/\S+)/.exec(line)[1];
+    const page = await browser.newPage();
+    await page.setViewport({ width: 760, height: 560 });
+    await page.goto(url);
+    await page.waitForFunction(() => document.querySelectorAll("#log li").length >= 3, { timeout: 30_000 });
+    await page.evaluate(() => window.__demo.send("hello, tether"));
+    await page.waitForFunction(() => [...document.querySelectorAll("#log .server")].some((li) => li.textContent === "echo: hello, tether"), { timeout: 30_000 });
+    await page.evaluate(() => window.__demo.send("bidi streaming from a browser tab"));
+    await page.waitForFunction(() => document.querySelectorAll("#log .server").length >= 2, { timeout: 30_000 });
+    const shot = process.argv.includes("--screenshot") ? join(here, "..", "..", "docs", "web-demo.png") : join(here, "..", "dist", "web-demo.png");
+    await page.screenshot({ path: shot });
+    console.log(`ok   demo web: chat round trips; screenshot ${shot}`);
+    return 0;
+  } catch (e) {
+    console.log(`FAIL demo web: ${e}`);
+    return 1;
+  } finally {
+    p.stdin.end();
+  }
+}
+
 if (failed) {
   console.log(`${failed} Chromium case(s) failed`);
   process.exit(1);
