@@ -281,6 +281,10 @@ export class TetherClient {
       if (wait > 0) await sleep(wait);
       this.opts.onStateChange?.("connecting");
       const d = await this.dial();
+      if (this.closed) {
+        d.ws.close(1000, "");
+        throw new TetherError(Code.Canceled, "tether: client closed");
+      }
       const cfg = this.config(d.headers);
       const conn: Connection = new Connection(d.ws, cfg, (err) => {
         this.conns.delete(conn);
@@ -338,7 +342,8 @@ export class TetherClient {
     m: MethodInfo,
     opts: CallOptions,
     ctx: CallContext,
-    body: (s: Stream, first: boolean) => Promise<T>,
+    body: (s: Stream) => Promise<T>,
+    replayable: () => boolean = () => true,
   ): Promise<T> {
     const key = opts.idempotencyKey ?? (m.idempotency === 1 ? undefined : randomKey());
     const maxUnprocessed = this.opts.maxUnprocessedRetries ?? 10;
@@ -354,11 +359,11 @@ export class TetherClient {
         await conn.slot(ctx.signal);
         if (!conn.usable) throw new TetherError(Code.Unavailable, "tether: connection is draining", { unprocessed: true });
         stream = conn.open(m.procedure, this.metadata(m, opts, attempt, key), ctx.timeoutMicros());
-        return await withAbort(body(stream, attempt === 1), ctx, stream);
+        return await withAbort(body(stream), ctx, stream);
       } catch (e) {
         const err = ctx.signal.aborted ? ctx.error : TetherError.from(e);
         if (ctx.signal.aborted) throw err;
-        if (err.unprocessed && unprocessed < maxUnprocessed) {
+        if (err.unprocessed && unprocessed < maxUnprocessed && replayable()) {
           unprocessed++;
           await sleep(Math.random() * Math.min(1000, 5 * 2 ** unprocessed), ctx.signal).catch(() => { throw ctx.error; });
           continue;
@@ -418,17 +423,19 @@ export class TetherClient {
   async clientStream(m: MethodInfo, reqs: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, opts: CallOptions = {}): Promise<Uint8Array> {
     const ctx = new CallContext(opts);
     try {
-      // Requests are consumed once: after the first one is sent the call
-      // is no longer retried.
-      return await this.run(m, opts, ctx, async (s, first) => {
-        if (!first) throw new TetherError(Code.Unavailable, "tether: client stream not retried");
+      // The requests are read once: once the first has been taken from
+      // them, an unprocessed refusal is no longer retried (the Go client
+      // keeps up to 256 KiB of them to re-send; this one does not).
+      let taken = false;
+      return await this.run(m, opts, ctx, async (s) => {
         for await (const r of reqs) {
+          taken = true;
           await s.send(r);
           if (s.done) break;
         }
         s.closeSend();
         return this.oneResponse(s, opts, "client-streaming");
-      });
+      }, () => !taken);
     } finally {
       ctx.done();
     }
@@ -470,6 +477,7 @@ export class TetherClient {
     const ctx = new CallContext(opts);
     let s: Stream;
     try {
+      // Retried only while it cannot be opened; once open, the caller owns it.
       s = await this.run(m, opts, ctx, async (st) => st);
     } catch (e) {
       ctx.done();

@@ -206,6 +206,27 @@ describe("engine", () => {
     c.close();
   });
 
+  test("a client stream whose requests were read is not retried after an unprocessed RESET", async () => {
+    const { c, echo, sock } = await setup();
+    const p = echo.collect([{ text: "a" }]);
+    const ws = await sock();
+    await ws.waitFor((f) => f.some((x) => x.type === FrameType.HalfClose));
+    ws.deliver(encodeFrame(FrameType.Reset, 0, 1, toBinary(ResetSchema, create(ResetSchema, { status: { code: PbCode.UNAVAILABLE }, unprocessed: true }))));
+    const err = await rejectsWith(p, Code.Unavailable);
+    assert.ok(err.unprocessed);
+    assert.equal(ws.frames().filter((x) => x.type === FrameType.Open).length, 1);
+    c.close();
+  });
+
+  test("closing the client while it dials leaves no socket open", async () => {
+    const { c, echo } = await setup();
+    const p = echo.say({ text: "x" });
+    c.close();
+    await rejectsWith(p, Code.Canceled);
+    await new Promise((r) => setTimeout(r, 20));
+    for (const s of sockets.filter((x) => x.url === c.url)) assert.ok(s.closed, "socket left open");
+  });
+
   test("RESET that is not unprocessed fails the call with its status", async () => {
     const { c, echo, sock } = await setup();
     const p = echo.say({ text: "hi" });
