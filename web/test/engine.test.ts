@@ -311,6 +311,30 @@ describe("engine", () => {
   });
 });
 
+describe("reconnect backoff", () => {
+  test("delays between failed dials grow, jittered within ±50%", async () => {
+    const times: number[] = [];
+    class Refused extends FakeWebSocket {
+      protected opens = false;
+      constructor(url: string, protocols: string[]) {
+        super(url, protocols);
+        times.push(Date.now());
+        setTimeout(() => this.serverClose(1006), 0);
+      }
+    }
+    const c = new TetherClient("ws://refused", { webSocket: Refused, backoff: { initialMs: 20, multiplier: 2, maxMs: 1000 } });
+    const echo = createClient(EchoService, c);
+    await rejectsWith(echo.say({ text: "x" }, { timeoutMs: 1500 }), Code.DeadlineExceeded);
+    c.close();
+    assert.ok(times.length >= 4, `${times.length} dials`);
+    // The n-th wait is at least half of 20 ms × 2^(n-1) (timers never fire early; 2 ms of slack for clock rounding).
+    for (let i = 1; i < times.length; i++) {
+      const gap = times[i] - times[i - 1];
+      assert.ok(gap >= 0.5 * 20 * 2 ** (i - 1) - 2, `wait ${i}: ${gap} ms`);
+    }
+  });
+});
+
 describe("metadata", () => {
   test("keys are lower-cased, values kept in order, entries sorted", () => {
     const md = new Metadata([["B", "1"], ["a", "2"], ["b", "3"]]);

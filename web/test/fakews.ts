@@ -21,10 +21,13 @@ export class FakeWebSocket implements WebSocketLike {
   /** The close code and reason the client closed with, if it did. */
   closed: { code?: number; reason?: string } | undefined;
   private waiters: (() => void)[] = [];
+  /** Whether the handshake succeeds; a subclass sets false to refuse it. */
+  protected opens = true;
 
   constructor(readonly url: string, readonly protocols: string[]) {
     sockets.push(this);
     setTimeout(() => {
+      if (!this.opens) return;
       this.readyState = 1;
       this.onopen?.();
     }, 0);
