@@ -156,6 +156,30 @@ describe("flow control and limits", () => {
   });
 });
 
+describe("stream limit after a cancel", () => {
+  test("a call opened right after a cancel, at the server's limit, succeeds (unprocessed refusals are retried)", async () => {
+    const c = newClient(srv.limit); // MaxConcurrentStreams 4, announced
+    const echo = createClient(EchoService, c);
+    const slow = () => {
+      const ac = new AbortController();
+      const p = echo.say({ text: "slow", sleepMillis: 20000 }, { signal: ac.signal }).catch((e) => e);
+      return { ac, p };
+    };
+    const running = [slow(), slow(), slow(), slow()];
+    await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 20; i++) {
+      const victim = running.shift()!;
+      victim.ac.abort();
+      const fast = echo.say({ text: String(i) });
+      running.push(slow());
+      assert.equal((await fast).text, String(i));
+      assert.equal(((await victim.p) as TetherError).code, Code.Canceled);
+    }
+    for (const r of running) r.ac.abort();
+    await Promise.all(running.map((r) => r.p));
+  });
+});
+
 describe("connections", () => {
   test("reconnects after the connection is cut", async () => {
     const c = newClient(srv.proxied);
