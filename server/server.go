@@ -269,6 +269,12 @@ const (
 	ClosePermissionDenied = mux.ClosePermissionDenied // 4403: the authenticator refused with permission_denied
 )
 
+// CloseClientProtocolError (4002) is the close code a browser client sends
+// when it detects a protocol error (browsers cannot send 1002). The server
+// fails the connection's calls as for any close by the peer and logs a
+// warning, as for 1002.
+const CloseClientProtocolError = mux.CloseClientProtocolError
+
 // refuse answers a handshake that will never succeed as it is (bad
 // version, refused credentials). A browser cannot read the status or body
 // of a refused upgrade (its WebSocket API reports only close code 1006), so

@@ -29,12 +29,15 @@ import (
 // every kind of call, a dropped connection and a dead-lettered call being
 // replayed. It exits non-zero if anything does not behave as shown.
 func runDemo(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "web" {
+		return runDemoWeb(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	storePath := fs.String("store", "", "dead-letter queue file (default: a temporary file)")
 	verbose := fs.Bool("v", false, "log connection events")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: tether demo [-store path] [-v]\n\nRuns the example services and a client on 127.0.0.1 and shows unary,\nserver-streaming, client-streaming and bidi calls, a dropped connection,\nand a dead-lettered call replayed from the durable queue.\n\n")
+		fmt.Fprintf(stderr, "Usage: tether demo [-store path] [-v]\n       tether demo web [-addr host:port]\n\nRuns the example services and a client on 127.0.0.1 and shows unary,\nserver-streaming, client-streaming and bidi calls, a dropped connection,\nand a dead-lettered call replayed from the durable queue.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

@@ -62,6 +62,11 @@ const (
 	// OPEN, HEADERS or END payload it accepts (encoded size plus 32 bytes
 	// per metadata entry and value).
 	HeaderMaxHeaderBytes = "Tether-Max-Header-Bytes"
+	// HeaderPingInterval, in the client's upgrade request and in the
+	// server's 101, is the sender's PingInterval in milliseconds: how often
+	// it sends a PING whatever other traffic there is, so that the peer
+	// can judge silence without guessing (docs/PROTOCOL.md, section 11).
+	HeaderPingInterval = "Tether-Ping-Interval"
 )
 
 // maxAnnounced bounds a limit read from a handshake header; larger values
@@ -79,11 +84,12 @@ func ParseLimit(v string) int {
 }
 
 // Announce sets, in h, the handshake headers of the limits this side
-// announces: its MaxHeaderBytes and, for a server, its MaxConcurrentStreams
-// (defaults applied).
+// announces: its MaxHeaderBytes, its PingInterval in milliseconds and, for
+// a server, its MaxConcurrentStreams (defaults applied).
 func (c Config) Announce(h http.Header, role Role) {
 	c.withDefaults()
 	h.Set(HeaderMaxHeaderBytes, strconv.Itoa(c.MaxHeaderBytes))
+	h.Set(HeaderPingInterval, strconv.FormatInt(c.PingInterval.Milliseconds(), 10))
 	if role == RoleServer {
 		h.Set(HeaderMaxConcurrentStreams, strconv.Itoa(c.MaxConcurrentStreams))
 	}

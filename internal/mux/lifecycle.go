@@ -294,6 +294,12 @@ func (c *Conn) readerExit() {
 	}
 }
 
+// CloseClientProtocolError is the close code a client that cannot send
+// 1002 (a browser: its WebSocket API sends only 1000 and 3000–4999) uses
+// when it detects a protocol error; the Go peer treats it like 1002 from
+// the peer and logs it as a warning, like 1002 (docs/PROTOCOL.md, section 13).
+const CloseClientProtocolError = 4002
+
 // Close codes of a server's handshake refusals, sent to browsers (which
 // cannot see an HTTP refusal) right after the upgrade: 4000 plus the HTTP
 // status a non-browser client gets.

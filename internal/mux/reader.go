@@ -50,6 +50,7 @@ func (c *Conn) readLoop() {
 				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
 				return
 			}
+			c.logPeerProtocolError(err)
 			c.closeWith(readError(err), readCloseCode(err), "")
 			return
 		}
@@ -74,6 +75,7 @@ func (c *Conn) readLoop() {
 				c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message not complete after %v", c.cfg.MaxMessageReadTime), websocket.ClosePolicyViolation, "message read too slowly")
 				return
 			}
+			c.logPeerProtocolError(err)
 			c.closeWith(readError(err), readCloseCode(err), "")
 			return
 		}
@@ -146,6 +148,17 @@ func readCloseCode(err error) int {
 		return closeSent
 	}
 	return 0
+}
+
+// logPeerProtocolError logs, as a warning, a close by the peer for a
+// protocol error it found in what this side sent (1002, or 4002 from a
+// browser, which cannot send 1002): a bug on one side or the other that
+// operators should see, not a routine disconnect.
+func (c *Conn) logPeerProtocolError(err error) {
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) && (ce.Code == websocket.CloseProtocolError || ce.Code == CloseClientProtocolError) {
+		c.cfg.Logger.Warn("tether: peer closed the connection for a protocol error", "peer", c.ws.RemoteAddr().String(), "code", ce.Code, "reason", ce.Text)
+	}
 }
 
 func readError(err error) error {
