@@ -2,6 +2,9 @@ package idempotency
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"time"
 )
@@ -83,4 +86,80 @@ type Store interface {
 	// Get returns what the store holds for k (StateNone, StateRunning or
 	// StateDone), without changing it.
 	Get(ctx context.Context, k Key) (Record, error)
+}
+
+// Bytes returns an unambiguous encoding of k (each part prefixed with its
+// length), for stores that key their records by bytes.
+func (k Key) Bytes() []byte {
+	var b []byte
+	for _, part := range []string{k.Principal, k.Procedure, k.Key} {
+		b = binary.AppendUvarint(b, uint64(len(part)))
+		b = append(b, part...)
+	}
+	return b
+}
+
+// Hash returns a fixed-length name for k made of hex digits (SHA-256 of
+// Bytes), for stores whose keys allow few characters or few bytes (NATS
+// key-value).
+func (k Key) Hash() string {
+	sum := sha256.Sum256(k.Bytes())
+	return hex.EncodeToString(sum[:])
+}
+
+// Entry is what a store keeps for one key, for Store implementations that
+// keep bytes (MarshalEntry, UnmarshalEntry): a claim (Done false) or a
+// result (Done true), alive until Expires.
+type Entry struct {
+	Owner   string
+	Done    bool
+	Expires time.Time
+	Result  []byte
+}
+
+// Live reports whether e has not expired at now.
+func (e *Entry) Live(now time.Time) bool { return now.Before(e.Expires) }
+
+// Record returns what Claim (by another owner) and Get answer for e.
+func (e *Entry) Record() Record {
+	if e.Done {
+		return Record{State: StateDone, Result: append([]byte(nil), e.Result...)}
+	}
+	return Record{State: StateRunning, Owner: e.Owner}
+}
+
+// MarshalEntry encodes e: a version byte, a flags byte, the expiry
+// (Unix nanoseconds, 8 bytes big-endian), the owner (uvarint length and
+// bytes), then the result.
+func MarshalEntry(e *Entry) []byte {
+	b := make([]byte, 0, 2+8+binary.MaxVarintLen64+len(e.Owner)+len(e.Result))
+	var flags byte
+	if e.Done {
+		flags = 1
+	}
+	b = append(b, entryVersion, flags)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.Expires.UnixNano()))
+	b = binary.AppendUvarint(b, uint64(len(e.Owner)))
+	b = append(b, e.Owner...)
+	return append(b, e.Result...)
+}
+
+const entryVersion = 1
+
+// UnmarshalEntry decodes what MarshalEntry encoded.
+func UnmarshalEntry(b []byte) (*Entry, error) {
+	if len(b) < 10 || b[0] != entryVersion || b[1] > 1 {
+		return nil, errors.New("idempotency: bad stored entry")
+	}
+	e := &Entry{Done: b[1] == 1, Expires: time.Unix(0, int64(binary.BigEndian.Uint64(b[2:10])))}
+	n, w := binary.Uvarint(b[10:])
+	if w <= 0 || uint64(len(b)-10-w) < n {
+		return nil, errors.New("idempotency: bad stored entry")
+	}
+	rest := b[10+w:]
+	e.Owner = string(rest[:n])
+	if len(rest) > int(n) {
+		e.Result = append([]byte(nil), rest[n:]...)
+	}
+	return e, nil
 }
