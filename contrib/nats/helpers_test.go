@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -19,6 +20,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // startNode runs one embedded node for the test.
 func startNode(t testing.TB) string {
 	t.Helper()
+	_, url := startNodeServer(t)
+	return url
+}
+
+func startNodeServer(t testing.TB) (*server.Server, string) {
+	t.Helper()
 	s, err := natsembed.Start(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +34,7 @@ func startNode(t testing.TB) string {
 		s.Shutdown()
 		s.WaitForShutdown()
 	})
-	return s.ClientURL()
+	return s, s.ClientURL()
 }
 
 // connect returns a JetStream context on urls, closed with the test.
