@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -52,6 +53,7 @@ const (
 // refuses it, fail-closed): see idempotency.WithStore.
 type IdempotencyStore struct {
 	kv      jetstream.KeyValue
+	revs    sync.Map // owner -> claimRev: the claim it wrote last
 	timeout time.Duration
 	now     func() time.Time
 }
@@ -251,7 +253,23 @@ func (s *IdempotencyStore) read(ctx context.Context, name string) (*idempotency.
 func (s *IdempotencyStore) Claim(ctx context.Context, k idempotency.Key, owner string, lease time.Duration) (idempotency.Record, error) {
 	name := k.Hash()
 	var rec idempotency.Record
+	first := true
 	err := s.retry(ctx, func(ctx context.Context) error {
+		if first {
+			// Most keys are new: try the atomic create before reading.
+			rev, err := s.kv.Create(ctx, name, idempotency.MarshalEntry(&idempotency.Entry{Owner: owner, Expires: s.now().Add(lease)}))
+			switch {
+			case err == nil:
+				s.revs.Store(owner, claimRev{rev, s.now().Add(lease)})
+				rec = idempotency.Record{State: idempotency.StateClaimed, Owner: owner}
+				return nil
+			case full(err):
+				return fmt.Errorf("%w: %w", idempotency.ErrFull, err)
+			case !wrongRevision(err):
+				return err // retried: if it landed, the read below sees our claim
+			}
+			first = false
+		}
 		e, rev, err := s.read(ctx, name)
 		if err != nil {
 			return err
@@ -268,12 +286,13 @@ func (s *IdempotencyStore) Claim(ctx context.Context, k idempotency.Key, owner s
 		}
 		v := idempotency.MarshalEntry(&idempotency.Entry{Owner: owner, Expires: now.Add(lease)})
 		if e == nil {
-			_, err = s.kv.Create(ctx, name, v)
+			rev, err = s.kv.Create(ctx, name, v)
 		} else {
-			_, err = s.kv.Update(ctx, name, v, rev)
+			rev, err = s.kv.Update(ctx, name, v, rev)
 		}
 		switch {
 		case err == nil:
+			s.revs.Store(owner, claimRev{rev, now.Add(lease)})
 			rec = idempotency.Record{State: idempotency.StateClaimed, Owner: owner}
 			return nil
 		case wrongRevision(err):
@@ -289,7 +308,19 @@ func (s *IdempotencyStore) Claim(ctx context.Context, k idempotency.Key, owner s
 // swap replaces owner's live claim of k by what change makes of it.
 func (s *IdempotencyStore) swap(ctx context.Context, k idempotency.Key, owner string, change func(e *idempotency.Entry, now time.Time) (*idempotency.Entry, bool)) error {
 	name := k.Hash()
+	cached, _ := s.revs.Load(owner)
 	return s.retry(ctx, func(ctx context.Context) error {
+		if c, ok := cached.(claimRev); ok && s.now().Before(c.expires) {
+			// The live claim this owner wrote last: if nobody wrote
+			// since (the revision checks it), it is still ours, so
+			// write without reading first.
+			cached = nil
+			next, _ := change(&idempotency.Entry{Owner: owner, Expires: c.expires}, s.now())
+			if s.write(ctx, name, owner, c.rev, next) == nil {
+				return nil
+			}
+		}
+		cached = nil
 		e, rev, err := s.read(ctx, name)
 		if err != nil {
 			return err
@@ -305,16 +336,34 @@ func (s *IdempotencyStore) swap(ctx context.Context, k idempotency.Key, owner st
 		if e.Done {
 			return fmt.Errorf("%w: key %q", idempotency.ErrNotOwner, k.Key)
 		}
-		if next == nil {
-			err = s.kv.Delete(ctx, name, jetstream.LastRevision(rev))
-		} else {
-			_, err = s.kv.Update(ctx, name, idempotency.MarshalEntry(next), rev)
-		}
-		if wrongRevision(err) {
-			return errRetry
-		}
-		return err
+		return s.write(ctx, name, owner, rev, next)
 	})
+}
+
+// claimRev is a live claim an owner wrote: its revision and its expiry.
+type claimRev struct {
+	rev     uint64
+	expires time.Time
+}
+
+// write replaces the key's value of revision rev by next (nil: deletes it).
+func (s *IdempotencyStore) write(ctx context.Context, name, owner string, rev uint64, next *idempotency.Entry) error {
+	var err error
+	if next == nil {
+		err = s.kv.Delete(ctx, name, jetstream.LastRevision(rev))
+		s.revs.Delete(owner)
+	} else {
+		rev, err = s.kv.Update(ctx, name, idempotency.MarshalEntry(next), rev)
+		if err == nil && !next.Done {
+			s.revs.Store(owner, claimRev{rev, next.Expires})
+		} else {
+			s.revs.Delete(owner)
+		}
+	}
+	if wrongRevision(err) {
+		return errRetry
+	}
+	return err
 }
 
 // Renew implements idempotency.Store.
