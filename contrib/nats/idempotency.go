@@ -53,7 +53,7 @@ const (
 // refuses it, fail-closed): see idempotency.WithStore.
 type IdempotencyStore struct {
 	kv      jetstream.KeyValue
-	revs    sync.Map // owner -> claimRev: the claim it wrote last
+	revs    sync.Map // owner NUL key name -> claimRev: the claim it wrote last
 	timeout time.Duration
 	now     func() time.Time
 }
@@ -260,7 +260,7 @@ func (s *IdempotencyStore) Claim(ctx context.Context, k idempotency.Key, owner s
 			rev, err := s.kv.Create(ctx, name, idempotency.MarshalEntry(&idempotency.Entry{Owner: owner, Expires: s.now().Add(lease)}))
 			switch {
 			case err == nil:
-				s.revs.Store(owner, claimRev{rev, s.now().Add(lease)})
+				s.revs.Store(owner+"\x00"+name, claimRev{rev, s.now().Add(lease)})
 				rec = idempotency.Record{State: idempotency.StateClaimed, Owner: owner}
 				return nil
 			case full(err):
@@ -292,7 +292,7 @@ func (s *IdempotencyStore) Claim(ctx context.Context, k idempotency.Key, owner s
 		}
 		switch {
 		case err == nil:
-			s.revs.Store(owner, claimRev{rev, now.Add(lease)})
+			s.revs.Store(owner+"\x00"+name, claimRev{rev, now.Add(lease)})
 			rec = idempotency.Record{State: idempotency.StateClaimed, Owner: owner}
 			return nil
 		case wrongRevision(err):
@@ -306,9 +306,14 @@ func (s *IdempotencyStore) Claim(ctx context.Context, k idempotency.Key, owner s
 }
 
 // swap replaces owner's live claim of k by what change makes of it.
-func (s *IdempotencyStore) swap(ctx context.Context, k idempotency.Key, owner string, change func(e *idempotency.Entry, now time.Time) (*idempotency.Entry, bool)) error {
+func (s *IdempotencyStore) swap(ctx context.Context, k idempotency.Key, owner string, change func(e *idempotency.Entry, now time.Time) (*idempotency.Entry, bool)) (err error) {
 	name := k.Hash()
-	cached, _ := s.revs.Load(owner)
+	cached, _ := s.revs.Load(owner + "\x00" + name)
+	defer func() {
+		if err != nil {
+			s.revs.Delete(owner + "\x00" + name) // the claim is lost
+		}
+	}()
 	return s.retry(ctx, func(ctx context.Context) error {
 		if c, ok := cached.(claimRev); ok && s.now().Before(c.expires) {
 			// The live claim this owner wrote last: if nobody wrote
@@ -351,13 +356,13 @@ func (s *IdempotencyStore) write(ctx context.Context, name, owner string, rev ui
 	var err error
 	if next == nil {
 		err = s.kv.Delete(ctx, name, jetstream.LastRevision(rev))
-		s.revs.Delete(owner)
+		s.revs.Delete(owner + "\x00" + name)
 	} else {
 		rev, err = s.kv.Update(ctx, name, idempotency.MarshalEntry(next), rev)
 		if err == nil && !next.Done {
-			s.revs.Store(owner, claimRev{rev, next.Expires})
+			s.revs.Store(owner+"\x00"+name, claimRev{rev, next.Expires})
 		} else {
-			s.revs.Delete(owner)
+			s.revs.Delete(owner + "\x00" + name)
 		}
 	}
 	if wrongRevision(err) {
