@@ -33,9 +33,16 @@
 //     did not run, so the client may retry it, and a dead-letter policy parks
 //     it).
 //
-// The cache is in memory: it protects against retries and replays within
-// the TTL, in one server process, and a restart forgets it. Effects that must
-// be exactly-once forever need the key stored with the effect, in the same
+// The built-in cache is in memory: it protects against retries and replays
+// within the TTL, in one server process, and a restart forgets it.
+// WithStore keeps claims and results in a Store instead: MemoryStore (one
+// process, shareable by several servers in it), idembolt (a bbolt file:
+// durable on one node, survives a restart), or contrib/nats (JetStream
+// key-value: shared by a fleet). A claim in a Store has an owner and a
+// lease renewed while the handler runs, so the repeats of a call whose
+// server died wait at most a lease, and then exactly one of them runs.
+// Package idemtest is the contract every Store passes. Effects that must be
+// exactly-once forever need the key stored with the effect, in the same
 // transaction.
 package idempotency
 
@@ -124,6 +131,8 @@ type Interceptor struct {
 
 	hits, misses uint64
 	blocked      int // repeats waiting for a call that has not finished
+
+	sc *storeConfig // set by the Store options; used when sc.store is set
 }
 
 type cacheKey struct{ principal, procedure, key string }
@@ -172,7 +181,8 @@ func New(opts ...Option) *Interceptor {
 }
 
 // Stats returns how many calls were answered from the cache (hits) and how
-// many ran their handler (misses), and the number of keys held.
+// many ran their handler (misses), and the number of keys held (by the
+// built-in cache: 0 with WithStore).
 func (i *Interceptor) Stats() (hits, misses uint64, keys int) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -203,6 +213,9 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 			return next(ctx, req)
 		}
 		key := cacheKey{principalKey(ci.Peer().Principal), ci.Spec().Procedure, k}
+		if i.sc != nil && i.sc.store != nil {
+			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, func() (proto.Message, error) { return next(ctx, req) })
+		}
 		return i.do(ctx, key, func() (proto.Message, error) { return next(ctx, req) })
 	}
 }
