@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/clientconn"
@@ -59,7 +60,17 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, opts ...CallOption) error {
 	co := newCallOptions(opts)
 	call := co.newCall(m)
-	err := c.wrapUnary(func(ctx context.Context, call *Call, req, res proto.Message) error {
+	err := c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
+	co.capture(call)
+	return err
+}
+
+// unaryFunc is the innermost UnaryFunc of a unary call of m, below the
+// interceptors: it marshals the request, makes the call's attempts
+// (invokeUnary) and decodes the response into res. A replay's res is an
+// *emptypb.Empty that takes the response's bytes unparsed (InvokeRaw).
+func (c *Client) unaryFunc(m *Method, co *callOptions) UnaryFunc {
+	return func(ctx context.Context, call *Call, req, res proto.Message) error {
 		b, err := proto.Marshal(req)
 		if err != nil {
 			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
@@ -68,13 +79,15 @@ func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, 
 		if err != nil {
 			return err
 		}
+		if raw, ok := res.(*emptypb.Empty); ok && co.replay {
+			raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
+			return nil
+		}
 		if err := proto.Unmarshal(out, res); err != nil {
 			return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
 		}
 		return nil
-	})(ctx, call, req, res)
-	co.capture(call)
-	return err
+	}
 }
 
 // NewStream opens a streaming call of m through the client's interceptors,

@@ -365,24 +365,7 @@ func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte
 	call.Header.Merge(tether.Metadata(md))
 	call.Header.Del(tether.MetadataAttempt)
 	res := rawMessage(nil)
-	err := c.wrapUnary(func(ctx context.Context, call *Call, req, res proto.Message) error {
-		b, err := proto.Marshal(req)
-		if err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
-		}
-		out, err := c.invokeUnary(ctx, m, co, call, b)
-		if err != nil {
-			return err
-		}
-		if raw, ok := res.(*emptypb.Empty); ok {
-			raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
-			return nil
-		}
-		if err := proto.Unmarshal(out, res); err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: unmarshal response: %v", err)
-		}
-		return nil
-	})(ctx, call, rawMessage(request), res)
+	err := c.wrapUnary(c.unaryFunc(m, co))(ctx, call, rawMessage(request), res)
 	if err != nil {
 		return nil, err
 	}
