@@ -45,11 +45,6 @@ func runDemoWeb(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "demo web:", err)
 		return exitFailure
 	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
-	fmt.Fprintf(stdout, "open http://%s/ (example.echo.v1.EchoService at ws://%s/rpc); Ctrl-C stops\n", ln.Addr(), ln.Addr())
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if *untilStdin {
@@ -58,17 +53,11 @@ func runDemoWeb(args []string, stdout, stderr io.Writer) int {
 			stop()
 		}()
 	}
-	select {
-	case <-ctx.Done():
-	case err := <-served:
-		if !errors.Is(err, http.ErrServerClosed) {
-			fmt.Fprintln(stderr, "demo web:", err)
-			return exitFailure
-		}
+	fmt.Fprintf(stdout, "open http://%s/ (example.echo.v1.EchoService at ws://%s/rpc); Ctrl-C stops\n", ln.Addr(), ln.Addr())
+	// Safe HTTP timeouts, and a drain of up to 5 s when ctx ends.
+	if err := srv.Serve(ctx, ln, server.WithHTTPHandler(mux), server.WithShutdownGrace(5*time.Second)); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		fmt.Fprintln(stderr, "demo web:", err)
+		return exitFailure
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = hs.Shutdown(sctx)
-	_ = srv.Shutdown(sctx)
 	return exitOK
 }

@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"log"
 	"net/http"
@@ -36,32 +35,15 @@ func main() {
 	reflection.Register(srv)
 	mux := http.NewServeMux()
 	mux.Handle("/rpc", srv)
-	// Timeouts for the upgrade request: a peer that trickles its headers is
-	// cut after ReadHeaderTimeout (see docs/SECURITY.md).
-	hs := &http.Server{
-		Addr:              *addr,
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    16 << 10,
-	}
 
+	// Serve with safe HTTP timeouts (a peer that trickles its upgrade
+	// request is cut after ReadHeaderTimeout, see docs/SECURITY.md); on
+	// Ctrl-C, drain: GOAWAY to every client, running calls finish (up to
+	// 10 s).
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	drained := make(chan struct{})
-	go func() {
-		defer close(drained)
-		<-ctx.Done()
-		// Drain: stop accepting, GOAWAY to every client, let running
-		// calls finish (for up to 10s).
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-		_ = srv.Shutdown(sctx)
-	}()
 	log.Printf("serving example.echo.v1.EchoService on ws://%s/rpc", *addr)
-	if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.ListenAndServe(ctx, *addr, server.WithHTTPHandler(mux), server.WithShutdownGrace(10*time.Second)); err != nil {
 		log.Fatal(err)
 	}
-	<-drained
 }
