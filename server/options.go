@@ -21,6 +21,8 @@ type config struct {
 	maxConnsPerIP    int
 	authenticate     Authenticator
 	httpRefusals     bool
+	resume           ResumeLimits
+	noResume         bool
 }
 
 // Defaults of the server's limits. docs/PROTOCOL.md and docs/SECURITY.md

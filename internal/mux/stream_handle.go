@@ -125,6 +125,7 @@ func (s *Stream) handleHeaders(payload []byte) error {
 	s.mu.Lock()
 	if !s.headersSet {
 		s.headers = wire.MetadataFromProto(h.GetMetadata())
+		s.resumeAck = h.GetResumed()
 	}
 	s.mu.Unlock()
 	s.markHeaders()

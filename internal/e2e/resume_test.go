@@ -1,0 +1,310 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/examples/echo"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/internal/faultproxy"
+	"github.com/tetherrpc/tether/server"
+)
+
+// resumeFull runs the acceptance sizes of issue 12: a server stream of
+// 100,000 messages and a bidi session of 10,000 turns through cuts. The
+// default sizes take about 10 s.
+var resumeFull = flag.Bool("resume.full", false, "resumable-stream tests at full size (100,000 messages, 10,000 turns)")
+
+// resumeSpan is how long the receiver of a cut test spreads its reads over,
+// so that the random cuts land all along the stream.
+func resumeSpan() time.Duration {
+	if *resumeFull {
+		return 60 * time.Second
+	}
+	return 5 * time.Second
+}
+
+// pace sleeps, every 100 items, until item i of n is due within span.
+func pace(start time.Time, i, n int, span time.Duration) {
+	if i%100 == 0 {
+		time.Sleep(time.Until(start.Add(span * time.Duration(i) / time.Duration(n))))
+	}
+}
+
+// watchingHandler is the echo service with handlers that record whether
+// they ever saw an error or their context end: a resumable stream's handler
+// must not.
+type watchingHandler struct {
+	echo.Handler
+	observed atomic.Int32
+	finished atomic.Int32
+}
+
+func (h *watchingHandler) Countdown(ctx context.Context, req *echov1.CountdownRequest, stream *server.ServerStream[echov1.CountdownResponse]) error {
+	defer h.finished.Add(1)
+	for i := req.GetCount(); i > 0; i-- {
+		if err := stream.Send(&echov1.CountdownResponse{Value: i, Payload: req.GetPayload()}); err != nil {
+			h.observed.Add(1)
+			return err
+		}
+		if ctx.Err() != nil {
+			h.observed.Add(1)
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (h *watchingHandler) Chat(ctx context.Context, stream *server.BidiStream[echov1.ChatRequest, echov1.ChatResponse]) error {
+	defer h.finished.Add(1)
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err == nil && ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		if err != nil {
+			h.observed.Add(1)
+			return err
+		}
+		if err := stream.Send(&echov1.ChatResponse{Text: "echo: " + req.GetText(), Payload: req.GetPayload()}); err != nil {
+			h.observed.Add(1)
+			return err
+		}
+	}
+}
+
+// cutter cuts every connection through p at random intervals of 200 ms to
+// 2 s until stop is closed, and counts the cuts.
+func cutter(t *testing.T, p *faultproxy.Proxy, stop <-chan struct{}) *atomic.Int32 {
+	seed := time.Now().UnixNano()
+	t.Logf("cut schedule seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 12))
+	var cuts atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			d := 200*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))
+			select {
+			case <-stop:
+				return
+			case <-time.After(d):
+				p.CutAll()
+				cuts.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(func() { <-done })
+	return &cuts
+}
+
+func newResumeEnv(t *testing.T, h echov1.EchoServiceHandler, srvOpts ...server.Option) (*env, *faultproxy.Proxy) {
+	t.Helper()
+	var proxy *faultproxy.Proxy
+	e := newEnv(t, envConfig{
+		handler: h,
+		srvOpts: append([]server.Option{server.WithLogger(discardLogger())}, srvOpts...),
+		cliOpts: []client.Option{
+			client.WithLogger(discardLogger()),
+			client.WithBackoff(client.BackoffConfig{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond}),
+		},
+		dialURL: func(u string) string {
+			p, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy = p
+			t.Cleanup(func() { _ = p.Close() })
+			return "ws://" + p.Addr()
+		},
+	})
+	return e, proxy
+}
+
+// TestResumeServerStreamThroughCuts: a resumable server stream delivers
+// every message exactly once and in order while the connection is cut at
+// random, and its handler never sees an error or its context end.
+func TestResumeServerStreamThroughCuts(t *testing.T) {
+	n := 20_000
+	if *resumeFull {
+		n = 100_000
+	}
+	h := &watchingHandler{}
+	e, proxy := newResumeEnv(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stream, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(n), Payload: make([]byte, 200)}, client.WithResumable(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	stop := make(chan struct{})
+	cuts := cutter(t, proxy, stop)
+	want := uint32(n)
+	start := time.Now()
+	for {
+		pace(start, n-int(want), n, resumeSpan())
+		msg, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			close(stop)
+			t.Fatalf("after %d messages and %d cuts: %v", uint32(n)-want, cuts.Load(), err)
+		}
+		if msg.GetValue() != want {
+			close(stop)
+			t.Fatalf("got message %d, want %d (after %d cuts)", msg.GetValue(), want, cuts.Load())
+		}
+		want--
+		if n-int(want) == n/2 && cuts.Load() == 0 {
+			proxy.CutAll() // at least one cut, however fast the stream runs
+			cuts.Add(1)
+		}
+	}
+	close(stop)
+	if want != 0 {
+		t.Fatalf("stream ended at %d", want)
+	}
+	if h.observed.Load() != 0 || h.finished.Load() != 1 {
+		t.Fatalf("handler observed %d errors, finished %d times", h.observed.Load(), h.finished.Load())
+	}
+	t.Logf("%d messages through %d cuts", n, cuts.Load())
+}
+
+// TestResumeBidiThroughCuts: a resumable bidi session of request-response
+// turns, both directions sequenced, through random cuts.
+func TestResumeBidiThroughCuts(t *testing.T) {
+	turns := 2_000
+	if *resumeFull {
+		turns = 10_000
+	}
+	h := &watchingHandler{}
+	e, proxy := newResumeEnv(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stream, err := e.echo.Chat(ctx, client.WithResumable(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	stop := make(chan struct{})
+	cuts := cutter(t, proxy, stop)
+	start := time.Now()
+	for i := range turns {
+		pace(start, i, turns, resumeSpan())
+		if err := stream.Send(&echov1.ChatRequest{Text: strconv.Itoa(i)}); err != nil {
+			close(stop)
+			t.Fatalf("send %d: %v", i, err)
+		}
+		msg, err := stream.Receive()
+		if err != nil {
+			close(stop)
+			t.Fatalf("turn %d after %d cuts: %v", i, cuts.Load(), err)
+		}
+		if got, want := msg.GetText(), "echo: "+strconv.Itoa(i); got != want {
+			close(stop)
+			t.Fatalf("turn %d: got %q, want %q", i, got, want)
+		}
+		if i == turns/2 && cuts.Load() == 0 {
+			proxy.CutAll()
+			cuts.Add(1)
+		}
+	}
+	close(stop)
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v", err)
+	}
+	if h.observed.Load() != 0 || h.finished.Load() != 1 {
+		t.Fatalf("handler observed %d errors, finished %d times", h.observed.Load(), h.finished.Load())
+	}
+	t.Logf("bidi through %d cuts", cuts.Load())
+}
+
+// abandonedHandler's Countdown sends as fast as it may and counts the sends
+// that returned; it reports how its context ended.
+type abandonedHandler struct {
+	echo.Handler
+	sent  atomic.Int64
+	ended chan error
+}
+
+func (h *abandonedHandler) Countdown(ctx context.Context, req *echov1.CountdownRequest, stream *server.ServerStream[echov1.CountdownResponse]) error {
+	for i := req.GetCount(); i > 0; i-- {
+		if err := stream.Send(&echov1.CountdownResponse{Value: i, Payload: req.GetPayload()}); err != nil {
+			h.ended <- context.Cause(ctx)
+			return err
+		}
+		h.sent.Add(1)
+	}
+	h.ended <- nil
+	return nil
+}
+
+// TestResumeClientNeverReturns: a client that loses its connection and
+// never comes back costs the server at most the replay buffer (the
+// handler's Send blocks once it is full), and when the grace period ends
+// the handler's context ends with aborted and the stream is released
+// (goroutines: goleak in TestMain). The client fails with ErrNotResumed.
+func TestResumeClientNeverReturns(t *testing.T) {
+	const bufBytes = 64 << 10
+	const payload = 1000
+	h := &abandonedHandler{ended: make(chan error, 1)}
+	e, proxy := newResumeEnv(t, h, server.WithResumeLimits(server.ResumeLimits{Grace: time.Second, StreamBytes: bufBytes}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: 1 << 30, Payload: make([]byte, payload)}, client.WithResumable(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	consumed := 0
+	for range 10 {
+		if _, err := stream.Receive(); err != nil {
+			t.Fatal(err)
+		}
+		consumed++
+	}
+	proxy.Refuse(true)
+	proxy.CutAll()
+	// The client keeps trying for the announced grace period, then fails.
+	_, err = stream.Receive()
+	for err == nil {
+		consumed++
+		_, err = stream.Receive()
+	}
+	if !errors.Is(err, client.ErrNotResumed) || tether.CodeOf(err) != tether.CodeAborted {
+		t.Fatalf("Receive after the server forgot the stream: %v, want aborted and ErrNotResumed", err)
+	}
+	select {
+	case cause := <-h.ended:
+		if tether.CodeOf(cause) != tether.CodeAborted || !errors.Is(cause, server.ErrNotResumed) {
+			t.Fatalf("handler's context ended with %v, want aborted and ErrNotResumed", cause)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("handler still running 30 s after the grace period")
+	}
+	// A message whose Send returned is acknowledged (so consumed by the
+	// client) or in the replay buffer: messages of more than payload bytes
+	// each, bufBytes in all.
+	if limit := int64(consumed + bufBytes/payload); h.sent.Load() > limit {
+		t.Fatalf("handler's Send returned %d times with %d messages consumed: more than the replay buffer holds (%d)", h.sent.Load(), consumed, limit)
+	}
+	t.Logf("handler sent %d, client consumed %d", h.sent.Load(), consumed)
+}
