@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strconv"
@@ -12,11 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/examples/echo"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 	"github.com/tetherrpc/tether/internal/faultproxy"
+	"github.com/tetherrpc/tether/internal/frame"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -238,7 +242,7 @@ func TestResumeBidiThroughCuts(t *testing.T) {
 }
 
 // abandonedHandler's Countdown sends as fast as it may and counts the sends
-// that returned; it reports how its context ended.
+// that returned; when a Send fails it reports how its context ended.
 type abandonedHandler struct {
 	echo.Handler
 	sent  atomic.Int64
@@ -248,12 +252,15 @@ type abandonedHandler struct {
 func (h *abandonedHandler) Countdown(ctx context.Context, req *echov1.CountdownRequest, stream *server.ServerStream[echov1.CountdownResponse]) error {
 	for i := req.GetCount(); i > 0; i-- {
 		if err := stream.Send(&echov1.CountdownResponse{Value: i, Payload: req.GetPayload()}); err != nil {
-			h.ended <- context.Cause(ctx)
+			cause := context.Cause(ctx)
+			if cause == nil {
+				cause = fmt.Errorf("Send failed with %w and the context did not end", err)
+			}
+			h.ended <- cause
 			return err
 		}
 		h.sent.Add(1)
 	}
-	h.ended <- nil
 	return nil
 }
 
@@ -307,4 +314,106 @@ func TestResumeClientNeverReturns(t *testing.T) {
 		t.Fatalf("handler's Send returned %d times with %d messages consumed: more than the replay buffer holds (%d)", h.sent.Load(), consumed, limit)
 	}
 	t.Logf("handler sent %d, client consumed %d", h.sent.Load(), consumed)
+}
+
+// TestResumeParkedPerPrincipal: past ParkedPerPrincipal, a stream whose
+// connection is lost ends at once (its handler's context with
+// resource_exhausted); its client's re-attach fails with aborted and
+// ErrNotResumed, while the stream within the limit resumes and completes.
+func TestResumeParkedPerPrincipal(t *testing.T) {
+	h := &abandonedHandler{ended: make(chan error, 2)}
+	e, proxy := newResumeEnv(t, h, server.WithResumeLimits(server.ResumeLimits{ParkedPerPrincipal: 1, StreamBytes: 16 << 10}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 3000
+	var streams [2]interface {
+		Receive() (*echov1.CountdownResponse, error)
+		Close() error
+	}
+	for i := range streams {
+		s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: n, Payload: make([]byte, 100)}, client.WithResumable(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := s.Receive(); err != nil {
+			t.Fatal(err)
+		}
+		streams[i] = s
+	}
+	proxy.Refuse(true)
+	proxy.CutAll()
+	select {
+	case cause := <-h.ended:
+		if tether.CodeOf(cause) != tether.CodeResourceExhausted || !errors.Is(cause, server.ErrNotResumed) {
+			t.Fatalf("handler of the stream over the limit ended with %v", cause)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no stream ended after the cut, with 2 parked and a limit of 1")
+	}
+	proxy.Refuse(false)
+	failed, completed := 0, 0
+	for _, s := range streams {
+		want := uint32(n - 1)
+		for {
+			msg, err := s.Receive()
+			if errors.Is(err, io.EOF) {
+				if want != 0 {
+					t.Fatalf("stream ended at %d", want)
+				}
+				completed++
+				break
+			}
+			if err != nil {
+				if !errors.Is(err, client.ErrNotResumed) || tether.CodeOf(err) != tether.CodeAborted {
+					t.Fatalf("stream failed with %v, want aborted and ErrNotResumed", err)
+				}
+				failed++
+				break
+			}
+			if msg.GetValue() != want {
+				t.Fatalf("got %d, want %d", msg.GetValue(), want)
+			}
+			want--
+		}
+	}
+	if failed != 1 || completed != 1 {
+		t.Fatalf("%d streams failed and %d completed, want 1 and 1", failed, completed)
+	}
+}
+
+// TestResumeTurnedOff: a server WithoutResumption does not announce
+// resumable streams; a call asking for one gets a plain stream, which a cut
+// ends with unavailable as before.
+func TestResumeTurnedOff(t *testing.T) {
+	e, proxy := newResumeEnv(t, &echo.Handler{}, server.WithoutResumption())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: 1 << 20, Payload: make([]byte, 100)}, client.WithResumable(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Receive(); err != nil {
+		t.Fatal(err)
+	}
+	proxy.CutAll()
+	for err == nil {
+		_, err = s.Receive()
+	}
+	if tether.CodeOf(err) != tether.CodeUnavailable {
+		t.Fatalf("plain stream after a cut: %v, want unavailable", err)
+	}
+}
+
+// TestResumeAckOnPlainStream: a 12-byte WINDOW (an acknowledgement) on a
+// stream that is not resumable is a protocol error.
+func TestResumeAckOnPlainStream(t *testing.T) {
+	_, url := secServer(t, &echo.Handler{})
+	ws := secDial(t, url, nil)
+	defer ws.Close()
+	secWrite(t, ws, secConcat(secOpen(1, echov1.EchoServiceChatProcedure, nil, 0), frame.AppendWindowAck(nil, 1, 4096, 1)))
+	if text := secExpectClose(t, ws, websocket.CloseProtocolError, 10*time.Second); !strings.Contains(text, "not resumable") {
+		t.Fatalf("close reason %q", text)
+	}
 }
