@@ -19,8 +19,8 @@ package server
 // its connection's running count until it ends), and timers and
 // context.AfterFunc callbacks (detached, expire).
 //
-// Locks: sendMu → mu → resumer.mu and replayBudget.mu; mu is never held
-// across a write or a wait. sendMu orders the handler's writes and attach's
+// Locks: sendMu → mu → resumer.mu, replayBudget.mu and the attachment's
+// own (SetSeq); mu is never held across a write or a wait. sendMu orders the handler's writes and attach's
 // replay, so a message is never sent on a new attachment before the
 // replay of the ones before it.
 
@@ -625,10 +625,11 @@ func (x *session) attach(st *mux.Stream, consumed uint64) error {
 	x.unparkLocked()
 	replay := append([]outMsg(nil), x.out...)
 	recvSeq, hdr, done, endErr, endTrail := x.recvSeq, x.hdr, x.done, x.endErr, x.endTrail
+	// Before the handler's Receive can reach st: it counts from recvSeq.
+	st.SetSeq(recvSeq)
 	x.attachLocked(st)
 	x.mu.Unlock()
 	x.budget.give(freed)
-	st.SetSeq(recvSeq)
 	st.OnAck(x.onAck)
 	if err := st.SendResumeHeaders(hdr, &tetherv1.ResumeAck{Consumed: recvSeq}); err != nil {
 		return nil // lost again: the watcher parks the session
