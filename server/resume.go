@@ -60,7 +60,9 @@ type ResumeLimits struct {
 	StreamBytes int
 	// ConnBytes bounds the replay buffers of all the resumable streams
 	// opened on one connection together, wherever they are attached now
-	// (default 16 MiB). Send waits while it is full.
+	// (default 16 MiB). Send waits while it is full, except on a stream
+	// with nothing buffered: each stream may always hold one message, so
+	// that the unread messages of one stream never stall the others.
 	ConnBytes int
 	// ParkedPerPrincipal bounds the streams of one principal waiting for
 	// their client to re-attach (default 100). The stream that would pass
@@ -148,11 +150,12 @@ func newReplayBudget(limit int) *replayBudget {
 }
 
 // take reserves n bytes, or returns a channel closed when some are given
-// back.
-func (b *replayBudget) take(n int) (bool, <-chan struct{}) {
+// back. A stream with nothing buffered (force) always gets its one message,
+// so that one stream's unread messages never starve the others.
+func (b *replayBudget) take(n int, force bool) (bool, <-chan struct{}) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used > 0 && b.used+n > b.limit {
+	if !force && b.used > 0 && b.used+n > b.limit {
 		return false, b.wake
 	}
 	b.used += n
@@ -458,7 +461,7 @@ func (x *session) reserve(n int) error {
 		wake := x.wake
 		var budgetWake <-chan struct{}
 		if x.outBytes+n <= x.r.lim.StreamBytes {
-			ok, w := x.budget.take(n)
+			ok, w := x.budget.take(n, x.outBytes == 0)
 			if ok {
 				x.mu.Unlock()
 				return nil

@@ -417,3 +417,68 @@ func TestResumeAckOnPlainStream(t *testing.T) {
 		t.Fatalf("close reason %q", text)
 	}
 }
+
+// TestResumeConnBudget: the replay buffers of the resumable streams opened
+// on one connection share ConnBytes: with the client gone, the handlers'
+// Sends together stop at that many bytes beyond what was consumed (plus one
+// message per stream), although each stream's own buffer could take more.
+func TestResumeConnBudget(t *testing.T) {
+	const connBytes = 48 << 10
+	const payload = 1000
+	h := &abandonedHandler{ended: make(chan error, 2)}
+	e, proxy := newResumeEnv(t, h, server.WithResumeLimits(server.ResumeLimits{Grace: 3 * time.Second, StreamBytes: 1 << 20, ConnBytes: connBytes}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var streams []interface {
+		Receive() (*echov1.CountdownResponse, error)
+		Close() error
+	}
+	for range 2 {
+		s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: 1 << 30, Payload: make([]byte, payload)}, client.WithResumable(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		streams = append(streams, s)
+	}
+	consumed := 0
+	for _, s := range streams {
+		for range 5 {
+			if _, err := s.Receive(); err != nil {
+				t.Fatal(err)
+			}
+			consumed++
+		}
+	}
+	proxy.Refuse(true)
+	proxy.CutAll()
+	// The handlers go on until the budget is full, then wait: check while
+	// both streams are parked (once one ends, its bytes are the other's).
+	last, stable := h.sent.Load(), time.Now()
+	for time.Since(stable) < 300*time.Millisecond {
+		time.Sleep(20 * time.Millisecond)
+		if n := h.sent.Load(); n != last {
+			last, stable = n, time.Now()
+		}
+	}
+	if limit := int64(consumed + connBytes/payload + 2); last > limit {
+		t.Fatalf("handlers' Sends returned %d times with %d messages consumed: more than the connection's budget holds (%d)", last, consumed, limit)
+	}
+	for _, s := range streams {
+		var err error
+		for err == nil {
+			_, err = s.Receive()
+		}
+		if !errors.Is(err, client.ErrNotResumed) {
+			t.Fatalf("Receive: %v, want ErrNotResumed", err)
+		}
+	}
+	for range 2 {
+		select {
+		case <-h.ended:
+		case <-time.After(30 * time.Second):
+			t.Fatal("a handler still runs 30 s after the grace period")
+		}
+	}
+	t.Logf("handlers sent %d with both parked, client consumed %d", last, consumed)
+}
