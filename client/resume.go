@@ -450,6 +450,12 @@ func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64) 
 	rs.sendMu.Lock()
 	defer rs.sendMu.Unlock()
 	rs.mu.Lock()
+	if rs.failed != nil { // closed meanwhile
+		err := rs.failed
+		rs.mu.Unlock()
+		st.Reset(err)
+		return err
+	}
 	if consumed > rs.sent {
 		rs.mu.Unlock()
 		st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
