@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -14,11 +15,13 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/examples/echo"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/faultproxy"
 	"github.com/tetherrpc/tether/internal/frame"
 	"github.com/tetherrpc/tether/server"
@@ -481,4 +484,62 @@ func TestResumeConnBudget(t *testing.T) {
 		}
 	}
 	t.Logf("handlers sent %d with both parked, client consumed %d", last, consumed)
+}
+
+// TestResumeTokenBoundToPrincipal: a re-attaching OPEN with another
+// principal's token is refused like an unknown token (END aborted, the
+// stream is not taken over); the same token from its own principal
+// re-attaches; a token already in use cannot open a second stream.
+func TestResumeTokenBoundToPrincipal(t *testing.T) {
+	auth := func(r *http.Request) (server.Identity, error) {
+		return server.Identity{Principal: r.Header.Get("X-User")}, nil
+	}
+	_, url := secServer(t, &echo.Handler{}, server.WithAuthenticator(auth))
+	as := func(user string) *websocket.Conn {
+		ws := secDial(t, url, http.Header{"X-User": {user}})
+		t.Cleanup(func() { ws.Close() })
+		return ws
+	}
+	chat := echov1.EchoServiceChatProcedure
+	alice := as("alice")
+	secWrite(t, alice, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken}))
+
+	again := as("alice")
+	secWrite(t, again, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken}))
+	if _, err := secAwaitEnd(t, again, 1); tether.CodeOf(err) != tether.CodeAlreadyExists {
+		t.Fatalf("second stream with a token in use: %v, want already_exists", err)
+	}
+
+	bob := as("bob")
+	secWrite(t, bob, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken, Attach: true}))
+	_, err := secAwaitEnd(t, bob, 1)
+	if tether.CodeOf(err) != tether.CodeAborted || !strings.Contains(err.Error(), "unknown or expired resume token") {
+		t.Fatalf("another principal's re-attach: %v, want aborted, unknown or expired resume token", err)
+	}
+
+	// Alice re-attaches on a third connection: the server answers with
+	// HEADERS carrying resumed, and the old attachment is reset.
+	third := as("alice")
+	secWrite(t, third, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken, Attach: true}))
+	_ = third.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, msg, err := third.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _, err := frame.Parse(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == frame.TypeHeaders && f.StreamID == 1 {
+			var h tetherv1.Headers
+			if err := proto.Unmarshal(f.Payload, &h); err != nil || h.GetResumed() == nil {
+				t.Fatalf("HEADERS %v (%v), want resumed", &h, err)
+			}
+			break
+		}
+	}
+	if _, err := secAwaitEnd(t, alice, 1); tether.CodeOf(err) != tether.CodeAborted {
+		t.Fatalf("old attachment: %v, want a RESET aborted", err)
+	}
 }
