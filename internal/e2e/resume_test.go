@@ -636,4 +636,3 @@ func TestResumeLatency(t *testing.T) {
 	close(stop)
 	t.Logf("64-byte messages per second: %.0f without cuts, %.0f through %d cuts", calm, cut, cuts.Load())
 }
-
