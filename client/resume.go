@@ -102,11 +102,23 @@ type resumeStream struct {
 	closedSend bool
 	failed     error
 	grace      time.Duration
+	laterHdr   tether.Metadata // response headers carried by a re-attachment's answer
 }
 
 // openResumable opens a resumable stream, or a plain one when the server
 // does not announce resumption.
 func (c *Client) openResumable(ctx context.Context, co *callOptions, call *Call) (Stream, error) {
+	for try := 0; ; try++ {
+		s, err := c.openResumableOnce(ctx, co, call)
+		if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {
+			return s, err
+		}
+		c.counters.retries.Add(1)
+	}
+}
+
+// openResumableOnce is one try of openResumable.
+func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *Call) (Stream, error) {
 	conn, err := c.getConn(ctx, co.FailFast)
 	if err != nil {
 		return nil, err
@@ -311,7 +323,28 @@ func (rs *resumeStream) Header() (tether.Metadata, error) {
 	if _, _, err := rs.cur(); err != nil {
 		return nil, err
 	}
-	return rs.first.Header(rs.ctx)
+	rs.mu.Lock()
+	first := rs.first
+	rs.mu.Unlock()
+	hdr, err := first.Header(rs.ctx)
+	if err != nil || len(hdr) > 0 {
+		return hdr, err
+	}
+	// The first connection was lost before the headers came: the server
+	// sends them again with its answer to a re-attachment.
+	rs.mu.Lock()
+	later, cur := rs.laterHdr, rs.st
+	rs.mu.Unlock()
+	if later != nil {
+		return later, nil
+	}
+	if cur != first {
+		// The handler sent them after the re-attachment.
+		if h, err := cur.Header(rs.ctx); err == nil && len(h) > 0 {
+			return h, nil
+		}
+	}
+	return hdr, nil
 }
 
 func (rs *resumeStream) Trailer() tether.Metadata {
@@ -368,7 +401,10 @@ func (rs *resumeStream) reattach(gen uint64) error {
 			return nil
 		}
 		<-old.Done() // its consumed count is final
-		err := rs.attachOnce(old.Seq())
+		rs.mu.Lock()
+		fresh := old == rs.first && old.NeverSent()
+		rs.mu.Unlock()
+		err := rs.attachOnce(old.Seq(), fresh)
 		if err == nil {
 			return nil
 		}
@@ -384,7 +420,9 @@ func (rs *resumeStream) reattach(gen uint64) error {
 var errLostAgain = errors.New("connection lost during re-attachment")
 
 // attachOnce opens the stream again on the next connection and replays.
-func (rs *resumeStream) attachOnce(consumed uint64) error {
+// fresh says the first OPEN never left: the server has never seen the
+// stream, so it is opened again as new, with the same token.
+func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 	ctx, cancel := context.WithTimeout(rs.ctx, rs.grace)
 	defer cancel()
 	for {
@@ -399,7 +437,9 @@ func (rs *resumeStream) attachOnce(consumed uint64) error {
 			return notResumed("the server no longer resumes streams")
 		}
 		open := proto.Clone(rs.open).(*tetherv1.Open)
-		open.Resume = &tetherv1.Resume{Token: rs.open.GetResume().GetToken(), Attach: true, Consumed: consumed}
+		if !fresh {
+			open.Resume = &tetherv1.Resume{Token: rs.open.GetResume().GetToken(), Attach: true, Consumed: consumed}
+		}
 		if err := setTimeout(rs.ctx, open); err != nil {
 			return tether.AsError(err)
 		}
@@ -420,8 +460,15 @@ func (rs *resumeStream) attachOnce(consumed uint64) error {
 			}
 			return notResumed("%v", err)
 		}
+		if fresh {
+			rs.mu.Lock()
+			rs.first = st
+			rs.mu.Unlock()
+			return rs.replay(conn, st, 0)
+		}
 		st.SetSeq(consumed)
-		if _, err := st.Header(ctx); err != nil {
+		hdr, err := st.Header(ctx)
+		if err != nil {
 			st.Reset(err)
 			if rs.ctx.Err() != nil {
 				return tether.AsError(context.Cause(rs.ctx))
@@ -439,6 +486,13 @@ func (rs *resumeStream) attachOnce(consumed uint64) error {
 				return notResumed("the server did not resume the stream")
 			}
 			return notResumed("%s", tether.AsError(rerr).Message())
+		}
+		if len(hdr) > 0 {
+			rs.mu.Lock()
+			if rs.laterHdr == nil {
+				rs.laterHdr = hdr
+			}
+			rs.mu.Unlock()
 		}
 		return rs.replay(conn, st, ack.GetConsumed())
 	}

@@ -636,3 +636,79 @@ func TestResumeLatency(t *testing.T) {
 	close(stop)
 	t.Logf("64-byte messages per second: %.0f without cuts, %.0f through %d cuts", calm, cut, cuts.Load())
 }
+
+// lateHeaderHandler's Countdown waits for release, then sets a response
+// header and sends the countdown.
+type lateHeaderHandler struct {
+	echo.Handler
+	started chan struct{}
+	release chan struct{}
+}
+
+func (h *lateHeaderHandler) Countdown(ctx context.Context, req *echov1.CountdownRequest, stream *server.ServerStream[echov1.CountdownResponse]) error {
+	close(h.started)
+	<-h.release
+	stream.ResponseHeader().Set("x-late", "yes")
+	for i := req.GetCount(); i > 0; i-- {
+		if err := stream.Send(&echov1.CountdownResponse{Value: i}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestResumeHeadersAfterCut: response headers the handler sets after the
+// stream's first connection was lost reach the client, on the
+// re-attachment: parked (resent with the answer to the re-attach) or
+// attached again (a HEADERS frame after the answer).
+func TestResumeHeadersAfterCut(t *testing.T) {
+	for _, parked := range []bool{true, false} {
+		t.Run(fmt.Sprintf("parked=%v", parked), func(t *testing.T) {
+			h := &lateHeaderHandler{started: make(chan struct{}), release: make(chan struct{})}
+			e, proxy := newResumeEnv(t, h)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			stream, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: 3}, client.WithResumable(true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stream.Close()
+			<-h.started // the server has the stream
+			if parked {
+				proxy.Refuse(true)
+			}
+			proxy.CutAll()
+			if parked {
+				time.Sleep(200 * time.Millisecond) // the server notices; the handler sends while parked
+				close(h.release)
+				time.Sleep(100 * time.Millisecond)
+				proxy.Refuse(false)
+			}
+			got := make(chan error, 1)
+			go func() {
+				for want := uint32(3); want > 0; want-- {
+					msg, err := stream.Receive()
+					if err == nil && msg.GetValue() != want {
+						err = fmt.Errorf("got %d, want %d", msg.GetValue(), want)
+					}
+					if err != nil {
+						got <- err
+						return
+					}
+				}
+				got <- nil
+			}()
+			if !parked {
+				time.Sleep(300 * time.Millisecond) // re-attached meanwhile
+				close(h.release)
+			}
+			if err := <-got; err != nil {
+				t.Fatal(err)
+			}
+			hdr, err := stream.Header()
+			if err != nil || hdr.Get("x-late") != "yes" {
+				t.Fatalf("Header() = %v, %v; want x-late: yes", hdr, err)
+			}
+		})
+	}
+}

@@ -15,6 +15,7 @@ package mux
 // goroutine with no lock held and must not block.
 
 import (
+	"errors"
 	"time"
 
 	"github.com/tetherrpc/tether"
@@ -70,6 +71,15 @@ func (s *Stream) SendResumeHeaders(md tether.Metadata, ack *tetherv1.ResumeAck) 
 // PeerResumeGrace is Config.PeerResumeGrace: 0 when the server did not
 // announce resumable streams.
 func (c *Conn) PeerResumeGrace() time.Duration { return c.cfg.PeerResumeGrace }
+
+// NeverSent reports whether the stream has ended because its connection
+// closed before its OPEN was written to the socket: the peer cannot have
+// seen it.
+func (s *Stream) NeverSent() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finished && errors.Is(s.sendErr, ErrUnprocessed) && s.id > s.c.flushedOpen.Load()
+}
 
 // Done is closed when the stream has finished.
 func (s *Stream) Done() <-chan struct{} { return s.done }
