@@ -298,6 +298,9 @@ func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (S
 	call := co.newCall(m)
 	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
+		if resumable(m, co) {
+			return c.openResumable(ctx, co, call) // resume.go
+		}
 		if p := c.policyFor(m, co); streamRetries(m.Spec.StreamType, p) {
 			return c.openRetryStream(ctx, m, co, call, p) // retried per policy: streamretry.go
 		}

@@ -560,6 +560,7 @@ func (c *sub) dial() (*mux.Conn, error) {
 	// instead of having them refused (and retried) by the server.
 	cfg.PeerMaxStreams = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxConcurrentStreams))
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxHeaderBytes))
+	cfg.PeerResumeGrace = time.Duration(mux.ParseLimit(resp.Header.Get(mux.HeaderResumeGrace))) * time.Second
 	var conn *mux.Conn
 	c.wg.Add(1)
 	cfg.OnClose = func(error) {

@@ -18,6 +18,7 @@ type Option func(*config)
 
 type config struct {
 	mux              mux.Config
+	resumeBuffer     int
 	header           http.Header
 	headerFunc       func(context.Context) (http.Header, error)
 	tlsConfig        *tls.Config

@@ -32,6 +32,10 @@ type Method struct {
 	Spec tether.Spec
 	// Retry is the policy from the method's (tether.v1.retry) option, or nil.
 	Retry *RetryPolicy
+	// Resumable makes the method's streams resumable by default (the
+	// (tether.v1.resumable) option): they survive a dropped connection
+	// (docs/PROTOCOL.md, "Resumable streams"). Ignored for unary methods.
+	Resumable bool
 }
 
 // CallOption configures one call. The client package makes them
@@ -55,6 +59,9 @@ type CallOptions struct {
 	// NoRetry makes the call a single attempt (requests that never reached
 	// the server are still retried transparently).
 	NoRetry bool
+	// Resumable, when not nil, overrides the method's Resumable for this
+	// call.
+	Resumable *bool
 }
 
 // NewCallOptions applies opts, in order, to zero CallOptions.

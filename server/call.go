@@ -64,6 +64,7 @@ func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {
 type call struct {
 	ctx      context.Context
 	s        *mux.Stream
+	rs       *session // a resumable call's session (resume.go), or nil: then s
 	spec     tether.Spec
 	peer     Peer
 	reqMD    tether.Metadata
@@ -83,7 +84,13 @@ func (c *call) ResponseTrailer() tether.Metadata {
 }
 
 func (c *call) Receive(msg proto.Message) error {
-	b, err := c.s.RecvMsg()
+	var b []byte
+	var err error
+	if c.rs != nil {
+		b, err = c.rs.recv()
+	} else {
+		b, err = c.s.RecvMsg()
+	}
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return io.EOF
@@ -99,6 +106,13 @@ func (c *call) Receive(msg proto.Message) error {
 func (c *call) Send(msg proto.Message) error {
 	if err := c.flushHeader(); err != nil {
 		return err
+	}
+	if c.rs != nil {
+		b, err := proto.Marshal(msg)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+		}
+		return c.rs.send(b)
 	}
 	return c.s.SendProto(c.ctx, msg)
 }
@@ -119,6 +133,9 @@ func (c *call) flushHeader() error {
 	c.mu.Unlock()
 	if len(md) == 0 {
 		return nil
+	}
+	if c.rs != nil {
+		return c.rs.sendHeaders(md)
 	}
 	return c.s.SendHeaders(md)
 }
@@ -150,6 +167,10 @@ func (c *call) finish(res proto.Message, err error) {
 		headers = c.respMD
 	}
 	c.mu.Unlock()
+	if c.rs != nil {
+		c.rs.finish(headers, last, err, c.trailer)
+		return
+	}
 	if ferr := c.s.FinishWith(headers, last, err, c.trailer); ferr != nil && err == nil {
 		// The response could not be sent (too large, stream gone): end
 		// with that error instead.

@@ -23,6 +23,8 @@ type config struct {
 	httpRefusals     bool
 	maxConnAge       time.Duration
 	maxConnAgeGrace  time.Duration
+	resume           ResumeLimits
+	noResume         bool
 }
 
 // MaxConnectionAgeJitter is the share of the maximum connection age by

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +46,7 @@ type Server struct {
 	nextConn uint64
 	onDrain  []func()
 	drainRan bool
+	resume   *resumer // resumable streams (resume.go), nil when turned off
 }
 
 // OnDrain registers f to run once when the server begins to drain
@@ -92,6 +94,10 @@ func New(opts ...Option) *Server {
 	s.cfg.mux.Logger = s.cfg.logger
 	s.upgradeHeader = http.Header{}
 	s.cfg.mux.Announce(s.upgradeHeader, mux.RoleServer)
+	if !s.cfg.noResume {
+		s.resume = newResumer(s.cfg.resume)
+		s.upgradeHeader.Set(mux.HeaderResumeGrace, strconv.Itoa(int(max(s.resume.lim.Grace/time.Second, 1))))
+	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
 		Subprotocols:     []string{tether.Subprotocol},
@@ -184,7 +190,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes))
 	var conn *mux.Conn
 	var expiry, aged *time.Timer
-	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer) }
+	var budget *replayBudget
+	if s.resume != nil {
+		budget = newReplayBudget(s.resume.lim.ConnBytes)
+	}
+	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer, budget) }
 	cfg.Route = s.route
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
@@ -337,14 +347,31 @@ func (s *Server) route(procedure string) (any, bool) {
 
 // serveStream runs one call: find the handler, build its context (deadline,
 // call info), run it with panic recovery, and send END.
-func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
+func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, budget *replayBudget) {
 	h, _ := st.Route().(*Handler)
 	if h == nil {
 		_ = st.Finish(tether.Errorf(tether.CodeUnimplemented, "tether: procedure %q is not served here", open.GetProcedure()), nil)
 		return
 	}
+	var rs *session
+	if r := open.GetResume(); r.GetAttach() {
+		// Never a new call: a re-attachment finds its session or fails.
+		if s.resume == nil || h.spec.StreamType == tether.StreamTypeUnary {
+			_ = st.Finish(notResumed("this server does not resume streams of %s", open.GetProcedure()), nil)
+			return
+		}
+		s.resume.attach(st, r, peer)
+		return
+	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
+		var err error
+		if rs, err = s.resume.open(st, r, peer, budget); err != nil {
+			_ = st.Finish(err, nil)
+			return
+		}
+	}
 	c := &call{
 		s:       st,
+		rs:      rs,
 		spec:    h.spec,
 		peer:    peer,
 		reqMD:   wire.MetadataFromProto(open.GetMetadata()),
@@ -357,13 +384,20 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer) {
 		timeout = time.Duration(t) * time.Microsecond
 	}
 	ctx := st.Context()
+	reset := func() { st.Reset(errDeadline) }
+	if rs != nil {
+		// The handler's context outlives the connection: it ends with the
+		// session (resume.go).
+		ctx = rs.ctx
+		reset = func() { rs.end(errDeadline) }
+	}
 	if timeout > 0 {
 		// The deadline ends the call even if the handler ignores ctx; a
 		// RESET from a client whose deadline passed ends ctx with
 		// DeadlineExceeded too (callctx.go). Without a deadline, the
 		// stream's context is the handler's: it ends with Canceled and
 		// the stream's cause, as callCtx's would.
-		cctx, stop := newCallCtx(ctx, timeout, func() { st.Reset(errDeadline) })
+		cctx, stop := newCallCtx(ctx, timeout, reset)
 		defer stop()
 		ctx = cctx
 	}
@@ -393,6 +427,11 @@ func (s *Server) run(ctx context.Context, h *Handler, c *call) (res proto.Messag
 // The server's http.Server, if any, is shut down separately.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.beginDrain()
+	if s.resume != nil {
+		// Streams waiting for a client to come back end now; streams
+		// attached to a connection run on as that connection drains.
+		s.resume.close(notResumed("server is shutting down"))
+	}
 	s.mu.Lock()
 	s.draining = true
 	s.drainCtx = ctx
@@ -425,6 +464,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // connections' goroutines to end.
 func (s *Server) Close() error {
 	s.beginDrain()
+	if s.resume != nil {
+		s.resume.close(notResumed("server closed"))
+	}
 	s.mu.Lock()
 	s.draining = true
 	s.drainCtx = closedCtx

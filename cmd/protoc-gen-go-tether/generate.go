@@ -72,8 +72,13 @@ func generateFile(gen *protogen.Plugin, file *protogen.File, retry *retryReader,
 			if err != nil {
 				return fmt.Errorf("%s: %v", file.Desc.Path(), err)
 			}
+			resumable, err := retry.isResumable(m)
+			if err != nil {
+				return fmt.Errorf("%s: %v", file.Desc.Path(), err)
+			}
 			methods[m] = &methodInfo{
-				retry: policy,
+				retry:     policy,
+				resumable: resumable,
 			}
 		}
 	}
@@ -125,6 +130,8 @@ const runtimeVersionConst = "SupportPackageIsVersion2"
 type methodInfo struct {
 	varName string       // the unexported *clientconn.Method variable
 	retry   *retryPolicy // nil without a (tether.v1.retry) option
+	// resumable is the (tether.v1.resumable) option.
+	resumable bool
 }
 
 // serviceGen writes the code for one service.
@@ -293,6 +300,9 @@ func (sg *serviceGen) methodVars() {
 		g.P("},")
 		if p := info.retry; p != nil {
 			sg.retryPolicy(p)
+		}
+		if info.resumable {
+			g.P("Resumable: true,")
 		}
 		g.P("}")
 	}

@@ -242,6 +242,7 @@ func TestInvalidRetryPolicies(t *testing.T) {
 		"ok_code.proto":                   "retryable_codes: CODE_OK is not an error code",
 		"unknown_code.proto":              "retryable_codes: 99 is not a code tether defines",
 		"zero_backoff.proto":              "max_backoff {seconds: 0, nanos: 0} is not positive",
+		"resumable_unary.proto":           "is for streaming methods; unary method Get cannot be resumed (retry it instead)",
 	}
 
 	set := loadImage(t)
@@ -258,7 +259,11 @@ func TestInvalidRetryPolicies(t *testing.T) {
 			resp := run(t, set, name)
 			// The error names the file and the method.
 			prefix := name + ": tethertest.invalid.v1."
-			if got := resp.GetError(); !strings.HasPrefix(got, prefix) || !strings.HasSuffix(got, ": option (tether.v1.retry): "+want) {
+			suffix := ": option (tether.v1.retry): " + want
+			if strings.Contains(name, "resumable_") {
+				suffix = ": option (tether.v1.resumable) " + want
+			}
+			if got := resp.GetError(); !strings.HasPrefix(got, prefix) || !strings.HasSuffix(got, suffix) {
 				t.Errorf("error = %q, want %q...%q", got, prefix, want)
 			}
 			if n := len(resp.GetFile()); n != 0 {

@@ -22,6 +22,7 @@ import (
 
 const (
 	retryExtension   protoreflect.FullName = "tether.v1.retry"
+	resumableExt     protoreflect.FullName = "tether.v1.resumable"
 	retryPolicyName  protoreflect.FullName = "tether.v1.RetryPolicy"
 	codeEnumName     protoreflect.FullName = "tether.v1.Code"
 	durationName     protoreflect.FullName = "google.protobuf.Duration"
@@ -39,10 +40,11 @@ type retryPolicy struct {
 	deadLetter        bool
 }
 
-// retryReader reads (tether.v1.retry) options.
+// retryReader reads (tether.v1.retry) and (tether.v1.resumable) options.
 type retryReader struct {
-	ext   protoreflect.ExtensionType // nil when no file declares the option
-	types *protoregistry.Types       // resolves ext
+	ext       protoreflect.ExtensionType // nil when no file declares the option
+	resumable protoreflect.ExtensionType // nil when no file declares (tether.v1.resumable)
+	types     *protoregistry.Types       // resolves ext and resumable
 }
 
 // retryPolicyFields are the fields of tether.v1.RetryPolicy the generator
@@ -80,7 +82,17 @@ func newRetryReader(gen *protogen.Plugin) (*retryReader, error) {
 		if err := types.RegisterExtension(ext); err != nil {
 			return nil, err
 		}
-		return &retryReader{ext: ext, types: types}, nil
+		r := &retryReader{ext: ext, types: types}
+		if rd := f.Desc.Extensions().ByName(resumableExt.Name()); rd != nil {
+			if rd.ContainingMessage().FullName() != methodOptionName || rd.Kind() != protoreflect.BoolKind || rd.IsList() {
+				return nil, fmt.Errorf("%s: %s is not a bool option on %s", f.Desc.Path(), resumableExt, methodOptionName)
+			}
+			r.resumable = dynamicpb.NewExtensionType(rd)
+			if err := types.RegisterExtension(r.resumable); err != nil {
+				return nil, err
+			}
+		}
+		return r, nil
 	}
 	return &retryReader{}, nil
 }
@@ -118,15 +130,9 @@ func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 	if r.ext == nil {
 		return nil, nil
 	}
-	// Parse the options again, resolving the extension: the plugin's
-	// unmarshaling left it among the unknown fields.
-	b, err := proto.Marshal(m.Desc.Options())
+	opts, err := r.options(m)
 	if err != nil {
 		return nil, err
-	}
-	opts := new(descriptorpb.MethodOptions)
-	if err := (proto.UnmarshalOptions{Resolver: r.types}).Unmarshal(b, opts); err != nil {
-		return nil, fmt.Errorf("%s: parse options: %v", m.Desc.FullName(), err)
 	}
 	xd := r.ext.TypeDescriptor()
 	if !opts.ProtoReflect().Has(xd) {
@@ -155,6 +161,40 @@ func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 			m.Desc.FullName(), retryExtension, p.maxBackoff, p.initialBackoff)
 	}
 	return p, nil
+}
+
+// options parses m's options again, resolving tether's extensions: the
+// plugin's unmarshaling left them among the unknown fields.
+func (r *retryReader) options(m *protogen.Method) (*descriptorpb.MethodOptions, error) {
+	b, err := proto.Marshal(m.Desc.Options())
+	if err != nil {
+		return nil, err
+	}
+	opts := new(descriptorpb.MethodOptions)
+	if err := (proto.UnmarshalOptions{Resolver: r.types}).Unmarshal(b, opts); err != nil {
+		return nil, fmt.Errorf("%s: parse options: %v", m.Desc.FullName(), err)
+	}
+	return opts, nil
+}
+
+// isResumable reports m's (tether.v1.resumable) option. It is an error on
+// a unary method: only streams can be resumed.
+func (r *retryReader) isResumable(m *protogen.Method) (bool, error) {
+	if r.resumable == nil {
+		return false, nil
+	}
+	opts, err := r.options(m)
+	if err != nil {
+		return false, err
+	}
+	xd := r.resumable.TypeDescriptor()
+	if !opts.ProtoReflect().Has(xd) || !opts.ProtoReflect().Get(xd).Bool() {
+		return false, nil
+	}
+	if !m.Desc.IsStreamingClient() && !m.Desc.IsStreamingServer() {
+		return false, fmt.Errorf("%s: option (%s) is for streaming methods; unary method %s cannot be resumed (retry it instead)", m.Desc.FullName(), resumableExt, m.Desc.Name())
+	}
+	return true, nil
 }
 
 // set stores one field of the option.

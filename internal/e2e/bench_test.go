@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/tetherrpc/tether/client"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 )
 
@@ -69,6 +70,25 @@ func BenchmarkServerStream1KiB(b *testing.B) {
 	b.SetBytes(1024)
 	b.ResetTimer()
 	s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(b.N), Payload: make([]byte, 1024)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		if _, err := s.Receive(); err != nil {
+			break
+		}
+	}
+}
+
+// BenchmarkServerStreamResumable is BenchmarkServerStream on a resumable
+// stream (PROTOCOL.md section 15): the per-message cost of the replay
+// buffer and of acknowledgements against a plain stream.
+func BenchmarkServerStreamResumable(b *testing.B) {
+	e := newBenchEnv(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(b.N), Payload: make([]byte, 64)}, client.WithResumable(true))
 	if err != nil {
 		b.Fatal(err)
 	}

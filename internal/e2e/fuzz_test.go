@@ -311,5 +311,26 @@ func fuzzSeeds() []fuzzSeed {
 		{"half-close-with-payload", secConcat(secOpen(1, echov1.EchoServiceChatProcedure, nil, 0), raw(frame.TypeHalfClose, 0, 1, []byte{1}))},
 		{"empty-fragments", secConcat(secOpen(1, echov1.EchoServiceChatProcedure, nil, 0), emptyFrags)},
 		{"empty", nil},
+		// Resumable streams (PROTOCOL.md section 15).
+		{"resume-countdown-acks", secConcat(resumeOpen(1, echov1.EchoServiceCountdownProcedure, &tetherv1.Resume{Token: resumeToken}), secWindow(1, 1<<20),
+			secMessage(1, &echov1.CountdownRequest{Count: 50, Payload: []byte("xyz")}), secHalfClose(1),
+			frame.AppendWindowAck(nil, 1, 100, 3), frame.AppendWindowAck(nil, 1, 0, 3), frame.AppendWindowAck(nil, 1, 5000, 1<<62))},
+		{"resume-chat-acks", secConcat(resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken}),
+			secMessage(1, &echov1.ChatRequest{Text: "a"}), frame.AppendWindowAck(nil, 1, 2000, 1), secMessage(1, &echov1.ChatRequest{Text: "b"}))},
+		{"resume-attach-unknown", secConcat(resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken, Attach: true, Consumed: 7}),
+			secMessage(1, &echov1.ChatRequest{Text: "a"}))},
+		{"resume-attach-unary", resumeOpen(1, say, &tetherv1.Resume{Token: resumeToken, Attach: true})},
+		{"resume-short-token", resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: []byte("short")})},
+		{"resume-token-twice", secConcat(resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken}),
+			resumeOpen(3, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken}))},
+		{"ack-on-plain-stream", secConcat(secOpen(1, echov1.EchoServiceChatProcedure, nil, 0), frame.AppendWindowAck(nil, 1, 4096, 1))},
 	}
+}
+
+// resumeToken is a resume token of the minimum size, for seeds and tests.
+var resumeToken = []byte("0123456789abcdef")
+
+// resumeOpen is an OPEN frame for a resumable stream.
+func resumeOpen(id uint32, procedure string, r *tetherv1.Resume) []byte {
+	return frame.Append(nil, frame.Frame{Type: frame.TypeOpen, StreamID: id, Payload: secMarshal(&tetherv1.Open{Procedure: procedure, Resume: r})})
 }

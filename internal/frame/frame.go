@@ -46,8 +46,12 @@ const (
 	MaxPayload = 1 << 16
 	// PingPayloadSize is the exact payload size of a PING frame.
 	PingPayloadSize = 8
-	// WindowPayloadSize is the exact payload size of a WINDOW frame.
+	// WindowPayloadSize is the payload size of a WINDOW frame.
 	WindowPayloadSize = 4
+	// WindowAckPayloadSize is the payload size of a WINDOW frame that also
+	// acknowledges messages of a resumable stream: the increment, then the
+	// sequence number of the last message consumed (uint64 BE).
+	WindowAckPayloadSize = 12
 )
 
 // Decoding errors. All of them are protocol errors: the connection that
@@ -167,7 +171,7 @@ func validate(f Frame) error {
 		if f.StreamID == 0 {
 			return ErrStreamID
 		}
-		if len(f.Payload) != WindowPayloadSize {
+		if len(f.Payload) != WindowPayloadSize && len(f.Payload) != WindowAckPayloadSize {
 			return ErrPayloadSize
 		}
 		if f.Flags != 0 {
@@ -208,4 +212,21 @@ func WindowIncrement(f Frame) uint32 { return binary.BigEndian.Uint32(f.Payload)
 func AppendWindow(dst []byte, streamID, n uint32) []byte {
 	dst = AppendHeader(dst, TypeWindow, 0, streamID, WindowPayloadSize)
 	return binary.BigEndian.AppendUint32(dst, n)
+}
+
+// WindowAck returns the acknowledged sequence number a WINDOW frame carries,
+// and false for a WINDOW frame without one.
+func WindowAck(f Frame) (uint64, bool) {
+	if len(f.Payload) != WindowAckPayloadSize {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(f.Payload[4:]), true
+}
+
+// AppendWindowAck appends a WINDOW frame granting n bytes of credit on a
+// resumable stream and acknowledging its messages up to sequence number seq.
+func AppendWindowAck(dst []byte, streamID, n uint32, seq uint64) []byte {
+	dst = AppendHeader(dst, TypeWindow, 0, streamID, WindowAckPayloadSize)
+	dst = binary.BigEndian.AppendUint32(dst, n)
+	return binary.BigEndian.AppendUint64(dst, seq)
 }

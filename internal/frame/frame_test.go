@@ -57,6 +57,7 @@ func TestParseErrors(t *testing.T) {
 		{"ping size", Append(nil, Frame{Type: TypePing, Payload: make([]byte, 7)}), ErrPayloadSize},
 		{"window on conn", Append(nil, Frame{Type: TypeWindow, Payload: make([]byte, 4)}), ErrStreamID},
 		{"window size", Append(nil, Frame{Type: TypeWindow, StreamID: 1, Payload: make([]byte, 3)}), ErrPayloadSize},
+		{"window ack size", Append(nil, Frame{Type: TypeWindow, StreamID: 1, Payload: make([]byte, 8)}), ErrPayloadSize},
 		{"message on conn", Append(nil, Frame{Type: TypeMessage}), ErrStreamID},
 		{"message flags", Append(nil, Frame{Type: TypeMessage, StreamID: 1, Flags: 0x80}), ErrFlags},
 		{"open flags", Append(nil, Frame{Type: TypeOpen, StreamID: 1, Flags: 1}), ErrFlags},
@@ -67,6 +68,26 @@ func TestParseErrors(t *testing.T) {
 		if _, _, err := Parse(c.in); !errors.Is(err, c.want) {
 			t.Errorf("%s: err = %v, want %v", c.name, err, c.want)
 		}
+	}
+}
+
+// TestWindowAck: a WINDOW frame of a resumable stream carries the
+// acknowledged sequence number after the increment; a plain one carries none.
+func TestWindowAck(t *testing.T) {
+	b := AppendWindowAck(nil, 7, 4096, 1<<33+5)
+	f, rest, err := Parse(b)
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("Parse: %v, %d left", err, len(rest))
+	}
+	if n := WindowIncrement(f); n != 4096 {
+		t.Errorf("increment = %d, want 4096", n)
+	}
+	if seq, ok := WindowAck(f); !ok || seq != 1<<33+5 {
+		t.Errorf("WindowAck = %d, %v", seq, ok)
+	}
+	plain, _, _ := Parse(AppendWindow(nil, 7, 4096))
+	if _, ok := WindowAck(plain); ok {
+		t.Error("a plain WINDOW carries an ack")
 	}
 }
 
@@ -88,6 +109,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(Append(Append(nil, Frame{Type: TypeMessage, StreamID: 1, Flags: FlagMore, Payload: []byte("ab")}), Frame{Type: TypeHalfClose, StreamID: 1}))
 	f.Add(Append(nil, Frame{Type: TypePing, Payload: make([]byte, 8)}))
 	f.Add(AppendWindow(nil, 3, 1<<20))
+	f.Add(AppendWindowAck(nil, 3, 1<<20, 1<<40))
 	f.Add([]byte{})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -67,6 +67,13 @@ const (
 	// it sends a PING whatever other traffic there is, so that the peer
 	// can judge silence without guessing (docs/PROTOCOL.md, section 11).
 	HeaderPingInterval = "Tether-Ping-Interval"
+
+	// HeaderResumeGrace, in the server's 101, says the server keeps
+	// resumable streams (Open.resume) and for how many seconds it keeps
+	// one whose connection is lost (docs/PROTOCOL.md, "Resumable
+	// streams"). A client sends Open.resume only to a server that
+	// announced it.
+	HeaderResumeGrace = "Tether-Resume-Grace"
 )
 
 // maxAnnounced bounds a limit read from a handshake header; larger values
@@ -161,6 +168,10 @@ type Config struct {
 	// call that was going to succeed with resource_exhausted; an END keeps
 	// only the call's code (and a fixed message if it fits).
 	PeerMaxHeaderBytes int
+	// PeerResumeGrace is the grace period the server announced for
+	// resumable streams (HeaderResumeGrace; clients only; 0: the server
+	// does not resume streams).
+	PeerResumeGrace time.Duration
 	// Route looks up a procedure when its OPEN arrives (servers only):
 	// route is kept on the stream for Accept (Stream.Route), and single
 	// says the procedure takes exactly one request message (unary and

@@ -97,6 +97,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			return b[:start]
 		}
 		s = c.newStream(id)
+		s.resumable = open.GetResume() != nil
 		s.slotHeld.Store(c.slots != nil)
 		c.nextID += 2
 		c.streams[s.id] = s
@@ -180,6 +181,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		return nil
 	}
 	s := c.newStream(f.StreamID)
+	s.resumable = open.GetResume() != nil
 	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
 	c.streams[f.StreamID] = s
 	c.running++

@@ -215,7 +215,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 		return nil
 	}
 	if f.Type == frame.TypeMessage && len(f.Payload) == 0 && f.Flags&frame.FlagMore != 0 ||
-		f.Type == frame.TypeWindow && frame.WindowIncrement(f) < minUsefulWindow {
+		f.Type == frame.TypeWindow && len(f.Payload) == frame.WindowPayloadSize && frame.WindowIncrement(f) < minUsefulWindow {
 		if err := c.idleFrame("empty frames"); err != nil {
 			return err
 		}
@@ -228,6 +228,9 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 			return s.handleHalfClose()
 		}
 	case frame.TypeWindow:
+		if seq, ok := frame.WindowAck(f); ok {
+			return s.handleWindowAck(frame.WindowIncrement(f), seq)
+		}
 		return s.handleWindow(frame.WindowIncrement(f))
 	case frame.TypeHeaders:
 		if c.role != RoleClient {

@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 
 	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 )
 
 // Stream is one call on a connection. One goroutine may send and one may
@@ -49,6 +50,7 @@ type Stream struct {
 	cancelCtx context.CancelCauseFunc
 	route     any  // Config.Route's value for the procedure
 	single    bool // the procedure takes one request message
+	resumable bool // the OPEN carried Open.resume: messages are sequenced and acknowledged (resume.go)
 
 	// Atomic, any goroutine.
 	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
@@ -77,6 +79,13 @@ type Stream struct {
 	headersSet    bool
 	headersCh     chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive
 	trailers      tether.Metadata
+
+	// Resumable streams only (resume.go).
+	seq       uint64              // messages consumed (RecvMsg) counted from the stream's base
+	ackSent   uint64              // the last seq acknowledged to the peer
+	peerAck   uint64              // the highest seq the peer acknowledged
+	ackFn     func(uint64)        // called with peerAck as it grows
+	resumeAck *tetherv1.ResumeAck // client: Headers.resumed of the HEADERS frame
 
 	// The sending side (stream_send.go, stream_end.go).
 	sendCredit int

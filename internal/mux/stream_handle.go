@@ -125,6 +125,11 @@ func (s *Stream) handleHeaders(payload []byte) error {
 	s.mu.Lock()
 	if !s.headersSet {
 		s.headers = wire.MetadataFromProto(h.GetMetadata())
+		s.resumeAck = h.GetResumed()
+	} else if s.resumeAck != nil && len(s.headers) == 0 {
+		// A resumed stream's answer came first; the application's headers
+		// follow when the handler sends them (PROTOCOL.md section 15).
+		s.headers = wire.MetadataFromProto(h.GetMetadata())
 	}
 	s.mu.Unlock()
 	s.markHeaders()

@@ -35,8 +35,9 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			n = 0
 		}
 		s.recvWindow += n
+		seq := s.ackLocked(n)
 		s.mu.Unlock()
-		s.grant(n)
+		s.grant(n, seq)
 	}
 	for {
 		s.mu.Lock()
@@ -50,7 +51,11 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		for s.recvQ.len() > 0 {
 			ch := s.recvQ.pop()
 			s.unacked += len(ch.b) + FrameOverhead
+			if s.resumable && !ch.more {
+				s.seq++
+			}
 			grant := s.takeGrantLocked()
+			seq := s.ackLocked(grant)
 			if ch.more || s.assembly != nil {
 				err := s.assembleLocked(ch.b)
 				s.releaseLocked(ch.slab)
@@ -62,7 +67,7 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			}
 			if ch.more {
 				s.mu.Unlock()
-				s.grant(grant)
+				s.grant(grant, seq)
 				s.mu.Lock()
 				continue
 			}
@@ -75,7 +80,7 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 				s.held = ch.slab
 			}
 			s.mu.Unlock()
-			s.grant(grant)
+			s.grant(grant, seq)
 			return msg, nil
 		}
 		if s.recvEnd != nil {
@@ -83,7 +88,11 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			s.mu.Unlock()
 			return nil, err
 		}
+		// A resumable stream acknowledges what it consumed before it waits
+		// for more: the sender's replay buffer may be full of it.
+		n, seq := s.ackIdleLocked()
 		s.mu.Unlock()
+		s.grant(n, seq)
 		<-s.recvNotify
 	}
 }
@@ -135,7 +144,13 @@ func (s *Stream) takeGrantLocked() int {
 	return n
 }
 
-func (s *Stream) grant(n int) {
+// grant sends a WINDOW frame with n bytes of credit; on a resumable stream
+// with seq > 0 it also acknowledges messages up to seq (ackLocked).
+func (s *Stream) grant(n int, seq uint64) {
+	if seq > 0 {
+		s.c.writeUrgent(func(b []byte) []byte { return frame.AppendWindowAck(b, s.id, uint32(n), seq) })
+		return
+	}
 	if n == 0 {
 		return
 	}

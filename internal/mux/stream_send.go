@@ -229,8 +229,12 @@ func (s *Stream) SendHeaders(md tether.Metadata) error {
 }
 
 func (s *Stream) encodeHeaders(md tether.Metadata) ([]byte, error) {
+	return s.encodeHeadersWith(md, nil)
+}
+
+func (s *Stream) encodeHeadersWith(md tether.Metadata, ack *tetherv1.ResumeAck) ([]byte, error) {
 	entries := wire.MetadataToProto(md)
-	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: entries})
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: entries, Resumed: ack})
 	if err != nil {
 		return nil, tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
 	}

@@ -194,6 +194,10 @@ type Open struct {
 	Metadata []*MetadataEntry `protobuf:"bytes,2,rep,name=metadata,proto3" json:"metadata,omitempty"`
 	// TimeoutMicros is the call's relative deadline in microseconds; 0 means none.
 	TimeoutMicros uint64 `protobuf:"varint,3,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"`
+	// Resume, when set, makes the stream resumable: it outlives its connection
+	// (docs/PROTOCOL.md section "Resumable streams"). Sent only to a server
+	// that announced Tether-Resume in its 101.
+	Resume        *Resume `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -249,17 +253,94 @@ func (x *Open) GetTimeoutMicros() uint64 {
 	return 0
 }
 
+func (x *Open) GetResume() *Resume {
+	if x != nil {
+		return x.Resume
+	}
+	return nil
+}
+
+// Resume is the resumption part of an OPEN.
+type Resume struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Token names the stream across connections: 16 to 64 random bytes the
+	// client chooses. The server binds it to the connection's principal.
+	Token []byte `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// Attach is false on the call's first OPEN and true on an OPEN that
+	// re-attaches an existing stream after a reconnect.
+	Attach bool `protobuf:"varint,2,opt,name=attach,proto3" json:"attach,omitempty"`
+	// Consumed (attach only) is the sequence number of the last server message
+	// the client consumed; the server replays from the next one.
+	Consumed      uint64 `protobuf:"varint,3,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resume) Reset() {
+	*x = Resume{}
+	mi := &file_tether_v1_tether_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resume) ProtoMessage() {}
+
+func (x *Resume) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tether_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resume.ProtoReflect.Descriptor instead.
+func (*Resume) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Resume) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *Resume) GetAttach() bool {
+	if x != nil {
+		return x.Attach
+	}
+	return false
+}
+
+func (x *Resume) GetConsumed() uint64 {
+	if x != nil {
+		return x.Consumed
+	}
+	return 0
+}
+
 // Headers is the payload of a HEADERS frame: the server's response headers.
 type Headers struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Metadata      []*MetadataEntry       `protobuf:"bytes,1,rep,name=metadata,proto3" json:"metadata,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Metadata []*MetadataEntry       `protobuf:"bytes,1,rep,name=metadata,proto3" json:"metadata,omitempty"`
+	// Resumed answers an OPEN that re-attaches a resumable stream; absent
+	// otherwise.
+	Resumed       *ResumeAck `protobuf:"bytes,2,opt,name=resumed,proto3" json:"resumed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Headers) Reset() {
 	*x = Headers{}
-	mi := &file_tether_v1_tether_proto_msgTypes[2]
+	mi := &file_tether_v1_tether_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +352,7 @@ func (x *Headers) String() string {
 func (*Headers) ProtoMessage() {}
 
 func (x *Headers) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tether_proto_msgTypes[2]
+	mi := &file_tether_v1_tether_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +365,7 @@ func (x *Headers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Headers.ProtoReflect.Descriptor instead.
 func (*Headers) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tether_proto_rawDescGZIP(), []int{2}
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Headers) GetMetadata() []*MetadataEntry {
@@ -292,6 +373,60 @@ func (x *Headers) GetMetadata() []*MetadataEntry {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *Headers) GetResumed() *ResumeAck {
+	if x != nil {
+		return x.Resumed
+	}
+	return nil
+}
+
+// ResumeAck is the server's answer to a re-attaching OPEN.
+type ResumeAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Consumed is the sequence number of the last client message the handler
+	// consumed; the client replays from the next one.
+	Consumed      uint64 `protobuf:"varint,1,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeAck) Reset() {
+	*x = ResumeAck{}
+	mi := &file_tether_v1_tether_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeAck) ProtoMessage() {}
+
+func (x *ResumeAck) ProtoReflect() protoreflect.Message {
+	mi := &file_tether_v1_tether_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeAck.ProtoReflect.Descriptor instead.
+func (*ResumeAck) Descriptor() ([]byte, []int) {
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ResumeAck) GetConsumed() uint64 {
+	if x != nil {
+		return x.Consumed
+	}
+	return 0
 }
 
 // Status is the outcome of a call: a code, a message and typed details.
@@ -306,7 +441,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_tether_v1_tether_proto_msgTypes[3]
+	mi := &file_tether_v1_tether_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -318,7 +453,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tether_proto_msgTypes[3]
+	mi := &file_tether_v1_tether_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -331,7 +466,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tether_proto_rawDescGZIP(), []int{3}
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Status) GetCode() Code {
@@ -366,7 +501,7 @@ type End struct {
 
 func (x *End) Reset() {
 	*x = End{}
-	mi := &file_tether_v1_tether_proto_msgTypes[4]
+	mi := &file_tether_v1_tether_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +513,7 @@ func (x *End) String() string {
 func (*End) ProtoMessage() {}
 
 func (x *End) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tether_proto_msgTypes[4]
+	mi := &file_tether_v1_tether_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +526,7 @@ func (x *End) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use End.ProtoReflect.Descriptor instead.
 func (*End) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tether_proto_rawDescGZIP(), []int{4}
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *End) GetStatus() *Status {
@@ -421,7 +556,7 @@ type Reset struct {
 
 func (x *Reset) Reset() {
 	*x = Reset{}
-	mi := &file_tether_v1_tether_proto_msgTypes[5]
+	mi := &file_tether_v1_tether_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +568,7 @@ func (x *Reset) String() string {
 func (*Reset) ProtoMessage() {}
 
 func (x *Reset) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tether_proto_msgTypes[5]
+	mi := &file_tether_v1_tether_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +581,7 @@ func (x *Reset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reset.ProtoReflect.Descriptor instead.
 func (*Reset) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tether_proto_rawDescGZIP(), []int{5}
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Reset) GetStatus() *Status {
@@ -476,7 +611,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_tether_v1_tether_proto_msgTypes[6]
+	mi := &file_tether_v1_tether_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +623,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tether_proto_msgTypes[6]
+	mi := &file_tether_v1_tether_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +636,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tether_proto_rawDescGZIP(), []int{6}
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GoAway) GetLastStreamId() uint32 {
@@ -554,7 +689,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_tether_v1_tether_proto_msgTypes[7]
+	mi := &file_tether_v1_tether_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +701,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_tether_v1_tether_proto_msgTypes[7]
+	mi := &file_tether_v1_tether_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +714,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_tether_v1_tether_proto_rawDescGZIP(), []int{7}
+	return file_tether_v1_tether_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RetryPolicy) GetMaxAttempts() uint32 {
@@ -633,6 +768,14 @@ var file_tether_v1_tether_proto_extTypes = []protoimpl.ExtensionInfo{
 		Tag:           "bytes,50511,opt,name=retry",
 		Filename:      "tether/v1/tether.proto",
 	},
+	{
+		ExtendedType:  (*descriptorpb.MethodOptions)(nil),
+		ExtensionType: (*bool)(nil),
+		Field:         50512,
+		Name:          "tether.v1.resumable",
+		Tag:           "varint,50512,opt,name=resumable",
+		Filename:      "tether/v1/tether.proto",
+	},
 }
 
 // Extension fields to descriptorpb.MethodOptions.
@@ -641,6 +784,12 @@ var (
 	//
 	// optional tether.v1.RetryPolicy retry = 50511;
 	E_Retry = &file_tether_v1_tether_proto_extTypes[0]
+	// resumable makes the method's streams resumable by default: they survive
+	// a dropped connection (docs/PROTOCOL.md, "Resumable streams"). Only for
+	// streaming methods.
+	//
+	// optional bool resumable = 50512;
+	E_Resumable = &file_tether_v1_tether_proto_extTypes[1]
 )
 
 var File_tether_v1_tether_proto protoreflect.FileDescriptor
@@ -651,13 +800,21 @@ const file_tether_v1_tether_proto_rawDesc = "" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\tR\x06values\x12#\n" +
-	"\rbinary_values\x18\x03 \x03(\fR\fbinaryValues\"\x81\x01\n" +
+	"\rbinary_values\x18\x03 \x03(\fR\fbinaryValues\"\xac\x01\n" +
 	"\x04Open\x12\x1c\n" +
 	"\tprocedure\x18\x01 \x01(\tR\tprocedure\x124\n" +
 	"\bmetadata\x18\x02 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12%\n" +
-	"\x0etimeout_micros\x18\x03 \x01(\x04R\rtimeoutMicros\"?\n" +
+	"\x0etimeout_micros\x18\x03 \x01(\x04R\rtimeoutMicros\x12)\n" +
+	"\x06resume\x18\x04 \x01(\v2\x11.tether.v1.ResumeR\x06resume\"R\n" +
+	"\x06Resume\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\x12\x16\n" +
+	"\x06attach\x18\x02 \x01(\bR\x06attach\x12\x1a\n" +
+	"\bconsumed\x18\x03 \x01(\x04R\bconsumed\"o\n" +
 	"\aHeaders\x124\n" +
-	"\bmetadata\x18\x01 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\"w\n" +
+	"\bmetadata\x18\x01 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12.\n" +
+	"\aresumed\x18\x02 \x01(\v2\x14.tether.v1.ResumeAckR\aresumed\"'\n" +
+	"\tResumeAck\x12\x1a\n" +
+	"\bconsumed\x18\x01 \x01(\x04R\bconsumed\"w\n" +
 	"\x06Status\x12#\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x0f.tether.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
@@ -700,7 +857,8 @@ const file_tether_v1_tether_proto_rawDesc = "" +
 	"\x10CODE_UNAVAILABLE\x10\x0e\x12\x12\n" +
 	"\x0eCODE_DATA_LOSS\x10\x0f\x12\x18\n" +
 	"\x14CODE_UNAUTHENTICATED\x10\x10:N\n" +
-	"\x05retry\x12\x1e.google.protobuf.MethodOptions\x18ϊ\x03 \x01(\v2\x16.tether.v1.RetryPolicyR\x05retryB4Z2github.com/tetherrpc/tether/gen/tether/v1;tetherv1b\x06proto3"
+	"\x05retry\x12\x1e.google.protobuf.MethodOptions\x18ϊ\x03 \x01(\v2\x16.tether.v1.RetryPolicyR\x05retry:>\n" +
+	"\tresumable\x12\x1e.google.protobuf.MethodOptions\x18Њ\x03 \x01(\bR\tresumableB4Z2github.com/tetherrpc/tether/gen/tether/v1;tetherv1b\x06proto3"
 
 var (
 	file_tether_v1_tether_proto_rawDescOnce sync.Once
@@ -715,40 +873,45 @@ func file_tether_v1_tether_proto_rawDescGZIP() []byte {
 }
 
 var file_tether_v1_tether_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tether_v1_tether_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_tether_v1_tether_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_tether_v1_tether_proto_goTypes = []any{
 	(Code)(0),                          // 0: tether.v1.Code
 	(*MetadataEntry)(nil),              // 1: tether.v1.MetadataEntry
 	(*Open)(nil),                       // 2: tether.v1.Open
-	(*Headers)(nil),                    // 3: tether.v1.Headers
-	(*Status)(nil),                     // 4: tether.v1.Status
-	(*End)(nil),                        // 5: tether.v1.End
-	(*Reset)(nil),                      // 6: tether.v1.Reset
-	(*GoAway)(nil),                     // 7: tether.v1.GoAway
-	(*RetryPolicy)(nil),                // 8: tether.v1.RetryPolicy
-	(*anypb.Any)(nil),                  // 9: google.protobuf.Any
-	(*durationpb.Duration)(nil),        // 10: google.protobuf.Duration
-	(*descriptorpb.MethodOptions)(nil), // 11: google.protobuf.MethodOptions
+	(*Resume)(nil),                     // 3: tether.v1.Resume
+	(*Headers)(nil),                    // 4: tether.v1.Headers
+	(*ResumeAck)(nil),                  // 5: tether.v1.ResumeAck
+	(*Status)(nil),                     // 6: tether.v1.Status
+	(*End)(nil),                        // 7: tether.v1.End
+	(*Reset)(nil),                      // 8: tether.v1.Reset
+	(*GoAway)(nil),                     // 9: tether.v1.GoAway
+	(*RetryPolicy)(nil),                // 10: tether.v1.RetryPolicy
+	(*anypb.Any)(nil),                  // 11: google.protobuf.Any
+	(*durationpb.Duration)(nil),        // 12: google.protobuf.Duration
+	(*descriptorpb.MethodOptions)(nil), // 13: google.protobuf.MethodOptions
 }
 var file_tether_v1_tether_proto_depIdxs = []int32{
 	1,  // 0: tether.v1.Open.metadata:type_name -> tether.v1.MetadataEntry
-	1,  // 1: tether.v1.Headers.metadata:type_name -> tether.v1.MetadataEntry
-	0,  // 2: tether.v1.Status.code:type_name -> tether.v1.Code
-	9,  // 3: tether.v1.Status.details:type_name -> google.protobuf.Any
-	4,  // 4: tether.v1.End.status:type_name -> tether.v1.Status
-	1,  // 5: tether.v1.End.trailers:type_name -> tether.v1.MetadataEntry
-	4,  // 6: tether.v1.Reset.status:type_name -> tether.v1.Status
-	0,  // 7: tether.v1.GoAway.code:type_name -> tether.v1.Code
-	10, // 8: tether.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	10, // 9: tether.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	0,  // 10: tether.v1.RetryPolicy.retryable_codes:type_name -> tether.v1.Code
-	11, // 11: tether.v1.retry:extendee -> google.protobuf.MethodOptions
-	8,  // 12: tether.v1.retry:type_name -> tether.v1.RetryPolicy
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	12, // [12:13] is the sub-list for extension type_name
-	11, // [11:12] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	3,  // 1: tether.v1.Open.resume:type_name -> tether.v1.Resume
+	1,  // 2: tether.v1.Headers.metadata:type_name -> tether.v1.MetadataEntry
+	5,  // 3: tether.v1.Headers.resumed:type_name -> tether.v1.ResumeAck
+	0,  // 4: tether.v1.Status.code:type_name -> tether.v1.Code
+	11, // 5: tether.v1.Status.details:type_name -> google.protobuf.Any
+	6,  // 6: tether.v1.End.status:type_name -> tether.v1.Status
+	1,  // 7: tether.v1.End.trailers:type_name -> tether.v1.MetadataEntry
+	6,  // 8: tether.v1.Reset.status:type_name -> tether.v1.Status
+	0,  // 9: tether.v1.GoAway.code:type_name -> tether.v1.Code
+	12, // 10: tether.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	12, // 11: tether.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	0,  // 12: tether.v1.RetryPolicy.retryable_codes:type_name -> tether.v1.Code
+	13, // 13: tether.v1.retry:extendee -> google.protobuf.MethodOptions
+	13, // 14: tether.v1.resumable:extendee -> google.protobuf.MethodOptions
+	10, // 15: tether.v1.retry:type_name -> tether.v1.RetryPolicy
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	15, // [15:16] is the sub-list for extension type_name
+	13, // [13:15] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_tether_v1_tether_proto_init() }
@@ -762,8 +925,8 @@ func file_tether_v1_tether_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_tether_proto_rawDesc), len(file_tether_v1_tether_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
-			NumExtensions: 1,
+			NumMessages:   10,
+			NumExtensions: 2,
 			NumServices:   0,
 		},
 		GoTypes:           file_tether_v1_tether_proto_goTypes,

@@ -143,6 +143,7 @@ var (
 			MaxAttempts:    2,
 			RetryableCodes: []tether.Code{tether.CodeUnavailable, tether.CodeAborted},
 		},
+		Resumable: true,
 	}
 
 	libraryServiceLendBookMethod = &clientconn.Method{
@@ -188,7 +189,8 @@ type LibraryServiceHandler interface {
 	// buffer).
 	UploadCover(ctx context.Context, stream *server.ClientStream[v1.Chunk]) (*v1.Ack, error)
 
-	// SyncBooks exchanges changes in both directions.
+	// SyncBooks exchanges changes in both directions. Its streams survive a
+	// dropped connection.
 	SyncBooks(ctx context.Context, stream *server.BidiStream[Book, Book]) error
 
 	// LendBook lends a book out.
@@ -310,7 +312,8 @@ type LibraryServiceClient interface {
 	// buffer).
 	UploadCover(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[v1.Chunk, v1.Ack], error)
 
-	// SyncBooks exchanges changes in both directions.
+	// SyncBooks exchanges changes in both directions. Its streams survive a
+	// dropped connection.
 	SyncBooks(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Book, Book], error)
 
 	// LendBook lends a book out.

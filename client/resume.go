@@ -1,0 +1,548 @@
+package client
+
+// Resumable streams on the client (docs/PROTOCOL.md, "Resumable streams").
+//
+// A resumable call is one logical stream carried by a succession of
+// mux.Streams, one per connection. When the current one is lost with its
+// connection, the first of Send, Receive or CloseSend to notice
+// re-attaches: it waits for the client's next connection (the connection
+// manager reconnects as usual), opens the stream again with the token and
+// the sequence number of the last response consumed, reads the server's
+// answer (the last request the handler consumed), replays the requests
+// after it and carries on. The caller sees none of it; a stream that cannot
+// be resumed fails with aborted and ErrNotResumed.
+//
+// Goroutines: the caller's sending and receiving goroutines (one each at a
+// time), the reader goroutine of the current connection (onAck) and the
+// context.AfterFunc that resets the current attachment when the call's
+// context ends. Locks: reattachMu → sendMu → mu.
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/clientconn"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/wire"
+)
+
+// DefaultResumeBufferBytes bounds a resumable stream's replay buffer of
+// requests sent and not yet acknowledged by the server (WithResumeBuffer).
+const DefaultResumeBufferBytes = 1 << 20
+
+// ErrNotResumed is the cause of the error of a resumable stream that could
+// not be resumed after its connection was lost: the server did not know
+// the token any more (grace period over, server restarted), refused it, or
+// no connection came back within the grace period. errors.Is(err,
+// ErrNotResumed) reports it; the code is aborted. Messages after the last
+// one received may be lost: the application starts a new call.
+var ErrNotResumed = errors.New("tether: stream could not be resumed")
+
+// WithResumable makes this call's stream resumable (on) or plain (off),
+// whatever the method's (tether.v1.resumable) option says. It applies to
+// streaming methods; a server that does not announce resumable streams
+// gets a plain stream.
+func WithResumable(on bool) CallOption {
+	return func(o *clientconn.CallOptions) { o.Resumable = &on }
+}
+
+// WithResumeBuffer bounds, per resumable stream, the requests kept until
+// the server acknowledges them (default 1 MiB). Send waits while it is
+// full; a larger request fails with resource_exhausted.
+func WithResumeBuffer(bytes int) Option {
+	return func(c *config) { c.resumeBuffer = bytes }
+}
+
+// resumable reports whether a call of m with options co asks for a
+// resumable stream.
+func resumable(m *Method, co *callOptions) bool {
+	if m.Spec.StreamType == tether.StreamTypeUnary {
+		return false
+	}
+	if co.Resumable != nil {
+		return *co.Resumable
+	}
+	return m.Resumable
+}
+
+type sentMsg struct {
+	seq uint64
+	b   []byte
+}
+
+// resumeStream is the untyped client side of a resumable call.
+type resumeStream struct {
+	c     *Client
+	ctx   context.Context
+	stop  func() bool
+	open  *tetherv1.Open // the first OPEN, re-sent with Resume.attach
+	first *mux.Stream    // the first attachment: its headers are the call's
+	limit int
+
+	reattachMu sync.Mutex
+	sendMu     sync.Mutex
+
+	mu         sync.Mutex
+	wake       chan struct{}
+	st         *mux.Stream
+	conn       *mux.Conn
+	gen        uint64
+	out        []sentMsg
+	outBytes   int
+	sent       uint64
+	closedSend bool
+	failed     error
+	grace      time.Duration
+	laterHdr   tether.Metadata // response headers carried by a re-attachment's answer
+}
+
+// openResumable opens a resumable stream, or a plain one when the server
+// does not announce resumption.
+func (c *Client) openResumable(ctx context.Context, co *callOptions, call *Call) (Stream, error) {
+	for try := 0; ; try++ {
+		s, err := c.openResumableOnce(ctx, co, call)
+		if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {
+			return s, err
+		}
+		c.counters.retries.Add(1)
+	}
+}
+
+// openResumableOnce is one try of openResumable.
+func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *Call) (Stream, error) {
+	conn, err := c.getConn(ctx, co.FailFast)
+	if err != nil {
+		return nil, err
+	}
+	if conn.PeerResumeGrace() == 0 {
+		s, _, err := c.openStream(ctx, co, call, nil, false)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+	token := make([]byte, 16)
+	_, _ = rand.Read(token) // never fails (crypto/rand)
+	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header), Resume: &tetherv1.Resume{Token: token}}
+	if err := setTimeout(ctx, open); err != nil {
+		return nil, err
+	}
+	st, _, err := conn.Open(ctx, open, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	limit := c.cfg.resumeBuffer
+	if limit <= 0 {
+		limit = DefaultResumeBufferBytes
+	}
+	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace()}
+	st.OnAck(rs.onAck)
+	rs.stop = context.AfterFunc(ctx, func() {
+		rs.mu.Lock()
+		cur := rs.st
+		rs.mu.Unlock()
+		cur.Reset(tether.AsError(context.Cause(ctx)))
+	})
+	return rs, nil
+}
+
+// setTimeout sets open's timeout from ctx's deadline.
+func setTimeout(ctx context.Context, open *tetherv1.Open) error {
+	open.TimeoutMicros = 0
+	if dl, ok := ctx.Deadline(); ok {
+		rem := time.Until(dl)
+		if rem <= 0 {
+			return tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded")
+		}
+		open.TimeoutMicros = uint64((rem + time.Microsecond - 1) / time.Microsecond)
+	}
+	return ctx.Err()
+}
+
+func (rs *resumeStream) wakeLocked() {
+	close(rs.wake)
+	rs.wake = make(chan struct{})
+}
+
+// cur returns the current attachment, or the call's final error.
+func (rs *resumeStream) cur() (*mux.Stream, uint64, error) {
+	if err := rs.ctx.Err(); err != nil {
+		err := tether.AsError(context.Cause(rs.ctx))
+		rs.mu.Lock()
+		st := rs.st
+		rs.mu.Unlock()
+		st.Reset(err)
+		return nil, 0, err
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.failed != nil {
+		return nil, 0, rs.failed
+	}
+	return rs.st, rs.gen, nil
+}
+
+// lost reports whether st failed because its connection was lost (and the
+// call goes on).
+func (rs *resumeStream) lost(st *mux.Stream) bool {
+	return st.ConnClosed() && rs.ctx.Err() == nil
+}
+
+func (rs *resumeStream) onAck(seq uint64) {
+	rs.mu.Lock()
+	rs.trimLocked(seq)
+	rs.mu.Unlock()
+}
+
+func (rs *resumeStream) trimLocked(seq uint64) {
+	seq = min(seq, rs.sent)
+	n := 0
+	for n < len(rs.out) && rs.out[n].seq <= seq {
+		rs.outBytes -= len(rs.out[n].b)
+		rs.out[n] = sentMsg{}
+		n++
+	}
+	if n > 0 {
+		rs.out = rs.out[n:]
+		rs.wakeLocked()
+	}
+}
+
+func (rs *resumeStream) Send(msg proto.Message) error {
+	b, err := proto.Marshal(msg)
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+	}
+	if len(b) > rs.limit {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the replay buffer of %d bytes", len(b), rs.limit)
+	}
+	// Wait for room in the replay buffer.
+	for {
+		st, gen, err := rs.cur()
+		if err != nil {
+			return err
+		}
+		rs.mu.Lock()
+		room := rs.outBytes+len(b) <= rs.limit
+		wake := rs.wake
+		rs.mu.Unlock()
+		if room {
+			break
+		}
+		select {
+		case <-wake:
+		case <-st.Done():
+			if rs.lost(st) {
+				if err := rs.reattach(gen); err != nil {
+					return err
+				}
+			} else if _, _, err := rs.cur(); err != nil {
+				return err
+			} else {
+				return io.EOF // the server ended the call: Receive has its status
+			}
+		case <-rs.ctx.Done():
+		}
+	}
+	rs.sendMu.Lock()
+	rs.mu.Lock()
+	rs.sent++
+	rs.out = append(rs.out, sentMsg{seq: rs.sent, b: b})
+	rs.outBytes += len(b)
+	st, gen := rs.st, rs.gen
+	rs.mu.Unlock()
+	err = st.SendMsg(rs.ctx, b)
+	rs.sendMu.Unlock()
+	if err != nil && rs.lost(st) {
+		return rs.reattach(gen)
+	}
+	return err
+}
+
+func (rs *resumeStream) Receive(msg proto.Message) error {
+	for {
+		st, gen, err := rs.cur()
+		if err != nil {
+			return err
+		}
+		b, err := st.RecvMsg()
+		if err == nil {
+			rs.c.markServed(rs.connOf(st))
+			if err := proto.Unmarshal(b, msg); err != nil {
+				err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+				st.Reset(err)
+				rs.fail(err)
+				return err
+			}
+			return nil
+		}
+		if rs.lost(st) {
+			if err := rs.reattach(gen); err != nil {
+				return err
+			}
+			continue
+		}
+		rs.stop()
+		return err
+	}
+}
+
+func (rs *resumeStream) connOf(*mux.Stream) *mux.Conn {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.conn
+}
+
+func (rs *resumeStream) CloseSend() error {
+	st, gen, err := rs.cur()
+	if err != nil {
+		return err
+	}
+	rs.sendMu.Lock()
+	rs.mu.Lock()
+	rs.closedSend = true
+	rs.mu.Unlock()
+	err = st.CloseSend(rs.ctx)
+	rs.sendMu.Unlock()
+	if err != nil && rs.lost(st) {
+		return rs.reattach(gen)
+	}
+	return err
+}
+
+func (rs *resumeStream) Header() (tether.Metadata, error) {
+	if _, _, err := rs.cur(); err != nil {
+		return nil, err
+	}
+	rs.mu.Lock()
+	first := rs.first
+	rs.mu.Unlock()
+	hdr, err := first.Header(rs.ctx)
+	if err != nil || len(hdr) > 0 {
+		return hdr, err
+	}
+	// The first connection was lost before the headers came: the server
+	// sends them again with its answer to a re-attachment.
+	rs.mu.Lock()
+	later, cur := rs.laterHdr, rs.st
+	rs.mu.Unlock()
+	if later != nil {
+		return later, nil
+	}
+	if cur != first {
+		// The handler sent them after the re-attachment.
+		if h, err := cur.Header(rs.ctx); err == nil && len(h) > 0 {
+			return h, nil
+		}
+	}
+	return hdr, nil
+}
+
+func (rs *resumeStream) Trailer() tether.Metadata {
+	rs.mu.Lock()
+	st := rs.st
+	rs.mu.Unlock()
+	return st.Trailer()
+}
+
+func (rs *resumeStream) Close() error {
+	err := tether.Errorf(tether.CodeCanceled, "tether: stream closed by the client")
+	rs.mu.Lock()
+	st := rs.st
+	if rs.failed == nil {
+		rs.failed = err
+	}
+	rs.wakeLocked()
+	rs.mu.Unlock()
+	st.Reset(err)
+	rs.stop()
+	return nil
+}
+
+// fail ends the call with err.
+func (rs *resumeStream) fail(err error) error {
+	rs.mu.Lock()
+	if rs.failed == nil {
+		rs.failed = err
+	}
+	err = rs.failed
+	rs.wakeLocked()
+	rs.mu.Unlock()
+	rs.stop()
+	return err
+}
+
+func notResumed(format string, args ...any) error {
+	return tether.NewError(tether.CodeAborted, fmt.Errorf("%w: %s", ErrNotResumed, fmt.Sprintf(format, args...)))
+}
+
+// reattach moves the stream to the client's next connection, unless another
+// goroutine has already done so since attachment gen.
+func (rs *resumeStream) reattach(gen uint64) error {
+	rs.reattachMu.Lock()
+	defer rs.reattachMu.Unlock()
+	for {
+		rs.mu.Lock()
+		old, cur, failed := rs.st, rs.gen, rs.failed
+		rs.mu.Unlock()
+		if failed != nil {
+			return failed
+		}
+		if cur != gen {
+			return nil
+		}
+		<-old.Done() // its consumed count is final
+		rs.mu.Lock()
+		fresh := old == rs.first && old.NeverSent()
+		rs.mu.Unlock()
+		err := rs.attachOnce(old.Seq(), fresh)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errLostAgain) {
+			return rs.fail(err)
+		}
+		rs.mu.Lock()
+		gen = rs.gen
+		rs.mu.Unlock()
+	}
+}
+
+var errLostAgain = errors.New("connection lost during re-attachment")
+
+// attachOnce opens the stream again on the next connection and replays.
+// fresh says the first OPEN never left: the server has never seen the
+// stream, so it is opened again as new, with the same token.
+func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
+	ctx, cancel := context.WithTimeout(rs.ctx, rs.grace)
+	defer cancel()
+	for {
+		conn, err := rs.c.getConn(ctx, false)
+		if err != nil {
+			if rs.ctx.Err() != nil {
+				return tether.AsError(context.Cause(rs.ctx))
+			}
+			return notResumed("no connection within the grace period of %v: %v", rs.grace, err)
+		}
+		if conn.PeerResumeGrace() == 0 {
+			return notResumed("the server no longer resumes streams")
+		}
+		open := proto.Clone(rs.open).(*tetherv1.Open)
+		if !fresh {
+			open.Resume = &tetherv1.Resume{Token: rs.open.GetResume().GetToken(), Attach: true, Consumed: consumed}
+		}
+		if err := setTimeout(rs.ctx, open); err != nil {
+			return tether.AsError(err)
+		}
+		st, _, err := conn.Open(ctx, open, nil, false)
+		if err != nil {
+			if errors.Is(err, mux.ErrUnprocessed) && ctx.Err() == nil {
+				// The connection went (or drains) before the OPEN left:
+				// wait for the next one.
+				select {
+				case <-conn.Done():
+				case <-conn.Draining():
+				case <-ctx.Done():
+				}
+				continue
+			}
+			if rs.ctx.Err() != nil {
+				return tether.AsError(context.Cause(rs.ctx))
+			}
+			return notResumed("%v", err)
+		}
+		if fresh {
+			rs.mu.Lock()
+			rs.first = st
+			rs.mu.Unlock()
+			return rs.replay(conn, st, 0)
+		}
+		st.SetSeq(consumed)
+		hdr, err := st.Header(ctx)
+		if err != nil {
+			st.Reset(err)
+			if rs.ctx.Err() != nil {
+				return tether.AsError(context.Cause(rs.ctx))
+			}
+			return notResumed("no answer within the grace period of %v", rs.grace)
+		}
+		ack := st.ResumeAck()
+		if ack == nil {
+			_, rerr := st.RecvMsg()
+			if st.ConnClosed() {
+				continue
+			}
+			st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
+			if rerr == nil || errors.Is(rerr, io.EOF) {
+				return notResumed("the server did not resume the stream")
+			}
+			return notResumed("%s", tether.AsError(rerr).Message())
+		}
+		if len(hdr) > 0 {
+			rs.mu.Lock()
+			if rs.laterHdr == nil {
+				rs.laterHdr = hdr
+			}
+			rs.mu.Unlock()
+		}
+		return rs.replay(conn, st, ack.GetConsumed())
+	}
+}
+
+// replay makes st the attachment and sends the requests the server has not
+// consumed, and HALF_CLOSE if the caller had sent it.
+func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64) error {
+	rs.sendMu.Lock()
+	defer rs.sendMu.Unlock()
+	rs.mu.Lock()
+	if rs.failed != nil { // closed meanwhile
+		err := rs.failed
+		rs.mu.Unlock()
+		st.Reset(err)
+		return err
+	}
+	if consumed > rs.sent {
+		rs.mu.Unlock()
+		st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
+		return notResumed("the server claims %d requests of %d sent", consumed, rs.sent)
+	}
+	rs.trimLocked(consumed)
+	if len(rs.out) > 0 && rs.out[0].seq != consumed+1 {
+		rs.mu.Unlock()
+		st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
+		return notResumed("request %d is no longer buffered", consumed+1)
+	}
+	replay := append([]sentMsg(nil), rs.out...)
+	closed := rs.closedSend
+	rs.st, rs.conn = st, conn
+	rs.gen++
+	rs.wakeLocked()
+	rs.mu.Unlock()
+	if rs.ctx.Err() != nil {
+		st.Reset(tether.AsError(context.Cause(rs.ctx)))
+	}
+	st.OnAck(rs.onAck)
+	for _, m := range replay {
+		if err := st.SendMsg(rs.ctx, m.b); err != nil {
+			if rs.lost(st) {
+				return errLostAgain
+			}
+			return nil // the stream ended: Receive has its status
+		}
+	}
+	if closed {
+		if err := st.CloseSend(rs.ctx); err != nil && rs.lost(st) {
+			return errLostAgain
+		}
+	}
+	return nil
+}

@@ -1,0 +1,675 @@
+package server
+
+// Resumable streams on the server (docs/PROTOCOL.md, "Resumable streams").
+//
+// A resumable call is a session: the handler runs against it instead of
+// against one mux.Stream, and the session forwards to its current
+// attachment, the mux.Stream of the connection the client is on now. When
+// that connection is lost the session parks: the handler keeps running,
+// its Receive waits and its Send fills the replay buffer (and waits once
+// it is full). The client re-attaches with the token on a new connection
+// within the grace period; the session answers with the last sequence
+// number the handler consumed, replays what the client has not consumed
+// and continues. A session that is not re-attached in time ends: the
+// handler's context is canceled and its buffer released.
+//
+// Goroutines: the handler's (send, recv, finish, sendHeaders), the reader
+// goroutine of the current connection (onAck), the goroutine that accepted
+// a re-attaching OPEN (attach, which then holds the attachment's place in
+// its connection's running count until it ends), and timers and
+// context.AfterFunc callbacks (detached, expire).
+//
+// Locks: sendMu → mu → resumer.mu, replayBudget.mu and the attachment's
+// own (SetSeq); mu is never held across a write or a wait. sendMu orders the handler's writes and attach's
+// replay, so a message is never sent on a new attachment before the
+// replay of the ones before it.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/mux"
+)
+
+// Defaults of ResumeLimits.
+const (
+	DefaultResumeGrace              = 30 * time.Second
+	DefaultResumeStreamBytes        = 1 << 20
+	DefaultResumeConnBytes          = 16 << 20
+	DefaultResumeParkedPerPrincipal = 100
+)
+
+// ResumeLimits bound what resumable streams cost the server. Zero fields
+// take the defaults.
+type ResumeLimits struct {
+	// Grace is how long a stream whose connection was lost waits for its
+	// client to re-attach (default 30s). The handler keeps running meanwhile;
+	// after it, the handler's context is canceled with aborted.
+	Grace time.Duration
+	// StreamBytes bounds one stream's replay buffer: the messages sent and
+	// not yet acknowledged (default 1 MiB). The handler's Send waits while
+	// it is full; a single message larger than it fails with
+	// resource_exhausted.
+	StreamBytes int
+	// ConnBytes bounds the replay buffers of all the resumable streams
+	// opened on one connection together, wherever they are attached now
+	// (default 16 MiB). Send waits while it is full, except on a stream
+	// with nothing buffered: each stream may always hold one message, so
+	// that the unread messages of one stream never stall the others.
+	ConnBytes int
+	// ParkedPerPrincipal bounds the streams of one principal waiting for
+	// their client to re-attach (default 100). The stream that would pass
+	// it ends at once with resource_exhausted.
+	ParkedPerPrincipal int
+}
+
+func (l *ResumeLimits) withDefaults() {
+	if l.Grace <= 0 {
+		l.Grace = DefaultResumeGrace
+	}
+	if l.StreamBytes <= 0 {
+		l.StreamBytes = DefaultResumeStreamBytes
+	}
+	if l.ConnBytes <= 0 {
+		l.ConnBytes = DefaultResumeConnBytes
+	}
+	if l.ParkedPerPrincipal <= 0 {
+		l.ParkedPerPrincipal = DefaultResumeParkedPerPrincipal
+	}
+}
+
+// WithResumeLimits sets the limits of resumable streams.
+func WithResumeLimits(l ResumeLimits) Option {
+	return func(c *config) { c.resume = l }
+}
+
+// WithoutResumption turns resumable streams off: the server does not
+// announce them, and serves a resumable OPEN as a plain stream.
+func WithoutResumption() Option {
+	return func(c *config) { c.noResume = true }
+}
+
+// ErrNotResumed is the cause of the error of a resumable stream that could
+// not be resumed (unknown or expired token, grace period over, parked-stream
+// limit, server closing): errors.Is(err, ErrNotResumed). The call's code is
+// aborted: the stream is over and its messages since the last one consumed
+// are lost; the application starts a new call.
+var ErrNotResumed = errors.New("tether: stream could not be resumed")
+
+func notResumed(format string, args ...any) error {
+	return tether.NewError(tether.CodeAborted, fmt.Errorf("%w: %s", ErrNotResumed, fmt.Sprintf(format, args...)))
+}
+
+// Token sizes a client may choose (Resume.token).
+const (
+	minResumeToken = 16
+	maxResumeToken = 64
+)
+
+// resumer is a server's table of sessions.
+type resumer struct {
+	lim      ResumeLimits
+	mu       sync.Mutex
+	sessions map[string]*session // by token
+	parked   map[any]int         // parked sessions by principal key
+	closed   bool
+}
+
+func newResumer(lim ResumeLimits) *resumer {
+	lim.withDefaults()
+	return &resumer{lim: lim, sessions: make(map[string]*session), parked: make(map[any]int)}
+}
+
+// principalKey makes a principal usable as a map key and comparable:
+// comparable values stand for themselves, others by their printed form.
+func principalKey(p any) any {
+	if p == nil || reflect.TypeOf(p).Comparable() {
+		return p
+	}
+	return fmt.Sprintf("%T:%#v", p, p)
+}
+
+// replayBudget is the replay bytes of the resumable streams opened on one
+// connection (ResumeLimits.ConnBytes).
+type replayBudget struct {
+	mu    sync.Mutex
+	used  int
+	limit int
+	wake  chan struct{} // closed when bytes are given back
+}
+
+func newReplayBudget(limit int) *replayBudget {
+	return &replayBudget{limit: limit, wake: make(chan struct{})}
+}
+
+// take reserves n bytes, or returns a channel closed when some are given
+// back. A stream with nothing buffered (force) always gets its one message,
+// so that one stream's unread messages never starve the others.
+func (b *replayBudget) take(n int, force bool) (bool, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !force && b.used > 0 && b.used+n > b.limit {
+		return false, b.wake
+	}
+	b.used += n
+	return true, nil
+}
+
+func (b *replayBudget) give(n int) {
+	if n == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	close(b.wake)
+	b.wake = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// outMsg is a sent message kept until the client acknowledges it.
+type outMsg struct {
+	seq uint64
+	b   []byte
+}
+
+// session is one resumable call.
+type session struct {
+	r         *resumer
+	token     string
+	principal any // principalKey of the caller
+	budget    *replayBudget
+	ctx       context.Context // the handler's, canceled when the session ends
+	cancel    context.CancelCauseFunc
+
+	sendMu sync.Mutex
+
+	mu       sync.Mutex
+	wake     chan struct{} // closed and replaced on every change waiters care about
+	st       *mux.Stream   // the attachment; nil while parked
+	gen      uint64        // attachments so far
+	stopWait func() bool   // stops the AfterFunc that watches st
+	out      []outMsg
+	outBytes int
+	sent     uint64 // sequence number of the last message sent
+	recvSeq  uint64 // last client message consumed, as of the last detach
+	hdr      tether.Metadata
+	done     bool // the handler returned: end* hold the status
+	endErr   error
+	endTrail tether.Metadata
+	parked   bool
+	ended    bool
+	timer    *time.Timer
+}
+
+// open starts a session for a resumable call's first OPEN.
+func (r *resumer) open(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget) (*session, error) {
+	tok := rs.GetToken()
+	if len(tok) < minResumeToken || len(tok) > maxResumeToken {
+		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: resume token of %d bytes; it must have %d to %d", len(tok), minResumeToken, maxResumeToken)
+	}
+	if rs.GetAttach() || rs.GetConsumed() != 0 {
+		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: first OPEN of a resumable stream with attach or consumed set")
+	}
+	x := &session{r: r, token: string(tok), principal: principalKey(peer.Principal), budget: budget, wake: make(chan struct{})}
+	x.ctx, x.cancel = context.WithCancelCause(context.Background())
+	r.mu.Lock()
+	switch {
+	case r.closed:
+		r.mu.Unlock()
+		x.cancel(nil)
+		return nil, tether.Errorf(tether.CodeUnavailable, "tether: server is closing")
+	case r.sessions[x.token] != nil:
+		r.mu.Unlock()
+		x.cancel(nil)
+		return nil, tether.Errorf(tether.CodeAlreadyExists, "tether: resume token already in use")
+	}
+	r.sessions[x.token] = x
+	r.mu.Unlock()
+	x.mu.Lock()
+	x.attachLocked(st)
+	x.mu.Unlock()
+	st.OnAck(x.onAck)
+	return x, nil
+}
+
+// attachLocked makes st the attachment and watches it. x.mu is held.
+func (x *session) attachLocked(st *mux.Stream) {
+	x.gen++
+	gen := x.gen
+	x.st = st
+	x.stopWait = context.AfterFunc(st.Context(), func() { x.detached(st, gen) })
+	x.wakeLocked()
+}
+
+func (x *session) wakeLocked() {
+	close(x.wake)
+	x.wake = make(chan struct{})
+}
+
+// detached runs when attachment st has ended: lost with its connection
+// (the session parks), or ended by the client's RESET (the session ends),
+// or by the END the session sent.
+func (x *session) detached(st *mux.Stream, gen uint64) {
+	x.mu.Lock()
+	if x.gen != gen || x.st != st || x.ended {
+		x.mu.Unlock()
+		return
+	}
+	x.st = nil
+	x.recvSeq = st.Seq()
+	x.wakeLocked()
+	if x.done && !st.ConnClosed() {
+		// Our END went out: the session stays until the timer runs, for
+		// a client that did not get it.
+		x.mu.Unlock()
+		return
+	}
+	if !st.ConnClosed() {
+		x.mu.Unlock()
+		x.end(context.Cause(st.Context()))
+		return
+	}
+	x.r.mu.Lock()
+	closed := x.r.closed
+	over := false
+	if !closed && !x.done {
+		x.parked = true
+		x.r.parked[x.principal]++
+		over = x.r.parked[x.principal] > x.r.lim.ParkedPerPrincipal
+	}
+	x.r.mu.Unlock()
+	if !closed && !over && x.timer == nil {
+		x.timer = time.AfterFunc(x.r.lim.Grace, x.expire)
+	}
+	x.mu.Unlock()
+	switch {
+	case closed:
+		x.end(notResumed("server is closing"))
+	case over:
+		x.end(tether.NewError(tether.CodeResourceExhausted, fmt.Errorf("%w: more than %d streams of this principal wait to be resumed", ErrNotResumed, x.r.lim.ParkedPerPrincipal)))
+	}
+}
+
+// expire ends a session whose client did not re-attach within the grace
+// period, or a finished one whose grace period is over.
+func (x *session) expire() {
+	x.mu.Lock()
+	idle := x.st == nil || x.done
+	x.mu.Unlock()
+	if idle {
+		x.end(notResumed("not resumed within %v", x.r.lim.Grace))
+	}
+}
+
+// end releases the session: the handler's context is canceled with err,
+// the attachment reset, the replay buffer given back.
+func (x *session) end(err error) {
+	x.mu.Lock()
+	if x.ended {
+		x.mu.Unlock()
+		return
+	}
+	x.ended = true
+	// Before anyone wakes: a handler that sees ended finds the cause.
+	x.cancel(err)
+	st, done := x.st, x.done
+	x.st = nil
+	if x.stopWait != nil {
+		x.stopWait()
+	}
+	if x.timer != nil {
+		x.timer.Stop()
+	}
+	freed := x.outBytes
+	x.out, x.outBytes = nil, 0
+	x.wakeLocked()
+	x.r.mu.Lock()
+	if x.parked {
+		x.parked = false
+		if x.r.parked[x.principal]--; x.r.parked[x.principal] <= 0 {
+			delete(x.r.parked, x.principal)
+		}
+	}
+	if x.r.sessions[x.token] == x {
+		delete(x.r.sessions, x.token)
+	}
+	x.r.mu.Unlock()
+	x.mu.Unlock()
+	x.budget.give(freed)
+	if st != nil && !done {
+		st.Reset(err)
+	}
+}
+
+// unparkLocked takes a parked session out of the parked count. x.mu is
+// held.
+func (x *session) unparkLocked() {
+	if !x.parked {
+		return
+	}
+	x.parked = false
+	x.r.mu.Lock()
+	if x.r.parked[x.principal]--; x.r.parked[x.principal] <= 0 {
+		delete(x.r.parked, x.principal)
+	}
+	x.r.mu.Unlock()
+}
+
+// onAck trims the replay buffer up to seq (the reader goroutine; never
+// blocks).
+func (x *session) onAck(seq uint64) {
+	x.mu.Lock()
+	freed := x.trimLocked(seq)
+	x.mu.Unlock()
+	x.budget.give(freed)
+}
+
+// trimLocked drops buffered messages up to seq and returns the bytes freed.
+func (x *session) trimLocked(seq uint64) int {
+	if seq > x.sent {
+		seq = x.sent // a client cannot acknowledge what was not sent
+	}
+	n, freed := 0, 0
+	for n < len(x.out) && x.out[n].seq <= seq {
+		freed += len(x.out[n].b)
+		x.out[n] = outMsg{}
+		n++
+	}
+	if n > 0 {
+		x.out = x.out[n:]
+		x.outBytes -= freed
+		x.wakeLocked()
+	}
+	return freed
+}
+
+// endErr returns the error a handler's operation gets once the session has
+// ended.
+func (x *session) errLocked() error {
+	if err := context.Cause(x.ctx); err != nil {
+		return tether.AsError(err)
+	}
+	return tether.Errorf(tether.CodeCanceled, "tether: stream ended")
+}
+
+// send queues one message: into the replay buffer (waiting while it or the
+// connection's budget is full), then onto the attachment if there is one.
+// A lost attachment is not an error: the message is replayed after the
+// client re-attaches.
+func (x *session) send(b []byte) error {
+	if len(b) > x.r.lim.StreamBytes {
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the replay buffer of %d bytes", len(b), x.r.lim.StreamBytes)
+	}
+	if err := x.reserve(len(b)); err != nil {
+		return err
+	}
+	x.sendMu.Lock()
+	defer x.sendMu.Unlock()
+	x.mu.Lock()
+	if x.ended {
+		err := x.errLocked()
+		x.mu.Unlock()
+		x.budget.give(len(b))
+		return err
+	}
+	x.sent++
+	x.out = append(x.out, outMsg{seq: x.sent, b: b})
+	x.outBytes += len(b)
+	st, gen := x.st, x.gen
+	x.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	if err := st.SendMsg(x.ctx, b); err != nil {
+		return x.sendErr(st, gen, err)
+	}
+	return nil
+}
+
+// sendErr is what a write to attachment st that failed with err returns:
+// nil when the attachment was lost or replaced (the message stays in the
+// replay buffer), else err.
+func (x *session) sendErr(st *mux.Stream, gen uint64, err error) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	switch {
+	case x.ended:
+		return x.errLocked()
+	case x.gen != gen || st.ConnClosed():
+		return nil
+	}
+	return err
+}
+
+// reserve waits until n more bytes fit the stream's replay buffer and the
+// connection's budget, and takes them from the budget.
+func (x *session) reserve(n int) error {
+	for {
+		x.mu.Lock()
+		if x.ended {
+			err := x.errLocked()
+			x.mu.Unlock()
+			return err
+		}
+		wake := x.wake
+		var budgetWake <-chan struct{}
+		if x.outBytes+n <= x.r.lim.StreamBytes {
+			ok, w := x.budget.take(n, x.outBytes == 0)
+			if ok {
+				x.mu.Unlock()
+				return nil
+			}
+			budgetWake = w
+		}
+		x.mu.Unlock()
+		select {
+		case <-wake:
+		case <-budgetWake:
+		case <-x.ctx.Done():
+		}
+	}
+}
+
+// recv returns the next client message, waiting across re-attachments.
+func (x *session) recv() ([]byte, error) {
+	for {
+		x.mu.Lock()
+		for x.st == nil && !x.ended {
+			wake := x.wake
+			x.mu.Unlock()
+			<-wake
+			x.mu.Lock()
+		}
+		if x.ended {
+			err := x.errLocked()
+			x.mu.Unlock()
+			return nil, err
+		}
+		st, gen := x.st, x.gen
+		x.mu.Unlock()
+		b, err := st.RecvMsg()
+		if err == nil || errors.Is(err, io.EOF) {
+			return b, err
+		}
+		if x.sendErr(st, gen, err) != nil {
+			return nil, err
+		}
+		// Lost: wait for the next attachment (detached clears st).
+		x.mu.Lock()
+		for x.gen == gen && x.st == st && !x.ended {
+			wake := x.wake
+			x.mu.Unlock()
+			<-wake
+			x.mu.Lock()
+		}
+		x.mu.Unlock()
+	}
+}
+
+// sendHeaders sends the response headers on the attachment, and keeps them
+// for the answer to a re-attachment in case they were lost.
+func (x *session) sendHeaders(md tether.Metadata) error {
+	x.sendMu.Lock()
+	defer x.sendMu.Unlock()
+	x.mu.Lock()
+	x.hdr = md
+	st := x.st
+	x.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	if err := st.SendHeaders(md); err != nil && !st.ConnClosed() {
+		return err
+	}
+	return nil
+}
+
+// finish ends the call for the handler: last (a client-streaming call's
+// response) is sent like any message, then END on the attachment, or on
+// the next one. The session then lingers for the grace period, so that a
+// client that lost the END can still re-attach and get it.
+func (x *session) finish(headers tether.Metadata, last []byte, callErr error, trailers tether.Metadata) {
+	if len(headers) > 0 {
+		_ = x.sendHeaders(headers)
+	}
+	if last != nil {
+		if err := x.send(last); err != nil && callErr == nil {
+			callErr = err
+		}
+	}
+	x.sendMu.Lock()
+	defer x.sendMu.Unlock()
+	x.mu.Lock()
+	if x.ended {
+		x.mu.Unlock()
+		return
+	}
+	x.done, x.endErr, x.endTrail = true, callErr, trailers
+	x.unparkLocked()
+	if x.timer == nil {
+		x.timer = time.AfterFunc(x.r.lim.Grace, x.expire)
+	} else {
+		x.timer.Reset(x.r.lim.Grace)
+	}
+	st := x.st
+	x.mu.Unlock()
+	if st != nil {
+		_ = st.Finish(callErr, trailers)
+	}
+}
+
+// attach serves a re-attaching OPEN on st: find the session, answer with the
+// handler's position, replay and continue. It returns once st has ended, so
+// that st counts against its connection's limits while it is in use.
+func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer) {
+	r.mu.Lock()
+	x := r.sessions[string(rs.GetToken())]
+	r.mu.Unlock()
+	if x == nil || x.principal != principalKey(peer.Principal) {
+		_ = st.Finish(notResumed("unknown or expired resume token"), nil)
+		return
+	}
+	if err := x.attach(st, rs.GetConsumed()); err != nil {
+		_ = st.Finish(err, nil)
+		return
+	}
+	<-st.Done()
+}
+
+func (x *session) attach(st *mux.Stream, consumed uint64) error {
+	x.mu.Lock()
+	if x.ended {
+		x.mu.Unlock()
+		return notResumed("the stream has ended")
+	}
+	first := x.sent + 1
+	if len(x.out) > 0 {
+		first = x.out[0].seq
+	}
+	if consumed > x.sent || consumed+1 < first {
+		x.mu.Unlock()
+		return notResumed("cannot replay from message %d: messages %d to %d are buffered", consumed+1, first, x.sent)
+	}
+	old := x.st
+	x.st = nil
+	x.gen++ // the old attachment's watcher and writes see it is replaced
+	if x.stopWait != nil {
+		x.stopWait()
+	}
+	x.wakeLocked()
+	x.mu.Unlock()
+	if old != nil {
+		// A connection not yet known to be dead: the client is on a new
+		// one, so this one goes, and a write blocked on it returns.
+		old.Reset(tether.Errorf(tether.CodeAborted, "tether: stream re-attached on another connection"))
+	}
+	x.sendMu.Lock()
+	defer x.sendMu.Unlock()
+	x.mu.Lock()
+	if old != nil {
+		x.recvSeq = old.Seq()
+	}
+	if x.ended {
+		x.mu.Unlock()
+		return notResumed("the stream has ended")
+	}
+	freed := x.trimLocked(consumed)
+	if x.timer != nil && !x.done {
+		x.timer.Stop()
+		x.timer = nil
+	}
+	x.unparkLocked()
+	replay := append([]outMsg(nil), x.out...)
+	recvSeq, hdr, done, endErr, endTrail := x.recvSeq, x.hdr, x.done, x.endErr, x.endTrail
+	// Before the handler's Receive can reach st: it counts from recvSeq.
+	st.SetSeq(recvSeq)
+	x.attachLocked(st)
+	x.mu.Unlock()
+	x.budget.give(freed)
+	st.OnAck(x.onAck)
+	if err := st.SendResumeHeaders(hdr, &tetherv1.ResumeAck{Consumed: recvSeq}); err != nil {
+		return nil // lost again: the watcher parks the session
+	}
+	for _, m := range replay {
+		if err := st.SendMsg(x.ctx, m.b); err != nil {
+			return nil
+		}
+	}
+	if done {
+		_ = st.Finish(endErr, endTrail)
+	}
+	return nil
+}
+
+// close ends every session (server Close or Shutdown) and parks no more.
+func (r *resumer) close(err error) {
+	r.mu.Lock()
+	r.closed = true
+	all := make([]*session, 0, len(r.sessions))
+	for _, x := range r.sessions {
+		all = append(all, x)
+	}
+	r.mu.Unlock()
+	for _, x := range all {
+		x.mu.Lock()
+		parkedOrDone := x.st == nil || x.done
+		x.mu.Unlock()
+		if parkedOrDone {
+			x.end(err)
+		}
+	}
+}
+
+// sessionCount is the number of sessions, for tests.
+func (r *resumer) sessionCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sessions)
+}
