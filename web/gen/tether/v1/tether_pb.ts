@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/tether.proto.
  */
 export const file_tether_v1_tether: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0ZXRoZXIvdjEvdGV0aGVyLnByb3RvEgl0ZXRoZXIudjEiQwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDgoGdmFsdWVzGAIgAygJEhUKDWJpbmFyeV92YWx1ZXMYAyADKAwiXQoET3BlbhIRCglwcm9jZWR1cmUYASABKAkSKgoIbWV0YWRhdGEYAiADKAsyGC50ZXRoZXIudjEuTWV0YWRhdGFFbnRyeRIWCg50aW1lb3V0X21pY3JvcxgDIAEoBCI1CgdIZWFkZXJzEioKCG1ldGFkYXRhGAEgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkiXwoGU3RhdHVzEh0KBGNvZGUYASABKA4yDy50ZXRoZXIudjEuQ29kZRIPCgdtZXNzYWdlGAIgASgJEiUKB2RldGFpbHMYAyADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IlQKA0VuZBIhCgZzdGF0dXMYASABKAsyES50ZXRoZXIudjEuU3RhdHVzEioKCHRyYWlsZXJzGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkiPwoFUmVzZXQSIQoGc3RhdHVzGAEgASgLMhEudGV0aGVyLnYxLlN0YXR1cxITCgt1bnByb2Nlc3NlZBgCIAEoCCJQCgZHb0F3YXkSFgoObGFzdF9zdHJlYW1faWQYASABKA0SHQoEY29kZRgCIAEoDjIPLnRldGhlci52MS5Db2RlEg8KB21lc3NhZ2UYAyABKAki4gEKC1JldHJ5UG9saWN5EhQKDG1heF9hdHRlbXB0cxgBIAEoDRIyCg9pbml0aWFsX2JhY2tvZmYYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X2JhY2tvZmYYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGgoSYmFja29mZl9tdWx0aXBsaWVyGAQgASgBEigKD3JldHJ5YWJsZV9jb2RlcxgFIAMoDjIPLnRldGhlci52MS5Db2RlEhMKC2RlYWRfbGV0dGVyGAYgASgIKosDCgRDb2RlEgsKB0NPREVfT0sQABIRCg1DT0RFX0NBTkNFTEVEEAESEAoMQ09ERV9VTktOT1dOEAISGQoVQ09ERV9JTlZBTElEX0FSR1VNRU5UEAMSGgoWQ09ERV9ERUFETElORV9FWENFRURFRBAEEhIKDkNPREVfTk9UX0ZPVU5EEAUSFwoTQ09ERV9BTFJFQURZX0VYSVNUUxAGEhoKFkNPREVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdDT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEhwKGENPREVfRkFJTEVEX1BSRUNPTkRJVElPThAJEhAKDENPREVfQUJPUlRFRBAKEhUKEUNPREVfT1VUX09GX1JBTkdFEAsSFgoSQ09ERV9VTklNUExFTUVOVEVEEAwSEQoNQ09ERV9JTlRFUk5BTBANEhQKEENPREVfVU5BVkFJTEFCTEUQDhISCg5DT0RFX0RBVEFfTE9TUxAPEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBA6TgoFcmV0cnkSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjPigMgASgLMhYudGV0aGVyLnYxLlJldHJ5UG9saWN5UgVyZXRyeUI0WjJnaXRodWIuY29tL3RldGhlcnJwYy90ZXRoZXIvZ2VuL3RldGhlci92MTt0ZXRoZXJ2MWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_descriptor, file_google_protobuf_duration]);
+  fileDesc("ChZ0ZXRoZXIvdjEvdGV0aGVyLnByb3RvEgl0ZXRoZXIudjEiQwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDgoGdmFsdWVzGAIgAygJEhUKDWJpbmFyeV92YWx1ZXMYAyADKAwigAEKBE9wZW4SEQoJcHJvY2VkdXJlGAEgASgJEioKCG1ldGFkYXRhGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSFgoOdGltZW91dF9taWNyb3MYAyABKAQSIQoGcmVzdW1lGAQgASgLMhEudGV0aGVyLnYxLlJlc3VtZSI5CgZSZXN1bWUSDQoFdG9rZW4YASABKAwSDgoGYXR0YWNoGAIgASgIEhAKCGNvbnN1bWVkGAMgASgEIlwKB0hlYWRlcnMSKgoIbWV0YWRhdGEYASADKAsyGC50ZXRoZXIudjEuTWV0YWRhdGFFbnRyeRIlCgdyZXN1bWVkGAIgASgLMhQudGV0aGVyLnYxLlJlc3VtZUFjayIdCglSZXN1bWVBY2sSEAoIY29uc3VtZWQYASABKAQiXwoGU3RhdHVzEh0KBGNvZGUYASABKA4yDy50ZXRoZXIudjEuQ29kZRIPCgdtZXNzYWdlGAIgASgJEiUKB2RldGFpbHMYAyADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IlQKA0VuZBIhCgZzdGF0dXMYASABKAsyES50ZXRoZXIudjEuU3RhdHVzEioKCHRyYWlsZXJzGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkiPwoFUmVzZXQSIQoGc3RhdHVzGAEgASgLMhEudGV0aGVyLnYxLlN0YXR1cxITCgt1bnByb2Nlc3NlZBgCIAEoCCJQCgZHb0F3YXkSFgoObGFzdF9zdHJlYW1faWQYASABKA0SHQoEY29kZRgCIAEoDjIPLnRldGhlci52MS5Db2RlEg8KB21lc3NhZ2UYAyABKAki4gEKC1JldHJ5UG9saWN5EhQKDG1heF9hdHRlbXB0cxgBIAEoDRIyCg9pbml0aWFsX2JhY2tvZmYYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X2JhY2tvZmYYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGgoSYmFja29mZl9tdWx0aXBsaWVyGAQgASgBEigKD3JldHJ5YWJsZV9jb2RlcxgFIAMoDjIPLnRldGhlci52MS5Db2RlEhMKC2RlYWRfbGV0dGVyGAYgASgIKosDCgRDb2RlEgsKB0NPREVfT0sQABIRCg1DT0RFX0NBTkNFTEVEEAESEAoMQ09ERV9VTktOT1dOEAISGQoVQ09ERV9JTlZBTElEX0FSR1VNRU5UEAMSGgoWQ09ERV9ERUFETElORV9FWENFRURFRBAEEhIKDkNPREVfTk9UX0ZPVU5EEAUSFwoTQ09ERV9BTFJFQURZX0VYSVNUUxAGEhoKFkNPREVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdDT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEhwKGENPREVfRkFJTEVEX1BSRUNPTkRJVElPThAJEhAKDENPREVfQUJPUlRFRBAKEhUKEUNPREVfT1VUX09GX1JBTkdFEAsSFgoSQ09ERV9VTklNUExFTUVOVEVEEAwSEQoNQ09ERV9JTlRFUk5BTBANEhQKEENPREVfVU5BVkFJTEFCTEUQDhISCg5DT0RFX0RBVEFfTE9TUxAPEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBA6TgoFcmV0cnkSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjPigMgASgLMhYudGV0aGVyLnYxLlJldHJ5UG9saWN5UgVyZXRyeTo+CglyZXN1bWFibGUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjQigMgASgIUglyZXN1bWFibGVCNFoyZ2l0aHViLmNvbS90ZXRoZXJycGMvdGV0aGVyL2dlbi90ZXRoZXIvdjE7dGV0aGVydjFiBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_descriptor, file_google_protobuf_duration]);
 
 /**
  * MetadataEntry is one metadata key with its values. Keys are lower case
@@ -78,6 +78,15 @@ export type Open = Message<"tether.v1.Open"> & {
    * @generated from field: uint64 timeout_micros = 3;
    */
   timeoutMicros: bigint;
+
+  /**
+   * Resume, when set, makes the stream resumable: it outlives its connection
+   * (docs/PROTOCOL.md section "Resumable streams"). Sent only to a server
+   * that announced Tether-Resume in its 101.
+   *
+   * @generated from field: tether.v1.Resume resume = 4;
+   */
+  resume?: Resume | undefined;
 };
 
 /**
@@ -86,6 +95,44 @@ export type Open = Message<"tether.v1.Open"> & {
  */
 export const OpenSchema: GenMessage<Open> = /*@__PURE__*/
   messageDesc(file_tether_v1_tether, 1);
+
+/**
+ * Resume is the resumption part of an OPEN.
+ *
+ * @generated from message tether.v1.Resume
+ */
+export type Resume = Message<"tether.v1.Resume"> & {
+  /**
+   * Token names the stream across connections: 16 to 64 random bytes the
+   * client chooses. The server binds it to the connection's principal.
+   *
+   * @generated from field: bytes token = 1;
+   */
+  token: Uint8Array;
+
+  /**
+   * Attach is false on the call's first OPEN and true on an OPEN that
+   * re-attaches an existing stream after a reconnect.
+   *
+   * @generated from field: bool attach = 2;
+   */
+  attach: boolean;
+
+  /**
+   * Consumed (attach only) is the sequence number of the last server message
+   * the client consumed; the server replays from the next one.
+   *
+   * @generated from field: uint64 consumed = 3;
+   */
+  consumed: bigint;
+};
+
+/**
+ * Describes the message tether.v1.Resume.
+ * Use `create(ResumeSchema)` to create a new message.
+ */
+export const ResumeSchema: GenMessage<Resume> = /*@__PURE__*/
+  messageDesc(file_tether_v1_tether, 2);
 
 /**
  * Headers is the payload of a HEADERS frame: the server's response headers.
@@ -97,6 +144,14 @@ export type Headers = Message<"tether.v1.Headers"> & {
    * @generated from field: repeated tether.v1.MetadataEntry metadata = 1;
    */
   metadata: MetadataEntry[];
+
+  /**
+   * Resumed answers an OPEN that re-attaches a resumable stream; absent
+   * otherwise.
+   *
+   * @generated from field: tether.v1.ResumeAck resumed = 2;
+   */
+  resumed?: ResumeAck | undefined;
 };
 
 /**
@@ -104,7 +159,29 @@ export type Headers = Message<"tether.v1.Headers"> & {
  * Use `create(HeadersSchema)` to create a new message.
  */
 export const HeadersSchema: GenMessage<Headers> = /*@__PURE__*/
-  messageDesc(file_tether_v1_tether, 2);
+  messageDesc(file_tether_v1_tether, 3);
+
+/**
+ * ResumeAck is the server's answer to a re-attaching OPEN.
+ *
+ * @generated from message tether.v1.ResumeAck
+ */
+export type ResumeAck = Message<"tether.v1.ResumeAck"> & {
+  /**
+   * Consumed is the sequence number of the last client message the handler
+   * consumed; the client replays from the next one.
+   *
+   * @generated from field: uint64 consumed = 1;
+   */
+  consumed: bigint;
+};
+
+/**
+ * Describes the message tether.v1.ResumeAck.
+ * Use `create(ResumeAckSchema)` to create a new message.
+ */
+export const ResumeAckSchema: GenMessage<ResumeAck> = /*@__PURE__*/
+  messageDesc(file_tether_v1_tether, 4);
 
 /**
  * Status is the outcome of a call: a code, a message and typed details.
@@ -133,7 +210,7 @@ export type Status = Message<"tether.v1.Status"> & {
  * Use `create(StatusSchema)` to create a new message.
  */
 export const StatusSchema: GenMessage<Status> = /*@__PURE__*/
-  messageDesc(file_tether_v1_tether, 3);
+  messageDesc(file_tether_v1_tether, 5);
 
 /**
  * End is the payload of an END frame: the server finishes a call.
@@ -157,7 +234,7 @@ export type End = Message<"tether.v1.End"> & {
  * Use `create(EndSchema)` to create a new message.
  */
 export const EndSchema: GenMessage<End> = /*@__PURE__*/
-  messageDesc(file_tether_v1_tether, 4);
+  messageDesc(file_tether_v1_tether, 6);
 
 /**
  * Reset is the payload of a RESET frame: either peer aborts a stream.
@@ -184,7 +261,7 @@ export type Reset = Message<"tether.v1.Reset"> & {
  * Use `create(ResetSchema)` to create a new message.
  */
 export const ResetSchema: GenMessage<Reset> = /*@__PURE__*/
-  messageDesc(file_tether_v1_tether, 5);
+  messageDesc(file_tether_v1_tether, 7);
 
 /**
  * GoAway is the payload of a GOAWAY frame: the sender will accept no stream
@@ -214,7 +291,7 @@ export type GoAway = Message<"tether.v1.GoAway"> & {
  * Use `create(GoAwaySchema)` to create a new message.
  */
 export const GoAwaySchema: GenMessage<GoAway> = /*@__PURE__*/
-  messageDesc(file_tether_v1_tether, 6);
+  messageDesc(file_tether_v1_tether, 8);
 
 /**
  * RetryPolicy declares how a client may retry a method and what it does with
@@ -278,7 +355,7 @@ export type RetryPolicy = Message<"tether.v1.RetryPolicy"> & {
  * Use `create(RetryPolicySchema)` to create a new message.
  */
 export const RetryPolicySchema: GenMessage<RetryPolicy> = /*@__PURE__*/
-  messageDesc(file_tether_v1_tether, 7);
+  messageDesc(file_tether_v1_tether, 9);
 
 /**
  * Code is a status code. The names, numbers and meanings are those of gRPC.
@@ -385,4 +462,14 @@ export const CodeSchema: GenEnum<Code> = /*@__PURE__*/
  */
 export const retry: GenExtension<MethodOptions, RetryPolicy> = /*@__PURE__*/
   extDesc(file_tether_v1_tether, 0);
+
+/**
+ * resumable makes the method's streams resumable by default: they survive
+ * a dropped connection (docs/PROTOCOL.md, "Resumable streams"). Only for
+ * streaming methods.
+ *
+ * @generated from extension: bool resumable = 50512;
+ */
+export const resumable: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
+  extDesc(file_tether_v1_tether, 1);
 
