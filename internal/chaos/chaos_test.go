@@ -186,7 +186,13 @@ func run(t *testing.T, cfg runConfig) {
 	for i := range cfg.clients {
 		name := fmt.Sprintf("p%d", i)
 		store := dlq.NewMemoryStore()
-		c, err := newClient("ws://"+proxy.Addr(), name, store)
+		var opts []client.Option
+		if i == 0 {
+			// A client-wide policy that dead-letters: replays must still
+			// never park a new copy (DELIVERY.md, InvokeRaw).
+			opts = append(opts, client.WithDefaultRetryPolicy(&client.RetryPolicy{MaxAttempts: 2, InitialBackoff: 20 * time.Millisecond, DeadLetter: true}))
+		}
+		c, err := newClient("ws://"+proxy.Addr(), name, store, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -406,13 +412,14 @@ func sortedKeys[V any](m map[string]V) []string {
 	return ks
 }
 
-func newClient(url, name string, store dlq.Store) (*client.Client, error) {
-	return client.New(url,
+func newClient(url, name string, store dlq.Store, opts ...client.Option) (*client.Client, error) {
+	return client.New(url, append([]client.Option{
 		client.WithLogger(discard()),
 		client.WithHandshakeHeader(http.Header{"Authorization": {"Bearer " + Token(name)}}),
 		client.WithDeadLetterQueue(store),
 		client.WithHeartbeat(200*time.Millisecond, 400*time.Millisecond),
-		client.WithBackoff(client.BackoffConfig{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}))
+		client.WithBackoff(client.BackoffConfig{Initial: 20 * time.Millisecond, Max: 200 * time.Millisecond}),
+	}, opts...)...)
 }
 
 // replayAll replays every entry of a dead-letter queue, concurrently, each
@@ -443,6 +450,21 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Re
 		}()
 	}
 	wg.Wait()
+	// A replay never parks a new copy: the queue holds nothing but the
+	// entries whose replay failed.
+	replayed := map[string]bool{}
+	for _, r := range out {
+		replayed[r.ID] = true
+	}
+	after, err := store.List(ctx, dlq.ListOptions{})
+	if err != nil {
+		t.Errorf("dead letters of %s: %v", name, err)
+	}
+	for _, e := range after {
+		if !replayed[e.ID] {
+			out = append(out, Replayed{Client: name, ID: e.ID, Key: e.IdempotencyKey, Method: methodOf(e.Procedure), Result: ResultReparked})
+		}
+	}
 	return out
 }
 

@@ -13,7 +13,7 @@ type Replayed struct {
 	ID     string `json:"id"`
 	Key    string `json:"key"`
 	Method string `json:"method"`
-	Result string `json:"result"` // ok or fail
+	Result string `json:"result"` // ok, fail, or reparked (a new entry the replays left in the queue)
 	Code   string `json:"code,omitempty"`
 	Err    string `json:"err,omitempty"`
 }
@@ -36,7 +36,8 @@ type CheckConfig struct {
 //     caller canceled before its request was complete (or a request sent
 //     after the cancel returned), never;
 //   - a parked call is in its client's queue and its replay, against a
-//     healthy server, ends with an answer (not a timeout);
+//     healthy server, ends with an answer (not a timeout) and parks no new
+//     copy;
 //   - no effect without a call;
 //   - the idempotency interceptor never lets two runs of one key overlap,
 //     and, with NoEviction, never lets a key run twice in one server
@@ -105,6 +106,10 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 	}
 	var hung []Replayed
 	for _, r := range replays {
+		if r.Result == ResultReparked {
+			v = append(v, fmt.Sprintf("a replay parked a new dead letter %s/%s for %s %s", r.Client, r.ID, r.Method, r.Key))
+			continue
+		}
 		k := id{r.Method, r.Key}
 		w := get(k)
 		w.ops = append(w.ops, fmt.Sprintf("replay of %s/%s -> %s %s", r.Client, r.ID, r.Result, r.Code))

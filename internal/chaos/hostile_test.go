@@ -9,8 +9,10 @@ import (
 )
 
 // TestHostileAttacks runs every attack of the hostile peer against a fresh
-// server: the server answers each by closing the connection or resetting
-// the stream, and none has an effect.
+// server: the server closes every connection, leaves no stream open, and no
+// attack has an effect. On the code at 030d538 half-close-mid-message is
+// applied (issue 10 item 10: a HALF_CLOSE in the middle of a fragmented
+// message is taken as a clean end of the requests).
 func TestHostileAttacks(t *testing.T) {
 	log, err := OpenEffectLog(filepath.Join(t.TempDir(), "effects.log"), 1)
 	if err != nil {
@@ -36,9 +38,6 @@ func TestHostileAttacks(t *testing.T) {
 	if st := srv.Stats(); st.Connections > 0 || st.ActiveStreams > 0 {
 		t.Errorf("after the attacks: %d connections, %d streams still open", st.Connections, st.ActiveStreams)
 	}
-	effects, err := ReadEffects(filepath.Join(t.TempDir(), "..", "001", "effects.log"))
-	_ = effects
-	_ = err
 	if _, n := log.Balance("hostile"); n != 0 {
 		t.Errorf("the attacks applied %d effects", n)
 	}

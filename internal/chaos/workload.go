@@ -21,6 +21,7 @@ const (
 	ResultFail      = "fail"
 	ResultParked    = "parked"
 	ResultAbandoned = "abandoned"
+	ResultReparked  = "reparked"
 )
 
 // Client-side fault kinds, drawn per operation.
@@ -180,7 +181,7 @@ func (wk *worker) op(n int) {
 	d := drawn{
 		short:   time.Duration(5+wk.r.IntN(75)) * time.Millisecond,
 		cancel:  time.Duration(wk.r.IntN(30)) * time.Millisecond,
-		sleep:   uint32(10 + wk.r.IntN(200)),
+		sleep:   uint32(10 + wk.r.IntN(1200)),
 		count:   1 + wk.r.IntN(8),
 		at:      wk.r.IntN(8),
 		amount:  int64(1 + wk.r.IntN(100)),
