@@ -42,8 +42,8 @@
 // separate process (SIGKILL) and one client as a separate process. Flags:
 //
 //	-chaos.seed N               run only seed N (a failure prints the command)
-//	-chaos.duration D           TestChaos: total load time over its seeds (default 16s)
-//	-chaos.process.duration D   TestChaosProcess: load time (default 6s)
+//	-chaos.duration D           TestChaos: total load time over its seeds (default 12s)
+//	-chaos.process.duration D   TestChaosProcess: load time (default 5s)
 //	-chaos.disable k1,k2        fault kinds not to inject (e.g. abandon,kill,hostile)
 //	-chaos.history              log every operation
 //
