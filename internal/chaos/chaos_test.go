@@ -40,6 +40,7 @@ var (
 	flagProcDur  = flag.Duration("chaos.process.duration", 5*time.Second, "TestChaosProcess: load time")
 	flagDisable  = flag.String("chaos.disable", "", "comma-separated fault kinds not to inject (e.g. abandon,kill)")
 	flagHistory  = flag.Bool("chaos.history", false, "log every operation of the history")
+	flagCache    = flag.String("chaos.cache", "seed", "idempotency cache of the server: small (evicts under load), big (never evicts in a run), or seed (drawn from the seed)")
 )
 
 // fixedSeeds run in CI on every change; one random seed runs beside them.
@@ -139,6 +140,12 @@ func run(t *testing.T, cfg runConfig) {
 	dis := disabled()
 	r := rand.New(rand.NewPCG(cfg.seed, 1))
 	smallCache := r.IntN(2) == 1
+	switch *flagCache {
+	case "small":
+		smallCache = true
+	case "big":
+		smallCache = false
+	}
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "effects.log")
 	addr := freeAddr(t)
@@ -149,6 +156,12 @@ func run(t *testing.T, cfg runConfig) {
 	rerun := fmt.Sprintf("go test -race ./internal/chaos -run '%s$' -chaos.seed=%d", t.Name(), cfg.seed)
 	if !strings.HasPrefix(t.Name(), "TestChaosProcess") {
 		rerun = fmt.Sprintf("go test -race ./internal/chaos -run 'TestChaos$' -chaos.seed=%d -chaos.duration=%v", cfg.seed, cfg.load)
+	}
+	if *flagCache != "seed" {
+		rerun += " -chaos.cache=" + *flagCache
+	}
+	if *flagDisable != "" {
+		rerun += " -chaos.disable=" + *flagDisable
 	}
 	t.Logf("seed %d (%s), %d clients x %d workers%s, load %v, idempotency cache small=%v, %d faults scheduled",
 		cfg.seed, rerun, cfg.clients, cfg.workers, map[bool]string{true: " + 1 client process", false: ""}[cfg.clientProcess], cfg.load, smallCache, len(sched))

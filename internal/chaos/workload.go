@@ -37,6 +37,7 @@ const (
 	FaultCancelBeforeClose = "cancel-before-close" // cancel a client stream, then try to send and close it
 	FaultCancelMid         = "cancel-mid"          // cancel a bidi stream after some acknowledgements, then try to send more
 	FaultAbandon           = "abandon"             // drop a stream without Close, with a context that never ends
+	FaultDouble            = "double"              // the application sends the same call twice at once (a double click): a slow first, a second 50 ms later
 )
 
 // Op is one operation of a client's history: invoke, then ok / fail(code) /
@@ -155,7 +156,7 @@ func (wk *worker) pick(choices []weighted) string {
 var (
 	methodWeights = []weighted{{MethodCredit, 30}, {MethodPut, 15}, {"get", 10}, {"watch", 10}, {MethodBatch, 15}, {MethodTransfer, 15}}
 	faultWeights  = map[string][]weighted{
-		MethodCredit:   {{FaultNone, 55}, {FaultDeadline, 10}, {FaultCancel, 10}, {FaultSleep, 8}, {FaultPanicBefore, 4}, {FaultPanicAfter, 4}, {FaultPanicRetry, 5}},
+		MethodCredit:   {{FaultNone, 55}, {FaultDeadline, 10}, {FaultCancel, 10}, {FaultSleep, 8}, {FaultPanicBefore, 4}, {FaultPanicAfter, 4}, {FaultPanicRetry, 5}, {FaultDouble, 4}},
 		MethodPut:      {{FaultNone, 60}, {FaultDeadline, 10}, {FaultCancel, 10}, {FaultSleep, 10}, {FaultPanicBefore, 5}, {FaultPanicAfter, 5}},
 		"get":          {{FaultNone, 80}, {FaultDeadline, 20}},
 		"watch":        {{FaultNone, 40}, {FaultSlow, 25}, {FaultCancel, 20}, {FaultDeadline, 10}, {FaultAbandon, 3}},
@@ -213,6 +214,21 @@ func (wk *worker) op(n int) {
 	var err error
 	switch method {
 	case MethodCredit:
+		if op.Fault == FaultDouble {
+			// The first call runs 1.5 s (longer than the small cache's
+			// TTL); the second, with the same key, arrives while it runs and
+			// must wait for its result, not run the handler again.
+			fault.SleepMillis = 1500
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				time.Sleep(50 * time.Millisecond)
+				_, err := wk.cli.Credit(ctx, &chaosv1.CreditRequest{Account: d.account, Amount: d.amount}, client.WithIdempotencyKey(op.Key))
+				rep := Op{Client: op.Client, Worker: op.Worker, N: op.N, Method: op.Method, Key: op.Key, Fault: op.Fault, Repeat: true}
+				wk.finish(&rep, err)
+			}()
+			defer func() { <-done }()
+		}
 		_, err = wk.cli.Credit(ctx, &chaosv1.CreditRequest{Account: d.account, Amount: d.amount, Fault: fault}, client.WithIdempotencyKey(op.Key))
 		wk.finish(&op, err)
 		if op.Fault == FaultPanicRetry && op.Result == ResultFail {
