@@ -35,6 +35,9 @@ type CheckConfig struct {
 //     applied exactly once; a call that failed, at most once; a call the
 //     caller canceled before its request was complete (or a request sent
 //     after the cancel returned), never;
+//   - a Credit (dead_letter: true) that fails with a delivery failure
+//     (unavailable, deadline_exceeded, resource_exhausted, aborted) is
+//     parked, not only returned;
 //   - a parked call is in its client's queue and its replay, against a
 //     healthy server, ends with an answer (not a timeout) and parks no new
 //     copy;
@@ -74,6 +77,15 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 	}
 	parked := map[string]Op{} // client/dlq id -> op
 	for _, op := range ops {
+		if op.Method == MethodCredit && op.Client != "hostile" && op.Result == ResultFail {
+			switch op.Code {
+			case "unavailable", "deadline_exceeded", "resource_exhausted", "aborted", "data_loss":
+				// Credit's policy has dead_letter: a delivery failure the
+				// caller did not cause by canceling is parked, never
+				// only returned.
+				v = append(v, fmt.Sprintf("credit %s failed with %s instead of being dead-lettered: %s (%s)", op.Key, op.Code, op, op.Err))
+			}
+		}
 		switch op.Method {
 		case MethodCredit, MethodPut, MethodBatch:
 			w := get(id{op.Method, op.Key})

@@ -26,6 +26,7 @@ func TestCheck(t *testing.T) {
 		{name: "ok once", ops: []Op{ok(MethodCredit, "a")}, effects: []Effect{apply(MethodCredit, "a", 1)}},
 		{name: "ok twice", ops: []Op{ok(MethodCredit, "a")}, effects: []Effect{apply(MethodCredit, "a", 1), apply(MethodCredit, "a", 2)}, want: "applied 2 times"},
 		{name: "ok never", ops: []Op{ok(MethodBatch, "a")}, want: "returned OK but was applied 0 times"},
+		{name: "delivery failure not parked", ops: []Op{fail(MethodCredit, "a")}, want: "instead of being dead-lettered"},
 		{name: "failed once", ops: []Op{fail(MethodPut, "a")}, effects: []Effect{apply(MethodPut, "a", 1)}},
 		{name: "failed never", ops: []Op{fail(MethodPut, "a")}},
 		{name: "canceled before complete, applied", ops: []Op{{Client: "p0", Method: MethodBatch, Key: "a", Result: ResultFail, NoEffect: true}},

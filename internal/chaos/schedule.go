@@ -41,7 +41,8 @@ func (e Event) String() string {
 }
 
 // Schedule draws the faults of a run from its seed: one about every 250 ms
-// on average, over d. disabled names kinds to leave out.
+// on average, over d. disabled names kinds, or hostile attacks, to leave
+// out.
 func Schedule(seed uint64, d time.Duration, disabled map[string]bool) []Event {
 	r := rand.New(rand.NewPCG(seed, 0x5eed))
 	kinds := []weighted{{FaultCut, 30}, {FaultStall, 15}, {FaultRestart, 10}, {FaultKill, 10}, {FaultHostile, 25}}
@@ -77,6 +78,12 @@ func Schedule(seed uint64, d time.Duration, disabled map[string]bool) []Event {
 			e.For = time.Duration(r.IntN(300)) * time.Millisecond
 		case FaultHostile:
 			e.Variant = r.IntN(len(HostileAttacks))
+			for i := 0; i < len(HostileAttacks) && disabled[HostileAttacks[e.Variant]]; i++ {
+				e.Variant = (e.Variant + 1) % len(HostileAttacks)
+			}
+			if disabled[HostileAttacks[e.Variant]] {
+				e.Kind = FaultCut
+			}
 		}
 		out = append(out, e)
 	}
