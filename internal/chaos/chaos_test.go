@@ -257,6 +257,8 @@ func run(t *testing.T, cfg runConfig) {
 		switch ev.Kind {
 		case FaultCut:
 			proxy.CutAll()
+		case FaultCutOne:
+			proxy.CutOne(ev.Variant)
 		case FaultStall:
 			proxy.Stall()
 			time.Sleep(ev.For)

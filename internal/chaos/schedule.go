@@ -10,6 +10,7 @@ import (
 // Server-side fault kinds, drawn by the scheduler.
 const (
 	FaultCut     = "cut"     // every proxied connection closed with RST
+	FaultCutOne  = "cut-one" // one proxied connection closed with RST
 	FaultStall   = "stall"   // the proxy stops forwarding for a while, sockets open
 	FaultRestart = "restart" // graceful: Shutdown, then a new server on the same port
 	FaultKill    = "kill"    // abrupt: SIGKILL of the server process (or Close in process), then a new one
@@ -23,7 +24,7 @@ type Event struct {
 	// For stalls, how long; for restarts and kills, how long the server
 	// stays down.
 	For time.Duration
-	// Variant selects the hostile peer's attack.
+	// Variant selects the hostile peer's attack, or the connection cut.
 	Variant int
 }
 
@@ -34,6 +35,8 @@ func (e Event) String() string {
 		s += fmt.Sprintf(" for %v", e.For)
 	case FaultRestart, FaultKill:
 		s += fmt.Sprintf(" down %v", e.For)
+	case FaultCutOne:
+		s += fmt.Sprintf(" #%d", e.Variant)
 	case FaultHostile:
 		s += " " + HostileAttacks[e.Variant%len(HostileAttacks)]
 	}
@@ -45,7 +48,7 @@ func (e Event) String() string {
 // out.
 func Schedule(seed uint64, d time.Duration, disabled map[string]bool) []Event {
 	r := rand.New(rand.NewPCG(seed, 0x5eed))
-	kinds := []weighted{{FaultCut, 30}, {FaultStall, 15}, {FaultRestart, 10}, {FaultKill, 10}, {FaultHostile, 25}}
+	kinds := []weighted{{FaultCut, 15}, {FaultCutOne, 15}, {FaultStall, 15}, {FaultRestart, 10}, {FaultKill, 10}, {FaultHostile, 25}}
 	total := 0
 	for _, k := range kinds {
 		if !disabled[k.v] {
@@ -76,6 +79,8 @@ func Schedule(seed uint64, d time.Duration, disabled map[string]bool) []Event {
 			e.For = time.Duration(100+r.IntN(700)) * time.Millisecond
 		case FaultRestart, FaultKill:
 			e.For = time.Duration(r.IntN(300)) * time.Millisecond
+		case FaultCutOne:
+			e.Variant = r.IntN(16)
 		case FaultHostile:
 			e.Variant = r.IntN(len(HostileAttacks))
 			for i := 0; i < len(HostileAttacks) && disabled[HostileAttacks[e.Variant]]; i++ {
