@@ -37,7 +37,8 @@ type CheckConfig struct {
 //     after the cancel returned), never;
 //   - a Credit (dead_letter: true) that fails with a delivery failure
 //     (unavailable, deadline_exceeded, resource_exhausted, aborted) is
-//     parked, not only returned;
+//     parked, not only returned, unless its caller canceled it (a cancel
+//     during a failing attempt ends the call with that attempt's error);
 //   - a parked call is in its client's queue and its replay, against a
 //     healthy server, ends with an answer (not a timeout) and parks no new
 //     copy;
@@ -77,7 +78,7 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 	}
 	parked := map[string]Op{} // client/dlq id -> op
 	for _, op := range ops {
-		if op.Method == MethodCredit && op.Client != "hostile" && op.Result == ResultFail {
+		if op.Method == MethodCredit && op.Client != "hostile" && op.Result == ResultFail && op.Fault != FaultCancel {
 			switch op.Code {
 			case "unavailable", "deadline_exceeded", "resource_exhausted", "aborted", "data_loss":
 				// Credit's policy has dead_letter: a delivery failure the

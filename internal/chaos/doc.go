@@ -21,8 +21,9 @@
 // from the seed: cancels at random points (including a cancel before a
 // client stream's request is complete, after which the call must have no
 // effect), short deadlines, handler panics before and after the effect,
-// slow handlers, slow consumers, streams dropped without Close. Server-side
-// faults come from Schedule: connection cuts (RST) and stalls through
+// slow handlers, slow consumers, streams dropped without Close, the same
+// call sent twice at once (a double click). Server-side faults come from
+// Schedule: cuts (RST) of every connection or of one, and stalls, through
 // internal/faultproxy, graceful restarts (Shutdown, then a new server with a
 // fresh idempotency cache on the same port), kills (SIGKILL of the server
 // process in TestChaosProcess; Close in TestChaos), and a hostile raw
