@@ -150,9 +150,6 @@ func run(t *testing.T, cfg runConfig) {
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "effects.log")
 	addr := freeAddr(t)
-	if !cfg.serverProcess {
-		dis[FaultKill] = dis[FaultKill] // Close in process stands for the kill
-	}
 	sched := Schedule(cfg.seed, cfg.load, dis)
 	rerun := fmt.Sprintf("go test -race ./internal/chaos -run '%s$' -chaos.seed=%d", t.Name(), cfg.seed)
 	if !strings.HasPrefix(t.Name(), "TestChaosProcess") {

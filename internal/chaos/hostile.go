@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"time"
@@ -151,5 +150,3 @@ var (
 	ChaosWatchProcedure    = chaosv1.ChaosLedgerServiceWatchProcedure
 	ChaosTransferProcedure = chaosv1.ChaosLedgerServiceTransferProcedure
 )
-
-var _ = fmt.Sprint

@@ -28,6 +28,7 @@ type Event struct {
 	Variant int
 }
 
+// String describes the event in one line, for the printed schedule.
 func (e Event) String() string {
 	s := fmt.Sprintf("t=%-8v %s", e.At.Round(time.Millisecond), e.Kind)
 	switch e.Kind {

@@ -65,6 +65,7 @@ type Op struct {
 	Repeat bool `json:"repeat,omitempty"`
 }
 
+// String describes the operation in one line, for violations and logs.
 func (o Op) String() string {
 	s := fmt.Sprintf("%s/w%d/#%d %s key=%s", o.Client, o.Worker, o.N, o.Method, o.Key)
 	if o.Fault != "" {
