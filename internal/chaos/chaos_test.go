@@ -615,6 +615,10 @@ func (s *procServer) stop(graceful bool) {
 	go func() { _ = s.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
+		// A race found in the server process shows in its exit code (66).
+		if code := s.cmd.ProcessState.ExitCode(); graceful && code != 0 {
+			s.t.Errorf("server process exited with %d after SIGTERM (66: the race detector found a race, see its output above)", code)
+		}
 	case <-time.After(15 * time.Second):
 		s.t.Errorf("server process did not exit 15 s after SIGTERM")
 		_ = s.cmd.Process.Kill()
