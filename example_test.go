@@ -3,6 +3,7 @@ package tether_test
 import (
 	"errors"
 	"fmt"
+	"log"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -11,7 +12,10 @@ import (
 
 func ExampleNewError() {
 	err := tether.NewError(tether.CodeNotFound, errors.New("no such account"))
-	_ = err.AddDetail(durationpb.New(0)) // any protobuf message travels as a typed detail
+	// Any protobuf message travels as a typed detail.
+	if derr := err.AddDetail(durationpb.New(0)); derr != nil {
+		log.Fatal(derr)
+	}
 	fmt.Println(err)
 	fmt.Println(tether.CodeOf(err), len(err.Details()))
 	// Output:

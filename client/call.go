@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -83,9 +85,22 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 		return nil, err
 	}
 	defer s.release()
-	if !sent {
-		if err := s.st.SendMsg(ctx, req); err != nil && !errors.Is(err, io.EOF) {
+	if sent {
+		call.sent++
+	} else {
+		// As for streams (clientStream): a call canceled by now sends
+		// nothing but its RESET.
+		if err := s.ended(); err != nil {
+			return nil, err
+		}
+		switch err := s.st.SendMsg(ctx, req); {
+		case err == nil:
+			call.sent++
+		case !errors.Is(err, io.EOF):
 			s.st.Reset(err)
+			return nil, err
+		}
+		if err := s.ended(); err != nil {
 			return nil, err
 		}
 		if err := s.st.CloseSend(ctx); err != nil {
@@ -95,6 +110,7 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 	}
 	msg, err := s.st.RecvMsg()
 	if err == nil {
+		c.markServed(s.conn)
 		_, err = s.st.RecvMsg()
 		if err == nil {
 			err = tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response to a unary call")
@@ -138,31 +154,67 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	if err != nil {
 		return nil, false, err
 	}
-	s := &clientStream{st: st, ctx: ctx}
+	s := &clientStream{st: st, ctx: ctx, c: c, conn: conn}
 	s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
 	return s, sent, nil
 }
 
 // clientStream is the untyped client side of one stream.
+//
+// Once the caller's context has ended, every method returns the context's
+// error (canceled or deadline_exceeded) and nothing but the RESET leaves for
+// the stream. The RESET is sent by a context.AfterFunc goroutine, which may
+// not have run yet when the caller, having called cancel, calls the next
+// method: so each method first checks ctx itself and, if it has ended,
+// resets the stream synchronously before anything else is queued (the
+// stream's reset state then stops every later write; Reset is idempotent,
+// whichever of the two comes first sends the one RESET). cancel closes
+// ctx.Done before it returns, so a method called after cancel returned
+// always sees it: a HALF_CLOSE can no longer overtake the RESET and let the
+// handler complete a call the client canceled.
 type clientStream struct {
 	st   *mux.Stream
 	ctx  context.Context
 	stop func() bool
 	once sync.Once
+	c    *Client
+	conn *mux.Conn // the connection the stream is on
 }
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 
+// ended returns the call's error if ctx has ended, after resetting the
+// stream.
+func (s *clientStream) ended() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	err := tether.AsError(context.Cause(s.ctx))
+	s.st.Reset(err)
+	s.release()
+	return err
+}
+
 func (s *clientStream) Send(msg proto.Message) error {
+	if err := s.ended(); err != nil {
+		return err
+	}
 	return s.st.SendProto(s.ctx, msg)
 }
 
 func (s *clientStream) Receive(msg proto.Message) error {
+	if err := s.ended(); err != nil {
+		return err
+	}
 	b, err := s.st.RecvMsg()
 	if err != nil {
+		if errors.Is(err, io.EOF) {
+			s.c.markServed(s.conn)
+		}
 		s.release()
 		return err
 	}
+	s.c.markServed(s.conn)
 	if err := proto.Unmarshal(b, msg); err != nil {
 		err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
 		s.st.Reset(err)
@@ -172,9 +224,19 @@ func (s *clientStream) Receive(msg proto.Message) error {
 	return nil
 }
 
-func (s *clientStream) CloseSend() error { return s.st.CloseSend(s.ctx) }
+func (s *clientStream) CloseSend() error {
+	if err := s.ended(); err != nil {
+		return err
+	}
+	return s.st.CloseSend(s.ctx)
+}
 
-func (s *clientStream) Header() (tether.Metadata, error) { return s.st.Header(s.ctx) }
+func (s *clientStream) Header() (tether.Metadata, error) {
+	if err := s.ended(); err != nil {
+		return nil, err
+	}
+	return s.st.Header(s.ctx)
+}
 
 func (s *clientStream) Trailer() tether.Metadata { return s.st.Trailer() }
 
@@ -184,18 +246,47 @@ func (s *clientStream) Close() error {
 	return nil
 }
 
+// abandoned is what releaseAbandoned needs of a stream; it must not refer to
+// the clientStream, or the stream would never become unreachable.
+type abandoned struct {
+	st        *mux.Stream
+	stop      func() bool
+	procedure string
+	logger    *slog.Logger
+}
+
+// releaseAbandoned runs once the caller's stream is unreachable (a
+// runtime.AddCleanup cleanup). If the call has not ended, the caller
+// dropped it without Close, without reading it to its end and with a
+// context that never ended: nothing can end it any more, and it would hold
+// a stream slot and a handler on the server for the connection's life. It
+// is reset with canceled, and a warning names the procedure, once per
+// stream.
+func releaseAbandoned(a abandoned) {
+	a.stop()
+	if a.st.Ended() {
+		return
+	}
+	a.st.Reset(tether.Errorf(tether.CodeCanceled, "tether: stream abandoned by the client"))
+	a.logger.Warn("tether: stream abandoned without Close or reading it to its end; reset it (defer the stream's Close, or cancel its context)", "procedure", a.procedure)
+}
+
 // openTyped opens a streaming call through the interceptors.
 func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (Stream, error) {
 	co := newCallOptions(opts)
 	call := co.newCall(m)
 	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
+		if p := c.policyFor(m, co); streamRetries(m.Spec.StreamType, p) {
+			return c.openRetryStream(ctx, m, co, call, p) // retried per policy: streamretry.go
+		}
 		for try := 0; ; try++ {
 			s, _, err := c.openStream(ctx, co, call, nil, false)
 			if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {
 				if s == nil {
 					return nil, err
 				}
+				runtime.AddCleanup(s, releaseAbandoned, abandoned{st: s.st, stop: s.stop, procedure: call.Spec.Procedure, logger: c.cfg.logger})
 				return s, nil
 			}
 			c.counters.retries.Add(1)

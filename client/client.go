@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -27,9 +28,13 @@ var ErrClosed = tether.NewError(tether.CodeCanceled, errors.New("tether: client 
 // tether server, reconnects when it is lost, and runs every call over it.
 // A Client is safe for concurrent use; create one per server and share it.
 type Client struct {
-	url    string
-	cfg    config
-	dialer websocket.Dialer
+	// url is the URL as the client prints it, in errors, logs and
+	// spans: credentials redacted (redactURL). Only dial uses dialURL.
+	url     string
+	dialURL string
+	secrets []string // the credentials url hides, for scrub
+	cfg     config
+	dialer  websocket.Dialer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -47,20 +52,47 @@ type Client struct {
 	conns      map[*mux.Conn]struct{} // every open connection, draining ones too
 	counters   clientCounters
 	budget     *retryBudget
+	// served is the last connection that delivered a response to a call:
+	// it proved healthy (see healthy).
+	served atomic.Pointer[mux.Conn]
 }
 
+// HealthyUptime is how long a connection must stay open, if it has not
+// delivered a response to a call, before the reconnection backoff starts
+// afresh when it is lost. A connection lost sooner counts as a failed
+// attempt, so that a server that accepts and at once closes (a token
+// rejected right after the upgrade) is redialed with a growing delay, not in
+// a loop; grpc-go resets its backoff only after a connection proved healthy
+// too.
+const HealthyUptime = 5 * time.Second
+
 // New returns a Client for a ws:// or wss:// URL and starts connecting in
-// the background. It fails only for a malformed URL.
+// the background. It fails only for a malformed URL, or one with userinfo
+// (user:password@), which WebSocket URLs do not allow. Credentials in the
+// query (access_token=...) are sent, but never printed: see URL.
 func New(rawURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
+		// url.Error repeats the URL, credentials and all.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
 		return nil, fmt.Errorf("tether: parse URL: %w", err)
 	}
 	if u.Scheme != "ws" && u.Scheme != "wss" {
 		return nil, fmt.Errorf("tether: URL scheme must be ws or wss, not %q", u.Scheme)
 	}
+	if u.User != nil {
+		// The WebSocket dialer refuses userinfo (RFC 6455 section 3), and
+		// it is a credential: say so without repeating it.
+		return nil, errors.New("tether: URL must not contain a user name or password; send credentials with WithHandshakeHeader")
+	}
+	shown, secrets := redactURL(u)
 	c := &Client{
-		url:     rawURL,
+		url:     shown,
+		dialURL: rawURL,
+		secrets: secrets,
 		changed: make(chan struct{}),
 		conns:   make(map[*mux.Conn]struct{}),
 	}
@@ -87,7 +119,10 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// URL returns the URL the client dials.
+// URL returns the URL the client dials as the client prints it: userinfo
+// and the values of credential-like query parameters (access_token, token,
+// key, password, secret, auth, ...) replaced by REDACTED. The client's
+// errors and logs use this form only.
 func (c *Client) URL() string { return c.url }
 
 // State returns the connection's current state.
@@ -189,12 +224,20 @@ func (c *Client) run() {
 			if err == nil {
 				c.counters.connects.Add(1)
 				c.setState(StateReady, nil, conn)
+				opened := time.Now()
 				if err = c.serve(conn); err == nil {
 					if c.ctx.Err() != nil {
 						return
 					}
-					b.Reset() // the connection was good: start the next backoff afresh
-					break
+					healthy := c.healthy(conn, opened)
+					c.served.CompareAndSwap(conn, nil) // do not keep the old connection alive
+					if healthy {
+						b.Reset() // the connection was good: start the next backoff afresh
+						break
+					}
+					// Lost before it proved healthy: a failed attempt,
+					// and the backoff keeps growing.
+					err = c.lostEarly(conn, time.Since(opened))
 				}
 			}
 			if c.ctx.Err() != nil {
@@ -215,6 +258,28 @@ func (c *Client) run() {
 			}
 		}
 	}
+}
+
+// healthy reports whether conn, now lost or draining, proved healthy: it
+// delivered a response to a call, or stayed open for HealthyUptime.
+func (c *Client) healthy(conn *mux.Conn, opened time.Time) bool {
+	return c.served.Load() == conn || time.Since(opened) >= HealthyUptime
+}
+
+// markServed records that conn delivered a response to a call.
+func (c *Client) markServed(conn *mux.Conn) {
+	if c.served.Load() != conn {
+		c.served.Store(conn)
+	}
+}
+
+// lostEarly is the error of a connection lost before it proved healthy.
+func (c *Client) lostEarly(conn *mux.Conn, age time.Duration) error {
+	cause := "tether: server is going away"
+	if err := conn.Err(); err != nil {
+		cause = c.scrub(err.Error()) // may hold the server's close reason
+	}
+	return tether.Errorf(tether.CodeUnavailable, "tether: connection to %s lost %v after it opened, before it served a call: %s", c.url, age.Round(time.Millisecond), cause)
 }
 
 // serve waits until conn ends, the server drains it or the client closes.
@@ -289,7 +354,7 @@ func (c *Client) dial() (*mux.Conn, error) {
 		header = http.Header{}
 	}
 	c.cfg.mux.Announce(header, mux.RoleClient)
-	ws, resp, err := c.dialer.DialContext(ctx, c.url, header)
+	ws, resp, err := c.dialer.DialContext(ctx, c.dialURL, header)
 	if err != nil {
 		return nil, c.handshakeError(err, resp)
 	}
@@ -331,7 +396,7 @@ func (c *Client) markPermanent(p bool) {
 func (c *Client) handshakeError(err error, resp *http.Response) error {
 	if resp == nil {
 		c.markPermanent(false)
-		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %v", c.url, err)
+		return tether.Errorf(tether.CodeUnavailable, "tether: connect %s: %s", c.url, c.scrub(err.Error()))
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -353,7 +418,7 @@ func (c *Client) handshakeError(err error, resp *http.Response) error {
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		c.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
-	return tether.Errorf(code, "tether: connect %s: %s: %s", c.url, resp.Status, trimBody(body))
+	return tether.Errorf(code, "tether: connect %s: %s: %s", c.url, resp.Status, c.scrub(trimBody(body)))
 }
 
 // MaxRetryAfter caps the delay a server's Retry-After can impose on

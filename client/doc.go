@@ -11,6 +11,15 @@
 //	echo := echov1.NewEchoServiceClient(c)
 //	res, err := echo.Say(ctx, &echov1.SayRequest{Text: "hi"})
 //
+// A streaming call holds a stream slot on the server (MaxConcurrentStreams)
+// and a running handler until it ends, so the caller must end every stream
+// it opens: read it to its end (Receive returns io.EOF or an error), cancel
+// its context, or call Close. Deferring Close right after the call opens is
+// always safe. A stream dropped without any of these is reset with canceled
+// once the garbage collector finds it unreachable, and the client logs a
+// warning naming the procedure; that may take long, or never happen in a
+// program that rarely collects, so do not rely on it.
+//
 // Calls made while the client is not connected wait for the connection until
 // their context ends (use FailFast to fail at once instead). Errors are
 // *tether.Error values; use tether.CodeOf or errors.As.

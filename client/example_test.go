@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"time"
@@ -32,7 +34,7 @@ func Example() {
 
 	c, err := client.New(url)
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
 	defer c.Close()
 	echoClient := echov1.NewEchoServiceClient(c)
@@ -40,21 +42,28 @@ func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	res, err := echoClient.Say(ctx, &echov1.SayRequest{Text: "hello"})
-	fmt.Println(res.GetText(), err)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.GetText())
 
 	stream, err := echoClient.Countdown(ctx, &echov1.CountdownRequest{Count: 3})
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
+	defer stream.Close() // ends the call if the loop stops early
 	for {
 		msg, err := stream.Receive()
 		if errors.Is(err, io.EOF) {
-			break
+			break // the server ended the call successfully
+		}
+		if err != nil {
+			log.Fatal(err) // the call failed: Receive returns the same error again
 		}
 		fmt.Println(msg.GetValue())
 	}
 	// Output:
-	// hello <nil>
+	// hello
 	// 3
 	// 2
 	// 1
@@ -64,17 +73,31 @@ func Example() {
 // the caller's error says so.
 func ExampleWithDeadLetterQueue() {
 	store := dlq.NewMemoryStore() // dlq.OpenBolt("tether-dlq.db") for a durable queue
-	c, _ := client.New("ws://127.0.0.1:1/unreachable", client.WithDeadLetterQueue(store))
+	defer store.Close()
+	// Nothing listens on port 1: every connection attempt is refused.
+	c, err := client.New("ws://127.0.0.1:1/unreachable",
+		client.WithDeadLetterQueue(store),
+		client.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer c.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	_, err := ledgerv1.NewLedgerServiceClient(c).Credit(ctx, &ledgerv1.CreditRequest{Account: "acme", Amount: 5})
+	_, err = ledgerv1.NewLedgerServiceClient(c).Credit(ctx, &ledgerv1.CreditRequest{Account: "acme", Amount: 5})
 	var dl *client.DeadLetterError
-	fmt.Println(errors.Is(err, client.ErrDeadLettered), errors.As(err, &dl), tether.CodeOf(err))
-	entries, _ := store.List(context.Background(), dlq.ListOptions{})
-	fmt.Println(len(entries), entries[0].Procedure, entries[0].ID == dl.ID)
+	if !errors.As(err, &dl) {
+		log.Fatalf("not dead-lettered: %v", err)
+	}
+	fmt.Println(errors.Is(err, client.ErrDeadLettered), tether.CodeOf(err))
+
+	entry, err := store.Get(context.Background(), dl.ID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(entry.Procedure)
 	// Output:
-	// true true deadline_exceeded
-	// 1 /example.ledger.v1.LedgerService/Credit true
+	// true deadline_exceeded
+	// /example.ledger.v1.LedgerService/Credit
 }

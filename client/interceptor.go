@@ -18,7 +18,23 @@ type Call struct {
 	// ResponseHeader and ResponseTrailer are filled in when a unary call
 	// returns.
 	ResponseHeader, ResponseTrailer tether.Metadata
+	// Replay is true for the replay of a dead-lettered call (InvokeRaw, as
+	// used by dlq.Replay and `tether dlq replay`). Its req and res are
+	// *emptypb.Empty values whose unknown fields hold the encoded request
+	// and response: proto.Size and proto.Marshal give the bytes on the
+	// wire. A replay is one attempt and is never dead-lettered again.
+	Replay bool
+
+	sent int64 // times a unary call's request was written to a connection
 }
+
+// MessagesSent returns how many times a unary call's request message was
+// written to a connection, over all its attempts: 0 when the call never
+// connected or every attempt failed before the request left, 1 for a call
+// sent once. Interceptors read it after next returns (metrics). It counts
+// on the Call that reached the client, so an interceptor that passes a copy
+// to next reads the copy's count.
+func (c *Call) MessagesSent() int64 { return c.sent }
 
 // UnaryFunc is a unary call as interceptors see it: it sends req and decodes
 // the response into res.
@@ -28,6 +44,11 @@ type UnaryFunc func(ctx context.Context, call *Call, req, res proto.Message) err
 type StreamFunc func(ctx context.Context, call *Call) (Stream, error)
 
 // Stream is a streaming call without message types.
+//
+// Once the call's context has ended (canceled or past its deadline), every
+// method except Trailer and Close returns the context's error, and nothing
+// but a RESET is sent for the stream: a call canceled before CloseSend is
+// never half-closed, so its handler cannot complete it.
 type Stream interface {
 	// Send sends a request message. It returns io.EOF if the server has
 	// already ended the call: Receive then returns the call's status.

@@ -34,8 +34,11 @@ type config struct {
 // exponential backoff (github.com/cenkalti/backoff/v4) that never gives up.
 type BackoffConfig struct {
 	// Initial is the delay before the second attempt (default 100ms). The
-	// first attempt after a lost connection waits a random part of it, so
-	// clients that lost the same server do not return in lockstep.
+	// first attempt after a lost connection that proved healthy (it
+	// delivered a response, or stayed open for HealthyUptime) waits a
+	// random part of it, so clients that lost the same server do not
+	// return in lockstep; a connection lost sooner counts as a failed
+	// attempt, and the delays keep growing.
 	Initial time.Duration
 	// Max caps the delay (default 10s).
 	Max time.Duration
@@ -90,6 +93,13 @@ func WithHandshakeTimeout(d time.Duration) Option {
 // WithMaxMessageSize bounds one message in either direction (default 8 MiB).
 func WithMaxMessageSize(n int) Option { return func(c *config) { c.mux.MaxMessageSize = n } }
 
+// WithMaxPartialBytes bounds, per connection, the memory held for received
+// messages whose fragments have not all arrived (default 4 × the maximum
+// message size, never less than it, so one message of the largest size
+// always fits). A stream whose message would take the connection over it
+// is reset with resource_exhausted; the connection's other calls go on.
+func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxPartialBytes = n } }
+
 // WithStreamWindow sets the flow-control window granted to the server per
 // stream (default 256 KiB, minimum 64 KiB): what one stream can make the
 // client buffer.
@@ -102,8 +112,9 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }
 
-// WithMaxHeaderBytes bounds the encoded size of response headers and
-// trailers accepted (default 16 KiB), and of request metadata sent when the
+// WithMaxHeaderBytes bounds the cost (encoded size plus 32 bytes per
+// metadata entry and per value) of response headers and trailers accepted
+// (default 16 KiB), and of request metadata sent when the
 // server has not announced its own limit. The client announces it in the
 // handshake, so the server does not send more.
 func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeaderBytes = n } }
@@ -137,6 +148,9 @@ type callOptions struct {
 	failFast    bool
 	retry       *RetryPolicy
 	noRetry     bool
+	// replay: the call replays a dead letter (InvokeRaw): one attempt,
+	// never dead-lettered again.
+	replay bool
 }
 
 // WithHeader adds request metadata to the call.

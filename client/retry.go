@@ -6,12 +6,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	mrand "math/rand/v2"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/dlq"
@@ -30,6 +34,12 @@ import (
 // if the method is safe to repeat — idempotency_level NO_SIDE_EFFECTS or
 // IDEMPOTENT — or declares a retry policy, which asserts that the server
 // deduplicates repeated calls by their idempotency key.
+//
+// Streaming calls follow the policy until their first response message has
+// been delivered; after that they are committed and not retried. A
+// server-streaming call keeps its one request for the retries and for the
+// dead-letter queue; a client-streaming or bidi call keeps up to
+// RetryBufferSize bytes of the requests it sent, and is committed past that.
 type RetryPolicy struct {
 	// MaxAttempts counts the first attempt too (default 3 for methods that
 	// are safe to repeat or declare a policy, 1 otherwise). Transparent
@@ -50,7 +60,9 @@ type RetryPolicy struct {
 	RetryableCodes []tether.Code
 	// DeadLetter parks a call that still failed to be delivered after its
 	// attempts in the client's dead-letter queue (WithDeadLetterQueue); the
-	// caller's error then satisfies errors.Is(err, ErrDeadLettered).
+	// caller's error then satisfies errors.Is(err, ErrDeadLettered). It
+	// applies to unary and server-streaming calls (one that failed before
+	// its first response): a client-streaming or bidi call is never parked.
 	DeadLetter bool
 }
 
@@ -141,8 +153,13 @@ func (c *Client) policyFor(m *Method, co *callOptions) policy {
 		}
 		p.deadLetter = declared.DeadLetter
 	}
-	if co.noRetry {
+	if co.noRetry || co.replay {
 		p.maxAttempts = 1
+	}
+	if co.replay {
+		// A replay updates the entry it replays (dlq.Replay); parking a
+		// copy would make the queue grow with every failed replay.
+		p.deadLetter = false
 	}
 	return p
 }
@@ -346,6 +363,9 @@ func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, s
 		LastCode:       uint32(e.Code()),
 		LastError:      e.Message(),
 		FirstAttempt:   started,
+		// The request of a server stream is kept as a unary one's is;
+		// replay reads its responses to the end.
+		ServerStreaming: call.Spec.StreamType == tether.StreamTypeServer,
 	}
 	// The caller's context may be over (deadline); the write must not be.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -362,15 +382,110 @@ func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, s
 // InvokeRaw makes one unary call with an already encoded request and returns
 // the encoded response. It implements dlq.Invoker, for replaying dead
 // letters: md is sent as the request metadata, so the original idempotency
-// key goes with it. Unprocessed attempts are retried transparently; nothing
-// is dead-lettered again.
+// key goes with it.
+//
+// The call goes through the client's interceptors like any other, with
+// Call.Replay set, so replays show in logs, metrics and traces; its request
+// and response are *emptypb.Empty values carrying the encoded messages as
+// unknown fields. A replay is a single attempt: whatever the client's
+// default retry policy says, it is not retried after it reached the server
+// (requests that never reached it are retried transparently) and it is never
+// dead-lettered again, so a failed replay only updates the entry it replays.
+// The replay is sent with the client's own credentials (its handshake
+// headers, WithHandshakeHeader): for the server to recognise it as a repeat,
+// the client must authenticate as the original caller did (see "Replay" in
+// docs/DELIVERY.md).
 func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) ([]byte, error) {
 	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeUnary}}
-	co := &callOptions{noRetry: true}
+	co := &callOptions{replay: true}
 	call := co.newCall(m)
+	call.Replay = true
 	call.Header.Merge(tether.Metadata(md))
 	call.Header.Del(tether.MetadataAttempt)
-	return c.invokeUnary(ctx, m, co, call, request)
+	res := rawMessage(nil)
+	err := c.wrapUnary(func(ctx context.Context, call *Call, req, res proto.Message) error {
+		b, err := proto.Marshal(req)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+		}
+		out, err := c.invokeUnary(ctx, m, co, call, b)
+		if err != nil {
+			return err
+		}
+		if raw, ok := res.(*emptypb.Empty); ok {
+			raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
+			return nil
+		}
+		if err := proto.Unmarshal(out, res); err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: unmarshal response: %v", err)
+		}
+		return nil
+	})(ctx, call, rawMessage(request), res)
+	if err != nil {
+		return nil, err
+	}
+	out, err := proto.Marshal(res)
+	if err != nil {
+		return nil, tether.Errorf(tether.CodeInternal, "tether: marshal response: %v", err)
+	}
+	return out, nil
 }
 
-var _ dlq.Invoker = (*Client)(nil)
+// InvokeServerStreamRaw makes one server-streaming call with an already
+// encoded request and calls onResponse with each encoded response, until the
+// call ends; an error from onResponse cancels the call and is returned. It
+// implements dlq.StreamInvoker, for replaying dead-lettered server streams,
+// and is a replay as InvokeRaw is: through the interceptors with
+// Call.Replay set, one attempt, never dead-lettered again.
+func (c *Client) InvokeServerStreamRaw(ctx context.Context, procedure string, request []byte, md map[string][]string, onResponse func([]byte) error) error {
+	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeServer}}
+	co := &callOptions{replay: true}
+	call := co.newCall(m)
+	call.Replay = true
+	call.Header.Merge(tether.Metadata(md))
+	call.Header.Del(tether.MetadataAttempt)
+	ensureIdempotencyKey(call)
+	s, err := c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
+		return c.openRetryStream(ctx, m, co, call, c.policyFor(m, co))
+	})(ctx, call)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Send(rawMessage(request)); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if err := s.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		res := rawMessage(nil)
+		err := s.Receive(res)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		b, err := proto.Marshal(res)
+		if err != nil {
+			return tether.Errorf(tether.CodeInternal, "tether: marshal response: %v", err)
+		}
+		if err := onResponse(b); err != nil {
+			return err
+		}
+	}
+}
+
+// rawMessage returns a message whose encoding is exactly b: an empty message
+// holding b as unknown fields. It carries already encoded messages through
+// code written for proto.Message (interceptors) without decoding them.
+func rawMessage(b []byte) *emptypb.Empty {
+	m := &emptypb.Empty{}
+	if len(b) > 0 {
+		m.ProtoReflect().SetUnknown(b)
+	}
+	return m
+}
+
+var _ dlq.StreamInvoker = (*Client)(nil)

@@ -9,7 +9,9 @@ import (
 	"github.com/tetherrpc/tether"
 )
 
-// ServerStream is the caller's side of a server-streaming call.
+// ServerStream is the caller's side of a server-streaming call. The caller
+// must end it: read it until Receive returns an error (io.EOF at a clean
+// end), cancel its context, or Close it (see the package documentation).
 type ServerStream[Res any] struct{ s Stream }
 
 // Receive returns the next response, io.EOF once the server has ended the
@@ -35,7 +37,9 @@ func (s *ServerStream[Res]) Close() error { return s.s.Close() }
 // Conn returns the untyped stream.
 func (s *ServerStream[Res]) Conn() Stream { return s.s }
 
-// ClientStream is the caller's side of a client-streaming call.
+// ClientStream is the caller's side of a client-streaming call. The caller
+// must end it: CloseAndReceive, cancel its context, or Close it (see the
+// package documentation).
 type ClientStream[Req, Res any] struct{ s Stream }
 
 // Send sends one request. It blocks while the server's flow-control window
@@ -84,7 +88,9 @@ func receiveLast[Res any](s Stream) (*Res, error) {
 }
 
 // BidiStream is the caller's side of a bidirectional call. One goroutine may
-// send while another receives.
+// send while another receives. The caller must end it: read it until
+// Receive returns an error (io.EOF at a clean end), cancel its context, or
+// Close it (see the package documentation).
 type BidiStream[Req, Res any] struct{ s Stream }
 
 // Send sends one request; io.EOF means the server has ended the call (see

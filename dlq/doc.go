@@ -43,5 +43,8 @@
 // with its original metadata and idempotency key (under
 // IdempotencyKeyHeader, so a server that did see the call once can
 // deduplicate it), delete the entries whose replay succeeds and record the
-// failure on the ones whose replay fails.
+// failure on the ones whose replay fails. A server deduplicates per
+// authenticated principal, within its cache's TTL: replay through a client
+// that authenticates as the original caller did (for the tether client, its
+// handshake credentials), or the handler runs again.
 package dlq

@@ -41,6 +41,10 @@ type Entry struct {
 	Replays         int
 	LastReplay      time.Time
 	LastReplayError string
+	// ServerStreaming marks a server-streaming call (one request, a stream
+	// of responses). Replay reads its responses to the end, through an
+	// Invoker that is also a StreamInvoker.
+	ServerStreaming bool
 }
 
 // Clone returns a deep copy of e.
@@ -86,6 +90,7 @@ type entryV1 struct {
 	Replays         int                 `json:"replays,omitempty"`
 	LastReplay      time.Time           `json:"last_replay,omitzero"`
 	LastReplayError string              `json:"last_replay_error,omitempty"`
+	ServerStreaming bool                `json:"server_streaming,omitempty"`
 }
 
 // validate reports an entry that must not be stored.
@@ -126,6 +131,7 @@ func encodeEntry(e *Entry) ([]byte, error) {
 		Replays:         e.Replays,
 		LastReplay:      e.LastReplay,
 		LastReplayError: e.LastReplayError,
+		ServerStreaming: e.ServerStreaming,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dlq: encode entry: %w", err)
@@ -173,6 +179,7 @@ func decodeEntry(b []byte) (*Entry, error) {
 		Replays:         s.Replays,
 		LastReplay:      s.LastReplay,
 		LastReplayError: s.LastReplayError,
+		ServerStreaming: s.ServerStreaming,
 	}
 	// Empty and absent are the same thing; keep one form of each so that
 	// an entry compares equal to itself after a round trip.

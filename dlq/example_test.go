@@ -44,7 +44,10 @@ func ExampleReplay() {
 
 	server := &flakyServer{}
 	if _, err := dlq.Replay(ctx, store, server, id); err != nil {
-		e, _ := store.Get(ctx, id)
+		e, gerr := store.Get(ctx, id)
+		if gerr != nil {
+			log.Fatal(gerr)
+		}
 		fmt.Printf("replay failed; entry kept with %d replay(s): %s\n", e.Replays, e.LastReplayError)
 	}
 
@@ -53,7 +56,10 @@ func ExampleReplay() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	n, _ := store.Len(ctx)
+	n, err := store.Len(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
 	fmt.Printf("replayed: %s; %d entries left\n", res, n)
 	// Output:
 	// replay failed; entry kept with 1 replay(s): unavailable: connection refused

@@ -22,12 +22,23 @@ type Invoker interface {
 	InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) (response []byte, err error)
 }
 
+// StreamInvoker is an Invoker that can also replay server-streaming calls
+// (entries with ServerStreaming set). The client package implements it.
+type StreamInvoker interface {
+	Invoker
+	// InvokeServerStreamRaw sends one server-streaming call and reads its
+	// responses to the end, calling onResponse for each. It returns the
+	// call's error, nil when it ended cleanly.
+	InvokeServerStreamRaw(ctx context.Context, procedure string, request []byte, md map[string][]string, onResponse func([]byte) error) error
+}
+
 // Replay sends the entry with the given ID again through inv, with its
 // original metadata and, under IdempotencyKeyHeader, its original
 // idempotency key.
 //
 // When the call succeeds, Replay deletes the entry and returns the
-// response. When it fails, Replay keeps the entry, increments its Replays,
+// response (nil for a server-streaming entry: its responses are read to the
+// end and dropped). When it fails, Replay keeps the entry, increments its Replays,
 // sets LastReplay and LastReplayError, and returns the call's error wrapped
 // (so tether.CodeOf still finds its code). The bookkeeping is written even if
 // ctx has ended, since a timeout is a common reason for the failure. An
@@ -52,7 +63,11 @@ func Replay(ctx context.Context, s Store, inv Invoker, id string) (response []by
 // replay makes the call for e and does the bookkeeping. callErr is the
 // call's error; storeErr is an error recording the outcome in the store.
 func replay(ctx context.Context, s Store, inv Invoker, e *Entry) (res []byte, callErr, storeErr error) {
-	res, callErr = inv.InvokeRaw(ctx, e.Procedure, e.Request, replayMetadata(e))
+	if e.ServerStreaming {
+		callErr = replayStream(ctx, inv, e)
+	} else {
+		res, callErr = inv.InvokeRaw(ctx, e.Procedure, e.Request, replayMetadata(e))
+	}
 	// Record the outcome even when ctx is what made the call fail.
 	bg := context.WithoutCancel(ctx)
 	if callErr == nil {
@@ -68,6 +83,15 @@ func replay(ctx context.Context, s Store, inv Invoker, e *Entry) (res []byte, ca
 		storeErr = fmt.Errorf("dlq: replay of %s failed and the failure could not be recorded: %w", e.ID, err)
 	}
 	return nil, callErr, storeErr
+}
+
+// replayStream replays a server-streaming entry, dropping its responses.
+func replayStream(ctx context.Context, inv Invoker, e *Entry) error {
+	si, ok := inv.(StreamInvoker)
+	if !ok {
+		return fmt.Errorf("dlq: entry %s is a server-streaming call, and this Invoker (%T) cannot replay streams", e.ID, inv)
+	}
+	return si.InvokeServerStreamRaw(ctx, e.Procedure, e.Request, replayMetadata(e), func([]byte) error { return nil })
 }
 
 // replayMetadata returns a copy of e's metadata carrying e's idempotency key
@@ -97,41 +121,65 @@ const replayPage = 64
 // succeeded and how many failed. A failed call does not stop it; an error
 // of the store or the end of ctx does, and is returned with the counts so
 // far.
+//
+// ReplayAll works on a snapshot: it first lists the IDs of the selected
+// entries, then replays those, so it always ends, even if entries are added
+// meanwhile (they wait for the next ReplayAll). An entry of the snapshot
+// that is gone by its turn (deleted or replayed by someone else) is skipped
+// and not counted.
 func ReplayAll(ctx context.Context, s Store, inv Invoker, opts ListOptions) (ok, failed int, err error) {
-	after := opts.After
-	for {
+	ids, err := snapshot(ctx, s, opts)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return ok, failed, err
 		}
-		page := replayPage
-		if opts.Limit > 0 {
-			if left := opts.Limit - ok - failed; left <= 0 {
-				return ok, failed, nil
-			} else if left < page {
-				page = left
-			}
+		e, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
 		}
-		entries, err := s.List(ctx, ListOptions{Procedure: opts.Procedure, Limit: page, After: after})
 		if err != nil {
 			return ok, failed, err
 		}
+		_, callErr, storeErr := replay(ctx, s, inv, e)
+		if callErr != nil {
+			failed++
+		} else {
+			ok++
+		}
+		if storeErr != nil {
+			return ok, failed, storeErr
+		}
+	}
+	return ok, failed, nil
+}
+
+// snapshot returns the IDs of the entries that opts selects, oldest first,
+// reading the store a page at a time.
+func snapshot(ctx context.Context, s Store, opts ListOptions) ([]string, error) {
+	var ids []string
+	after := opts.After
+	for {
+		page := replayPage
+		if opts.Limit > 0 {
+			left := opts.Limit - len(ids)
+			if left <= 0 {
+				return ids, nil
+			}
+			page = min(page, left)
+		}
+		entries, err := s.List(ctx, ListOptions{Procedure: opts.Procedure, Limit: page, After: after})
+		if err != nil {
+			return ids, err
+		}
 		if len(entries) == 0 {
-			return ok, failed, nil
+			return ids, nil
 		}
 		for _, e := range entries {
-			if err := ctx.Err(); err != nil {
-				return ok, failed, err
-			}
-			after = e.ID
-			_, callErr, storeErr := replay(ctx, s, inv, e)
-			if callErr != nil {
-				failed++
-			} else {
-				ok++
-			}
-			if storeErr != nil {
-				return ok, failed, storeErr
-			}
+			ids = append(ids, e.ID)
 		}
+		after = entries[len(entries)-1].ID
 	}
 }

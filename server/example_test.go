@@ -3,9 +3,11 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -27,11 +29,19 @@ func Example() {
 	defer hs.Close()
 	defer srv.Close()
 
-	c, _ := client.New("ws" + strings.TrimPrefix(hs.URL, "http") + "/rpc")
+	c, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http") + "/rpc")
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer c.Close()
-	res, err := echov1.NewEchoServiceClient(c).Say(context.Background(), &echov1.SayRequest{Text: "hi"})
-	fmt.Println(res.GetText(), err)
-	// Output: hi <nil>
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := echov1.NewEchoServiceClient(c).Say(ctx, &echov1.SayRequest{Text: "hi"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.GetText())
+	// Output: hi
 }
 
 // An interceptor that refuses calls without a tenant header.
@@ -51,12 +61,17 @@ func ExampleUnaryInterceptorFunc() {
 	defer hs.Close()
 	defer srv.Close()
 
-	c, _ := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
+	c, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	echoClient := echov1.NewEchoServiceClient(c)
-	_, err := echoClient.Say(context.Background(), &echov1.SayRequest{})
+	_, err = echoClient.Say(ctx, &echov1.SayRequest{})
 	fmt.Println(err)
-	_, err = echoClient.Say(context.Background(), &echov1.SayRequest{}, client.WithHeader(tether.NewMetadata("tenant", "acme")))
+	_, err = echoClient.Say(ctx, &echov1.SayRequest{}, client.WithHeader(tether.NewMetadata("tenant", "acme")))
 	fmt.Println(err)
 	// Output:
 	// invalid_argument: tenant header required

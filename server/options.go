@@ -70,6 +70,13 @@ func WithHTTPHandshakeRefusals() Option { return func(c *config) { c.httpRefusal
 // other calls go on.
 func WithMaxMessageSize(n int) Option { return func(c *config) { c.mux.MaxMessageSize = n } }
 
+// WithMaxPartialBytes bounds, per connection, the memory held for received
+// messages whose fragments have not all arrived (default 4 × the maximum
+// message size, never less than it, so one message of the largest size
+// always fits). A stream whose message would take the connection over it
+// is reset with resource_exhausted; the connection's other calls go on.
+func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxPartialBytes = n } }
+
 // WithMaxConcurrentStreams bounds the handlers running at once on one
 // connection (default 1024). A call beyond it is refused with
 // resource_exhausted before its handler runs.
@@ -82,8 +89,10 @@ func WithMaxConcurrentStreams(n int) Option {
 // make the server buffer.
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
-// WithMaxHeaderBytes bounds the encoded size of a call's request metadata
-// (default 16 KiB); a larger OPEN is refused with resource_exhausted. The
+// WithMaxHeaderBytes bounds the cost of a call's request metadata: its
+// encoded size plus 32 bytes per metadata entry and per value, so that it
+// bounds memory, not only wire size (default 16 KiB); a costlier OPEN is
+// refused with resource_exhausted. The
 // server announces it in the handshake (Go clients then fail such calls
 // before sending them), and also sends no more than this in response
 // headers and trailers to clients that announce no limit of their own.

@@ -163,6 +163,15 @@ func TestGoldenFiles(t *testing.T) {
 		names = append(names, f.GetName())
 	}
 	want := []string{
+		"tethertest/edge/deprecated/v1/deprecated_tether.pb.go",
+		"tethertest/edge/empty/v1/empty_tether.pb.go",
+		"tethertest/edge/importnames/v1/importnames_tether.pb.go",
+		"tethertest/edge/initialisms/v1/initialisms_tether.pb.go",
+		"tethertest/edge/messagenames/v1/messagenames_tether.pb.go",
+		"tethertest/edge/runtogether/v1/runtogether_tether.pb.go",
+		"tethertest/edge/twopackages/a/echo_a_tether.pb.go",
+		"tethertest/edge/twopackages/b/echo_b_tether.pb.go",
+		"tethertest/edge/unimplemented/v1/unimplemented_tether.pb.go",
 		"tethertest/editions/v1/editions_tether.pb.go",
 		"tethertest/v1/library_tether.pb.go",
 	}
@@ -220,17 +229,19 @@ func TestCompilerVersionInHeader(t *testing.T) {
 
 func TestInvalidRetryPolicies(t *testing.T) {
 	wantErrors := map[string]string{
-		"bad_nanos.proto":           "initial_backoff {seconds: 1, nanos: -5} is not a valid google.protobuf.Duration",
-		"duplicate_code.proto":      "retryable_codes: CODE_UNAVAILABLE is listed twice",
-		"huge_attempts.proto":       "max_attempts 4294967295 is too large",
-		"huge_backoff.proto":        "max_backoff {seconds: 315576000000} is longer than a time.Duration holds",
-		"infinite_multiplier.proto": "backoff_multiplier must be a positive number, not +Inf",
-		"inverted_backoff.proto":    "max_backoff 1s is less than initial_backoff 2s",
-		"negative_backoff.proto":    "initial_backoff {seconds: -1, nanos: 0} is not positive",
-		"negative_multiplier.proto": "backoff_multiplier must be a positive number, not -2",
-		"ok_code.proto":             "retryable_codes: CODE_OK is not an error code",
-		"unknown_code.proto":        "retryable_codes: 99 is not a code tether defines",
-		"zero_backoff.proto":        "max_backoff {seconds: 0, nanos: 0} is not positive",
+		"bad_nanos.proto":                 "initial_backoff {seconds: 1, nanos: -5} is not a valid google.protobuf.Duration",
+		"bidi_dead_letter.proto":          "dead_letter is not supported on bidi-streaming method Sync: " + streamDeadLetterReason,
+		"client_stream_dead_letter.proto": "dead_letter is not supported on client-streaming method Upload: " + streamDeadLetterReason,
+		"duplicate_code.proto":            "retryable_codes: CODE_UNAVAILABLE is listed twice",
+		"huge_attempts.proto":             "max_attempts 4294967295 is too large",
+		"huge_backoff.proto":              "max_backoff {seconds: 315576000000} is longer than a time.Duration holds",
+		"infinite_multiplier.proto":       "backoff_multiplier must be a positive number, not +Inf",
+		"inverted_backoff.proto":          "max_backoff 1s is less than initial_backoff 2s",
+		"negative_backoff.proto":          "initial_backoff {seconds: -1, nanos: 0} is not positive",
+		"negative_multiplier.proto":       "backoff_multiplier must be a positive number, not -2",
+		"ok_code.proto":                   "retryable_codes: CODE_OK is not an error code",
+		"unknown_code.proto":              "retryable_codes: 99 is not a code tether defines",
+		"zero_backoff.proto":              "max_backoff {seconds: 0, nanos: 0} is not positive",
 	}
 
 	set := loadImage(t)

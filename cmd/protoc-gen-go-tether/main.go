@@ -2,10 +2,11 @@
 // handlers and clients for the services in .proto files.
 //
 // For each file that defines services it writes name_tether.pb.go next to
-// the name.pb.go that protoc-gen-go writes, in the same Go package. For a
-// service Foo in package pkg the file holds:
+// the name.pb.go that protoc-gen-go writes, in the same Go package (or, with
+// the package_suffix option, in a package of its own beside it). For a
+// service Foo with a method Bar the file holds:
 //
-//   - FooServiceName and one FooBarProcedure constant per method;
+//   - FooName and one FooBarProcedure constant per method;
 //   - FooHandler, the interface a server implements, with
 //     UnimplementedFooHandler to embed in implementations and
 //     RegisterFooHandler to serve one on a *server.Server;
@@ -44,9 +45,36 @@
 //	    --go-tether_out=. --go-tether_opt=paths=source_relative \
 //	    example/echo/v1/echo.proto
 //
+// # Options
+//
 // The plugin accepts the parameters every protogen plugin does (paths,
-// module, M mappings); it has no options of its own. Run
-// protoc-gen-go-tether --version to print its version.
+// module, annotate_code, M mappings) and one of its own:
+//
+//   - package_suffix=<suffix>: write each file's tether code into its own Go
+//     package, the messages' package name followed by suffix, in a
+//     directory of that name beside the .pb.go file (as connect-go's
+//     package_suffix). With package_suffix=tether, foo/v1/foo.proto in
+//     package foov1 gets foo/v1/foov1tether/foo_tether.pb.go in package
+//     foov1tether. Use it to generate grpc-go and tether code for the same
+//     .proto files, or when the messages' names leave no room for tether's.
+//
+// Any other option fails generation, so that a misspelt one is not ignored.
+//
+// # Generated names
+//
+// Names in generated code never clash with the messages of the same Go
+// package or with each other: a name that the rules above would give twice,
+// or that protoc-gen-go already declares, gets underscores appended until it
+// is free (the first service in the file keeps the plain name), as
+// protoc-gen-go does for oneof wrappers, and its doc comment says why.
+// Parameters are named so that they hide no imported package. Generate all
+// the .proto files of one Go package in the same protoc or buf run, so that
+// the plugin sees all of its names.
+//
+// Every generated file asserts at compile time that the tether runtime it is
+// built with is recent enough (const _ = tether.SupportPackageIsVersion1).
+//
+// Run protoc-gen-go-tether --version to print its version.
 package main
 
 import (
@@ -84,5 +112,8 @@ Flags:
 		flag.Usage()
 		os.Exit(2)
 	}
-	protogen.Options{}.Run(generate)
+	opts := new(options)
+	protogen.Options{ParamFunc: opts.paramFunc()}.Run(func(gen *protogen.Plugin) error {
+		return generateWith(gen, opts)
+	})
 }

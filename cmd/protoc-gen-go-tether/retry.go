@@ -109,6 +109,10 @@ func checkRetryExtension(xd protoreflect.ExtensionDescriptor) error {
 	return nil
 }
 
+// streamDeadLetterReason says why client-streaming and bidi methods cannot
+// be dead-lettered.
+const streamDeadLetterReason = "a live stream of requests, sent as the application makes them, cannot be parked in the dead-letter queue and replayed later (tether retries such a call before its first response, within the client's retry buffer; remove dead_letter)"
+
 // policy returns m's retry policy, or nil if it declares none.
 func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 	if r.ext == nil {
@@ -137,6 +141,14 @@ func (r *retryReader) policy(m *protogen.Method) (*retryPolicy, error) {
 				return nil, fmt.Errorf("%s: option (%s): %v", m.Desc.FullName(), retryExtension, err)
 			}
 		}
+	}
+	if p.deadLetter && m.Desc.IsStreamingClient() {
+		kind := "client-streaming"
+		if m.Desc.IsStreamingServer() {
+			kind = "bidi-streaming"
+		}
+		return nil, fmt.Errorf("%s: option (%s): dead_letter is not supported on %s method %s: %s",
+			m.Desc.FullName(), retryExtension, kind, m.Desc.Name(), streamDeadLetterReason)
 	}
 	if p.initialBackoff != 0 && p.maxBackoff != 0 && p.maxBackoff < p.initialBackoff {
 		return nil, fmt.Errorf("%s: option (%s): max_backoff %v is less than initial_backoff %v",

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"sort"
 	"strings"
@@ -25,14 +26,19 @@ const dlqUsage = `Usage:
 
 	tether dlq list   [-store path] [-procedure p] [-limit n] [-after ID] [-json]
 	tether dlq show   [-store path] [-json | -raw] ID
-	tether dlq replay [-store path] [-url ws://...] [-timeout 10s] (ID | -all [-procedure p] [-limit n])
+	tether dlq replay [-store path] [-url ws://...] [-timeout 10s]
+	                  [-header 'Name: value']... [-token-file path]
+	                  (ID | -all [-procedure p] [-limit n])
 	tether dlq purge  [-store path] [-procedure p] [-older-than 24h] [-yes]
 
 list    prints the dead-lettered calls, oldest first.
 show    prints every field of one entry, with its request as a hex dump.
 replay  sends entries again to a tether server, with their original metadata
         and idempotency key; an entry is deleted when its replay succeeds and
-        kept, with the failure recorded, when it fails.
+        kept, with the failure recorded, when it fails. The server recognises
+        a replay of a call it did run only if the replay authenticates as the
+        original caller did: give the caller's credentials with -header or
+        -token-file (see "Replay" in docs/DELIVERY.md).
 purge   deletes the entries that match; without -yes it only counts them.
 
 The store is the file named by -store, else $TETHER_DLQ, else tether-dlq.db in
@@ -51,9 +57,10 @@ const showHexLimit = 4096
 
 // Hooks for the tests.
 var (
-	// dialInvoker connects to the tether server at url, waiting for the
-	// connection until ctx ends, and returns the Invoker replay uses and
-	// what to close afterwards.
+	// dialInvoker connects to the tether server at url, sending header
+	// with the WebSocket handshake, waiting for the connection until ctx
+	// ends, and returns the Invoker replay uses and what to close
+	// afterwards.
 	dialInvoker = dialClient
 	// now is the clock purge measures -older-than from.
 	now = time.Now
@@ -260,6 +267,9 @@ func writeEntry(w io.Writer, e *dlq.Entry) error {
 	}
 	fmt.Fprintf(tw, "ID:\t%s\n", e.ID)
 	fmt.Fprintf(tw, "Procedure:\t%s\n", e.Procedure)
+	if e.ServerStreaming {
+		fmt.Fprintf(tw, "Call:\tserver-streaming (replay reads the responses to the end)\n")
+	}
 	fmt.Fprintf(tw, "Idempotency key:\t%s\n", orNone(e.IdempotencyKey))
 	fmt.Fprintf(tw, "Attempts:\t%d\n", e.Attempts)
 	fmt.Fprintf(tw, "Last code:\t%s (%d)\n", tether.Code(e.LastCode), e.LastCode)
@@ -332,13 +342,60 @@ func indent(s, prefix string) string {
 	return strings.Join(lines, "")
 }
 
+// headerFlags collects repeated -header values as given; they are checked
+// after parsing, so that an error never echoes a value (a credential).
+type headerFlags []string
+
+func (h *headerFlags) String() string { return "" }
+
+func (h *headerFlags) Set(v string) error {
+	*h = append(*h, v)
+	return nil
+}
+
+// credentials builds the handshake headers of a replay from the -header
+// values and the -token-file. Its errors name flags and files, never values.
+func credentials(headers []string, tokenFile string) (http.Header, error) {
+	h := http.Header{}
+	for i, kv := range headers {
+		name, value, ok := strings.Cut(kv, ":")
+		name = strings.TrimSpace(name)
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, fmt.Errorf("-header number %d: want \"Name: value\"", i+1)
+		}
+		h.Add(name, strings.TrimSpace(value))
+	}
+	if tokenFile == "" {
+		return h, nil
+	}
+	if h.Get("Authorization") != "" {
+		return nil, errors.New("an Authorization -header and -token-file: give one, not both")
+	}
+	b, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("-token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return nil, fmt.Errorf("-token-file %s is empty", tokenFile)
+	}
+	if strings.ContainsAny(token, "\r\n") {
+		return nil, fmt.Errorf("-token-file %s holds more than one line", tokenFile)
+	}
+	h.Set("Authorization", "Bearer "+token)
+	return h, nil
+}
+
 func dlqReplay(args []string, stdout, stderr io.Writer) int {
-	f := newDLQFlags("replay", "[-store path] [-url ws://...] [-timeout 10s] (ID | -all [-procedure p] [-limit n])", stderr)
+	f := newDLQFlags("replay", "[-store path] [-url ws://...] [-timeout 10s] [-header 'Name: value']... [-token-file path] (ID | -all [-procedure p] [-limit n])", stderr)
 	url := f.String("url", os.Getenv("TETHER_URL"), "the tether server's ws:// or wss:// `URL` (default: $TETHER_URL)")
 	timeout := f.Duration("timeout", 10*time.Second, "how long to wait for the connection, and for each call")
 	all := f.Bool("all", false, "replay every entry (that -procedure selects), oldest first")
 	procedure := f.String("procedure", "", "with -all: replay only calls to this `procedure`")
 	limit := f.Int("limit", 0, "with -all: replay at most `n` entries (0: all)")
+	var headers headerFlags
+	f.Var(&headers, "header", "an HTTP `'Name: value'` header for the WebSocket handshake, such as the original caller's\n'Authorization: Bearer ...' (repeatable); never printed")
+	tokenFile := f.String("token-file", os.Getenv("TETHER_TOKEN_FILE"), "a `file` holding the original caller's bearer token, sent as 'Authorization: Bearer <token>'\n(default: $TETHER_TOKEN_FILE); never printed")
 	pos, code, stop := f.parse(args)
 	if stop {
 		return code
@@ -356,6 +413,10 @@ func dlqReplay(args []string, stdout, stderr io.Writer) int {
 		return f.usageError("need the server's -url (or $TETHER_URL)")
 	case *timeout <= 0:
 		return f.usageError("-timeout must be positive")
+	}
+	header, err := credentials(headers, *tokenFile)
+	if err != nil {
+		return f.fail(err)
 	}
 
 	s, err := f.open(false)
@@ -387,7 +448,7 @@ func dlqReplay(args []string, stdout, stderr io.Writer) int {
 	}
 
 	dialCtx, cancel := context.WithTimeout(ctx, *timeout)
-	inv, closer, err := dialInvoker(dialCtx, *url)
+	inv, closer, err := dialInvoker(dialCtx, *url, header)
 	cancel()
 	if err != nil {
 		return f.fail(err)
@@ -487,6 +548,7 @@ func dlqPurge(args []string, stdout, stderr io.Writer) int {
 type jsonEntry struct {
 	ID              string              `json:"id"`
 	Procedure       string              `json:"procedure"`
+	ServerStreaming bool                `json:"server_streaming,omitempty"`
 	IdempotencyKey  string              `json:"idempotency_key,omitempty"`
 	Attempts        int                 `json:"attempts"`
 	LastCode        uint32              `json:"last_code"`
@@ -506,6 +568,7 @@ func toJSON(e *dlq.Entry) jsonEntry {
 	return jsonEntry{
 		ID:              e.ID,
 		Procedure:       e.Procedure,
+		ServerStreaming: e.ServerStreaming,
 		IdempotencyKey:  e.IdempotencyKey,
 		Attempts:        e.Attempts,
 		LastCode:        e.LastCode,
@@ -536,17 +599,18 @@ func formatTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// dialClient is dialInvoker's implementation: a tether client for url,
-// once it has connected. It fails if the client is not connected when ctx
+// dialClient is dialInvoker's implementation: a tether client for url that
+// sends header with every handshake, once it has connected. It fails if the client is not connected when ctx
 // ends, with the last connection error. (*client.Client).InvokeRaw does not
 // dead-letter a call that fails again, so a failed replay only updates its
 // entry.
-func dialClient(ctx context.Context, url string) (dlq.Invoker, io.Closer, error) {
+func dialClient(ctx context.Context, url string, header http.Header) (dlq.Invoker, io.Closer, error) {
 	var (
 		mu      sync.Mutex
 		lastErr error
 	)
 	c, err := client.New(url,
+		client.WithHandshakeHeader(header),
 		client.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))),
 		client.WithStateListener(func(_ client.State, err error) {
 			if err != nil {
@@ -564,9 +628,9 @@ func dialClient(ctx context.Context, url string) (dlq.Invoker, io.Closer, error)
 			mu.Lock()
 			defer mu.Unlock()
 			if lastErr != nil {
-				return nil, nil, fmt.Errorf("cannot connect to %s: %w", url, lastErr)
+				return nil, nil, fmt.Errorf("cannot connect to %s: %w", c.URL(), lastErr)
 			}
-			return nil, nil, fmt.Errorf("cannot connect to %s: %w", url, ctx.Err())
+			return nil, nil, fmt.Errorf("cannot connect to %s: %w", c.URL(), ctx.Err())
 		}
 	}
 	return c, c, nil

@@ -103,7 +103,7 @@ func TestDialClientConnects(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	inv, closer, err := dialClient(ctx, "ws"+strings.TrimPrefix(hs.URL, "http"))
+	inv, closer, err := dialClient(ctx, "ws"+strings.TrimPrefix(hs.URL, "http"), nil)
 	if err != nil {
 		t.Fatalf("dialClient to a live server: %v", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -328,7 +329,7 @@ func (f *fakeServer) Close() error { f.closed = true; return nil }
 func useFakeServer(t *testing.T, srv *fakeServer) *int {
 	dials := new(int)
 	orig := dialInvoker
-	dialInvoker = func(ctx context.Context, url string) (dlq.Invoker, io.Closer, error) {
+	dialInvoker = func(ctx context.Context, url string, _ http.Header) (dlq.Invoker, io.Closer, error) {
 		if _, ok := ctx.Deadline(); !ok {
 			t.Error("dial without a deadline")
 		}
@@ -458,7 +459,7 @@ func TestReplayErrors(t *testing.T) {
 
 	// $TETHER_URL stands in for -url; a dial failure is exit 1.
 	t.Setenv("TETHER_URL", "ws://from-env")
-	dialInvoker = func(ctx context.Context, url string) (dlq.Invoker, io.Closer, error) {
+	dialInvoker = func(ctx context.Context, url string, _ http.Header) (dlq.Invoker, io.Closer, error) {
 		return nil, nil, errors.New("cannot connect to " + url)
 	}
 	code, _, stderr := runTether(t, "dlq", "replay", "-store", path, ids[0])
@@ -471,7 +472,7 @@ func TestReplayErrors(t *testing.T) {
 }
 
 func TestDialClient(t *testing.T) {
-	if _, _, err := dialClient(context.Background(), "http://127.0.0.1:1/"); err == nil {
+	if _, _, err := dialClient(context.Background(), "http://127.0.0.1:1/", nil); err == nil {
 		t.Error("dial of an http:// URL succeeded")
 	}
 	// Nothing listens on port 1: the dial gives up when ctx ends, with the
@@ -479,7 +480,7 @@ func TestDialClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, _, err := dialClient(ctx, "ws://127.0.0.1:1/tether")
+	_, _, err := dialClient(ctx, "ws://127.0.0.1:1/tether", nil)
 	if err == nil || !strings.Contains(err.Error(), "cannot connect to ws://127.0.0.1:1/tether") {
 		t.Fatalf("dial of a closed port: %v", err)
 	}

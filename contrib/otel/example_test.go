@@ -3,8 +3,10 @@ package otel_test
 import (
 	"context"
 	"fmt"
+	"log"
 	"net/http/httptest"
 	"strings"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -21,7 +23,11 @@ func ExampleNewServer() {
 	// them (go.opentelemetry.io/otel/exporters/...).
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	defer tp.Shutdown(context.Background())
+	defer func() {
+		if err := tp.Shutdown(context.Background()); err != nil {
+			log.Fatal(err)
+		}
+	}()
 
 	srv := server.New(server.WithInterceptors(tetherotel.NewServer(tetherotel.WithTracerProvider(tp))))
 	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
@@ -32,15 +38,20 @@ func ExampleNewServer() {
 	cli, err := client.New("ws"+strings.TrimPrefix(hs.URL, "http"),
 		client.WithInterceptors(tetherotel.NewClient(tetherotel.WithTracerProvider(tp))))
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
 	defer cli.Close()
-	if _, err := echov1.NewEchoServiceClient(cli).Say(context.Background(), &echov1.SayRequest{Text: "hi"}); err != nil {
-		panic(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := echov1.NewEchoServiceClient(cli).Say(ctx, &echov1.SayRequest{Text: "hi"}); err != nil {
+		log.Fatal(err)
 	}
 
 	// The server's span ends first, inside the client's.
 	spans := rec.Ended()
+	if len(spans) != 2 {
+		log.Fatalf("%d spans, want 2", len(spans))
+	}
 	for _, s := range spans {
 		fmt.Println(s.SpanKind(), s.Name())
 	}

@@ -101,8 +101,8 @@ func NewClientCollector(cli *client.Client, opts ...Option) *ClientCollector {
 		reconnects: desc("tether_client_reconnects_total", "Tether connections established after the first."),
 		retries:    desc("tether_client_retries_total", "Tether call attempts beyond the first."),
 		dlq:        desc("tether_client_dead_lettered_total", "Tether calls parked in the dead-letter queue."),
-		in:         desc("tether_client_bytes_in_total", "WebSocket payload bytes received on the current tether connection."),
-		out:        desc("tether_client_bytes_out_total", "WebSocket payload bytes sent on the current tether connection."),
+		in:         desc("tether_client_bytes_in_total", "WebSocket payload bytes received by the tether client, over every connection it has had."),
+		out:        desc("tether_client_bytes_out_total", "WebSocket payload bytes sent by the tether client, over every connection it has had."),
 	}
 }
 

@@ -2,10 +2,12 @@ package prometheus_test
 
 import (
 	"context"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"time"
 
 	prom "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -37,20 +39,24 @@ func ExampleNewServerMetrics() {
 
 	cli, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http") + "/tether")
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
 	defer cli.Close()
-	if _, err := echov1.NewEchoServiceClient(cli).Say(context.Background(), &echov1.SayRequest{Text: "hi"}); err != nil {
-		panic(err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := echov1.NewEchoServiceClient(cli).Say(ctx, &echov1.SayRequest{Text: "hi"}); err != nil {
+		log.Fatal(err)
 	}
 
 	mfs, err := reg.Gather()
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == "tether_server_calls_total" {
-			_, _ = expfmt.MetricFamilyToText(os.Stdout, mf)
+			if _, err := expfmt.MetricFamilyToText(os.Stdout, mf); err != nil {
+				log.Fatal(err)
+			}
 		}
 	}
 	// Output:
@@ -60,14 +66,51 @@ func ExampleNewServerMetrics() {
 }
 
 func ExampleNewClientMetrics() {
+	// A server to call, on 127.0.0.1.
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+
 	// Name each client with a constant label, so that several share a
-	// registry.
+	// registry (prometheus.DefaultRegisterer in a real program).
 	labels := tetherprom.WithConstLabels(prom.Labels{"client": "billing"})
 	metrics := tetherprom.NewClientMetrics(labels)
-	cli, err := client.New("wss://billing.example.com/tether", client.WithInterceptors(metrics))
+	cli, err := client.New("ws"+strings.TrimPrefix(hs.URL, "http"), client.WithInterceptors(metrics))
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
 	defer cli.Close()
-	prom.MustRegister(metrics, tetherprom.NewClientCollector(cli, labels))
+	reg := prom.NewRegistry()
+	reg.MustRegister(metrics, tetherprom.NewClientCollector(cli, labels))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := echov1.NewEchoServiceClient(cli).Say(ctx, &echov1.SayRequest{Text: "hi"}); err != nil {
+		log.Fatal(err)
+	}
+
+	mfs, err := reg.Gather()
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "tether_client_calls_total", "tether_client_messages_sent_total", "tether_client_connects_total":
+			if _, err := expfmt.MetricFamilyToText(os.Stdout, mf); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+	// Output:
+	// # HELP tether_client_calls_total Tether calls that ended, by procedure and status code.
+	// # TYPE tether_client_calls_total counter
+	// tether_client_calls_total{client="billing",code="ok",procedure="/example.echo.v1.EchoService/Say"} 1
+	// # HELP tether_client_connects_total Tether connections established.
+	// # TYPE tether_client_connects_total counter
+	// tether_client_connects_total{client="billing"} 1
+	// # HELP tether_client_messages_sent_total Messages sent in tether calls.
+	// # TYPE tether_client_messages_sent_total counter
+	// tether_client_messages_sent_total{client="billing",procedure="/example.echo.v1.EchoService/Say"} 1
 }

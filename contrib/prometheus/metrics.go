@@ -21,8 +21,10 @@
 //
 // procedure is the full procedure name ("/example.echo.v1.EchoService/Say")
 // and code the status code's name ("ok", "deadline_exceeded", ...). A unary
-// call counts one message each way (the response only when the call
-// succeeded). A client's streaming call ends when Receive returns io.EOF or an
+// call counts one message each way: the response only when the call
+// succeeded, and on the client the request only when it was written to a
+// connection (once per attempt that sent it, client.Call.MessagesSent), so a
+// call that never connected counts none. A client's streaming call ends when Receive returns io.EOF or an
 // error, or when Close is called first (code canceled, or the error Send or
 // CloseSend returned). A client's unary call is measured once, retries
 // included.
@@ -248,7 +250,9 @@ func (c *ClientMetrics) WrapUnary(next client.UnaryFunc) client.UnaryFunc {
 		if err == nil {
 			received = 1
 		}
-		c.m.observe(call.Spec.Procedure, tether.CodeOf(err), time.Since(start), received, 1)
+		// Only requests written to a connection count: none for a call
+		// that never connected, one per attempt that sent it.
+		c.m.observe(call.Spec.Procedure, tether.CodeOf(err), time.Since(start), received, call.MessagesSent())
 		return err
 	}
 }

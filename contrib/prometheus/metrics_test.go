@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -378,5 +379,58 @@ func TestSeveralClients(t *testing.T) {
 	}
 	if n != 10 { // 5 states, 2 clients
 		t.Errorf("%d connection_state series, want 10", n)
+	}
+}
+
+// Issue 10 item 21: a unary call counts its request as sent only if it was
+// written to a connection; one that never connected sends nothing.
+func TestClientUnarySentCountsWrittenOnly(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	reg := prom.NewPedanticRegistry()
+	metrics := tetherprom.NewClientMetrics()
+	reg.MustRegister(metrics)
+
+	// A refused port: a listener on 127.0.0.1 closed at once.
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadURL := "ws://" + ln.Addr().String()
+	ln.Close()
+	dead, err := client.New(deadURL, client.WithInterceptors(metrics), client.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := echov1.NewEchoServiceClient(dead).Say(ctx, &echov1.SayRequest{Text: "never"}); err == nil {
+		t.Fatal("call to a refused port succeeded")
+	}
+	m := newScraper(t, reg).scrape(t)
+	sent := `tether_client_messages_sent_total{procedure="` + sayProc + `"}`
+	if v := m[sent]; v != 0 {
+		t.Fatalf("a call that never connected counted %g message(s) sent:\n%s", v, m)
+	}
+
+	// A call that reaches the server counts its one request.
+	srv := server.New(server.WithLogger(quiet))
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	defer srv.Close()
+	live, err := client.New("ws"+strings.TrimPrefix(hs.URL, "http"), client.WithInterceptors(metrics), client.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel2()
+	if _, err := echov1.NewEchoServiceClient(live).Say(ctx2, &echov1.SayRequest{Text: "once"}); err != nil {
+		t.Fatal(err)
+	}
+	m = newScraper(t, reg).scrape(t)
+	if v := m[sent]; v != 1 {
+		t.Fatalf("one delivered call: %g message(s) sent, want 1:\n%s", v, m)
 	}
 }

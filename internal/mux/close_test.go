@@ -46,6 +46,14 @@ func TestCloseFrameNotLost(t *testing.T) {
 		c := <-conns
 		open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/x/y"})
 		_ = ws.WriteMessage(websocket.BinaryMessage, frame.Append(nil, frame.Frame{Type: frame.TypeOpen, StreamID: 1, Payload: open}))
+		// The flood is for a stream that has ended: it starts once END
+		// has arrived. (Started at once, it raced the handler: when its
+		// goroutine ran late, the flood passed the stream's 64 KiB of
+		// credit first, and the server rightly closed with 1002.)
+		if typ, _ := awaitEnd(t, ws, 1); typ != frame.TypeEnd {
+			t.Fatalf("stream 1 ended with %v; want END", typ)
+		}
+		_ = ws.SetReadDeadline(time.Time{})
 		msg := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: []byte("x")})
 		stop := make(chan struct{})
 		go func() { // the peer keeps sending small messages for the ended stream

@@ -58,8 +58,9 @@ const (
 	// MaxConcurrentStreams.
 	HeaderMaxConcurrentStreams = "Tether-Max-Concurrent-Streams"
 	// HeaderMaxHeaderBytes, in the client's upgrade request and in the
-	// server's 101, is the sender's MaxHeaderBytes: the largest OPEN,
-	// HEADERS or END payload it accepts.
+	// server's 101, is the sender's MaxHeaderBytes: the largest cost of an
+	// OPEN, HEADERS or END payload it accepts (encoded size plus 32 bytes
+	// per metadata entry and value).
 	HeaderMaxHeaderBytes = "Tether-Max-Header-Bytes"
 )
 
@@ -94,13 +95,24 @@ type Config struct {
 	// both directions. A larger message fails its stream with
 	// resource_exhausted; the connection stays up.
 	MaxMessageSize int
+	// MaxPartialBytes bounds, per connection, the memory of received
+	// messages still being assembled from their fragments (counted as the
+	// capacity of their buffers). Credit is granted back as fragments are
+	// assembled, so that messages larger than the window flow, which is why
+	// the windows do not bound this. A stream whose next fragment would
+	// take the total over it is reset with resource_exhausted; the
+	// connection goes on. Default: 4 × MaxMessageSize; never less than
+	// MaxMessageSize, so a single message of the largest size always fits.
+	MaxPartialBytes int
 	// StreamWindow is the receive window granted to the peer per stream.
 	StreamWindow int
 	// MaxConcurrentStreams bounds the streams a server runs at once on this
 	// connection; OPENs beyond it are refused with resource_exhausted.
 	MaxConcurrentStreams int
-	// MaxHeaderBytes bounds the encoded size of OPEN, HEADERS and END
-	// payloads (metadata and status).
+	// MaxHeaderBytes bounds what OPEN, HEADERS and END payloads (metadata
+	// and status) cost the receiver: their encoded size plus 32 bytes per
+	// metadata entry and per value, counted before decoding, so that the
+	// decoded metadata's memory is bounded too, not only its wire size.
 	MaxHeaderBytes int
 	// PingInterval is how often a PING is sent; PingTimeout is how long past
 	// the interval the connection may stay silent before it is declared dead.
@@ -136,8 +148,8 @@ type Config struct {
 	// announced). Open waits while that many of this client's streams are
 	// open instead of sending an OPEN the server would refuse.
 	PeerMaxStreams int
-	// PeerMaxHeaderBytes is the largest OPEN, HEADERS or END payload the
-	// peer accepts, as it announced in the handshake (0: not announced;
+	// PeerMaxHeaderBytes is the largest cost (see MaxHeaderBytes) of an
+	// OPEN, HEADERS or END payload the peer accepts, as it announced in the handshake (0: not announced;
 	// MaxHeaderBytes is assumed). Larger ones are not sent: an OPEN fails
 	// with resource_exhausted before it leaves; response headers fail a
 	// call that was going to succeed with resource_exhausted; an END keeps
@@ -158,6 +170,8 @@ type Config struct {
 
 func (c *Config) withDefaults() {
 	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&c.MaxPartialBytes, 4*c.MaxMessageSize)
+	c.MaxPartialBytes = max(c.MaxPartialBytes, c.MaxMessageSize)
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"runtime"
 	"strings"
@@ -73,6 +74,7 @@ type Conn struct {
 	pingTimer *time.Timer
 
 	bytesIn, bytesOut atomic.Uint64
+	partialBytes      atomic.Int64 // capacity of the buffers of messages being assembled (Stream.assembleLocked)
 
 	inMessage   atomic.Bool  // reader is inside a WebSocket message
 	lingerUntil atomic.Int64 // after a close frame was sent: read deadline (Unix ns) of the drain
@@ -121,7 +123,11 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 		}
 		return nil
 	})
-	c.pingTimer = time.AfterFunc(cfg.PingInterval, c.ping)
+	// The heartbeat timer is armed only once c.pingTimer is set: ping reads
+	// the field (to re-arm it), and Reset orders this write before the
+	// timer's first run.
+	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
+	c.pingTimer.Reset(cfg.PingInterval)
 	go c.readLoop()
 	return c
 }
@@ -832,7 +838,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 		return s.handleMessage(f, bufCap)
 	case frame.TypeHalfClose:
 		if c.role == RoleServer {
-			s.handleHalfClose()
+			return s.handleHalfClose()
 		}
 	case frame.TypeWindow:
 		return s.handleWindow(frame.WindowIncrement(f))
@@ -892,6 +898,9 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 			}
 		}
 	}
+	// With no stream left (the refused ones were taken out of the table
+	// above), no removal will close the connection: close it now.
+	idle := c.drainedLocked()
 	c.mu.Unlock()
 	msg := g.GetMessage()
 	if msg == "" {
@@ -899,6 +908,9 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 	}
 	for _, s := range refused {
 		s.terminate(unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: %s", msg)), false)
+	}
+	if idle {
+		go c.Close()
 	}
 	return nil
 }
@@ -923,11 +935,14 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		refuse = tether.Errorf(tether.CodeUnavailable, "tether: server is going away")
 	case c.running >= c.cfg.MaxConcurrentStreams:
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: more than %d concurrent streams on one connection", c.cfg.MaxConcurrentStreams)
-	case len(f.Payload) > c.cfg.MaxHeaderBytes:
-		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", len(f.Payload), c.cfg.MaxHeaderBytes)
-		retryable = false
 	}
-	if refuse == nil && countMetadata(f.Payload) > c.cfg.MaxHeaderKeys {
+	cost, entries := headerCost(f.Payload, openMetadataField)
+	switch {
+	case refuse != nil:
+	case cost > c.cfg.MaxHeaderBytes:
+		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds the limit of %d", cost, c.cfg.MaxHeaderBytes)
+		retryable = false
+	case entries > c.cfg.MaxHeaderKeys:
 		refuse = tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata has more than %d keys", c.cfg.MaxHeaderKeys)
 		retryable = false
 	}
@@ -1005,16 +1020,34 @@ func (c *Conn) remove(s *Stream) {
 		<-c.slots // a token is there: this stream put it
 	}
 	c.mu.Lock()
-	if c.streams[s.id] == s {
-		delete(c.streams, s.id)
-	}
-	// A client connection that drains (GOAWAY either way) closes once its
-	// last stream is done; the client has moved to a new connection.
-	done := c.role == RoleClient && (c.localGoAway || c.peerGoAway) && len(c.streams) == 0
+	c.unlinkLocked(s)
+	done := c.drainedLocked()
 	c.mu.Unlock()
 	if done {
 		go c.Close()
 	}
+}
+
+// unlink takes s out of the stream table; frames for it are then ignored.
+func (c *Conn) unlink(s *Stream) {
+	c.mu.Lock()
+	c.unlinkLocked(s)
+	c.mu.Unlock()
+}
+
+func (c *Conn) unlinkLocked(s *Stream) {
+	if c.streams[s.id] == s {
+		delete(c.streams, s.id)
+	}
+}
+
+// drainedLocked reports whether this is a client connection that drains
+// (GOAWAY either way, or its stream ids used up) with no stream left: the
+// client has moved to a new connection, and this one is to be closed. It is
+// checked wherever either condition starts to hold: when a stream is
+// removed, and when the drain begins. c.mu is held.
+func (c *Conn) drainedLocked() bool {
+	return c.role == RoleClient && (c.localGoAway || c.peerGoAway) && len(c.streams) == 0
 }
 
 // releaseRunning takes a server stream out of the running count, once: when
@@ -1043,12 +1076,12 @@ func (c *Conn) releaseRunning(s *Stream) {
 // caller sends it with SendMsg. sent reports which happened.
 func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
 	size := proto.Size(open)
-	if limit := c.sendHeaderLimit(); size > limit {
+	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {
 		whose := "this client's"
 		if c.cfg.PeerMaxHeaderBytes > 0 {
 			whose = "the server's announced"
 		}
-		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds %s limit of %d", size, whose, limit)
+		return nil, false, tether.Errorf(tether.CodeResourceExhausted, "tether: request metadata of %d bytes exceeds %s limit of %d", cost, whose, limit)
 	}
 	if c.slots != nil {
 		// The server runs at most PeerMaxStreams calls at once: wait for
@@ -1070,9 +1103,19 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	}
 	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
 	var openErr error
+	var idle bool // the ids ran out with no stream open: nothing else closes the connection
 	err = c.write(ctx, nil, func(b []byte) []byte {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		if c.isClosed() {
+			// write checked this before taking c.mu, but closeWith may have
+			// swapped the stream table since: a stream added now would never
+			// be terminated. Under c.mu the check is final, since closeWith
+			// closes c.closed before it takes the table (as handleOpen does
+			// on the server).
+			openErr = unprocessed(c.err)
+			return b
+		}
 		if c.peerGoAway || c.localGoAway {
 			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: connection is draining"))
 			return b
@@ -1082,6 +1125,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			// opens a new one.
 			c.localGoAway = true
 			close(c.draining)
+			idle = c.drainedLocked()
 			openErr = unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: stream ids exhausted on this connection"))
 			return b
 		}
@@ -1112,6 +1156,9 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		}
 		return b
 	})
+	if idle {
+		go c.Close()
+	}
 	if err != nil {
 		return nil, false, unprocessed(err)
 	}
@@ -1121,9 +1168,9 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	return s, inline, nil
 }
 
-// sendHeaderLimit is the largest OPEN, HEADERS or END payload this side
-// sends: what the peer announced it accepts, or else this side's own limit,
-// and never more than a frame.
+// sendHeaderLimit is the largest cost (headerCost) of an OPEN, HEADERS or
+// END payload this side sends: what the peer announced it accepts, or else
+// this side's own limit, and never more than a frame.
 func (c *Conn) sendHeaderLimit() int {
 	limit := min(c.cfg.MaxHeaderBytes, frame.MaxPayload)
 	if p := c.cfg.PeerMaxHeaderBytes; p > 0 {
@@ -1158,25 +1205,79 @@ func (c *Conn) idleFrame(what string) error {
 	return nil
 }
 
-// countMetadata counts the metadata entries (field 2) of an encoded
-// tether.v1.Open without decoding it; malformed input counts as 0 and is
-// rejected by the decoder afterwards.
-func countMetadata(b []byte) int {
+// metadataItemCost is what each metadata entry and each value costs against
+// MaxHeaderBytes on top of its encoded bytes. An empty value takes 2 bytes
+// on the wire but a 16-byte string header both in the decoded message and
+// in tether.Metadata, plus slice growth; counting 32 bytes per item (as
+// HTTP/2 counts 32 bytes per header field, RFC 9113 section 6.5.2) bounds
+// what a payload within the limit costs in memory once decoded, to a few
+// times the limit (TestMetadataMemoryBounded).
+const metadataItemCost = 32
+
+// The field numbers of the repeated MetadataEntry in tether.v1.Open,
+// tether.v1.Headers and tether.v1.End, and of the values in MetadataEntry.
+const (
+	openMetadataField    = 2
+	headersMetadataField = 1
+	endTrailersField     = 2
+	entryValuesField     = 2
+)
+
+// headerCost is what an encoded OPEN, HEADERS or END payload costs against
+// MaxHeaderBytes: its length plus metadataItemCost per metadata entry
+// (field number field) and per value, counted on the encoded bytes without
+// decoding them; entries is the number of entries. Malformed input is
+// counted as far as it parses: the decoder rejects it afterwards.
+func headerCost(b []byte, field protowire.Number) (cost, entries int) {
+	size, items := len(b), 0
+	for len(b) > 0 {
+		num, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			break
+		}
+		b = b[l:]
+		l = protowire.ConsumeFieldValue(num, typ, b)
+		if l < 0 {
+			break
+		}
+		if num == field && typ == protowire.BytesType {
+			entries++
+			items++
+			entry, _ := protowire.ConsumeBytes(b[:l])
+			items += countField(entry, entryValuesField)
+		}
+		b = b[l:]
+	}
+	return size + items*metadataItemCost, entries
+}
+
+// countField counts the occurrences of field number field in an encoded
+// message, as far as it parses.
+func countField(b []byte, field protowire.Number) int {
 	n := 0
 	for len(b) > 0 {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
-			return 0
+			return n
 		}
 		b = b[l:]
-		if num == 2 {
-			n++
+		if l = protowire.ConsumeFieldValue(num, typ, b); l < 0 {
+			return n
 		}
-		l = protowire.ConsumeFieldValue(num, typ, b)
-		if l < 0 {
-			return 0
+		if num == field {
+			n++
 		}
 		b = b[l:]
 	}
 	return n
+}
+
+// metadataCost is what md costs against MaxHeaderBytes beyond its encoded
+// size (headerCost), for a sender.
+func metadataCost(md []*tetherv1.MetadataEntry) int {
+	items := len(md)
+	for _, e := range md {
+		items += len(e.GetValues())
+	}
+	return items * metadataItemCost
 }

@@ -28,14 +28,15 @@ type Stream struct {
 	sendMu sync.Mutex // serializes senders so fragments never interleave
 
 	mu            sync.Mutex
-	recvQ         []chunk
-	recvHead      int
+	recvQ         recvQueue
 	recvEnd       error // io.EOF or the call's error once nothing more arrives
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
 	partial       int   // reader goroutine: bytes of the message being received
+	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	assembly      []byte
+	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
 	copiedFirst   bool  // a payload has been copied out (slab.go)
@@ -68,6 +69,60 @@ type chunk struct {
 	slab *slab // b points into it, or nil
 }
 
+// recvQueue is a stream's queue of received frames: a ring whose slot
+// count is a power of two, grown (doubled) only when it is full. Every
+// queued frame holds at least FrameOverhead of the peer's credit, so the
+// queue never holds more than StreamWindow/FrameOverhead frames, and its
+// slots never exceed that rounded up to a power of two, whatever the
+// consumer's pace against the sender's. (A slice reset only when it ran
+// empty grew by a slot per message under a consumer slightly slower than
+// its sender.)
+type recvQueue struct {
+	buf  []chunk
+	head int // index of the oldest frame
+	n    int // frames queued
+}
+
+const (
+	// minQueueSlots is the size of a queue's first ring.
+	minQueueSlots = 4
+	// maxIdleQueueSlots: a ring larger than this is dropped when it runs
+	// empty, so that a stream holds a burst's slots only while the burst is
+	// queued.
+	maxIdleQueueSlots = 64
+)
+
+func (q *recvQueue) len() int { return q.n }
+
+// slots is the ring's size (what the queue holds in memory).
+func (q *recvQueue) slots() int { return len(q.buf) }
+
+func (q *recvQueue) push(c chunk) {
+	if q.n == len(q.buf) {
+		buf := make([]chunk, max(minQueueSlots, 2*len(q.buf)))
+		k := copy(buf, q.buf[q.head:])
+		copy(buf[k:], q.buf[:q.head])
+		q.buf, q.head = buf, 0
+	}
+	q.buf[(q.head+q.n)&(len(q.buf)-1)] = c
+	q.n++
+}
+
+// pop takes the oldest frame; the queue is not empty.
+func (q *recvQueue) pop() chunk {
+	c := q.buf[q.head]
+	q.buf[q.head] = chunk{}
+	q.head = (q.head + 1) & (len(q.buf) - 1)
+	q.n--
+	if q.n == 0 {
+		q.head = 0
+		if len(q.buf) > maxIdleQueueSlots {
+			q.buf = nil
+		}
+	}
+	return c
+}
+
 // ID returns the stream id.
 func (s *Stream) ID() uint32 { return s.id }
 
@@ -77,6 +132,17 @@ func (s *Stream) Route() any { return s.route }
 
 // Context is canceled when the stream ends for any reason (server streams).
 func (s *Stream) Context() context.Context { return s.ctx }
+
+// Ended reports whether the stream has finished: ended by the peer, reset,
+// or closed with its connection.
+func (s *Stream) Ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
 
 func notify(ch chan struct{}) {
 	select {
@@ -118,6 +184,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 		s.Reset(err)
 		return nil
 	}
+	s.midMessage = more
 	if !more {
 		s.partial = 0
 		s.gotMessage = true
@@ -136,7 +203,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	} else {
 		s.c.donated = true // the frame keeps the buffer
 	}
-	s.recvQ = append(s.recvQ, chunk{b: payload, more: more, slab: sl})
+	s.recvQ.push(chunk{b: payload, more: more, slab: sl})
 	if !s.headersSet { // a message before HEADERS: the headers are empty
 		s.headersSet = true
 		s.closeHeadersLocked()
@@ -146,13 +213,20 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	return nil
 }
 
-func (s *Stream) handleHalfClose() {
+// handleHalfClose: the client sends no more messages. Between the fragments
+// of a message it is a protocol error: the message would be lost without a
+// trace, and the handler would see a clean end of stream.
+func (s *Stream) handleHalfClose() error {
+	if s.midMessage {
+		return protoErrf("stream %d: HALF_CLOSE in the middle of a message", s.id)
+	}
 	s.mu.Lock()
 	if s.recvEnd == nil {
 		s.recvEnd = io.EOF
 	}
 	s.mu.Unlock()
 	notify(s.recvNotify)
+	return nil
 }
 
 func (s *Stream) handleWindow(n uint32) error {
@@ -168,8 +242,8 @@ func (s *Stream) handleWindow(n uint32) error {
 }
 
 func (s *Stream) handleHeaders(payload []byte) error {
-	if len(payload) > s.c.cfg.MaxHeaderBytes {
-		s.Reset(tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes))
+	if cost, _ := headerCost(payload, headersMetadataField); cost > s.c.cfg.MaxHeaderBytes {
+		s.Reset(tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes))
 		return nil
 	}
 	var h tetherv1.Headers
@@ -207,12 +281,16 @@ func (s *Stream) markHeaders() {
 var okEnd = []byte{0x0a, 0x00}
 
 func (s *Stream) handleEnd(payload []byte) error {
+	if s.midMessage {
+		// As HALF_CLOSE: the call would end with its last message lost.
+		return protoErrf("stream %d: END in the middle of a message", s.id)
+	}
 	var end tetherv1.End
 	var err error
 	if bytes.Equal(payload, okEnd) || len(payload) == 0 {
 		// Success, no trailers.
-	} else if len(payload) > s.c.cfg.MaxHeaderBytes {
-		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", len(payload), s.c.cfg.MaxHeaderBytes)
+	} else if cost, _ := headerCost(payload, endTrailersField); cost > s.c.cfg.MaxHeaderBytes {
+		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes)
 	} else if uerr := proto.Unmarshal(payload, &end); uerr != nil {
 		return protoErrf("stream %d: bad END: %v", s.id, uerr)
 	} else {
@@ -283,18 +361,20 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			s.releaseLocked(s.held)
 			s.held = nil
 		}
-		for s.recvHead < len(s.recvQ) {
-			ch := s.recvQ[s.recvHead]
-			s.recvQ[s.recvHead] = chunk{}
-			s.recvHead++
-			if s.recvHead == len(s.recvQ) {
-				s.recvQ, s.recvHead = s.recvQ[:0], 0
-			}
+		for s.recvQ.len() > 0 {
+			ch := s.recvQ.pop()
 			s.unacked += len(ch.b) + FrameOverhead
 			grant := s.takeGrantLocked()
-			if ch.more {
-				s.assembly = append(s.assembly, ch.b...)
+			if ch.more || s.assembly != nil {
+				err := s.assembleLocked(ch.b)
 				s.releaseLocked(ch.slab)
+				if err != nil {
+					s.mu.Unlock()
+					s.Reset(err)
+					return nil, err
+				}
+			}
+			if ch.more {
 				s.mu.Unlock()
 				s.grant(grant)
 				s.mu.Lock()
@@ -302,9 +382,9 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			}
 			msg := ch.b
 			if s.assembly != nil {
-				msg = append(s.assembly, ch.b...)
+				msg = s.assembly
 				s.assembly = nil
-				s.releaseLocked(ch.slab)
+				s.uncharge()
 			} else {
 				s.held = ch.slab
 			}
@@ -320,6 +400,41 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		s.mu.Unlock()
 		<-s.recvNotify
 	}
+}
+
+// assembleLocked appends a fragment to the message being assembled. The
+// buffer's growth is charged to the connection's budget for partial
+// messages (Config.MaxPartialBytes); over it, the fragment is not taken,
+// the partial message is dropped and resource_exhausted returned: the
+// caller resets the stream. The buffer grows by doubling, never past
+// MaxMessageSize (the reader has reset a stream whose message passes it).
+// s.mu is held.
+func (s *Stream) assembleLocked(p []byte) error {
+	need := len(s.assembly) + len(p)
+	if need > cap(s.assembly) {
+		size := max(min(2*cap(s.assembly), s.c.cfg.MaxMessageSize), need)
+		limit := int64(s.c.cfg.MaxPartialBytes)
+		if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
+			s.c.partialBytes.Add(-int64(size - s.assemblyCap))
+			s.assembly = nil
+			s.uncharge()
+			return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+		}
+		buf := make([]byte, len(s.assembly), size)
+		copy(buf, s.assembly)
+		s.assembly, s.assemblyCap = buf, size
+	}
+	s.assembly = append(s.assembly, p...)
+	return nil
+}
+
+// uncharge takes the stream's assembly buffer off the connection's budget
+// for partial messages: the message is complete (the application owns
+// it), dropped, or the stream has ended (no more fragments will come, so
+// what is left is bounded by what was queued within credit). s.mu is held.
+func (s *Stream) uncharge() {
+	s.c.partialBytes.Add(-int64(s.assemblyCap))
+	s.assemblyCap = 0
 }
 
 // takeGrantLocked returns the credit to grant back now, if enough has been
@@ -388,12 +503,13 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	first := true
+	started := false // a fragment with MORE has been queued
 	for first || len(msg) > 0 {
 		first = false
 		want := min(len(msg), 16<<10) + FrameOverhead
 		credit, err := s.waitCredit(ctx, want)
 		if err != nil {
-			return err
+			return s.abandonMessage(started, err)
 		}
 		n := min(len(msg), frame.MaxPayload, credit-FrameOverhead)
 		part := msg[:n]
@@ -413,11 +529,24 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 		}
 		s.mu.Unlock()
 		if err != nil {
-			return s.sendError(err)
+			return s.abandonMessage(started, s.sendError(err))
 		}
+		started = true
 		msg = msg[n:]
 	}
 	return nil
+}
+
+// abandonMessage returns err, the error of a SendMsg that stops before the
+// message is complete. Once a fragment has been queued (started), the
+// stream is reset with err: the peer would otherwise wait for the rest,
+// and anything sent later (another message, HALF_CLOSE) would land in the
+// middle of this one, which is a protocol error that closes the connection.
+func (s *Stream) abandonMessage(started bool, err error) error {
+	if started {
+		s.Reset(err)
+	}
+	return err
 }
 
 // SendProto sends one protobuf message. A message that fits one frame is
@@ -568,12 +697,13 @@ func (s *Stream) SendHeaders(md tether.Metadata) error {
 }
 
 func (s *Stream) encodeHeaders(md tether.Metadata) ([]byte, error) {
-	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: wire.MetadataToProto(md)})
+	entries := wire.MetadataToProto(md)
+	payload, err := proto.Marshal(&tetherv1.Headers{Metadata: entries})
 	if err != nil {
 		return nil, tether.Errorf(tether.CodeInternal, "tether: encode headers: %v", err)
 	}
-	if limit := s.c.sendHeaderLimit(); len(payload) > limit {
-		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", len(payload), limit)
+	if cost, limit := len(payload)+metadataCost(entries), s.c.sendHeaderLimit(); cost > limit {
+		return nil, tether.Errorf(tether.CodeResourceExhausted, "tether: response headers of %d bytes exceed the limit of %d", cost, limit)
 	}
 	return payload, nil
 }
@@ -620,11 +750,11 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		end = &tetherv1.End{Status: wire.StatusFromError(callErr), Trailers: wire.MetadataToProto(trailers)}
 		size = proto.Size(end)
 	}
-	if limit := s.c.sendHeaderLimit(); end != nil && size > limit {
+	if limit := s.c.sendHeaderLimit(); end != nil && size+metadataCost(end.GetTrailers()) > limit {
 		// Keep the code; drop what does not fit, and say so where the
 		// operator will see it.
 		s.c.cfg.Logger.Warn("tether: status and trailers over the peer's header limit; message, details and trailers dropped",
-			"peer", s.c.RemoteAddr(), "stream", s.id, "code", tether.Code(end.GetStatus().GetCode()).String(), "bytes", size, "limit", limit)
+			"peer", s.c.RemoteAddr(), "stream", s.id, "code", tether.Code(end.GetStatus().GetCode()).String(), "bytes", size+metadataCost(end.GetTrailers()), "limit", limit)
 		end = &tetherv1.End{Status: &tetherv1.Status{Code: end.GetStatus().GetCode(), Message: "tether: status and trailers too large; details dropped"}}
 		if size = proto.Size(end); size > limit {
 			end.Status.Message = "" // the code alone: a few bytes
@@ -680,6 +810,12 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 			// Before END can be read: the client may open its next
 			// stream at once.
 			s.c.releaseRunning(s)
+			// Out of the table before END can be read too: once the
+			// client has read END, what it sends for the stream is for
+			// an ended stream, ignored without flow-control accounting
+			// (PROTOCOL.md section 4). terminate, below, would come too
+			// late if this goroutine ran late.
+			s.c.unlink(s)
 		}
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeEnd, 0, s.id, size)
@@ -730,8 +866,9 @@ func (s *Stream) terminate(err error, local bool) bool {
 	s.finished = true
 	if s.recvEnd == nil || s.recvEnd == io.EOF && s.c.role == RoleServer {
 		s.recvEnd = err
-		s.recvQ, s.recvHead, s.assembly = nil, 0, nil
+		s.recvQ, s.assembly = recvQueue{}, nil
 	}
+	s.uncharge()
 	if s.sendErr == nil {
 		s.sendErr = err
 	}
@@ -758,6 +895,7 @@ func (s *Stream) finish() {
 		return
 	}
 	s.finished = true
+	s.uncharge()
 	if !s.headersSet {
 		s.headersSet = true
 		s.closeHeadersLocked()

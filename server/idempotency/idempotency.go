@@ -2,30 +2,54 @@
 // safe: a call that carries an idempotency key (metadata
 // "tether-idempotency-key", which tether clients attach to every call of a
 // method with side effects, unchanged across retries and dead-letter
-// replays) runs its handler once; a repeat with the same key and procedure
-// gets the first result instead, and a repeat that arrives while the first
-// is still running waits for it.
+// replays) runs its handler at most once per (principal, procedure, key)
+// while the key is remembered. A repeat that arrives while the first call
+// runs waits for it (or for its own deadline or cancellation) and gets the
+// first call's result; a repeat that arrives later gets that result from the
+// cache.
 //
 // Keys are scoped to the caller: the principal the server's Authenticator
-// returned (Peer.Principal) and the procedure, so one client cannot read
-// another's cached response by sending its key. Unauthenticated callers
-// share one scope.
+// returned for the connection (Peer.Principal) and the procedure, so one
+// client cannot read another's cached result by sending its key, and a
+// replay under another identity runs the handler again. Unauthenticated
+// callers share one scope. Principals should be values whose %#v (or
+// String method) identifies them, such as strings or small structs.
 //
-// The cache is in memory, bounded in entries and in bytes of cached
-// responses, and forgets a key after a TTL:
-// it protects against retries and replays within that window, in one server
-// process. Effects that must be exactly-once across restarts need the key
-// stored with the effect, in the same transaction.
+// What is remembered, and for how long:
+//
+//   - A running call's key is never forgotten: its claim is owned by the
+//     handler's goroutine and ends when the handler returns or panics.
+//   - A response or an error that is an answer (invalid_argument, not_found,
+//     ...) is remembered for the TTL, counted from when the handler returned.
+//   - A transient error (canceled, deadline_exceeded, unavailable,
+//     resource_exhausted, aborted) or a panic leaves nothing: the outcome is
+//     unknown, as after a crash, so the key is forgotten and a repeat runs the
+//     handler again. The panic itself goes on to the server's recovery, which
+//     answers the caller internal.
+//   - The cache is bounded in keys (WithMaxEntries) and in the memory it
+//     holds (WithMaxBytes). To make room it forgets the results that settled
+//     first; it never forgets a running call. When only running calls are
+//     left, a call with a new key is refused with unavailable (its handler
+//     did not run, so the client may retry it, and a dead-letter policy parks
+//     it).
+//
+// The cache is in memory: it protects against retries and replays within
+// the TTL, in one server process, and a restart forgets it. Effects that must
+// be exactly-once forever need the key stored with the effect, in the same
+// transaction.
 package idempotency
 
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/server"
@@ -38,18 +62,48 @@ const (
 	DefaultTTL        = 10 * time.Minute
 )
 
+// Memory counted besides the bytes of strings and results: an entry with
+// its map slot, list element and channel; a string or slice header; an
+// error detail's message.
+const (
+	entryOverhead  = 320
+	headerOverhead = 16
+	detailOverhead = 64
+)
+
 // Option configures the interceptor.
 type Option func(*Interceptor)
 
-// WithMaxEntries bounds the cache (default 100,000 keys); the oldest key is
-// forgotten first.
-func WithMaxEntries(n int) Option { return func(i *Interceptor) { i.max = n } }
+// WithMaxEntries bounds the number of keys held (default 100,000), running
+// or remembered; n <= 0 keeps the default. The results that settled first
+// are forgotten to make room; when every key held is running, a call with a
+// new key is refused with unavailable.
+func WithMaxEntries(n int) Option {
+	return func(i *Interceptor) {
+		if n > 0 {
+			i.max = n
+		}
+	}
+}
 
-// WithMaxBytes bounds the cached responses' total encoded size (default
-// 64 MiB); the oldest keys are forgotten first.
-func WithMaxBytes(n int) Option { return func(i *Interceptor) { i.maxBytes = n } }
+// WithMaxBytes bounds the memory the cache holds (default 64 MiB): each key
+// counts its strings plus about 320 bytes, a remembered response its encoded
+// size, a remembered error its message, details and trailers. The results
+// that settled first are forgotten to make room, and a result larger than
+// the whole limit is not remembered; when the running calls alone leave no
+// room for a new key, the call is refused with unavailable. n <= 0 keeps the
+// default.
+func WithMaxBytes(n int) Option {
+	return func(i *Interceptor) {
+		if n > 0 {
+			i.maxBytes = n
+		}
+	}
+}
 
-// WithTTL sets how long a key is remembered (default 10 minutes).
+// WithTTL sets how long a result is remembered after the handler returned
+// (default 10 minutes). A running call's key is held for as long as it
+// runs, whatever the TTL.
 func WithTTL(d time.Duration) Option { return func(i *Interceptor) { i.ttl = d } }
 
 // withClock replaces time.Now in tests.
@@ -63,28 +117,54 @@ type Interceptor struct {
 	ttl      time.Duration
 	now      func() time.Time
 
-	mu    sync.Mutex
-	byKey map[cacheKey]*list.Element
-	order *list.List // of *entry, oldest first
-	bytes int        // encoded size of the cached responses
+	mu      sync.Mutex
+	byKey   map[cacheKey]*entry // running and settled entries
+	settled *list.List          // of *entry, settled entries, in the order they settled
+	bytes   int                 // sum of the sizes of the entries in byKey
 
 	hits, misses uint64
+	blocked      int // repeats waiting for a call that has not finished
 }
 
 type cacheKey struct{ principal, procedure, key string }
 
+// entry is one key's claim, owned by the goroutine running the first
+// call's handler: running until done is closed, then settled (and in the
+// settled list) if its result is remembered. Fields are guarded by the
+// interceptor's mu, except the result: the owner writes it before it takes
+// mu to settle, and nobody writes it after; readers read it once closed is
+// set.
 type entry struct {
 	key     cacheKey
-	expires time.Time
-	size    int           // encoded size of res
+	size    int           // bytes counted in Interceptor.bytes
+	held    bool          // in byKey
+	el      *list.Element // in the settled list, nil while running
+	expires time.Time     // when a settled entry is forgotten
 	done    chan struct{} // closed when the first call has finished
-	res     proto.Message
-	err     error
+	closed  bool          // done is closed, or about to be
+	waiters int           // repeats waiting for done
+
+	// The result, when remembered (ok): an encoded response of type resType
+	// (nil for a handler that returned neither response nor error), or an
+	// error.
+	ok      bool
+	res     []byte
+	resType protoreflect.MessageType
+	err     *cachedError
+}
+
+// cachedError is what the caller of an error saw: code, message, details
+// and trailers, without the handler's error chain.
+type cachedError struct {
+	code    tether.Code
+	msg     string
+	details []*anypb.Any
+	meta    tether.Metadata
 }
 
 // New returns an idempotency interceptor.
 func New(opts ...Option) *Interceptor {
-	i := &Interceptor{max: DefaultMaxEntries, maxBytes: DefaultMaxBytes, ttl: DefaultTTL, now: time.Now, byKey: map[cacheKey]*list.Element{}, order: list.New()}
+	i := &Interceptor{max: DefaultMaxEntries, maxBytes: DefaultMaxBytes, ttl: DefaultTTL, now: time.Now, byKey: map[cacheKey]*entry{}, settled: list.New()}
 	for _, o := range opts {
 		o(i)
 	}
@@ -123,96 +203,269 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 			return next(ctx, req)
 		}
 		key := cacheKey{principalKey(ci.Peer().Principal), ci.Spec().Procedure, k}
-		for {
-			e, first := i.claim(key)
-			if first {
-				res, err := next(ctx, req)
-				i.settle(e, res, err)
-				return res, err
-			}
-			select {
-			case <-e.done:
-			case <-ctx.Done():
-				return nil, tether.AsError(ctx.Err())
-			}
-			if e.res != nil || e.err != nil {
-				i.mu.Lock()
-				i.hits++
-				i.mu.Unlock()
-				if e.err != nil {
-					return nil, e.err
-				}
-				return proto.Clone(e.res), nil
-			}
-			// The first call ended transiently and was forgotten: run again.
-		}
+		return i.do(ctx, key, func() (proto.Message, error) { return next(ctx, req) })
 	}
+}
+
+// KeyFromContext returns the idempotency key of the call a handler's context
+// belongs to, or "" if it has none. A handler whose effect must happen once
+// beyond the cache (after its TTL, after a restart, on another server)
+// stores the key in the same transaction as the effect and answers a repeat
+// from what it stored.
+func KeyFromContext(ctx context.Context) string {
+	ci, ok := server.CallInfoFromContext(ctx)
+	if !ok {
+		return ""
+	}
+	return ci.RequestHeader().Get(tether.MetadataIdempotencyKey)
 }
 
 // WrapStream implements server.Interceptor; streams pass through.
 func (i *Interceptor) WrapStream(next server.StreamFunc) server.StreamFunc { return next }
 
-// claim returns the entry for key, creating it if there is none; first
-// reports whether the caller must run the handler.
-func (i *Interceptor) claim(key cacheKey) (*entry, bool) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	now := i.now()
-	i.expire(now)
-	if el, ok := i.byKey[key]; ok {
-		return el.Value.(*entry), false
+// do runs the call identified by key: run is its handler.
+func (i *Interceptor) do(ctx context.Context, key cacheKey, run func() (proto.Message, error)) (proto.Message, error) {
+	for {
+		e, first, err := i.claim(key)
+		switch {
+		case err != nil:
+			return nil, err
+		case first:
+			return i.runFirst(e, run)
+		}
+		if res, answered, err := i.wait(ctx, e); answered {
+			return res, err
+		}
+		// The first call left no result (transient error or panic) and its
+		// key was forgotten: claim it again, and maybe run.
 	}
-	e := &entry{key: key, expires: now.Add(i.ttl), done: make(chan struct{})}
-	i.byKey[key] = i.order.PushBack(e)
-	i.misses++
-	for len(i.byKey) > i.max {
-		i.evict(i.order.Front())
-	}
-	return e, true
 }
 
-// settle stores the first call's result, or forgets the key when the result
-// is transient, and wakes the repeats waiting for it.
-func (i *Interceptor) settle(e *entry, res proto.Message, err error) {
-	i.mu.Lock()
-	if transient(err) {
-		if el, ok := i.byKey[e.key]; ok && el.Value == e {
-			i.evict(el)
+// runFirst runs the handler of the call that claimed e and settles e
+// however the handler ends. A panic (or runtime.Goexit) leaves no result:
+// the key is forgotten, its waiters claim it again, and the panic goes on
+// to the server's recovery.
+func (i *Interceptor) runFirst(e *entry, run func() (proto.Message, error)) (res proto.Message, err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			i.settle(e, nil, nil, true)
 		}
-	} else if err != nil {
-		e.err = err
-	} else {
-		e.res = proto.Clone(res)
-		e.size = proto.Size(e.res)
-		i.bytes += e.size
-		for i.bytes > i.maxBytes && i.order.Len() > 0 {
-			i.evict(i.order.Front())
+	}()
+	res, err = run()
+	returned = true
+	i.settle(e, res, err, transient(err))
+	return res, err
+}
+
+// wait waits for the first call of e to finish, or for ctx to end. answered
+// is false when the first call left no result.
+func (i *Interceptor) wait(ctx context.Context, e *entry) (res proto.Message, answered bool, err error) {
+	i.mu.Lock()
+	e.waiters++
+	if !e.closed {
+		i.blocked++
+	}
+	i.mu.Unlock()
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+	}
+	i.mu.Lock()
+	e.waiters--
+	if !e.closed {
+		i.blocked--
+		i.mu.Unlock()
+		return nil, true, tether.AsError(ctx.Err())
+	}
+	if !e.ok {
+		i.mu.Unlock()
+		return nil, false, nil
+	}
+	i.hits++
+	i.mu.Unlock()
+	// The result is not written after closed is set: read it unlocked.
+	if e.err != nil {
+		return nil, true, e.err.toError()
+	}
+	if e.resType == nil {
+		return nil, true, nil
+	}
+	m := e.resType.New().Interface()
+	if err := proto.Unmarshal(e.res, m); err != nil {
+		return nil, true, tether.Errorf(tether.CodeInternal, "idempotency: decode cached %s: %v", e.resType.Descriptor().FullName(), err)
+	}
+	return m, true, nil
+}
+
+// claim returns the entry for key, creating it if there is none; first
+// reports whether the caller must run the handler. It forgets expired
+// results and, to make room, the results that settled first; it refuses a
+// new key (unavailable) when the running calls alone fill the cache.
+func (i *Interceptor) claim(key cacheKey) (e *entry, first bool, err error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.expire(i.now())
+	if e, ok := i.byKey[key]; ok {
+		return e, false, nil
+	}
+	size := entryOverhead + len(key.principal) + len(key.procedure) + len(key.key)
+	for (len(i.byKey)+1 > i.max || i.bytes+size > i.maxBytes) && i.settled.Len() > 0 {
+		i.forget(i.settled.Front().Value.(*entry))
+	}
+	if len(i.byKey)+1 > i.max || i.bytes+size > i.maxBytes {
+		return nil, false, tether.Errorf(tether.CodeUnavailable,
+			"idempotency: cache full of running calls (%d keys, %d bytes held); try again later", len(i.byKey), i.bytes)
+	}
+	e = &entry{key: key, size: size, held: true, done: make(chan struct{})}
+	i.byKey[key] = e
+	i.bytes += size
+	i.misses++
+	return e, true, nil
+}
+
+// settle records the first call's result, or forgets the key when forget
+// is set (transient error or panic), and wakes the repeats waiting for it.
+func (i *Interceptor) settle(e *entry, res proto.Message, err error, forget bool) {
+	var add int
+	if !forget {
+		switch {
+		case err != nil:
+			e.err = newCachedError(tether.AsError(err))
+			add = e.err.size()
+		case res != nil:
+			b, merr := proto.Marshal(res)
+			if merr != nil {
+				forget = true // the server answers internal; nothing to repeat
+				break
+			}
+			e.res, e.resType = b, res.ProtoReflect().Type()
+			add = cap(b)
 		}
 	}
+	i.mu.Lock()
+	if forget || !e.held {
+		i.forget(e)
+	} else {
+		e.ok = true
+		e.size += add
+		i.bytes += add
+		e.expires = i.now().Add(i.ttl)
+		e.el = i.settled.PushBack(e)
+		for i.bytes > i.maxBytes && i.settled.Len() > 0 {
+			i.forget(i.settled.Front().Value.(*entry))
+		}
+	}
+	e.closed = true
+	i.blocked -= e.waiters
 	i.mu.Unlock()
 	close(e.done)
 }
 
+// expire forgets the settled entries whose TTL has passed; running entries
+// are not in the settled list.
 func (i *Interceptor) expire(now time.Time) {
-	for el := i.order.Front(); el != nil; el = i.order.Front() {
+	for el := i.settled.Front(); el != nil; el = i.settled.Front() {
 		e := el.Value.(*entry)
 		if now.Before(e.expires) {
 			return
 		}
-		i.evict(el)
+		i.forget(e)
 	}
 }
 
-func (i *Interceptor) evict(el *list.Element) {
-	e := el.Value.(*entry)
-	i.order.Remove(el)
-	i.bytes -= e.size
-	if cur, ok := i.byKey[e.key]; ok && cur == el {
-		delete(i.byKey, e.key)
+// forget removes e from the cache, if it is still held, and its size from
+// the total.
+func (i *Interceptor) forget(e *entry) {
+	if !e.held {
+		return
 	}
+	e.held = false
+	delete(i.byKey, e.key)
+	i.bytes -= e.size
+	if e.el != nil {
+		i.settled.Remove(e.el)
+		e.el = nil
+	}
+}
+
+func newCachedError(e *tether.Error) *cachedError {
+	c := &cachedError{code: e.Code(), msg: e.Message(), meta: e.Meta().Clone()}
+	for _, d := range e.Details() {
+		c.details = append(c.details, proto.Clone(d).(*anypb.Any))
+	}
+	return c
+}
+
+// size counts the memory the error holds.
+func (c *cachedError) size() int {
+	n := len(c.msg)
+	for _, d := range c.details {
+		n += detailOverhead + len(d.GetTypeUrl()) + cap(d.GetValue())
+	}
+	for k, vs := range c.meta {
+		n += headerOverhead + len(k) + headerOverhead
+		for _, v := range vs {
+			n += headerOverhead + len(v)
+		}
+	}
+	return n
+}
+
+// toError returns a new error equal to the one the first caller got.
+func (c *cachedError) toError() *tether.Error {
+	var err error
+	if c.msg != "" {
+		err = errors.New(c.msg)
+	}
+	e := tether.NewError(c.code, err)
+	for _, d := range c.details {
+		_ = e.AddDetail(proto.Clone(d))
+	}
+	if c.meta != nil {
+		e = e.WithMeta(c.meta.Clone())
+	}
+	return e
 }
 
 var _ server.Interceptor = (*Interceptor)(nil)
+
+// heldEntry is what snapshot reports of one key the cache holds.
+type heldEntry struct {
+	running bool
+	size    int // bytes counted for the entry
+	waiters int
+	expires time.Time
+	res     proto.Message
+	err     error
+}
+
+// snapshot is the cache's state, for tests' invariant checks.
+type snapshot struct {
+	bytes   int // the running byte total
+	blocked int // repeats waiting for a call that has not finished
+	entries map[cacheKey]heldEntry
+}
+
+func (i *Interceptor) snapshot() snapshot {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	s := snapshot{bytes: i.bytes, blocked: i.blocked, entries: make(map[cacheKey]heldEntry, len(i.byKey))}
+	for k, e := range i.byKey {
+		h := heldEntry{running: !e.closed, size: e.size, waiters: e.waiters, expires: e.expires}
+		if e.ok && e.err != nil {
+			h.err = e.err.toError()
+		} else if e.ok && e.resType != nil {
+			m := e.resType.New().Interface()
+			if err := proto.Unmarshal(e.res, m); err != nil {
+				panic(err)
+			}
+			h.res = m
+		}
+		s.entries[k] = h
+	}
+	return s
+}
 
 // principalKey turns a principal into a cache scope. Principals are usually
 // strings or small structs; %#v keeps distinct values distinct.

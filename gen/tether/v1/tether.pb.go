@@ -516,6 +516,9 @@ func (x *GoAway) GetMessage() string {
 
 // RetryPolicy declares how a client may retry a method and what it does with
 // a call that exhausts its attempts. It is read by protoc-gen-go-tether.
+// Streaming calls are retried only until their first response message;
+// dead_letter applies to unary and server-streaming methods, and
+// protoc-gen-go-tether rejects it on client-streaming and bidi methods.
 type RetryPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// MaxAttempts is the number of attempts including the first (default 3 when

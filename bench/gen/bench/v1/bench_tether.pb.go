@@ -13,6 +13,11 @@ import (
 	server "github.com/tetherrpc/tether/server"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // BenchServiceName is the fully-qualified name of the bench.v1.BenchService
 // service.
 const BenchServiceName = "bench.v1.BenchService"
@@ -62,6 +67,8 @@ var (
 // BenchServiceHandler is the server side of the bench.v1.BenchService service.
 // Serve an implementation with [RegisterBenchServiceHandler]; embed
 // [UnimplementedBenchServiceHandler] in it.
+//
+// BenchService is implemented identically over tether and grpc-go.
 type BenchServiceHandler interface {
 	// Unary answers with a payload holding the same body.
 	Unary(ctx context.Context, req *Payload) (*Payload, error)
@@ -110,6 +117,8 @@ func RegisterBenchServiceHandler(s *server.Server, h BenchServiceHandler, opts .
 
 // BenchServiceClient is a client for the bench.v1.BenchService service. Create
 // one with [NewBenchServiceClient].
+//
+// BenchService is implemented identically over tether and grpc-go.
 type BenchServiceClient interface {
 	// Unary answers with a payload holding the same body.
 	Unary(ctx context.Context, req *Payload, opts ...client.CallOption) (*Payload, error)

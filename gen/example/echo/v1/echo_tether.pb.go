@@ -13,6 +13,11 @@ import (
 	server "github.com/tetherrpc/tether/server"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // EchoServiceName is the fully-qualified name of the
 // example.echo.v1.EchoService service.
 const EchoServiceName = "example.echo.v1.EchoService"
@@ -75,6 +80,8 @@ var (
 // EchoServiceHandler is the server side of the example.echo.v1.EchoService
 // service. Serve an implementation with [RegisterEchoServiceHandler]; embed
 // [UnimplementedEchoServiceHandler] in it.
+//
+// EchoService echoes what it is sent, in each of the four kinds of call.
 type EchoServiceHandler interface {
 	// Say answers one request with one response carrying the same text and
 	// payload.
@@ -133,6 +140,8 @@ func RegisterEchoServiceHandler(s *server.Server, h EchoServiceHandler, opts ...
 
 // EchoServiceClient is a client for the example.echo.v1.EchoService service.
 // Create one with [NewEchoServiceClient].
+//
+// EchoService echoes what it is sent, in each of the four kinds of call.
 type EchoServiceClient interface {
 	// Say answers one request with one response carrying the same text and
 	// payload.

@@ -14,6 +14,11 @@ import (
 	time "time"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // LedgerServiceName is the fully-qualified name of the
 // example.ledger.v1.LedgerService service.
 const LedgerServiceName = "example.ledger.v1.LedgerService"
@@ -78,6 +83,8 @@ var (
 // example.ledger.v1.LedgerService service. Serve an implementation with
 // [RegisterLedgerServiceHandler]; embed [UnimplementedLedgerServiceHandler] in
 // it.
+//
+// LedgerService keeps account balances.
 type LedgerServiceHandler interface {
 	// Credit adds an amount to an account. Repeating a credit adds it again,
 	// so the method is not idempotent by itself: the server deduplicates
@@ -130,6 +137,8 @@ func RegisterLedgerServiceHandler(s *server.Server, h LedgerServiceHandler, opts
 
 // LedgerServiceClient is a client for the example.ledger.v1.LedgerService
 // service. Create one with [NewLedgerServiceClient].
+//
+// LedgerService keeps account balances.
 type LedgerServiceClient interface {
 	// Credit adds an amount to an account. Repeating a credit adds it again,
 	// so the method is not idempotent by itself: the server deduplicates

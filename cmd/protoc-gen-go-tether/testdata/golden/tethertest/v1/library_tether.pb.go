@@ -16,6 +16,11 @@ import (
 	time "time"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // LibraryServiceName is the fully-qualified name of the
 // tethertest.v1.LibraryService service.
 const LibraryServiceName = "tethertest.v1.LibraryService"
@@ -53,6 +58,8 @@ const (
 
 	// LibraryServiceLendBookProcedure is the procedure of
 	// tethertest.v1.LibraryService.LendBook.
+	//
+	// Deprecated: Do not use.
 	LibraryServiceLendBookProcedure = "/tethertest.v1.LibraryService/LendBook"
 )
 
@@ -119,7 +126,10 @@ var (
 		Spec: tether.Spec{
 			Procedure:        LibraryServiceUploadCoverProcedure,
 			StreamType:       tether.StreamTypeClient,
-			IdempotencyLevel: tether.IdempotencyUnknown,
+			IdempotencyLevel: tether.IdempotencyIdempotent,
+		},
+		Retry: &client.RetryPolicy{
+			MaxAttempts: 4,
 		},
 	}
 
@@ -128,6 +138,10 @@ var (
 			Procedure:        LibraryServiceSyncBooksProcedure,
 			StreamType:       tether.StreamTypeBidi,
 			IdempotencyLevel: tether.IdempotencyUnknown,
+		},
+		Retry: &client.RetryPolicy{
+			MaxAttempts:    2,
+			RetryableCodes: []tether.Code{tether.CodeUnavailable, tether.CodeAborted},
 		},
 	}
 
@@ -143,6 +157,9 @@ var (
 // LibraryServiceHandler is the server side of the tethertest.v1.LibraryService
 // service. Serve an implementation with [RegisterLibraryServiceHandler]; embed
 // [UnimplementedLibraryServiceHandler] in it.
+//
+// LibraryService manages books. It has a method of each kind of call and
+// each idempotency level.
 type LibraryServiceHandler interface {
 	// GetBook returns one book.
 	//
@@ -163,7 +180,9 @@ type LibraryServiceHandler interface {
 	// WatchBooks streams every change to the library.
 	WatchBooks(ctx context.Context, req *WatchBooksRequest, stream *server.ServerStream[Book]) error
 
-	// UploadCover receives a cover image in chunks.
+	// UploadCover receives a cover image in chunks. It is retried before its
+	// response, with the chunks sent so far (within the client's retry
+	// buffer).
 	UploadCover(ctx context.Context, stream *server.ClientStream[v1.Chunk]) (*v1.Ack, error)
 
 	// SyncBooks exchanges changes in both directions.
@@ -220,6 +239,8 @@ func (UnimplementedLibraryServiceHandler) SyncBooks(context.Context, *server.Bid
 }
 
 // LendBook answers [tether.CodeUnimplemented].
+//
+// Deprecated: Do not use.
 func (UnimplementedLibraryServiceHandler) LendBook(context.Context, *LendBookRequest) (*Book, error) {
 	return nil, tether.Errorf(tether.CodeUnimplemented, "tethertest.v1.LibraryService.LendBook is not implemented")
 }
@@ -242,6 +263,9 @@ func RegisterLibraryServiceHandler(s *server.Server, h LibraryServiceHandler, op
 
 // LibraryServiceClient is a client for the tethertest.v1.LibraryService
 // service. Create one with [NewLibraryServiceClient].
+//
+// LibraryService manages books. It has a method of each kind of call and
+// each idempotency level.
 type LibraryServiceClient interface {
 	// GetBook returns one book.
 	//
@@ -262,7 +286,9 @@ type LibraryServiceClient interface {
 	// WatchBooks streams every change to the library.
 	WatchBooks(ctx context.Context, req *WatchBooksRequest, opts ...client.CallOption) (*client.ServerStream[Book], error)
 
-	// UploadCover receives a cover image in chunks.
+	// UploadCover receives a cover image in chunks. It is retried before its
+	// response, with the chunks sent so far (within the client's retry
+	// buffer).
 	UploadCover(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[v1.Chunk, v1.Ack], error)
 
 	// SyncBooks exchanges changes in both directions.
@@ -321,12 +347,16 @@ func (c *libraryServiceClient) SyncBooks(ctx context.Context, opts ...client.Cal
 }
 
 // LendBook calls tethertest.v1.LibraryService.LendBook.
+//
+// Deprecated: Do not use.
 func (c *libraryServiceClient) LendBook(ctx context.Context, req *LendBookRequest, opts ...client.CallOption) (*Book, error) {
 	return client.CallUnary[LendBookRequest, Book](ctx, c.cc, libraryServiceLendBookMethod, req, opts...)
 }
 
 // HTTPAdminServiceName is the fully-qualified name of the
 // tethertest.v1.HTTPAdminService service.
+//
+// Deprecated: Do not use.
 const HTTPAdminServiceName = "tethertest.v1.HTTPAdminService"
 
 // The procedures of HTTPAdminService: the names its methods are served and
@@ -334,6 +364,8 @@ const HTTPAdminServiceName = "tethertest.v1.HTTPAdminService"
 const (
 	// HTTPAdminServiceReindexProcedure is the procedure of
 	// tethertest.v1.HTTPAdminService.Reindex.
+	//
+	// Deprecated: Do not use.
 	HTTPAdminServiceReindexProcedure = "/tethertest.v1.HTTPAdminService/Reindex"
 )
 
@@ -361,10 +393,15 @@ var (
 // [RegisterHTTPAdminServiceHandler]; embed
 // [UnimplementedHTTPAdminServiceHandler] in it.
 //
+// HTTPAdminService is deprecated, has an initialism in its name and lives in
+// the same file as LibraryService.
+//
 // Deprecated: Do not use.
 type HTTPAdminServiceHandler interface {
 	// Reindex rebuilds every index.
 	// Its backoffs are whole hours and an odd number of nanoseconds.
+	//
+	// Deprecated: Do not use.
 	Reindex(ctx context.Context, req *emptypb.Empty, stream *server.ServerStream[v1.Ack]) error
 }
 
@@ -373,11 +410,15 @@ type HTTPAdminServiceHandler interface {
 // implementations of HTTPAdminServiceHandler: an implementation then keeps
 // compiling when methods are added to the service, and answers
 // CodeUnimplemented for the methods it does not implement.
+//
+// Deprecated: Do not use.
 type UnimplementedHTTPAdminServiceHandler struct{}
 
 var _ HTTPAdminServiceHandler = UnimplementedHTTPAdminServiceHandler{}
 
 // Reindex answers [tether.CodeUnimplemented].
+//
+// Deprecated: Do not use.
 func (UnimplementedHTTPAdminServiceHandler) Reindex(context.Context, *emptypb.Empty, *server.ServerStream[v1.Ack]) error {
 	return tether.Errorf(tether.CodeUnimplemented, "tethertest.v1.HTTPAdminService.Reindex is not implemented")
 }
@@ -396,10 +437,15 @@ func RegisterHTTPAdminServiceHandler(s *server.Server, h HTTPAdminServiceHandler
 // HTTPAdminServiceClient is a client for the tethertest.v1.HTTPAdminService
 // service. Create one with [NewHTTPAdminServiceClient].
 //
+// HTTPAdminService is deprecated, has an initialism in its name and lives in
+// the same file as LibraryService.
+//
 // Deprecated: Do not use.
 type HTTPAdminServiceClient interface {
 	// Reindex rebuilds every index.
 	// Its backoffs are whole hours and an odd number of nanoseconds.
+	//
+	// Deprecated: Do not use.
 	Reindex(ctx context.Context, req *emptypb.Empty, opts ...client.CallOption) (*client.ServerStream[v1.Ack], error)
 }
 
@@ -417,6 +463,8 @@ type httpAdminServiceClient struct {
 }
 
 // Reindex calls tethertest.v1.HTTPAdminService.Reindex.
+//
+// Deprecated: Do not use.
 func (c *httpAdminServiceClient) Reindex(ctx context.Context, req *emptypb.Empty, opts ...client.CallOption) (*client.ServerStream[v1.Ack], error) {
 	return client.CallServerStream[emptypb.Empty, v1.Ack](ctx, c.cc, httpAdminServiceReindexMethod, req, opts...)
 }

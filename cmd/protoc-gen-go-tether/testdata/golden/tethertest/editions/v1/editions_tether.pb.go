@@ -14,6 +14,11 @@ import (
 	time "time"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // GreeterServiceName is the fully-qualified name of the
 // tethertest.editions.v1.GreeterService service.
 const GreeterServiceName = "tethertest.editions.v1.GreeterService"
@@ -47,6 +52,8 @@ var (
 // tethertest.editions.v1.GreeterService service. Serve an implementation with
 // [RegisterGreeterServiceHandler]; embed [UnimplementedGreeterServiceHandler]
 // in it.
+//
+// GreeterService greets.
 type GreeterServiceHandler interface {
 	// Greet says hello.
 	Greet(ctx context.Context, req *GreetRequest) (*GreetResponse, error)
@@ -78,6 +85,8 @@ func RegisterGreeterServiceHandler(s *server.Server, h GreeterServiceHandler, op
 // GreeterServiceClient is a client for the
 // tethertest.editions.v1.GreeterService service. Create one with
 // [NewGreeterServiceClient].
+//
+// GreeterService greets.
 type GreeterServiceClient interface {
 	// Greet says hello.
 	Greet(ctx context.Context, req *GreetRequest, opts ...client.CallOption) (*GreetResponse, error)
@@ -107,6 +116,8 @@ const EmptyServiceName = "tethertest.editions.v1.EmptyService"
 // tethertest.editions.v1.EmptyService service. Serve an implementation with
 // [RegisterEmptyServiceHandler]; embed [UnimplementedEmptyServiceHandler] in
 // it.
+//
+// EmptyService has no methods yet.
 type EmptyServiceHandler interface{}
 
 // UnimplementedEmptyServiceHandler answers every method of EmptyServiceHandler
@@ -127,6 +138,8 @@ func RegisterEmptyServiceHandler(s *server.Server, h EmptyServiceHandler, opts .
 
 // EmptyServiceClient is a client for the tethertest.editions.v1.EmptyService
 // service. Create one with [NewEmptyServiceClient].
+//
+// EmptyService has no methods yet.
 type EmptyServiceClient interface{}
 
 // NewEmptyServiceClient returns a client for the

@@ -1,0 +1,141 @@
+package mux
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// pair connects a client Conn to a server Conn over a real WebSocket on
+// 127.0.0.1 (httptest) and closes both, and the server, when the test ends.
+func pair(t *testing.T, scfg, ccfg Config) (cc, sc *Conn) {
+	t.Helper()
+	conns := make(chan *Conn, 1)
+	up := websocket.Upgrader{}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		conns <- New(ws, RoleServer, scfg)
+	}))
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	if err != nil {
+		hs.Close()
+		t.Fatal(err)
+	}
+	cc = New(ws, RoleClient, ccfg)
+	sc = <-conns
+	t.Cleanup(func() {
+		cc.Close()
+		sc.Close()
+		<-cc.Done()
+		<-sc.Done()
+		hs.Close()
+	})
+	return cc, sc
+}
+
+// rawPeer dials a server Conn built from scfg with a bare WebSocket, so that
+// the test can send frames no Go client would.
+func rawPeer(t *testing.T, scfg Config) (ws *websocket.Conn, sc *Conn) {
+	t.Helper()
+	conns := make(chan *Conn, 1)
+	up := websocket.Upgrader{}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		conns <- New(ws, RoleServer, scfg)
+	}))
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	if err != nil {
+		hs.Close()
+		t.Fatal(err)
+	}
+	sc = <-conns
+	t.Cleanup(func() {
+		ws.Close()
+		sc.Close()
+		<-sc.Done()
+		hs.Close()
+	})
+	return ws, sc
+}
+
+// waitFor polls cond until it holds or the (generous) timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// rawServer serves one WebSocket on 127.0.0.1 with serve, a function that
+// plays a server by hand, and returns a client Conn connected to it.
+func rawServer(t *testing.T, ccfg Config, serve func(ws *websocket.Conn)) *Conn {
+	t.Helper()
+	up := websocket.Upgrader{}
+	done := make(chan struct{})
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer close(done)
+		defer ws.Close()
+		serve(ws)
+	}))
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+	if err != nil {
+		hs.Close()
+		t.Fatal(err)
+	}
+	cc := New(ws, RoleClient, ccfg)
+	t.Cleanup(func() {
+		cc.Close()
+		<-cc.Done()
+		<-done
+		hs.Close()
+	})
+	return cc
+}
+
+// writeFrames sends frames as one WebSocket message.
+func writeFrames(t *testing.T, ws *websocket.Conn, frames ...frame.Frame) {
+	t.Helper()
+	var b []byte
+	for _, f := range frames {
+		b = frame.Append(b, f)
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitClose reads from ws until its close frame and returns the close code
+// (0 if the connection ended without one).
+func awaitClose(ws *websocket.Conn, timeout time.Duration) (int, string) {
+	_ = ws.SetReadDeadline(time.Now().Add(timeout))
+	for {
+		if _, _, err := ws.ReadMessage(); err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return ce.Code, ce.Text
+			}
+			return 0, err.Error()
+		}
+	}
+}
