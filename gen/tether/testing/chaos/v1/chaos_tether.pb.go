@@ -14,6 +14,11 @@ import (
 	time "time"
 )
 
+// This is a compile-time assertion that this generated file is compatible
+// with the tether package it is built with: an error here means that the
+// runtime is older than the generator, and needs an update.
+const _ = tether.SupportPackageIsVersion1
+
 // ChaosLedgerServiceName is the fully-qualified name of the
 // tether.testing.chaos.v1.ChaosLedgerService service.
 const ChaosLedgerServiceName = "tether.testing.chaos.v1.ChaosLedgerService"
@@ -115,6 +120,8 @@ var (
 // tether.testing.chaos.v1.ChaosLedgerService service. Serve an implementation
 // with [RegisterChaosLedgerServiceHandler]; embed
 // [UnimplementedChaosLedgerServiceHandler] in it.
+//
+// ChaosLedgerService is a ledger whose effects are logged with their keys.
 type ChaosLedgerServiceHandler interface {
 	// Credit adds an amount to an account. It has side effects and is not
 	// idempotent by itself: the server deduplicates repeats by idempotency
@@ -194,6 +201,8 @@ func RegisterChaosLedgerServiceHandler(s *server.Server, h ChaosLedgerServiceHan
 // ChaosLedgerServiceClient is a client for the
 // tether.testing.chaos.v1.ChaosLedgerService service. Create one with
 // [NewChaosLedgerServiceClient].
+//
+// ChaosLedgerService is a ledger whose effects are logged with their keys.
 type ChaosLedgerServiceClient interface {
 	// Credit adds an amount to an account. It has side effects and is not
 	// idempotent by itself: the server deduplicates repeats by idempotency
