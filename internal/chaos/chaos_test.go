@@ -440,9 +440,10 @@ func newClient(url, name string, store dlq.Store, opts ...client.Option) (*clien
 	}, opts...)...)
 }
 
-// replayAll replays every entry of a dead-letter queue, concurrently, each
-// with a 5 s deadline: against a healthy server a replay is answered at
-// once, so a replay that runs out of time is a finding.
+// replayAll replays every entry of a dead-letter queue, four at a time (the
+// small idempotency cache holds only about ten running calls and refuses
+// more), each with a 5 s deadline: against a healthy server a replay is
+// answered at once, so a replay that runs out of time is a finding.
 func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Replayed {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -453,10 +454,13 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Re
 	}
 	out := make([]Replayed, len(entries))
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
 	for i, e := range entries {
 		wg.Add(1)
+		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
+			defer func() { <-sem }()
 			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := dlq.Replay(rctx, store, inv, e.ID)
 			rcancel()

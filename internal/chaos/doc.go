@@ -46,7 +46,7 @@
 //	-chaos.duration D           TestChaos: total load time over its seeds (default 12s)
 //	-chaos.process.duration D   TestChaosProcess: load time (default 5s)
 //	-chaos.disable k1,k2        fault kinds or hostile attacks not to inject (e.g. abandon,kill,half-close-mid-message)
-//	-chaos.cache small|big|seed the server's idempotency cache: 16 keys, 2 KiB, 1 s TTL (evicts
+//	-chaos.cache small|big|seed the server's idempotency cache: 16 keys, 4 KiB, 1 s TTL (evicts
 //	                            under load), the defaults (never evicts in a run), or drawn from the seed
 //	-chaos.history              log every operation
 //

@@ -205,13 +205,13 @@ func Token(name string) string { return "chaos-" + name }
 
 // NewServer returns a tether server for the ledger with a fresh idempotency
 // cache (as a new process would have), bearer-token authentication and a
-// 1 MiB message limit. smallCache bounds the cache tightly (16 keys, 2 KiB,
+// 1 MiB message limit. smallCache bounds the cache tightly (16 keys, 4 KiB,
 // 1 s), so that eviction happens under load, also of keys whose first call
 // is still running.
 func NewServer(log *EffectLog, smallCache bool, logger *slog.Logger) *server.Server {
 	var idemOpts []idempotency.Option
 	if smallCache {
-		idemOpts = append(idemOpts, idempotency.WithMaxEntries(16), idempotency.WithMaxBytes(2<<10), idempotency.WithTTL(time.Second))
+		idemOpts = append(idemOpts, idempotency.WithMaxEntries(16), idempotency.WithMaxBytes(4<<10), idempotency.WithTTL(time.Second))
 	}
 	srv := server.New(
 		server.WithLogger(logger),
