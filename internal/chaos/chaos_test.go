@@ -40,6 +40,8 @@ var (
 	flagProcDur  = flag.Duration("chaos.process.duration", 5*time.Second, "TestChaosProcess: load time")
 	flagDisable  = flag.String("chaos.disable", "", "comma-separated fault kinds not to inject (e.g. abandon,kill)")
 	flagHistory  = flag.Bool("chaos.history", false, "log every operation of the history")
+	flagClients  = flag.Int("chaos.clients", 3, "TestChaos: in-process clients (separate client.Client values)")
+	flagWorkers  = flag.Int("chaos.workers", 3, "concurrent callers per client")
 	flagCache    = flag.String("chaos.cache", "seed", "idempotency cache of the server: small (evicts under load), big (never evicts in a run), or seed (drawn from the seed)")
 )
 
@@ -92,7 +94,7 @@ func TestChaos(t *testing.T) {
 	per := *flagDuration / time.Duration(len(ss))
 	for _, seed := range ss {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			run(t, runConfig{seed: seed, load: per, clients: 3, workers: 3})
+			run(t, runConfig{seed: seed, load: per, clients: *flagClients, workers: *flagWorkers})
 		})
 	}
 }
@@ -105,7 +107,7 @@ func TestChaosProcess(t *testing.T) {
 	if seed == 0 {
 		seed = 7
 	}
-	run(t, runConfig{seed: seed, load: *flagProcDur, clients: 2, workers: 3, serverProcess: true, clientProcess: true})
+	run(t, runConfig{seed: seed, load: *flagProcDur, clients: 2, workers: *flagWorkers, serverProcess: true, clientProcess: true})
 }
 
 type runConfig struct {
@@ -154,6 +156,12 @@ func run(t *testing.T, cfg runConfig) {
 	rerun := fmt.Sprintf("go test -race ./internal/chaos -run '%s$' -chaos.seed=%d", t.Name(), cfg.seed)
 	if !strings.HasPrefix(t.Name(), "TestChaosProcess") {
 		rerun = fmt.Sprintf("go test -race ./internal/chaos -run 'TestChaos$' -chaos.seed=%d -chaos.duration=%v", cfg.seed, cfg.load)
+	}
+	if *flagClients != 3 {
+		rerun += fmt.Sprintf(" -chaos.clients=%d", *flagClients)
+	}
+	if *flagWorkers != 3 {
+		rerun += fmt.Sprintf(" -chaos.workers=%d", *flagWorkers)
 	}
 	if *flagCache != "seed" {
 		rerun += " -chaos.cache=" + *flagCache

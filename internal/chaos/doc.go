@@ -48,6 +48,8 @@
 //	-chaos.disable k1,k2        fault kinds or hostile attacks not to inject (e.g. abandon,kill,half-close-mid-message)
 //	-chaos.cache small|big|seed the server's idempotency cache: 16 keys, 4 KiB, 1 s TTL (evicts
 //	                            under load), the defaults (never evicts in a run), or drawn from the seed
+//	-chaos.clients N            TestChaos: in-process clients (default 3)
+//	-chaos.workers N            concurrent callers per client (default 3)
 //	-chaos.history              log every operation
 //
 // A long local soak:
