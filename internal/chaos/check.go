@@ -24,6 +24,11 @@ type CheckConfig struct {
 	// key is evicted during the run: then a handler must not run twice for
 	// one key in one server process.
 	NoEviction bool
+	// StreamRetries names the principals whose clients retry client-stream
+	// and bidi calls of methods with side effects after the wire (a
+	// client-wide retry policy does that): their streams may reach the
+	// handler twice, and only the effect counts are checked for them.
+	StreamRetries map[string]bool
 }
 
 // Check checks the clients' histories, the replays of their dead letters
@@ -177,6 +182,9 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 		case EffectRerun:
 			switch e.Method {
 			case MethodBatch, MethodTransfer:
+				if cfg.StreamRetries[e.Principal] {
+					continue
+				}
 				v = append(v, fmt.Sprintf("%s %s: a stream was delivered to the handler twice (epoch %d)", e.Method, e.Key, e.Epoch))
 			case MethodCredit:
 				r := rk{k, e.Epoch, e.Principal}

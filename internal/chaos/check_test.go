@@ -56,6 +56,8 @@ func TestCheck(t *testing.T) {
 			effects: []Effect{apply(MethodCredit, "a", 1), {Kind: EffectRerun, Method: MethodCredit, Key: "a", Principal: "p0", Epoch: 2}}},
 		{name: "rerun with eviction", ops: []Op{ok(MethodCredit, "a")},
 			effects: []Effect{apply(MethodCredit, "a", 1), {Kind: EffectRerun, Method: MethodCredit, Key: "a", Principal: "p0", Epoch: 1}}},
+		{name: "batch delivered twice by a client that retries streams", cfg: CheckConfig{StreamRetries: map[string]bool{"p0": true}}, ops: []Op{ok(MethodBatch, "b")},
+			effects: []Effect{apply(MethodBatch, "b", 1), {Kind: EffectRerun, Method: MethodBatch, Key: "b", Principal: "p0", Epoch: 1}}},
 		{name: "batch delivered twice", ops: []Op{ok(MethodBatch, "b")},
 			effects: []Effect{apply(MethodBatch, "b", 1), {Kind: EffectRerun, Method: MethodBatch, Key: "b", Epoch: 1}}, want: "delivered to the handler twice"},
 	}
