@@ -36,8 +36,8 @@ import (
 
 var (
 	flagSeed     = flag.Uint64("chaos.seed", 0, "run only this seed (0: the fixed seeds plus one random seed)")
-	flagDuration = flag.Duration("chaos.duration", 12*time.Second, "TestChaos: total load time, split over its seeds")
-	flagProcDur  = flag.Duration("chaos.process.duration", 5*time.Second, "TestChaosProcess: load time")
+	flagDuration = flag.Duration("chaos.duration", 10*time.Second, "TestChaos: total load time, split over its seeds")
+	flagProcDur  = flag.Duration("chaos.process.duration", 4*time.Second, "TestChaosProcess: load time")
 	flagDisable  = flag.String("chaos.disable", "", "comma-separated fault kinds not to inject (e.g. abandon,kill)")
 	flagHistory  = flag.Bool("chaos.history", false, "log every operation of the history")
 	flagClients  = flag.Int("chaos.clients", 3, "TestChaos: in-process clients (separate client.Client values)")

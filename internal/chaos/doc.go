@@ -43,8 +43,8 @@
 // separate process (SIGKILL) and one client as a separate process. Flags:
 //
 //	-chaos.seed N               run only seed N (a failure prints the command)
-//	-chaos.duration D           TestChaos: total load time over its seeds (default 12s)
-//	-chaos.process.duration D   TestChaosProcess: load time (default 5s)
+//	-chaos.duration D           TestChaos: total load time over its seeds (default 10s)
+//	-chaos.process.duration D   TestChaosProcess: load time (default 4s)
 //	-chaos.disable k1,k2        fault kinds or hostile attacks not to inject (e.g. abandon,kill,half-close-mid-message)
 //	-chaos.cache small|big|seed the server's idempotency cache: 16 keys, 4 KiB, 1 s TTL (evicts
 //	                            under load), the defaults (never evicts in a run), or drawn from the seed
