@@ -171,6 +171,12 @@ func run(t *testing.T, cfg runConfig) {
 	}
 	t.Logf("seed %d (%s), %d clients x %d workers%s, load %v, idempotency cache small=%v, %d faults scheduled",
 		cfg.seed, rerun, cfg.clients, cfg.workers, map[bool]string{true: " + 1 client process", false: ""}[cfg.clientProcess], cfg.load, smallCache, len(sched))
+	// The small cache: twice the callers, so that refusals (a cache full of
+	// running calls) stay the exception.
+	cacheKeys := 0
+	if smallCache {
+		cacheKeys = max(16, 2*cfg.workers*(cfg.clients+1))
+	}
 
 	runtime.GC()
 	var base runtime.MemStats
@@ -179,13 +185,13 @@ func run(t *testing.T, cfg runConfig) {
 	var srv serverRunner
 	var effLog *EffectLog
 	if cfg.serverProcess {
-		srv = &procServer{t: t, addr: addr, logPath: logPath, small: smallCache}
+		srv = &procServer{t: t, addr: addr, logPath: logPath, cacheKeys: cacheKeys}
 	} else {
 		var err error
 		if effLog, err = OpenEffectLog(logPath, 1); err != nil {
 			t.Fatal(err)
 		}
-		srv = &inprocServer{addr: addr, log: effLog, small: smallCache}
+		srv = &inprocServer{addr: addr, log: effLog, cacheKeys: cacheKeys}
 	}
 	epoch := 1
 	if err := srv.start(epoch); err != nil {
@@ -454,13 +460,16 @@ func newClient(url, name string, store dlq.Store, opts ...client.Option) (*clien
 // more), each with a 5 s deadline: against a healthy server a replay is
 // answered at once, so a replay that runs out of time is a finding.
 func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Replayed {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	entries, err := store.List(ctx, dlq.ListOptions{})
+	lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer lcancel()
+	entries, err := store.List(lctx, dlq.ListOptions{})
 	if err != nil {
 		t.Errorf("dead letters of %s: %v", name, err)
 		return nil
 	}
+	// A budget for the whole queue: a minute, plus 20 ms an entry.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute+time.Duration(len(entries))*20*time.Millisecond)
+	defer cancel()
 	out := make([]Replayed, len(entries))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 4)
@@ -470,11 +479,19 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Re
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
+			r := Replayed{Client: name, ID: e.ID, Key: e.IdempotencyKey, Method: methodOf(e.Procedure), Result: ResultOK}
+			if ctx.Err() != nil {
+				r.Result = ResultSkipped
+				out[i] = r
+				return
+			}
 			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := dlq.Replay(rctx, store, inv, e.ID)
 			rcancel()
-			r := Replayed{Client: name, ID: e.ID, Key: e.IdempotencyKey, Method: methodOf(e.Procedure), Result: ResultOK}
-			if err != nil {
+			switch {
+			case err != nil && ctx.Err() != nil:
+				r.Result = ResultSkipped // the budget ran out, not this replay's 5 s
+			case err != nil:
 				r.Result, r.Code, r.Err = ResultFail, tether.CodeOf(err).String(), err.Error()
 				if c, ok := inv.(*client.Client); ok {
 					st := c.Stats()
@@ -491,7 +508,7 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Re
 	for _, r := range out {
 		replayed[r.ID] = true
 	}
-	after, err := store.List(ctx, dlq.ListOptions{})
+	after, err := store.List(lctx, dlq.ListOptions{})
 	if err != nil {
 		t.Errorf("dead letters of %s: %v", name, err)
 	}
@@ -532,9 +549,9 @@ func listen(addr string) (net.Listener, error) {
 // inprocServer is the server in this process; its effect log outlives it,
 // as a database would.
 type inprocServer struct {
-	addr  string
-	log   *EffectLog
-	small bool
+	addr      string
+	log       *EffectLog
+	cacheKeys int
 
 	srv *server.Server
 	hs  *http.Server
@@ -546,7 +563,7 @@ func (s *inprocServer) start(epoch int) error {
 		return err
 	}
 	s.log.SetEpoch(epoch)
-	s.srv = NewServer(s.log, s.small, discard())
+	s.srv = NewServer(s.log, s.cacheKeys, discard())
 	hs := &http.Server{Handler: s.srv}
 	s.hs = hs
 	go func() { _ = hs.Serve(ln) }()
@@ -577,17 +594,17 @@ func (s *inprocServer) stats() (server.Stats, error) {
 // procServer is the server in a child process (this test binary, re-run
 // with CHAOS_ROLE=server).
 type procServer struct {
-	t       *testing.T
-	addr    string
-	logPath string
-	small   bool
-	cmd     *exec.Cmd
+	t         *testing.T
+	addr      string
+	logPath   string
+	cacheKeys int
+	cmd       *exec.Cmd
 }
 
 func (s *procServer) start(epoch int) error {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "CHAOS_ROLE=server", "CHAOS_ADDR="+s.addr, "CHAOS_LOG="+s.logPath,
-		"CHAOS_EPOCH="+strconv.Itoa(epoch), "CHAOS_SMALL="+strconv.FormatBool(s.small))
+		"CHAOS_EPOCH="+strconv.Itoa(epoch), "CHAOS_CACHE_KEYS="+strconv.Itoa(s.cacheKeys))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -664,7 +681,8 @@ func serverMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	srv := NewServer(log, os.Getenv("CHAOS_SMALL") == "true", discard())
+	cacheKeys, _ := strconv.Atoi(os.Getenv("CHAOS_CACHE_KEYS"))
+	srv := NewServer(log, cacheKeys, discard())
 	mux := http.NewServeMux()
 	mux.HandleFunc("/chaos/stats", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(srv.Stats())

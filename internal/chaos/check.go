@@ -123,7 +123,13 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 		}
 	}
 	var hung []Replayed
+	skipped := map[string]int{}
 	for _, r := range replays {
+		if r.Result == ResultSkipped {
+			skipped[r.Client]++
+			delete(parked, r.Client+"/"+r.ID)
+			continue
+		}
 		if r.Result == ResultReparked {
 			v = append(v, fmt.Sprintf("a replay parked a new dead letter %s/%s for %s %s", r.Client, r.ID, r.Method, r.Key))
 			continue
@@ -140,6 +146,9 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 		if r.Result == ResultOK {
 			w.ok = true
 		}
+	}
+	for c, n := range skipped {
+		v = append(v, fmt.Sprintf("%d dead letters of %s were not replayed: the replays ran out of their budget (a minute plus 20 ms an entry, four at a time)", n, c))
 	}
 	for _, r := range hung {
 		v = append(v, fmt.Sprintf("replay of %s %s (dead letter %s/%s) against a healthy server ended with %s: %s; history of the key: %s",

@@ -46,8 +46,9 @@
 //	-chaos.duration D           TestChaos: total load time over its seeds (default 10s)
 //	-chaos.process.duration D   TestChaosProcess: load time (default 4s)
 //	-chaos.disable k1,k2        fault kinds or hostile attacks not to inject (e.g. abandon,kill,half-close-mid-message)
-//	-chaos.cache small|big|seed the server's idempotency cache: 16 keys, 4 KiB, 1 s TTL (evicts
-//	                            under load), the defaults (never evicts in a run), or drawn from the seed
+//	-chaos.cache small|big|seed the server's idempotency cache: twice as many keys as callers (at
+//	                            least 16), 256 B a key, 1 s TTL (evicts under load), the defaults
+//	                            (never evicts in a run), or drawn from the seed
 //	-chaos.clients N            TestChaos: in-process clients (default 3)
 //	-chaos.workers N            concurrent callers per client (default 3)
 //	-chaos.history              log every operation

@@ -23,7 +23,7 @@ func TestHostileAttacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer log.Close()
-	srv := NewServer(log, false, discard())
+	srv := NewServer(log, 0, discard())
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
 	defer srv.Close()

@@ -205,13 +205,15 @@ func Token(name string) string { return "chaos-" + name }
 
 // NewServer returns a tether server for the ledger with a fresh idempotency
 // cache (as a new process would have), bearer-token authentication and a
-// 1 MiB message limit. smallCache bounds the cache tightly (16 keys, 4 KiB,
-// 1 s), so that eviction happens under load, also of keys whose first call
-// is still running.
-func NewServer(log *EffectLog, smallCache bool, logger *slog.Logger) *server.Server {
+// 1 MiB message limit. smallCache, when not zero, bounds the cache tightly
+// (that many keys, 256 bytes a key, which is less than a key costs, and a
+// 1 s TTL), so that eviction happens under load, also of keys whose first
+// call is still running; zero keeps the defaults (100,000 keys, 64 MiB, 10
+// minutes), which a test run never fills.
+func NewServer(log *EffectLog, smallCache int, logger *slog.Logger) *server.Server {
 	var idemOpts []idempotency.Option
-	if smallCache {
-		idemOpts = append(idemOpts, idempotency.WithMaxEntries(16), idempotency.WithMaxBytes(4<<10), idempotency.WithTTL(time.Second))
+	if smallCache > 0 {
+		idemOpts = append(idemOpts, idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache*256), idempotency.WithTTL(time.Second))
 	}
 	srv := server.New(
 		server.WithLogger(logger),

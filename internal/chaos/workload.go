@@ -22,6 +22,7 @@ const (
 	ResultParked    = "parked"
 	ResultAbandoned = "abandoned"
 	ResultReparked  = "reparked"
+	ResultSkipped   = "skipped" // a dead letter not replayed: the replays' budget ran out
 )
 
 // Client-side fault kinds, drawn per operation.
