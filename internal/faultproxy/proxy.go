@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sort"
 	"sync"
 	"time"
 )
@@ -18,6 +19,8 @@ type Proxy struct {
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
+	inbound map[net.Conn]uint64 // accepted connections, by accept order
+	accepts uint64
 	stalled bool
 	refuse  bool
 	resume  chan struct{}
@@ -32,7 +35,7 @@ func New(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}, resume: make(chan struct{})}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}, inbound: map[net.Conn]uint64{}, resume: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
@@ -84,6 +87,31 @@ func (p *Proxy) CutAll() {
 	}
 }
 
+// CutOne closes one proxied connection abruptly, with RST: the i-th (modulo
+// their number) of the open ones in the order they were accepted. It
+// reports whether there was one to cut.
+func (p *Proxy) CutOne(i int) bool {
+	p.mu.Lock()
+	var victim net.Conn
+	if n := len(p.inbound); n > 0 {
+		conns := make([]net.Conn, 0, n)
+		for c := range p.inbound {
+			conns = append(conns, c)
+		}
+		sort.Slice(conns, func(a, b int) bool { return p.inbound[conns[a]] < p.inbound[conns[b]] })
+		victim = conns[(i%n+n)%n]
+	}
+	p.mu.Unlock()
+	if victim == nil {
+		return false
+	}
+	if tc, ok := victim.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = victim.Close()
+	return true
+}
+
 // Close stops the proxy, closes every connection and waits for its
 // goroutines.
 func (p *Proxy) Close() error {
@@ -119,6 +147,10 @@ func (p *Proxy) accept() {
 		if !p.track(in, out) {
 			continue
 		}
+		p.mu.Lock()
+		p.accepts++
+		p.inbound[in] = p.accepts
+		p.mu.Unlock()
 		p.wg.Add(2)
 		go p.pipe(in, out)
 		go p.pipe(out, in)
@@ -143,6 +175,7 @@ func (p *Proxy) track(conns ...net.Conn) bool {
 func (p *Proxy) untrack(c net.Conn) {
 	p.mu.Lock()
 	delete(p.conns, c)
+	delete(p.inbound, c)
 	p.mu.Unlock()
 }
 

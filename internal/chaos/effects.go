@@ -1,0 +1,171 @@
+package chaos
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Effect kinds in the effect log.
+const (
+	// EffectApply is an effect that changed the ledger.
+	EffectApply = "apply"
+	// EffectRerun is a handler run for a key whose effect was already
+	// applied: the handler found the key in the log and changed nothing.
+	EffectRerun = "rerun"
+	// EffectConcurrent is a handler run that started while another run of the
+	// same key was still in progress in the same server process.
+	EffectConcurrent = "concurrent"
+)
+
+// Effect is one line of the effect log.
+type Effect struct {
+	Kind      string `json:"kind"`
+	Method    string `json:"method"`
+	Key       string `json:"key"`
+	Principal string `json:"principal,omitempty"`
+	// Epoch numbers the server incarnation (process or in-process restart)
+	// that wrote the line: each has a fresh idempotency cache.
+	Epoch  int   `json:"epoch"`
+	Amount int64 `json:"amount,omitempty"`
+}
+
+// EffectLog is the ledger's durable state: an append-only file with one JSON
+// line per effect. The key is written in the same step as the effect (the
+// line is the effect), so an effect is exactly-once across server restarts
+// and SIGKILL, independently of the in-memory idempotency cache. A write
+// reaches the kernel before the handler answers, so it survives the death
+// of the process (not of the machine: the checker does not need fsync).
+type EffectLog struct {
+	mu       sync.Mutex
+	f        *os.File
+	epoch    int
+	applied  map[string]bool  // method + "\x00" + key
+	balances map[string]int64 // account -> balance
+	effects  int64
+	running  map[string]int
+}
+
+// OpenEffectLog opens (or creates) the log at path and rebuilds the set of
+// applied keys from it. epoch is written on every new line.
+func OpenEffectLog(path string, epoch int) (*EffectLog, error) {
+	l := &EffectLog{epoch: epoch, applied: map[string]bool{}, balances: map[string]int64{}, running: map[string]int{}}
+	old, err := ReadEffects(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range old {
+		if e.Kind == EffectApply {
+			l.applied[e.Method+"\x00"+e.Key] = true
+			l.effects++
+		}
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	l.f = f
+	return l, nil
+}
+
+// SetEpoch changes the epoch written on new lines (an in-process restart).
+func (l *EffectLog) SetEpoch(epoch int) {
+	l.mu.Lock()
+	l.epoch = epoch
+	l.mu.Unlock()
+}
+
+// Close closes the file.
+func (l *EffectLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Close()
+}
+
+// Begin marks a handler run of (method, key) as in progress and returns the
+// function that ends it. A second run that begins while one is in progress
+// is logged as EffectConcurrent.
+func (l *EffectLog) Begin(method, key, principal string) (end func()) {
+	id := method + "\x00" + key
+	l.mu.Lock()
+	l.running[id]++
+	if l.running[id] > 1 {
+		l.write(Effect{Kind: EffectConcurrent, Method: method, Key: key, Principal: principal, Epoch: l.epoch})
+	}
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		if l.running[id]--; l.running[id] == 0 {
+			delete(l.running, id)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// Apply applies the effect of (method, key) unless it was applied before:
+// then it logs a rerun and changes nothing. It reports whether the effect
+// was applied now, and the account's balance.
+func (l *EffectLog) Apply(method, key, principal, account string, amount int64) (applied bool, balance int64, err error) {
+	id := method + "\x00" + key
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := Effect{Kind: EffectApply, Method: method, Key: key, Principal: principal, Epoch: l.epoch, Amount: amount}
+	if l.applied[id] {
+		e.Kind = EffectRerun
+		return false, l.balances[account], l.write(e)
+	}
+	if err := l.write(e); err != nil {
+		return false, 0, err
+	}
+	l.applied[id] = true
+	l.balances[account] += amount
+	l.effects++
+	return true, l.balances[account], nil
+}
+
+// Balance returns an account's balance (of the effects applied by this
+// process) and the number of effects in the log.
+func (l *EffectLog) Balance(account string) (balance, effects int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.balances[account], l.effects
+}
+
+func (l *EffectLog) write(e Effect) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	_, err = l.f.Write(append(b, '\n'))
+	return err
+}
+
+// ReadEffects reads every line of the log at path. A torn last line (the
+// process died in the middle of a write) is ignored.
+func ReadEffects(path string) ([]Effect, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Effect
+	r := bufio.NewReader(f)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			return out, nil // a line without '\n' is torn
+		}
+		if err != nil {
+			return nil, err
+		}
+		var e Effect
+		if err := json.Unmarshal(line, &e); err != nil {
+			return nil, fmt.Errorf("effect log %s: %w", path, err)
+		}
+		out = append(out, e)
+	}
+}
