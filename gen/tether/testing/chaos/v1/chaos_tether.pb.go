@@ -9,7 +9,7 @@ package chaosv1
 import (
 	context "context"
 	tether "github.com/tetherrpc/tether"
-	client "github.com/tetherrpc/tether/client"
+	clientconn "github.com/tetherrpc/tether/clientconn"
 	server "github.com/tetherrpc/tether/server"
 	time "time"
 )
@@ -17,7 +17,7 @@ import (
 // This is a compile-time assertion that this generated file is compatible
 // with the tether package it is built with: an error here means that the
 // runtime is older than the generator, and needs an update.
-const _ = tether.SupportPackageIsVersion1
+const _ = tether.SupportPackageIsVersion2
 
 // ChaosLedgerServiceName is the fully-qualified name of the
 // tether.testing.chaos.v1.ChaosLedgerService service.
@@ -55,13 +55,13 @@ const (
 // RegisterChaosLedgerServiceHandler so that client and server agree on each
 // one.
 var (
-	chaosLedgerServiceCreditMethod = &client.Method{
+	chaosLedgerServiceCreditMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ChaosLedgerServiceCreditProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyUnknown,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    3,
 			InitialBackoff: 20 * time.Millisecond,
 			MaxBackoff:     200 * time.Millisecond,
@@ -70,20 +70,20 @@ var (
 		},
 	}
 
-	chaosLedgerServicePutMethod = &client.Method{
+	chaosLedgerServicePutMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ChaosLedgerServicePutProcedure,
 			StreamType:       tether.StreamTypeUnary,
 			IdempotencyLevel: tether.IdempotencyIdempotent,
 		},
-		Retry: &client.RetryPolicy{
+		Retry: &clientconn.RetryPolicy{
 			MaxAttempts:    4,
 			InitialBackoff: 20 * time.Millisecond,
 			MaxBackoff:     200 * time.Millisecond,
 		},
 	}
 
-	chaosLedgerServiceGetMethod = &client.Method{
+	chaosLedgerServiceGetMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ChaosLedgerServiceGetProcedure,
 			StreamType:       tether.StreamTypeUnary,
@@ -91,7 +91,7 @@ var (
 		},
 	}
 
-	chaosLedgerServiceWatchMethod = &client.Method{
+	chaosLedgerServiceWatchMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ChaosLedgerServiceWatchProcedure,
 			StreamType:       tether.StreamTypeServer,
@@ -99,7 +99,7 @@ var (
 		},
 	}
 
-	chaosLedgerServiceBatchMethod = &client.Method{
+	chaosLedgerServiceBatchMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ChaosLedgerServiceBatchProcedure,
 			StreamType:       tether.StreamTypeClient,
@@ -107,7 +107,7 @@ var (
 		},
 	}
 
-	chaosLedgerServiceTransferMethod = &client.Method{
+	chaosLedgerServiceTransferMethod = &clientconn.Method{
 		Spec: tether.Spec{
 			Procedure:        ChaosLedgerServiceTransferProcedure,
 			StreamType:       tether.StreamTypeBidi,
@@ -119,7 +119,10 @@ var (
 // ChaosLedgerServiceHandler is the server side of the
 // tether.testing.chaos.v1.ChaosLedgerService service. Serve an implementation
 // with [RegisterChaosLedgerServiceHandler]; embed
-// [UnimplementedChaosLedgerServiceHandler] in it.
+// [UnimplementedChaosLedgerServiceHandler] in it. A method's ctx ends with
+// context.DeadlineExceeded when the call's deadline passes (even if the
+// client's cancel arrives first) and with context.Canceled when the client
+// cancels; context.Cause(ctx) is the *tether.Error that ended the call.
 //
 // ChaosLedgerService is a ledger whose effects are logged with their keys.
 type ChaosLedgerServiceHandler interface {
@@ -207,62 +210,75 @@ type ChaosLedgerServiceClient interface {
 	// Credit adds an amount to an account. It has side effects and is not
 	// idempotent by itself: the server deduplicates repeats by idempotency
 	// key, and a credit that cannot be delivered is dead-lettered.
-	Credit(ctx context.Context, req *CreditRequest, opts ...client.CallOption) (*CreditResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Credit(ctx context.Context, req *CreditRequest, opts ...clientconn.CallOption) (*CreditResponse, error)
 
 	// Put stores an entry under its id; storing it again changes nothing.
-	Put(ctx context.Context, req *PutRequest, opts ...client.CallOption) (*PutResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Put(ctx context.Context, req *PutRequest, opts ...clientconn.CallOption) (*PutResponse, error)
 
 	// Get reads an account.
-	Get(ctx context.Context, req *GetRequest, opts ...client.CallOption) (*GetResponse, error)
+	//
+	// It returns the response message only: read the response headers and trailers
+	// with the call options client.WithResponseHeader and
+	// client.WithResponseTrailer.
+	Get(ctx context.Context, req *GetRequest, opts ...clientconn.CallOption) (*GetResponse, error)
 
 	// Watch streams the account's state count times.
-	Watch(ctx context.Context, req *WatchRequest, opts ...client.CallOption) (*client.ServerStream[WatchResponse], error)
+	Watch(ctx context.Context, req *WatchRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[WatchResponse], error)
 
 	// Batch applies a batch of amounts as one effect, once per call key.
-	Batch(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[BatchRequest, BatchResponse], error)
+	Batch(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[BatchRequest, BatchResponse], error)
 
 	// Transfer applies each request as an effect keyed by the call's key and
 	// the request's sequence number, and acknowledges it.
-	Transfer(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[TransferRequest, TransferResponse], error)
+	Transfer(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[TransferRequest, TransferResponse], error)
 }
 
 // NewChaosLedgerServiceClient returns a client for the
-// tether.testing.chaos.v1.ChaosLedgerService service that makes its calls on c.
-func NewChaosLedgerServiceClient(c *client.Client) ChaosLedgerServiceClient {
+// tether.testing.chaos.v1.ChaosLedgerService service that makes its calls on c,
+// usually a *client.Client (client.New).
+func NewChaosLedgerServiceClient(c clientconn.Conn) ChaosLedgerServiceClient {
 	return &chaosLedgerServiceClient{cc: c}
 }
 
 // chaosLedgerServiceClient implements ChaosLedgerServiceClient.
 type chaosLedgerServiceClient struct {
-	cc *client.Client
+	cc clientconn.Conn
 }
 
 // Credit calls tether.testing.chaos.v1.ChaosLedgerService.Credit.
-func (c *chaosLedgerServiceClient) Credit(ctx context.Context, req *CreditRequest, opts ...client.CallOption) (*CreditResponse, error) {
-	return client.CallUnary[CreditRequest, CreditResponse](ctx, c.cc, chaosLedgerServiceCreditMethod, req, opts...)
+func (c *chaosLedgerServiceClient) Credit(ctx context.Context, req *CreditRequest, opts ...clientconn.CallOption) (*CreditResponse, error) {
+	return clientconn.CallUnary[CreditRequest, CreditResponse](ctx, c.cc, chaosLedgerServiceCreditMethod, req, opts...)
 }
 
 // Put calls tether.testing.chaos.v1.ChaosLedgerService.Put.
-func (c *chaosLedgerServiceClient) Put(ctx context.Context, req *PutRequest, opts ...client.CallOption) (*PutResponse, error) {
-	return client.CallUnary[PutRequest, PutResponse](ctx, c.cc, chaosLedgerServicePutMethod, req, opts...)
+func (c *chaosLedgerServiceClient) Put(ctx context.Context, req *PutRequest, opts ...clientconn.CallOption) (*PutResponse, error) {
+	return clientconn.CallUnary[PutRequest, PutResponse](ctx, c.cc, chaosLedgerServicePutMethod, req, opts...)
 }
 
 // Get calls tether.testing.chaos.v1.ChaosLedgerService.Get.
-func (c *chaosLedgerServiceClient) Get(ctx context.Context, req *GetRequest, opts ...client.CallOption) (*GetResponse, error) {
-	return client.CallUnary[GetRequest, GetResponse](ctx, c.cc, chaosLedgerServiceGetMethod, req, opts...)
+func (c *chaosLedgerServiceClient) Get(ctx context.Context, req *GetRequest, opts ...clientconn.CallOption) (*GetResponse, error) {
+	return clientconn.CallUnary[GetRequest, GetResponse](ctx, c.cc, chaosLedgerServiceGetMethod, req, opts...)
 }
 
 // Watch calls tether.testing.chaos.v1.ChaosLedgerService.Watch.
-func (c *chaosLedgerServiceClient) Watch(ctx context.Context, req *WatchRequest, opts ...client.CallOption) (*client.ServerStream[WatchResponse], error) {
-	return client.CallServerStream[WatchRequest, WatchResponse](ctx, c.cc, chaosLedgerServiceWatchMethod, req, opts...)
+func (c *chaosLedgerServiceClient) Watch(ctx context.Context, req *WatchRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[WatchResponse], error) {
+	return clientconn.CallServerStream[WatchRequest, WatchResponse](ctx, c.cc, chaosLedgerServiceWatchMethod, req, opts...)
 }
 
 // Batch calls tether.testing.chaos.v1.ChaosLedgerService.Batch.
-func (c *chaosLedgerServiceClient) Batch(ctx context.Context, opts ...client.CallOption) (*client.ClientStream[BatchRequest, BatchResponse], error) {
-	return client.CallClientStream[BatchRequest, BatchResponse](ctx, c.cc, chaosLedgerServiceBatchMethod, opts...)
+func (c *chaosLedgerServiceClient) Batch(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[BatchRequest, BatchResponse], error) {
+	return clientconn.CallClientStream[BatchRequest, BatchResponse](ctx, c.cc, chaosLedgerServiceBatchMethod, opts...)
 }
 
 // Transfer calls tether.testing.chaos.v1.ChaosLedgerService.Transfer.
-func (c *chaosLedgerServiceClient) Transfer(ctx context.Context, opts ...client.CallOption) (*client.BidiStream[TransferRequest, TransferResponse], error) {
-	return client.CallBidiStream[TransferRequest, TransferResponse](ctx, c.cc, chaosLedgerServiceTransferMethod, opts...)
+func (c *chaosLedgerServiceClient) Transfer(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[TransferRequest, TransferResponse], error) {
+	return clientconn.CallBidiStream[TransferRequest, TransferResponse](ctx, c.cc, chaosLedgerServiceTransferMethod, opts...)
 }
