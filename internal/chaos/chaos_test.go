@@ -30,6 +30,7 @@ import (
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/dlq"
+	"github.com/tetherrpc/tether/dlq/dlqbolt"
 	"github.com/tetherrpc/tether/internal/faultproxy"
 	"github.com/tetherrpc/tether/server"
 )
@@ -772,7 +773,7 @@ func (p *clientProc) wait(t *testing.T) []Op {
 }
 
 func (p *clientProc) replay(t *testing.T, url string) []Replayed {
-	store, err := dlq.OpenBolt(p.dlqPath)
+	store, err := dlqbolt.Open(p.dlqPath)
 	if err != nil {
 		t.Errorf("client process dead letters: %v", err)
 		return nil
@@ -792,7 +793,7 @@ func clientMain() int {
 	workers, _ := strconv.Atoi(os.Getenv("CHAOS_WORKERS"))
 	untilNs, _ := strconv.ParseInt(os.Getenv("CHAOS_UNTIL"), 10, 64)
 	name := os.Getenv("CHAOS_NAME")
-	store, err := dlq.OpenBolt(os.Getenv("CHAOS_DLQ"))
+	store, err := dlqbolt.Open(os.Getenv("CHAOS_DLQ"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -188,3 +188,41 @@ func TestBeyondWindowCloses(t *testing.T) {
 		t.Fatalf("close %d %q; want 1002 '… beyond its flow-control window'", code, text)
 	}
 }
+
+// TestBeyondWindowWhileReceiving: a peer that overruns its window while the
+// handler is receiving (and granting credit back) is closed with 1002; the
+// reader reads the window for its error message under the stream's lock
+// (the race detector flagged it when it read it after unlocking, found by
+// the fault checker's window-overflow attack).
+func TestBeyondWindowWhileReceiving(t *testing.T) {
+	for i := range 20 {
+		// The handler takes 500 messages (about half a window: credit is
+		// granted back meanwhile), then stops reading, so three windows'
+		// worth always overruns what was granted.
+		ws, _ := rawPeer(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
+			for range 500 {
+				if _, err := s.RecvMsg(); err != nil {
+					return
+				}
+			}
+			<-s.Context().Done()
+		}})
+		open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/a/b"})
+		writeFrames(t, ws, frame.Frame{Type: frame.TypeOpen, StreamID: 1, Payload: open})
+		// Three windows' worth, 50 frames per WebSocket message, so that
+		// the handler receives and grants while the reader goes on.
+		for range 3 * InitialWindow / (64 + FrameOverhead) / 50 {
+			var b []byte
+			for range 50 {
+				b = frame.Append(b, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: make([]byte, 64)})
+			}
+			if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+				break // closed by the server
+			}
+		}
+		code, text := awaitClose(ws, 10*time.Second)
+		if code != websocket.CloseProtocolError || !strings.Contains(text, "beyond its flow-control window") {
+			t.Fatalf("iteration %d: close %d %q; want 1002 '… beyond its flow-control window'", i, code, text)
+		}
+	}
+}

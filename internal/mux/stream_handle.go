@@ -30,9 +30,11 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	more := f.Flags&frame.FlagMore != 0
 	s.mu.Lock()
 	s.recvWindow -= cost
-	if s.recvWindow < 0 {
+	if over := -s.recvWindow; over > 0 {
+		// over is read under s.mu: the receiving goroutine grants credit
+		// back (recvWindow) under it too.
 		s.mu.Unlock()
-		return protoErrf("stream %d: peer sent %d bytes beyond its flow-control window", s.id, -s.recvWindow)
+		return protoErrf("stream %d: peer sent %d bytes beyond its flow-control window", s.id, over)
 	}
 	if s.recvEnd != nil || s.finished {
 		afterHalfClose := s.c.role == RoleServer && !s.finished
