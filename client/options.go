@@ -190,9 +190,14 @@ func WithResponseTrailer(md *tether.Metadata) CallOption {
 // context ends.
 func FailFast() CallOption { return func(o *clientconn.CallOptions) { o.FailFast = true } }
 
-// WithDefaultRetryPolicy sets the retry policy of methods that declare none
-// in their .proto. Setting one asserts that the server deduplicates repeated
-// calls of those methods by idempotency key (see RetryPolicy).
+// WithDefaultRetryPolicy sets the retry policy of unary methods that declare
+// none in their .proto. Setting one asserts that the server deduplicates
+// repeated calls of those methods by idempotency key (see RetryPolicy), as
+// server/idempotency does for unary calls. It does not apply to streaming
+// methods: nothing deduplicates a repeated stream on the server, so a
+// stream is retried after it reached the server only when its method is
+// safe to repeat (NO_SIDE_EFFECTS, IDEMPOTENT) or declares a policy of its
+// own, or the call sets one (WithRetryPolicy).
 func WithDefaultRetryPolicy(p *RetryPolicy) Option { return func(c *config) { c.defaultRetry = p } }
 
 // WithRetryBudget sets the client's retry throttling (defaults: 100 tokens,

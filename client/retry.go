@@ -78,7 +78,11 @@ func (c *Client) policyFor(m *Method, co *callOptions) policy {
 	if co.RetryPolicy != nil {
 		declared = co.RetryPolicy
 	}
-	if declared == nil {
+	if declared == nil && m.Spec.StreamType == tether.StreamTypeUnary {
+		// The client-wide default asserts dedup by key, which
+		// server/idempotency gives unary calls only: a stream of a method
+		// that is not safe to repeat is not retried after it reached the
+		// server on the default's say-so (WithDefaultRetryPolicy).
 		declared = c.cfg.defaultRetry
 	}
 	safe := m.Spec.IdempotencyLevel == tether.IdempotencyNoSideEffects || m.Spec.IdempotencyLevel == tether.IdempotencyIdempotent
@@ -273,6 +277,12 @@ func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, ca
 		}
 		lastErr = err
 		if ctx.Err() != nil {
+			if tether.CodeOf(err) == tether.CodeUnavailable {
+				// The connection was lost as the caller canceled (or the
+				// deadline passed): the caller's decision is the outcome,
+				// not the lost attempt's unavailable.
+				lastErr = tether.AsError(context.Cause(ctx))
+			}
 			break
 		}
 		if errors.Is(err, mux.ErrUnprocessed) && transparent < maxTransparentRetries {

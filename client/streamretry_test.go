@@ -402,3 +402,33 @@ func TestStreamRetryStopsOnClose(t *testing.T) {
 		t.Errorf("%d entries parked for a closed call", n)
 	}
 }
+
+// TestDefaultPolicyDoesNotRetryStreams: the client-wide default retry policy
+// asserts dedup by key, which the server gives unary calls only; a client
+// stream of a method with no policy of its own and no idempotency level is
+// not repeated on the default's say-so (the fault checker saw handlers of
+// such streams run twice).
+func TestDefaultPolicyDoesNotRetryStreams(t *testing.T) {
+	h := &flakyCollect{}
+	h.failFirst.Store(2)
+	url := startEcho(t, h)
+	c := dial(t, url, client.WithDefaultRetryPolicy(&client.RetryPolicy{MaxAttempts: 3, InitialBackoff: time.Millisecond}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := echov1.NewEchoServiceClient(c).Collect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, text := range []string{"a", "b"} {
+		if err := s.Send(&echov1.CollectRequest{Text: text}); err != nil && !errors.Is(err, io.EOF) {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.CloseAndReceive(); tether.CodeOf(err) != tether.CodeUnavailable {
+		t.Fatalf("CloseAndReceive: %v; want the first attempt's unavailable", err)
+	}
+	if n := h.calls.Load(); n != 1 {
+		t.Fatalf("handler ran %d times; want 1 (the default policy must not repeat a stream)", n)
+	}
+}
