@@ -311,7 +311,16 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, reas
 	defer s.unadmit(ip)
 	up := s.upgrader
 	if status == http.StatusBadRequest {
-		up.Subprotocols = nil // selecting one the browser did not offer would fail its handshake
+		// Refused for its version: select the first subprotocol the
+		// browser offered, if any, only so that its handshake completes
+		// and it reads the 4400 that follows at once (a browser fails a
+		// 101 that selects none of the subprotocols it offered, or one it
+		// did not offer, and shows 1006). Nothing but the close frame is
+		// sent on the connection.
+		up.Subprotocols = nil
+		if offered := websocket.Subprotocols(r); len(offered) > 0 {
+			up.Subprotocols = offered[:1]
+		}
 	}
 	ws, err := up.Upgrade(w, r, nil)
 	if err != nil {
