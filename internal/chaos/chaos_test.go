@@ -26,11 +26,13 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/dlq"
 	"github.com/tetherrpc/tether/dlq/dlqbolt"
+	chaosv1 "github.com/tetherrpc/tether/gen/tether/testing/chaos/v1"
 	"github.com/tetherrpc/tether/internal/faultproxy"
 	"github.com/tetherrpc/tether/server"
 )
@@ -327,7 +329,7 @@ func run(t *testing.T, cfg runConfig) {
 	// Replay every dead letter, against the healthy server.
 	var replays []Replayed
 	for i, c := range clients {
-		replays = append(replays, replayAll(t, names[i], stores[i], c)...)
+		replays = append(replays, replayAll(t, names[i], stores[i], c, map[bool]int{true: 4, false: 16}[smallCache])...)
 	}
 	if child != nil {
 		replays = append(replays, child.replay(t, "ws://"+addr)...)
@@ -462,11 +464,13 @@ func newClient(url, name string, store dlq.Store, opts ...client.Option) (*clien
 	}, opts...)...)
 }
 
-// replayAll replays every entry of a dead-letter queue, four at a time (the
-// small idempotency cache holds only about ten running calls and refuses
-// more), each with a 5 s deadline: against a healthy server a replay is
-// answered at once, so a replay that runs out of time is a finding.
-func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Replayed {
+// replayAll replays every entry of a dead-letter queue, conc at a time (4
+// with the small idempotency cache, which holds only about ten running
+// calls and refuses more), each with a 5 s deadline: against a healthy
+// server a replay is answered at once, but for the sleep its request
+// carries (the parked calls are mostly the slow ones), so a replay that
+// runs out of time is a finding.
+func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker, conc int) []Replayed {
 	lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer lcancel()
 	entries, err := store.List(lctx, dlq.ListOptions{})
@@ -474,12 +478,17 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Re
 		t.Errorf("dead letters of %s: %v", name, err)
 		return nil
 	}
-	// A budget for the whole queue: a minute, plus 20 ms an entry.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute+time.Duration(len(entries))*20*time.Millisecond)
+	// A budget for the whole queue: a minute, plus 20 ms an entry, plus
+	// the sleeps the replayed requests ask the handler for, conc at a time.
+	budget := time.Minute + time.Duration(len(entries))*20*time.Millisecond
+	for _, e := range entries {
+		budget += requestSleep(e) / time.Duration(conc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	out := make([]Replayed, len(entries))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 4)
+	sem := make(chan struct{}, conc)
 	for i, e := range entries {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -525,6 +534,19 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker) []Re
 		}
 	}
 	return out
+}
+
+// requestSleep is the sleep a dead letter's request asks the handler for
+// (a Credit's fault), which its replay waits for again.
+func requestSleep(e *dlq.Entry) time.Duration {
+	if e.Procedure != chaosv1.ChaosLedgerServiceCreditProcedure {
+		return 0
+	}
+	var req chaosv1.CreditRequest
+	if proto.Unmarshal(e.Request, &req) != nil {
+		return 0
+	}
+	return time.Duration(req.GetFault().GetSleepMillis()) * time.Millisecond
 }
 
 func methodOf(procedure string) string {
@@ -784,7 +806,7 @@ func (p *clientProc) replay(t *testing.T, url string) []Replayed {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	return replayAll(t, p.name, store, c)
+	return replayAll(t, p.name, store, c, 4)
 }
 
 // clientMain is the client process.
