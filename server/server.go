@@ -376,7 +376,10 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		if rs = s.resume.attach(st, r, peer, budget, h.spec.StreamType == tether.StreamTypeServer); rs == nil {
 			return
 		}
-		restarted = &resumeCursor{cursor: r.Cursor, consumed: r.GetConsumed()}
+		restarted = &resumeCursor{consumed: r.GetConsumed()}
+		if len(r.Cursor) > 0 { // empty: the client consumed nothing
+			restarted.cursor = r.Cursor
+		}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
 		cursors := r.GetCursors() && h.spec.StreamType == tether.StreamTypeServer
