@@ -63,6 +63,7 @@ type resumer struct {
 	sessions map[string]*session // by token
 	parked   map[any]int         // parked sessions by principal key
 	closed   bool
+	keys     [][]byte // WithResumeCursorKeys: cursors are sealed (cursor.go)
 }
 
 func newResumer(lim ResumeLimits) *resumer {
@@ -485,37 +486,49 @@ func (x *session) finish(headers tether.Metadata, last []byte, callErr error, tr
 //
 // When this server does not hold the stream and the OPEN carries a cursor
 // for a server stream (restartable), attach instead registers a new
-// session for it, answers that the stream restarts, and returns the session:
-// the caller runs the handler again with the cursor (ResumeCursor).
-func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, restartable bool) *session {
+// session for it, answers that the stream restarts, and returns the session
+// and the cursor (nil when the client consumed nothing): the caller runs the
+// handler again with it (ResumeCursor).
+func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, spec tether.Spec) (*session, []byte) {
 	r.mu.Lock()
 	x := r.sessions[string(rs.GetToken())]
 	r.mu.Unlock()
-	if x == nil && restartable && rs.Cursor != nil && rs.GetCursors() {
-		if len(rs.Cursor) > wire.MaxCursor {
-			_ = st.Finish(tether.Errorf(tether.CodeInvalidArgument, "tether: resume cursor of %d bytes; at most %d", len(rs.Cursor), wire.MaxCursor), nil)
-			return nil
+	if x == nil && spec.StreamType == tether.StreamTypeServer && rs.Cursor != nil && rs.GetCursors() {
+		cursor := rs.Cursor
+		if len(cursor) > wire.MaxCursor {
+			_ = st.Finish(tether.Errorf(tether.CodeInvalidArgument, "tether: resume cursor of %d bytes; at most %d", len(cursor), wire.MaxCursor), nil)
+			return nil, nil
+		}
+		if len(cursor) > 0 && len(r.keys) > 0 {
+			var ok bool
+			if cursor, ok = openCursor(r.keys, string(rs.GetToken()), principalKey(peer.Principal), spec.Procedure, cursor); !ok {
+				_ = st.Finish(notResumed("unknown or expired resume token"), nil)
+				return nil, nil
+			}
 		}
 		x, err := r.newSession(st, rs.GetToken(), peer, budget, rs.GetConsumed(), true)
 		if err != nil {
 			_ = st.Finish(err, nil)
-			return nil
+			return nil, nil
 		}
 		// Before the handler can send: the client learns that its
 		// requests are read again from the first.
 		_ = st.SendResumeHeaders(nil, &tetherv1.ResumeAck{Restarted: true})
-		return x
+		if len(cursor) == 0 {
+			cursor = nil // the client consumed nothing
+		}
+		return x, cursor
 	}
 	if x == nil || x.principal != principalKey(peer.Principal) {
 		_ = st.Finish(notResumed("unknown or expired resume token"), nil)
-		return nil
+		return nil, nil
 	}
 	if err := x.attach(st, rs.GetConsumed()); err != nil {
 		_ = st.Finish(err, nil)
-		return nil
+		return nil, nil
 	}
 	<-st.Done()
-	return nil
+	return nil, nil
 }
 
 func (x *session) attach(st *mux.Stream, consumed uint64) error {

@@ -96,6 +96,7 @@ func New(opts ...Option) *Server {
 	s.cfg.mux.Announce(s.upgradeHeader, mux.RoleServer)
 	if !s.cfg.noResume {
 		s.resume = newResumer(s.cfg.resume)
+		s.resume.keys = s.cfg.cursorKeys
 		s.upgradeHeader.Set(mux.HeaderResumeGrace, strconv.Itoa(int(max(s.resume.lim.Grace/time.Second, 1))))
 		s.upgradeHeader.Set(mux.HeaderResumeCursors, "1")
 	}
@@ -373,13 +374,11 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 			_ = st.Finish(notResumed("this server does not resume streams of %s", open.GetProcedure()), nil)
 			return
 		}
-		if rs = s.resume.attach(st, r, peer, budget, h.spec.StreamType == tether.StreamTypeServer); rs == nil {
+		var cursor []byte
+		if rs, cursor = s.resume.attach(st, r, peer, budget, h.spec); rs == nil {
 			return
 		}
-		restarted = &resumeCursor{consumed: r.GetConsumed()}
-		if len(r.Cursor) > 0 { // empty: the client consumed nothing
-			restarted.cursor = r.Cursor
-		}
+		restarted = &resumeCursor{cursor: cursor, consumed: r.GetConsumed()}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
 		cursors := r.GetCursors() && h.spec.StreamType == tether.StreamTypeServer

@@ -90,10 +90,11 @@ type replicas struct {
 	proxy *faultproxy.Proxy
 	srv   *server.Server
 	hs    *httptest.Server
+	opts  []server.Option // of the next server started
 }
 
 func (r *replicas) start() {
-	r.srv = server.New(server.WithLogger(discardLogger()))
+	r.srv = server.New(append([]server.Option{server.WithLogger(discardLogger())}, r.opts...)...)
 	echov1.RegisterEchoServiceHandler(r.srv, r.h)
 	r.hs = httptest.NewServer(r.srv)
 	addr := strings.TrimPrefix(r.hs.URL, "http://")
@@ -118,8 +119,8 @@ func (r *replicas) restart() {
 	r.start()
 }
 
-func newReplicas(t *testing.T, h echov1.EchoServiceHandler) (*replicas, echov1.EchoServiceClient) {
-	r := &replicas{t: t, h: h}
+func newReplicas(t *testing.T, h echov1.EchoServiceHandler, opts ...server.Option) (*replicas, echov1.EchoServiceClient) {
+	r := &replicas{t: t, h: h, opts: opts}
 	r.start()
 	cli, err := client.New("ws://"+r.proxy.Addr(),
 		client.WithLogger(discardLogger()),
@@ -336,4 +337,71 @@ func TestResumeCursorBeforeFirstMessage(t *testing.T) {
 	if f.runs != 2 || f.resumed[1] != -1 || f.badClaim.Load() != 0 {
 		t.Fatalf("runs %d, resumed %v, bad cursors %d", f.runs, f.resumed, f.badClaim.Load())
 	}
+}
+
+// TestResumeCursorSealed: with WithResumeCursorKeys the stream restarts
+// across servers that share the keys, also while the key rotates (the next
+// server signs with a new key and still accepts the old one); a cursor that
+// does not carry a valid seal (unsealed, forged, too short) is answered
+// aborted like an unknown token, and the handler never runs.
+func TestResumeCursorSealed(t *testing.T) {
+	oldKey, newKey := []byte(strings.Repeat("k", 32)), []byte(strings.Repeat("n", 32))
+	t.Run("restart", func(t *testing.T) {
+		const n = 10_000
+		f := &logFeed{}
+		r, echo := newReplicas(t, f, server.WithResumeCursorKeys(oldKey))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		stream, err := echo.Countdown(ctx, &echov1.CountdownRequest{Count: n, Payload: make([]byte, 200)}, client.WithResumable(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stream.Close()
+		for want := uint32(n); want > 0; want-- {
+			switch want {
+			case n / 2:
+				r.opts = []server.Option{server.WithResumeCursorKeys(newKey, oldKey)}
+				r.restart()
+			case n / 4:
+				r.restart()
+			}
+			msg, err := stream.Receive()
+			if err != nil || msg.GetValue() != want {
+				t.Fatalf("got %v, %v; want message %d", msg, err, want)
+			}
+		}
+		if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
+			t.Fatalf("end: %v", err)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.runs != 3 || f.badClaim.Load() != 0 {
+			t.Fatalf("runs %d (resumed %v), bad cursors %d; want 3 runs", f.runs, f.resumed, f.badClaim.Load())
+		}
+	})
+	t.Run("forged", func(t *testing.T) {
+		f := &logFeed{}
+		_, url := secServer(t, f, server.WithResumeCursorKeys(oldKey))
+		countdown := echov1.EchoServiceCountdownProcedure
+		cursor := []byte{0, 0, 0, 0, 0, 0, 0, 5}
+		for name, c := range map[string][]byte{
+			"unsealed": cursor,
+			"forged":   append(cursor[:8:8], make([]byte, 16)...),
+			"short":    {1, 2, 3},
+		} {
+			ws := secDial(t, url, nil)
+			secWrite(t, ws, secConcat(resumeOpen(1, countdown, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Consumed: 6, Cursor: c}),
+				secMessage(1, &echov1.CountdownRequest{Count: 10}), secHalfClose(1)))
+			_, err := secAwaitEnd(t, ws, 1)
+			ws.Close()
+			if tether.CodeOf(err) != tether.CodeAborted || !strings.Contains(err.Error(), "unknown or expired resume token") {
+				t.Fatalf("%s cursor: %v, want aborted, unknown or expired resume token", name, err)
+			}
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.runs != 0 {
+			t.Fatalf("the handler ran %d times", f.runs)
+		}
+	})
 }
