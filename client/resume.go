@@ -112,7 +112,8 @@ type resumeStream struct {
 	cursors   bool
 	req       []byte // the request, sent again to a restarted handler
 	cursorSeq uint64 // the response whose cursor is cursor
-	cursor    []byte // nil: that response carried none
+	hasCursor bool   // false: that response carried none
+	cursor    []byte // reused from response to response
 }
 
 // openResumable opens a resumable stream, or a plain one when the server
@@ -300,7 +301,8 @@ func (rs *resumeStream) Receive(msg proto.Message) error {
 					return err
 				}
 				rs.mu.Lock()
-				rs.cursorSeq, rs.cursor = st.Seq(), bytes.Clone(cursor)
+				rs.cursorSeq, rs.hasCursor = st.Seq(), cursor != nil
+				rs.cursor = append(rs.cursor[:0], cursor...) // b is pooled
 				rs.mu.Unlock()
 			}
 			if err := proto.Unmarshal(b, msg); err != nil {
@@ -470,8 +472,8 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			case !rs.cursors:
 			case consumed == 0:
 				open.Resume.Cursor = []byte{}
-			case rs.cursorSeq == consumed && rs.cursor != nil:
-				open.Resume.Cursor = rs.cursor
+			case rs.cursorSeq == consumed && rs.hasCursor:
+				open.Resume.Cursor = bytes.Clone(rs.cursor)
 			}
 			rs.mu.Unlock()
 		}
