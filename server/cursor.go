@@ -95,6 +95,11 @@ type resumeCursor struct {
 // the cursor: the client sees them right after the ones it has, each
 // message once.
 //
+// A handler that never sends cursors is run again this way only when its
+// client had consumed none of its messages (then it starts over, with ok
+// true and a nil cursor): a resumable server stream's handler may run more
+// than once, on several servers, like a retried call.
+//
 // The cursor is the client's claim, not the server's memory: a client can
 // send any bytes (at most MaxResumeCursor) with a token this server does not
 // hold. The run is authenticated and intercepted like any call, on the
