@@ -18,6 +18,7 @@ package client
 // context ends. Locks: reattachMu → sendMu → mu.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -103,6 +104,16 @@ type resumeStream struct {
 	failed     error
 	grace      time.Duration
 	laterHdr   tether.Metadata // response headers carried by a re-attachment's answer
+
+	// Cursors (a server stream to a server that announced them): the
+	// server prefixes its messages with the handler's cursors, and a
+	// re-attachment that reaches a server without the stream restarts it
+	// from the cursor of the last response consumed.
+	cursors   bool
+	req       []byte // the request, sent again to a restarted handler
+	cursorSeq uint64 // the response whose cursor is cursor
+	hasCursor bool   // false: that response carried none
+	cursor    []byte // reused from response to response
 }
 
 // openResumable opens a resumable stream, or a plain one when the server
@@ -132,7 +143,8 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 	}
 	token := make([]byte, 16)
 	_, _ = rand.Read(token) // never fails (crypto/rand)
-	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header), Resume: &tetherv1.Resume{Token: token}}
+	cursors := conn.PeerResumeCursors() && call.Spec.StreamType == tether.StreamTypeServer
+	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header), Resume: &tetherv1.Resume{Token: token, Cursors: cursors}}
 	if err := setTimeout(ctx, open); err != nil {
 		return nil, err
 	}
@@ -144,7 +156,7 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 	if limit <= 0 {
 		limit = DefaultResumeBufferBytes
 	}
-	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace()}
+	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace(), cursors: cursors}
 	st.OnAck(rs.onAck)
 	rs.stop = context.AfterFunc(ctx, func() {
 		rs.mu.Lock()
@@ -256,6 +268,9 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 	rs.sendMu.Lock()
 	rs.mu.Lock()
 	rs.sent++
+	if rs.cursors && rs.sent == 1 {
+		rs.req = b
+	}
 	rs.out = append(rs.out, sentMsg{seq: rs.sent, b: b})
 	rs.outBytes += len(b)
 	st, gen := rs.st, rs.gen
@@ -277,6 +292,19 @@ func (rs *resumeStream) Receive(msg proto.Message) error {
 		b, err := st.RecvMsg()
 		if err == nil {
 			rs.c.markServed(rs.connOf(st))
+			if rs.cursors {
+				var cursor []byte
+				if cursor, b, err = wire.SplitCursor(b); err != nil {
+					err = tether.Errorf(tether.CodeInternal, "tether: response of %s: %v", rs.open.GetProcedure(), err)
+					st.Reset(err)
+					rs.fail(err)
+					return err
+				}
+				rs.mu.Lock()
+				rs.cursorSeq, rs.hasCursor = st.Seq(), cursor != nil
+				rs.cursor = append(rs.cursor[:0], cursor...) // b is pooled
+				rs.mu.Unlock()
+			}
 			if err := proto.Unmarshal(b, msg); err != nil {
 				err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
 				st.Reset(err)
@@ -433,12 +461,21 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			}
 			return notResumed("no connection within the grace period of %v: %v", rs.grace, err)
 		}
-		if conn.PeerResumeGrace() == 0 {
+		if conn.PeerResumeGrace() == 0 || rs.cursors && !conn.PeerResumeCursors() {
 			return notResumed("the server no longer resumes streams")
 		}
 		open := proto.Clone(rs.open).(*tetherv1.Open)
 		if !fresh {
-			open.Resume = &tetherv1.Resume{Token: rs.open.GetResume().GetToken(), Attach: true, Consumed: consumed}
+			open.Resume = &tetherv1.Resume{Token: rs.open.GetResume().GetToken(), Attach: true, Consumed: consumed, Cursors: rs.cursors}
+			rs.mu.Lock()
+			switch {
+			case !rs.cursors:
+			case consumed == 0:
+				open.Resume.Cursor = []byte{}
+			case rs.cursorSeq == consumed && rs.hasCursor:
+				open.Resume.Cursor = bytes.Clone(rs.cursor)
+			}
+			rs.mu.Unlock()
 		}
 		if err := setTimeout(rs.ctx, open); err != nil {
 			return tether.AsError(err)
@@ -464,7 +501,7 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			rs.mu.Lock()
 			rs.first = st
 			rs.mu.Unlock()
-			return rs.replay(conn, st, 0)
+			return rs.replay(conn, st, 0, false)
 		}
 		st.SetSeq(consumed)
 		hdr, err := st.Header(ctx)
@@ -494,13 +531,19 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			}
 			rs.mu.Unlock()
 		}
-		return rs.replay(conn, st, ack.GetConsumed())
+		if ack.GetRestarted() && (!rs.cursors || open.Resume.Cursor == nil) {
+			st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
+			return notResumed("the server restarted a stream it had no cursor for")
+		}
+		return rs.replay(conn, st, ack.GetConsumed(), ack.GetRestarted())
 	}
 }
 
 // replay makes st the attachment and sends the requests the server has not
-// consumed, and HALF_CLOSE if the caller had sent it.
-func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64) error {
+// consumed, and HALF_CLOSE if the caller had sent it. restarted says a new
+// run of the handler reads the requests from the first: the request is sent
+// again.
+func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64, restarted bool) error {
 	rs.sendMu.Lock()
 	defer rs.sendMu.Unlock()
 	rs.mu.Lock()
@@ -514,6 +557,10 @@ func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64) 
 		rs.mu.Unlock()
 		st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
 		return notResumed("the server claims %d requests of %d sent", consumed, rs.sent)
+	}
+	if restarted && rs.sent > 0 {
+		// A server stream has one request, kept in rs.req.
+		rs.out, rs.outBytes = []sentMsg{{seq: 1, b: rs.req}}, len(rs.req)
 	}
 	rs.trimLocked(consumed)
 	if len(rs.out) > 0 && rs.out[0].seq != consumed+1 {

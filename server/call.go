@@ -73,6 +73,7 @@ type call struct {
 	trailer  tether.Metadata
 	sentHead bool
 	headDone atomic.Bool // sentHead, readable without the lock
+	cursor   []byte      // the cursor of the message being sent (cursor.go)
 }
 
 func (c *call) Spec() tether.Spec               { return c.spec }
@@ -108,7 +109,7 @@ func (c *call) Send(msg proto.Message) error {
 		return err
 	}
 	if c.rs != nil {
-		b, err := proto.Marshal(msg)
+		b, err := c.marshalResume(msg)
 		if err != nil {
 			return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
 		}

@@ -103,7 +103,8 @@ func NewServerStreamHandler[Req, Res any](spec tether.Spec, fn func(context.Cont
 		if err := receiveOne(st, req); err != nil {
 			return err
 		}
-		return fn(ctx, any(req).(*Req), &ServerStream[Res]{st: st})
+		c, _ := ctx.Value(callInfoKey{}).(*call)
+		return fn(ctx, any(req).(*Req), &ServerStream[Res]{st: st, c: c})
 	}
 	return h
 }

@@ -25,6 +25,7 @@ type config struct {
 	maxConnAgeGrace  time.Duration
 	resume           ResumeLimits
 	noResume         bool
+	cursorKeys       [][]byte // WithResumeCursorKeys
 }
 
 // MaxConnectionAgeJitter is the share of the maximum connection age by

@@ -36,6 +36,7 @@ import (
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/wire"
 )
 
 // ErrNotResumed is the cause of the error of a resumable stream that could
@@ -62,6 +63,7 @@ type resumer struct {
 	sessions map[string]*session // by token
 	parked   map[any]int         // parked sessions by principal key
 	closed   bool
+	keys     [][]byte // WithResumeCursorKeys: cursors are sealed (cursor.go)
 }
 
 func newResumer(lim ResumeLimits) *resumer {
@@ -111,18 +113,26 @@ type session struct {
 	parked   bool
 	ended    bool
 	timer    *time.Timer
+	cursors  bool // messages carry cursor prefixes (wire.AppendCursor)
 }
 
-// open starts a session for a resumable call's first OPEN.
-func (r *resumer) open(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget) (*session, error) {
-	tok := rs.GetToken()
+// open starts a session for a resumable call's first OPEN. cursors says
+// the handler's messages carry cursor prefixes (a server stream whose client
+// asked for them).
+func (r *resumer) open(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, cursors bool) (*session, error) {
+	if rs.GetAttach() || rs.GetConsumed() != 0 || rs.Cursor != nil {
+		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: first OPEN of a resumable stream with attach, consumed or cursor set")
+	}
+	return r.newSession(st, rs.GetToken(), peer, budget, 0, cursors)
+}
+
+// newSession registers a session under token, attached to st, whose
+// handler's first message will be number sent+1.
+func (r *resumer) newSession(st *mux.Stream, tok []byte, peer Peer, budget *replayBudget, sent uint64, cursors bool) (*session, error) {
 	if len(tok) < minResumeToken || len(tok) > maxResumeToken {
 		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: resume token of %d bytes; it must have %d to %d", len(tok), minResumeToken, maxResumeToken)
 	}
-	if rs.GetAttach() || rs.GetConsumed() != 0 {
-		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: first OPEN of a resumable stream with attach or consumed set")
-	}
-	x := &session{r: r, token: string(tok), principal: principalKey(peer.Principal), budget: budget, wake: make(chan struct{})}
+	x := &session{r: r, token: string(tok), principal: principalKey(peer.Principal), budget: budget, wake: make(chan struct{}), sent: sent, cursors: cursors}
 	x.ctx, x.cancel = context.WithCancelCause(context.Background())
 	r.mu.Lock()
 	switch {
@@ -473,19 +483,52 @@ func (x *session) finish(headers tether.Metadata, last []byte, callErr error, tr
 // attach serves a re-attaching OPEN on st: find the session, answer with the
 // handler's position, replay and continue. It returns once st has ended, so
 // that st counts against its connection's limits while it is in use.
-func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer) {
+//
+// When this server does not hold the stream and the OPEN carries a cursor
+// for a server stream (restartable), attach instead registers a new
+// session for it, answers that the stream restarts, and returns the session
+// and the cursor (nil when the client consumed nothing): the caller runs the
+// handler again with it (ResumeCursor).
+func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, spec tether.Spec) (*session, []byte) {
 	r.mu.Lock()
 	x := r.sessions[string(rs.GetToken())]
 	r.mu.Unlock()
+	if x == nil && spec.StreamType == tether.StreamTypeServer && rs.Cursor != nil && rs.GetCursors() {
+		cursor := rs.Cursor
+		if len(cursor) > wire.MaxCursor {
+			_ = st.Finish(tether.Errorf(tether.CodeInvalidArgument, "tether: resume cursor of %d bytes; at most %d", len(cursor), wire.MaxCursor), nil)
+			return nil, nil
+		}
+		if len(cursor) > 0 && len(r.keys) > 0 {
+			var ok bool
+			if cursor, ok = openCursor(r.keys, string(rs.GetToken()), principalKey(peer.Principal), spec.Procedure, cursor); !ok {
+				_ = st.Finish(notResumed("unknown or expired resume token"), nil)
+				return nil, nil
+			}
+		}
+		x, err := r.newSession(st, rs.GetToken(), peer, budget, rs.GetConsumed(), true)
+		if err != nil {
+			_ = st.Finish(err, nil)
+			return nil, nil
+		}
+		// Before the handler can send: the client learns that its
+		// requests are read again from the first.
+		_ = st.SendResumeHeaders(nil, &tetherv1.ResumeAck{Restarted: true})
+		if len(cursor) == 0 {
+			cursor = nil // the client consumed nothing
+		}
+		return x, cursor
+	}
 	if x == nil || x.principal != principalKey(peer.Principal) {
 		_ = st.Finish(notResumed("unknown or expired resume token"), nil)
-		return
+		return nil, nil
 	}
 	if err := x.attach(st, rs.GetConsumed()); err != nil {
 		_ = st.Finish(err, nil)
-		return
+		return nil, nil
 	}
 	<-st.Done()
+	return nil, nil
 }
 
 func (x *session) attach(st *mux.Stream, consumed uint64) error {

@@ -96,7 +96,9 @@ func New(opts ...Option) *Server {
 	s.cfg.mux.Announce(s.upgradeHeader, mux.RoleServer)
 	if !s.cfg.noResume {
 		s.resume = newResumer(s.cfg.resume)
+		s.resume.keys = s.cfg.cursorKeys
 		s.upgradeHeader.Set(mux.HeaderResumeGrace, strconv.Itoa(int(max(s.resume.lim.Grace/time.Second, 1))))
+		s.upgradeHeader.Set(mux.HeaderResumeCursors, "1")
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
@@ -363,17 +365,24 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		return
 	}
 	var rs *session
+	var restarted *resumeCursor
 	if r := open.GetResume(); r.GetAttach() {
-		// Never a new call: a re-attachment finds its session or fails.
+		// A re-attachment finds its session or fails, or, on a server
+		// that does not hold it, restarts a server stream from the
+		// client's cursor.
 		if s.resume == nil || h.spec.StreamType == tether.StreamTypeUnary {
 			_ = st.Finish(notResumed("this server does not resume streams of %s", open.GetProcedure()), nil)
 			return
 		}
-		s.resume.attach(st, r, peer)
-		return
+		var cursor []byte
+		if rs, cursor = s.resume.attach(st, r, peer, budget, h.spec); rs == nil {
+			return
+		}
+		restarted = &resumeCursor{cursor: cursor, consumed: r.GetConsumed()}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
-		if rs, err = s.resume.open(st, r, peer, budget); err != nil {
+		cursors := r.GetCursors() && h.spec.StreamType == tether.StreamTypeServer
+		if rs, err = s.resume.open(st, r, peer, budget, cursors); err != nil {
 			_ = st.Finish(err, nil)
 			return
 		}
@@ -411,6 +420,9 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		ctx = cctx
 	}
 	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo(c))
+	if restarted != nil {
+		ctx = context.WithValue(ctx, resumeCursorKey{}, restarted)
+	}
 	c.ctx = ctx
 	res, err := s.run(ctx, h, c)
 	c.finish(res, err)

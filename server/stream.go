@@ -8,7 +8,10 @@ import (
 
 // ServerStream is the handler's side of a server-streaming call: it sends
 // any number of responses.
-type ServerStream[Res any] struct{ st Stream }
+type ServerStream[Res any] struct {
+	st Stream
+	c  *call // the call under any interceptors, for SendWithCursor; nil in tests
+}
 
 // Send sends one response. It blocks while the client's flow-control window
 // is full, and fails once the call is canceled or its deadline passes.

@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/tetherrpc/tether/client"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
 )
 
 // BenchmarkUnary measures one unary call of 16 bytes over loopback, client
@@ -89,6 +92,36 @@ func BenchmarkServerStreamResumable(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	s, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(b.N), Payload: make([]byte, 64)}, client.WithResumable(true))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		if _, err := s.Receive(); err != nil {
+			break
+		}
+	}
+}
+
+// BenchmarkServerStreamCursor is BenchmarkServerStreamResumable with a
+// handler that attaches an 8-byte cursor to every message
+// (SendWithCursor, PROTOCOL.md section 15).
+func BenchmarkServerStreamCursor(b *testing.B) {
+	e := &env{srv: server.New(server.WithLogger(discardLogger()))}
+	echov1.RegisterEchoServiceHandler(e.srv, &logFeed{})
+	e.hs = httptest.NewServer(e.srv)
+	cli, err := client.New("ws"+strings.TrimPrefix(e.hs.URL, "http"), client.WithLogger(discardLogger()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = cli.Close()
+		_ = e.srv.Close()
+		e.hs.Close()
+	})
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	s, err := echov1.NewEchoServiceClient(cli).Countdown(ctx, &echov1.CountdownRequest{Count: uint32(b.N), Payload: make([]byte, 64)}, client.WithResumable(true))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -323,6 +323,16 @@ func fuzzSeeds() []fuzzSeed {
 		{"resume-short-token", resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: []byte("short")})},
 		{"resume-token-twice", secConcat(resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken}),
 			resumeOpen(3, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken}))},
+		// Restarting from the application's cursor (PROTOCOL.md section 15).
+		{"resume-cursors-open", secConcat(resumeOpen(1, echov1.EchoServiceCountdownProcedure, &tetherv1.Resume{Token: resumeToken, Cursors: true}), secWindow(1, 1<<20),
+			secMessage(1, &echov1.CountdownRequest{Count: 20}), secHalfClose(1), frame.AppendWindowAck(nil, 1, 100, 20))},
+		{"resume-cursor-restart", secConcat(resumeOpen(1, echov1.EchoServiceCountdownProcedure, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Consumed: 9, Cursor: []byte{0, 0, 0, 0, 0, 0, 0, 8}}),
+			secMessage(1, &echov1.CountdownRequest{Count: 20}), secHalfClose(1), frame.AppendWindowAck(nil, 1, 100, 15), frame.AppendWindowAck(nil, 1, 100, 1<<40))},
+		{"resume-cursor-restart-empty", secConcat(resumeOpen(1, echov1.EchoServiceCountdownProcedure, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Cursor: []byte{}}),
+			secMessage(1, &echov1.CountdownRequest{Count: 3}), secHalfClose(1))},
+		{"resume-cursor-too-long", resumeOpen(1, echov1.EchoServiceCountdownProcedure, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Consumed: 1, Cursor: make([]byte, 1025)})},
+		{"resume-cursor-on-chat", resumeOpen(1, echov1.EchoServiceChatProcedure, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Consumed: 1, Cursor: []byte("x")})},
+		{"resume-cursor-on-first-open", resumeOpen(1, echov1.EchoServiceCountdownProcedure, &tetherv1.Resume{Token: resumeToken, Cursors: true, Cursor: []byte("x")})},
 		{"ack-on-plain-stream", secConcat(secOpen(1, echov1.EchoServiceChatProcedure, nil, 0), frame.AppendWindowAck(nil, 1, 4096, 1))},
 	}
 }

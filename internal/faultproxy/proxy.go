@@ -63,6 +63,15 @@ func (p *Proxy) Resume() {
 	p.mu.Unlock()
 }
 
+// SetTarget makes new connections go to target (a loopback address): a
+// server that restarted elsewhere, or another replica. Open connections
+// keep theirs.
+func (p *Proxy) SetTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
+
 // Refuse makes the proxy close new connections at once (a server that is
 // down); Refuse(false) accepts them again.
 func (p *Proxy) Refuse(on bool) {
@@ -133,13 +142,13 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.mu.Lock()
-		refuse, closed := p.refuse, p.closed
+		refuse, closed, target := p.refuse, p.closed, p.target
 		p.mu.Unlock()
 		if refuse || closed {
 			_ = in.Close()
 			continue
 		}
-		out, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+		out, err := net.DialTimeout("tcp", target, 5*time.Second)
 		if err != nil {
 			_ = in.Close()
 			continue

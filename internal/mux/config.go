@@ -74,6 +74,11 @@ const (
 	// streams"). A client sends Open.resume only to a server that
 	// announced it.
 	HeaderResumeGrace = "Tether-Resume-Grace"
+	// HeaderResumeCursors, in the server's 101 with value 1, says the
+	// server restarts resumable server streams from the application's
+	// cursor when it does not hold them (Resume.cursors; docs/PROTOCOL.md,
+	// "Resumable streams").
+	HeaderResumeCursors = "Tether-Resume-Cursors"
 )
 
 // maxAnnounced bounds a limit read from a handshake header; larger values
@@ -172,6 +177,9 @@ type Config struct {
 	// resumable streams (HeaderResumeGrace; clients only; 0: the server
 	// does not resume streams).
 	PeerResumeGrace time.Duration
+	// PeerResumeCursors says the server announced HeaderResumeCursors
+	// (clients only).
+	PeerResumeCursors bool
 	// Route looks up a procedure when its OPEN arrives (servers only):
 	// route is kept on the stream for Accept (Stream.Route), and single
 	// says the procedure takes exactly one request message (unary and

@@ -72,6 +72,9 @@ func (s *Stream) SendResumeHeaders(md tether.Metadata, ack *tetherv1.ResumeAck) 
 // announce resumable streams.
 func (c *Conn) PeerResumeGrace() time.Duration { return c.cfg.PeerResumeGrace }
 
+// PeerResumeCursors is Config.PeerResumeCursors.
+func (c *Conn) PeerResumeCursors() bool { return c.cfg.PeerResumeCursors }
+
 // NeverSent reports whether the stream has ended because its connection
 // closed before its OPEN was written to the socket: the peer cannot have
 // seen it.

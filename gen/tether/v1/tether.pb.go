@@ -271,7 +271,18 @@ type Resume struct {
 	Attach bool `protobuf:"varint,2,opt,name=attach,proto3" json:"attach,omitempty"`
 	// Consumed (attach only) is the sequence number of the last server message
 	// the client consumed; the server replays from the next one.
-	Consumed      uint64 `protobuf:"varint,3,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	Consumed uint64 `protobuf:"varint,3,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	// Cursors (server-streaming calls, to a server that announced
+	// Tether-Resume-Cursors) asks the server to prefix each of its MESSAGE
+	// payloads with the handler's cursor for that message (docs/PROTOCOL.md,
+	// section 15), so that the stream can be restarted from the cursor on a
+	// server that does not hold it. Sent on every OPEN of the call.
+	Cursors bool `protobuf:"varint,4,opt,name=cursors,proto3" json:"cursors,omitempty"`
+	// Cursor (attach only) is the cursor of message consumed, the last one
+	// the client consumed; present only when that message carried one, or
+	// consumed is 0 (then empty). A server that does not hold the stream
+	// restarts the handler from it.
+	Cursor        []byte `protobuf:"bytes,5,opt,name=cursor,proto3,oneof" json:"cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +336,20 @@ func (x *Resume) GetConsumed() uint64 {
 		return x.Consumed
 	}
 	return 0
+}
+
+func (x *Resume) GetCursors() bool {
+	if x != nil {
+		return x.Cursors
+	}
+	return false
+}
+
+func (x *Resume) GetCursor() []byte {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
 }
 
 // Headers is the payload of a HEADERS frame: the server's response headers.
@@ -387,7 +412,12 @@ type ResumeAck struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Consumed is the sequence number of the last client message the handler
 	// consumed; the client replays from the next one.
-	Consumed      uint64 `protobuf:"varint,1,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	Consumed uint64 `protobuf:"varint,1,opt,name=consumed,proto3" json:"consumed,omitempty"`
+	// Restarted says the server did not hold the stream and started a new
+	// run of the handler from Resume.cursor: it reads the client's requests
+	// again from the first, and its messages are numbered from
+	// Resume.consumed + 1.
+	Restarted     bool `protobuf:"varint,2,opt,name=restarted,proto3" json:"restarted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +457,13 @@ func (x *ResumeAck) GetConsumed() uint64 {
 		return x.Consumed
 	}
 	return 0
+}
+
+func (x *ResumeAck) GetRestarted() bool {
+	if x != nil {
+		return x.Restarted
+	}
+	return false
 }
 
 // Status is the outcome of a call: a code, a message and typed details.
@@ -805,16 +842,20 @@ const file_tether_v1_tether_proto_rawDesc = "" +
 	"\tprocedure\x18\x01 \x01(\tR\tprocedure\x124\n" +
 	"\bmetadata\x18\x02 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12%\n" +
 	"\x0etimeout_micros\x18\x03 \x01(\x04R\rtimeoutMicros\x12)\n" +
-	"\x06resume\x18\x04 \x01(\v2\x11.tether.v1.ResumeR\x06resume\"R\n" +
+	"\x06resume\x18\x04 \x01(\v2\x11.tether.v1.ResumeR\x06resume\"\x94\x01\n" +
 	"\x06Resume\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\fR\x05token\x12\x16\n" +
 	"\x06attach\x18\x02 \x01(\bR\x06attach\x12\x1a\n" +
-	"\bconsumed\x18\x03 \x01(\x04R\bconsumed\"o\n" +
+	"\bconsumed\x18\x03 \x01(\x04R\bconsumed\x12\x18\n" +
+	"\acursors\x18\x04 \x01(\bR\acursors\x12\x1b\n" +
+	"\x06cursor\x18\x05 \x01(\fH\x00R\x06cursor\x88\x01\x01B\t\n" +
+	"\a_cursor\"o\n" +
 	"\aHeaders\x124\n" +
 	"\bmetadata\x18\x01 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12.\n" +
-	"\aresumed\x18\x02 \x01(\v2\x14.tether.v1.ResumeAckR\aresumed\"'\n" +
+	"\aresumed\x18\x02 \x01(\v2\x14.tether.v1.ResumeAckR\aresumed\"E\n" +
 	"\tResumeAck\x12\x1a\n" +
-	"\bconsumed\x18\x01 \x01(\x04R\bconsumed\"w\n" +
+	"\bconsumed\x18\x01 \x01(\x04R\bconsumed\x12\x1c\n" +
+	"\trestarted\x18\x02 \x01(\bR\trestarted\"w\n" +
 	"\x06Status\x12#\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x0f.tether.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12.\n" +
@@ -919,6 +960,7 @@ func file_tether_v1_tether_proto_init() {
 	if File_tether_v1_tether_proto != nil {
 		return
 	}
+	file_tether_v1_tether_proto_msgTypes[2].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/tether.proto.
  */
 export const file_tether_v1_tether: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0ZXRoZXIvdjEvdGV0aGVyLnByb3RvEgl0ZXRoZXIudjEiQwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDgoGdmFsdWVzGAIgAygJEhUKDWJpbmFyeV92YWx1ZXMYAyADKAwigAEKBE9wZW4SEQoJcHJvY2VkdXJlGAEgASgJEioKCG1ldGFkYXRhGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSFgoOdGltZW91dF9taWNyb3MYAyABKAQSIQoGcmVzdW1lGAQgASgLMhEudGV0aGVyLnYxLlJlc3VtZSI5CgZSZXN1bWUSDQoFdG9rZW4YASABKAwSDgoGYXR0YWNoGAIgASgIEhAKCGNvbnN1bWVkGAMgASgEIlwKB0hlYWRlcnMSKgoIbWV0YWRhdGEYASADKAsyGC50ZXRoZXIudjEuTWV0YWRhdGFFbnRyeRIlCgdyZXN1bWVkGAIgASgLMhQudGV0aGVyLnYxLlJlc3VtZUFjayIdCglSZXN1bWVBY2sSEAoIY29uc3VtZWQYASABKAQiXwoGU3RhdHVzEh0KBGNvZGUYASABKA4yDy50ZXRoZXIudjEuQ29kZRIPCgdtZXNzYWdlGAIgASgJEiUKB2RldGFpbHMYAyADKAsyFC5nb29nbGUucHJvdG9idWYuQW55IlQKA0VuZBIhCgZzdGF0dXMYASABKAsyES50ZXRoZXIudjEuU3RhdHVzEioKCHRyYWlsZXJzGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkiPwoFUmVzZXQSIQoGc3RhdHVzGAEgASgLMhEudGV0aGVyLnYxLlN0YXR1cxITCgt1bnByb2Nlc3NlZBgCIAEoCCJQCgZHb0F3YXkSFgoObGFzdF9zdHJlYW1faWQYASABKA0SHQoEY29kZRgCIAEoDjIPLnRldGhlci52MS5Db2RlEg8KB21lc3NhZ2UYAyABKAki4gEKC1JldHJ5UG9saWN5EhQKDG1heF9hdHRlbXB0cxgBIAEoDRIyCg9pbml0aWFsX2JhY2tvZmYYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLbWF4X2JhY2tvZmYYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGgoSYmFja29mZl9tdWx0aXBsaWVyGAQgASgBEigKD3JldHJ5YWJsZV9jb2RlcxgFIAMoDjIPLnRldGhlci52MS5Db2RlEhMKC2RlYWRfbGV0dGVyGAYgASgIKosDCgRDb2RlEgsKB0NPREVfT0sQABIRCg1DT0RFX0NBTkNFTEVEEAESEAoMQ09ERV9VTktOT1dOEAISGQoVQ09ERV9JTlZBTElEX0FSR1VNRU5UEAMSGgoWQ09ERV9ERUFETElORV9FWENFRURFRBAEEhIKDkNPREVfTk9UX0ZPVU5EEAUSFwoTQ09ERV9BTFJFQURZX0VYSVNUUxAGEhoKFkNPREVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdDT0RFX1JFU09VUkNFX0VYSEFVU1RFRBAIEhwKGENPREVfRkFJTEVEX1BSRUNPTkRJVElPThAJEhAKDENPREVfQUJPUlRFRBAKEhUKEUNPREVfT1VUX09GX1JBTkdFEAsSFgoSQ09ERV9VTklNUExFTUVOVEVEEAwSEQoNQ09ERV9JTlRFUk5BTBANEhQKEENPREVfVU5BVkFJTEFCTEUQDhISCg5DT0RFX0RBVEFfTE9TUxAPEhgKFENPREVfVU5BVVRIRU5USUNBVEVEEBA6TgoFcmV0cnkSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjPigMgASgLMhYudGV0aGVyLnYxLlJldHJ5UG9saWN5UgVyZXRyeTo+CglyZXN1bWFibGUSHi5nb29nbGUucHJvdG9idWYuTWV0aG9kT3B0aW9ucxjQigMgASgIUglyZXN1bWFibGVCNFoyZ2l0aHViLmNvbS90ZXRoZXJycGMvdGV0aGVyL2dlbi90ZXRoZXIvdjE7dGV0aGVydjFiBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_descriptor, file_google_protobuf_duration]);
+  fileDesc("ChZ0ZXRoZXIvdjEvdGV0aGVyLnByb3RvEgl0ZXRoZXIudjEiQwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDgoGdmFsdWVzGAIgAygJEhUKDWJpbmFyeV92YWx1ZXMYAyADKAwigAEKBE9wZW4SEQoJcHJvY2VkdXJlGAEgASgJEioKCG1ldGFkYXRhGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSFgoOdGltZW91dF9taWNyb3MYAyABKAQSIQoGcmVzdW1lGAQgASgLMhEudGV0aGVyLnYxLlJlc3VtZSJqCgZSZXN1bWUSDQoFdG9rZW4YASABKAwSDgoGYXR0YWNoGAIgASgIEhAKCGNvbnN1bWVkGAMgASgEEg8KB2N1cnNvcnMYBCABKAgSEwoGY3Vyc29yGAUgASgMSACIAQFCCQoHX2N1cnNvciJcCgdIZWFkZXJzEioKCG1ldGFkYXRhGAEgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSJQoHcmVzdW1lZBgCIAEoCzIULnRldGhlci52MS5SZXN1bWVBY2siMAoJUmVzdW1lQWNrEhAKCGNvbnN1bWVkGAEgASgEEhEKCXJlc3RhcnRlZBgCIAEoCCJfCgZTdGF0dXMSHQoEY29kZRgBIAEoDjIPLnRldGhlci52MS5Db2RlEg8KB21lc3NhZ2UYAiABKAkSJQoHZGV0YWlscxgDIAMoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkiVAoDRW5kEiEKBnN0YXR1cxgBIAEoCzIRLnRldGhlci52MS5TdGF0dXMSKgoIdHJhaWxlcnMYAiADKAsyGC50ZXRoZXIudjEuTWV0YWRhdGFFbnRyeSI/CgVSZXNldBIhCgZzdGF0dXMYASABKAsyES50ZXRoZXIudjEuU3RhdHVzEhMKC3VucHJvY2Vzc2VkGAIgASgIIlAKBkdvQXdheRIWCg5sYXN0X3N0cmVhbV9pZBgBIAEoDRIdCgRjb2RlGAIgASgOMg8udGV0aGVyLnYxLkNvZGUSDwoHbWVzc2FnZRgDIAEoCSLiAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgNEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIaChJiYWNrb2ZmX211bHRpcGxpZXIYBCABKAESKAoPcmV0cnlhYmxlX2NvZGVzGAUgAygOMg8udGV0aGVyLnYxLkNvZGUSEwoLZGVhZF9sZXR0ZXIYBiABKAgqiwMKBENvZGUSCwoHQ09ERV9PSxAAEhEKDUNPREVfQ0FOQ0VMRUQQARIQCgxDT0RFX1VOS05PV04QAhIZChVDT0RFX0lOVkFMSURfQVJHVU1FTlQQAxIaChZDT0RFX0RFQURMSU5FX0VYQ0VFREVEEAQSEgoOQ09ERV9OT1RfRk9VTkQQBRIXChNDT0RFX0FMUkVBRFlfRVhJU1RTEAYSGgoWQ09ERV9QRVJNSVNTSU9OX0RFTklFRBAHEhsKF0NPREVfUkVTT1VSQ0VfRVhIQVVTVEVEEAgSHAoYQ09ERV9GQUlMRURfUFJFQ09ORElUSU9OEAkSEAoMQ09ERV9BQk9SVEVEEAoSFQoRQ09ERV9PVVRfT0ZfUkFOR0UQCxIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhIKDkNPREVfREFUQV9MT1NTEA8SGAoUQ09ERV9VTkFVVEhFTlRJQ0FURUQQEDpOCgVyZXRyeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGM+KAyABKAsyFi50ZXRoZXIudjEuUmV0cnlQb2xpY3lSBXJldHJ5Oj4KCXJlc3VtYWJsZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNCKAyABKAhSCXJlc3VtYWJsZUI0WjJnaXRodWIuY29tL3RldGhlcnJwYy90ZXRoZXIvZ2VuL3RldGhlci92MTt0ZXRoZXJ2MWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_descriptor, file_google_protobuf_duration]);
 
 /**
  * MetadataEntry is one metadata key with its values. Keys are lower case
@@ -125,6 +125,27 @@ export type Resume = Message<"tether.v1.Resume"> & {
    * @generated from field: uint64 consumed = 3;
    */
   consumed: bigint;
+
+  /**
+   * Cursors (server-streaming calls, to a server that announced
+   * Tether-Resume-Cursors) asks the server to prefix each of its MESSAGE
+   * payloads with the handler's cursor for that message (docs/PROTOCOL.md,
+   * section 15), so that the stream can be restarted from the cursor on a
+   * server that does not hold it. Sent on every OPEN of the call.
+   *
+   * @generated from field: bool cursors = 4;
+   */
+  cursors: boolean;
+
+  /**
+   * Cursor (attach only) is the cursor of message consumed, the last one
+   * the client consumed; present only when that message carried one, or
+   * consumed is 0 (then empty). A server that does not hold the stream
+   * restarts the handler from it.
+   *
+   * @generated from field: optional bytes cursor = 5;
+   */
+  cursor?: Uint8Array | undefined;
 };
 
 /**
@@ -174,6 +195,16 @@ export type ResumeAck = Message<"tether.v1.ResumeAck"> & {
    * @generated from field: uint64 consumed = 1;
    */
   consumed: bigint;
+
+  /**
+   * Restarted says the server did not hold the stream and started a new
+   * run of the handler from Resume.cursor: it reads the client's requests
+   * again from the first, and its messages are numbered from
+   * Resume.consumed + 1.
+   *
+   * @generated from field: bool restarted = 2;
+   */
+  restarted: boolean;
 };
 
 /**
