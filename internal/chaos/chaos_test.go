@@ -524,7 +524,9 @@ func replayAll(t *testing.T, name string, store dlq.Store, inv dlq.Invoker, conc
 	for _, r := range out {
 		replayed[r.ID] = true
 	}
-	after, err := store.List(lctx, dlq.ListOptions{})
+	actx, acancel := context.WithTimeout(context.Background(), 30*time.Second) // the replays may outlast lctx
+	defer acancel()
+	after, err := store.List(actx, dlq.ListOptions{})
 	if err != nil {
 		t.Errorf("dead letters of %s: %v", name, err)
 	}
