@@ -60,6 +60,11 @@ type Config struct {
 	// MinDuration extends the run (with load and held streams) until it has
 	// lasted at least this long (default 0).
 	MinDuration time.Duration
+	// Lease is the replicas' idempotency lease (default 2 s): a call whose
+	// replica was killed after its effect is answered once it expires. The
+	// store's renewals must succeed within it, so a machine too loaded to
+	// run NATS smoothly (the race detector on shared CI) needs a longer one.
+	Lease time.Duration
 	// Log receives progress lines and the report (default io.Discard).
 	Log io.Writer
 }
@@ -76,6 +81,9 @@ func (c *Config) defaults() {
 	}
 	if c.Rounds == 0 {
 		c.Rounds = 1
+	}
+	if c.Lease == 0 {
+		c.Lease = defaultLease
 	}
 	if c.Log == nil {
 		c.Log = io.Discard
@@ -136,6 +144,7 @@ func (r *Report) OK() bool {
 // replicaProc is one replica process.
 type replicaProc struct {
 	name, addr, urls string
+	lease            time.Duration
 	life             int // starts so far
 	cmd              *exec.Cmd
 	exited           chan struct{}
@@ -148,7 +157,7 @@ func (p *replicaProc) start(log io.Writer) error {
 	}
 	p.life++
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), envReplica+"="+p.name, envNATS+"="+p.urls, envAddr+"="+p.addr, fmt.Sprintf("%s=%d", envLife, p.life))
+	cmd.Env = append(os.Environ(), envReplica+"="+p.name, envNATS+"="+p.urls, envAddr+"="+p.addr, fmt.Sprintf("%s=%d", envLife, p.life), envLease+"="+p.lease.String())
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return err
@@ -259,7 +268,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		procs[i] = &replicaProc{name: fmt.Sprintf("r%d", i+1), addr: addr, urls: urls}
+		procs[i] = &replicaProc{name: fmt.Sprintf("r%d", i+1), addr: addr, urls: urls, lease: cfg.Lease}
 		backends = append(backends, addr)
 	}
 	defer func() {

@@ -30,6 +30,7 @@ const (
 	envNATS    = "TETHER_FLEET_NATS"    // NATS URLs, comma-separated
 	envAddr    = "TETHER_FLEET_ADDR"    // host:port to serve on
 	envLife    = "TETHER_FLEET_LIFE"    // which start of the replica this is (1, 2, ...)
+	envLease   = "TETHER_FLEET_LEASE"   // the idempotency lease (a duration)
 	// envMemoryDedup, set to anything, gives each replica the in-memory
 	// cache instead of the shared store: a run then reports repeats run
 	// again (StrayReruns), which shows that the check works.
@@ -43,11 +44,11 @@ const (
 	dlqBucket     = "fleet_dlq"
 )
 
-// Tuning of the replicas: a short lease so that the claim of a killed
-// replica expires within a retry's patience, and a short shutdown grace so
+// Tuning of the replicas: a short lease by default (Config.Lease) so that
+// the claim of a killed replica expires soon, and a short shutdown grace so
 // that a drain does not wait a minute for held streams.
 const (
-	lease         = 2 * time.Second
+	defaultLease  = 2 * time.Second
 	shutdownGrace = 3 * time.Second
 	tick          = 250 * time.Millisecond
 )
@@ -60,7 +61,11 @@ func MaybeReplica() {
 	if name == "" {
 		return
 	}
-	if err := runReplica(name+"/"+os.Getenv(envLife), os.Getenv(envNATS), os.Getenv(envAddr)); err != nil {
+	lease, err := time.ParseDuration(os.Getenv(envLease))
+	if err != nil {
+		lease = defaultLease
+	}
+	if err := runReplica(name+"/"+os.Getenv(envLife), os.Getenv(envNATS), os.Getenv(envAddr), lease); err != nil {
 		fmt.Fprintf(os.Stderr, "replica %s: %v\n", name, err)
 		os.Exit(1)
 	}
@@ -68,7 +73,7 @@ func MaybeReplica() {
 }
 
 // runReplica serves the ledger on addr until SIGTERM, then drains.
-func runReplica(name, urls, addr string) error {
+func runReplica(name, urls, addr string, lease time.Duration) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
@@ -86,7 +91,7 @@ func runReplica(name, urls, addr string) error {
 	}
 	// Ready only once the store answers (a replica that cannot reach it
 	// would run calls without deduplication, logging each).
-	if err := warmUp(ctx, store, name); err != nil {
+	if err := warmUp(ctx, store, name, lease); err != nil {
 		return err
 	}
 	effects, err := js.KeyValue(ctx, effectsBucket)
@@ -125,7 +130,7 @@ func runReplica(name, urls, addr string) error {
 
 // warmUp claims and completes a key of the replica's own until the store
 // answers both, for up to a minute.
-func warmUp(ctx context.Context, store idempotency.Store, name string) error {
+func warmUp(ctx context.Context, store idempotency.Store, name string, lease time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	k := idempotency.Key{Procedure: "fleet.warmup", Key: fmt.Sprintf("%s-%d", name, time.Now().UnixNano())}
