@@ -1,5 +1,5 @@
 // Package fleet is tether's fleet test, also runnable as a demo (go run
-// ./contrib/nats/cmd/fleetdemo): three server replicas as separate OS
+// ./cmd/fleetdemo in contrib/nats): three server replicas as separate OS
 // processes (re-executions of the running binary, see MaybeReplica) share
 // an embedded three-node NATS cluster (the idempotency store, the effects
 // and the clients' dead letters live on JetStream) behind a reverse proxy

@@ -5,8 +5,9 @@
 // make keyed calls and hold server streams. It prints the report and exits
 // 1 if a call failed or an effect was applied twice.
 //
-//	go run ./contrib/nats/cmd/fleetdemo          # short: one round (about a minute)
-//	go run ./contrib/nats/cmd/fleetdemo -full    # two rounds, at least 60 s of held streams
+//	cd contrib/nats                 # a module of its own
+//	go run ./cmd/fleetdemo          # short: one round and the kill (about 35 s)
+//	go run ./cmd/fleetdemo -full    # two rounds, at least 60 s of held streams
 package main
 
 import (
