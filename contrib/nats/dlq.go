@@ -56,7 +56,7 @@ func WithDLQReplicas(n int) DLQOption { return func(c *dlqConfig) { c.replicas =
 func WithDLQMemoryStorage() DLQOption { return func(c *dlqConfig) { c.memory = true } }
 
 // NewDLQ creates the bucket if it does not exist and returns a store on
-// it. Close does not close js's connection.
+// it; an existing bucket keeps its configuration. Close does not close js's connection.
 func NewDLQ(ctx context.Context, js jetstream.JetStream, opts ...DLQOption) (*DLQ, error) {
 	c := dlqConfig{bucket: DefaultDLQBucket, replicas: 1}
 	for _, o := range opts {
@@ -72,7 +72,7 @@ func NewDLQ(ctx context.Context, js jetstream.JetStream, opts ...DLQOption) (*DL
 	if c.memory {
 		cfg.Storage = jetstream.MemoryStorage
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := openBucket(ctx, js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("tethernats: key-value bucket %s: %w", c.bucket, err)
 	}

@@ -95,8 +95,10 @@ func WithTimeout(d time.Duration) IdempotencyOption { return func(c *idemConfig)
 // their disks (tests, demos).
 func WithMemoryStorage() IdempotencyOption { return func(c *idemConfig) { c.memory = true } }
 
-// NewIdempotencyStore creates the bucket if it does not exist (or updates
-// its configuration) and returns a store on it.
+// NewIdempotencyStore creates the bucket if it does not exist and returns a
+// store on it. An existing bucket keeps its configuration (replicas, max
+// age, storage: change them with the nats CLI); only WithMaxKeys is applied
+// to it.
 func NewIdempotencyStore(ctx context.Context, js jetstream.JetStream, opts ...IdempotencyOption) (*IdempotencyStore, error) {
 	c := idemConfig{bucket: DefaultIdempotencyBucket, replicas: 1, maxAge: DefaultMaxAge, timeout: DefaultTimeout}
 	for _, o := range opts {
@@ -113,7 +115,7 @@ func NewIdempotencyStore(ctx context.Context, js jetstream.JetStream, opts ...Id
 	if c.memory {
 		cfg.Storage = jetstream.MemoryStorage
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	kv, err := openBucket(ctx, js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("tethernats: key-value bucket %s: %w", c.bucket, err)
 	}
@@ -122,6 +124,23 @@ func NewIdempotencyStore(ctx context.Context, js jetstream.JetStream, opts ...Id
 		return nil, err
 	}
 	return &IdempotencyStore{kv: kv, timeout: c.timeout, now: time.Now}, nil
+}
+
+// openBucket opens the bucket, or creates it with cfg if it does not exist.
+// An existing bucket is opened as it is: updating it (CreateOrUpdate) would
+// turn its direct gets back on for a moment, and a replica that opened the
+// bucket in that moment would read through direct gets that nobody answers
+// once they are off again (the fleet test saw "no responders" for every
+// read of one replica started together with two others).
+func openBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, cfg)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, cfg.Bucket) // created meanwhile by another opener
+		}
+	}
+	return kv, err
 }
 
 // consistent turns off the bucket's direct gets, so that every read goes

@@ -1,10 +1,12 @@
 package tethernats_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	tethernats "github.com/tetherrpc/tether/contrib/nats"
 	"github.com/tetherrpc/tether/contrib/nats/natsembed"
@@ -74,5 +76,53 @@ func TestIdempotencyStoreContractCluster(t *testing.T) {
 	})
 	if killed == "" {
 		t.Fatal("no node was shut down")
+	}
+}
+
+// Opening a bucket that exists changes nothing: an update would turn its
+// direct gets on for a moment, and a store opened by another replica in
+// that moment would read through direct gets that nobody answers.
+func TestOpenExistingBucketDoesNotUpdateIt(t *testing.T) {
+	nc, js := connect(t, startNode(t))
+	bucket := bucketName()
+	if _, err := tethernats.NewIdempotencyStore(bg, js, tethernats.WithBucket(bucket)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tethernats.NewDLQ(bg, js, tethernats.WithDLQBucket(bucket+"_dlq")); err != nil {
+		t.Fatal(err)
+	}
+	updates, err := nc.SubscribeSync("$JS.EVENT.ADVISORY.STREAM.UPDATED.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer updates.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := tethernats.NewIdempotencyStore(bg, js, tethernats.WithBucket(bucket)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tethernats.NewDLQ(bg, js, tethernats.WithDLQBucket(bucket+"_dlq")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A marker stream updated last: its advisory arrives after any the
+	// opens caused.
+	if _, err := js.CreateOrUpdateKeyValue(bg, jetstream.KeyValueConfig{Bucket: bucket + "_marker"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(bg, jetstream.KeyValueConfig{Bucket: bucket + "_marker", Description: "updated"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := updates.NextMsg(30 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(m.Subject, "KV_"+bucket+"_marker") {
+			return
+		}
+		t.Fatalf("opening an existing bucket updated its stream: %s", m.Subject)
 	}
 }
