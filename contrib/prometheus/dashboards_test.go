@@ -2,11 +2,14 @@ package prometheus_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -14,6 +17,8 @@ import (
 
 	prom "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
@@ -179,5 +184,67 @@ func TestDashboardOptions(t *testing.T) {
 		if strings.Contains(got, absent) {
 			t.Errorf("%s in the scrape:\n%s", absent, got)
 		}
+	}
+}
+
+// TestDashboardJSON checks that every metric the example Grafana dashboard
+// queries is one the package exports.
+func TestDashboardJSON(t *testing.T) {
+	b, err := os.ReadFile("dashboards/tether.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	sm := tetherprom.NewServerMetrics()
+	srv := server.New(server.WithLogger(quiet), server.WithInterceptors(sm))
+	defer srv.Close()
+	cm := tetherprom.NewClientMetrics()
+	cli, err := client.New("ws://127.0.0.1:1/", client.WithLogger(quiet), client.WithInterceptors(cm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	// One observation each, so that the vectors have series.
+	call := &client.Call{Spec: tether.Spec{Procedure: sayProc}}
+	_ = cm.WrapUnary(func(context.Context, *client.Call, proto.Message, proto.Message) error { return nil })(context.Background(), call, &echov1.SayRequest{}, &echov1.SayResponse{})
+	_, _ = sm.WrapUnary(func(context.Context, proto.Message) (proto.Message, error) { return &echov1.SayResponse{}, nil })(context.Background(), &echov1.SayRequest{})
+	reg := prom.NewPedanticRegistry()
+	reg.MustRegister(sm, cm, tetherprom.NewServerCollector(srv), tetherprom.NewClientCollector(cli))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+		if mf.GetType() == dto.MetricType_HISTOGRAM {
+			have[mf.GetName()+"_bucket"] = true
+		}
+	}
+	names := regexp.MustCompile(`tether_[a-z_]+`)
+	n := 0
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			for _, name := range names.FindAllString(tg.Expr, -1) {
+				n++
+				if !have[name] {
+					t.Errorf("panel %q queries %s, which is not exported", p.Title, name)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("the dashboard queries no tether metric")
 	}
 }
