@@ -33,7 +33,8 @@ type traceKey struct{}
 // TestDashboardOptions checks the options that fit grpc-go's dashboards
 // on a scrape of a real /metrics endpoint in the OpenMetrics format: the
 // started counter (in flight = started - ended), service / method / type
-// labels, gRPC's code names, stream buckets, exemplars and the filter.
+// labels, gRPC's code names, stream buckets, exemplars, the filter, and
+// refused upgrades by reason.
 func TestDashboardOptions(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 	reg := prom.NewPedanticRegistry()
@@ -65,7 +66,7 @@ func TestDashboardOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	reg.MustRegister(sm, cm)
+	reg.MustRegister(sm, cm, tetherprom.NewServerCollector(srv))
 	hs2 := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.HTTPErrorOnError, EnableOpenMetrics: true}))
 	defer hs2.Close()
 	tr := &http.Transport{DisableKeepAlives: true}
@@ -82,6 +83,18 @@ func TestDashboardOptions(t *testing.T) {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
+	}
+
+	// An upgrade refused for its version (no tether.v1 subprotocol).
+	up, _ := http.NewRequest(http.MethodGet, hs.URL, nil)
+	up.Header = http.Header{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}, "Sec-Websocket-Version": {"13"}, "Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}}
+	if resp, err := hc.Do(up); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("upgrade without subprotocol: %s, want 400", resp.Status)
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -160,6 +173,9 @@ func TestDashboardOptions(t *testing.T) {
 		`tether_server_call_duration_seconds_bucket{` + countdown + `,le="3600.0"} 1`,
 		`tether_server_call_duration_seconds_bucket{` + countdown + `,le="1800.0"} 1`,
 		`tether_client_call_duration_seconds_bucket{` + countdown + `,le="3600.0"} 1`,
+		// Refused upgrades by reason.
+		`tether_server_upgrades_refused_total{reason="version"} 1.0`,
+		`tether_server_upgrades_refused_total{reason="origin"} 0.0`,
 	}
 	var got string
 	deadline = time.Now().Add(10 * time.Second)
