@@ -142,6 +142,12 @@ command line.
 			}
 			conns = append(conns, c)
 		}
+		// Connect every connection before the clock starts, as ghz does.
+		for _, c := range conns {
+			if err := waitReady(ctx, c); err != nil {
+				return err
+			}
+		}
 		rep := lo.run(conns, &clientconn.Method{Spec: spec}, reqs)
 		rep.Method = strings.TrimPrefix(spec.Procedure, "/")
 		rep.Kind = methodKind(desc)
@@ -153,6 +159,17 @@ command line.
 		rep.print(stdout)
 		return nil
 	})
+}
+
+// waitReady waits until c is connected; a connection that fails, or
+// takes longer than ctx, ends the command as unavailable.
+func waitReady(ctx context.Context, c *client.Client) error {
+	for st := c.State(); st != client.StateReady; st = c.WaitForStateChange(ctx, st) {
+		if st == client.StateTransientFailure || st == client.StateClosed || ctx.Err() != nil {
+			return tether.Errorf(tether.CodeUnavailable, "connect %s: %v", c.URL(), st)
+		}
+	}
+	return nil
 }
 
 // loadOptions is how tether load runs.
