@@ -2,11 +2,11 @@ package server_test
 
 import (
 	"bytes"
-	"sync"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/gorilla/websocket"
