@@ -29,12 +29,12 @@ func newCallOptions(opts []CallOption) *callOptions {
 	return &callOptions{CallOptions: *clientconn.NewCallOptions(opts...)}
 }
 
-func (co *callOptions) newCall(m *Method) *Call {
+func (co *callOptions) newCall(c *Client, m *Method) *Call {
 	h := co.Header.Clone()
 	if h == nil {
 		h = tether.Metadata{}
 	}
-	return &Call{Spec: m.Spec, Header: h}
+	return &Call{Spec: m.Spec, Header: h, Target: c.url}
 }
 
 func (co *callOptions) capture(call *Call) {
@@ -59,7 +59,7 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 // call it, user code calls the generated methods.
 func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, opts ...CallOption) error {
 	co := newCallOptions(opts)
-	call := co.newCall(m)
+	call := co.newCall(c, m)
 	err := c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
 	co.capture(call)
 	return err
@@ -295,7 +295,7 @@ func releaseAbandoned(a abandoned) {
 // openTyped opens a streaming call through the interceptors.
 func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (Stream, error) {
 	co := newCallOptions(opts)
-	call := co.newCall(m)
+	call := co.newCall(c, m)
 	ensureIdempotencyKey(call)
 	return c.wrapStream(func(ctx context.Context, call *Call) (Stream, error) {
 		if resumable(m, co) {

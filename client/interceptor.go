@@ -15,6 +15,10 @@ type Call struct {
 	// Header is the request metadata; interceptors may add to it before
 	// calling next.
 	Header tether.Metadata
+	// Target is the URL of the server the client calls, as given to New
+	// ("wss://api.example.com/rpc"): tracing reads the server's address
+	// and port from it.
+	Target string
 	// ResponseHeader and ResponseTrailer are filled in when a unary call
 	// returns.
 	ResponseHeader, ResponseTrailer tether.Metadata

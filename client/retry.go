@@ -370,7 +370,7 @@ func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, s
 func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte, md map[string][]string) ([]byte, error) {
 	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeUnary}}
 	co := &callOptions{replay: true}
-	call := co.newCall(m)
+	call := co.newCall(c, m)
 	call.Replay = true
 	call.Header.Merge(tether.Metadata(md))
 	call.Header.Del(tether.MetadataAttempt)
@@ -395,7 +395,7 @@ func (c *Client) InvokeRaw(ctx context.Context, procedure string, request []byte
 func (c *Client) InvokeServerStreamRaw(ctx context.Context, procedure string, request []byte, md map[string][]string, onResponse func([]byte) error) error {
 	m := &Method{Spec: tether.Spec{Procedure: procedure, StreamType: tether.StreamTypeServer}}
 	co := &callOptions{replay: true}
-	call := co.newCall(m)
+	call := co.newCall(c, m)
 	call.Replay = true
 	call.Header.Merge(tether.Metadata(md))
 	call.Header.Del(tether.MetadataAttempt)

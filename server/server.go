@@ -152,10 +152,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.originAllowed(r) {
+		s.refused(r, RefusalOrigin, http.StatusForbidden)
 		http.Error(w, "tether: origin not allowed", http.StatusForbidden)
 		return
 	}
 	if !slices.Contains(websocket.Subprotocols(r), tether.Subprotocol) {
+		s.refused(r, RefusalVersion, http.StatusBadRequest)
 		s.refuse(w, r, http.StatusBadRequest, "tether: unsupported protocol version; offer Sec-WebSocket-Protocol: "+tether.Subprotocol)
 		return
 	}
@@ -163,12 +165,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.authenticate != nil {
 		var err error
 		if id, err = s.cfg.authenticate(r); err != nil {
-			status := http.StatusUnauthorized
+			status, reason := http.StatusUnauthorized, RefusalUnauthenticated
 			if tether.CodeOf(err) == tether.CodePermissionDenied {
-				status = http.StatusForbidden
+				status, reason = http.StatusForbidden, RefusalPermissionDenied
 			} else {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="tether"`)
 			}
+			s.refused(r, reason, status)
 			s.refuse(w, r, status, "tether: "+tether.AsError(err).Message())
 			return
 		}
@@ -243,24 +246,48 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) admit(w http.ResponseWriter, r *http.Request) (ip string, ok bool) {
 	ip = remoteIP(r.RemoteAddr)
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var reason string
 	switch {
 	case s.draining:
-		http.Error(w, "tether: server is shutting down", http.StatusServiceUnavailable)
-		return ip, false
+		reason = RefusalShuttingDown
 	case s.cfg.maxConns > 0 && len(s.conns)+s.pending >= s.cfg.maxConns:
+		reason = RefusalMaxConnections
+	case s.cfg.maxConnsPerIP > 0 && s.perIP[ip] >= s.cfg.maxConnsPerIP:
+		reason = RefusalMaxPerIP
+	default:
+		s.pending++
+		s.perIP[ip]++
+		s.wg.Add(1)
+	}
+	s.mu.Unlock()
+	// Answer and log outside the lock.
+	switch reason {
+	case "":
+		return ip, true
+	case RefusalShuttingDown:
+		s.refused(r, reason, http.StatusServiceUnavailable)
+		http.Error(w, "tether: server is shutting down", http.StatusServiceUnavailable)
+	case RefusalMaxConnections:
+		s.refused(r, reason, http.StatusServiceUnavailable)
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "tether: server has too many connections", http.StatusServiceUnavailable)
-		return ip, false
-	case s.cfg.maxConnsPerIP > 0 && s.perIP[ip] >= s.cfg.maxConnsPerIP:
+	case RefusalMaxPerIP:
+		s.refused(r, reason, http.StatusTooManyRequests)
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "tether: too many connections from "+ip, http.StatusTooManyRequests)
-		return ip, false
 	}
-	s.pending++
-	s.perIP[ip]++
-	s.wg.Add(1)
-	return ip, true
+	return ip, false
+}
+
+// refused counts and logs an upgrade refused for reason (a Refusal*
+// constant) with HTTP status.
+func (s *Server) refused(r *http.Request, reason string, status int) {
+	for i, name := range refusalReasons {
+		if name == reason {
+			s.counters.refused[i].Add(1)
+		}
+	}
+	s.cfg.logger.Info("tether upgrade refused", "reason", reason, "status", status, "peer", r.RemoteAddr)
 }
 
 // unadmit releases a place taken by admit that did not become a

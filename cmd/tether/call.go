@@ -96,30 +96,40 @@ type caller struct {
 	sc           schema
 }
 
-func (cl *caller) call(ctx context.Context, target string) error {
+// resolveMethod finds the method target (package.Service/Method or
+// package.Service.Method) in sc and returns its descriptor and spec.
+func resolveMethod(ctx context.Context, sc schema, target string) (protoreflect.MethodDescriptor, tether.Spec, error) {
 	svc, meth, ok := strings.Cut(strings.TrimPrefix(target, "/"), "/")
 	if !ok {
 		i := strings.LastIndex(target, ".")
 		if i < 0 {
-			return tether.Errorf(tether.CodeInvalidArgument, "method %q: want package.Service/Method", target)
+			return nil, tether.Spec{}, tether.Errorf(tether.CodeInvalidArgument, "method %q: want package.Service/Method", target)
 		}
 		svc, meth = target[:i], target[i+1:]
 	}
-	d, err := cl.sc.find(ctx, svc)
+	d, err := sc.find(ctx, svc)
 	if err != nil {
-		return err
+		return nil, tether.Spec{}, err
 	}
 	sd, ok := d.(protoreflect.ServiceDescriptor)
 	if !ok {
-		return tether.Errorf(tether.CodeInvalidArgument, "%s is not a service", svc)
+		return nil, tether.Spec{}, tether.Errorf(tether.CodeInvalidArgument, "%s is not a service", svc)
 	}
 	md := sd.Methods().ByName(protoreflect.Name(meth))
 	if md == nil {
-		return tether.Errorf(tether.CodeNotFound, "service %s has no method %s", svc, meth)
+		return nil, tether.Spec{}, tether.Errorf(tether.CodeNotFound, "service %s has no method %s", svc, meth)
 	}
 	spec := tether.Spec{Procedure: "/" + string(sd.FullName()) + "/" + meth, StreamType: streamType(md)}
 	if opts, _ := md.Options().(*descriptorpb.MethodOptions); opts != nil {
 		spec.IdempotencyLevel = tether.IdempotencyLevel(opts.GetIdempotencyLevel())
+	}
+	return md, spec, nil
+}
+
+func (cl *caller) call(ctx context.Context, target string) error {
+	md, spec, err := resolveMethod(ctx, cl.sc, target)
+	if err != nil {
+		return err
 	}
 	m := &clientconn.Method{Spec: spec}
 

@@ -9,6 +9,7 @@
 //	list     list a server's services, or a service's methods
 //	describe print a service, method or message in .proto syntax
 //	call     call any method with JSON requests
+//	load     load-test any method: calls/s, latencies, status codes
 //	dlq      inspect, replay and purge the dead-letter queue
 //	demo     run the example services and a client on loopback
 //
@@ -42,6 +43,7 @@ var commands = []command{
 	{"list", "list a server's services, or a service's methods", runList},
 	{"describe", "print a service, method or message in .proto syntax", runDescribe},
 	{"call", "call any method with JSON requests", runCall},
+	{"load", "load-test any method: calls/s, latencies, status codes", runLoad},
 	{"dlq", "inspect, replay and purge the dead-letter queue", runDLQ},
 	{"demo", "run the example services and a client on loopback", runDemo},
 }

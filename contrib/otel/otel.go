@@ -37,9 +37,22 @@
 //	                         call ends; the counterpart of rpc.grpc.status_code
 //	network.peer.address     server only: the client's address (host part)
 //	network.peer.port        server only: the client's port
+//	server.address           client only: the server's host, from the client's URL
+//	server.port              client only: the server's port, from the URL (80 for
+//	                         ws://, 443 for wss:// when it has none)
 //
-// A call that ends with any code but ok gets span status Error, with the
-// error's text as the description.
+// A client span whose call ends with any code but ok gets span status Error,
+// with the error's text as the description. A server span gets status Error
+// only for the codes that say the server failed, as the conventions (and
+// otelconnect) do: unknown, deadline_exceeded, unimplemented, internal,
+// unavailable and data_loss; for the others (canceled, invalid_argument,
+// not_found, permission_denied, resource_exhausted, ...) the caller erred,
+// and the status stays Unset (rpc.tether.status_code still has the code).
+//
+// Every message of a streaming call adds an event rpc.message to its span,
+// with rpc.message.type ("SENT" or "RECEIVED"), rpc.message.id (1, 2, ...
+// in each direction) and rpc.message.uncompressed_size (the encoded
+// message's bytes). Unary calls have no message events.
 //
 // A client's unary span covers the whole call, retries included. A client's
 // streaming span ends when Receive returns io.EOF or an error, or when Close
@@ -58,8 +71,10 @@ package otel
 import (
 	"context"
 	"net"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -93,7 +108,23 @@ const (
 	// PeerPortKey is the key of the server spans' attribute
 	// network.peer.port.
 	PeerPortKey = attribute.Key("network.peer.port")
+	// ServerAddressKey is the key of the client spans' attribute
+	// server.address.
+	ServerAddressKey = attribute.Key("server.address")
+	// ServerPortKey is the key of the client spans' attribute server.port.
+	ServerPortKey = attribute.Key("server.port")
+	// MessageTypeKey, MessageIDKey and MessageSizeKey are the keys of the
+	// attributes of rpc.message events.
+	MessageTypeKey = attribute.Key("rpc.message.type")
+	// MessageIDKey is the key of the attribute rpc.message.id.
+	MessageIDKey = attribute.Key("rpc.message.id")
+	// MessageSizeKey is the key of the attribute
+	// rpc.message.uncompressed_size.
+	MessageSizeKey = attribute.Key("rpc.message.uncompressed_size")
 )
+
+// MessageEvent is the name of the events of stream messages.
+const MessageEvent = "rpc.message"
 
 // RPCSystem is the value of the attribute rpc.system.
 const RPCSystem = "tether"
@@ -145,7 +176,8 @@ func WithPropagator(p propagation.TextMapPropagator) Option {
 // WithPublicEndpoint makes the server start a new trace for every call, with
 // a link to the client's span instead of a parent: for servers whose clients
 // are not trusted to choose trace ids. Baggage is still extracted. The
-// client ignores it.
+// client ignores it. Use it on browser-facing and other public servers
+// (docs/SECURITY.md).
 func WithPublicEndpoint() Option { return func(c *config) { c.public = true } }
 
 func newConfig(opts []Option) *config {
@@ -172,10 +204,22 @@ func spanName(procedure string) (string, []attribute.KeyValue) {
 	return name, attrs
 }
 
-// endSpan records a call's result and ends its span.
-func endSpan(span trace.Span, code tether.Code, err error) {
+// serverErrorCodes are the codes for which a server span's status is
+// Error: the server failed (OpenTelemetry's RPC conventions for gRPC).
+var serverErrorCodes = map[tether.Code]bool{
+	tether.CodeUnknown:          true,
+	tether.CodeDeadlineExceeded: true,
+	tether.CodeUnimplemented:    true,
+	tether.CodeInternal:         true,
+	tether.CodeUnavailable:      true,
+	tether.CodeDataLoss:         true,
+}
+
+// endSpan records a call's result and ends its span; on the server, only
+// serverErrorCodes set status Error.
+func endSpan(span trace.Span, code tether.Code, err error, server bool) {
 	span.SetAttributes(StatusCodeKey.Int64(int64(code)))
-	if code != tether.CodeOK {
+	if code != tether.CodeOK && (!server || serverErrorCodes[code]) {
 		desc := code.String()
 		if err != nil {
 			desc = err.Error()
@@ -229,7 +273,7 @@ func (s *serverInterceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		ctx, span := s.start(ctx, ci)
 		res, err := next(ctx, req)
 		cause := server.HandlerError(ctx, err)
-		endSpan(span, tether.CodeOf(cause), cause)
+		endSpan(span, tether.CodeOf(cause), cause, true)
 		return res, err
 	}
 }
@@ -237,9 +281,9 @@ func (s *serverInterceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 func (s *serverInterceptor) WrapStream(next server.StreamFunc) server.StreamFunc {
 	return func(ctx context.Context, st server.Stream) error {
 		ctx, span := s.start(ctx, st)
-		err := next(ctx, st)
+		err := next(ctx, &serverStream{Stream: st, ev: messageEvents{span: span}})
 		cause := server.HandlerError(ctx, err)
-		endSpan(span, tether.CodeOf(cause), cause)
+		endSpan(span, tether.CodeOf(cause), cause, true)
 		return err
 	}
 }
@@ -259,6 +303,7 @@ type clientInterceptor struct {
 
 func (c *clientInterceptor) start(ctx context.Context, call *client.Call) (context.Context, trace.Span) {
 	name, attrs := spanName(call.Spec.Procedure)
+	attrs = append(attrs, serverAttrs(call.Target)...)
 	ctx, span := c.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 	if call.Header == nil {
 		call.Header = tether.Metadata{}
@@ -271,7 +316,7 @@ func (c *clientInterceptor) WrapUnary(next client.UnaryFunc) client.UnaryFunc {
 	return func(ctx context.Context, call *client.Call, req, res proto.Message) error {
 		ctx, span := c.start(ctx, call)
 		err := next(ctx, call, req, res)
-		endSpan(span, tether.CodeOf(err), err)
+		endSpan(span, tether.CodeOf(err), err, false)
 		return err
 	}
 }
@@ -281,11 +326,95 @@ func (c *clientInterceptor) WrapStream(next client.StreamFunc) client.StreamFunc
 		ctx, span := c.start(ctx, call)
 		st, err := next(ctx, call)
 		if err != nil {
-			endSpan(span, tether.CodeOf(err), err)
+			endSpan(span, tether.CodeOf(err), err, false)
 			return nil, err
 		}
-		return client.ObserveStream(st, func(err error, _, _ int64) {
-			endSpan(span, tether.CodeOf(err), err)
-		}), nil
+		observed := client.ObserveStream(st, func(err error, _, _ int64) {
+			endSpan(span, tether.CodeOf(err), err, false)
+		})
+		return &clientStream{Stream: observed, ev: messageEvents{span: span}}, nil
 	}
+}
+
+// serverAttrs are server.address and server.port of a client's URL.
+func serverAttrs(target string) []attribute.KeyValue {
+	u, err := url.Parse(target)
+	if err != nil || u.Hostname() == "" {
+		return nil
+	}
+	attrs := []attribute.KeyValue{ServerAddressKey.String(u.Hostname())}
+	port, err := strconv.Atoi(u.Port())
+	if err != nil {
+		switch u.Scheme {
+		case "ws", "http":
+			port = 80
+		case "wss", "https":
+			port = 443
+		default:
+			return attrs
+		}
+	}
+	return append(attrs, ServerPortKey.Int(port))
+}
+
+// messageEvents adds an rpc.message event to span for each message.
+type messageEvents struct {
+	span           trace.Span
+	sent, received atomic.Int64
+}
+
+func (e *messageEvents) add(kind string, n *atomic.Int64, msg proto.Message) {
+	e.span.AddEvent(MessageEvent, trace.WithAttributes(
+		MessageTypeKey.String(kind),
+		MessageIDKey.Int64(n.Add(1)),
+		MessageSizeKey.Int(proto.Size(msg)),
+	))
+}
+
+func (e *messageEvents) onSend(msg proto.Message, err error) {
+	if err == nil {
+		e.add("SENT", &e.sent, msg)
+	}
+}
+
+func (e *messageEvents) onReceive(msg proto.Message, err error) {
+	if err == nil {
+		e.add("RECEIVED", &e.received, msg)
+	}
+}
+
+// serverStream adds message events to a server call's span.
+type serverStream struct {
+	server.Stream
+	ev messageEvents
+}
+
+func (s *serverStream) Send(msg proto.Message) error {
+	err := s.Stream.Send(msg)
+	s.ev.onSend(msg, err)
+	return err
+}
+
+func (s *serverStream) Receive(msg proto.Message) error {
+	err := s.Stream.Receive(msg)
+	s.ev.onReceive(msg, err)
+	return err
+}
+
+// clientStream adds message events to a client call's span.
+type clientStream struct {
+	client.Stream
+	ev messageEvents
+}
+
+func (s *clientStream) Send(msg proto.Message) error {
+	err := s.Stream.Send(msg)
+	s.ev.onSend(msg, err)
+	return err
+}
+
+func (s *clientStream) Receive(msg proto.Message) error {
+	err := s.Stream.Receive(msg)
+	s.ev.onReceive(msg, err)
+	return err
 }

@@ -3,9 +3,12 @@ package otel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -303,9 +306,11 @@ func TestStreams(t *testing.T) {
 	chat.Close()
 	cli, srv = e.pair(t, 4, "example.echo.v1.EchoService/Chat")
 	checkParent(t, cli, srv)
-	for _, s := range []sdktrace.ReadOnlySpan{cli, srv} {
-		if got := attrs(s)["rpc.tether.status_code"].AsInt64(); got != int64(tether.CodeCanceled) || s.Status().Code != codes.Error {
-			t.Errorf("%v Chat span: code %d, status %v; want canceled", s.SpanKind(), got, s.Status())
+	// canceled is an error of the client's span; the server's status stays
+	// Unset (the caller ended the call, not a server failure).
+	for s, want := range map[sdktrace.ReadOnlySpan]codes.Code{cli: codes.Error, srv: codes.Unset} {
+		if got := attrs(s)["rpc.tether.status_code"].AsInt64(); got != int64(tether.CodeCanceled) || s.Status().Code != want {
+			t.Errorf("%v Chat span: code %d, status %v; want canceled, %v", s.SpanKind(), got, s.Status(), want)
 		}
 	}
 	if n := len(e.rec.Ended()); n != 4 {
@@ -375,5 +380,57 @@ func TestDefaultPropagator(t *testing.T) {
 	if len(s) != 1 || s[0].Name() != "p.S/M" || s[0].Status().Code != codes.Error || s[0].Status().Description != "boom" ||
 		attrs(s[0])["rpc.tether.status_code"].AsInt64() != int64(tether.CodeUnknown) {
 		t.Errorf("spans = %v", s)
+	}
+}
+
+// TestConventions checks the OpenTelemetry RPC conventions: server.address
+// and server.port on client spans, an rpc.message event per stream message.
+func TestConventions(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	if _, err := e.echo.Say(ctx, &echov1.SayRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cli, srv := e.pair(t, 2, "example.echo.v1.EchoService/Say")
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(e.cli.URL(), "ws://"))
+	if a := attrs(cli); a["server.address"].AsString() != host || strconv.Itoa(int(a["server.port"].AsInt64())) != port || host != "127.0.0.1" {
+		t.Errorf("client span: server.address %v, server.port %v; want %s, %s", a["server.address"], a["server.port"], host, port)
+	}
+	if _, ok := attrs(srv)["server.address"]; ok {
+		t.Error("server span has server.address")
+	}
+	if len(cli.Events()) != 0 || len(srv.Events()) != 0 {
+		t.Errorf("unary spans have events: %v, %v", cli.Events(), srv.Events())
+	}
+
+	cd, err := e.echo.Countdown(ctx, &echov1.CountdownRequest{Count: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := cd.Receive(); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli, srv = e.pair(t, 4, "example.echo.v1.EchoService/Countdown")
+	events := func(s sdktrace.ReadOnlySpan) string {
+		var out []string
+		for _, ev := range s.Events() {
+			m := map[attribute.Key]attribute.Value{}
+			for _, kv := range ev.Attributes {
+				m[kv.Key] = kv.Value
+			}
+			out = append(out, fmt.Sprintf("%s %s %d %d", ev.Name, m["rpc.message.type"].AsString(), m["rpc.message.id"].AsInt64(), m["rpc.message.uncompressed_size"].AsInt64()))
+		}
+		return strings.Join(out, "; ")
+	}
+	// CountdownRequest{count: 3} is 2 bytes; CountdownResponse{value: n} too.
+	if got, want := events(cli), "rpc.message SENT 1 2; rpc.message RECEIVED 1 2; rpc.message RECEIVED 2 2; rpc.message RECEIVED 3 2"; got != want {
+		t.Errorf("client events:\n got %s\nwant %s", got, want)
+	}
+	if got, want := events(srv), "rpc.message RECEIVED 1 2; rpc.message SENT 1 2; rpc.message SENT 2 2; rpc.message SENT 3 2"; got != want {
+		t.Errorf("server events:\n got %s\nwant %s", got, want)
 	}
 }

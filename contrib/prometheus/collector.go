@@ -16,9 +16,13 @@ import (
 //	tether_server_bytes_in_total             counter: WebSocket payload bytes received
 //	tether_server_bytes_out_total            counter: WebSocket payload bytes sent
 //	tether_server_connections_accepted_total counter: connections accepted
+//	tether_server_upgrades_refused_total{reason} counter: upgrades refused (origin, version,
+//	                                         unauthenticated, permission_denied, shutting_down,
+//	                                         max_connections, max_connections_ip)
 type ServerCollector struct {
 	srv                                           *server.Server
 	conns, streams, queue, in, out, acceptedConns *prom.Desc
+	refused                                       *prom.Desc
 }
 
 var _ prom.Collector = (*ServerCollector)(nil)
@@ -37,12 +41,13 @@ func NewServerCollector(srv *server.Server, opts ...Option) *ServerCollector {
 		in:            desc("tether_server_bytes_in_total", "WebSocket payload bytes received by the tether server."),
 		out:           desc("tether_server_bytes_out_total", "WebSocket payload bytes sent by the tether server."),
 		acceptedConns: desc("tether_server_connections_accepted_total", "Tether connections accepted."),
+		refused:       prom.NewDesc("tether_server_upgrades_refused_total", "WebSocket upgrades the tether server refused, by reason.", []string{"reason"}, cl),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *ServerCollector) Describe(ch chan<- *prom.Desc) {
-	for _, d := range []*prom.Desc{c.conns, c.streams, c.queue, c.in, c.out, c.acceptedConns} {
+	for _, d := range []*prom.Desc{c.conns, c.streams, c.queue, c.in, c.out, c.acceptedConns, c.refused} {
 		ch <- d
 	}
 }
@@ -56,6 +61,9 @@ func (c *ServerCollector) Collect(ch chan<- prom.Metric) {
 	ch <- prom.MustNewConstMetric(c.in, prom.CounterValue, float64(st.BytesIn))
 	ch <- prom.MustNewConstMetric(c.out, prom.CounterValue, float64(st.BytesOut))
 	ch <- prom.MustNewConstMetric(c.acceptedConns, prom.CounterValue, float64(st.ConnectionsAccepted))
+	for reason, n := range st.UpgradesRefused {
+		ch <- prom.MustNewConstMetric(c.refused, prom.CounterValue, float64(n), reason)
+	}
 }
 
 // clientStates are the values of the state label, in client.State order.

@@ -24,7 +24,7 @@ func ExampleNewServer() {
 	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 			switch a.Key {
-			case slog.TimeKey, "duration", "peer":
+			case slog.TimeKey, "duration", "duration_ms", "peer":
 				return slog.Attr{}
 			}
 			return a
@@ -68,7 +68,7 @@ func ExampleNewClient() {
 		Level: slog.LevelDebug,
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
 			switch a.Key {
-			case slog.TimeKey, "duration":
+			case slog.TimeKey, "duration", "duration_ms":
 				return slog.Attr{}
 			}
 			return a

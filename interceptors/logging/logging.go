@@ -14,8 +14,14 @@
 //	procedure          the full procedure name, "/package.Service/Method"
 //	stream_type        "unary", "client_stream", "server_stream" or "bidi_stream"
 //	code               the call's status code, "ok" or for example "deadline_exceeded"
-//	duration           how long the call took (a time.Duration)
+//	duration           how long the call took (a time.Duration: nanoseconds in JSON)
+//	duration_ms        the same in milliseconds, a float, for JSON consumers
 //	peer               server only: the client's network address
+//	principal          server only, authenticated connections: the Authenticator's
+//	                   Identity.Principal (slog.Any; implement slog.LogValuer
+//	                   to choose what of it is logged)
+//	trace_id           calls with a W3C traceparent in their request metadata
+//	                   (contrib/otel puts it there), or WithTraceID's: the trace id
 //	messages_received  streams only: messages this side received
 //	messages_sent      streams only: messages this side sent
 //	error              calls that failed: the error's text (see OmitErrorMessage)
@@ -108,7 +114,40 @@ type config struct {
 	values     map[string]bool // lower-case keys whose values may be logged
 	redact     []string        // lower-case substrings of sensitive keys
 	omitErr    bool
+	traceID    func(ctx context.Context) string
 	now        func() time.Time // tests
+}
+
+// WithTraceID sets how a record finds its call's trace id, instead of the
+// traceparent request metadata: for example, with OpenTelemetry,
+//
+//	logging.WithTraceID(func(ctx context.Context) string {
+//		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+//			return sc.TraceID().String()
+//		}
+//		return ""
+//	})
+//
+// which on a server behind contrib/otel's WithPublicEndpoint gives the
+// server span's own trace rather than the caller's. An empty result leaves
+// trace_id out.
+func WithTraceID(fn func(ctx context.Context) string) Option {
+	return func(c *config) { c.traceID = fn }
+}
+
+// traceparentID returns the trace id of a W3C traceparent
+// ("00-<32 hex trace id>-<16 hex span id>-<2 hex flags>"), or "".
+func traceparentID(tp string) string {
+	parts := strings.Split(strings.TrimSpace(tp), "-")
+	if len(parts) < 4 || len(parts[0]) != 2 || len(parts[1]) != 32 || parts[1] == strings.Repeat("0", 32) {
+		return ""
+	}
+	for _, r := range parts[1] {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return ""
+		}
+	}
+	return parts[1]
 }
 
 // WithLevels sets the function that maps a call's code to the record's
@@ -203,15 +242,16 @@ func (c *config) isSensitive(key string) bool {
 
 // callEnd is what one finished call contributes to its record.
 type callEnd struct {
-	spec     tether.Spec
-	err      error
-	code     tether.Code
-	duration time.Duration
-	peer     string // server only
-	stream   bool
-	received int64
-	sent     int64
-	md       tether.Metadata
+	spec      tether.Spec
+	err       error
+	code      tether.Code
+	duration  time.Duration
+	peer      string // server only
+	principal any    // server only
+	stream    bool
+	received  int64
+	sent      int64
+	md        tether.Metadata
 }
 
 // callLogger writes the records of one interceptor.
@@ -233,9 +273,22 @@ func (lg *callLogger) log(ctx context.Context, e callEnd) {
 		slog.String("stream_type", e.spec.StreamType.String()),
 		slog.String("code", e.code.String()),
 		slog.Duration("duration", e.duration),
+		slog.Float64("duration_ms", float64(e.duration)/float64(time.Millisecond)),
 	)
 	if lg.server {
 		attrs = append(attrs, slog.String("peer", e.peer))
+		if e.principal != nil {
+			attrs = append(attrs, slog.Any("principal", e.principal))
+		}
+	}
+	var traceID string
+	if lg.cfg.traceID != nil {
+		traceID = lg.cfg.traceID(ctx)
+	} else {
+		traceID = traceparentID(e.md.Get("traceparent"))
+	}
+	if traceID != "" {
+		attrs = append(attrs, slog.String("trace_id", traceID))
 	}
 	if e.stream {
 		attrs = append(attrs,
@@ -289,7 +342,7 @@ func (s *serverInterceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		e.err = server.HandlerError(ctx, err)
 		e.code = tether.CodeOf(e.err)
 		if ci, ok := server.CallInfoFromContext(ctx); ok {
-			e.spec, e.peer, e.md = ci.Spec(), ci.Peer().Addr, ci.RequestHeader()
+			e.spec, e.peer, e.principal, e.md = ci.Spec(), ci.Peer().Addr, ci.Peer().Principal, ci.RequestHeader()
 		}
 		s.lg.log(ctx, e)
 		return res, err
@@ -304,15 +357,16 @@ func (s *serverInterceptor) WrapStream(next server.StreamFunc) server.StreamFunc
 		cause := server.HandlerError(ctx, err)
 		sent, received := counts()
 		s.lg.log(ctx, callEnd{
-			spec:     st.Spec(),
-			err:      cause,
-			code:     tether.CodeOf(cause),
-			duration: s.lg.cfg.now().Sub(start),
-			peer:     st.Peer().Addr,
-			stream:   true,
-			received: received,
-			sent:     sent,
-			md:       st.RequestHeader(),
+			spec:      st.Spec(),
+			err:       cause,
+			code:      tether.CodeOf(cause),
+			duration:  s.lg.cfg.now().Sub(start),
+			peer:      st.Peer().Addr,
+			principal: st.Peer().Principal,
+			stream:    true,
+			received:  received,
+			sent:      sent,
+			md:        st.RequestHeader(),
 		})
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
@@ -236,14 +237,14 @@ func TestServerRecords(t *testing.T) {
 	ms := 3 * time.Millisecond
 	peer := "127.0.0.1:*"
 	checkRecords(t, h.wait(t, 5), []rec{
-		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": sayProc, "stream_type": "unary", "code": "ok", "duration": ms, "peer": peer},
-		{"level": slog.LevelWarn, "msg": ServerMessage, "procedure": sayProc, "stream_type": "unary", "code": "not_found", "duration": ms, "peer": peer,
+		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": sayProc, "stream_type": "unary", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6, "peer": peer},
+		{"level": slog.LevelWarn, "msg": ServerMessage, "procedure": sayProc, "stream_type": "unary", "code": "not_found", "duration": ms, "duration_ms": float64(ms) / 1e6, "peer": peer,
 			"error": "not_found: no such greeting"},
-		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": countdownProc, "stream_type": "server_stream", "code": "ok", "duration": ms, "peer": peer,
+		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": countdownProc, "stream_type": "server_stream", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6, "peer": peer,
 			"messages_received": int64(1), "messages_sent": int64(3)},
-		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": collectProc, "stream_type": "client_stream", "code": "ok", "duration": ms, "peer": peer,
+		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": collectProc, "stream_type": "client_stream", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6, "peer": peer,
 			"messages_received": int64(2), "messages_sent": int64(1)},
-		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": chatProc, "stream_type": "bidi_stream", "code": "ok", "duration": ms, "peer": peer,
+		{"level": slog.LevelInfo, "msg": ServerMessage, "procedure": chatProc, "stream_type": "bidi_stream", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6, "peer": peer,
 			"messages_received": int64(2), "messages_sent": int64(2)},
 	})
 }
@@ -280,18 +281,18 @@ func TestClientRecords(t *testing.T) {
 		}
 	}
 	checkRecords(t, got, []rec{
-		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": sayProc, "stream_type": "unary", "code": "ok", "duration": ms},
-		{"level": slog.LevelInfo, "msg": ClientMessage, "procedure": sayProc, "stream_type": "unary", "code": "not_found", "duration": ms,
+		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": sayProc, "stream_type": "unary", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6},
+		{"level": slog.LevelInfo, "msg": ClientMessage, "procedure": sayProc, "stream_type": "unary", "code": "not_found", "duration": ms, "duration_ms": float64(ms) / 1e6,
 			"error": "not_found: no such greeting"},
-		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": countdownProc, "stream_type": "server_stream", "code": "ok", "duration": ms,
+		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": countdownProc, "stream_type": "server_stream", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6,
 			"messages_received": int64(3), "messages_sent": int64(1)},
-		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": collectProc, "stream_type": "client_stream", "code": "ok", "duration": ms,
+		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": collectProc, "stream_type": "client_stream", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6,
 			"messages_received": int64(1), "messages_sent": int64(2)},
-		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": chatProc, "stream_type": "bidi_stream", "code": "ok", "duration": ms,
+		{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": chatProc, "stream_type": "bidi_stream", "code": "ok", "duration": ms, "duration_ms": float64(ms) / 1e6,
 			"messages_received": int64(2), "messages_sent": int64(2)},
-		{"level": slog.LevelInfo, "msg": ClientMessage, "procedure": countdownProc, "stream_type": "server_stream", "code": "canceled", "duration": ms,
+		{"level": slog.LevelInfo, "msg": ClientMessage, "procedure": countdownProc, "stream_type": "server_stream", "code": "canceled", "duration": ms, "duration_ms": float64(ms) / 1e6,
 			"messages_received": int64(1), "messages_sent": int64(1), "error": "canceled: tether: stream closed by the client"},
-		{"level": slog.LevelInfo, "msg": ClientMessage, "procedure": "/example.echo.v1.EchoService/Nope", "stream_type": "unary", "code": "unimplemented", "duration": ms,
+		{"level": slog.LevelInfo, "msg": ClientMessage, "procedure": "/example.echo.v1.EchoService/Nope", "stream_type": "unary", "code": "unimplemented", "duration": ms, "duration_ms": float64(ms) / 1e6,
 			"error": "unimplemented: …"},
 	})
 }
@@ -399,7 +400,7 @@ func TestMetadataOptions(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &capture{level: slog.LevelDebug}
 			fakeCall(NewClient(slog.New(h), append(tc.opts, stepClock(0))...), md, nil)
-			want := rec{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": "/p.S/M", "stream_type": "unary", "code": "ok", "duration": time.Duration(0)}
+			want := rec{"level": slog.LevelDebug, "msg": ClientMessage, "procedure": "/p.S/M", "stream_type": "unary", "code": "ok", "duration": time.Duration(0), "duration_ms": 0.0}
 			for k, v := range tc.want {
 				want[k] = v
 			}
@@ -570,4 +571,61 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestPrincipalAndTraceID: server records name the connection's principal;
+// both sides' records carry the trace id of the call's traceparent, or
+// WithTraceID's.
+func TestPrincipalAndTraceID(t *testing.T) {
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	quiet := slog.New(slog.DiscardHandler)
+	sh, ch, wh := &capture{level: slog.LevelDebug}, &capture{level: slog.LevelDebug}, &capture{level: slog.LevelDebug}
+	srv := server.New(server.WithLogger(quiet),
+		server.WithAuthenticator(func(*http.Request) (server.Identity, error) { return server.Identity{Principal: "alice"}, nil }),
+		server.WithInterceptors(NewServer(slog.New(sh))))
+	echov1.RegisterEchoServiceHandler(srv, &testHandler{})
+	hs := httptest.NewServer(srv)
+	fixed := func(context.Context) string { return "from-option" }
+	cli, err := client.New("ws"+strings.TrimPrefix(hs.URL, "http"), client.WithLogger(quiet),
+		client.WithInterceptors(NewClient(slog.New(ch)), NewClient(slog.New(wh), WithTraceID(fixed))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cli.Close()
+		_ = srv.Close()
+		hs.Close()
+	}()
+	md := tether.Metadata{"traceparent": {"00-" + traceID + "-00f067aa0ba902b7-01"}}
+	if _, err := echov1.NewEchoServiceClient(cli).Say(testCtx(t), &echov1.SayRequest{}, client.WithHeader(md)); err != nil {
+		t.Fatal(err)
+	}
+	// Without traceparent: no trace_id.
+	if _, err := echov1.NewEchoServiceClient(cli).Say(testCtx(t), &echov1.SayRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	s := sh.wait(t, 2)
+	if s[0]["principal"] != "alice" || s[0]["trace_id"] != traceID || s[1]["principal"] != "alice" {
+		t.Errorf("server records: %v", s)
+	}
+	if _, ok := s[1]["trace_id"]; ok {
+		t.Errorf("server record without traceparent has trace_id: %v", s[1])
+	}
+	c := ch.wait(t, 2)
+	if c[0]["trace_id"] != traceID || c[0]["principal"] != nil {
+		t.Errorf("client record: %v", c[0])
+	}
+	if w := wh.wait(t, 2); w[0]["trace_id"] != "from-option" || w[1]["trace_id"] != "from-option" {
+		t.Errorf("WithTraceID records: %v", w)
+	}
+	for tp, want := range map[string]string{
+		"00-" + traceID + "-00f067aa0ba902b7-01":                  traceID,
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01": "",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01": "",
+		"garbage": "",
+	} {
+		if got := traceparentID(tp); got != want {
+			t.Errorf("traceparentID(%q) = %q, want %q", tp, got, want)
+		}
+	}
 }
