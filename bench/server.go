@@ -55,10 +55,11 @@ func LoopbackIPs(n int) []string {
 
 // Server is a running benchmark server of one system.
 type Server struct {
-	// System is Tether, GRPC or Raw.
+	// System is Raw or one of RPCSystems.
 	System string
-	// Targets are what clients dial, one per listener: ws:// URLs for Tether
-	// and Raw, host:port for GRPC.
+	// Targets are what clients dial, one per listener: ws:// URLs for
+	// Tether, Raw and DRPCWS, http:// base URLs for ConnectH2C and
+	// ConnectHTTP1, host:port for GRPC and DRPCTCP.
 	Targets []string
 
 	stop func()
@@ -106,6 +107,12 @@ func Serve(system string, ips ...string) (*Server, error) {
 			s.Targets = append(s.Targets, ln.Addr().String())
 		}
 		s.stop = gs.Stop
+	case ConnectH2C, ConnectHTTP1:
+		s.Targets, s.stop = serveConnect(lns, system == ConnectH2C)
+	case DRPCTCP:
+		s.Targets, s.stop = serveDRPCTCP(lns)
+	case DRPCWS:
+		s.Targets, s.stop = serveDRPCWS(lns)
 	default:
 		for _, l := range lns {
 			l.Close()
@@ -124,7 +131,13 @@ func wsURLs(lns []net.Listener, path string) []string {
 }
 
 func serveHTTP(h http.Handler, lns []net.Listener) (stop func()) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	return serveHTTPWith(h, lns, nil)
+}
+
+// serveHTTPWith serves h on lns with protocols (nil: net/http's default,
+// HTTP/1.1 only without TLS) until stop is called.
+func serveHTTPWith(h http.Handler, lns []net.Listener, protocols *http.Protocols) (stop func()) {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: protocols}
 	var wg sync.WaitGroup
 	for _, ln := range lns {
 		wg.Go(func() {
