@@ -204,7 +204,7 @@ func main() {
 	e.report(&out)
 	os.Stdout.Write(out.Bytes())
 	if *jsonOut != "" {
-		b, _ := json.MarshalIndent(map[string]any{"machine": machine(), "median": e.results, "runs": e.runs}, "", "  ")
+		b, _ := json.MarshalIndent(map[string]any{"machine": machine(), "median": e.results, "runs": e.runs, "not_applicable": e.na}, "", "  ")
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "benchcmp:", err)
 		}

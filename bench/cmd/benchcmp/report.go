@@ -83,6 +83,7 @@ func rows(e *env) []row {
 		{"unary c=64, 1 conn: read+write syscalls/call (client+server)", "unary-c64", syscalls, fmt2, -1},
 		{"unary c=64, 1 conn: connections the client opened", "unary-c64", metric(mConns), fmtInt, 0},
 		{"unary c=64, 8 conns: calls/s", "unary-c64-8conns", metric(mRate), fmtInt, +1},
+		{"unary c=64, 8 conns: connections the client opened", "unary-c64-8conns", metric(mConns), fmtInt, 0},
 		{"server stream 64 B: msgs/s", "stream-64B", metric(mRate), fmtInt, +1},
 		{"server stream 64 B: MB/s", "stream-64B", metric(mMBps), fmt1, +1},
 		{"server stream 64 B: CPU µs/msg (client+server)", "stream-64B", cpu, fmt2, -1},
