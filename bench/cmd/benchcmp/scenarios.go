@@ -51,7 +51,7 @@ const (
 type scenario struct {
 	name    string
 	systems []string // nil: every RPC system
-	kind    string   // the calls it makes (bench.Kind*), for bench.Unsupported
+	kind    string   // the calls it makes (bench.Kind*), for bench.Unsupported; "" for unary calls only
 	run     func(e *env, sys string, srv *child) (metrics, error)
 	ips     func(e *env) int // loopback addresses the server listens on (default 1)
 }
@@ -84,7 +84,7 @@ func scenarios() []scenario {
 		{name: "bidi-c64", kind: bench.KindBidi, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.bidi(sys, srv, "bidi-c64", 64)
 		}},
-		{name: "idle", kind: bench.KindUnary, run: (*env).idle, ips: func(e *env) int {
+		{name: "idle", run: (*env).idle, ips: func(e *env) int {
 			if e.idleIPs > 0 {
 				return e.idleIPs
 			}
