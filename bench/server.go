@@ -87,7 +87,12 @@ func Serve(system string, ips ...string) (*Server, error) {
 	s := &Server{System: system}
 	switch system {
 	case Tether:
-		ts := server.New(server.WithLogger(slog.New(slog.DiscardHandler)))
+		// Every client here connects from 127.0.0.1 (the kernel picks it
+		// whichever 127.0.0.x it dials), where a real fleet comes from many
+		// addresses: the per-IP bound (default 10,000) is raised to the
+		// server-wide one so that the push fleet and large idle runs fit.
+		ts := server.New(server.WithLogger(slog.New(slog.DiscardHandler)),
+			server.WithMaxConnectionsPerIP(server.DefaultMaxConnections))
 		benchv1.RegisterBenchServiceHandler(ts, &TetherHandler{})
 		mux := http.NewServeMux()
 		mux.Handle(TetherPath, ts)

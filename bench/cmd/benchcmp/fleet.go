@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tetherrpc/tether/bench"
@@ -29,6 +30,10 @@ import (
 // (tether's client has no dialer option to pick a source address, so the
 // destination addresses spread the connections over ephemeral port ranges
 // instead).
+
+// fdReserve is what a server process needs in open files besides its
+// connections: listeners, the debug endpoint, the runtime's own.
+const fdReserve = 100
 
 // fleetConfig is the push-fleet scenario's set-up.
 type fleetConfig struct {
@@ -102,11 +107,15 @@ func openFleet(sys string, targets []string, n int) ([]bench.Conn, error) {
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				c, err := bench.Dial(ctx, sys, targets[i%len(targets)], true)
+				// A connection that is refused keeps retrying: give up on it
+				// after a minute rather than the whole set-up's five.
+				cctx, ccancel := context.WithTimeout(ctx, time.Minute)
+				c, err := bench.Dial(cctx, sys, targets[i%len(targets)], true)
 				if err == nil {
 					conns[i] = c
-					_, err = c.Unary(ctx, req)
+					_, err = c.Unary(cctx, req)
 				}
+				ccancel()
 				if err != nil {
 					errOnce.Do(func() { firstErr = fmt.Errorf("connection %d: %w", i, err); cancel() })
 					return
@@ -253,6 +262,11 @@ func startFleetProc(sys string, targets []string, cfg fleetConfig, conns int) (*
 // pushFleet runs the push-fleet scenario against srv.
 func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 	cfg := e.fleet
+	// The server holds every connection in one process.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && uint64(cfg.conns)+fdReserve > lim.Cur {
+		return nil, fmt.Errorf("%d connections need about %d open files in the server process; the cap is %d", cfg.conns, uint64(cfg.conns)+fdReserve, lim.Cur)
+	}
 	procs := cfg.procs
 	if procs <= 0 {
 		procs = 1 + (cfg.conns-1)/15000
