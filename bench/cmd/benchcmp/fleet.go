@@ -339,11 +339,13 @@ func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	if all.Calls == 0 {
-		return nil, errors.New("no calls made")
+	if all.Calls == all.Errors {
+		return nil, fmt.Errorf("none of %d calls succeeded, first error: %s", all.Calls, all.FirstErr)
 	}
-	if all.Errors*100 > all.Calls {
-		return nil, fmt.Errorf("%d of %d calls failed, first: %s", all.Errors, all.Calls, all.FirstErr)
+	if all.Errors > 0 {
+		// A saturated system fails calls (10 s timeout): the table shows
+		// the share; the latencies are those of the calls that succeeded.
+		e.logf("%s: %d of %d calls failed, first: %s", sys, all.Errors, all.Calls, all.FirstErr)
 	}
 	res := runResult{units: all.Calls - all.Errors, elapsed: elapsed}
 	for _, ns := range all.LatNanos {

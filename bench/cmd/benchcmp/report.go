@@ -114,7 +114,7 @@ func rows(e *env) []row {
 		{fleet + ": p50 latency (µs)", "push-fleet", metric(mP50), fmt1, -1},
 		{fleet + ": p99 latency (µs)", "push-fleet", metric(mP99), fmt1, -1},
 		{fleet + ": calls/s answered (offered: one per connection per interval)", "push-fleet", metric(mRate), fmtInt, 0},
-		{fleet + ": failed calls (%)", "push-fleet", pct(mFailed), fmt2, -1},
+		{fleet + ": failed calls (%, 10 s timeout; latencies count the others)", "push-fleet", pct(mFailed), fmt2, -1},
 		{fleet + ": calls started >100 ms late (%)", "push-fleet", pct(mLate), fmt2, -1},
 		{fleet + ": server allocs/call", "push-fleet", metric(mSrvAllocs), fmt1, -1},
 		{fleet + ": client CPU µs/call", "push-fleet", metric(mCliCPU), fmt1, -1},

@@ -43,7 +43,7 @@ const (
 	mSrvWrites  = "srv_writes"  // server write syscalls per unit
 	mConns      = "conns"       // network connections the client opened
 	mSetupRate  = "setup_rate"  // push-fleet connections opened per second, each with its first call
-	mFailed     = "failed"      // push-fleet calls that failed, share of all (the run fails above 1%)
+	mFailed     = "failed"      // push-fleet calls that failed (10 s timeout), share of all
 	mLate       = "late"        // push-fleet calls started over 100 ms late, share of all
 )
 
