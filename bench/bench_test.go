@@ -11,14 +11,14 @@ import (
 
 // These benchmarks run client and server in one process over loopback, so
 // -benchmem counts the allocations of both ends of a call together. Compare
-// the Tether and GRPC variants of each:
+// the Tether, GRPC, Connect (h2c) and DRPC (TCP) variants of each:
 //
 //	go test -run XXX -bench . -benchmem
 //
 // cmd/benchcmp measures throughput and latency with client and server in
 // separate processes.
 
-func connect(b *testing.B, system string) Conn {
+func dialBench(b *testing.B, system string) Conn {
 	b.Helper()
 	srv, err := Serve(system)
 	if err != nil {
@@ -48,8 +48,14 @@ func BenchmarkUnaryTether(b *testing.B) { benchUnary(b, Tether) }
 // BenchmarkUnaryGRPC is BenchmarkUnaryTether over grpc-go.
 func BenchmarkUnaryGRPC(b *testing.B) { benchUnary(b, GRPC) }
 
+// BenchmarkUnaryConnect is BenchmarkUnaryTether over connect-go (h2c).
+func BenchmarkUnaryConnect(b *testing.B) { benchUnary(b, ConnectH2C) }
+
+// BenchmarkUnaryDRPC is BenchmarkUnaryTether over drpc (TCP).
+func BenchmarkUnaryDRPC(b *testing.B) { benchUnary(b, DRPCTCP) }
+
 func benchUnary(b *testing.B, system string) {
-	c := connect(b, system)
+	c := dialBench(b, system)
 	ctx := context.Background()
 	req := newPayload(PayloadSize)
 	for range 100 { // warm up pools and windows
@@ -73,7 +79,7 @@ func BenchmarkUnaryParallelTether(b *testing.B) { benchUnaryParallel(b, Tether) 
 func BenchmarkUnaryParallelGRPC(b *testing.B) { benchUnaryParallel(b, GRPC) }
 
 func benchUnaryParallel(b *testing.B, system string) {
-	c := connect(b, system)
+	c := dialBench(b, system)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.SetParallelism(32)
@@ -96,10 +102,17 @@ func BenchmarkServerStreamTether(b *testing.B) { benchServerStream(b, Tether) }
 // BenchmarkServerStreamGRPC is BenchmarkServerStreamTether over grpc-go.
 func BenchmarkServerStreamGRPC(b *testing.B) { benchServerStream(b, GRPC) }
 
+// BenchmarkServerStreamConnect is BenchmarkServerStreamTether over
+// connect-go (h2c).
+func BenchmarkServerStreamConnect(b *testing.B) { benchServerStream(b, ConnectH2C) }
+
+// BenchmarkServerStreamDRPC is BenchmarkServerStreamTether over drpc (TCP).
+func BenchmarkServerStreamDRPC(b *testing.B) { benchServerStream(b, DRPCTCP) }
+
 func benchServerStream(b *testing.B, system string) {
 	for _, size := range []int{64, 1024} {
 		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
-			c := connect(b, system)
+			c := dialBench(b, system)
 			ctx := context.Background()
 			if _, err := c.ServerStream(ctx, &benchv1.StreamRequest{Count: 100, Size: uint32(size)}); err != nil {
 				b.Fatal(err)
@@ -125,8 +138,14 @@ func BenchmarkBidiTether(b *testing.B) { benchBidi(b, Tether) }
 // BenchmarkBidiGRPC is BenchmarkBidiTether over grpc-go.
 func BenchmarkBidiGRPC(b *testing.B) { benchBidi(b, GRPC) }
 
+// BenchmarkBidiConnect is BenchmarkBidiTether over connect-go (h2c).
+func BenchmarkBidiConnect(b *testing.B) { benchBidi(b, ConnectH2C) }
+
+// BenchmarkBidiDRPC is BenchmarkBidiTether over drpc (TCP).
+func BenchmarkBidiDRPC(b *testing.B) { benchBidi(b, DRPCTCP) }
+
 func benchBidi(b *testing.B, system string) {
-	c := connect(b, system)
+	c := dialBench(b, system)
 	ctx := context.Background()
 	s, err := c.Bidi(ctx)
 	if err != nil {

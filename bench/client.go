@@ -19,7 +19,8 @@ import (
 	"github.com/tetherrpc/tether/client"
 )
 
-// Conn is one client connection to a BenchService server, tether or grpc-go.
+// Conn is one client of a BenchService server: one connection for tether,
+// grpc-go, connect-h2c and drpc-ws (see ConnCounter for the others).
 type Conn interface {
 	// Unary makes one Unary call.
 	Unary(ctx context.Context, req *benchv1.Payload) (*benchv1.Payload, error)
@@ -42,13 +43,21 @@ type BidiStream interface {
 
 // Dial connects to a server of system at target (one of Server.Targets).
 // With wait it returns once the connection is ready; without, the first call
-// waits for it (both clients connect in the background).
+// may wait for it (tether's and grpc-go's clients connect in the
+// background; connect-go's connects on its first call; drpc's clients dial
+// before Dial returns).
 func Dial(ctx context.Context, system, target string, wait bool) (Conn, error) {
 	switch system {
 	case Tether:
 		return DialTether(ctx, target, wait)
 	case GRPC:
 		return DialGRPC(ctx, target, wait)
+	case ConnectH2C, ConnectHTTP1:
+		return DialConnect(ctx, target, system == ConnectH2C, wait)
+	case DRPCTCP:
+		return DialDRPCTCP(ctx, target)
+	case DRPCWS:
+		return DialDRPCWS(ctx, target)
 	}
 	return nil, fmt.Errorf("bench: no RPC client for %q", system)
 }

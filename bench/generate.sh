@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # generate.sh regenerates bench/gen from bench/proto: protobuf messages
 # (protoc-gen-go), tether handlers and clients (protoc-gen-go-tether, built
-# from this repository) and grpc-go services (protoc-gen-go-grpc, in the
-# subpackage benchv1grpc). buf and the plugins build from the versions pinned
-# in tools/go.mod, so only Go is needed. Run it from anywhere.
+# from this repository), grpc-go services (protoc-gen-go-grpc, in the
+# subpackage benchv1grpc), connect-go handlers and clients
+# (protoc-gen-connect-go, in benchv1connect) and drpc services
+# (protoc-gen-go-drpc, in benchv1drpc). buf and the plugins build from the
+# versions pinned in tools/go.mod, so only Go is needed. Run it from anywhere.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -55,10 +55,11 @@ func LoopbackIPs(n int) []string {
 
 // Server is a running benchmark server of one system.
 type Server struct {
-	// System is Tether, GRPC or Raw.
+	// System is Raw or one of RPCSystems.
 	System string
-	// Targets are what clients dial, one per listener: ws:// URLs for Tether
-	// and Raw, host:port for GRPC.
+	// Targets are what clients dial, one per listener: ws:// URLs for
+	// Tether, Raw and DRPCWS, http:// base URLs for ConnectH2C and
+	// ConnectHTTP1, host:port for GRPC and DRPCTCP.
 	Targets []string
 
 	stop func()
@@ -86,7 +87,12 @@ func Serve(system string, ips ...string) (*Server, error) {
 	s := &Server{System: system}
 	switch system {
 	case Tether:
-		ts := server.New(server.WithLogger(slog.New(slog.DiscardHandler)))
+		// Every client here connects from 127.0.0.1 (the kernel picks it
+		// whichever 127.0.0.x it dials), where a real fleet comes from many
+		// addresses: the per-IP bound (default 10,000) is raised to the
+		// server-wide one so that the push fleet and large idle runs fit.
+		ts := server.New(server.WithLogger(slog.New(slog.DiscardHandler)),
+			server.WithMaxConnectionsPerIP(server.DefaultMaxConnections))
 		benchv1.RegisterBenchServiceHandler(ts, &TetherHandler{})
 		mux := http.NewServeMux()
 		mux.Handle(TetherPath, ts)
@@ -106,6 +112,12 @@ func Serve(system string, ips ...string) (*Server, error) {
 			s.Targets = append(s.Targets, ln.Addr().String())
 		}
 		s.stop = gs.Stop
+	case ConnectH2C, ConnectHTTP1:
+		s.Targets, s.stop = serveConnect(lns, system == ConnectH2C)
+	case DRPCTCP:
+		s.Targets, s.stop = serveDRPCTCP(lns)
+	case DRPCWS:
+		s.Targets, s.stop = serveDRPCWS(lns)
 	default:
 		for _, l := range lns {
 			l.Close()
@@ -124,7 +136,13 @@ func wsURLs(lns []net.Listener, path string) []string {
 }
 
 func serveHTTP(h http.Handler, lns []net.Listener) (stop func()) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	return serveHTTPWith(h, lns, nil)
+}
+
+// serveHTTPWith serves h on lns with protocols (nil: net/http's default,
+// HTTP/1.1 only without TLS) until stop is called.
+func serveHTTPWith(h http.Handler, lns []net.Listener, protocols *http.Protocols) (stop func()) {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: protocols}
 	var wg sync.WaitGroup
 	for _, ln := range lns {
 		wg.Go(func() {

@@ -1,6 +1,8 @@
-// Command benchcmp compares tether with grpc-go side by side: identical
-// BenchService handlers served over each, client and server in separate
-// processes on loopback, every scenario run for both, then one table.
+// Command benchcmp compares tether with its peers side by side: identical
+// BenchService handlers served over tether, grpc-go, connect-go (HTTP/2
+// cleartext and HTTP/1.1) and drpc (TCP, and WebSocket+yamux as coder runs
+// it), client and server in separate processes on loopback, every scenario
+// run for every system, then one table with tether's ratio to each peer.
 //
 //	cd bench && go run ./cmd/benchcmp
 //
@@ -15,16 +17,22 @@
 //	unary-c64-8conns  64 concurrent callers over 8 connections: calls/s
 //	stream-64B        server streaming, 64-byte messages: msgs/s, MB/s
 //	stream-1KiB       server streaming, 1 KiB messages: msgs/s, MB/s
+//	stream-64KiB      server streaming, 64 KiB messages: MB/s
 //	bidi-c1           ping-pong on one bidi stream: p50, p99, round trips/s
 //	bidi-c64          64 bidi streams on one connection: round trips/s
 //	idle              -idle-conns idle connections: server memory each
 //	setup             connect + first call + close, -setup-workers at a time
+//	push-fleet        -fleet-conns connections, each one unary call per
+//	                  second, from -fleet-procs client processes: server
+//	                  CPU per call, p50/p99 latency
 //	raw-c1            raw gorilla/websocket echo, one message at a time
 //	raw-pipelined     raw gorilla/websocket echo, 64 messages in flight
 //
-// Use -run to pick scenarios, -profile DIR to collect CPU and allocation
-// profiles of client and server, and -idle-conns 10000 for the large idle
-// test. docs/BENCHMARKS.md has the results.
+// Use -run to pick scenarios, -systems to pick the RPC systems (default:
+// all), -profile DIR to collect CPU and allocation profiles of client and
+// server, and -idle-conns 10000 for the large idle test. A scenario a
+// system's protocol cannot run (bidi over connect-go's HTTP/1.1) is
+// reported as n/a with the reason. docs/BENCHMARKS.md has the results.
 package main
 
 import (
@@ -51,10 +59,13 @@ type env struct {
 	retryLoad        float64
 	profileDir       string
 	verbose          bool
+	systems          []string // RPC systems to run, tether first if present
+	fleet            fleetConfig
 
 	results map[string]map[string]metrics   // scenario -> system -> median metrics
 	runs    map[string]map[string][]metrics // scenario -> system -> every run
 	errs    map[string]map[string]error
+	na      map[string]map[string]string // scenario -> system -> why it cannot run
 }
 
 func (e *env) logf(format string, args ...any) {
@@ -66,6 +77,8 @@ func (e *env) logf(format string, args ...any) {
 func main() {
 	serve := flag.String("serve", "", "internal: run as the server of `system` (tether, grpc-go or raw-ws)")
 	serveIPs := flag.Int("serve-ips", 1, "internal: listen on this many loopback addresses (127.0.0.1, .2, ...)")
+	fleetClient := flag.String("fleet-client", "", "internal: run as a push-fleet client process of `system`")
+	fleetTargets := flag.String("fleet-targets", "", "internal: comma-separated targets of a push-fleet client process")
 	e := &env{}
 	flag.DurationVar(&e.duration, "duration", 3*time.Second, "timed run of each scenario")
 	flag.DurationVar(&e.warmup, "warmup", 500*time.Millisecond, "untimed run before each scenario's timed run")
@@ -75,12 +88,23 @@ func main() {
 	flag.Float64Var(&e.retryLoad, "retry-load", 0, "repeat a timed run (up to 5 times) while other processes used more than this many CPUs during it; 0: never")
 	flag.IntVar(&e.setupWorkers, "setup-workers", 4, "concurrent connectors in the setup scenario")
 	runRE := flag.String("run", "", "run only the scenarios matching this `regexp`")
-	systems := flag.String("systems", "tether,grpc-go", "RPC systems to compare (the raw-ws ceiling always runs)")
+	systems := flag.String("systems", strings.Join(bench.RPCSystems, ","), "RPC systems to compare (the raw-ws ceiling always runs)")
+	flag.IntVar(&e.fleet.conns, "fleet-conns", 10000, "connections of the push-fleet scenario")
+	flag.IntVar(&e.fleet.procs, "fleet-procs", 0, "client processes of the push-fleet scenario (0: one per 15,000 connections)")
+	flag.DurationVar(&e.fleet.interval, "fleet-interval", time.Second, "time between two calls of one push-fleet connection")
+	flag.DurationVar(&e.fleet.duration, "fleet-duration", 5*time.Second, "timed run of the push-fleet scenario")
 	flag.StringVar(&e.profileDir, "profile", "", "write CPU and allocation profiles of client and server for each timed run into `dir`")
 	jsonOut := flag.String("json", "", "also write the raw results as JSON to `file`")
 	flag.BoolVar(&e.verbose, "v", true, "report progress on stderr")
 	flag.Parse()
 
+	if *fleetClient != "" {
+		if err := runFleetClient(*fleetClient, strings.Split(*fleetTargets, ","), e.fleet); err != nil {
+			fmt.Fprintln(os.Stderr, "benchcmp fleet client:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *serve != "" {
 		if err := serveChild(*serve, *serveIPs); err != nil {
 			fmt.Fprintln(os.Stderr, "benchcmp server:", err)
@@ -98,6 +122,13 @@ func main() {
 		}
 	}
 	wanted := strings.Split(*systems, ",")
+	for _, sys := range wanted {
+		if !slices.Contains(bench.RPCSystems, sys) {
+			fmt.Fprintf(os.Stderr, "benchcmp: -systems: unknown system %q (known: %s)\n", sys, strings.Join(bench.RPCSystems, ", "))
+			os.Exit(2)
+		}
+	}
+	e.systems = wanted
 	if e.profileDir != "" {
 		if err := os.MkdirAll(e.profileDir, 0o755); err != nil {
 			fmt.Fprintln(os.Stderr, "benchcmp:", err)
@@ -107,6 +138,7 @@ func main() {
 	e.results = map[string]map[string]metrics{}
 	e.runs = map[string]map[string][]metrics{}
 	e.errs = map[string]map[string]error{}
+	e.na = map[string]map[string]string{}
 
 	start := time.Now()
 	for _, sc := range scenarios() {
@@ -124,6 +156,13 @@ func main() {
 					continue
 				}
 				if e.errs[sc.name][sys] != nil {
+					continue
+				}
+				if why := bench.Unsupported(sys, sc.kind); why != "" {
+					if e.na[sc.name] == nil {
+						e.na[sc.name] = map[string]string{}
+					}
+					e.na[sc.name][sys] = why
 					continue
 				}
 				if e.count > 1 {
@@ -165,7 +204,7 @@ func main() {
 	e.report(&out)
 	os.Stdout.Write(out.Bytes())
 	if *jsonOut != "" {
-		b, _ := json.MarshalIndent(map[string]any{"machine": machine(), "median": e.results, "runs": e.runs}, "", "  ")
+		b, _ := json.MarshalIndent(map[string]any{"machine": machine(), "median": e.results, "runs": e.runs, "not_applicable": e.na}, "", "  ")
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "benchcmp:", err)
 		}

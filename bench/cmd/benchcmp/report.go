@@ -56,6 +56,10 @@ func fmtInt(v float64) string {
 	return b.String()
 }
 
+func pct(name string) func(metrics) float64 {
+	return func(m metrics) float64 { return 100 * m[name] }
+}
+
 func fmt1(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 func fmt2(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }
 
@@ -64,6 +68,7 @@ func rows(e *env) []row {
 	bytes := sum(mCliBytes, mSrvBytes)
 	cpu := sum(mCliCPU, mSrvCPU)
 	syscalls := sum(mCliReads, mCliWrites, mSrvReads, mSrvWrites)
+	fleet := fmt.Sprintf("push-fleet (%s conns, 1 call per %v each)", fmtInt(float64(e.fleet.conns)), e.fleet.interval)
 	return []row{
 		{"unary c=1: p50 latency (µs)", "unary-c1", metric(mP50), fmt1, -1},
 		{"unary c=1: p99 latency (µs)", "unary-c1", metric(mP99), fmt1, -1},
@@ -76,7 +81,9 @@ func rows(e *env) []row {
 		{"unary c=64, 1 conn: CPU µs/call (client+server)", "unary-c64", cpu, fmt1, -1},
 		{"unary c=64, 1 conn: allocs/call (client+server)", "unary-c64", allocs, fmt1, -1},
 		{"unary c=64, 1 conn: read+write syscalls/call (client+server)", "unary-c64", syscalls, fmt2, -1},
+		{"unary c=64, 1 conn: connections the client opened", "unary-c64", metric(mConns), fmtInt, 0},
 		{"unary c=64, 8 conns: calls/s", "unary-c64-8conns", metric(mRate), fmtInt, +1},
+		{"unary c=64, 8 conns: connections the client opened", "unary-c64-8conns", metric(mConns), fmtInt, 0},
 		{"server stream 64 B: msgs/s", "stream-64B", metric(mRate), fmtInt, +1},
 		{"server stream 64 B: MB/s", "stream-64B", metric(mMBps), fmt1, +1},
 		{"server stream 64 B: CPU µs/msg (client+server)", "stream-64B", cpu, fmt2, -1},
@@ -86,11 +93,15 @@ func rows(e *env) []row {
 		{"server stream 1 KiB: MB/s", "stream-1KiB", metric(mMBps), fmt1, +1},
 		{"server stream 1 KiB: CPU µs/msg (client+server)", "stream-1KiB", cpu, fmt2, -1},
 		{"server stream 1 KiB: read+write syscalls/msg (client+server)", "stream-1KiB", syscalls, fmt2, -1},
+		{"server stream 64 KiB: MB/s", "stream-64KiB", metric(mMBps), fmt1, +1},
+		{"server stream 64 KiB: CPU µs/msg (client+server)", "stream-64KiB", cpu, fmt1, -1},
+		{"server stream 64 KiB: allocs/msg (client+server)", "stream-64KiB", allocs, fmt1, -1},
 		{"bidi c=1: p50 round trip (µs)", "bidi-c1", metric(mP50), fmt1, -1},
 		{"bidi c=1: p99 round trip (µs)", "bidi-c1", metric(mP99), fmt1, -1},
 		{"bidi c=1: round trips/s", "bidi-c1", metric(mRate), fmtInt, +1},
 		{"bidi c=64, 1 conn: round trips/s", "bidi-c64", metric(mRate), fmtInt, +1},
 		{"bidi c=64, 1 conn: CPU µs/round trip (client+server)", "bidi-c64", cpu, fmt1, -1},
+		{"bidi c=64, 1 conn: connections the client opened", "bidi-c64", metric(mConns), fmtInt, 0},
 		{fmt.Sprintf("idle x%d: connections held by the server", e.idleConns), "idle", metric(mHeld), fmtInt, 0},
 		{fmt.Sprintf("idle x%d: server RSS/conn (KiB)", e.idleConns), "idle", kib(mRSSPer), fmt1, -1},
 		{fmt.Sprintf("idle x%d: server Go heap/conn (KiB)", e.idleConns), "idle", kib(mHeapPer), fmt1, -1},
@@ -99,6 +110,15 @@ func rows(e *env) []row {
 		{fmt.Sprintf("idle x%d: client Go heap+stacks/conn (KiB)", e.idleConns), "idle", kib(mCliMemPer), fmt1, -1},
 		{fmt.Sprintf("setup (%d at a time): connections/s", e.setupWorkers), "setup", metric(mRate), fmtInt, +1},
 		{"setup: p50 connect to first call done (µs)", "setup", metric(mSetupP50), fmt1, -1},
+		{fleet + ": server CPU µs/call", "push-fleet", metric(mSrvCPU), fmt1, -1},
+		{fleet + ": p50 latency (µs)", "push-fleet", metric(mP50), fmt1, -1},
+		{fleet + ": p99 latency (µs)", "push-fleet", metric(mP99), fmt1, -1},
+		{fleet + ": calls/s answered (offered: one per connection per interval)", "push-fleet", metric(mRate), fmtInt, 0},
+		{fleet + ": failed calls (%, 10 s timeout; latencies count the others)", "push-fleet", pct(mFailed), fmt2, -1},
+		{fleet + ": calls started >100 ms late (%)", "push-fleet", pct(mLate), fmt2, -1},
+		{fleet + ": server allocs/call", "push-fleet", metric(mSrvAllocs), fmt1, -1},
+		{fleet + ": client CPU µs/call", "push-fleet", metric(mCliCPU), fmt1, -1},
+		{fleet + ": connections opened/s (32 at a time per process, with first call)", "push-fleet", metric(mSetupRate), fmtInt, +1},
 	}
 }
 
@@ -110,6 +130,9 @@ func (e *env) get(scenario, system string) metrics {
 func (e *env) cell(scenario, system string, r row) (string, float64, bool) {
 	if err := e.errs[scenario][system]; err != nil {
 		return "error", 0, false
+	}
+	if e.na[scenario][system] != "" {
+		return "n/a", 0, false
 	}
 	m := e.get(scenario, system)
 	if m == nil {
@@ -124,6 +147,38 @@ func ratio(a, b float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.2fx", a/b)
+}
+
+// peers are the systems of the run other than tether.
+func (e *env) peers() []string {
+	var out []string
+	for _, sys := range e.systems {
+		if sys != bench.Tether {
+			out = append(out, sys)
+		}
+	}
+	return out
+}
+
+func (e *env) hasTether() bool { return slices.Contains(e.systems, bench.Tether) }
+
+// best returns the system with the best value of r among those measured,
+// and whether tether has it (ties go to tether).
+func (e *env) best(r row) (string, bool) {
+	bestSys, bestV := "", 0.0
+	for _, sys := range e.systems {
+		_, v, ok := e.cell(r.scenario, sys, r)
+		if !ok {
+			continue
+		}
+		if bestSys == "" || (r.better > 0 && v > bestV) || (r.better < 0 && v < bestV) {
+			bestSys, bestV = sys, v
+		}
+	}
+	if _, tv, ok := e.cell(r.scenario, bench.Tether, r); ok && tv == bestV {
+		return bench.Tether, true
+	}
+	return bestSys, bestSys == bench.Tether
 }
 
 func (e *env) report(w io.Writer) {
@@ -151,68 +206,74 @@ func (e *env) report(w io.Writer) {
 			loads[len(loads)/2], loads[len(loads)-1], runtime.NumCPU())
 	}
 
-	fmt.Fprintln(w, "| scenario | tether | grpc-go | tether/grpc-go | better |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---|")
+	// One column per system, then tether's ratio to each peer.
+	head := []string{"scenario"}
+	align := []string{"---"}
+	for _, sys := range e.systems {
+		head = append(head, sys)
+		align = append(align, "---:")
+	}
+	ratios := e.hasTether()
+	if ratios {
+		for _, p := range e.peers() {
+			head = append(head, "tether/"+p)
+			align = append(align, "---:")
+		}
+	}
+	head = append(head, "better")
+	align = append(align, "---")
+	fmt.Fprintf(w, "| %s |\n|%s|\n", strings.Join(head, " | "), strings.Join(align, "|"))
 	for _, r := range rows(e) {
-		if e.results[r.scenario] == nil {
+		if e.results[r.scenario] == nil && e.na[r.scenario] == nil {
 			continue
 		}
-		ts, tv, tok := e.cell(r.scenario, bench.Tether, r)
-		gs, gv, gok := e.cell(r.scenario, bench.GRPC, r)
-		rat, better := "–", ""
-		if tok && gok {
-			rat = ratio(tv, gv)
+		cols := []string{r.label}
+		for _, sys := range e.systems {
+			s, _, _ := e.cell(r.scenario, sys, r)
+			cols = append(cols, s)
 		}
+		if ratios {
+			_, tv, tok := e.cell(r.scenario, bench.Tether, r)
+			for _, p := range e.peers() {
+				_, pv, pok := e.cell(r.scenario, p, r)
+				if tok && pok {
+					cols = append(cols, ratio(tv, pv))
+				} else {
+					cols = append(cols, "–")
+				}
+			}
+		}
+		better := ""
 		switch r.better {
 		case +1:
 			better = "higher"
 		case -1:
 			better = "lower"
 		}
-		if r.better != 0 && tok && gok && tv != gv {
-			winner := bench.GRPC
-			if (tv > gv) == (r.better > 0) {
-				winner = bench.Tether
+		if r.better != 0 {
+			if sys, _ := e.best(r); sys != "" {
+				better += ": " + sys
 			}
-			better += ": " + winner
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", r.label, ts, gs, rat, better)
+		cols = append(cols, better)
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
 	}
 
-	raw1, rawP := e.get("raw-c1", bench.Raw), e.get("raw-pipelined", bench.Raw)
-	if raw1 != nil || rawP != nil {
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "Ceiling: raw gorilla/websocket echo of a 16-byte binary message over one connection, no RPC layer.")
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| raw echo | raw | tether | tether/raw | grpc-go | grpc-go/raw |")
-		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
-		ceiling := func(label string, raw metrics, rawMetric, scenario, metricName string, format func(float64) string) {
-			if raw == nil {
-				return
+	var notes []string
+	for _, sc := range scenarios() {
+		for _, sys := range e.systems {
+			if why := e.na[sc.name][sys]; why != "" {
+				notes = append(notes, fmt.Sprintf("- %s on %s: n/a, %s.", sc.name, sys, why))
 			}
-			if e.get(scenario, bench.Tether) == nil && e.get(scenario, bench.GRPC) == nil {
-				return
-			}
-			rv := raw[rawMetric]
-			cols := []string{label, format(rv)}
-			for _, sys := range []string{bench.Tether, bench.GRPC} {
-				m := e.get(scenario, sys)
-				if m == nil {
-					cols = append(cols, "–", "–")
-					continue
-				}
-				v := m[metricName]
-				cols = append(cols, format(v), fmt.Sprintf("%.0f%%", 100*v/rv))
-			}
-			fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
 		}
-		ceiling("c=1 round trips/s vs unary c=1 calls/s", raw1, mRate, "unary-c1", mRate, fmtInt)
-		ceiling("c=1 p50 round trip (µs) vs unary c=1 p50", raw1, mP50, "unary-c1", mP50, fmt1)
-		ceiling("c=1 round trips/s vs bidi c=1 round trips/s", raw1, mRate, "bidi-c1", mRate, fmtInt)
-		ceiling("64 in flight msgs/s vs unary c=64 calls/s", rawP, mRate, "unary-c64", mRate, fmtInt)
-		ceiling("64 in flight msgs/s vs bidi c=64 round trips/s", rawP, mRate, "bidi-c64", mRate, fmtInt)
 	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, strings.Join(notes, "\n"))
+	}
+	fmt.Fprintln(w, "\nConnections: tether, grpc-go, connect-h2c and drpc-ws multiplex every call on one connection where the scenario says one; connect-http1 opens one per call in flight, drpc-tcp keeps a pool of one per call in flight (counted in the \"connections the client opened\" rows); drpc-ws opens one yamux stream per call, as coder does.")
 
+	e.ceiling(w)
 	e.targets(w)
 
 	var errs []string
@@ -222,12 +283,48 @@ func (e *env) report(w io.Writer) {
 		}
 	}
 	if len(errs) > 0 {
+		slices.Sort(errs)
 		fmt.Fprintln(w, "\nErrors:")
 		fmt.Fprintln(w, strings.Join(errs, "\n"))
 	}
 }
 
-// targets checks the goals of the performance issue.
+// ceiling compares every system with the raw gorilla/websocket echo.
+func (e *env) ceiling(w io.Writer) {
+	raw1, rawP := e.get("raw-c1", bench.Raw), e.get("raw-pipelined", bench.Raw)
+	if raw1 == nil && rawP == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Ceiling: raw gorilla/websocket echo of a 16-byte binary message over one connection, no RPC layer; each system's value with its share of the raw value.")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "| raw echo | raw | %s |\n|---|---:|%s\n", strings.Join(e.systems, " | "), strings.Repeat("---:|", len(e.systems)))
+	line := func(label string, raw metrics, rawMetric, scenario, metricName string, format func(float64) string) {
+		if raw == nil || e.results[scenario] == nil {
+			return
+		}
+		rv := raw[rawMetric]
+		cols := []string{label, format(rv)}
+		for _, sys := range e.systems {
+			m := e.get(scenario, sys)
+			if m == nil || rv == 0 {
+				cols = append(cols, "–")
+				continue
+			}
+			v := m[metricName]
+			cols = append(cols, fmt.Sprintf("%s (%.0f%%)", format(v), 100*v/rv))
+		}
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
+	}
+	line("c=1 round trips/s vs unary c=1 calls/s", raw1, mRate, "unary-c1", mRate, fmtInt)
+	line("c=1 p50 round trip (µs) vs unary c=1 p50", raw1, mP50, "unary-c1", mP50, fmt1)
+	line("c=1 p99 round trip (µs) vs unary c=1 p99", raw1, mP99, "unary-c1", mP99, fmt1)
+	line("c=1 round trips/s vs bidi c=1 round trips/s", raw1, mRate, "bidi-c1", mRate, fmtInt)
+	line("64 in flight msgs/s vs unary c=64 calls/s", rawP, mRate, "unary-c64", mRate, fmtInt)
+	line("64 in flight msgs/s vs bidi c=64 round trips/s", rawP, mRate, "bidi-c64", mRate, fmtInt)
+}
+
+// targets checks the goals of the performance issue (round 2).
 func (e *env) targets(w io.Writer) {
 	type target struct {
 		goal     string
@@ -235,49 +332,89 @@ func (e *env) targets(w io.Writer) {
 		met      string
 	}
 	var ts []target
-	both := func(scenario string) (metrics, metrics, bool) {
-		t, g := e.get(scenario, bench.Tether), e.get(scenario, bench.GRPC)
-		return t, g, t != nil && g != nil
-	}
 	verdict := func(ok bool) string {
 		if ok {
 			return "yes"
 		}
 		return "**no**"
 	}
-	if t, g, ok := both("unary-c64"); ok {
-		r := t[mRate] / g[mRate]
-		ts = append(ts, target{"unary throughput at c=64 ≥ 1.5x grpc-go", fmt.Sprintf("%.2fx (1 conn)", r), verdict(r >= 1.5)})
+	both := func(scenario, peer string) (metrics, metrics, bool) {
+		t, g := e.get(scenario, bench.Tether), e.get(scenario, peer)
+		return t, g, t != nil && g != nil
 	}
-	if t, g, ok := both("unary-c64-8conns"); ok {
-		r := t[mRate] / g[mRate]
-		ts = append(ts, target{"unary throughput at c=64 over 8 conns ≥ 1.5x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 1.5)})
+	t, raw := e.get("unary-c1", bench.Tether), e.get("raw-c1", bench.Raw)
+	if t != nil && raw != nil && raw[mP50] > 0 {
+		r := t[mP50] / raw[mP50]
+		ts = append(ts, target{"unary c=1 p50 ≤ 2x the raw echo round trip", fmt.Sprintf("%.1f µs vs %.1f µs (%.2fx)", t[mP50], raw[mP50], r), verdict(r <= 2)})
+		r = t[mP99] / raw[mP99]
+		ts = append(ts, target{"unary c=1 p99 ≤ 3x the raw echo's p99", fmt.Sprintf("%.1f µs vs %.1f µs (%.2fx)", t[mP99], raw[mP99], r), verdict(r <= 3)})
 	}
-	if t, g, ok := both("unary-c1"); ok {
-		ts = append(ts, target{"unary p99 at c=1 ≤ grpc-go", fmt.Sprintf("%.1f µs vs %.1f µs", t[mP99], g[mP99]), verdict(t[mP99] <= g[mP99])})
-		ta, ga := t[mCliAllocs]+t[mSrvAllocs], g[mCliAllocs]+g[mSrvAllocs]
-		ts = append(ts, target{"allocs per unary call ≤ half of grpc-go", fmt.Sprintf("%.1f vs %.1f (%.2fx; client+server)", ta, ga, ta/ga), verdict(ta <= ga/2)})
-	}
-	if t, g, ok := both("stream-64B"); ok {
+	if t, g, ok := both("unary-c64", bench.GRPC); ok {
 		r := t[mRate] / g[mRate]
-		ts = append(ts, target{"server-streaming 64 B ≥ 2x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 2)})
+		ts = append(ts, target{"unary c=64, 1 conn ≥ 2.2x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 2.2)})
+	}
+	if t, raw := e.get("unary-c64", bench.Tether), e.get("raw-pipelined", bench.Raw); t != nil && raw != nil {
+		r := t[mRate] / raw[mRate]
+		ts = append(ts, target{"unary c=64, 1 conn ≥ 120% of the raw echo with 64 in flight", fmt.Sprintf("%.0f%%", 100*r), verdict(r >= 1.2)})
+	}
+	if t, g, ok := both("stream-1KiB", bench.GRPC); ok {
+		r := t[mRate] / g[mRate]
+		ts = append(ts, target{"server stream 1 KiB ≥ 1.6x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 1.6)})
+	}
+	if t, g, ok := both("stream-64KiB", bench.GRPC); ok {
+		r := t[mMBps] / g[mMBps]
+		ts = append(ts, target{"server stream 64 KiB MB/s ≥ 1.5x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 1.5)})
+	}
+	if t, g, ok := both("bidi-c64", bench.GRPC); ok {
+		r := t[mRate] / g[mRate]
+		ts = append(ts, target{"bidi c=64 ≥ 2x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 2)})
+	}
+	if t := e.get("unary-c1", bench.Tether); t != nil {
+		a := t[mCliAllocs] + t[mSrvAllocs]
+		ts = append(ts, target{"allocations per unary call (client+server) ≤ 20", fmt.Sprintf("%.1f", a), verdict(a <= 20)})
 	}
 	if t := e.get("idle", bench.Tether); t != nil {
 		per := t[mRSSPer] / 1024
 		held := int(t[mHeld])
 		s := fmt.Sprintf("%.1f KiB RSS/conn at %d conns (%d held)", per, e.idleConns, held)
-		v := verdict(per <= 16 && held >= e.idleConns)
-		if e.idleConns < 10000 {
-			s += "; 10,000 not tried (-run idle -idle-conns 10000)"
-			if per <= 16 && held >= e.idleConns {
-				v = "not shown at 10,000"
+		v := verdict(per <= 8 && held >= e.idleConns)
+		if e.idleConns < 19000 && per <= 8 && held >= e.idleConns {
+			v = "not shown at 19,000"
+		}
+		ts = append(ts, target{"idle connection ≤ 8 KiB server RSS each, 19,000 held by one server", s, v})
+	}
+	if t, g, ok := both("push-fleet", bench.GRPC); ok {
+		ok := t[mSrvCPU] <= g[mSrvCPU] && t[mP99] <= g[mP99]
+		ts = append(ts, target{"push-fleet: server CPU per call and p99 ≤ grpc-go", fmt.Sprintf("%.1f vs %.1f µs/call; p99 %.0f vs %.0f µs", t[mSrvCPU], g[mSrvCPU], t[mP99], g[mP99]), verdict(ok)})
+	}
+	if t, g, ok := both("setup", bench.GRPC); ok {
+		r := t[mRate] / g[mRate]
+		ts = append(ts, target{"connection setup ≥ 2x grpc-go's rate", fmt.Sprintf("%.2fx", r), verdict(r >= 2)})
+	}
+	if e.hasTether() && len(e.peers()) > 0 {
+		var behind []string
+		n := 0
+		for _, r := range rows(e) {
+			if r.better == 0 {
+				continue
+			}
+			if _, _, ok := e.cell(r.scenario, bench.Tether, r); !ok {
+				continue
+			}
+			sys, lead := e.best(r)
+			if sys == "" {
+				continue
+			}
+			n++
+			if !lead {
+				behind = append(behind, fmt.Sprintf("%s (%s)", r.label, sys))
 			}
 		}
-		ts = append(ts, target{"idle connection ≤ 16 KiB server memory each, 10,000 held", s, v})
-	}
-	if t, raw := e.get("unary-c64", bench.Tether), e.get("raw-pipelined", bench.Raw); t != nil && raw != nil {
-		r := t[mRate] / raw[mRate]
-		ts = append(ts, target{"tether small-message unary throughput ≥ 70% of raw gorilla echo", fmt.Sprintf("%.0f%% (unary c=64 vs 64 in flight)", 100*r), verdict(r >= 0.7)})
+		s := fmt.Sprintf("leads in %d of %d rows", n-len(behind), n)
+		if len(behind) > 0 {
+			s += "; behind in: " + strings.Join(behind, "; ")
+		}
+		ts = append(ts, target{"tether leads every peer in every scenario it supports", s, verdict(len(behind) == 0)})
 	}
 	if len(ts) == 0 {
 		return

@@ -41,39 +41,47 @@ const (
 	mCliWrites  = "cli_writes"  // client write syscalls per unit
 	mSrvReads   = "srv_reads"   // server read syscalls per unit
 	mSrvWrites  = "srv_writes"  // server write syscalls per unit
+	mConns      = "conns"       // network connections the client opened
+	mSetupRate  = "setup_rate"  // push-fleet connections opened per second, each with its first call
+	mFailed     = "failed"      // push-fleet calls that failed (10 s timeout), share of all
+	mLate       = "late"        // push-fleet calls started over 100 ms late, share of all
 )
 
 // scenario is one measurement, run once per system.
 type scenario struct {
 	name    string
-	systems []string // nil: tether and grpc-go
+	systems []string // nil: every RPC system
+	kind    string   // the calls it makes (bench.Kind*), for bench.Unsupported; "" for unary calls only
 	run     func(e *env, sys string, srv *child) (metrics, error)
 	ips     func(e *env) int // loopback addresses the server listens on (default 1)
 }
 
-var rpcSystems = []string{bench.Tether, bench.GRPC}
+var rpcSystems = bench.RPCSystems
 
 func scenarios() []scenario {
 	return []scenario{
-		{name: "unary-c1", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "unary-c1", kind: bench.KindUnary, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.unary(sys, srv, "unary-c1", 1, 1)
 		}},
-		{name: "unary-c64", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "unary-c64", kind: bench.KindUnary, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.unary(sys, srv, "unary-c64", 1, 64)
 		}},
-		{name: "unary-c64-8conns", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "unary-c64-8conns", kind: bench.KindUnary, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.unary(sys, srv, "unary-c64-8conns", 8, 64)
 		}},
-		{name: "stream-64B", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "stream-64B", kind: bench.KindServerStream, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.serverStream(sys, srv, "stream-64B", 64, 20000)
 		}},
-		{name: "stream-1KiB", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "stream-1KiB", kind: bench.KindServerStream, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.serverStream(sys, srv, "stream-1KiB", 1024, 5000)
 		}},
-		{name: "bidi-c1", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "stream-64KiB", kind: bench.KindServerStream, run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.serverStream(sys, srv, "stream-64KiB", 64<<10, 200)
+		}},
+		{name: "bidi-c1", kind: bench.KindBidi, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.bidi(sys, srv, "bidi-c1", 1)
 		}},
-		{name: "bidi-c64", run: func(e *env, sys string, srv *child) (metrics, error) {
+		{name: "bidi-c64", kind: bench.KindBidi, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.bidi(sys, srv, "bidi-c64", 64)
 		}},
 		{name: "idle", run: (*env).idle, ips: func(e *env) int {
@@ -82,7 +90,10 @@ func scenarios() []scenario {
 			}
 			return 1 + (e.idleConns-1)/15000 // an ephemeral port range holds ~28k
 		}},
-		{name: "setup", run: (*env).setup},
+		{name: "setup", kind: bench.KindUnary, run: (*env).setup},
+		{name: "push-fleet", kind: bench.KindUnary, run: (*env).pushFleet, ips: func(e *env) int {
+			return 1 + (e.fleet.conns-1)/15000
+		}},
 		{name: "raw-c1", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
 			return e.rawPingPong(srv)
 		}},
@@ -105,6 +116,15 @@ func (e *env) dial(sys string, srv *child, n int) ([]bench.Conn, error) {
 		conns = append(conns, c)
 	}
 	return conns, nil
+}
+
+// dialed counts the network connections conns opened.
+func dialed(conns []bench.Conn) float64 {
+	var n int64
+	for _, c := range conns {
+		n += bench.Dialed(c)
+	}
+	return float64(n)
 }
 
 // closeAll closes connections, 64 at a time.
@@ -164,7 +184,9 @@ func (e *env) unary(sys string, srv *child, name string, nConns, workers int) (m
 	if err != nil {
 		return nil, err
 	}
-	return latencyMetrics(m), nil
+	mt := latencyMetrics(m)
+	mt[mConns] = dialed(conns)
+	return mt, nil
 }
 
 // serverStream: one call at a time streams count messages of size bytes.
@@ -188,6 +210,7 @@ func (e *env) serverStream(sys string, srv *child, name string, size, count int)
 	}
 	mt := latencyMetrics(m)
 	mt[mMBps] = m.rate() * float64(size) / 1e6
+	mt[mConns] = dialed(conns)
 	delete(mt, mP50)
 	delete(mt, mP99)
 	return mt, nil
@@ -229,7 +252,9 @@ func (e *env) bidi(sys string, srv *child, name string, workers int) (metrics, e
 	if err != nil {
 		return nil, err
 	}
-	return latencyMetrics(m), nil
+	mt := latencyMetrics(m)
+	mt[mConns] = dialed(conns)
+	return mt, nil
 }
 
 // idle: e.idleConns connections, each after one unary call, held open

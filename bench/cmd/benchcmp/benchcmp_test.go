@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tetherrpc/tether/bench"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestReportEveryPeer checks that the table has a column per system, tether's
+// ratio to each peer, n/a (with its reason) where a protocol cannot run a
+// scenario, and "error" where a run failed.
+func TestReportEveryPeer(t *testing.T) {
+	e := &env{
+		systems: bench.RPCSystems,
+		fleet:   fleetConfig{conns: 10000, interval: time.Second},
+		results: map[string]map[string]metrics{},
+		errs:    map[string]map[string]error{},
+		na:      map[string]map[string]string{"bidi-c64": {bench.ConnectHTTP1: bench.Unsupported(bench.ConnectHTTP1, bench.KindBidi)}},
+	}
+	e.results["bidi-c64"] = map[string]metrics{}
+	for i, sys := range bench.RPCSystems {
+		if sys != bench.ConnectHTTP1 {
+			e.results["bidi-c64"][sys] = metrics{mRate: float64(1000 * (i + 1))}
+		}
+	}
+	e.results["bidi-c64"][bench.Tether] = metrics{mRate: 12000}
+	e.errs["bidi-c64"] = map[string]error{bench.DRPCWS: errors.New("boom")}
+	delete(e.results["bidi-c64"], bench.DRPCWS)
+	var out bytes.Buffer
+	e.report(&out)
+	s := out.String()
+	for _, want := range []string{
+		"| scenario | tether | grpc-go | connect-h2c | connect-http1 | drpc-tcp | drpc-ws | tether/grpc-go | tether/connect-h2c | tether/connect-http1 | tether/drpc-tcp | tether/drpc-ws | better |",
+		"| bidi c=64, 1 conn: round trips/s | 12,000 | 2,000 | 3,000 | n/a | 5,000 | error | 6.00x | 4.00x | – | 2.40x | – | higher: tether |",
+		"bidi-c64 on connect-http1: n/a, the Connect protocol needs HTTP/2",
+		"- bidi-c64 drpc-ws: boom",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+// TestPushFleet runs a small push fleet against a tether server in this
+// process: every connection calls on schedule and the latencies come back.
+func TestPushFleet(t *testing.T) {
+	srv, err := bench.Serve(bench.Tether)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cfg := fleetConfig{conns: 20, interval: 100 * time.Millisecond, duration: 300 * time.Millisecond}
+	conns, err := openFleet(bench.Tether, srv.Targets, cfg.conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(conns)
+	res := runFleet(conns, cfg)
+	if res.Errors != 0 {
+		t.Fatalf("%d calls failed: %s", res.Errors, res.FirstErr)
+	}
+	// Three calls per connection: at offsets 0, 100 and 200 ms of its slot.
+	if res.Calls != 60 || len(res.LatNanos) != 60 {
+		t.Fatalf("%d calls, %d latencies; want 60", res.Calls, len(res.LatNanos))
+	}
+}
