@@ -234,10 +234,13 @@ func (h *harness) start(key cacheKey, cancelable bool) *propCall {
 		var r propResult
 		defer func() {
 			r.panicked = recover()
+			// The result goes in (done is buffered) before the call stops
+			// being live: settle then sees it gone only when collect can
+			// take its result in the same step.
+			c.done <- r
 			h.mu.Lock()
 			delete(h.live, c.id)
 			h.mu.Unlock()
-			c.done <- r
 		}()
 		r.res, r.err = h.i.do(c.ctx, key, func() (proto.Message, error) { return h.run(c) })
 	}()
