@@ -105,15 +105,24 @@ type resumeStream struct {
 	grace      time.Duration
 	laterHdr   tether.Metadata // response headers carried by a re-attachment's answer
 
-	// Cursors (a server stream to a server that announced them): the
-	// server prefixes its messages with the handler's cursors, and a
-	// re-attachment that reaches a server without the stream restarts it
-	// from the cursor of the last response consumed.
+	// Cursors (a server stream to a server that announced them, or a
+	// client-streaming or bidi stream of a marked method to a server that
+	// announced level 2): the server prefixes its messages with the
+	// handler's cursors, and a re-attachment that reaches a server without
+	// the stream restarts it from the cursor of the last response consumed.
 	cursors   bool
 	req       []byte // the request, sent again to a restarted handler
 	cursorSeq uint64 // the response whose cursor is cursor
 	hasCursor bool   // false: that response carried none
 	cursor    []byte // reused from response to response
+
+	// Client-streaming and bidi streams with cursors (resume_cursor.go).
+	withRequests bool
+	recvTok      chan struct{} // capacity 1: held by the goroutine taking responses off the attachment
+	pending      []byte        // a response Send took off the attachment, for Receive
+	hasPending   bool
+	acked        uint64 // the last request the server acknowledged
+	covered      uint64 // the requests the last cursor consumed covers (its R)
 }
 
 // openResumable opens a resumable stream, or a plain one when the server
@@ -143,7 +152,8 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 	}
 	token := make([]byte, 16)
 	_, _ = rand.Read(token) // never fails (crypto/rand)
-	cursors := conn.PeerResumeCursors() && call.Spec.StreamType == tether.StreamTypeServer
+	withRequests := conn.PeerResumeCursors() >= 2 && call.Spec.ResumeFromCursor && call.Spec.StreamType != tether.StreamTypeServer
+	cursors := conn.PeerResumeCursors() >= 1 && call.Spec.StreamType == tether.StreamTypeServer || withRequests
 	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header), Resume: &tetherv1.Resume{Token: token, Cursors: cursors}}
 	if err := setTimeout(ctx, open); err != nil {
 		return nil, err
@@ -156,7 +166,10 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 	if limit <= 0 {
 		limit = DefaultResumeBufferBytes
 	}
-	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace(), cursors: cursors}
+	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace(), cursors: cursors, withRequests: withRequests}
+	if withRequests {
+		rs.recvTok = make(chan struct{}, 1)
+	}
 	st.OnAck(rs.onAck)
 	rs.stop = context.AfterFunc(ctx, func() {
 		rs.mu.Lock()
@@ -211,6 +224,11 @@ func (rs *resumeStream) lost(st *mux.Stream) bool {
 
 func (rs *resumeStream) onAck(seq uint64) {
 	rs.mu.Lock()
+	if rs.withRequests {
+		// A request leaves the buffer once a cursor covers it too.
+		rs.acked = max(rs.acked, seq)
+		seq = min(rs.acked, rs.covered)
+	}
 	rs.trimLocked(seq)
 	rs.mu.Unlock()
 }
@@ -243,15 +261,26 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 		if err != nil {
 			return err
 		}
+		var take chan struct{} // to consume checkpoints meanwhile
+		if rs.withRequests {
+			rs.tryDrain(st)
+			take = rs.recvTok
+		}
 		rs.mu.Lock()
 		room := rs.outBytes+len(b) <= rs.limit
 		wake := rs.wake
+		if rs.hasPending {
+			take = nil // Receive must take it first
+		}
 		rs.mu.Unlock()
 		if room {
 			break
 		}
 		select {
 		case <-wake:
+		case take <- struct{}{}:
+			rs.drainWait(st, wake)
+			<-take
 		case <-st.Done():
 			if rs.lost(st) {
 				if err := rs.reattach(gen); err != nil {
@@ -284,6 +313,9 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 }
 
 func (rs *resumeStream) Receive(msg proto.Message) error {
+	if rs.withRequests {
+		return rs.receiveWithRequests(msg)
+	}
 	for {
 		st, gen, err := rs.cur()
 		if err != nil {
@@ -334,6 +366,9 @@ func (rs *resumeStream) CloseSend() error {
 	st, gen, err := rs.cur()
 	if err != nil {
 		return err
+	}
+	if rs.withRequests {
+		rs.tryDrain(st)
 	}
 	rs.sendMu.Lock()
 	rs.mu.Lock()
@@ -461,7 +496,7 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			}
 			return notResumed("no connection within the grace period of %v: %v", rs.grace, err)
 		}
-		if conn.PeerResumeGrace() == 0 || rs.cursors && !conn.PeerResumeCursors() {
+		if conn.PeerResumeGrace() == 0 || rs.cursors && conn.PeerResumeCursors() == 0 || rs.withRequests && conn.PeerResumeCursors() < 2 {
 			return notResumed("the server no longer resumes streams")
 		}
 		open := proto.Clone(rs.open).(*tetherv1.Open)
@@ -470,6 +505,13 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			rs.mu.Lock()
 			switch {
 			case !rs.cursors:
+			case rs.withRequests:
+				// Restartable only from a cursor: the first run's
+				// effects are known up to there.
+				if consumed > 0 && rs.cursorSeq == consumed && rs.hasCursor {
+					open.Resume.Cursor = bytes.Clone(rs.cursor)
+					open.Resume.CursorRequests = rs.covered
+				}
 			case consumed == 0:
 				open.Resume.Cursor = []byte{}
 			case rs.cursorSeq == consumed && rs.hasCursor:
@@ -535,6 +577,15 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
 			return notResumed("the server restarted a stream it had no cursor for")
 		}
+		if rs.withRequests {
+			if ack.GetRestarted() && ack.GetConsumed() != open.Resume.GetCursorRequests() {
+				st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
+				return notResumed("the server restarted after request %d, not %d", ack.GetConsumed(), open.Resume.GetCursorRequests())
+			}
+			// A new run reads the requests after the cursor's, as
+			// the old one would after the ones it consumed.
+			return rs.replay(conn, st, ack.GetConsumed(), false)
+		}
 		return rs.replay(conn, st, ack.GetConsumed(), ack.GetRestarted())
 	}
 }
@@ -562,13 +613,24 @@ func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64, 
 		// A server stream has one request, kept in rs.req.
 		rs.out, rs.outBytes = []sentMsg{{seq: 1, b: rs.req}}, len(rs.req)
 	}
-	rs.trimLocked(consumed)
-	if len(rs.out) > 0 && rs.out[0].seq != consumed+1 {
+	if rs.withRequests {
+		// Requests the server consumed stay until a cursor covers them:
+		// another server may need them.
+		rs.acked = max(rs.acked, consumed)
+		rs.trimLocked(min(rs.acked, rs.covered))
+	} else {
+		rs.trimLocked(consumed)
+	}
+	skip := 0
+	for skip < len(rs.out) && rs.out[skip].seq <= consumed {
+		skip++
+	}
+	if skip == 0 && len(rs.out) > 0 && rs.out[0].seq != consumed+1 {
 		rs.mu.Unlock()
 		st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
 		return notResumed("request %d is no longer buffered", consumed+1)
 	}
-	replay := append([]sentMsg(nil), rs.out...)
+	replay := append([]sentMsg(nil), rs.out[skip:]...)
 	closed := rs.closedSend
 	rs.st, rs.conn = st, conn
 	rs.gen++

@@ -1,0 +1,293 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/clientconn"
+	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/server"
+)
+
+// Client-streaming and bidi streams that restart from the handler's cursor
+// (methods marked (tether.v1.resume_from_cursor)): the echo service's Chat
+// and Collect, with Specs marked by hand.
+
+var (
+	markedChat = &clientconn.Method{Spec: tether.Spec{
+		Procedure: echov1.EchoServiceChatProcedure, StreamType: tether.StreamTypeBidi, ResumeFromCursor: true,
+	}, Resumable: true}
+	markedCollect = &clientconn.Method{Spec: tether.Spec{
+		Procedure: echov1.EchoServiceCollectProcedure, StreamType: tether.StreamTypeClient, ResumeFromCursor: true,
+	}, Resumable: true}
+)
+
+// turnLog is an append-only log that every server instance shares
+// (standing in for a NATS JetStream stream): entry i is the text of request
+// i of the one session the test runs. Appending is conditional on the
+// log's length, as JetStream's expected-last-sequence is, so a run that
+// repeats a request the log already holds (the old run applied it after
+// its last cursor) finds it there instead of appending it twice.
+type turnLog struct {
+	mu       sync.Mutex
+	entries  []string
+	runs     int
+	resumed  []uint64 // per run: the requests its cursor covered
+	mismatch []string // requests that were not the ones the run expected
+	plain    bool     // Chat answers with Send: no cursors
+	every    int      // Collect: checkpoint every this many requests
+}
+
+// apply applies request i (1-based) with text, once.
+func (l *turnLog) apply(i uint64, text string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case i == uint64(len(l.entries))+1:
+		l.entries = append(l.entries, text)
+	case i <= uint64(len(l.entries)):
+		if l.entries[i-1] != text {
+			l.mismatch = append(l.mismatch, fmt.Sprintf("request %d is %q, the log has %q", i, text, l.entries[i-1]))
+		}
+	default:
+		l.mismatch = append(l.mismatch, fmt.Sprintf("request %d after %d entries", i, len(l.entries)))
+		return tether.Errorf(tether.CodeOutOfRange, "gap in the log")
+	}
+	return nil
+}
+
+// start returns the number of requests the run's cursor covers (0 for a
+// first run), validating the cursor like a request field.
+func (l *turnLog) start(ctx context.Context) (uint64, error) {
+	var n uint64
+	cursor, ok := server.ResumeCursor(ctx)
+	if ok {
+		if len(cursor) != 8 {
+			return 0, tether.Errorf(tether.CodeInvalidArgument, "bad cursor")
+		}
+		n = binary.BigEndian.Uint64(cursor)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n > uint64(len(l.entries)) {
+		return 0, tether.Errorf(tether.CodeOutOfRange, "cursor beyond the log")
+	}
+	l.runs++
+	l.resumed = append(l.resumed, n)
+	return n, nil
+}
+
+// check verifies that request i carries the text the client sends as
+// request i.
+func (l *turnLog) check(i uint64, text string) {
+	if text != strconv.FormatUint(i, 10) {
+		l.mu.Lock()
+		l.mismatch = append(l.mismatch, fmt.Sprintf("run got %q as request %d", text, i))
+		l.mu.Unlock()
+	}
+}
+
+func (l *turnLog) chat(ctx context.Context, stream *server.BidiStream[echov1.ChatRequest, echov1.ChatResponse]) error {
+	n, err := l.start(ctx)
+	if err != nil {
+		return err
+	}
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		n++
+		l.check(n, req.GetText())
+		if err := l.apply(n, req.GetText()); err != nil {
+			return err
+		}
+		res := &echov1.ChatResponse{Text: req.GetText(), Payload: req.GetPayload()}
+		if l.plain {
+			err = stream.Send(res)
+		} else {
+			// The request is in the log: the cursor covers it.
+			err = stream.SendWithCursor(res, binary.BigEndian.AppendUint64(nil, n))
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (l *turnLog) collect(ctx context.Context, stream *server.ClientStream[echov1.CollectRequest]) (*echov1.CollectResponse, error) {
+	n, err := l.start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		n++
+		l.check(n, req.GetText())
+		if err := l.apply(n, req.GetText()); err != nil {
+			return nil, err
+		}
+		if n%uint64(l.every) == 0 {
+			if err := stream.Checkpoint(binary.BigEndian.AppendUint64(nil, n)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// The response comes from the log, not from this run's memory.
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &echov1.CollectResponse{Joined: strings.Join(l.entries[:n], ","), Count: uint32(n)}, nil
+}
+
+func (l *turnLog) register(srv *server.Server) {
+	srv.Register(
+		server.NewBidiStreamHandler(markedChat.Spec, l.chat),
+		server.NewClientStreamHandler(markedCollect.Spec, l.collect),
+	)
+}
+
+// verify checks that the log holds requests 1 to n, each once, and that
+// every run read the requests it expected.
+func (l *turnLog) verify(t *testing.T, n int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.mismatch) > 0 {
+		t.Fatalf("%d unexpected requests, first: %s", len(l.mismatch), l.mismatch[0])
+	}
+	if len(l.entries) != n {
+		t.Fatalf("the log has %d entries, want %d", len(l.entries), n)
+	}
+	for i, e := range l.entries {
+		if e != strconv.Itoa(i+1) {
+			t.Fatalf("entry %d is %q", i+1, e)
+		}
+	}
+}
+
+// newCursorReplicas is newReplicas for the turnLog's marked methods, with a
+// raw client.
+func newCursorReplicas(t *testing.T, l *turnLog, cliOpts []client.Option, opts ...server.Option) (*replicas, *client.Client) {
+	r := &replicas{t: t, opts: opts, register: l.register}
+	r.start()
+	cli, err := client.New("ws://"+r.proxy.Addr(), append([]client.Option{
+		client.WithLogger(discardLogger()),
+		client.WithBackoff(client.BackoffConfig{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond}),
+	}, cliOpts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cli.Close()
+		r.stop()
+		_ = r.proxy.Close()
+	})
+	return r, cli
+}
+
+// TestResumeBidiFromCursorAcrossRestarts: a bidi session of 10,000 turns
+// (request k: the handler appends it to a shared log, then answers with
+// SendWithCursor(offset)) through five server restarts (each server closed
+// before the next starts), five cuts in between and random cuts every
+// 200 ms to 2 s: every turn
+// is applied exactly once to the log, each restarted run reads the
+// requests after its cursor, and the client sees every response once, in
+// order. Requests are sent ahead of the responses by a sender goroutine,
+// through a small replay buffer, so that restarts find requests in flight
+// and Send waits for cursors.
+func TestResumeBidiFromCursorAcrossRestarts(t *testing.T) {
+	const n = 10_000
+	l := &turnLog{}
+	r, cli := newCursorReplicas(t, l, []client.Option{client.WithResumeBuffer(64 << 10)})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	stream, err := clientconn.CallBidiStream[echov1.ChatRequest, echov1.ChatResponse](ctx, cli, markedChat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+
+	seed := time.Now().UnixNano()
+	t.Logf("cut schedule seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	stopCuts := make(chan struct{})
+	var cutsDone sync.WaitGroup
+	var cuts atomic.Int32
+	cutsDone.Add(1)
+	go func() {
+		defer cutsDone.Done()
+		for {
+			select {
+			case <-stopCuts:
+				return
+			case <-time.After(200*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))):
+				r.proxy.CutAll()
+				cuts.Add(1)
+			}
+		}
+	}()
+	defer func() { close(stopCuts); cutsDone.Wait() }()
+
+	sendErr := make(chan error, 1)
+	payload := make([]byte, 1000)
+	go func() {
+		for k := 1; k <= n; k++ {
+			if err := stream.Send(&echov1.ChatRequest{Text: strconv.Itoa(k), Payload: payload}); err != nil {
+				sendErr <- fmt.Errorf("send %d: %w", k, err)
+				return
+			}
+		}
+		sendErr <- stream.CloseSend()
+	}()
+	restarts := 0
+	for k := 1; k <= n; k++ {
+		switch {
+		case k%2000 == 0:
+			r.restart()
+			restarts++
+		case k%2000 == 1000:
+			r.proxy.CutAll() // resumed by the server that holds it
+		}
+		res, err := stream.Receive()
+		if err != nil {
+			t.Fatalf("turn %d: %v", k, err)
+		}
+		if res.GetText() != strconv.Itoa(k) || len(res.GetPayload()) != len(payload) {
+			t.Fatalf("turn %d: response %q", k, res.GetText())
+		}
+	}
+	if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v", err)
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+	l.verify(t, n)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs < 1+restarts || l.resumed[0] != 0 {
+		t.Fatalf("%d runs (resumed after %v) for %d restarts", l.runs, l.resumed, restarts)
+	}
+	t.Logf("%d runs, resumed after %v, %d cuts", l.runs, l.resumed, cuts.Load())
+}
