@@ -14,10 +14,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/clientconn"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+	"github.com/tetherrpc/tether/internal/wire"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -208,7 +214,7 @@ func newCursorReplicas(t *testing.T, l *turnLog, cliOpts []client.Option, opts .
 
 // TestResumeBidiFromCursorAcrossRestarts: a bidi session of 10,000 turns
 // (request k: the handler appends it to a shared log, then answers with
-// SendWithCursor(offset)) through five server restarts (each server closed
+// SendWithCursor(offset)) through four server restarts (each server closed
 // before the next starts), five cuts in between and random cuts every
 // 200 ms to 2 s: every turn
 // is applied exactly once to the log, each restarted run reads the
@@ -263,7 +269,9 @@ func TestResumeBidiFromCursorAcrossRestarts(t *testing.T) {
 	restarts := 0
 	for k := 1; k <= n; k++ {
 		switch {
-		case k%2000 == 0:
+		case k%2000 == 0 && k < n:
+			// The sender is at most a replay buffer ahead: the
+			// stream is not over.
 			r.restart()
 			restarts++
 		case k%2000 == 1000:
@@ -290,4 +298,249 @@ func TestResumeBidiFromCursorAcrossRestarts(t *testing.T) {
 		t.Fatalf("%d runs (resumed after %v) for %d restarts", l.runs, l.resumed, restarts)
 	}
 	t.Logf("%d runs, resumed after %v, %d cuts", l.runs, l.resumed, cuts.Load())
+}
+
+// TestResumeClientStreamFromCheckpoint: a client-streaming call whose
+// handler appends each request to a shared log and checkpoints every 10
+// requests continues across two server restarts: every request is applied
+// once, the restarted runs read the requests after their checkpoint, and
+// the response (computed from the log) is right. The caller never
+// receives before CloseAndReceive: its Send consumes the checkpoints, and
+// waits for them while the small replay buffer is full.
+func TestResumeClientStreamFromCheckpoint(t *testing.T) {
+	const n = 1000
+	l := &turnLog{every: 10}
+	r, cli := newCursorReplicas(t, l, []client.Option{client.WithResumeBuffer(512)})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := clientconn.CallClientStream[echov1.CollectRequest, echov1.CollectResponse](ctx, cli, markedCollect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	for k := 1; k <= n; k++ {
+		if k == n/2 || k == 3*n/4 {
+			r.restart()
+		}
+		if err := stream.Send(&echov1.CollectRequest{Text: strconv.Itoa(k)}); err != nil {
+			t.Fatalf("send %d: %v", k, err)
+		}
+	}
+	res, err := stream.CloseAndReceive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]string, n)
+	for i := range want {
+		want[i] = strconv.Itoa(i + 1)
+	}
+	if res.GetCount() != n || res.GetJoined() != strings.Join(want, ",") {
+		t.Fatalf("response: count %d, joined %.40q...", res.GetCount(), res.GetJoined())
+	}
+	l.verify(t, n)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs != 3 || l.resumed[0] != 0 || l.resumed[1] == 0 || l.resumed[1]%10 != 0 || l.resumed[2] < l.resumed[1] {
+		t.Fatalf("%d runs, resumed after %v; want 3, from checkpoints", l.runs, l.resumed)
+	}
+}
+
+// TestResumeBidiWithoutCursorAfterRestart: a marked bidi stream whose
+// handler attaches no cursor cannot be restarted (the first run's effects
+// are unknown): after a restart the call fails with aborted and
+// ErrNotResumed, and the handler is not run again.
+func TestResumeBidiWithoutCursorAfterRestart(t *testing.T) {
+	l := &turnLog{plain: true}
+	r, cli := newCursorReplicas(t, l, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := clientconn.CallBidiStream[echov1.ChatRequest, echov1.ChatResponse](ctx, cli, markedChat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	var failed error
+	for k := 1; k <= 100 && failed == nil; k++ {
+		if k == 50 {
+			r.restart()
+		}
+		if err := stream.Send(&echov1.ChatRequest{Text: strconv.Itoa(k)}); err != nil {
+			failed = err
+			break
+		}
+		res, err := stream.Receive()
+		switch {
+		case err != nil:
+			failed = err
+		case res.GetText() != strconv.Itoa(k):
+			t.Fatalf("turn %d: response %q", k, res.GetText())
+		}
+	}
+	if tether.CodeOf(failed) != tether.CodeAborted || !errors.Is(failed, client.ErrNotResumed) {
+		t.Fatalf("after a restart: %v, want aborted with ErrNotResumed", failed)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs != 1 || len(l.entries) != 49 {
+		t.Fatalf("%d runs, %d entries; want 1 run, 49 entries", l.runs, len(l.entries))
+	}
+}
+
+// TestResumeCursorsRefusedUnmarked: a client that asks for cursors on a
+// client-streaming or bidi procedure the server has not marked is answered
+// failed_precondition, on the first OPEN and on a re-attaching one, never
+// misread; so is a call through the library whose Spec is marked when the
+// server's is not.
+func TestResumeCursorsRefusedUnmarked(t *testing.T) {
+	_, url := secServer(t, nil) // the echo service: Chat and Collect unmarked
+	for _, p := range []string{echov1.EchoServiceChatProcedure, echov1.EchoServiceCollectProcedure} {
+		for _, rs := range []*tetherv1.Resume{
+			{Token: resumeToken, Cursors: true},
+			{Token: resumeToken, Cursors: true, Attach: true, Consumed: 1, Cursor: []byte{0, 0, 0, 0, 0, 0, 0, 1}, CursorRequests: 1},
+		} {
+			ws := secDial(t, url, nil)
+			secWrite(t, ws, resumeOpen(1, p, rs))
+			_, err := secAwaitEnd(t, ws, 1)
+			ws.Close()
+			if tether.CodeOf(err) != tether.CodeFailedPrecondition || !strings.Contains(err.Error(), "does not resume from a cursor") {
+				t.Fatalf("%s, attach %v: %v, want failed_precondition", p, rs.GetAttach(), err)
+			}
+		}
+	}
+	cli, _ := secClient(t, url)
+	stream, err := clientconn.CallBidiStream[echov1.ChatRequest, echov1.ChatResponse](context.Background(), cli, markedChat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	_ = stream.Send(&echov1.ChatRequest{Text: "1"})
+	if _, err := stream.Receive(); tether.CodeOf(err) != tether.CodeFailedPrecondition {
+		t.Fatalf("marked client, unmarked server: %v, want failed_precondition", err)
+	}
+}
+
+// awaitResponse reads frames of stream id until its first MESSAGE and
+// returns its payload.
+func awaitResponse(t *testing.T, ws *websocket.Conn, id uint32) []byte {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("waiting for a response on stream %d: %v", id, err)
+		}
+		for len(msg) > 0 {
+			f, rest, err := frame.Parse(msg)
+			if err != nil {
+				t.Fatalf("server sent a bad frame: %v", err)
+			}
+			msg = rest
+			if f.StreamID == id && f.Type == frame.TypeMessage {
+				return f.Payload
+			}
+			if f.StreamID == id && (f.Type == frame.TypeEnd || f.Type == frame.TypeReset) {
+				t.Fatalf("stream %d ended before a response", id)
+			}
+		}
+	}
+}
+
+// awaitHeaders reads frames of stream id until HEADERS or its end: the
+// re-attachment's answer, or the error it ended with.
+func awaitHeaders(t *testing.T, ws *websocket.Conn, id uint32) (*tetherv1.ResumeAck, error) {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		_, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("waiting for an answer on stream %d: %v", id, err)
+		}
+		for len(msg) > 0 {
+			f, rest, err := frame.Parse(msg)
+			if err != nil {
+				t.Fatalf("server sent a bad frame: %v", err)
+			}
+			msg = rest
+			if f.StreamID != id {
+				continue
+			}
+			switch f.Type {
+			case frame.TypeHeaders:
+				var h tetherv1.Headers
+				if err := proto.Unmarshal(f.Payload, &h); err != nil {
+					t.Fatal(err)
+				}
+				return h.GetResumed(), nil
+			case frame.TypeEnd:
+				var end tetherv1.End
+				if err := proto.Unmarshal(f.Payload, &end); err != nil {
+					t.Fatal(err)
+				}
+				return nil, wire.ErrorFromStatus(end.GetStatus(), nil)
+			case frame.TypeReset:
+				return nil, errors.New("reset")
+			}
+		}
+	}
+}
+
+// TestResumeCursorSealCoversRequests: with WithResumeCursorKeys, the seal of
+// a client-streaming or bidi cursor covers its request count: a replica
+// with the same keys restarts the stream from the cursor with the request
+// count it was sealed with, and refuses the same cursor with another count
+// (aborted, as an unknown token), without running the handler.
+func TestResumeCursorSealCoversRequests(t *testing.T) {
+	key := []byte(strings.Repeat("k", 32))
+	l := &turnLog{}
+	newServer := func() string {
+		srv := server.New(server.WithLogger(discardLogger()), server.WithResumeCursorKeys(key))
+		l.register(srv)
+		return newHTTPServer(t, srv)
+	}
+	a, b := newServer(), newServer()
+	chat := echov1.EchoServiceChatProcedure
+	wsA := secDial(t, a, nil)
+	defer wsA.Close()
+	secWrite(t, wsA, secConcat(resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken, Cursors: true}),
+		secMessage(1, &echov1.ChatRequest{Text: "1"})))
+	cursor, requests, checkpoint, msg, err := wire.SplitCursorPrefix(awaitResponse(t, wsA, 1))
+	if err != nil || requests != 1 || checkpoint || len(cursor) != 8+16 {
+		t.Fatalf("response prefix: cursor of %d bytes, requests %d, checkpoint %v, %v", len(cursor), requests, checkpoint, err)
+	}
+	var res echov1.ChatResponse
+	if err := proto.Unmarshal(msg, &res); err != nil || res.GetText() != "1" {
+		t.Fatalf("response %v, %v", &res, err)
+	}
+	for _, forged := range []uint64{0, 2, 1 << 40} {
+		ws := secDial(t, b, nil)
+		secWrite(t, ws, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Consumed: 1, Cursor: cursor, CursorRequests: forged}))
+		_, err := awaitHeaders(t, ws, 1)
+		ws.Close()
+		if tether.CodeOf(err) != tether.CodeAborted || !strings.Contains(err.Error(), "unknown or expired resume token") {
+			t.Fatalf("cursor with request count %d instead of 1: %v, want aborted", forged, err)
+		}
+	}
+	l.mu.Lock()
+	runs := l.runs
+	l.mu.Unlock()
+	if runs != 1 {
+		t.Fatalf("%d runs after forged request counts, want 1", runs)
+	}
+	ws := secDial(t, b, nil)
+	defer ws.Close()
+	secWrite(t, ws, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken, Cursors: true, Attach: true, Consumed: 1, Cursor: cursor, CursorRequests: 1}))
+	ack, err := awaitHeaders(t, ws, 1)
+	if err != nil || !ack.GetRestarted() || ack.GetConsumed() != 1 {
+		t.Fatalf("restart with the sealed count: %v, %v; want restarted after request 1", ack, err)
+	}
+	secWrite(t, ws, secMessage(1, &echov1.ChatRequest{Text: "2"}))
+	_, requests, _, msg, err = wire.SplitCursorPrefix(awaitResponse(t, ws, 1))
+	if err != nil || requests != 2 || proto.Unmarshal(msg, &res) != nil || res.GetText() != "2" {
+		t.Fatalf("restarted run's response: %v, requests %d, %v", &res, requests, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs != 2 || l.resumed[1] != 1 || len(l.mismatch) > 0 {
+		t.Fatalf("%d runs, resumed after %v, %v", l.runs, l.resumed, l.mismatch)
+	}
 }
