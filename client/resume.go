@@ -297,7 +297,7 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 	rs.sendMu.Lock()
 	rs.mu.Lock()
 	rs.sent++
-	if rs.cursors && rs.sent == 1 {
+	if rs.cursors && !rs.withRequests && rs.sent == 1 {
 		rs.req = b
 	}
 	rs.out = append(rs.out, sentMsg{seq: rs.sent, b: b})

@@ -127,16 +127,20 @@ type resumeCursorKey struct{}
 type resumeCursor struct {
 	cursor   []byte
 	consumed uint64
+	requests uint64 // client-streaming and bidi: the requests the cursor covers
 }
 
 // ResumeCursor reports whether ctx is the context of a handler run that
-// continues a resumable server stream its client had opened elsewhere (on
+// continues a resumable stream its client had opened elsewhere (on
 // another replica, or on this server before it restarted), and returns the
-// cursor that the previous run attached (SendWithCursor) to the last
-// message the client consumed. The cursor is nil when the client had
-// consumed no message: start from the beginning. Send the messages after
-// the cursor: the client sees them right after the ones it has, each
-// message once.
+// cursor that the previous run attached (SendWithCursor, Checkpoint) to the
+// last message the client consumed. The cursor is nil when the client had
+// consumed no message of a server stream: start from the beginning. Send
+// the messages after the cursor: the client sees them right after the ones
+// it has, each message once. A client-streaming or bidi handler (a method
+// marked (tether.v1.resume_from_cursor)) is run again only from a cursor;
+// its Receive returns the requests after the ones the cursor covers
+// (ResumeRequests), each once.
 //
 // A handler that never sends cursors is run again this way only when its
 // client had consumed none of its messages (then it starts over, with ok
@@ -157,6 +161,21 @@ func ResumeCursor(ctx context.Context) (cursor []byte, ok bool) {
 		return nil, false
 	}
 	return rc.cursor, true
+}
+
+// ResumeRequests returns, in a client-streaming or bidi handler run that
+// ResumeCursor says continues a stream, the number of requests the
+// previous runs had received when they attached the cursor: this run's
+// first Receive returns request n+1. It is part of the client's claim, like
+// the cursor (sealed with it under WithResumeCursorKeys): a handler that
+// also records the count in its cursor can check that they agree. It
+// returns 0 and false in other runs.
+func ResumeRequests(ctx context.Context) (n uint64, ok bool) {
+	rc, ok := ctx.Value(resumeCursorKey{}).(*resumeCursor)
+	if !ok {
+		return 0, false
+	}
+	return rc.requests, true
 }
 
 // SendWithCursor sends one response, like Send, and attaches cursor to it:

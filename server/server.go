@@ -412,6 +412,9 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 			return
 		}
 		restarted = &resumeCursor{cursor: cursor, consumed: r.GetConsumed()}
+		if h.spec.StreamType != tether.StreamTypeServer {
+			restarted.requests = r.GetCursorRequests()
+		}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
 		if rs, err = s.resume.open(st, r, peer, budget, modeFor(h.spec, r.GetCursors())); err != nil {

@@ -84,6 +84,9 @@ func (l *turnLog) start(ctx context.Context) (uint64, error) {
 			return 0, tether.Errorf(tether.CodeInvalidArgument, "bad cursor")
 		}
 		n = binary.BigEndian.Uint64(cursor)
+		if r, ok := server.ResumeRequests(ctx); !ok || r != n {
+			return 0, tether.Errorf(tether.CodeInvalidArgument, "the cursor covers %d requests, not %d", n, r)
+		}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -542,5 +545,47 @@ func TestResumeCursorSealCoversRequests(t *testing.T) {
 	defer l.mu.Unlock()
 	if l.runs != 2 || l.resumed[1] != 1 || len(l.mismatch) > 0 {
 		t.Fatalf("%d runs, resumed after %v, %v", l.runs, l.resumed, l.mismatch)
+	}
+}
+
+// TestResumeCursorsNotAsked: on a stream that did not ask for cursors (a
+// plain call of a marked method), SendWithCursor is Send and Checkpoint
+// does nothing: the responses arrive without prefixes.
+func TestResumeCursorsNotAsked(t *testing.T) {
+	l := &turnLog{every: 3}
+	_, cli := newCursorReplicas(t, l, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	chat, err := clientconn.CallBidiStream[echov1.ChatRequest, echov1.ChatResponse](ctx, cli, markedChat, client.WithResumable(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer chat.Close()
+	for k := 1; k <= 5; k++ {
+		if err := chat.Send(&echov1.ChatRequest{Text: strconv.Itoa(k)}); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := chat.Receive(); err != nil || res.GetText() != strconv.Itoa(k) {
+			t.Fatalf("turn %d: %v, %v", k, res, err)
+		}
+	}
+	_ = chat.CloseSend()
+	if _, err := chat.Receive(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v", err)
+	}
+	l2 := &turnLog{every: 3}
+	_, cli2 := newCursorReplicas(t, l2, nil)
+	collect, err := clientconn.CallClientStream[echov1.CollectRequest, echov1.CollectResponse](ctx, cli2, markedCollect, client.WithResumable(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer collect.Close()
+	for k := 1; k <= 10; k++ {
+		if err := collect.Send(&echov1.CollectRequest{Text: strconv.Itoa(k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res, err := collect.CloseAndReceive(); err != nil || res.GetCount() != 10 {
+		t.Fatalf("collect: %v, %v", res, err)
 	}
 }
