@@ -269,8 +269,8 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 		rs.mu.Lock()
 		room := rs.outBytes+len(b) <= rs.limit
 		wake := rs.wake
-		if rs.hasPending {
-			take = nil // Receive must take it first
+		if rs.hasPending || st.Ended() {
+			take = nil // Receive must take it first; or st is over
 		}
 		rs.mu.Unlock()
 		if room {
