@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -177,7 +179,44 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 		rs.mu.Unlock()
 		cur.Reset(tether.AsError(context.Cause(ctx)))
 	})
-	return rs, nil
+	// As for a plain stream (releaseAbandoned): a call the caller drops
+	// without ending it is ended once its handle is unreachable. The
+	// engine's callbacks and the AfterFunc hold rs, not the handle.
+	h := &resumeHandle{rs}
+	runtime.AddCleanup(h, releaseAbandonedResume, abandonedResume{rs: rs, procedure: call.Spec.Procedure, logger: c.cfg.logger})
+	return h, nil
+}
+
+// resumeHandle is a resumable stream as its caller holds it: nothing of
+// the client or the engine refers to it, so it becomes unreachable when the
+// caller drops it, while rs may not (the current attachment's OnAck, the
+// AfterFunc on the call's context).
+type resumeHandle struct{ *resumeStream }
+
+// abandonedResume is what releaseAbandonedResume needs.
+type abandonedResume struct {
+	rs        *resumeStream
+	procedure string
+	logger    *slog.Logger
+}
+
+// releaseAbandonedResume runs once a resumable stream's handle is
+// unreachable. If the call has not ended (the caller dropped it without
+// Close, without reading it to its end, with a context that never ended),
+// it is ended as Close does: the current attachment is reset with
+// canceled, which ends the server's session and handler (or, if the
+// connection is lost, the session expires after its grace period), and a
+// warning names the procedure, once.
+func releaseAbandonedResume(a abandonedResume) {
+	rs := a.rs
+	rs.mu.Lock()
+	st, failed := rs.st, rs.failed
+	rs.mu.Unlock()
+	ended := failed != nil || st.Ended() && !st.ConnClosed()
+	rs.Close()
+	if !ended {
+		a.logger.Warn("tether: stream abandoned without Close or reading it to its end; reset it (defer the stream's Close, or cancel its context)", "procedure", a.procedure)
+	}
 }
 
 // setTimeout sets open's timeout from ctx's deadline.
