@@ -53,6 +53,7 @@ type turnLog struct {
 	resumed  []uint64 // per run: the requests its cursor covered
 	mismatch []string // requests that were not the ones the run expected
 	plain    bool     // Chat answers with Send: no cursors
+	extra    bool     // Chat also checkpoints after every tenth response
 	every    int      // Collect: checkpoint every this many requests
 }
 
@@ -132,6 +133,9 @@ func (l *turnLog) chat(ctx context.Context, stream *server.BidiStream[echov1.Cha
 		} else {
 			// The request is in the log: the cursor covers it.
 			err = stream.SendWithCursor(res, binary.BigEndian.AppendUint64(nil, n))
+		}
+		if err == nil && l.extra && n%10 == 0 {
+			err = stream.Checkpoint(binary.BigEndian.AppendUint64(nil, n))
 		}
 		if err != nil {
 			return err
@@ -587,5 +591,45 @@ func TestResumeCursorsNotAsked(t *testing.T) {
 	}
 	if res, err := collect.CloseAndReceive(); err != nil || res.GetCount() != 10 {
 		t.Fatalf("collect: %v, %v", res, err)
+	}
+}
+
+// TestResumeBidiCheckpointsUnseen: checkpoints between a bidi stream's
+// responses are consumed by the client library, never returned by Receive,
+// also across a restart from one of them.
+func TestResumeBidiCheckpointsUnseen(t *testing.T) {
+	const n = 200
+	l := &turnLog{extra: true}
+	r, cli := newCursorReplicas(t, l, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := clientconn.CallBidiStream[echov1.ChatRequest, echov1.ChatResponse](ctx, cli, markedChat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	for k := 1; k <= n; k++ {
+		if k == n/2+1 {
+			r.restart()
+		}
+		if err := stream.Send(&echov1.ChatRequest{Text: strconv.Itoa(k)}); err != nil {
+			t.Fatalf("send %d: %v", k, err)
+		}
+		res, err := stream.Receive()
+		if err != nil || res.GetText() != strconv.Itoa(k) {
+			t.Fatalf("turn %d: %v, %v", k, res, err)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := stream.Receive(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v, %v", res, err)
+	}
+	l.verify(t, n)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.runs != 2 || l.resumed[1] != n/2 {
+		t.Fatalf("%d runs, resumed after %v; want 2, the second after %d", l.runs, l.resumed, n/2)
 	}
 }
