@@ -568,6 +568,7 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 				// wait for the next one.
 				select {
 				case <-conn.Done():
+					rs.c.awaitConnGone(ctx, conn)
 				case <-conn.Draining():
 				case <-ctx.Done():
 				}
@@ -693,4 +694,27 @@ func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64, 
 		}
 	}
 	return nil
+}
+
+// awaitConnGone waits until no connection manager of c offers conn any
+// more (it has noticed that conn closed), or ctx ends: until then getConn
+// hands conn out again, and a re-attachment would spin on it.
+func (c *Client) awaitConnGone(ctx context.Context, conn *mux.Conn) {
+	for {
+		c.mu.Lock()
+		offered := false
+		for _, s := range c.subs {
+			offered = offered || s.st == StateReady && s.conn == conn
+		}
+		ch := c.changed
+		c.mu.Unlock()
+		if !offered {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
