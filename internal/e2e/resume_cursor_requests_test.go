@@ -222,13 +222,13 @@ func newCursorReplicas(t *testing.T, l *turnLog, cliOpts []client.Option, opts .
 // TestResumeBidiFromCursorAcrossRestarts: a bidi session of 10,000 turns
 // (request k: the handler appends it to a shared log, then answers with
 // SendWithCursor(offset)) through four server restarts (each server closed
-// before the next starts), five cuts in between and random cuts every
-// 200 ms to 2 s: every turn
-// is applied exactly once to the log, each restarted run reads the
-// requests after its cursor, and the client sees every response once, in
-// order. Requests are sent ahead of the responses by a sender goroutine,
-// through a small replay buffer, so that restarts find requests in flight
-// and Send waits for cursors.
+// before the next starts), five planned cuts in between and random cuts
+// every 200 ms to 2 s: every turn is applied exactly once to the log, each
+// restarted run reads the requests after its cursor, and the client sees
+// every response once, in order. The receiver spreads its reads over
+// resumeSpan (5 s; 60 s with -resume.full). Requests are sent ahead of the
+// responses by a sender goroutine, through a small replay buffer, so that
+// restarts find requests in flight and Send waits for cursors.
 func TestResumeBidiFromCursorAcrossRestarts(t *testing.T) {
 	const n = 10_000
 	l := &turnLog{}
@@ -274,7 +274,9 @@ func TestResumeBidiFromCursorAcrossRestarts(t *testing.T) {
 		sendErr <- stream.CloseSend()
 	}()
 	restarts := 0
+	start := time.Now()
 	for k := 1; k <= n; k++ {
+		pace(start, k, n, resumeSpan()) // so that the random cuts land all along
 		switch {
 		case k%2000 == 0 && k < n:
 			// The sender is at most a replay buffer ahead: the
