@@ -57,6 +57,14 @@ type Spec struct {
 	StreamType StreamType
 	// IdempotencyLevel is the method's declared idempotency.
 	IdempotencyLevel IdempotencyLevel
+	// ResumeFromCursor is the method's (tether.v1.resume_from_cursor)
+	// option: its resumable client-streaming and bidi streams restart on a
+	// server that does not hold them from the cursor the handler attached
+	// last (docs/PROTOCOL.md, "Resumable streams"). Client and server must
+	// agree on it: a server refuses cursors on a procedure whose Spec does
+	// not have it. Server streams restart from cursors whether it is set or
+	// not.
+	ResumeFromCursor bool
 }
 
 // Reserved metadata keys.

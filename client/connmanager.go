@@ -281,7 +281,7 @@ func (c *sub) dial() (*mux.Conn, error) {
 	cfg.PeerMaxStreams = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxConcurrentStreams))
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(resp.Header.Get(mux.HeaderMaxHeaderBytes))
 	cfg.PeerResumeGrace = time.Duration(mux.ParseLimit(resp.Header.Get(mux.HeaderResumeGrace))) * time.Second
-	cfg.PeerResumeCursors = resp.Header.Get(mux.HeaderResumeCursors) == "1"
+	cfg.PeerResumeCursors = mux.ParseResumeCursors(resp.Header.Get(mux.HeaderResumeCursors))
 	var conn *mux.Conn
 	c.wg.Add(1)
 	cfg.OnClose = func(error) {

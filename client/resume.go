@@ -24,6 +24,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 
@@ -105,15 +107,24 @@ type resumeStream struct {
 	grace      time.Duration
 	laterHdr   tether.Metadata // response headers carried by a re-attachment's answer
 
-	// Cursors (a server stream to a server that announced them): the
-	// server prefixes its messages with the handler's cursors, and a
-	// re-attachment that reaches a server without the stream restarts it
-	// from the cursor of the last response consumed.
+	// Cursors (a server stream to a server that announced them, or a
+	// client-streaming or bidi stream of a marked method to a server that
+	// announced level 2): the server prefixes its messages with the
+	// handler's cursors, and a re-attachment that reaches a server without
+	// the stream restarts it from the cursor of the last response consumed.
 	cursors   bool
 	req       []byte // the request, sent again to a restarted handler
 	cursorSeq uint64 // the response whose cursor is cursor
 	hasCursor bool   // false: that response carried none
 	cursor    []byte // reused from response to response
+
+	// Client-streaming and bidi streams with cursors (resume_cursor.go).
+	withRequests bool
+	recvTok      chan struct{} // capacity 1: held by the goroutine taking responses off the attachment
+	pending      []byte        // a response Send took off the attachment, for Receive
+	hasPending   bool
+	acked        uint64 // the last request the server acknowledged
+	covered      uint64 // the requests the last cursor consumed covers (its R)
 }
 
 // openResumable opens a resumable stream, or a plain one when the server
@@ -143,7 +154,8 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 	}
 	token := make([]byte, 16)
 	_, _ = rand.Read(token) // never fails (crypto/rand)
-	cursors := conn.PeerResumeCursors() && call.Spec.StreamType == tether.StreamTypeServer
+	withRequests := conn.PeerResumeCursors() >= 2 && call.Spec.ResumeFromCursor && call.Spec.StreamType != tether.StreamTypeServer
+	cursors := conn.PeerResumeCursors() >= 1 && call.Spec.StreamType == tether.StreamTypeServer || withRequests
 	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header), Resume: &tetherv1.Resume{Token: token, Cursors: cursors}}
 	if err := setTimeout(ctx, open); err != nil {
 		return nil, err
@@ -156,7 +168,10 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 	if limit <= 0 {
 		limit = DefaultResumeBufferBytes
 	}
-	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace(), cursors: cursors}
+	rs := &resumeStream{c: c, ctx: ctx, open: open, first: st, st: st, conn: conn, limit: limit, wake: make(chan struct{}), grace: conn.PeerResumeGrace(), cursors: cursors, withRequests: withRequests}
+	if withRequests {
+		rs.recvTok = make(chan struct{}, 1)
+	}
 	st.OnAck(rs.onAck)
 	rs.stop = context.AfterFunc(ctx, func() {
 		rs.mu.Lock()
@@ -164,7 +179,44 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 		rs.mu.Unlock()
 		cur.Reset(tether.AsError(context.Cause(ctx)))
 	})
-	return rs, nil
+	// As for a plain stream (releaseAbandoned): a call the caller drops
+	// without ending it is ended once its handle is unreachable. The
+	// engine's callbacks and the AfterFunc hold rs, not the handle.
+	h := &resumeHandle{rs}
+	runtime.AddCleanup(h, releaseAbandonedResume, abandonedResume{rs: rs, procedure: call.Spec.Procedure, logger: c.cfg.logger})
+	return h, nil
+}
+
+// resumeHandle is a resumable stream as its caller holds it: nothing of
+// the client or the engine refers to it, so it becomes unreachable when the
+// caller drops it, while rs may not (the current attachment's OnAck, the
+// AfterFunc on the call's context).
+type resumeHandle struct{ *resumeStream }
+
+// abandonedResume is what releaseAbandonedResume needs.
+type abandonedResume struct {
+	rs        *resumeStream
+	procedure string
+	logger    *slog.Logger
+}
+
+// releaseAbandonedResume runs once a resumable stream's handle is
+// unreachable. If the call has not ended (the caller dropped it without
+// Close, without reading it to its end, with a context that never ended),
+// it is ended as Close does: the current attachment is reset with
+// canceled, which ends the server's session and handler (or, if the
+// connection is lost, the session expires after its grace period), and a
+// warning names the procedure, once.
+func releaseAbandonedResume(a abandonedResume) {
+	rs := a.rs
+	rs.mu.Lock()
+	st, failed := rs.st, rs.failed
+	rs.mu.Unlock()
+	ended := failed != nil || st.Ended() && !st.ConnClosed()
+	rs.Close()
+	if !ended {
+		a.logger.Warn("tether: stream abandoned without Close or reading it to its end; reset it (defer the stream's Close, or cancel its context)", "procedure", a.procedure)
+	}
 }
 
 // setTimeout sets open's timeout from ctx's deadline.
@@ -211,6 +263,11 @@ func (rs *resumeStream) lost(st *mux.Stream) bool {
 
 func (rs *resumeStream) onAck(seq uint64) {
 	rs.mu.Lock()
+	if rs.withRequests {
+		// A request leaves the buffer once a cursor covers it too.
+		rs.acked = max(rs.acked, seq)
+		seq = min(rs.acked, rs.covered)
+	}
 	rs.trimLocked(seq)
 	rs.mu.Unlock()
 }
@@ -243,15 +300,26 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 		if err != nil {
 			return err
 		}
+		var take chan struct{} // to consume checkpoints meanwhile
+		if rs.withRequests {
+			rs.tryDrain(st)
+			take = rs.recvTok
+		}
 		rs.mu.Lock()
 		room := rs.outBytes+len(b) <= rs.limit
 		wake := rs.wake
+		if rs.hasPending || st.Ended() {
+			take = nil // Receive must take it first; or st is over
+		}
 		rs.mu.Unlock()
 		if room {
 			break
 		}
 		select {
 		case <-wake:
+		case take <- struct{}{}:
+			rs.drainWait(st, wake)
+			<-take
 		case <-st.Done():
 			if rs.lost(st) {
 				if err := rs.reattach(gen); err != nil {
@@ -268,7 +336,7 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 	rs.sendMu.Lock()
 	rs.mu.Lock()
 	rs.sent++
-	if rs.cursors && rs.sent == 1 {
+	if rs.cursors && !rs.withRequests && rs.sent == 1 {
 		rs.req = b
 	}
 	rs.out = append(rs.out, sentMsg{seq: rs.sent, b: b})
@@ -284,6 +352,9 @@ func (rs *resumeStream) Send(msg proto.Message) error {
 }
 
 func (rs *resumeStream) Receive(msg proto.Message) error {
+	if rs.withRequests {
+		return rs.receiveWithRequests(msg)
+	}
 	for {
 		st, gen, err := rs.cur()
 		if err != nil {
@@ -334,6 +405,9 @@ func (rs *resumeStream) CloseSend() error {
 	st, gen, err := rs.cur()
 	if err != nil {
 		return err
+	}
+	if rs.withRequests {
+		rs.tryDrain(st)
 	}
 	rs.sendMu.Lock()
 	rs.mu.Lock()
@@ -461,7 +535,7 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			}
 			return notResumed("no connection within the grace period of %v: %v", rs.grace, err)
 		}
-		if conn.PeerResumeGrace() == 0 || rs.cursors && !conn.PeerResumeCursors() {
+		if conn.PeerResumeGrace() == 0 || rs.cursors && conn.PeerResumeCursors() == 0 || rs.withRequests && conn.PeerResumeCursors() < 2 {
 			return notResumed("the server no longer resumes streams")
 		}
 		open := proto.Clone(rs.open).(*tetherv1.Open)
@@ -470,6 +544,13 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			rs.mu.Lock()
 			switch {
 			case !rs.cursors:
+			case rs.withRequests:
+				// Restartable only from a cursor: the first run's
+				// effects are known up to there.
+				if consumed > 0 && rs.cursorSeq == consumed && rs.hasCursor {
+					open.Resume.Cursor = bytes.Clone(rs.cursor)
+					open.Resume.CursorRequests = rs.covered
+				}
 			case consumed == 0:
 				open.Resume.Cursor = []byte{}
 			case rs.cursorSeq == consumed && rs.hasCursor:
@@ -487,6 +568,7 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 				// wait for the next one.
 				select {
 				case <-conn.Done():
+					rs.c.awaitConnGone(ctx, conn)
 				case <-conn.Draining():
 				case <-ctx.Done():
 				}
@@ -535,6 +617,15 @@ func (rs *resumeStream) attachOnce(consumed uint64, fresh bool) error {
 			st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
 			return notResumed("the server restarted a stream it had no cursor for")
 		}
+		if rs.withRequests {
+			if ack.GetRestarted() && ack.GetConsumed() != open.Resume.GetCursorRequests() {
+				st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
+				return notResumed("the server restarted after request %d, not %d", ack.GetConsumed(), open.Resume.GetCursorRequests())
+			}
+			// A new run reads the requests after the cursor's, as
+			// the old one would after the ones it consumed.
+			return rs.replay(conn, st, ack.GetConsumed(), false)
+		}
 		return rs.replay(conn, st, ack.GetConsumed(), ack.GetRestarted())
 	}
 }
@@ -562,13 +653,24 @@ func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64, 
 		// A server stream has one request, kept in rs.req.
 		rs.out, rs.outBytes = []sentMsg{{seq: 1, b: rs.req}}, len(rs.req)
 	}
-	rs.trimLocked(consumed)
-	if len(rs.out) > 0 && rs.out[0].seq != consumed+1 {
+	if rs.withRequests {
+		// Requests the server consumed stay until a cursor covers them:
+		// another server may need them.
+		rs.acked = max(rs.acked, consumed)
+		rs.trimLocked(min(rs.acked, rs.covered))
+	} else {
+		rs.trimLocked(consumed)
+	}
+	skip := 0
+	for skip < len(rs.out) && rs.out[skip].seq <= consumed {
+		skip++
+	}
+	if skip == 0 && len(rs.out) > 0 && rs.out[0].seq != consumed+1 {
 		rs.mu.Unlock()
 		st.Reset(tether.Errorf(tether.CodeAborted, "tether: not resumed"))
 		return notResumed("request %d is no longer buffered", consumed+1)
 	}
-	replay := append([]sentMsg(nil), rs.out...)
+	replay := append([]sentMsg(nil), rs.out[skip:]...)
 	closed := rs.closedSend
 	rs.st, rs.conn = st, conn
 	rs.gen++
@@ -592,4 +694,27 @@ func (rs *resumeStream) replay(conn *mux.Conn, st *mux.Stream, consumed uint64, 
 		}
 	}
 	return nil
+}
+
+// awaitConnGone waits until no connection manager of c offers conn any
+// more (it has noticed that conn closed), or ctx ends: until then getConn
+// hands conn out again, and a re-attachment would spin on it.
+func (c *Client) awaitConnGone(ctx context.Context, conn *mux.Conn) {
+	for {
+		c.mu.Lock()
+		offered := false
+		for _, s := range c.subs {
+			offered = offered || s.st == StateReady && s.conn == conn
+		}
+		ch := c.changed
+		c.mu.Unlock()
+		if !offered {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
 }

@@ -115,7 +115,8 @@ func NewClientStreamHandler[Req, Res any](spec tether.Spec, fn func(context.Cont
 	newMessage[Res]()
 	h := newHandler(spec, opts)
 	h.stream = func(ctx context.Context, st Stream) error {
-		res, err := fn(ctx, &ClientStream[Req]{st: st})
+		c, _ := ctx.Value(callInfoKey{}).(*call)
+		res, err := fn(ctx, &ClientStream[Req]{st: st, c: c})
 		if err != nil {
 			return err
 		}
@@ -133,7 +134,8 @@ func NewBidiStreamHandler[Req, Res any](spec tether.Spec, fn func(context.Contex
 	newMessage[Res]()
 	h := newHandler(spec, opts)
 	h.stream = func(ctx context.Context, st Stream) error {
-		return fn(ctx, &BidiStream[Req, Res]{st: st})
+		c, _ := ctx.Value(callInfoKey{}).(*call)
+		return fn(ctx, &BidiStream[Req, Res]{st: st, c: c})
 	}
 	return h
 }

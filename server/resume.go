@@ -31,6 +31,7 @@ import (
 	"io"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherrpc/tether"
@@ -113,22 +114,26 @@ type session struct {
 	parked   bool
 	ended    bool
 	timer    *time.Timer
-	cursors  bool // messages carry cursor prefixes (wire.AppendCursor)
+	cursors  cursorMode // what the handler's messages are prefixed with (cursor.go)
+	// recvd counts the requests handed to the handler (its Receive),
+	// across attachments and from the R of a restart: the request count
+	// of a cursor (cursorsWithRequests).
+	recvd atomic.Uint64
 }
 
 // open starts a session for a resumable call's first OPEN. cursors says
-// the handler's messages carry cursor prefixes (a server stream whose client
-// asked for them).
-func (r *resumer) open(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, cursors bool) (*session, error) {
-	if rs.GetAttach() || rs.GetConsumed() != 0 || rs.Cursor != nil {
-		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: first OPEN of a resumable stream with attach, consumed or cursor set")
+// what the handler's messages are prefixed with (a stream whose client
+// asked for cursors).
+func (r *resumer) open(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, cursors cursorMode) (*session, error) {
+	if rs.GetAttach() || rs.GetConsumed() != 0 || rs.Cursor != nil || rs.GetCursorRequests() != 0 {
+		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: first OPEN of a resumable stream with attach, consumed, cursor or cursor_requests set")
 	}
 	return r.newSession(st, rs.GetToken(), peer, budget, 0, cursors)
 }
 
 // newSession registers a session under token, attached to st, whose
 // handler's first message will be number sent+1.
-func (r *resumer) newSession(st *mux.Stream, tok []byte, peer Peer, budget *replayBudget, sent uint64, cursors bool) (*session, error) {
+func (r *resumer) newSession(st *mux.Stream, tok []byte, peer Peer, budget *replayBudget, sent uint64, cursors cursorMode) (*session, error) {
 	if len(tok) < minResumeToken || len(tok) > maxResumeToken {
 		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: resume token of %d bytes; it must have %d to %d", len(tok), minResumeToken, maxResumeToken)
 	}
@@ -410,7 +415,11 @@ func (x *session) recv() ([]byte, error) {
 		st, gen := x.st, x.gen
 		x.mu.Unlock()
 		b, err := st.RecvMsg()
-		if err == nil || errors.Is(err, io.EOF) {
+		if err == nil {
+			x.recvd.Add(1)
+			return b, nil
+		}
+		if errors.Is(err, io.EOF) {
 			return b, err
 		}
 		if x.sendErr(st, gen, err) != nil {
@@ -485,35 +494,48 @@ func (x *session) finish(headers tether.Metadata, last []byte, callErr error, tr
 // that st counts against its connection's limits while it is in use.
 //
 // When this server does not hold the stream and the OPEN carries a cursor
-// for a server stream (restartable), attach instead registers a new
-// session for it, answers that the stream restarts, and returns the session
-// and the cursor (nil when the client consumed nothing): the caller runs the
-// handler again with it (ResumeCursor).
+// it can restart from (a server stream's; a non-empty one of a
+// client-streaming or bidi stream in cursorsWithRequests mode), attach
+// instead registers a new session for it, answers that the stream
+// restarts, and returns the session and the cursor (nil when the client
+// consumed nothing): the caller runs the handler again with it
+// (ResumeCursor).
 func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget *replayBudget, spec tether.Spec) (*session, []byte) {
 	r.mu.Lock()
 	x := r.sessions[string(rs.GetToken())]
 	r.mu.Unlock()
-	if x == nil && spec.StreamType == tether.StreamTypeServer && rs.Cursor != nil && rs.GetCursors() {
+	mode := modeFor(spec, rs.GetCursors())
+	if x == nil && rs.Cursor != nil && (mode == cursorsOnly || mode == cursorsWithRequests && len(rs.Cursor) > 0) {
 		cursor := rs.Cursor
 		if len(cursor) > wire.MaxCursor {
 			_ = st.Finish(tether.Errorf(tether.CodeInvalidArgument, "tether: resume cursor of %d bytes; at most %d", len(cursor), wire.MaxCursor), nil)
 			return nil, nil
 		}
+		// A client-streaming or bidi handler reads the requests after the
+		// ones its cursor covers; a server stream's, its request again.
+		var requests uint64
+		if mode == cursorsWithRequests {
+			requests = rs.GetCursorRequests()
+		}
 		if len(cursor) > 0 && len(r.keys) > 0 {
 			var ok bool
-			if cursor, ok = openCursor(r.keys, string(rs.GetToken()), principalKey(peer.Principal), spec.Procedure, cursor); !ok {
+			if cursor, ok = openCursor(r.keys, string(rs.GetToken()), principalKey(peer.Principal), spec.Procedure, cursor, mode, requests); !ok {
 				_ = st.Finish(notResumed("unknown or expired resume token"), nil)
 				return nil, nil
 			}
 		}
-		x, err := r.newSession(st, rs.GetToken(), peer, budget, rs.GetConsumed(), true)
+		x, err := r.newSession(st, rs.GetToken(), peer, budget, rs.GetConsumed(), mode)
 		if err != nil {
 			_ = st.Finish(err, nil)
 			return nil, nil
 		}
-		// Before the handler can send: the client learns that its
-		// requests are read again from the first.
-		_ = st.SendResumeHeaders(nil, &tetherv1.ResumeAck{Restarted: true})
+		// Before the handler's first Receive: requests are numbered from
+		// requests+1.
+		x.recvd.Store(requests)
+		st.SetSeq(requests)
+		// Before the handler can send: the client learns where the new
+		// run reads its requests from.
+		_ = st.SendResumeHeaders(nil, &tetherv1.ResumeAck{Consumed: requests, Restarted: true})
 		if len(cursor) == 0 {
 			cursor = nil // the client consumed nothing
 		}

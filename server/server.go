@@ -98,7 +98,7 @@ func New(opts ...Option) *Server {
 		s.resume = newResumer(s.cfg.resume)
 		s.resume.keys = s.cfg.cursorKeys
 		s.upgradeHeader.Set(mux.HeaderResumeGrace, strconv.Itoa(int(max(s.resume.lim.Grace/time.Second, 1))))
-		s.upgradeHeader.Set(mux.HeaderResumeCursors, "1")
+		s.upgradeHeader.Set(mux.HeaderResumeCursors, "2")
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: s.cfg.handshakeTimeout,
@@ -393,6 +393,12 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 	}
 	var rs *session
 	var restarted *resumeCursor
+	if r := open.GetResume(); r.GetCursors() && s.resume != nil && modeFor(h.spec, true) == cursorsRefused {
+		// Never a misparse: the client expects prefixes the handler
+		// would not send, or a restart it cannot get.
+		_ = st.Finish(tether.Errorf(tether.CodeFailedPrecondition, "tether: procedure %s does not resume from a cursor", open.GetProcedure()), nil)
+		return
+	}
 	if r := open.GetResume(); r.GetAttach() {
 		// A re-attachment finds its session or fails, or, on a server
 		// that does not hold it, restarts a server stream from the
@@ -406,10 +412,12 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 			return
 		}
 		restarted = &resumeCursor{cursor: cursor, consumed: r.GetConsumed()}
+		if h.spec.StreamType != tether.StreamTypeServer {
+			restarted.requests = r.GetCursorRequests()
+		}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
-		cursors := r.GetCursors() && h.spec.StreamType == tether.StreamTypeServer
-		if rs, err = s.resume.open(st, r, peer, budget, cursors); err != nil {
+		if rs, err = s.resume.open(st, r, peer, budget, modeFor(h.spec, r.GetCursors())); err != nil {
 			_ = st.Finish(err, nil)
 			return
 		}

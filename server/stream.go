@@ -31,7 +31,10 @@ func (s *ServerStream[Res]) Conn() Stream { return s.st }
 
 // ClientStream is the handler's side of a client-streaming call: it
 // receives any number of requests.
-type ClientStream[Req any] struct{ st Stream }
+type ClientStream[Req any] struct {
+	st Stream
+	c  *call // the call under any interceptors, for Checkpoint; nil in tests
+}
 
 // Receive returns the next request, or io.EOF once the client has sent all
 // of them.
@@ -56,7 +59,10 @@ func (s *ClientStream[Req]) ResponseTrailer() tether.Metadata { return s.st.Resp
 func (s *ClientStream[Req]) Conn() Stream { return s.st }
 
 // BidiStream is the handler's side of a bidirectional call.
-type BidiStream[Req, Res any] struct{ st Stream }
+type BidiStream[Req, Res any] struct {
+	st Stream
+	c  *call // the call under any interceptors, for SendWithCursor and Checkpoint; nil in tests
+}
 
 // Receive returns the next request, or io.EOF once the client has sent all
 // of them.

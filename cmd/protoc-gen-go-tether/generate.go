@@ -72,13 +72,14 @@ func generateFile(gen *protogen.Plugin, file *protogen.File, retry *retryReader,
 			if err != nil {
 				return fmt.Errorf("%s: %v", file.Desc.Path(), err)
 			}
-			resumable, err := retry.isResumable(m)
+			resumable, fromCursor, err := retry.isResumable(m)
 			if err != nil {
 				return fmt.Errorf("%s: %v", file.Desc.Path(), err)
 			}
 			methods[m] = &methodInfo{
-				retry:     policy,
-				resumable: resumable,
+				retry:      policy,
+				resumable:  resumable,
+				fromCursor: fromCursor,
 			}
 		}
 	}
@@ -130,8 +131,11 @@ const runtimeVersionConst = "SupportPackageIsVersion2"
 type methodInfo struct {
 	varName string       // the unexported *clientconn.Method variable
 	retry   *retryPolicy // nil without a (tether.v1.retry) option
-	// resumable is the (tether.v1.resumable) option.
+	// resumable is the (tether.v1.resumable) option, or
+	// (tether.v1.resume_from_cursor), which implies it.
 	resumable bool
+	// fromCursor is the (tether.v1.resume_from_cursor) option.
+	fromCursor bool
 }
 
 // serviceGen writes the code for one service.
@@ -297,6 +301,9 @@ func (sg *serviceGen) methodVars() {
 		g.P("Procedure: ", sg.procedureConst(m), ",")
 		g.P("StreamType: ", sg.ident(tetherPackage, kindOf(m).streamType), ",")
 		g.P("IdempotencyLevel: ", sg.ident(tetherPackage, idempotencyLevel(m)), ",")
+		if info.fromCursor {
+			g.P("ResumeFromCursor: true,")
+		}
 		g.P("},")
 		if p := info.retry; p != nil {
 			sg.retryPolicy(p)

@@ -243,6 +243,7 @@ func TestInvalidRetryPolicies(t *testing.T) {
 		"unknown_code.proto":              "retryable_codes: 99 is not a code tether defines",
 		"zero_backoff.proto":              "max_backoff {seconds: 0, nanos: 0} is not positive",
 		"resumable_unary.proto":           "is for streaming methods; unary method Get cannot be resumed (retry it instead)",
+		"resume_from_cursor_unary.proto":  "is for streaming methods; unary method Get cannot be resumed (retry it instead)",
 	}
 
 	set := loadImage(t)
@@ -262,6 +263,9 @@ func TestInvalidRetryPolicies(t *testing.T) {
 			suffix := ": option (tether.v1.retry): " + want
 			if strings.Contains(name, "resumable_") {
 				suffix = ": option (tether.v1.resumable) " + want
+			}
+			if strings.Contains(name, "resume_from_cursor_") {
+				suffix = ": option (tether.v1.resume_from_cursor) " + want
 			}
 			if got := resp.GetError(); !strings.HasPrefix(got, prefix) || !strings.HasSuffix(got, suffix) {
 				t.Errorf("error = %q, want %q...%q", got, prefix, want)

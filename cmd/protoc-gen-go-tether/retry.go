@@ -23,6 +23,7 @@ import (
 const (
 	retryExtension   protoreflect.FullName = "tether.v1.retry"
 	resumableExt     protoreflect.FullName = "tether.v1.resumable"
+	fromCursorExt    protoreflect.FullName = "tether.v1.resume_from_cursor"
 	retryPolicyName  protoreflect.FullName = "tether.v1.RetryPolicy"
 	codeEnumName     protoreflect.FullName = "tether.v1.Code"
 	durationName     protoreflect.FullName = "google.protobuf.Duration"
@@ -40,11 +41,13 @@ type retryPolicy struct {
 	deadLetter        bool
 }
 
-// retryReader reads (tether.v1.retry) and (tether.v1.resumable) options.
+// retryReader reads (tether.v1.retry), (tether.v1.resumable) and
+// (tether.v1.resume_from_cursor) options.
 type retryReader struct {
-	ext       protoreflect.ExtensionType // nil when no file declares the option
-	resumable protoreflect.ExtensionType // nil when no file declares (tether.v1.resumable)
-	types     *protoregistry.Types       // resolves ext and resumable
+	ext        protoreflect.ExtensionType // nil when no file declares the option
+	resumable  protoreflect.ExtensionType // nil when no file declares (tether.v1.resumable)
+	fromCursor protoreflect.ExtensionType // nil when no file declares (tether.v1.resume_from_cursor)
+	types      *protoregistry.Types       // resolves ext, resumable and fromCursor
 }
 
 // retryPolicyFields are the fields of tether.v1.RetryPolicy the generator
@@ -83,12 +86,19 @@ func newRetryReader(gen *protogen.Plugin) (*retryReader, error) {
 			return nil, err
 		}
 		r := &retryReader{ext: ext, types: types}
-		if rd := f.Desc.Extensions().ByName(resumableExt.Name()); rd != nil {
-			if rd.ContainingMessage().FullName() != methodOptionName || rd.Kind() != protoreflect.BoolKind || rd.IsList() {
-				return nil, fmt.Errorf("%s: %s is not a bool option on %s", f.Desc.Path(), resumableExt, methodOptionName)
+		for _, b := range []struct {
+			name protoreflect.FullName
+			ext  *protoreflect.ExtensionType
+		}{{resumableExt, &r.resumable}, {fromCursorExt, &r.fromCursor}} {
+			rd := f.Desc.Extensions().ByName(b.name.Name())
+			if rd == nil {
+				continue
 			}
-			r.resumable = dynamicpb.NewExtensionType(rd)
-			if err := types.RegisterExtension(r.resumable); err != nil {
+			if rd.ContainingMessage().FullName() != methodOptionName || rd.Kind() != protoreflect.BoolKind || rd.IsList() {
+				return nil, fmt.Errorf("%s: %s is not a bool option on %s", f.Desc.Path(), b.name, methodOptionName)
+			}
+			*b.ext = dynamicpb.NewExtensionType(rd)
+			if err := types.RegisterExtension(*b.ext); err != nil {
 				return nil, err
 			}
 		}
@@ -177,24 +187,34 @@ func (r *retryReader) options(m *protogen.Method) (*descriptorpb.MethodOptions, 
 	return opts, nil
 }
 
-// isResumable reports m's (tether.v1.resumable) option. It is an error on
-// a unary method: only streams can be resumed.
-func (r *retryReader) isResumable(m *protogen.Method) (bool, error) {
-	if r.resumable == nil {
-		return false, nil
+// isResumable reports m's (tether.v1.resumable) and
+// (tether.v1.resume_from_cursor) options; the second implies the first.
+// Either is an error on a unary method: only streams can be resumed.
+func (r *retryReader) isResumable(m *protogen.Method) (resumable, fromCursor bool, err error) {
+	if r.resumable == nil && r.fromCursor == nil {
+		return false, false, nil
 	}
 	opts, err := r.options(m)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	xd := r.resumable.TypeDescriptor()
-	if !opts.ProtoReflect().Has(xd) || !opts.ProtoReflect().Get(xd).Bool() {
-		return false, nil
+	set := func(x protoreflect.ExtensionType) bool {
+		if x == nil {
+			return false
+		}
+		xd := x.TypeDescriptor()
+		return opts.ProtoReflect().Has(xd) && opts.ProtoReflect().Get(xd).Bool()
 	}
+	resumable, fromCursor = set(r.resumable), set(r.fromCursor)
 	if !m.Desc.IsStreamingClient() && !m.Desc.IsStreamingServer() {
-		return false, fmt.Errorf("%s: option (%s) is for streaming methods; unary method %s cannot be resumed (retry it instead)", m.Desc.FullName(), resumableExt, m.Desc.Name())
+		switch {
+		case fromCursor:
+			return false, false, fmt.Errorf("%s: option (%s) is for streaming methods; unary method %s cannot be resumed (retry it instead)", m.Desc.FullName(), fromCursorExt, m.Desc.Name())
+		case resumable:
+			return false, false, fmt.Errorf("%s: option (%s) is for streaming methods; unary method %s cannot be resumed (retry it instead)", m.Desc.FullName(), resumableExt, m.Desc.Name())
+		}
 	}
-	return true, nil
+	return resumable || fromCursor, fromCursor, nil
 }
 
 // set stores one field of the option.

@@ -91,11 +91,17 @@ type replicas struct {
 	srv   *server.Server
 	hs    *httptest.Server
 	opts  []server.Option // of the next server started
+	// register, when not nil, registers the handlers instead of h.
+	register func(*server.Server)
 }
 
 func (r *replicas) start() {
 	r.srv = server.New(append([]server.Option{server.WithLogger(discardLogger())}, r.opts...)...)
-	echov1.RegisterEchoServiceHandler(r.srv, r.h)
+	if r.register != nil {
+		r.register(r.srv)
+	} else {
+		echov1.RegisterEchoServiceHandler(r.srv, r.h)
+	}
 	r.hs = httptest.NewServer(r.srv)
 	addr := strings.TrimPrefix(r.hs.URL, "http://")
 	if r.proxy == nil {

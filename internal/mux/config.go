@@ -74,10 +74,11 @@ const (
 	// streams"). A client sends Open.resume only to a server that
 	// announced it.
 	HeaderResumeGrace = "Tether-Resume-Grace"
-	// HeaderResumeCursors, in the server's 101 with value 1, says the
-	// server restarts resumable server streams from the application's
-	// cursor when it does not hold them (Resume.cursors; docs/PROTOCOL.md,
-	// "Resumable streams").
+	// HeaderResumeCursors, in the server's 101, says the server restarts
+	// resumable streams from the application's cursor when it does not
+	// hold them (Resume.cursors; docs/PROTOCOL.md, "Resumable streams"):
+	// value 1, server streams; value 2, also client-streaming and bidi
+	// streams of methods marked (tether.v1.resume_from_cursor).
 	HeaderResumeCursors = "Tether-Resume-Cursors"
 )
 
@@ -93,6 +94,12 @@ func ParseLimit(v string) int {
 		return 0
 	}
 	return n
+}
+
+// ParseResumeCursors reads the value of HeaderResumeCursors: 1 or 2, a
+// larger number counts as 2 (the levels are cumulative), anything else as 0.
+func ParseResumeCursors(v string) int {
+	return min(ParseLimit(v), 2)
 }
 
 // Announce sets, in h, the handshake headers of the limits this side
@@ -177,9 +184,10 @@ type Config struct {
 	// resumable streams (HeaderResumeGrace; clients only; 0: the server
 	// does not resume streams).
 	PeerResumeGrace time.Duration
-	// PeerResumeCursors says the server announced HeaderResumeCursors
-	// (clients only).
-	PeerResumeCursors bool
+	// PeerResumeCursors is the level the server announced in
+	// HeaderResumeCursors (clients only): 0 none, 1 server streams, 2 all
+	// streaming kinds (ParseResumeCursors).
+	PeerResumeCursors int
 	// Route looks up a procedure when its OPEN arrives (servers only):
 	// route is kept on the stream for Accept (Stream.Route), and single
 	// says the procedure takes exactly one request message (unary and

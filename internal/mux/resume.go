@@ -72,8 +72,8 @@ func (s *Stream) SendResumeHeaders(md tether.Metadata, ack *tetherv1.ResumeAck) 
 // announce resumable streams.
 func (c *Conn) PeerResumeGrace() time.Duration { return c.cfg.PeerResumeGrace }
 
-// PeerResumeCursors is Config.PeerResumeCursors.
-func (c *Conn) PeerResumeCursors() bool { return c.cfg.PeerResumeCursors }
+// PeerResumeCursors is Config.PeerResumeCursors: 0, 1 or 2.
+func (c *Conn) PeerResumeCursors() int { return c.cfg.PeerResumeCursors }
 
 // NeverSent reports whether the stream has ended because its connection
 // closed before its OPEN was written to the socket: the peer cannot have
@@ -147,6 +147,36 @@ func (s *Stream) handleWindowAck(n uint32, seq uint64) error {
 	notify(s.sendNotify)
 	return nil
 }
+
+// TryRecvMsg is RecvMsg when a whole message is queued: it returns it
+// and true; otherwise it returns at once with false (the end of the stream
+// is left for RecvMsg), after acknowledging what was consumed, as RecvMsg
+// does before it waits. Only the receiving goroutine calls it, as RecvMsg.
+func (s *Stream) TryRecvMsg() ([]byte, bool, error) {
+	s.mu.Lock()
+	ready := false
+	q := &s.recvQ
+	for i := range q.n {
+		if !q.buf[(q.head+i)&(len(q.buf)-1)].more {
+			ready = true
+			break
+		}
+	}
+	if !ready {
+		n, seq := s.ackIdleLocked()
+		s.mu.Unlock()
+		s.grant(n, seq)
+		return nil, false, nil
+	}
+	s.mu.Unlock()
+	msg, err := s.RecvMsg() // returns without waiting: a whole message is queued
+	return msg, true, err
+}
+
+// RecvReady returns a channel that is ready when a frame or the end may
+// have arrived since RecvMsg or TryRecvMsg last looked. Only the receiving
+// goroutine waits on it, and only when it is not in RecvMsg.
+func (s *Stream) RecvReady() <-chan struct{} { return s.recvNotify }
 
 // Seq returns the sequence number of the last message RecvMsg returned (the
 // base SetSeq gave plus the messages consumed since). Once the stream has

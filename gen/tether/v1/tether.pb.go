@@ -272,19 +272,25 @@ type Resume struct {
 	// Consumed (attach only) is the sequence number of the last server message
 	// the client consumed; the server replays from the next one.
 	Consumed uint64 `protobuf:"varint,3,opt,name=consumed,proto3" json:"consumed,omitempty"`
-	// Cursors (server-streaming calls, to a server that announced
-	// Tether-Resume-Cursors) asks the server to prefix each of its MESSAGE
-	// payloads with the handler's cursor for that message (docs/PROTOCOL.md,
-	// section 15), so that the stream can be restarted from the cursor on a
-	// server that does not hold it. Sent on every OPEN of the call.
+	// Cursors asks the server to prefix each of its MESSAGE payloads with
+	// the handler's cursor for that message (docs/PROTOCOL.md, section 15),
+	// so that the stream can be restarted from the cursor on a server that
+	// does not hold it: on server-streaming calls to a server that announced
+	// Tether-Resume-Cursors 1 or 2, and on client-streaming and bidi calls of
+	// a method marked (tether.v1.resume_from_cursor) to a server that
+	// announced 2. Sent on every OPEN of the call.
 	Cursors bool `protobuf:"varint,4,opt,name=cursors,proto3" json:"cursors,omitempty"`
 	// Cursor (attach only) is the cursor of message consumed, the last one
 	// the client consumed; present only when that message carried one, or
-	// consumed is 0 (then empty). A server that does not hold the stream
-	// restarts the handler from it.
-	Cursor        []byte `protobuf:"bytes,5,opt,name=cursor,proto3,oneof" json:"cursor,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// (server streams) consumed is 0 (then empty). A server that does not
+	// hold the stream restarts the handler from it.
+	Cursor []byte `protobuf:"bytes,5,opt,name=cursor,proto3,oneof" json:"cursor,omitempty"`
+	// CursorRequests (attach only, client-streaming and bidi calls with
+	// cursors) is the number of requests the handler had received when it
+	// attached cursor: a restarted handler reads the requests after it.
+	CursorRequests uint64 `protobuf:"varint,6,opt,name=cursor_requests,json=cursorRequests,proto3" json:"cursor_requests,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Resume) Reset() {
@@ -352,6 +358,13 @@ func (x *Resume) GetCursor() []byte {
 	return nil
 }
 
+func (x *Resume) GetCursorRequests() uint64 {
+	if x != nil {
+		return x.CursorRequests
+	}
+	return 0
+}
+
 // Headers is the payload of a HEADERS frame: the server's response headers.
 type Headers struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -414,9 +427,10 @@ type ResumeAck struct {
 	// consumed; the client replays from the next one.
 	Consumed uint64 `protobuf:"varint,1,opt,name=consumed,proto3" json:"consumed,omitempty"`
 	// Restarted says the server did not hold the stream and started a new
-	// run of the handler from Resume.cursor: it reads the client's requests
-	// again from the first, and its messages are numbered from
-	// Resume.consumed + 1.
+	// run of the handler from Resume.cursor: its messages are numbered from
+	// Resume.consumed + 1. A server stream's handler reads the client's
+	// request again (consumed is 0); a client-streaming or bidi handler reads
+	// the requests after consumed, which is Resume.cursor_requests.
 	Restarted     bool `protobuf:"varint,2,opt,name=restarted,proto3" json:"restarted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -813,6 +827,14 @@ var file_tether_v1_tether_proto_extTypes = []protoimpl.ExtensionInfo{
 		Tag:           "varint,50512,opt,name=resumable",
 		Filename:      "tether/v1/tether.proto",
 	},
+	{
+		ExtendedType:  (*descriptorpb.MethodOptions)(nil),
+		ExtensionType: (*bool)(nil),
+		Field:         50513,
+		Name:          "tether.v1.resume_from_cursor",
+		Tag:           "varint,50513,opt,name=resume_from_cursor",
+		Filename:      "tether/v1/tether.proto",
+	},
 }
 
 // Extension fields to descriptorpb.MethodOptions.
@@ -827,6 +849,15 @@ var (
 	//
 	// optional bool resumable = 50512;
 	E_Resumable = &file_tether_v1_tether_proto_extTypes[1]
+	// resume_from_cursor makes a client-streaming or bidi method resumable
+	// (it implies resumable) and lets its streams restart on a server that
+	// does not hold them (another replica, or after a restart) from the
+	// cursor the handler attached last (docs/PROTOCOL.md, "Resumable
+	// streams"): the handler checkpoints its position in a durable log.
+	// Server streams restart from cursors without it; not for unary methods.
+	//
+	// optional bool resume_from_cursor = 50513;
+	E_ResumeFromCursor = &file_tether_v1_tether_proto_extTypes[2]
 )
 
 var File_tether_v1_tether_proto protoreflect.FileDescriptor
@@ -842,13 +873,14 @@ const file_tether_v1_tether_proto_rawDesc = "" +
 	"\tprocedure\x18\x01 \x01(\tR\tprocedure\x124\n" +
 	"\bmetadata\x18\x02 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12%\n" +
 	"\x0etimeout_micros\x18\x03 \x01(\x04R\rtimeoutMicros\x12)\n" +
-	"\x06resume\x18\x04 \x01(\v2\x11.tether.v1.ResumeR\x06resume\"\x94\x01\n" +
+	"\x06resume\x18\x04 \x01(\v2\x11.tether.v1.ResumeR\x06resume\"\xbd\x01\n" +
 	"\x06Resume\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\fR\x05token\x12\x16\n" +
 	"\x06attach\x18\x02 \x01(\bR\x06attach\x12\x1a\n" +
 	"\bconsumed\x18\x03 \x01(\x04R\bconsumed\x12\x18\n" +
 	"\acursors\x18\x04 \x01(\bR\acursors\x12\x1b\n" +
-	"\x06cursor\x18\x05 \x01(\fH\x00R\x06cursor\x88\x01\x01B\t\n" +
+	"\x06cursor\x18\x05 \x01(\fH\x00R\x06cursor\x88\x01\x01\x12'\n" +
+	"\x0fcursor_requests\x18\x06 \x01(\x04R\x0ecursorRequestsB\t\n" +
 	"\a_cursor\"o\n" +
 	"\aHeaders\x124\n" +
 	"\bmetadata\x18\x01 \x03(\v2\x18.tether.v1.MetadataEntryR\bmetadata\x12.\n" +
@@ -899,7 +931,8 @@ const file_tether_v1_tether_proto_rawDesc = "" +
 	"\x0eCODE_DATA_LOSS\x10\x0f\x12\x18\n" +
 	"\x14CODE_UNAUTHENTICATED\x10\x10:N\n" +
 	"\x05retry\x12\x1e.google.protobuf.MethodOptions\x18ϊ\x03 \x01(\v2\x16.tether.v1.RetryPolicyR\x05retry:>\n" +
-	"\tresumable\x12\x1e.google.protobuf.MethodOptions\x18Њ\x03 \x01(\bR\tresumableB4Z2github.com/tetherrpc/tether/gen/tether/v1;tetherv1b\x06proto3"
+	"\tresumable\x12\x1e.google.protobuf.MethodOptions\x18Њ\x03 \x01(\bR\tresumable:N\n" +
+	"\x12resume_from_cursor\x12\x1e.google.protobuf.MethodOptions\x18ъ\x03 \x01(\bR\x10resumeFromCursorB4Z2github.com/tetherrpc/tether/gen/tether/v1;tetherv1b\x06proto3"
 
 var (
 	file_tether_v1_tether_proto_rawDescOnce sync.Once
@@ -947,11 +980,12 @@ var file_tether_v1_tether_proto_depIdxs = []int32{
 	0,  // 12: tether.v1.RetryPolicy.retryable_codes:type_name -> tether.v1.Code
 	13, // 13: tether.v1.retry:extendee -> google.protobuf.MethodOptions
 	13, // 14: tether.v1.resumable:extendee -> google.protobuf.MethodOptions
-	10, // 15: tether.v1.retry:type_name -> tether.v1.RetryPolicy
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	15, // [15:16] is the sub-list for extension type_name
-	13, // [13:15] is the sub-list for extension extendee
+	13, // 15: tether.v1.resume_from_cursor:extendee -> google.protobuf.MethodOptions
+	10, // 16: tether.v1.retry:type_name -> tether.v1.RetryPolicy
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	16, // [16:17] is the sub-list for extension type_name
+	13, // [13:16] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
 }
 
@@ -968,7 +1002,7 @@ func file_tether_v1_tether_proto_init() {
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tether_v1_tether_proto_rawDesc), len(file_tether_v1_tether_proto_rawDesc)),
 			NumEnums:      1,
 			NumMessages:   10,
-			NumExtensions: 2,
+			NumExtensions: 3,
 			NumServices:   0,
 		},
 		GoTypes:           file_tether_v1_tether_proto_goTypes,

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tether/v1/tether.proto.
  */
 export const file_tether_v1_tether: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0ZXRoZXIvdjEvdGV0aGVyLnByb3RvEgl0ZXRoZXIudjEiQwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDgoGdmFsdWVzGAIgAygJEhUKDWJpbmFyeV92YWx1ZXMYAyADKAwigAEKBE9wZW4SEQoJcHJvY2VkdXJlGAEgASgJEioKCG1ldGFkYXRhGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSFgoOdGltZW91dF9taWNyb3MYAyABKAQSIQoGcmVzdW1lGAQgASgLMhEudGV0aGVyLnYxLlJlc3VtZSJqCgZSZXN1bWUSDQoFdG9rZW4YASABKAwSDgoGYXR0YWNoGAIgASgIEhAKCGNvbnN1bWVkGAMgASgEEg8KB2N1cnNvcnMYBCABKAgSEwoGY3Vyc29yGAUgASgMSACIAQFCCQoHX2N1cnNvciJcCgdIZWFkZXJzEioKCG1ldGFkYXRhGAEgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSJQoHcmVzdW1lZBgCIAEoCzIULnRldGhlci52MS5SZXN1bWVBY2siMAoJUmVzdW1lQWNrEhAKCGNvbnN1bWVkGAEgASgEEhEKCXJlc3RhcnRlZBgCIAEoCCJfCgZTdGF0dXMSHQoEY29kZRgBIAEoDjIPLnRldGhlci52MS5Db2RlEg8KB21lc3NhZ2UYAiABKAkSJQoHZGV0YWlscxgDIAMoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnkiVAoDRW5kEiEKBnN0YXR1cxgBIAEoCzIRLnRldGhlci52MS5TdGF0dXMSKgoIdHJhaWxlcnMYAiADKAsyGC50ZXRoZXIudjEuTWV0YWRhdGFFbnRyeSI/CgVSZXNldBIhCgZzdGF0dXMYASABKAsyES50ZXRoZXIudjEuU3RhdHVzEhMKC3VucHJvY2Vzc2VkGAIgASgIIlAKBkdvQXdheRIWCg5sYXN0X3N0cmVhbV9pZBgBIAEoDRIdCgRjb2RlGAIgASgOMg8udGV0aGVyLnYxLkNvZGUSDwoHbWVzc2FnZRgDIAEoCSLiAQoLUmV0cnlQb2xpY3kSFAoMbWF4X2F0dGVtcHRzGAEgASgNEjIKD2luaXRpYWxfYmFja29mZhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgttYXhfYmFja29mZhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIaChJiYWNrb2ZmX211bHRpcGxpZXIYBCABKAESKAoPcmV0cnlhYmxlX2NvZGVzGAUgAygOMg8udGV0aGVyLnYxLkNvZGUSEwoLZGVhZF9sZXR0ZXIYBiABKAgqiwMKBENvZGUSCwoHQ09ERV9PSxAAEhEKDUNPREVfQ0FOQ0VMRUQQARIQCgxDT0RFX1VOS05PV04QAhIZChVDT0RFX0lOVkFMSURfQVJHVU1FTlQQAxIaChZDT0RFX0RFQURMSU5FX0VYQ0VFREVEEAQSEgoOQ09ERV9OT1RfRk9VTkQQBRIXChNDT0RFX0FMUkVBRFlfRVhJU1RTEAYSGgoWQ09ERV9QRVJNSVNTSU9OX0RFTklFRBAHEhsKF0NPREVfUkVTT1VSQ0VfRVhIQVVTVEVEEAgSHAoYQ09ERV9GQUlMRURfUFJFQ09ORElUSU9OEAkSEAoMQ09ERV9BQk9SVEVEEAoSFQoRQ09ERV9PVVRfT0ZfUkFOR0UQCxIWChJDT0RFX1VOSU1QTEVNRU5URUQQDBIRCg1DT0RFX0lOVEVSTkFMEA0SFAoQQ09ERV9VTkFWQUlMQUJMRRAOEhIKDkNPREVfREFUQV9MT1NTEA8SGAoUQ09ERV9VTkFVVEhFTlRJQ0FURUQQEDpOCgVyZXRyeRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGM+KAyABKAsyFi50ZXRoZXIudjEuUmV0cnlQb2xpY3lSBXJldHJ5Oj4KCXJlc3VtYWJsZRIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNCKAyABKAhSCXJlc3VtYWJsZUI0WjJnaXRodWIuY29tL3RldGhlcnJwYy90ZXRoZXIvZ2VuL3RldGhlci92MTt0ZXRoZXJ2MWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_descriptor, file_google_protobuf_duration]);
+  fileDesc("ChZ0ZXRoZXIvdjEvdGV0aGVyLnByb3RvEgl0ZXRoZXIudjEiQwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDgoGdmFsdWVzGAIgAygJEhUKDWJpbmFyeV92YWx1ZXMYAyADKAwigAEKBE9wZW4SEQoJcHJvY2VkdXJlGAEgASgJEioKCG1ldGFkYXRhGAIgAygLMhgudGV0aGVyLnYxLk1ldGFkYXRhRW50cnkSFgoOdGltZW91dF9taWNyb3MYAyABKAQSIQoGcmVzdW1lGAQgASgLMhEudGV0aGVyLnYxLlJlc3VtZSKDAQoGUmVzdW1lEg0KBXRva2VuGAEgASgMEg4KBmF0dGFjaBgCIAEoCBIQCghjb25zdW1lZBgDIAEoBBIPCgdjdXJzb3JzGAQgASgIEhMKBmN1cnNvchgFIAEoDEgAiAEBEhcKD2N1cnNvcl9yZXF1ZXN0cxgGIAEoBEIJCgdfY3Vyc29yIlwKB0hlYWRlcnMSKgoIbWV0YWRhdGEYASADKAsyGC50ZXRoZXIudjEuTWV0YWRhdGFFbnRyeRIlCgdyZXN1bWVkGAIgASgLMhQudGV0aGVyLnYxLlJlc3VtZUFjayIwCglSZXN1bWVBY2sSEAoIY29uc3VtZWQYASABKAQSEQoJcmVzdGFydGVkGAIgASgIIl8KBlN0YXR1cxIdCgRjb2RlGAEgASgOMg8udGV0aGVyLnYxLkNvZGUSDwoHbWVzc2FnZRgCIAEoCRIlCgdkZXRhaWxzGAMgAygLMhQuZ29vZ2xlLnByb3RvYnVmLkFueSJUCgNFbmQSIQoGc3RhdHVzGAEgASgLMhEudGV0aGVyLnYxLlN0YXR1cxIqCgh0cmFpbGVycxgCIAMoCzIYLnRldGhlci52MS5NZXRhZGF0YUVudHJ5Ij8KBVJlc2V0EiEKBnN0YXR1cxgBIAEoCzIRLnRldGhlci52MS5TdGF0dXMSEwoLdW5wcm9jZXNzZWQYAiABKAgiUAoGR29Bd2F5EhYKDmxhc3Rfc3RyZWFtX2lkGAEgASgNEh0KBGNvZGUYAiABKA4yDy50ZXRoZXIudjEuQ29kZRIPCgdtZXNzYWdlGAMgASgJIuIBCgtSZXRyeVBvbGljeRIUCgxtYXhfYXR0ZW1wdHMYASABKA0SMgoPaW5pdGlhbF9iYWNrb2ZmGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC21heF9iYWNrb2ZmGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhoKEmJhY2tvZmZfbXVsdGlwbGllchgEIAEoARIoCg9yZXRyeWFibGVfY29kZXMYBSADKA4yDy50ZXRoZXIudjEuQ29kZRITCgtkZWFkX2xldHRlchgGIAEoCCqLAwoEQ29kZRILCgdDT0RFX09LEAASEQoNQ09ERV9DQU5DRUxFRBABEhAKDENPREVfVU5LTk9XThACEhkKFUNPREVfSU5WQUxJRF9BUkdVTUVOVBADEhoKFkNPREVfREVBRExJTkVfRVhDRUVERUQQBBISCg5DT0RFX05PVF9GT1VORBAFEhcKE0NPREVfQUxSRUFEWV9FWElTVFMQBhIaChZDT0RFX1BFUk1JU1NJT05fREVOSUVEEAcSGwoXQ09ERV9SRVNPVVJDRV9FWEhBVVNURUQQCBIcChhDT0RFX0ZBSUxFRF9QUkVDT05ESVRJT04QCRIQCgxDT0RFX0FCT1JURUQQChIVChFDT0RFX09VVF9PRl9SQU5HRRALEhYKEkNPREVfVU5JTVBMRU1FTlRFRBAMEhEKDUNPREVfSU5URVJOQUwQDRIUChBDT0RFX1VOQVZBSUxBQkxFEA4SEgoOQ09ERV9EQVRBX0xPU1MQDxIYChRDT0RFX1VOQVVUSEVOVElDQVRFRBAQOk4KBXJldHJ5Eh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMYz4oDIAEoCzIWLnRldGhlci52MS5SZXRyeVBvbGljeVIFcmV0cnk6PgoJcmVzdW1hYmxlEh4uZ29vZ2xlLnByb3RvYnVmLk1ldGhvZE9wdGlvbnMY0IoDIAEoCFIJcmVzdW1hYmxlOk4KEnJlc3VtZV9mcm9tX2N1cnNvchIeLmdvb2dsZS5wcm90b2J1Zi5NZXRob2RPcHRpb25zGNGKAyABKAhSEHJlc3VtZUZyb21DdXJzb3JCNFoyZ2l0aHViLmNvbS90ZXRoZXJycGMvdGV0aGVyL2dlbi90ZXRoZXIvdjE7dGV0aGVydjFiBnByb3RvMw", [file_google_protobuf_any, file_google_protobuf_descriptor, file_google_protobuf_duration]);
 
 /**
  * MetadataEntry is one metadata key with its values. Keys are lower case
@@ -127,11 +127,13 @@ export type Resume = Message<"tether.v1.Resume"> & {
   consumed: bigint;
 
   /**
-   * Cursors (server-streaming calls, to a server that announced
-   * Tether-Resume-Cursors) asks the server to prefix each of its MESSAGE
-   * payloads with the handler's cursor for that message (docs/PROTOCOL.md,
-   * section 15), so that the stream can be restarted from the cursor on a
-   * server that does not hold it. Sent on every OPEN of the call.
+   * Cursors asks the server to prefix each of its MESSAGE payloads with
+   * the handler's cursor for that message (docs/PROTOCOL.md, section 15),
+   * so that the stream can be restarted from the cursor on a server that
+   * does not hold it: on server-streaming calls to a server that announced
+   * Tether-Resume-Cursors 1 or 2, and on client-streaming and bidi calls of
+   * a method marked (tether.v1.resume_from_cursor) to a server that
+   * announced 2. Sent on every OPEN of the call.
    *
    * @generated from field: bool cursors = 4;
    */
@@ -140,12 +142,21 @@ export type Resume = Message<"tether.v1.Resume"> & {
   /**
    * Cursor (attach only) is the cursor of message consumed, the last one
    * the client consumed; present only when that message carried one, or
-   * consumed is 0 (then empty). A server that does not hold the stream
-   * restarts the handler from it.
+   * (server streams) consumed is 0 (then empty). A server that does not
+   * hold the stream restarts the handler from it.
    *
    * @generated from field: optional bytes cursor = 5;
    */
   cursor?: Uint8Array | undefined;
+
+  /**
+   * CursorRequests (attach only, client-streaming and bidi calls with
+   * cursors) is the number of requests the handler had received when it
+   * attached cursor: a restarted handler reads the requests after it.
+   *
+   * @generated from field: uint64 cursor_requests = 6;
+   */
+  cursorRequests: bigint;
 };
 
 /**
@@ -198,9 +209,10 @@ export type ResumeAck = Message<"tether.v1.ResumeAck"> & {
 
   /**
    * Restarted says the server did not hold the stream and started a new
-   * run of the handler from Resume.cursor: it reads the client's requests
-   * again from the first, and its messages are numbered from
-   * Resume.consumed + 1.
+   * run of the handler from Resume.cursor: its messages are numbered from
+   * Resume.consumed + 1. A server stream's handler reads the client's
+   * request again (consumed is 0); a client-streaming or bidi handler reads
+   * the requests after consumed, which is Resume.cursor_requests.
    *
    * @generated from field: bool restarted = 2;
    */
@@ -503,4 +515,17 @@ export const retry: GenExtension<MethodOptions, RetryPolicy> = /*@__PURE__*/
  */
 export const resumable: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
   extDesc(file_tether_v1_tether, 1);
+
+/**
+ * resume_from_cursor makes a client-streaming or bidi method resumable
+ * (it implies resumable) and lets its streams restart on a server that
+ * does not hold them (another replica, or after a restart) from the
+ * cursor the handler attached last (docs/PROTOCOL.md, "Resumable
+ * streams"): the handler checkpoints its position in a durable log.
+ * Server streams restart from cursors without it; not for unary methods.
+ *
+ * @generated from extension: bool resume_from_cursor = 50513;
+ */
+export const resume_from_cursor: GenExtension<MethodOptions, boolean> = /*@__PURE__*/
+  extDesc(file_tether_v1_tether, 2);
 

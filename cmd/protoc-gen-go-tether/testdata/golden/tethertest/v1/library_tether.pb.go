@@ -127,10 +127,12 @@ var (
 			Procedure:        LibraryServiceUploadCoverProcedure,
 			StreamType:       tether.StreamTypeClient,
 			IdempotencyLevel: tether.IdempotencyIdempotent,
+			ResumeFromCursor: true,
 		},
 		Retry: &clientconn.RetryPolicy{
 			MaxAttempts: 4,
 		},
+		Resumable: true,
 	}
 
 	libraryServiceSyncBooksMethod = &clientconn.Method{
@@ -186,7 +188,8 @@ type LibraryServiceHandler interface {
 
 	// UploadCover receives a cover image in chunks. It is retried before its
 	// response, with the chunks sent so far (within the client's retry
-	// buffer).
+	// buffer), and is resumable: it restarts on another server from the
+	// handler's last checkpoint.
 	UploadCover(ctx context.Context, stream *server.ClientStream[v1.Chunk]) (*v1.Ack, error)
 
 	// SyncBooks exchanges changes in both directions. Its streams survive a
@@ -309,7 +312,8 @@ type LibraryServiceClient interface {
 
 	// UploadCover receives a cover image in chunks. It is retried before its
 	// response, with the chunks sent so far (within the client's retry
-	// buffer).
+	// buffer), and is resumable: it restarts on another server from the
+	// handler's last checkpoint.
 	UploadCover(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[v1.Chunk, v1.Ack], error)
 
 	// SyncBooks exchanges changes in both directions. Its streams survive a
