@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -145,16 +146,41 @@ func newReplicas(t *testing.T, h echov1.EchoServiceHandler, opts ...server.Optio
 // TestResumeCursorAcrossRestarts: a resumable server stream backed by a
 // shared log survives three server restarts (each server closed before the
 // next starts; the client re-attaches to a server that does not hold the
-// stream) and cuts in between: the client sees every message exactly once
-// and in order, and each restarted run starts after the cursor of the last
-// message the client consumed.
+// stream), two planned cuts and random cuts every 200 ms to 2 s: the
+// client sees every message exactly once and in order, and each restarted
+// run starts after the cursor of the last message the client consumed.
+// With -resume.full it is the size: 100,000 messages over 60 s.
 func TestResumeCursorAcrossRestarts(t *testing.T) {
-	const n = 20_000 // 4 MB of responses: more than a replay buffer ahead
+	n := 20_000 // 4 MB of responses: more than a replay buffer ahead
+	if *resumeFull {
+		n = 100_000
+	}
 	f := &logFeed{}
 	r, echo := newReplicas(t, f)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	stream, err := echo.Countdown(ctx, &echov1.CountdownRequest{Count: n, Payload: make([]byte, 200)}, client.WithResumable(true))
+	seed := time.Now().UnixNano()
+	t.Logf("cut schedule seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	stopCuts := make(chan struct{})
+	var cutsDone sync.WaitGroup
+	var cuts atomic.Int32
+	cutsDone.Add(1)
+	go func() {
+		defer cutsDone.Done()
+		for {
+			select {
+			case <-stopCuts:
+				return
+			case <-time.After(200*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))):
+				r.proxy.CutAll()
+				cuts.Add(1)
+			}
+		}
+	}()
+	defer func() { close(stopCuts); cutsDone.Wait() }()
+	start := time.Now()
+	stream, err := echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(n), Payload: make([]byte, 200)}, client.WithResumable(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,11 +189,12 @@ func TestResumeCursorAcrossRestarts(t *testing.T) {
 	var restartsAt []uint32
 	for {
 		got := uint32(n) - want
+		pace(start, int(got), n, resumeSpan()) // so that the random cuts land all along
 		switch got {
-		case n / 4, n / 2, 3 * n / 4:
+		case uint32(n / 4), uint32(n / 2), uint32(3 * n / 4):
 			r.restart()
 			restartsAt = append(restartsAt, got)
-		case n/4 + 1000, 3*n/4 + 1000:
+		case uint32(n/4 + 1000), uint32(3*n/4 + 1000):
 			r.proxy.CutAll() // a plain cut: resumed by the server that holds it
 		}
 		msg, err := stream.Receive()
@@ -194,13 +221,14 @@ func TestResumeCursorAcrossRestarts(t *testing.T) {
 		// The client had consumed at messages (offsets 0 to at-1) when
 		// the server closed, and then what had reached it before the
 		// close: the run continues after the last of those.
-		if f.resumed[i+1] < int64(at)-1 || f.resumed[i+1] >= int64(at)-1+n/4 {
+		if f.resumed[i+1] < int64(at)-1 || f.resumed[i+1] >= int64(at)-1+int64(n/4) {
 			t.Fatalf("run %d resumed after offset %d, want from %d (runs %v)", i+1, f.resumed[i+1], at-1, f.resumed)
 		}
 	}
 	if f.badClaim.Load() != 0 {
 		t.Fatalf("%d bad cursors", f.badClaim.Load())
 	}
+	t.Logf("%d messages, %d runs resumed after %v, %d random cuts", n, f.runs, f.resumed, cuts.Load())
 }
 
 // TestResumeWithoutCursorAfterRestart: a handler that sends without
