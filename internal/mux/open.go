@@ -62,7 +62,14 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
 	var openErr error
 	var idle bool // the ids ran out with no stream open: nothing else closes the connection
-	err = c.write(ctx, nil, func(b []byte) []byte {
+	// A whole request (OPEN, message, HALF_CLOSE) may leave on this
+	// goroutine (writeAlone); fn sets alone to the stream's id.
+	var alone uint32
+	var aloneP *uint32
+	if inline && closeSend {
+		aloneP = &alone
+	}
+	err = c.writeAlone(ctx, nil, aloneP, func(b []byte) []byte {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.isClosed() {
@@ -97,6 +104,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			return b[:start]
 		}
 		s = c.newStream(id)
+		alone = id
 		s.resumable = open.GetResume() != nil
 		s.slotHeld.Store(c.slots != nil)
 		c.nextID += 2
