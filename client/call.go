@@ -26,7 +26,12 @@ type Method = clientconn.Method
 var _ clientconn.Conn = (*Client)(nil)
 
 func newCallOptions(opts []CallOption) *callOptions {
-	return &callOptions{CallOptions: *clientconn.NewCallOptions(opts...)}
+	// As clientconn.NewCallOptions, applied in place: one allocation.
+	co := &callOptions{}
+	for _, o := range opts {
+		o(&co.CallOptions)
+	}
+	return co
 }
 
 func (co *callOptions) newCall(c *Client, m *Method) *Call {
@@ -156,7 +161,10 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 // first, when not nil, is sent with the OPEN if it fits (then closeSend also
 // half-closes); sent reports whether it was.
 func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, first []byte, closeSend bool) (cs *clientStream, sent bool, err error) {
-	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header)}
+	// The OPEN lives in the stream's struct: one allocation for both.
+	s := &clientStream{ctx: ctx, c: c}
+	open := &s.open
+	open.Procedure, open.Metadata = call.Spec.Procedure, wire.MetadataToProto(call.Header)
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
@@ -175,8 +183,14 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	if err != nil {
 		return nil, false, err
 	}
-	s := &clientStream{st: st, ctx: ctx, c: c, conn: conn}
-	s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
+	s.st, s.conn = st, conn
+	if ctx.Done() != nil {
+		s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
+	} else {
+		// A context that can never end (Background): nothing to watch,
+		// and no AfterFunc to allocate.
+		s.stop = neverStop
+	}
 	return s, sent, nil
 }
 
@@ -200,7 +214,11 @@ type clientStream struct {
 	once sync.Once
 	c    *Client
 	conn *mux.Conn // the connection the stream is on
+	open tetherv1.Open
 }
+
+// neverStop is clientStream.stop for a context that cannot end.
+func neverStop() bool { return false }
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 

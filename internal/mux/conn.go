@@ -242,7 +242,6 @@ func (c *Conn) newStream(id uint32) *Stream {
 		sendCredit: InitialWindow,
 		recvWindow: c.cfg.StreamWindow,
 		recvNotify: make(chan struct{}, 1),
-		sendNotify: make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
 }

@@ -106,6 +106,9 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 		s = c.newStream(id)
 		alone = id
 		s.resumable = open.GetResume() != nil
+		if s.resumable {
+			s.sendNotify = make(chan struct{}, 1) // read without mu by resume.go
+		}
 		s.slotHeld.Store(c.slots != nil)
 		c.nextID += 2
 		c.streams[s.id] = s
@@ -176,8 +179,11 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		}
 		return c.idleFrame("refused OPENs")
 	}
-	open := new(tetherv1.Open)
-	if err := proto.Unmarshal(f.Payload, open); err != nil {
+	// The OPEN lives in the stream's struct: one allocation for both.
+	s := c.newStream(f.StreamID)
+	open := &s.open
+	md, err := decodeOpen(f.Payload, open) // open.Metadata stays empty: Stream.RequestMetadata
+	if err != nil {
 		c.mu.Unlock()
 		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
 		return c.idleFrame("malformed OPENs")
@@ -188,8 +194,11 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		c.mu.Unlock()
 		return nil
 	}
-	s := c.newStream(f.StreamID)
 	s.resumable = open.GetResume() != nil
+	if s.resumable {
+		s.sendNotify = make(chan struct{}, 1) // read without mu by resume.go
+	}
+	s.reqMD = md
 	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
 	c.streams[f.StreamID] = s
 	c.running++

@@ -209,6 +209,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 		s.headersSet = true
 		s.closeHeadersLocked()
 	}
+	wake := s.sendNotify
 	s.mu.Unlock()
 	close(s.done)
 	if s.cancelCtx != nil {
@@ -216,7 +217,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 	}
 	s.c.remove(s)
 	notify(s.recvNotify)
-	notify(s.sendNotify)
+	notify(wake)
 	return true
 }
 
@@ -233,9 +234,10 @@ func (s *Stream) finish() {
 		s.headersSet = true
 		s.closeHeadersLocked()
 	}
+	wake := s.sendNotify
 	s.mu.Unlock()
 	close(s.done)
 	s.c.remove(s)
 	notify(s.recvNotify)
-	notify(s.sendNotify)
+	notify(wake)
 }
