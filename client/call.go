@@ -65,7 +65,12 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, opts ...CallOption) error {
 	co := newCallOptions(opts)
 	call := co.newCall(c, m)
-	err := c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
+	var err error
+	if len(c.cfg.interceptors) == 0 {
+		err = c.unary(ctx, m, co, call, req, res) // no closure to allocate
+	} else {
+		err = c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
+	}
 	co.capture(call)
 	return err
 }
@@ -76,23 +81,28 @@ func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, 
 // *emptypb.Empty that takes the response's bytes unparsed (InvokeRaw).
 func (c *Client) unaryFunc(m *Method, co *callOptions) UnaryFunc {
 	return func(ctx context.Context, call *Call, req, res proto.Message) error {
-		b, err := proto.Marshal(req)
-		if err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
-		}
-		out, err := c.invokeUnary(ctx, m, co, call, b)
-		if err != nil {
-			return err
-		}
-		if raw, ok := res.(*emptypb.Empty); ok && co.replay {
-			raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
-			return nil
-		}
-		if err := proto.Unmarshal(out, res); err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
-		}
+		return c.unary(ctx, m, co, call, req, res)
+	}
+}
+
+// unary is unaryFunc's body, called directly when there are no interceptors.
+func (c *Client) unary(ctx context.Context, m *Method, co *callOptions, call *Call, req, res proto.Message) error {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+	}
+	out, err := c.invokeUnary(ctx, m, co, call, b)
+	if err != nil {
+		return err
+	}
+	if raw, ok := res.(*emptypb.Empty); ok && co.replay {
+		raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
 		return nil
 	}
+	if err := proto.Unmarshal(out, res); err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
 }
 
 // NewStream opens a streaming call of m through the client's interceptors,
