@@ -94,3 +94,83 @@ func TestConcurrentCallsUseWriter(t *testing.T) {
 		t.Fatalf("RecvMsg: %q, %v", msg, err)
 	}
 }
+
+// TestSingleRequestNoWindow (issue 15): a handler of a procedure that takes
+// one request, reading a request that has arrived whole, sends no WINDOW
+// frame (before, it granted the rest of its window on its first read unless
+// the HALF_CLOSE had already been handled, which cost a write per call);
+// a request larger than the initial window still flows, the window being
+// granted when the handler has to wait for it.
+func TestSingleRequestNoWindow(t *testing.T) {
+	type result struct {
+		msgLen int
+		err    error
+		wrote  int // bytes the server queued or wrote before answering
+	}
+	results := make(chan result, 1)
+	scfg := Config{
+		Route: func(string) (any, bool) { return nil, true },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			if s.ID() == 1 { // the first call's request fits the initial window
+				// Wait until the whole request is queued, so that the
+				// handler's read does not race the reader.
+				deadline := time.Now().Add(10 * time.Second)
+				for time.Now().Before(deadline) {
+					s.mu.Lock()
+					queued := s.recvQ.len() > 0 && !s.midMessage
+					s.mu.Unlock()
+					if queued {
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			msg, err := s.RecvMsg()
+			results <- result{len(msg), err, s.c.QueuedBytes() + int(s.c.BytesOut())}
+			_ = s.FinishWith(nil, []byte("ok"), nil, nil)
+		},
+	}
+	cc, _ := pair(t, scfg, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// A request that fits the initial window, not half-closed: the
+	// handler's read finds it whole and grants nothing.
+	s, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("small"), false)
+	if err != nil || !sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	r := <-results
+	if r.err != nil || r.msgLen != 5 {
+		t.Fatalf("handler read %d bytes, %v", r.msgLen, r.err)
+	}
+	if r.wrote != 0 {
+		t.Errorf("the server wrote %d bytes before its answer (a WINDOW frame), want none", r.wrote)
+	}
+	if _, err := s.RecvMsg(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A request over the initial window: the server grants credit when
+	// its handler waits, and the request arrives whole.
+	big := make([]byte, 3*InitialWindow)
+	s2, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, big, true)
+	if err != nil || sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if err := s2.SendMsg(ctx, big); err != nil {
+			errc <- err
+			return
+		}
+		errc <- s2.CloseSend(ctx)
+	}()
+	r = <-results
+	if r.err != nil || r.msgLen != len(big) {
+		t.Fatalf("handler read %d bytes, %v; want %d", r.msgLen, r.err, len(big))
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -213,6 +213,8 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	// The window beyond InitialWindow is granted when the handler first
 	// reads (RecvMsg), not here: a unary call that has already
 	// half-closed never needs it, and the WINDOW frame would cost a write.
+	// A procedure that takes one request (s.single) grants it only when
+	// RecvMsg has to wait for the request (it has not all arrived).
 	s.recvWindow = InitialWindow
 	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
 	go func() {

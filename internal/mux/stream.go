@@ -67,7 +67,7 @@ type Stream struct {
 	recvEnd       error // io.EOF or the call's error once nothing more arrives
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
-	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
+	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg (single: when RecvMsg must wait)
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	gotMessage    bool  // reader goroutine: a whole message has arrived
