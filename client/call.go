@@ -174,7 +174,7 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	// The OPEN lives in the stream's struct: one allocation for both.
 	s := &clientStream{ctx: ctx, c: c}
 	open := &s.open
-	open.Procedure, open.Metadata = call.Spec.Procedure, wire.MetadataToProto(call.Header)
+	open.Procedure, open.Metadata = call.Spec.Procedure, wire.MetadataToProtoInto(call.Header, s.mdEntries[:], s.mdPtrs[:])
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
@@ -225,6 +225,10 @@ type clientStream struct {
 	c    *Client
 	conn *mux.Conn // the connection the stream is on
 	open tetherv1.Open
+	// The OPEN's metadata, when it has few keys (the idempotency key,
+	// the attempt number): no allocation per entry.
+	mdEntries [2]tetherv1.MetadataEntry
+	mdPtrs    [2]*tetherv1.MetadataEntry
 }
 
 // neverStop is clientStream.stop for a context that cannot end.

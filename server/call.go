@@ -79,6 +79,15 @@ func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {
 	return ci, ok
 }
 
+// responseBuffers holds the buffers unary and client-streaming responses
+// are marshalled into (call.finish): one is in use only until the response
+// has been copied into the connection's write queue.
+var responseBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxPooledResponse: a buffer grown past this by a large response is not
+// kept in responseBuffers.
+const maxPooledResponse = 64 << 10
+
 // call is the untyped server side of one stream.
 type call struct {
 	ctx      context.Context
@@ -197,14 +206,33 @@ func (c *call) finish(res proto.Message, err error) {
 		}
 	}
 	var last []byte
+	var pooled *[]byte
 	if err == nil && res != nil {
 		var merr error
-		if last, merr = proto.Marshal(res); merr != nil {
+		if c.rs == nil {
+			// FinishWith copies the response into the write queue (or
+			// SendMsg does) before it returns: the buffer goes back to
+			// the pool after. A resumable call's session keeps its
+			// last message for replay: it gets its own.
+			pooled = responseBuffers.Get().(*[]byte)
+			last, merr = proto.MarshalOptions{}.MarshalAppend((*pooled)[:0], res)
+		} else {
+			last, merr = proto.Marshal(res)
+		}
+		if merr != nil {
 			err = tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", res.ProtoReflect().Descriptor().FullName(), merr)
 			last = nil
 		} else if last == nil {
 			last = []byte{} // an empty message is still a message
 		}
+	}
+	if pooled != nil {
+		defer func() {
+			if cap(last) <= maxPooledResponse {
+				*pooled = last[:0]
+				responseBuffers.Put(pooled)
+			}
+		}()
 	}
 	c.mu.Lock()
 	var headers tether.Metadata

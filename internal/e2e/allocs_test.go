@@ -15,7 +15,7 @@ import (
 // unaryAllocBudget is what one unary call (echo's Say, 16-byte payload, no
 // metadata but the idempotency key, no deadline; the handler sets a trailer)
 // may allocate, client and server together. It was 62 before issue 15 (61
-// without -race), 48 after; BenchmarkUnary reports the exact figure.
+// without -race), 47 after (45); BenchmarkUnary reports the exact figure.
 const unaryAllocBudget = 50
 
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation
