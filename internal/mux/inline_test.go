@@ -174,3 +174,34 @@ func TestSingleRequestNoWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSlowWriteStopsInline (issue 15): after a socket write that took over
+// slowWrite (a full socket: the peer is not reading), a lone unary call's
+// frames go to the writer goroutine, so that the caller is not held by the
+// socket.
+func TestSlowWriteStopsInline(t *testing.T) {
+	scfg := Config{
+		Route: func(string) (any, bool) { return nil, true },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			if msg, err := s.RecvMsg(); err == nil {
+				_ = s.FinishWith(nil, msg, nil, nil)
+			}
+		},
+	}
+	cc, _ := pair(t, scfg, Config{})
+	cc.wmu.Lock()
+	cc.wslow = true // as writeBatch leaves it after a slow write
+	cc.wmu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("x"), true)
+	if err != nil || !sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	if !writerRunning(cc) {
+		t.Error("a unary call was written inline after a slow write")
+	}
+	if msg, err := s.RecvMsg(); err != nil || string(msg) != "x" {
+		t.Fatalf("RecvMsg: %q, %v", msg, err)
+	}
+}
