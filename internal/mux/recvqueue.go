@@ -55,6 +55,11 @@ func (q *recvQueue) push(c chunk) {
 		buf := make([]chunk, 2*len(q.buf))
 		k := copy(buf, q.buf[q.head:])
 		copy(buf[k:], q.buf[:q.head])
+		if &q.buf[0] == &q.small[0] {
+			// The frames moved out: small must not keep them (and
+			// the buffers they point into) alive.
+			q.small = [minQueueSlots]chunk{}
+		}
 		q.buf, q.head = buf, 0
 	}
 	q.buf[(q.head+q.n)&(len(q.buf)-1)] = c
