@@ -26,7 +26,12 @@ type Method = clientconn.Method
 var _ clientconn.Conn = (*Client)(nil)
 
 func newCallOptions(opts []CallOption) *callOptions {
-	return &callOptions{CallOptions: *clientconn.NewCallOptions(opts...)}
+	// As clientconn.NewCallOptions, applied in place: one allocation.
+	co := &callOptions{}
+	for _, o := range opts {
+		o(&co.CallOptions)
+	}
+	return co
 }
 
 func (co *callOptions) newCall(c *Client, m *Method) *Call {
@@ -60,7 +65,12 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, opts ...CallOption) error {
 	co := newCallOptions(opts)
 	call := co.newCall(c, m)
-	err := c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
+	var err error
+	if len(c.cfg.interceptors) == 0 {
+		err = c.unary(ctx, m, co, call, req, res) // no closure to allocate
+	} else {
+		err = c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
+	}
 	co.capture(call)
 	return err
 }
@@ -71,23 +81,28 @@ func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, 
 // *emptypb.Empty that takes the response's bytes unparsed (InvokeRaw).
 func (c *Client) unaryFunc(m *Method, co *callOptions) UnaryFunc {
 	return func(ctx context.Context, call *Call, req, res proto.Message) error {
-		b, err := proto.Marshal(req)
-		if err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
-		}
-		out, err := c.invokeUnary(ctx, m, co, call, b)
-		if err != nil {
-			return err
-		}
-		if raw, ok := res.(*emptypb.Empty); ok && co.replay {
-			raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
-			return nil
-		}
-		if err := proto.Unmarshal(out, res); err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
-		}
+		return c.unary(ctx, m, co, call, req, res)
+	}
+}
+
+// unary is unaryFunc's body, called directly when there are no interceptors.
+func (c *Client) unary(ctx context.Context, m *Method, co *callOptions, call *Call, req, res proto.Message) error {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
+	}
+	out, err := c.invokeUnary(ctx, m, co, call, b)
+	if err != nil {
+		return err
+	}
+	if raw, ok := res.(*emptypb.Empty); ok && co.replay {
+		raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
 		return nil
 	}
+	if err := proto.Unmarshal(out, res); err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return nil
 }
 
 // NewStream opens a streaming call of m through the client's interceptors,
@@ -156,7 +171,10 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 // first, when not nil, is sent with the OPEN if it fits (then closeSend also
 // half-closes); sent reports whether it was.
 func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, first []byte, closeSend bool) (cs *clientStream, sent bool, err error) {
-	open := &tetherv1.Open{Procedure: call.Spec.Procedure, Metadata: wire.MetadataToProto(call.Header)}
+	// The OPEN lives in the stream's struct: one allocation for both.
+	s := &clientStream{ctx: ctx, c: c}
+	open := &s.open
+	open.Procedure, open.Metadata = call.Spec.Procedure, wire.MetadataToProtoInto(call.Header, s.mdEntries[:], s.mdPtrs[:])
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
@@ -175,8 +193,14 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	if err != nil {
 		return nil, false, err
 	}
-	s := &clientStream{st: st, ctx: ctx, c: c, conn: conn}
-	s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
+	s.st, s.conn = st, conn
+	if ctx.Done() != nil {
+		s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
+	} else {
+		// A context that can never end (Background): nothing to watch,
+		// and no AfterFunc to allocate.
+		s.stop = neverStop
+	}
 	return s, sent, nil
 }
 
@@ -200,7 +224,15 @@ type clientStream struct {
 	once sync.Once
 	c    *Client
 	conn *mux.Conn // the connection the stream is on
+	open tetherv1.Open
+	// The OPEN's metadata, when it has few keys (the idempotency key,
+	// the attempt number): no allocation per entry.
+	mdEntries [2]tetherv1.MetadataEntry
+	mdPtrs    [2]*tetherv1.MetadataEntry
 }
+
+// neverStop is clientStream.stop for a context that cannot end.
+func neverStop() bool { return false }
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 

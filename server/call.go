@@ -11,6 +11,7 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/wire"
 )
 
 // Peer describes the client of a call.
@@ -53,6 +54,24 @@ type Stream interface {
 
 type callInfoKey struct{}
 
+// infoCtx is the handler's context: its parent with the call's CallInfo
+// under callInfoKey, as context.WithValue would give it, but living in the
+// call's struct (no allocation of its own). Everything else, cancellation
+// included, is the parent's, so contexts derived from it propagate
+// cancellation as they would from a WithValue context.
+type infoCtx struct {
+	context.Context
+	c *call
+}
+
+// Value returns the call for callInfoKey and asks the parent otherwise.
+func (x *infoCtx) Value(key any) any {
+	if _, ok := key.(callInfoKey); ok {
+		return x.c
+	}
+	return x.Context.Value(key)
+}
+
 // CallInfoFromContext returns the CallInfo of the call a handler's context
 // belongs to.
 func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {
@@ -60,14 +79,25 @@ func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {
 	return ci, ok
 }
 
+// responseBuffers holds the buffers unary and client-streaming responses
+// are marshalled into (call.finish): one is in use only until the response
+// has been copied into the connection's write queue.
+var responseBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxPooledResponse: a buffer grown past this by a large response is not
+// kept in responseBuffers.
+const maxPooledResponse = 64 << 10
+
 // call is the untyped server side of one stream.
 type call struct {
 	ctx      context.Context
+	infoCtx  infoCtx // the handler's context (its CallInfo), below any value added after it
 	s        *mux.Stream
 	rs       *session // a resumable call's session (resume.go), or nil: then s
 	spec     tether.Spec
 	peer     Peer
-	reqMD    tether.Metadata
+	reqOnce  sync.Once
+	reqMD    tether.Metadata // decoded from the OPEN on first use (RequestHeader)
 	mu       sync.Mutex
 	respMD   tether.Metadata
 	trailer  tether.Metadata
@@ -76,11 +106,36 @@ type call struct {
 	cursor   []byte      // the cursor of the message being sent (cursor.go)
 }
 
-func (c *call) Spec() tether.Spec               { return c.spec }
-func (c *call) Peer() Peer                      { return c.peer }
-func (c *call) RequestHeader() tether.Metadata  { return c.reqMD }
-func (c *call) ResponseHeader() tether.Metadata { return c.respMD }
+func (c *call) Spec() tether.Spec { return c.spec }
+func (c *call) Peer() Peer        { return c.peer }
+func (c *call) RequestHeader() tether.Metadata {
+	c.reqOnce.Do(c.decodeRequestHeader)
+	return c.reqMD
+}
+
+// decodeRequestHeader decodes the request metadata, which most handlers
+// never read, when first asked for.
+func (c *call) decodeRequestHeader() {
+	c.reqMD = wire.MetadataFromProto(c.s.RequestMetadata())
+}
+
+// ResponseHeader and ResponseTrailer make their maps on first use (under
+// mu): most calls set neither.
+func (c *call) ResponseHeader() tether.Metadata {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.respMD == nil {
+		c.respMD = tether.Metadata{}
+	}
+	return c.respMD
+}
+
 func (c *call) ResponseTrailer() tether.Metadata {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.trailer == nil {
+		c.trailer = tether.Metadata{}
+	}
 	return c.trailer
 }
 
@@ -147,18 +202,37 @@ func (c *call) flushHeader() error {
 func (c *call) finish(res proto.Message, err error) {
 	if err != nil {
 		if e := tether.AsError(err); len(e.Meta()) > 0 {
-			c.trailer.Merge(e.Meta())
+			c.ResponseTrailer().Merge(e.Meta())
 		}
 	}
 	var last []byte
+	var pooled *[]byte
 	if err == nil && res != nil {
 		var merr error
-		if last, merr = proto.Marshal(res); merr != nil {
+		if c.rs == nil {
+			// FinishWith copies the response into the write queue (or
+			// SendMsg does) before it returns: the buffer goes back to
+			// the pool after. A resumable call's session keeps its
+			// last message for replay: it gets its own.
+			pooled = responseBuffers.Get().(*[]byte)
+			last, merr = proto.MarshalOptions{}.MarshalAppend((*pooled)[:0], res)
+		} else {
+			last, merr = proto.Marshal(res)
+		}
+		if merr != nil {
 			err = tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", res.ProtoReflect().Descriptor().FullName(), merr)
 			last = nil
 		} else if last == nil {
 			last = []byte{} // an empty message is still a message
 		}
+	}
+	if pooled != nil {
+		defer func() {
+			if cap(last) <= maxPooledResponse {
+				*pooled = last[:0]
+				responseBuffers.Put(pooled)
+			}
+		}()
 	}
 	c.mu.Lock()
 	var headers tether.Metadata
@@ -167,14 +241,15 @@ func (c *call) finish(res proto.Message, err error) {
 		c.headDone.Store(true)
 		headers = c.respMD
 	}
+	trailer := c.trailer // nil when the handler set none
 	c.mu.Unlock()
 	if c.rs != nil {
-		c.rs.finish(headers, last, err, c.trailer)
+		c.rs.finish(headers, last, err, trailer)
 		return
 	}
-	if ferr := c.s.FinishWith(headers, last, err, c.trailer); ferr != nil && err == nil {
+	if ferr := c.s.FinishWith(headers, last, err, trailer); ferr != nil && err == nil {
 		// The response could not be sent (too large, stream gone): end
 		// with that error instead.
-		_ = c.s.Finish(ferr, c.trailer)
+		_ = c.s.Finish(ferr, trailer)
 	}
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/mux"
-	"github.com/tetherrpc/tether/internal/wire"
 )
 
 // Server serves registered procedures to tether clients. It is an
@@ -423,13 +422,10 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		}
 	}
 	c := &call{
-		s:       st,
-		rs:      rs,
-		spec:    h.spec,
-		peer:    peer,
-		reqMD:   wire.MetadataFromProto(open.GetMetadata()),
-		respMD:  tether.Metadata{},
-		trailer: tether.Metadata{},
+		s:    st,
+		rs:   rs,
+		spec: h.spec,
+		peer: peer,
 	}
 	var timeout time.Duration
 	if t := open.GetTimeoutMicros(); t > 0 {
@@ -437,14 +433,16 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		timeout = time.Duration(t) * time.Microsecond
 	}
 	ctx := st.Context()
-	reset := func() { st.Reset(errDeadline) }
 	if rs != nil {
 		// The handler's context outlives the connection: it ends with the
 		// session (resume.go).
 		ctx = rs.ctx
-		reset = func() { rs.end(errDeadline) }
 	}
 	if timeout > 0 {
+		reset := func() { st.Reset(errDeadline) }
+		if rs != nil {
+			reset = func() { rs.end(errDeadline) }
+		}
 		// The deadline ends the call even if the handler ignores ctx; a
 		// RESET from a client whose deadline passed ends ctx with
 		// DeadlineExceeded too (callctx.go). Without a deadline, the
@@ -454,7 +452,8 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		defer stop()
 		ctx = cctx
 	}
-	ctx = context.WithValue(ctx, callInfoKey{}, CallInfo(c))
+	c.infoCtx = infoCtx{Context: ctx, c: c}
+	ctx = &c.infoCtx
 	if restarted != nil {
 		ctx = context.WithValue(ctx, resumeCursorKey{}, restarted)
 	}

@@ -166,7 +166,9 @@ type Config struct {
 	// limit or a drain are not counted: well-behaved clients send them.
 	MaxIdleFrameRate float64
 	// Accept is called, in a new goroutine, for every stream the peer opens
-	// (servers only). It must end the stream with Finish or Reset.
+	// (servers only). It must end the stream with Finish or Reset. open has
+	// every field of the OPEN but its metadata, which Stream.RequestMetadata
+	// decodes when asked.
 	Accept func(s *Stream, open *tetherv1.Open)
 	// PeerMaxStreams is how many streams the server runs at once on this
 	// connection, as it announced in the handshake (clients only; 0: not

@@ -10,8 +10,10 @@ package mux
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
 //   - the writer goroutine (writer.go), started on demand by kickLocked and
-//     gone after writerLinger without work: the only one that writes data
-//     messages to the WebSocket.
+//     gone after writerLinger without work. It and the application
+//     goroutines that write their own frames inline (writer.go's
+//     writeInline) take turns writing data messages to the WebSocket,
+//     one at a time (the write token, wbusy).
 //   - the heartbeat timer (heartbeat.go), a time.AfterFunc running ping.
 //   - the application's goroutines: callers of Open (open.go), Close,
 //     Shutdown and GoAway (lifecycle.go); a stream's sending goroutine
@@ -92,8 +94,8 @@ type Conn struct {
 	idle        chan struct{} // non-nil while someone waits for running == 0
 
 	// The writer's queue (writer.go), guarded by wmu; any goroutine
-	// queues, the writer goroutine takes. spare is the running writer
-	// goroutine's own.
+	// queues, the holder of the write token (wbusy) takes. spare is the
+	// holder's own, and so is wslow while the token is held.
 	wmu         sync.Mutex
 	wbuf        []byte
 	spare       []byte
@@ -102,6 +104,9 @@ type Conn struct {
 	wnotify     chan struct{}
 	wclosing    bool // graceful close queued: the writer closes once drained
 	wrunning    bool // a writer goroutine is running
+	wbusy       bool // the write token: a goroutine is writing to the socket
+	winline     bool // the token's holder is an inline writer (writeInline), not the writer goroutine
+	wslow       bool // the last socket write took over slowWrite: no inline writes
 	wdead       bool // the connection closed: no writer is started any more
 	closeCode   int
 	closeText   string
@@ -237,7 +242,6 @@ func (c *Conn) newStream(id uint32) *Stream {
 		sendCredit: InitialWindow,
 		recvWindow: c.cfg.StreamWindow,
 		recvNotify: make(chan struct{}, 1),
-		sendNotify: make(chan struct{}, 1),
 		done:       make(chan struct{}),
 	}
 }

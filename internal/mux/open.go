@@ -62,7 +62,14 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 	inline := first != nil && len(first) <= frame.MaxPayload && len(first)+FrameOverhead <= InitialWindow && len(first) <= c.cfg.MaxMessageSize
 	var openErr error
 	var idle bool // the ids ran out with no stream open: nothing else closes the connection
-	err = c.write(ctx, nil, func(b []byte) []byte {
+	// A whole request (OPEN, message, HALF_CLOSE) may leave on this
+	// goroutine (writeAlone); fn sets alone to the stream's id.
+	var alone uint32
+	var aloneP *uint32
+	if inline && closeSend {
+		aloneP = &alone
+	}
+	err = c.writeAlone(ctx, nil, aloneP, func(b []byte) []byte {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.isClosed() {
@@ -97,7 +104,11 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			return b[:start]
 		}
 		s = c.newStream(id)
+		alone = id
 		s.resumable = open.GetResume() != nil
+		if s.resumable {
+			s.sendNotify = make(chan struct{}, 1) // read without mu by resume.go
+		}
 		s.slotHeld.Store(c.slots != nil)
 		c.nextID += 2
 		c.streams[s.id] = s
@@ -168,8 +179,11 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		}
 		return c.idleFrame("refused OPENs")
 	}
-	open := new(tetherv1.Open)
-	if err := proto.Unmarshal(f.Payload, open); err != nil {
+	// The OPEN lives in the stream's struct: one allocation for both.
+	s := c.newStream(f.StreamID)
+	open := &s.open
+	md, err := decodeOpen(f.Payload, open) // open.Metadata stays empty: Stream.RequestMetadata
+	if err != nil {
 		c.mu.Unlock()
 		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
 		return c.idleFrame("malformed OPENs")
@@ -180,8 +194,11 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		c.mu.Unlock()
 		return nil
 	}
-	s := c.newStream(f.StreamID)
 	s.resumable = open.GetResume() != nil
+	if s.resumable {
+		s.sendNotify = make(chan struct{}, 1) // read without mu by resume.go
+	}
+	s.reqMD = md
 	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
 	c.streams[f.StreamID] = s
 	c.running++
@@ -196,6 +213,8 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	// The window beyond InitialWindow is granted when the handler first
 	// reads (RecvMsg), not here: a unary call that has already
 	// half-closed never needs it, and the WINDOW frame would cost a write.
+	// A procedure that takes one request (s.single) grants it only when
+	// RecvMsg has to wait for the request (it has not all arrived).
 	s.recvWindow = InitialWindow
 	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
 	go func() {

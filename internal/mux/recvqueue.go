@@ -19,15 +19,23 @@ type chunk struct {
 // consumer's pace against the sender's. (A slice reset only when it ran
 // empty grew by a slot per message under a consumer slightly slower than
 // its sender.)
+//
+// Its first ring is the two slots in the queue itself (small), so that a
+// stream that never holds more than two frames at once (a unary call's
+// request or response, a ping-pong stream) allocates no ring. A recvQueue
+// is therefore never copied once it has been pushed to (buf may point into
+// small); it is only reset to its zero value.
 type recvQueue struct {
-	buf  []chunk
-	head int // index of the oldest frame
-	n    int // frames queued
+	buf   []chunk
+	head  int // index of the oldest frame
+	n     int // frames queued
+	small [minQueueSlots]chunk
 }
 
 const (
-	// minQueueSlots is the size of a queue's first ring.
-	minQueueSlots = 4
+	// minQueueSlots is the size of a queue's first ring, held in the
+	// queue itself.
+	minQueueSlots = 2
 	// maxIdleQueueSlots: a ring larger than this is dropped when it runs
 	// empty, so that a stream holds a burst's slots only while the burst is
 	// queued.
@@ -40,10 +48,18 @@ func (q *recvQueue) len() int { return q.n }
 func (q *recvQueue) slots() int { return len(q.buf) }
 
 func (q *recvQueue) push(c chunk) {
+	if q.buf == nil {
+		q.buf = q.small[:]
+	}
 	if q.n == len(q.buf) {
-		buf := make([]chunk, max(minQueueSlots, 2*len(q.buf)))
+		buf := make([]chunk, 2*len(q.buf))
 		k := copy(buf, q.buf[q.head:])
 		copy(buf[k:], q.buf[:q.head])
+		if &q.buf[0] == &q.small[0] {
+			// The frames moved out: small must not keep them (and
+			// the buffers they point into) alive.
+			q.small = [minQueueSlots]chunk{}
+		}
 		q.buf, q.head = buf, 0
 	}
 	q.buf[(q.head+q.n)&(len(q.buf)-1)] = c

@@ -226,3 +226,26 @@ func TestBeyondWindowWhileReceiving(t *testing.T) {
 		}
 	}
 }
+
+// TestRecvQueueSmallReleased (issue 15): the slots inside the queue hold no
+// frame once the ring has grown out of them, so that moved frames (and the
+// buffers they point into) are not kept alive by stale copies.
+func TestRecvQueueSmallReleased(t *testing.T) {
+	var q recvQueue
+	for i := 0; i < minQueueSlots+1; i++ {
+		q.push(chunk{b: make([]byte, 1)})
+	}
+	if &q.buf[0] == &q.small[0] {
+		t.Fatal("the ring did not grow")
+	}
+	for i, c := range q.small {
+		if c.b != nil {
+			t.Errorf("small[%d] still holds a frame after the ring grew", i)
+		}
+	}
+	for q.len() > 0 {
+		if len(q.pop().b) != 1 {
+			t.Fatal("lost a frame")
+		}
+	}
+}

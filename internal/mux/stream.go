@@ -41,16 +41,17 @@ type Stream struct {
 	c          *Conn
 	id         uint32
 	recvNotify chan struct{}
-	sendNotify chan struct{}
 	done       chan struct{} // closed when the stream is finished
 
 	// Set by the reader goroutine before the stream's frames are handled
 	// and before Accept runs (server).
 	ctx       context.Context // server: canceled when the stream ends
 	cancelCtx context.CancelCauseFunc
-	route     any  // Config.Route's value for the procedure
-	single    bool // the procedure takes one request message
-	resumable bool // the OPEN carried Open.resume: messages are sequenced and acknowledged (resume.go)
+	route     any           // Config.Route's value for the procedure
+	single    bool          // the procedure takes one request message
+	resumable bool          // the OPEN carried Open.resume: messages are sequenced and acknowledged (resume.go)
+	reqMD     []byte        // server: the OPEN's metadata fields, still encoded (openmd.go)
+	open      tetherv1.Open // server: the OPEN, passed to Accept
 
 	// Atomic, any goroutine.
 	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
@@ -66,7 +67,7 @@ type Stream struct {
 	recvEnd       error // io.EOF or the call's error once nothing more arrives
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
-	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg
+	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg (single: when RecvMsg must wait)
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	gotMessage    bool  // reader goroutine: a whole message has arrived
@@ -88,6 +89,7 @@ type Stream struct {
 	resumeAck *tetherv1.ResumeAck // client: Headers.resumed of the HEADERS frame
 
 	// The sending side (stream_send.go, stream_end.go).
+	sendNotify chan struct{} // made by the first sender to wait for credit (senderWakeLocked); a resumable stream's with the stream
 	sendCredit int
 	sendErr    error // set when the stream can carry no more sends
 	halfClosed bool  // we sent HALF_CLOSE or END

@@ -111,7 +111,8 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 	s.mu.Unlock()
 	// The stream's context may be canceled already (deadline); END must
 	// still go out, so only the stream ending or the connection stop it.
-	err := s.c.write(context.Background(), s.done, func(b []byte) []byte {
+	id := s.id
+	err := s.c.writeAlone(context.Background(), s.done, &id, func(b []byte) []byte {
 		if hdr != nil {
 			b = frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: hdr})
 		}
@@ -208,6 +209,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 		s.headersSet = true
 		s.closeHeadersLocked()
 	}
+	wake := s.sendNotify
 	s.mu.Unlock()
 	close(s.done)
 	if s.cancelCtx != nil {
@@ -215,7 +217,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 	}
 	s.c.remove(s)
 	notify(s.recvNotify)
-	notify(s.sendNotify)
+	notify(wake)
 	return true
 }
 
@@ -232,9 +234,10 @@ func (s *Stream) finish() {
 		s.headersSet = true
 		s.closeHeadersLocked()
 	}
+	wake := s.sendNotify
 	s.mu.Unlock()
 	close(s.done)
 	s.c.remove(s)
 	notify(s.recvNotify)
-	notify(s.sendNotify)
+	notify(wake)
 }

@@ -107,11 +107,12 @@ func (s *Stream) handleWindow(n uint32) error {
 	s.mu.Lock()
 	s.sendCredit += int(n)
 	over := s.sendCredit > 1<<31-1
+	wake := s.sendNotify // nil until a sender waits (senderWakeLocked)
 	s.mu.Unlock()
 	if over {
 		return protoErrf("stream %d: flow-control window over 2^31-1", s.id)
 	}
-	notify(s.sendNotify)
+	notify(wake)
 	return nil
 }
 
@@ -152,15 +153,16 @@ func (s *Stream) handleEnd(payload []byte) error {
 		// As HALF_CLOSE: the call would end with its last message lost.
 		return protoErrf("stream %d: END in the middle of a message", s.id)
 	}
-	var end tetherv1.End
 	var err error
 	if bytes.Equal(payload, okEnd) || len(payload) == 0 {
-		// Success, no trailers.
+		// Success, no trailers: nothing to decode or allocate.
 	} else if cost, _ := headerCost(payload, endTrailersField); cost > s.c.cfg.MaxHeaderBytes {
 		err = tether.Errorf(tether.CodeResourceExhausted, "tether: response trailers of %d bytes exceed the limit of %d", cost, s.c.cfg.MaxHeaderBytes)
-	} else if uerr := proto.Unmarshal(payload, &end); uerr != nil {
-		return protoErrf("stream %d: bad END: %v", s.id, uerr)
 	} else {
+		end := new(tetherv1.End)
+		if uerr := proto.Unmarshal(payload, end); uerr != nil {
+			return protoErrf("stream %d: bad END: %v", s.id, uerr)
+		}
 		trailers := wire.MetadataFromProto(end.GetTrailers())
 		err = wire.ErrorFromStatus(end.GetStatus(), trailers)
 		s.mu.Lock()

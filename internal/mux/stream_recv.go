@@ -27,14 +27,9 @@ import (
 // credit is granted back as they are taken, so messages larger than the
 // window flow.
 func (s *Stream) RecvMsg() ([]byte, error) {
-	if s.deferredGrant > 0 {
+	if s.deferredGrant > 0 && !s.single {
 		s.mu.Lock()
-		n := s.deferredGrant
-		s.deferredGrant = 0
-		if s.recvEnd != nil || s.finished {
-			n = 0
-		}
-		s.recvWindow += n
+		n := s.takeDeferredLocked()
 		seq := s.ackLocked(n)
 		s.mu.Unlock()
 		s.grant(n, seq)
@@ -88,6 +83,17 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			s.mu.Unlock()
 			return nil, err
 		}
+		if s.deferredGrant > 0 {
+			// A procedure that takes one request (s.single) grants the
+			// rest of its window only when it must wait for the request:
+			// one that has arrived whole (a unary call's, nearly always)
+			// needs no more credit, and a WINDOW would cost a write.
+			n := s.takeDeferredLocked()
+			seq := s.ackLocked(n)
+			s.mu.Unlock()
+			s.grant(n, seq)
+			continue
+		}
 		// A resumable stream acknowledges what it consumed before it waits
 		// for more: the sender's replay buffer may be full of it.
 		n, seq := s.ackIdleLocked()
@@ -95,6 +101,19 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		s.grant(n, seq)
 		<-s.recvNotify
 	}
+}
+
+// takeDeferredLocked takes the window a server stream defers until its
+// handler reads (handleOpen): nothing once the stream has ended. s.mu is
+// held.
+func (s *Stream) takeDeferredLocked() int {
+	n := s.deferredGrant
+	s.deferredGrant = 0
+	if s.recvEnd != nil || s.finished {
+		n = 0
+	}
+	s.recvWindow += n
+	return n
 }
 
 // assembleLocked appends a fragment to the message being assembled. The

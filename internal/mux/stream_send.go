@@ -7,7 +7,8 @@ package mux
 // FinishWith, so that a message's fragments never interleave with another
 // frame of the stream. Credit (sendCredit) is under mu: a sender takes it
 // (takeCredit, waitCredit) and gives back what it did not use; the reader
-// goroutine adds to it (handleWindow) and wakes sendNotify. Frames are
+// goroutine adds to it (handleWindow) and wakes sendNotify, which the first
+// sender to wait makes (senderWakeLocked), both under mu. Frames are
 // queued with Conn.write, which may wait for space in the writer's queue.
 //
 // Locks: sendMu, then mu (released before writing), then wmu (Conn.write).
@@ -145,9 +146,10 @@ func (s *Stream) takeCredit(ctx context.Context, n int) error {
 			s.mu.Unlock()
 			return nil
 		}
+		wake := s.senderWakeLocked()
 		s.mu.Unlock()
 		select {
-		case <-s.sendNotify:
+		case <-wake:
 		case <-s.done:
 		case <-ctx.Done():
 			return tether.AsError(ctx.Err())
@@ -175,14 +177,27 @@ func (s *Stream) waitCredit(ctx context.Context, want int) (int, error) {
 			s.mu.Unlock()
 			return n, nil
 		}
+		wake := s.senderWakeLocked()
 		s.mu.Unlock()
 		select {
-		case <-s.sendNotify:
+		case <-wake:
 		case <-s.done:
 		case <-ctx.Done():
 			return 0, tether.AsError(ctx.Err())
 		}
 	}
+}
+
+// senderWakeLocked returns the channel a sender waiting for credit waits on,
+// making it on first use: most streams never wait for credit (a unary call's
+// messages fit the initial window). s.mu is held, as it is wherever
+// sendNotify is read, except on resumable streams, whose channel is made
+// with the stream (Conn.Open, handleOpen) and never changes.
+func (s *Stream) senderWakeLocked() chan struct{} {
+	if s.sendNotify == nil {
+		s.sendNotify = make(chan struct{}, 1)
+	}
+	return s.sendNotify
 }
 
 func (s *Stream) sendError(err error) error {

@@ -1,6 +1,6 @@
 package mux
 
-// The writer goroutine and its queue.
+// The writer and its queue.
 //
 // Any goroutine queues frames by appending them to wbuf under wmu: write
 // waits while the queue holds batchBytes (stream data), writeUrgent never
@@ -8,17 +8,31 @@ package mux
 // MaxQueueBytes. The function that builds the frames runs under wmu; it
 // may take mu (Open, FinishWith) but never a stream's mu.
 //
-// At most one writer goroutine runs (wrunning, under wmu): kickLocked
-// starts one when frames are queued, and it exits after writerLinger
-// without work, so an idle connection has only its reader goroutine. It
-// is the only goroutine that writes data messages to the WebSocket
-// (gorilla/websocket allows one writer; WriteControl, used for close frames
-// and WebSocket pongs, may run beside it). It swaps wbuf with spare under
-// wmu and writes the batch with no lock held; spare is its own. It
-// publishes flushedOpen (atomic) before each write, and closes the
-// connection (closeWith, no lock held) when a write fails or a graceful
-// close has drained the queue. readerExit (lifecycle.go) waits for it
-// through wg.
+// Exactly one goroutine at a time writes data messages to the WebSocket
+// (gorilla/websocket allows one writer; WriteControl, used for close
+// frames and WebSocket pongs, may run beside it): the holder of the write
+// token, wbusy (under wmu). The holder swaps wbuf with spare under wmu,
+// writes the batch with no lock held, and gives the token back under wmu;
+// spare is the holder's own. Two kinds of goroutine take the token:
+//
+//   - the writer goroutine: at most one runs (wrunning, under wmu);
+//     kickLocked starts one when frames are queued, and it exits after
+//     writerLinger without work, so an idle connection has only its reader
+//     goroutine;
+//   - an application goroutine in writeAlone (a unary caller's Open, a
+//     handler's FinishWith) whose frames found the queue empty, the token
+//     free and no other stream on the connection: it writes its own frames
+//     inline (writeInline) instead of waking the writer goroutine, saving
+//     a goroutine hand-off per call on each side. With other streams
+//     active, frames go to the writer goroutine, which batches them.
+//     It gives the token back with kickLocked when more frames were
+//     queued meanwhile. Never the reader goroutine: writeUrgent always
+//     hands off, so the reader never blocks on the socket.
+//
+// The holder publishes flushedOpen (atomic) before each write, and closes
+// the connection (closeWith, no lock held) when a write fails; the writer
+// goroutine also closes it when a graceful close has drained the queue.
+// readerExit (lifecycle.go) waits for every holder through wg.
 
 import (
 	"context"
@@ -43,9 +57,13 @@ func (c *Conn) QueuedBytes() int {
 
 // kickLocked makes sure a writer will take the queue: it wakes the running
 // writer or starts one. The writer goroutine exits after writerLinger
-// without work, so an idle connection has only its reader goroutine. The
-// caller holds wmu.
+// without work, so an idle connection has only its reader goroutine. While
+// an inline writer holds the token it does nothing: the holder kicks when it
+// gives the token back. The caller holds wmu.
 func (c *Conn) kickLocked() {
+	if c.wbusy && c.winline {
+		return
+	}
 	if c.wrunning {
 		select {
 		case c.wnotify <- struct{}{}:
@@ -67,6 +85,21 @@ const writerLinger = 100 * time.Millisecond
 // write appends frames built by fn to the writer's queue, waiting while the
 // queue is full until it drains, ctx ends or the connection closes.
 func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte) []byte) error {
+	return c.queue(ctx, cancel, nil, fn)
+}
+
+// writeAlone is write for the frames that complete a call's side (a unary
+// request with its OPEN and HALF_CLOSE, a server's END): when stream id is
+// the connection's only stream (or none is left) and the queue is empty, the
+// caller writes them itself (writeInline) instead of waking the writer
+// goroutine. With other streams active the writer goroutine takes them, so
+// that concurrent calls' frames share writes. *id is read after fn has run
+// (Open's fn gives the stream its id there).
+func (c *Conn) writeAlone(ctx context.Context, cancel <-chan struct{}, id *uint32, fn func([]byte) []byte) error {
+	return c.queue(ctx, cancel, id, fn)
+}
+
+func (c *Conn) queue(ctx context.Context, cancel <-chan struct{}, alone *uint32, fn func([]byte) []byte) error {
 	c.wmu.Lock()
 	for len(c.wbuf) >= batchBytes {
 		c.wwaiters++
@@ -99,10 +132,85 @@ func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte
 		return c.connErr()
 	default:
 	}
+	start := len(c.wbuf)
 	c.wbuf = fn(c.wbuf)
+	if alone != nil && *alone != 0 && start == 0 && len(c.wbuf) > 0 && len(c.wbuf) <= inlineMaxBytes && !c.wbusy && !c.wdead && !c.wclosing && !c.wslow && c.onlyStream(*alone) {
+		c.writeInline()
+		return nil
+	}
 	c.kickLocked()
 	c.wmu.Unlock()
 	return nil
+}
+
+// onlyStream reports whether stream id is the only one in the table, or the
+// table is empty. wmu is held; it takes mu.
+func (c *Conn) onlyStream(id uint32) bool {
+	c.mu.Lock()
+	n := len(c.streams)
+	alone := n == 0 || n == 1 && c.streams[id] != nil
+	c.mu.Unlock()
+	return alone
+}
+
+// inlineMaxBytes bounds a batch written inline by the goroutine that queued
+// it (writeInline); larger ones go to the writer goroutine.
+const inlineMaxBytes = 16 << 10
+
+// slowWrite is how long a socket write may take before writes stop being
+// made inline (wslow): a write that takes longer means the socket's buffer
+// is full, and an inline writer would hold its caller, whose context cannot
+// interrupt a socket write, until the peer reads or WriteTimeout passes. The
+// writer goroutine takes every batch until a write is fast again.
+const slowWrite = time.Millisecond
+
+// writeInline writes the queue, which holds only the frames the caller has
+// just queued, on the caller's goroutine: the queue was empty and no one
+// holds the write token. The caller holds wmu; writeInline releases it.
+// A failed write closes the connection, as in the writer goroutine; the
+// caller's frames then fail with their streams.
+func (c *Conn) writeInline() {
+	buf := c.takeLocked()
+	c.winline = true
+	c.wg.Add(1) // readerExit waits for holders; wdead is false
+	c.wmu.Unlock()
+	err := c.writeBatch(buf)
+	c.wmu.Lock()
+	c.putLocked(buf, err)
+	c.winline = false
+	if len(c.wbuf) > 0 || c.wclosing {
+		c.kickLocked()
+	}
+	c.wmu.Unlock()
+	c.wg.Done()
+	if err != nil {
+		c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
+	}
+}
+
+// takeLocked takes the write token and the queue, leaving the spare buffer
+// in its place. wmu is held and the token is free.
+func (c *Conn) takeLocked() []byte {
+	buf := c.wbuf
+	c.wbusy = true
+	c.wbuf = c.spare[:0]
+	c.spare = nil
+	if c.wwaiters > 0 {
+		close(c.wspace)
+		c.wspace = make(chan struct{})
+	}
+	return buf
+}
+
+// putLocked gives the write token back after buf was written (err is the
+// write's error), keeping buf as the spare. wmu is held.
+func (c *Conn) putLocked(buf []byte, err error) {
+	c.wbusy = false
+	if err == nil && cap(buf) <= 2*batchBytes {
+		c.spare = buf[:0]
+	} else {
+		c.spare = nil // let a burst's big buffer go
+	}
 }
 
 var errStreamDone = errors.New("stream done")
@@ -131,9 +239,10 @@ func (c *Conn) writeLoop() {
 		// returns at once.
 		runtime.Gosched()
 		c.wmu.Lock()
-		buf := c.wbuf
-		if len(buf) == 0 {
-			closing := c.wclosing
+		if len(c.wbuf) == 0 || c.wbusy {
+			// Nothing to write, or an inline writer holds the token (it
+			// kicks when it gives it back).
+			closing := c.wclosing && !c.wbusy
 			c.wmu.Unlock()
 			if closing {
 				c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed after drain"), c.closeCode, c.closeText)
@@ -153,11 +262,15 @@ func (c *Conn) writeLoop() {
 				return
 			case <-linger.C:
 				c.wmu.Lock()
-				if len(c.wbuf) == 0 && !c.wclosing {
-					// Idle: release the buffers and exit; the next
-					// frame starts a writer again.
+				if c.wbusy || len(c.wbuf) == 0 && !c.wclosing {
+					// Idle (or an inline writer, which kicks when it
+					// is done, holds the token): exit; the next frame
+					// starts a writer again. An idle connection
+					// releases its buffers.
 					c.wrunning = false
-					c.spare, c.wbuf = nil, nil
+					if !c.wbusy {
+						c.spare, c.wbuf = nil, nil
+					}
 					c.wmu.Unlock()
 					return
 				}
@@ -165,22 +278,16 @@ func (c *Conn) writeLoop() {
 				continue
 			}
 		}
-		c.wbuf = c.spare[:0]
-		c.spare = nil
-		if c.wwaiters > 0 {
-			close(c.wspace)
-			c.wspace = make(chan struct{})
-		}
+		buf := c.takeLocked()
 		c.wmu.Unlock()
-		if err := c.writeBatch(buf); err != nil {
+		err := c.writeBatch(buf)
+		c.wmu.Lock()
+		c.putLocked(buf, err)
+		c.wmu.Unlock()
+		if err != nil {
 			c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
 			c.stopWriter()
 			return
-		}
-		if cap(buf) <= 2*batchBytes {
-			c.spare = buf[:0]
-		} else {
-			c.spare = nil // let a burst's big buffer go
 		}
 	}
 }
@@ -211,8 +318,14 @@ func (c *Conn) writeBatch(buf []byte) error {
 			}
 			n += size
 		}
-		_ = c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout))
-		if err := c.ws.WriteMessage(websocket.BinaryMessage, buf[:n]); err != nil {
+		begin := time.Now()
+		_ = c.ws.SetWriteDeadline(begin.Add(c.cfg.WriteTimeout))
+		err := c.ws.WriteMessage(websocket.BinaryMessage, buf[:n])
+		// Only the token's holder writes wslow; write reads it under wmu
+		// too, after the holder has given the token back or before it
+		// took it.
+		c.wslow = time.Since(begin) > slowWrite
+		if err != nil {
 			return err
 		}
 		c.bytesOut.Add(uint64(n))

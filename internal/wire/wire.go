@@ -13,12 +13,33 @@ import (
 // MetadataToProto converts metadata to its wire form, keys in sorted order so
 // the encoding is deterministic.
 func MetadataToProto(md tether.Metadata) []*tetherv1.MetadataEntry {
+	return MetadataToProtoInto(md, nil, nil)
+}
+
+// MetadataToProtoInto is MetadataToProto using the caller's storage: when md
+// has at most len(entries) keys and len(ptrs) >= len(entries), the result
+// is ptrs[:len(md)], pointing into entries, and nothing is allocated for
+// text keys (a per-call struct can hold them; the result is valid while it
+// is).
+func MetadataToProtoInto(md tether.Metadata, entries []tetherv1.MetadataEntry, ptrs []*tetherv1.MetadataEntry) []*tetherv1.MetadataEntry {
 	if len(md) == 0 {
 		return nil
 	}
-	out := make([]*tetherv1.MetadataEntry, 0, len(md))
+	own := len(md) <= len(entries) && len(ptrs) >= len(entries)
+	var out []*tetherv1.MetadataEntry
+	if own {
+		out = ptrs[:0]
+	} else {
+		out = make([]*tetherv1.MetadataEntry, 0, len(md))
+	}
 	for _, k := range md.Keys() {
 		if !tether.IsBinaryKey(k) {
+			if own {
+				e := &entries[len(out)]
+				e.Key, e.Values = k, md[k]
+				out = append(out, e)
+				continue
+			}
 			out = append(out, &tetherv1.MetadataEntry{Key: k, Values: md[k]})
 			continue
 		}
@@ -28,6 +49,12 @@ func MetadataToProto(md tether.Metadata) []*tetherv1.MetadataEntry {
 		}
 		if len(bin) == 0 {
 			bin = [][]byte{{}} // keep the key: an entry with no values is one empty value
+		}
+		if own {
+			e := &entries[len(out)]
+			e.Key, e.BinaryValues = k, bin
+			out = append(out, e)
+			continue
 		}
 		out = append(out, &tetherv1.MetadataEntry{Key: k, BinaryValues: bin})
 	}

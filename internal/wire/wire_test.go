@@ -66,3 +66,39 @@ func TestTextMetadataStillUTF8(t *testing.T) {
 		t.Error("invalid UTF-8 under a text key encoded; want an error")
 	}
 }
+
+// TestMetadataToProtoInto (issue 15): with storage for its keys,
+// MetadataToProtoInto gives what MetadataToProto gives without allocating
+// for text keys; with too little storage it allocates as MetadataToProto.
+func TestMetadataToProtoInto(t *testing.T) {
+	cases := []tether.Metadata{
+		nil,
+		tether.NewMetadata("tether-idempotency-key", "abc"),
+		tether.NewMetadata("b", "2", "a", "1", "a", "1b"),
+		tether.NewMetadata("x-bin", "\xff", "y", "t"),
+		tether.NewMetadata("a", "1", "b", "2", "c", "3"),
+	}
+	for _, md := range cases {
+		var entries [2]tetherv1.MetadataEntry
+		var ptrs [2]*tetherv1.MetadataEntry
+		got := MetadataToProtoInto(md, entries[:], ptrs[:])
+		want := MetadataToProto(md)
+		if len(got) != len(want) {
+			t.Fatalf("%v: %d entries, want %d", md, len(got), len(want))
+		}
+		for i := range want {
+			if !proto.Equal(got[i], want[i]) {
+				t.Errorf("%v: entry %d = %v, want %v", md, i, got[i], want[i])
+			}
+		}
+		if len(md) > 0 && len(md) <= 2 && &got[0] != &ptrs[0] {
+			t.Errorf("%v: the caller's storage was not used", md)
+		}
+	}
+	md := tether.NewMetadata("tether-idempotency-key", "abc")
+	var entries [2]tetherv1.MetadataEntry
+	var ptrs [2]*tetherv1.MetadataEntry
+	if n := testing.AllocsPerRun(100, func() { MetadataToProtoInto(md, entries[:], ptrs[:]) }); n != 0 {
+		t.Errorf("MetadataToProtoInto of one text key: %v allocations, want 0", n)
+	}
+}

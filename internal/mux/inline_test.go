@@ -1,0 +1,207 @@
+package mux
+
+import (
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+)
+
+// writerRunning reports whether c's writer goroutine is running.
+func writerRunning(c *Conn) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.wrunning
+}
+
+// TestUnaryWritesInline (issue 15): a unary call alone on its connection
+// leaves in one write made by the calling goroutine, and the handler's answer
+// by the handler's goroutine: neither side starts (or wakes) its writer
+// goroutine. The call still completes, with its response.
+func TestUnaryWritesInline(t *testing.T) {
+	serverWriter := make(chan bool, 1)
+	scfg := Config{
+		StreamWindow: InitialWindow, // no deferred WINDOW grant: the handler writes only its answer
+		Route:        func(string) (any, bool) { return nil, true },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			msg, err := s.RecvMsg()
+			if err != nil {
+				serverWriter <- true
+				return
+			}
+			_ = s.FinishWith(nil, append([]byte("re:"), msg...), nil, nil)
+			serverWriter <- writerRunning(s.c)
+		},
+	}
+	cc, _ := pair(t, scfg, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("hi"), true)
+	if err != nil || !sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	if writerRunning(cc) {
+		t.Error("client: the writer goroutine was started for a unary call alone on its connection")
+	}
+	msg, err := s.RecvMsg()
+	if err != nil || string(msg) != "re:hi" {
+		t.Fatalf("RecvMsg: %q, %v", msg, err)
+	}
+	if _, err := s.RecvMsg(); err != io.EOF {
+		t.Fatalf("end: %v, want io.EOF", err)
+	}
+	if <-serverWriter {
+		t.Error("server: the writer goroutine was started for the answer of a call alone on its connection")
+	}
+}
+
+// TestConcurrentCallsUseWriter (issue 15): with another stream open on the
+// connection, a unary call's frames go to the writer goroutine, which
+// batches the frames of concurrent calls into shared writes.
+func TestConcurrentCallsUseWriter(t *testing.T) {
+	scfg := Config{
+		Route: func(p string) (any, bool) { return nil, p == "/t.S/U" },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			msg, err := s.RecvMsg()
+			if err != nil {
+				return
+			}
+			_ = s.FinishWith(nil, msg, nil, nil)
+		},
+	}
+	cc, _ := pair(t, scfg, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A streaming call stays open (no message, no HALF_CLOSE): its OPEN
+	// starts the writer goroutine, which then lingers; wait until it has
+	// exited so that only the unary call below can start it again.
+	bidi, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/B"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bidi.Reset(io.EOF)
+	waitFor(t, 10*time.Second, "the writer goroutine to exit", func() bool { return !writerRunning(cc) })
+	s, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("x"), true)
+	if err != nil || !sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	if !writerRunning(cc) {
+		t.Error("a unary call beside another stream was written inline, not by the writer goroutine")
+	}
+	if msg, err := s.RecvMsg(); err != nil || string(msg) != "x" {
+		t.Fatalf("RecvMsg: %q, %v", msg, err)
+	}
+}
+
+// TestSingleRequestNoWindow (issue 15): a handler of a procedure that takes
+// one request, reading a request that has arrived whole, sends no WINDOW
+// frame (before, it granted the rest of its window on its first read unless
+// the HALF_CLOSE had already been handled, which cost a write per call);
+// a request larger than the initial window still flows, the window being
+// granted when the handler has to wait for it.
+func TestSingleRequestNoWindow(t *testing.T) {
+	type result struct {
+		msgLen int
+		err    error
+		wrote  int // bytes the server queued or wrote before answering
+	}
+	results := make(chan result, 1)
+	scfg := Config{
+		Route: func(string) (any, bool) { return nil, true },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			if s.ID() == 1 { // the first call's request fits the initial window
+				// Wait until the whole request is queued, so that the
+				// handler's read does not race the reader.
+				deadline := time.Now().Add(10 * time.Second)
+				for time.Now().Before(deadline) {
+					s.mu.Lock()
+					queued := s.recvQ.len() > 0 && !s.midMessage
+					s.mu.Unlock()
+					if queued {
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			msg, err := s.RecvMsg()
+			results <- result{len(msg), err, s.c.QueuedBytes() + int(s.c.BytesOut())}
+			_ = s.FinishWith(nil, []byte("ok"), nil, nil)
+		},
+	}
+	cc, _ := pair(t, scfg, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// A request that fits the initial window, not half-closed: the
+	// handler's read finds it whole and grants nothing.
+	s, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("small"), false)
+	if err != nil || !sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	r := <-results
+	if r.err != nil || r.msgLen != 5 {
+		t.Fatalf("handler read %d bytes, %v", r.msgLen, r.err)
+	}
+	if r.wrote != 0 {
+		t.Errorf("the server wrote %d bytes before its answer (a WINDOW frame), want none", r.wrote)
+	}
+	if _, err := s.RecvMsg(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A request over the initial window: the server grants credit when
+	// its handler waits, and the request arrives whole.
+	big := make([]byte, 3*InitialWindow)
+	s2, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, big, true)
+	if err != nil || sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		if err := s2.SendMsg(ctx, big); err != nil {
+			errc <- err
+			return
+		}
+		errc <- s2.CloseSend(ctx)
+	}()
+	r = <-results
+	if r.err != nil || r.msgLen != len(big) {
+		t.Fatalf("handler read %d bytes, %v; want %d", r.msgLen, r.err, len(big))
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSlowWriteStopsInline (issue 15): after a socket write that took over
+// slowWrite (a full socket: the peer is not reading), a lone unary call's
+// frames go to the writer goroutine, so that the caller is not held by the
+// socket.
+func TestSlowWriteStopsInline(t *testing.T) {
+	scfg := Config{
+		Route: func(string) (any, bool) { return nil, true },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			if msg, err := s.RecvMsg(); err == nil {
+				_ = s.FinishWith(nil, msg, nil, nil)
+			}
+		},
+	}
+	cc, _ := pair(t, scfg, Config{})
+	cc.wmu.Lock()
+	cc.wslow = true // as writeBatch leaves it after a slow write
+	cc.wmu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, sent, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("x"), true)
+	if err != nil || !sent {
+		t.Fatalf("Open: sent %v, %v", sent, err)
+	}
+	if !writerRunning(cc) {
+		t.Error("a unary call was written inline after a slow write")
+	}
+	if msg, err := s.RecvMsg(); err != nil || string(msg) != "x" {
+		t.Fatalf("RecvMsg: %q, %v", msg, err)
+	}
+}
