@@ -33,6 +33,13 @@ var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, sla
 // message past the next RecvMsg.
 func (s *Stream) copyInLocked(p []byte) ([]byte, *slab) {
 	if !s.copiedFirst || len(p) > slabSize/4 {
+		if s.copiedFirst && len(p) >= minBig {
+			if sl := getBig(len(p)); sl != nil {
+				sl.buf = append(sl.buf, p...)
+				sl.refs = 1
+				return sl.buf, sl
+			}
+		}
 		s.copiedFirst = true
 		return append([]byte(nil), p...), nil
 	}
@@ -60,6 +67,10 @@ func (s *Stream) releaseLocked(sl *slab) {
 	}
 	if s.slab == sl {
 		s.slab = nil
+	}
+	if cap(sl.buf) > slabSize {
+		putBig(sl) // a large frame's or message's own buffer (bigbuf.go)
+		return
 	}
 	slabPool.Put(sl)
 }

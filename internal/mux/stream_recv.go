@@ -57,7 +57,7 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			grant := s.takeGrantLocked()
 			seq := s.ackLocked(grant)
 			if ch.more || s.assembly != nil {
-				err := s.assembleLocked(ch.b)
+				err := s.assembleLocked(ch.b, ch.more)
 				s.releaseLocked(ch.slab)
 				if err != nil {
 					s.mu.Unlock()
@@ -76,9 +76,17 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 				msg = s.assembly
 				s.assembly = nil
 				s.uncharge()
+				if sl := s.asmSlab; sl != nil {
+					s.asmSlab = nil
+					if s.gaveFirst { // the first message is the caller's to keep
+						sl.refs = 1
+						s.held = sl
+					}
+				}
 			} else {
 				s.held = ch.slab
 			}
+			s.gaveFirst = true
 			s.mu.Unlock()
 			s.grant(grant, seq)
 			return msg, nil
@@ -97,30 +105,69 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 	}
 }
 
-// assembleLocked appends a fragment to the message being assembled. The
-// buffer's growth is charged to the connection's budget for partial
-// messages (Config.MaxPartialBytes); over it, the fragment is not taken,
-// the partial message is dropped and resource_exhausted returned: the
-// caller resets the stream. The buffer grows by doubling, never past
+// assembleLocked appends a fragment to the message being assembled (more:
+// it is not the message's last). The buffer's growth is charged to the
+// connection's budget for partial messages (Config.MaxPartialBytes); over
+// it, the fragment is not taken, the partial message is dropped and
+// resource_exhausted returned: the caller resets the stream.
+//
+// The buffer is sized once when it can be: for the last fragment, or when
+// the rest of the message is already queued, it is made exactly as large as
+// the message (one allocation, one copy of each fragment); otherwise it
+// takes what is queued of the message and grows by doubling, never past
 // MaxMessageSize (the reader has reset a stream whose message passes it).
 // s.mu is held.
-func (s *Stream) assembleLocked(p []byte) error {
+func (s *Stream) assembleLocked(p []byte, more bool) error {
 	need := len(s.assembly) + len(p)
 	if need > cap(s.assembly) {
-		size := max(min(2*cap(s.assembly), s.c.cfg.MaxMessageSize), need)
+		size := need
+		if more {
+			rest, whole := s.recvQ.messageRest()
+			size += rest
+			if !whole {
+				size = max(size, min(2*cap(s.assembly), s.c.cfg.MaxMessageSize))
+			}
+			size = max(min(size, s.c.cfg.MaxMessageSize), need)
+		}
+		var sl *slab
+		if size >= minBig {
+			if sl = getBig(size); sl != nil {
+				size = cap(sl.buf)
+			}
+		}
 		limit := int64(s.c.cfg.MaxPartialBytes)
 		if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
 			s.c.partialBytes.Add(-int64(size - s.assemblyCap))
-			s.assembly = nil
-			s.uncharge()
+			if sl != nil {
+				putBig(sl)
+			}
+			s.dropAssemblyLocked()
 			return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
 		}
-		buf := make([]byte, len(s.assembly), size)
-		copy(buf, s.assembly)
-		s.assembly, s.assemblyCap = buf, size
+		var buf []byte
+		if sl != nil {
+			buf = append(sl.buf, s.assembly...)
+		} else {
+			buf = make([]byte, len(s.assembly), size)
+			copy(buf, s.assembly)
+		}
+		if s.asmSlab != nil {
+			putBig(s.asmSlab) // no one else has seen it
+		}
+		s.assembly, s.assemblyCap, s.asmSlab = buf, size, sl
 	}
 	s.assembly = append(s.assembly, p...)
 	return nil
+}
+
+// dropAssemblyLocked drops the message being assembled and takes its buffer
+// off the connection's budget. s.mu is held.
+func (s *Stream) dropAssemblyLocked() {
+	if s.asmSlab != nil {
+		putBig(s.asmSlab)
+	}
+	s.assembly, s.asmSlab = nil, nil
+	s.uncharge()
 }
 
 // uncharge takes the stream's assembly buffer off the connection's budget
