@@ -72,10 +72,15 @@ func TestFragmentedMessageAssembledOnce(t *testing.T) {
 // that the sender's credit covers are queued together, so that they leave
 // in one WebSocket message: a message a little over 64 KiB no longer goes
 // out as a frame and then a 9-byte sliver in a write of its own (and the
-// receiver can size the buffer from what is queued).
+// receiver can size the buffer from what is queued). And a backlog of
+// large frames leaves in WebSocket messages of at most maxWriteMessage
+// (before, up to 1 MiB), so that the receiver, which reads a whole
+// message before it handles its frames, starts on the first message (and
+// grants credit back for it) before the backlog has crossed.
 func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
-	const msgs = 40
-	split := make(chan int, 1)
+	const msgs = 100
+	type result struct{ splits, largest int }
+	split := make(chan result, 1)
 	cc := rawServer(t, Config{}, func(ws *websocket.Conn) {
 		if _, _, err := ws.ReadMessage(); err != nil { // OPEN
 			return
@@ -85,12 +90,16 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
 			return
 		}
-		seen, splits := 0, 0
+		// Not reading for a while lets the sender's queue fill up (it
+		// makes a backlog likely; the assertions do not depend on it).
+		time.Sleep(200 * time.Millisecond)
+		seen, splits, largest := 0, 0, 0
 		for seen < msgs {
 			_, m, err := ws.ReadMessage()
 			if err != nil {
 				return
 			}
+			largest = max(largest, len(m))
 			more := false
 			for len(m) > 0 {
 				f, rest, err := frame.Parse(m)
@@ -110,7 +119,7 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 				splits++ // a message's fragments in two WebSocket messages
 			}
 		}
-		split <- splits
+		split <- result{splits, largest}
 		for {
 			if _, _, err := ws.ReadMessage(); err != nil {
 				return
@@ -130,9 +139,12 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 		}
 	}
 	select {
-	case n := <-split:
-		if n > 0 {
-			t.Errorf("%d of %d messages of %d bytes left in two WebSocket messages; want their fragments together", n, msgs, len(msg))
+	case r := <-split:
+		if r.splits > 0 {
+			t.Errorf("%d of %d messages of %d bytes left in two WebSocket messages; want their fragments together", r.splits, msgs, len(msg))
+		}
+		if r.largest > maxWriteMessage {
+			t.Errorf("a WebSocket message of %d bytes; want at most %d", r.largest, maxWriteMessage)
 		}
 	case <-ctx.Done():
 		t.Fatal("the peer did not receive every message")
