@@ -293,3 +293,42 @@ func TestLargeFramesReuseBuffers(t *testing.T) {
 		t.Errorf("%.0f bytes allocated per %d-byte message; want well under one message's size", per, size)
 	}
 }
+
+// TestFirstFragmentBecomesAssemblyBuffer (issue 15): the first fragment of
+// a message a little over one frame is copied in with room for the rest,
+// and its buffer becomes the one the message is assembled in, so the
+// receiver copies only the sliver that follows (before: a second 64 KiB
+// copy per message).
+func TestFirstFragmentBecomesAssemblyBuffer(t *testing.T) {
+	_, sc := pair(t, Config{}, Config{})
+	s := sc.newStream(2)
+	s.copiedFirst = true // past the stream's first payload, copied on its own
+	msg := fill(3, 64<<10+9)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first, fsl := s.copyInLocked(msg[:64<<10], adoptRoom)
+	s.recvQ.push(chunk{b: first, more: true, slab: fsl})
+	last := append([]byte(nil), msg[64<<10:]...)
+	s.recvQ.push(chunk{b: last})
+	ch := s.recvQ.pop()
+	kept, err := s.assembleLocked(ch)
+	if err != nil || !kept {
+		t.Fatalf("first fragment: kept %v, %v; want it kept as the message's buffer", kept, err)
+	}
+	if kept, err := s.assembleLocked(s.recvQ.pop()); err != nil || kept {
+		t.Fatalf("last fragment: kept %v, %v", kept, err)
+	}
+	if !bytes.Equal(s.assembly, msg) {
+		t.Fatal("message assembled wrong")
+	}
+	if &s.assembly[0] != &first[0] {
+		t.Error("the message was assembled in a new buffer; want the first fragment's")
+	}
+	if got := sc.partialBytes.Load(); got != int64(cap(first)) {
+		t.Errorf("partial bytes %d; want the buffer's capacity %d", got, cap(first))
+	}
+	s.dropAssemblyLocked()
+	if got := sc.partialBytes.Load(); got != 0 {
+		t.Errorf("partial bytes %d after the message was dropped; want 0", got)
+	}
+}

@@ -73,7 +73,11 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 		// a donated one is replaced by a new one, grown again by
 		// doubling as the next message is read.
 		if len(payload) > 0 {
-			payload, sl = s.copyInLocked(payload)
+			room := 0
+			if more && s.partial == len(payload) {
+				room = adoptRoom // a message's first fragment
+			}
+			payload, sl = s.copyInLocked(payload, room)
 		} else {
 			payload = nil
 		}
