@@ -27,25 +27,28 @@ const (
 )
 
 // getBig returns a slab with no reference whose empty buffer has room for
-// n bytes, n >= minBig, or nil when n is too large to pool.
-func getBig(n int) *slab {
+// n bytes, n >= minBig, and at most twice that, or nil when n is too large
+// to pool. (Within twice: a queued frame's buffer then holds at most
+// twice its payload, the bound docs/DESIGN.md gives for a stream's queue.)
+func getBig(n int) *slab { return getBigWithin(n, 2*n) }
+
+// getBigWithin is getBig with capacity at most limit, n+8 KiB <= limit.
+func getBigWithin(n, limit int) *slab {
 	hi := bits.Len(uint(n - 1)) // every buffer in class hi-minBigShift holds n
 	if hi > maxBigShift {
 		return nil
 	}
-	if v := bigPools[hi-minBigShift].Get(); v != nil {
-		sl := v.(*slab)
-		sl.buf = sl.buf[:0]
-		return sl
-	}
-	if lo := hi - 1; lo >= minBigShift {
-		if v := bigPools[lo-minBigShift].Get(); v != nil {
+	for _, k := range [2]int{hi - 1, hi} {
+		if k < minBigShift {
+			continue
+		}
+		if v := bigPools[k-minBigShift].Get(); v != nil {
 			sl := v.(*slab)
-			if cap(sl.buf) >= n {
+			if c := cap(sl.buf); c >= n && c <= limit {
 				sl.buf = sl.buf[:0]
 				return sl
 			}
-			bigPools[lo-minBigShift].Put(sl)
+			bigPools[k-minBigShift].Put(sl)
 		}
 	}
 	const page = 8 << 10 // the runtime rounds large allocations up to pages

@@ -332,3 +332,34 @@ func TestFirstFragmentBecomesAssemblyBuffer(t *testing.T) {
 		t.Errorf("partial bytes %d after the message was dropped; want 0", got)
 	}
 }
+
+// TestBigBuffersWithinTwice: a pooled buffer is never more than twice what
+// was asked for, whatever the pool holds, so that a queued large frame's
+// buffer stays within twice its payload (TestQueuedMemoryWithinCredit's
+// bound, which a fresh pool would not exercise).
+func TestBigBuffersWithinTwice(t *testing.T) {
+	for _, c := range []int{33 << 10, 100 << 10, 255 << 10, 1 << 20} {
+		putBig(&slab{buf: make([]byte, 0, c)})
+	}
+	for _, n := range []int{minBig, 40000, 64<<10 + 9, 70000, 130000, 600000} {
+		for range 4 {
+			sl := getBig(n)
+			if c := cap(sl.buf); c < n || c > 2*n {
+				t.Errorf("getBig(%d): capacity %d; want %d to %d", n, c, n, 2*n)
+			}
+			putBig(sl)
+		}
+	}
+	// A large frame copied in with room for the rest of its message
+	// (copyInLocked): still within twice its payload.
+	s := &Stream{copiedFirst: true}
+	for _, n := range []int{minBig, 40000, 64 << 10} {
+		for range 4 {
+			b, sl := s.copyInLocked(make([]byte, n), adoptRoom)
+			if c := cap(b); c > 2*n {
+				t.Errorf("a %d-byte frame copied in with room: capacity %d; want at most %d", n, c, 2*n)
+			}
+			putBig(sl)
+		}
+	}
+}

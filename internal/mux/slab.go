@@ -38,7 +38,9 @@ var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, sla
 func (s *Stream) copyInLocked(p []byte, room int) ([]byte, *slab) {
 	if !s.copiedFirst || len(p) > slabSize/4 {
 		if s.copiedFirst && len(p) >= minBig {
-			if sl := getBig(len(p) + room); sl != nil {
+			// Within twice p, room or not (room is at most a quarter
+			// of p, and a new buffer is rounded up by less than a page).
+			if sl := getBigWithin(len(p)+min(room, len(p)/4), 2*len(p)); sl != nil {
 				sl.buf = append(sl.buf, p...)
 				sl.refs = 1
 				return sl.buf, sl
