@@ -80,3 +80,17 @@ func (q *recvQueue) pop() chunk {
 	}
 	return c
 }
+
+// messageRest returns the bytes of the queued fragments that continue the
+// message being assembled, up to its last fragment, and whether that last
+// fragment is queued (whole).
+func (q *recvQueue) messageRest() (n int, whole bool) {
+	for i := range q.n {
+		c := &q.buf[(q.head+i)&(len(q.buf)-1)]
+		n += len(c.b)
+		if !c.more {
+			return n, true
+		}
+	}
+	return n, false
+}

@@ -30,9 +30,22 @@ var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, sla
 //
 // A stream's first payload is copied on its own, exactly: unary calls and
 // single responses then never touch a slab, and their callers may keep the
-// message past the next RecvMsg.
-func (s *Stream) copyInLocked(p []byte) ([]byte, *slab) {
+// message past the next RecvMsg. A large payload (minBig and more) after it
+// is copied into a pooled buffer of its own (bigbuf.go) with room for at
+// least room bytes more: the first fragment of a message a little over one
+// frame then becomes the buffer the message is assembled in
+// (assembleLocked).
+func (s *Stream) copyInLocked(p []byte, room int) ([]byte, *slab) {
 	if !s.copiedFirst || len(p) > slabSize/4 {
+		if s.copiedFirst && len(p) >= minBig {
+			// Within twice p, room or not (room is at most a quarter
+			// of p, and a new buffer is rounded up by less than a page).
+			if sl := getBigWithin(len(p)+min(room, len(p)/4), 2*len(p)); sl != nil {
+				sl.buf = append(sl.buf, p...)
+				sl.refs = 1
+				return sl.buf, sl
+			}
+		}
 		s.copiedFirst = true
 		return append([]byte(nil), p...), nil
 	}
@@ -60,6 +73,10 @@ func (s *Stream) releaseLocked(sl *slab) {
 	}
 	if s.slab == sl {
 		s.slab = nil
+	}
+	if cap(sl.buf) > slabSize {
+		putBig(sl) // a large frame's or message's own buffer (bigbuf.go)
+		return
 	}
 	slabPool.Put(sl)
 }

@@ -76,6 +76,8 @@ type Stream struct {
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
 	copiedFirst   bool  // a payload has been copied out (slab.go)
+	asmSlab       *slab // the pooled buffer assembly is in (bigbuf.go), or nil
+	gaveFirst     bool  // RecvMsg has returned a message
 	headers       tether.Metadata
 	headersSet    bool
 	headersCh     chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive

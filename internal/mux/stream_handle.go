@@ -65,12 +65,19 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	}
 	payload := f.Payload
 	var sl *slab
-	if 2*len(payload) < bufCap {
+	if 2*len(payload) < bufCap || len(payload) >= minBig {
 		// A small frame must not pin the large buffer it came in (flow
 		// control counts only its own bytes), and the buffer is reused
-		// for the next message.
+		// for the next message. A large frame is copied into a pooled
+		// buffer (bigbuf.go) too, so that the read buffer is reused:
+		// a donated one is replaced by a new one, grown again by
+		// doubling as the next message is read.
 		if len(payload) > 0 {
-			payload, sl = s.copyInLocked(payload)
+			room := 0
+			if more && s.partial == len(payload) {
+				room = adoptRoom // a message's first fragment
+			}
+			payload, sl = s.copyInLocked(payload, room)
 		} else {
 			payload = nil
 		}

@@ -52,8 +52,10 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 			grant := s.takeGrantLocked()
 			seq := s.ackLocked(grant)
 			if ch.more || s.assembly != nil {
-				err := s.assembleLocked(ch.b)
-				s.releaseLocked(ch.slab)
+				kept, err := s.assembleLocked(ch)
+				if !kept {
+					s.releaseLocked(ch.slab)
+				}
 				if err != nil {
 					s.mu.Unlock()
 					s.Reset(err)
@@ -71,9 +73,17 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 				msg = s.assembly
 				s.assembly = nil
 				s.uncharge()
+				if sl := s.asmSlab; sl != nil {
+					s.asmSlab = nil
+					if s.gaveFirst { // the first message is the caller's to keep
+						sl.refs = 1
+						s.held = sl
+					}
+				}
 			} else {
 				s.held = ch.slab
 			}
+			s.gaveFirst = true
 			s.mu.Unlock()
 			s.grant(grant, seq)
 			return msg, nil
@@ -116,30 +126,99 @@ func (s *Stream) takeDeferredLocked() int {
 	return n
 }
 
-// assembleLocked appends a fragment to the message being assembled. The
-// buffer's growth is charged to the connection's budget for partial
-// messages (Config.MaxPartialBytes); over it, the fragment is not taken,
-// the partial message is dropped and resource_exhausted returned: the
-// caller resets the stream. The buffer grows by doubling, never past
+// assembleLocked appends a fragment to the message being assembled
+// (ch.more: it is not the message's last), or keeps it (kept) as the
+// buffer the message is assembled in. The buffer's growth is charged to the
+// connection's budget for partial messages (Config.MaxPartialBytes); over
+// it, the fragment is not taken, the partial message is dropped and
+// resource_exhausted returned: the caller resets the stream.
+//
+// The buffer is sized once when it can be: for the last fragment, or when
+// the rest of the message is already queued, it is made exactly as large as
+// the message (one allocation, one copy of each fragment); otherwise it
+// takes what is queued of the message and grows by doubling, never past
 // MaxMessageSize (the reader has reset a stream whose message passes it).
-// s.mu is held.
-func (s *Stream) assembleLocked(p []byte) error {
+// A message's first fragment in a pooled buffer of its own with room for
+// the rest, all queued, is kept as the buffer (copyInLocked leaves
+// adoptRoom after a first fragment): no copy of the first fragment, which
+// is most of a message a little over one frame. s.mu is held.
+func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
+	p := ch.b
+	if s.assembly == nil && ch.more && ch.slab != nil && ch.slab.refs == 1 && cap(ch.slab.buf) > slabSize && len(p) > 0 && &p[0] == &ch.slab.buf[:1][0] {
+		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) {
+			if err := s.chargeLocked(cap(p)); err != nil {
+				return false, err
+			}
+			s.assembly, s.assemblyCap, s.asmSlab = p, cap(p), ch.slab
+			return true, nil
+		}
+	}
 	need := len(s.assembly) + len(p)
 	if need > cap(s.assembly) {
-		size := max(min(2*cap(s.assembly), s.c.cfg.MaxMessageSize), need)
-		limit := int64(s.c.cfg.MaxPartialBytes)
-		if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
-			s.c.partialBytes.Add(-int64(size - s.assemblyCap))
-			s.assembly = nil
-			s.uncharge()
-			return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+		size := need
+		if ch.more {
+			rest, whole := s.recvQ.messageRest()
+			size += rest
+			if !whole {
+				size = max(size, min(2*cap(s.assembly), s.c.cfg.MaxMessageSize))
+			}
+			size = max(min(size, s.c.cfg.MaxMessageSize), need)
 		}
-		buf := make([]byte, len(s.assembly), size)
-		copy(buf, s.assembly)
-		s.assembly, s.assemblyCap = buf, size
+		var sl *slab
+		if size >= minBig {
+			if sl = getBig(size); sl != nil {
+				size = cap(sl.buf)
+			}
+		}
+		if err := s.chargeLocked(size); err != nil {
+			if sl != nil {
+				putBig(sl)
+			}
+			return false, err
+		}
+		var buf []byte
+		if sl != nil {
+			buf = append(sl.buf, s.assembly...)
+		} else {
+			buf = make([]byte, len(s.assembly), size)
+			copy(buf, s.assembly)
+		}
+		if s.asmSlab != nil {
+			putBig(s.asmSlab) // no one else has seen it
+		}
+		s.assembly, s.assemblyCap, s.asmSlab = buf, size, sl
 	}
 	s.assembly = append(s.assembly, p...)
+	return false, nil
+}
+
+// chargeLocked charges the assembly buffer's new capacity, size, to the
+// connection's budget for partial messages. Over the budget, it drops the
+// message being assembled and returns resource_exhausted. s.mu is held.
+func (s *Stream) chargeLocked(size int) error {
+	limit := int64(s.c.cfg.MaxPartialBytes)
+	if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
+		s.c.partialBytes.Add(-int64(size - s.assemblyCap))
+		s.dropAssemblyLocked()
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+	}
 	return nil
+}
+
+// adoptRoom is the room copyInLocked leaves after a message's first
+// fragment when it is large: enough for the rest of a message a little over
+// one frame (a 64 KiB payload and its protobuf tag and length), so that the
+// fragment's buffer becomes the message's (assembleLocked).
+const adoptRoom = 8 << 10
+
+// dropAssemblyLocked drops the message being assembled and takes its buffer
+// off the connection's budget. s.mu is held.
+func (s *Stream) dropAssemblyLocked() {
+	if s.asmSlab != nil {
+		putBig(s.asmSlab)
+	}
+	s.assembly, s.asmSlab = nil, nil
+	s.uncharge()
 }
 
 // uncharge takes the stream's assembly buffer off the connection's budget

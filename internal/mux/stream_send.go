@@ -29,6 +29,10 @@ import (
 // waiting for flow-control credit. It fails with resource_exhausted for a
 // message over MaxMessageSize; with the stream's error once the stream has
 // ended (io.EOF after a clean END on a client); and with ctx's error.
+//
+// The fragments that the credit in hand covers are queued together (up to
+// batchBytes of them at a time), so that a message a little over one frame
+// leaves in one write rather than as a frame and then a sliver.
 func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 	if len(msg) > s.c.cfg.MaxMessageSize {
 		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", len(msg), s.c.cfg.MaxMessageSize)
@@ -39,36 +43,46 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 	started := false // a fragment with MORE has been queued
 	for first || len(msg) > 0 {
 		first = false
-		want := min(len(msg), 16<<10) + FrameOverhead
-		credit, err := s.waitCredit(ctx, want)
+		credit, err := s.waitCredit(ctx, min(len(msg), minFragment)+FrameOverhead)
 		if err != nil {
 			return s.abandonMessage(started, err)
 		}
-		n := min(len(msg), frame.MaxPayload, credit-FrameOverhead)
-		part := msg[:n]
-		var flags uint8
-		if n < len(msg) {
-			flags = frame.FlagMore
-		}
+		rest, left := msg, credit
 		err = s.c.write(ctx, s.done, func(b []byte) []byte {
-			b = frame.AppendHeader(b, frame.TypeMessage, flags, s.id, len(part))
-			return append(b, part...)
+			for queued := 0; ; {
+				n := min(len(rest), frame.MaxPayload, left-FrameOverhead)
+				var flags uint8
+				if n < len(rest) {
+					flags = frame.FlagMore
+				}
+				b = frame.AppendHeader(b, frame.TypeMessage, flags, s.id, n)
+				b = append(b, rest[:n]...)
+				rest, left, queued = rest[n:], left-(n+FrameOverhead), queued+n
+				if len(rest) == 0 || left-FrameOverhead < min(len(rest), minFragment) || queued >= batchBytes {
+					return b
+				}
+			}
 		})
+		if err != nil {
+			left = credit // nothing was queued
+		}
 		// Credit not used goes back.
 		s.mu.Lock()
-		s.sendCredit += credit - (n + FrameOverhead)
-		if err != nil {
-			s.sendCredit += n + FrameOverhead
-		}
+		s.sendCredit += left
 		s.mu.Unlock()
 		if err != nil {
 			return s.abandonMessage(started, s.sendError(err))
 		}
 		started = true
-		msg = msg[n:]
+		msg = rest
 	}
 	return nil
 }
+
+// minFragment is the smallest fragment SendMsg sends of a message that has
+// more bytes left: it waits for credit for that much rather than sending
+// slivers.
+const minFragment = 16 << 10
 
 // abandonMessage returns err, the error of a SendMsg that stops before the
 // message is complete. Once a fragment has been queued (started), the
@@ -88,11 +102,28 @@ func (s *Stream) abandonMessage(started bool, err error) error {
 func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	size := proto.Size(m)
 	if size > frame.MaxPayload || size > s.c.cfg.MaxMessageSize {
-		b, err := proto.Marshal(m)
+		if size > s.c.cfg.MaxMessageSize {
+			return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", size, s.c.cfg.MaxMessageSize)
+		}
+		// Marshalled into a pooled buffer (bigbuf.go): SendMsg copies
+		// it into the writer's queue.
+		sl := getBig(size)
+		var buf []byte
+		if sl != nil {
+			buf = sl.buf
+		}
+		b, err := marshalOpts.MarshalAppend(buf, m)
+		if err == nil && len(b) != size {
+			err = errors.New("message changed while it was being sent")
+		}
 		if err != nil {
 			return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), err)
 		}
-		return s.SendMsg(ctx, b)
+		err = s.SendMsg(ctx, b)
+		if sl != nil && cap(b) == cap(sl.buf) {
+			putBig(sl)
+		}
+		return err
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()

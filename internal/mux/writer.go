@@ -308,7 +308,7 @@ func (c *Conn) writeBatch(buf []byte) error {
 			typ := frame.Type(buf[n])
 			id := binary.BigEndian.Uint32(buf[n+2 : n+6])
 			size := frame.HeaderSize + int(binary.BigEndian.Uint32(buf[n+6:n+10]))
-			if n > 0 && n+size > MaxWebSocketMessage {
+			if n > 0 && (n+size > MaxWebSocketMessage || size >= minBig && n+size > maxWriteMessage) {
 				break
 			}
 			if typ == frame.TypeOpen && id > c.flushedOpen.Load() {
@@ -337,3 +337,12 @@ func (c *Conn) writeBatch(buf []byte) error {
 // marshalOpts encodes envelopes straight into the writer's queue, reusing
 // the size computed just before.
 var marshalOpts = proto.MarshalOptions{UseCachedSize: true}
+
+// maxWriteMessage: a large frame (minBig and more) does not join a
+// WebSocket message that would then pass this size; it starts the next
+// one (small frames still share messages up to MaxWebSocketMessage). A
+// receiver reads a whole WebSocket message before it handles any of its
+// frames, so a backlog of large frames written as one message as large as
+// the stream's window made the two ends take turns, the receiver reading
+// while the sender waited for credit, instead of overlapping.
+const maxWriteMessage = 128 << 10

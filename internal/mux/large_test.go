@@ -1,0 +1,365 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// fill returns n bytes that depend on seed, so that a message mixed up with
+// another (or overwritten by a recycled buffer) shows.
+func fill(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// TestFragmentedMessageAssembledOnce (issue 15): a message whose fragments
+// are all queued when the receiver takes the first is assembled in one
+// buffer of its own size. Before, the buffer was made for the first
+// fragment and regrown (doubled, and copied) for the last: a 40,000-byte
+// message of 32 KiB and 7,232 bytes took 64 KiB, two allocations and two
+// copies.
+func TestFragmentedMessageAssembledOnce(t *testing.T) {
+	type got struct {
+		msg []byte
+		err error
+	}
+	msgs := make(chan got, 1)
+	ws, _ := rawPeer(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		m, err := s.RecvMsg()
+		msgs <- got{m, err}
+		_ = s.Finish(nil, nil)
+	}})
+	open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/a/b"})
+	msg := fill(1, 40000)
+	writeFrames(t, ws,
+		frame.Frame{Type: frame.TypeOpen, StreamID: 1, Payload: open},
+		frame.Frame{Type: frame.TypeMessage, Flags: frame.FlagMore, StreamID: 1, Payload: msg[:32<<10]},
+		frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: msg[32<<10:]},
+	)
+	select {
+	case g := <-msgs:
+		if g.err != nil {
+			t.Fatal(g.err)
+		}
+		if !bytes.Equal(g.msg, msg) {
+			t.Fatalf("message of %d bytes arrived as %d different bytes", len(msg), len(g.msg))
+		}
+		// The runtime rounds a large allocation up to 8 KiB pages.
+		if c := cap(g.msg); c > len(msg)+8<<10 {
+			t.Errorf("assembled in a buffer of %d bytes for a message of %d; want it sized to the message", c, len(msg))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no message after 30s")
+	}
+}
+
+// TestSendMsgFragmentsLeaveTogether (issue 15): the fragments of a message
+// that the sender's credit covers are queued together, so that they leave
+// in one WebSocket message: a message a little over 64 KiB no longer goes
+// out as a frame and then a 9-byte sliver in a write of its own (and the
+// receiver can size the buffer from what is queued). And a backlog of
+// large frames leaves in WebSocket messages of at most maxWriteMessage
+// (before, up to 1 MiB), so that the receiver, which reads a whole
+// message before it handles its frames, starts on the first message (and
+// grants credit back for it) before the backlog has crossed.
+func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
+	const msgs = 100
+	type result struct{ splits, largest int }
+	split := make(chan result, 1)
+	cc := rawServer(t, Config{}, func(ws *websocket.Conn) {
+		if _, _, err := ws.ReadMessage(); err != nil { // OPEN
+			return
+		}
+		var b []byte
+		b = frame.AppendWindow(b, 1, 1<<30)
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			return
+		}
+		// Not reading for a while lets the sender's queue fill up (it
+		// makes a backlog likely; the assertions do not depend on it).
+		time.Sleep(200 * time.Millisecond)
+		seen, splits, largest := 0, 0, 0
+		for seen < msgs {
+			_, m, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			largest = max(largest, len(m))
+			more := false
+			for len(m) > 0 {
+				f, rest, err := frame.Parse(m)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if f.Type == frame.TypeMessage {
+					more = f.Flags&frame.FlagMore != 0
+					if !more {
+						seen++
+					}
+				}
+				m = rest
+			}
+			if more {
+				splits++ // a message's fragments in two WebSocket messages
+			}
+		}
+		split <- result{splits, largest}
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 64<<10+9)
+	for range msgs {
+		if err := s.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case r := <-split:
+		if r.splits > 0 {
+			t.Errorf("%d of %d messages of %d bytes left in two WebSocket messages; want their fragments together", r.splits, msgs, len(msg))
+		}
+		if r.largest > maxWriteMessage {
+			t.Errorf("a WebSocket message of %d bytes; want at most %d", r.largest, maxWriteMessage)
+		}
+	case <-ctx.Done():
+		t.Fatal("the peer did not receive every message")
+	}
+}
+
+// TestLargeMessagesPooledBuffers (issue 15): large messages are marshalled,
+// copied in and assembled in pooled buffers (bigbuf.go), recycled once the
+// caller is done with a message (its next RecvMsg). Every message arrives
+// whole and unchanged, whatever its size and fragmentation, and a stream's
+// first message, which the caller may keep, is never recycled.
+func TestLargeMessagesPooledBuffers(t *testing.T) {
+	sizes := []int{40000, 64<<10 + 9, 64 << 10, 200000, 33000, 3 << 20, 64<<10 + 9, 100, 70000, 1 << 20}
+	cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		if _, err := s.RecvMsg(); err != nil {
+			return
+		}
+		for i, n := range sizes {
+			for j := range 3 {
+				m := &wrapperspb.BytesValue{Value: fill(uint64(10*i+j), n)}
+				if err := s.SendProto(s.Context(), m); err != nil {
+					return
+				}
+			}
+		}
+		_ = s.Finish(nil, nil)
+	}}, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first []byte
+	for i, n := range sizes {
+		for j := range 3 {
+			b, err := s.RecvMsg()
+			if err != nil {
+				t.Fatalf("message %d.%d: %v", i, j, err)
+			}
+			if first == nil {
+				first = b // kept without a copy, as a unary caller does
+			}
+			var m wrapperspb.BytesValue
+			if err := proto.Unmarshal(b, &m); err != nil {
+				t.Fatalf("message %d.%d: %v", i, j, err)
+			}
+			if !bytes.Equal(m.Value, fill(uint64(10*i+j), n)) {
+				t.Fatalf("message %d.%d of %d bytes arrived changed", i, j, n)
+			}
+		}
+	}
+	if _, err := s.RecvMsg(); err == nil {
+		t.Fatal("a message after the last")
+	}
+	var m wrapperspb.BytesValue
+	if err := proto.Unmarshal(first, &m); err != nil || !bytes.Equal(m.Value, fill(0, sizes[0])) {
+		t.Fatalf("the stream's first message changed after later messages (%v)", err)
+	}
+}
+
+// TestLargeFramesReuseBuffers (issue 15): a stream of large messages, each
+// one frame in a WebSocket message of its own, allocates no buffer per
+// message on receipt once warm: a large frame is copied into a pooled
+// buffer and the read buffer is reused. Before, a frame at least half its
+// read buffer kept that buffer, so the next message was read into a new
+// one, grown by doubling from 4 KiB.
+func TestLargeFramesReuseBuffers(t *testing.T) {
+	const (
+		size = 60000
+		warm = 20
+		msgs = 300
+	)
+	msg := fill(7, size)
+	wsMsg := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: msg})
+	cc := rawServer(t, Config{}, func(ws *websocket.Conn) {
+		credit := InitialWindow
+		// take reads the client's frames (the first time, at least its
+		// OPEN) until credit covers one message.
+		opened := false
+		take := func() bool {
+			for !opened || credit < size+FrameOverhead {
+				opened = true
+				_, m, err := ws.ReadMessage()
+				if err != nil {
+					return false
+				}
+				for len(m) > 0 {
+					f, rest, err := frame.Parse(m)
+					if err != nil {
+						return false
+					}
+					if f.Type == frame.TypeWindow {
+						credit += int(frame.WindowIncrement(f))
+					}
+					m = rest
+				}
+			}
+			return true
+		}
+		for range warm + msgs {
+			if !take() {
+				return
+			}
+			credit -= size + FrameOverhead
+			if ws.WriteMessage(websocket.BinaryMessage, wsMsg) != nil {
+				return
+			}
+		}
+		_ = ws.WriteMessage(websocket.BinaryMessage, frame.Append(nil, frame.Frame{Type: frame.TypeEnd, StreamID: 1, Payload: okEnd}))
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before runtime.MemStats
+	for i := range warm + msgs {
+		if i == warm {
+			runtime.ReadMemStats(&before)
+		}
+		b, err := s.RecvMsg()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if !bytes.Equal(b, msg) {
+			t.Fatalf("message %d arrived changed", i)
+		}
+	}
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	// The peer runs here too; a sync.Pool loses its buffers at every
+	// other garbage collection, so some allocation remains.
+	per := float64(after.TotalAlloc-before.TotalAlloc) / msgs
+	t.Logf("%.0f bytes allocated per %d-byte message", per, size)
+	if raceOn {
+		return // the race detector's sync.Pool drops buffers at random
+	}
+	if per > size/2 {
+		t.Errorf("%.0f bytes allocated per %d-byte message; want well under one message's size", per, size)
+	}
+}
+
+// TestFirstFragmentBecomesAssemblyBuffer (issue 15): the first fragment of
+// a message a little over one frame is copied in with room for the rest,
+// and its buffer becomes the one the message is assembled in, so the
+// receiver copies only the sliver that follows (before: a second 64 KiB
+// copy per message).
+func TestFirstFragmentBecomesAssemblyBuffer(t *testing.T) {
+	_, sc := pair(t, Config{}, Config{})
+	s := sc.newStream(2)
+	s.copiedFirst = true // past the stream's first payload, copied on its own
+	msg := fill(3, 64<<10+9)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first, fsl := s.copyInLocked(msg[:64<<10], adoptRoom)
+	s.recvQ.push(chunk{b: first, more: true, slab: fsl})
+	last := append([]byte(nil), msg[64<<10:]...)
+	s.recvQ.push(chunk{b: last})
+	ch := s.recvQ.pop()
+	kept, err := s.assembleLocked(ch)
+	if err != nil || !kept {
+		t.Fatalf("first fragment: kept %v, %v; want it kept as the message's buffer", kept, err)
+	}
+	if kept, err := s.assembleLocked(s.recvQ.pop()); err != nil || kept {
+		t.Fatalf("last fragment: kept %v, %v", kept, err)
+	}
+	if !bytes.Equal(s.assembly, msg) {
+		t.Fatal("message assembled wrong")
+	}
+	if &s.assembly[0] != &first[0] {
+		t.Error("the message was assembled in a new buffer; want the first fragment's")
+	}
+	if got := sc.partialBytes.Load(); got != int64(cap(first)) {
+		t.Errorf("partial bytes %d; want the buffer's capacity %d", got, cap(first))
+	}
+	s.dropAssemblyLocked()
+	if got := sc.partialBytes.Load(); got != 0 {
+		t.Errorf("partial bytes %d after the message was dropped; want 0", got)
+	}
+}
+
+// TestBigBuffersWithinTwice: a pooled buffer is never more than twice what
+// was asked for, whatever the pool holds, so that a queued large frame's
+// buffer stays within twice its payload (TestQueuedMemoryWithinCredit's
+// bound, which a fresh pool would not exercise).
+func TestBigBuffersWithinTwice(t *testing.T) {
+	for _, c := range []int{33 << 10, 100 << 10, 255 << 10, 1 << 20} {
+		putBig(&slab{buf: make([]byte, 0, c)})
+	}
+	for _, n := range []int{minBig, 40000, 64<<10 + 9, 70000, 130000, 600000} {
+		for range 4 {
+			sl := getBig(n)
+			if c := cap(sl.buf); c < n || c > 2*n {
+				t.Errorf("getBig(%d): capacity %d; want %d to %d", n, c, n, 2*n)
+			}
+			putBig(sl)
+		}
+	}
+	// A large frame copied in with room for the rest of its message
+	// (copyInLocked): still within twice its payload.
+	s := &Stream{copiedFirst: true}
+	for _, n := range []int{minBig, 40000, 64 << 10} {
+		for range 4 {
+			b, sl := s.copyInLocked(make([]byte, n), adoptRoom)
+			if c := cap(b); c > 2*n {
+				t.Errorf("a %d-byte frame copied in with room: capacity %d; want at most %d", n, c, 2*n)
+			}
+			putBig(sl)
+		}
+	}
+}
