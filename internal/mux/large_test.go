@@ -40,6 +40,18 @@ func TestFragmentedMessageAssembledOnce(t *testing.T) {
 	}
 	msgs := make(chan got, 1)
 	ws, _ := rawPeer(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		// Both fragments come in one WebSocket message, but the reader
+		// queues them one after the other: wait until both are queued,
+		// the case this test is about (a receiver that takes the first
+		// before the second is queued sizes the buffer by doubling).
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			s.mu.Lock()
+			n := s.recvQ.len()
+			s.mu.Unlock()
+			if n >= 2 {
+				break
+			}
+		}
 		m, err := s.RecvMsg()
 		msgs <- got{m, err}
 		_ = s.Finish(nil, nil)
