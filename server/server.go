@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -105,9 +106,9 @@ func New(opts ...Option) *Server {
 		Subprotocols:     []string{tether.Subprotocol},
 		WriteBufferPool:  mux.WriteBufferPool,
 		WriteBufferSize:  mux.WriteBufferSize,
-		// A small read buffer of its own instead of net/http's 4 KiB one:
-		// idle connections are cheaper, and large payloads are read
-		// straight into the message buffer anyway.
+		// A tiny read buffer of its own instead of net/http's 4 KiB one,
+		// over a connection that borrows a pooled buffer only while read
+		// bytes wait (pooledHijacker): an idle connection holds none.
 		ReadBufferSize: mux.ReadBufferSize,
 		CheckOrigin:    func(*http.Request) bool { return true }, // checked before Upgrade
 	}
@@ -184,7 +185,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.nextConn++
 	connID := s.nextConn
 	s.mu.Unlock()
-	ws, err := s.upgrader.Upgrade(w, r, s.upgradeHeader)
+	ws, err := s.upgrader.Upgrade(pooledHijacker{w}, r, s.upgradeHeader)
 	if err != nil {
 		s.unadmit(ip)
 		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)
@@ -599,3 +600,16 @@ var closedCtx = func() context.Context {
 	cancel()
 	return ctx
 }()
+
+// pooledHijacker hands the upgrader the hijacked connection wrapped by
+// mux.PooledReads, so that the WebSocket's reads borrow pooled buffers.
+type pooledHijacker struct{ http.ResponseWriter }
+
+// Hijack hijacks the underlying ResponseWriter's connection.
+func (h pooledHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return mux.PooledReads(conn), brw, nil
+}

@@ -1,0 +1,123 @@
+//go:build unix
+
+package mux
+
+// Pooled reads: an idle connection holds no read buffer.
+//
+// gorilla/websocket reads through a bufio.Reader of its own, allocated per
+// connection and held for the connection's life. PooledReads puts a
+// connection under it that borrows a buffer from a shared pool only while
+// bytes read from the socket wait to be consumed: it waits for the socket
+// to be readable with no buffer (syscall.RawConn.Read, the runtime's
+// poller), reads what is there into a pooled buffer, and gives the buffer
+// back once gorilla has taken every byte. gorilla's own buffer can then be
+// the smallest it accepts (ReadBufferSize). Only the reader goroutine reads
+// (gorilla allows one reader), so the fields need no lock.
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// pooledReadSize is the size of the pooled buffers; reads asking for at
+// least as much go straight to the socket.
+const pooledReadSize = 4096
+
+var pooledReadBuffers = sync.Pool{New: func() any { b := make([]byte, pooledReadSize); return &b }}
+
+// PooledReads returns conn wrapped so that it holds a read buffer only
+// while read bytes wait to be consumed. Connections it cannot wrap (TLS,
+// anything but TCP) are returned as they are.
+func PooledReads(conn net.Conn) net.Conn {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return conn
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return conn
+	}
+	return &pooledConn{TCPConn: tc, raw: raw}
+}
+
+// pooledConn is a TCP connection whose reads borrow pooled buffers. Every
+// other method is the TCPConn's (CloseWrite, deadlines, writes).
+type pooledConn struct {
+	*net.TCPConn
+	raw  syscall.RawConn
+	buf  *[]byte // borrowed, holding unread bytes buf[r:w]; nil when none
+	r, w int
+}
+
+// Read reads into p: bytes already read first, else at most one read
+// system call, waiting (with no buffer held) until the socket is readable.
+// Read deadlines apply as to the TCPConn.
+func (c *pooledConn) Read(p []byte) (int, error) {
+	if c.buf != nil {
+		n := copy(p, (*c.buf)[c.r:c.w])
+		c.r += n
+		if c.r == c.w {
+			pooledReadBuffers.Put(c.buf)
+			c.buf = nil
+		}
+		return n, nil
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if len(p) >= pooledReadSize {
+		return c.TCPConn.Read(p)
+	}
+	var (
+		bp    *[]byte
+		n     int
+		rerr  error
+		empty bool
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		bp = pooledReadBuffers.Get().(*[]byte)
+		for {
+			n, rerr = syscall.Read(int(fd), *bp)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			// Nothing there: wait for the poller without the buffer.
+			pooledReadBuffers.Put(bp)
+			bp = nil
+			return false
+		}
+		empty = n <= 0
+		return true
+	})
+	if err == nil && rerr != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	}
+	if err != nil || empty {
+		if bp != nil {
+			pooledReadBuffers.Put(bp)
+		}
+		if err == nil {
+			err = io.EOF
+		}
+		return 0, err
+	}
+	m := copy(p, (*bp)[:n])
+	if m < n {
+		c.buf, c.r, c.w = bp, m, n
+	} else {
+		pooledReadBuffers.Put(bp)
+	}
+	return m, nil
+}
+
+// WriteTo copies what the connection reads to w through Read, so that
+// bytes already read are not skipped (io.Copy would use the TCPConn's
+// WriteTo, which reads the socket directly).
+func (c *pooledConn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
+}
