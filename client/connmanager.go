@@ -259,7 +259,13 @@ func (c *sub) dial() (*mux.Conn, error) {
 	dialer := c.dialer
 	dialer.ReadBufferSize = mux.ReadBufferSize
 	dialTo := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := new(net.Dialer).DialContext(ctx, network, addr)
+		var conn net.Conn
+		var err error
+		if c.cfg.dialer != nil {
+			conn, err = c.cfg.dialer(ctx, addr)
+		} else {
+			conn, err = new(net.Dialer).DialContext(ctx, network, addr)
+		}
 		if err != nil {
 			return nil, err
 		}
