@@ -76,6 +76,7 @@ type Conn struct {
 	cancel    context.CancelCauseFunc
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
+	pingDue   atomic.Int64  // when the next PING is due (Unix ns), for Heartbeats
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
 
@@ -168,7 +169,7 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	// the field (to re-arm it), and Reset orders this write before the
 	// timer's first run.
 	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
-	c.pingTimer.Reset(cfg.PingInterval)
+	c.armPing()
 	go c.readLoop()
 	return c
 }

@@ -184,6 +184,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 	switch f.Type {
 	case frame.TypePing:
 		if f.Flags&frame.FlagAck != 0 {
+			c.pongReceived(f.Payload)
 			return c.idleFrame("PING answers")
 		}
 		if !c.pingLimit.Allow() {
