@@ -106,11 +106,11 @@ func New(opts ...Option) *Server {
 		Subprotocols:     []string{tether.Subprotocol},
 		WriteBufferPool:  mux.WriteBufferPool,
 		WriteBufferSize:  mux.WriteBufferSize,
-		// A tiny read buffer of its own instead of net/http's 4 KiB one,
-		// over a connection that borrows a pooled buffer only while read
-		// bytes wait (pooledHijacker): an idle connection holds none.
-		ReadBufferSize: mux.ReadBufferSize,
-		CheckOrigin:    func(*http.Request) bool { return true }, // checked before Upgrade
+		// ReadBufferSize 0: the read buffer is the small one that
+		// pooledHijacker hands over (mux.HijackPooled), over a connection
+		// that borrows a pooled buffer only while read bytes wait: an
+		// idle connection holds none, and its reader can park.
+		CheckOrigin: func(*http.Request) bool { return true }, // checked before Upgrade
 	}
 	return s
 }
@@ -601,15 +601,12 @@ var closedCtx = func() context.Context {
 	return ctx
 }()
 
-// pooledHijacker hands the upgrader the hijacked connection wrapped by
-// mux.PooledReads, so that the WebSocket's reads borrow pooled buffers.
+// pooledHijacker hands the upgrader the hijacked connection as
+// mux.HijackPooled makes it: reads borrow pooled buffers, the read buffer
+// is small, and the reader of an idle connection can park.
 type pooledHijacker struct{ http.ResponseWriter }
 
 // Hijack hijacks the underlying ResponseWriter's connection.
 func (h pooledHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	return mux.PooledReads(conn), brw, nil
+	return mux.HijackPooled(h.ResponseWriter)
 }

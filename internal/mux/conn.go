@@ -5,7 +5,9 @@ package mux
 // The goroutines of a connection, and the files whose state each owns:
 //
 //   - the reader goroutine (reader.go), started by New: the only one that
-//     reads from the WebSocket. It runs the frame handlers (reader.go's
+//     reads from the WebSocket. On an idle server connection it parks
+//     (park.go): a waiter goroutine on a small stack takes its place until
+//     bytes arrive. It runs the frame handlers (reader.go's
 //     handle, stream_handle.go, open.go's handleOpen, lifecycle.go's
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
@@ -116,9 +118,15 @@ type Conn struct {
 	wg          sync.WaitGroup // the writer goroutine, waited for by readerExit
 	lingerUntil atomic.Int64   // after a close frame was sent: read deadline (Unix ns) of the drain
 
-	// The reader goroutine's own (reader.go).
-	inMessage atomic.Bool // reader is inside a WebSocket message
-	donated   bool        // reader: a stream kept a frame of the current buffer
+	// The reader goroutine's own (reader.go), and its waiter's when it
+	// parks (park.go).
+	inMessage atomic.Bool   // reader is inside a WebSocket message
+	donated   bool          // reader: a stream kept a frame of the current buffer
+	parkConn  *pooledConn   // set by New when the reader can park
+	lastMsg   time.Time     // when the last message arrived
+	quietGap  bool          // the last message came after a quiet spell
+	woke      bool          // the waiter woke with an error: read at once
+	parks     atomic.Uint32 // times the reader parked, for tests
 
 	// Counters, updated atomically from any goroutine.
 	bytesIn, bytesOut atomic.Uint64
@@ -170,6 +178,7 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	// timer's first run.
 	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
 	c.armPing()
+	c.parkConn = parker(ws.NetConn())
 	go c.readLoop()
 	return c
 }

@@ -15,8 +15,10 @@ package mux
 // (gorilla allows one reader), so the fields need no lock.
 
 import (
+	"bufio"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"syscall"
@@ -50,6 +52,67 @@ type pooledConn struct {
 	raw  syscall.RawConn
 	buf  *[]byte // borrowed, holding unread bytes buf[r:w]; nil when none
 	r, w int
+	br   *bufio.Reader // the WebSocket's read buffer, when HijackPooled made it
+}
+
+// parkReadBufferSize is the size of the WebSocket read buffer HijackPooled
+// makes: the smallest that gorilla/websocket's Upgrader takes from the
+// hijacked connection (more than 256 bytes) when its ReadBufferSize is 0.
+const parkReadBufferSize = 257
+
+// HijackPooled hijacks w's connection for a WebSocket upgrade
+// (websocket.Upgrader with ReadBufferSize 0, through an http.Hijacker that
+// calls it): the connection is wrapped by PooledReads, and its read buffer
+// is a small one that the connection knows, so that the reader goroutine
+// of an idle connection can park (Conn.park). If net/http already buffered
+// bytes of the client, its own reader is returned and the upgrader refuses
+// the connection, as it would have.
+func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil || brw.Reader.Buffered() > 0 {
+		return conn, brw, err
+	}
+	conn = PooledReads(conn)
+	br := bufio.NewReaderSize(conn, parkReadBufferSize)
+	if pc, ok := conn.(*pooledConn); ok {
+		pc.br = br
+	}
+	return conn, bufio.NewReadWriter(br, brw.Writer), nil
+}
+
+// parker returns ws's connection if its reader can park: HijackPooled made
+// it. Nil otherwise.
+func parker(conn net.Conn) *pooledConn {
+	if pc, ok := conn.(*pooledConn); ok && pc.br != nil {
+		return pc
+	}
+	return nil
+}
+
+// quiet reports whether no byte waits to be read: none in the WebSocket's
+// read buffer, none borrowed, none in the socket. Reader goroutine only.
+func (c *pooledConn) quiet() bool {
+	if c.buf != nil || c.br.Buffered() > 0 {
+		return false
+	}
+	empty := false
+	_ = c.raw.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		empty = err == syscall.EAGAIN // the socket is non-blocking
+	})
+	return empty
+}
+
+// waitReadable waits, holding no buffer, until the socket has bytes (or
+// its FIN) to read, or the read deadline passes or the socket closes,
+// which it returns as an error.
+func (c *pooledConn) waitReadable() error {
+	return c.raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		return err != syscall.EAGAIN
+	})
 }
 
 // Read reads into p: bytes already read first, else at most one read
