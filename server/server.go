@@ -196,9 +196,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes))
 	var conn *mux.Conn
 	var expiry, aged *time.Timer
-	var budget *replayBudget
+	var budget *lazyBudget
 	if s.resume != nil {
-		budget = newReplayBudget(s.resume.lim.ConnBytes)
+		budget = &lazyBudget{limit: s.resume.lim.ConnBytes}
 	}
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer, budget) }
 	cfg.Route = s.route
@@ -386,7 +386,7 @@ func (s *Server) route(procedure string) (any, bool) {
 
 // serveStream runs one call: find the handler, build its context (deadline,
 // call info), run it with panic recovery, and send END.
-func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, budget *replayBudget) {
+func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, budget *lazyBudget) {
 	h, _ := st.Route().(*Handler)
 	if h == nil {
 		_ = st.Finish(tether.Errorf(tether.CodeUnimplemented, "tether: procedure %q is not served here", open.GetProcedure()), nil)
@@ -403,14 +403,14 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 			return
 		}
 		var cursor []byte
-		if rs, cursor = s.resume.attach(st, r, peer, budget, h.spec); rs == nil {
+		if rs, cursor = s.resume.attach(st, r, peer, budget.get(), h.spec); rs == nil {
 			return
 		}
 		restarted = &resumeCursor{cursor: cursor, consumed: r.GetConsumed()}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
 		cursors := r.GetCursors() && h.spec.StreamType == tether.StreamTypeServer
-		if rs, err = s.resume.open(st, r, peer, budget, cursors); err != nil {
+		if rs, err = s.resume.open(st, r, peer, budget.get(), cursors); err != nil {
 			_ = st.Finish(err, nil)
 			return
 		}

@@ -91,7 +91,7 @@ type Conn struct {
 	running     int    // server: streams accepted and not finished
 	localGoAway bool
 	peerGoAway  bool
-	draining    chan struct{} // closed on GOAWAY (sent or received)
+	draining    chan struct{} // closed on GOAWAY (sent or received); a server's made by Draining
 	idle        chan struct{} // non-nil while someone waits for running == 0
 
 	// The writer's queue (writer.go), guarded by wmu; any goroutine
@@ -101,7 +101,7 @@ type Conn struct {
 	wbuf        []byte
 	spare       []byte
 	wwaiters    int
-	wspace      chan struct{} // closed when the queue drains below batchBytes
+	wspace      chan struct{} // made by a waiting sender, closed when the queue drains below batchBytes
 	wnotify     chan struct{}
 	wclosing    bool // graceful close queued: the writer closes once drained
 	wrunning    bool // a writer goroutine is running
@@ -138,17 +138,20 @@ type Conn struct {
 func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	cfg.withDefaults()
 	c := &Conn{
-		ws:       ws,
-		role:     role,
-		cfg:      cfg,
-		streams:  make(map[uint32]*Stream),
-		nextID:   1,
-		draining: make(chan struct{}),
-		wspace:   make(chan struct{}),
-		wnotify:  make(chan struct{}, 1),
-		closed:   make(chan struct{}),
+		ws:      ws,
+		role:    role,
+		cfg:     cfg,
+		streams: make(map[uint32]*Stream),
+		nextID:  1,
+		wnotify: make(chan struct{}, 1),
+		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	if role == RoleClient {
+		// A client's Open waits on it; a server's is made on demand
+		// (Draining).
+		c.draining = make(chan struct{})
+	}
 	if role == RoleClient && cfg.PeerMaxStreams > 0 {
 		c.slots = make(chan struct{}, cfg.PeerMaxStreams)
 	}
@@ -188,7 +191,20 @@ func (c *Conn) Done() <-chan struct{} { return c.closed }
 
 // Draining is closed once either side has sent GOAWAY: no new streams will
 // be accepted on this connection.
-func (c *Conn) Draining() <-chan struct{} { return c.draining }
+func (c *Conn) Draining() <-chan struct{} {
+	if c.role == RoleClient {
+		return c.draining
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.draining == nil {
+		c.draining = make(chan struct{})
+		if c.localGoAway || c.peerGoAway {
+			close(c.draining)
+		}
+	}
+	return c.draining
+}
 
 // Err returns why the connection closed, or nil while it is open.
 func (c *Conn) Err() error {

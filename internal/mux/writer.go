@@ -70,6 +70,9 @@ func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte
 	c.wmu.Lock()
 	for len(c.wbuf) >= batchBytes {
 		c.wwaiters++
+		if c.wspace == nil {
+			c.wspace = make(chan struct{})
+		}
 		space := c.wspace
 		c.wmu.Unlock()
 		select {
@@ -167,9 +170,9 @@ func (c *Conn) writeLoop() {
 		}
 		c.wbuf = c.spare[:0]
 		c.spare = nil
-		if c.wwaiters > 0 {
-			close(c.wspace)
-			c.wspace = make(chan struct{})
+		if c.wwaiters > 0 && c.wspace != nil { // nil: every waiter's channel is closed already
+			close(c.wspace) // made by the waiters (write)
+			c.wspace = nil
 		}
 		c.wmu.Unlock()
 		if err := c.writeBatch(buf); err != nil {
