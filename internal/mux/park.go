@@ -24,7 +24,8 @@ import "time"
 const parkAfter = 10 * time.Millisecond
 
 // shouldPark reports whether the reader should park now: the connection
-// can park, has just come out of a quiet spell, is open, and no byte waits.
+// can park, has just come out of a quiet spell, is open, and no byte it
+// has read waits.
 func (c *Conn) shouldPark() bool {
 	return c.parkConn != nil && c.quietGap && !c.isClosed() && c.lingerUntil.Load() == 0 && c.parkConn.quiet()
 }
@@ -44,5 +45,6 @@ func (c *Conn) parked() {
 	if err := c.parkConn.waitReadable(); err != nil {
 		c.woke = true
 	}
+	c.quietGap = false // read a message before parking again
 	c.readLoop()
 }

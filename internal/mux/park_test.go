@@ -48,8 +48,9 @@ func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // takes its place), and calls made afterwards are served as before,
 // heartbeats included.
 func TestIdleServerReaderParks(t *testing.T) {
+	// PINGs every 150 ms: under MaxPingRate (10 a second).
 	scfg := Config{
-		PingInterval: 50 * time.Millisecond,
+		PingInterval: 150 * time.Millisecond,
 		PingTimeout:  5 * time.Second,
 		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
 	}
@@ -58,7 +59,7 @@ func TestIdleServerReaderParks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := New(ws, RoleClient, Config{PingInterval: 50 * time.Millisecond, PingTimeout: 5 * time.Second})
+	cc := New(ws, RoleClient, Config{PingInterval: 150 * time.Millisecond, PingTimeout: 5 * time.Second})
 	sc := <-conns
 	t.Cleanup(func() {
 		cc.Close()
@@ -83,11 +84,19 @@ func TestIdleServerReaderParks(t *testing.T) {
 	for range 3 {
 		parks := sc.parks.Load()
 		call()
-		// Heartbeats (every 50 ms) wake the parked reader, which parks again.
+		// Heartbeats wake the parked reader, which parks again.
 		waitFor(t, 10*time.Second, "the reader did not park again", func() bool { return sc.parks.Load() > parks+1 })
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatalf("server connection closed: %v", err)
+	}
+	// A reader parks once per message at most: never again before it has
+	// read one (a reader that parked while bytes waited in the socket
+	// used to park over and over without reading).
+	p0 := sc.parks.Load()
+	time.Sleep(500 * time.Millisecond)
+	if n := sc.parks.Load() - p0; n > 100 {
+		t.Fatalf("the reader parked %d times in 500 ms with a PING every 150 ms", n)
 	}
 }
 

@@ -89,19 +89,12 @@ func parker(conn net.Conn) *pooledConn {
 	return nil
 }
 
-// quiet reports whether no byte waits to be read: none in the WebSocket's
-// read buffer, none borrowed, none in the socket. Reader goroutine only.
+// quiet reports whether no byte already read waits to be consumed: none in
+// the WebSocket's read buffer, none borrowed. Bytes in the socket do not
+// count: waitReadable returns at once for them (one system call fewer when
+// there are none, the usual case). Reader goroutine only.
 func (c *pooledConn) quiet() bool {
-	if c.buf != nil || c.br.Buffered() > 0 {
-		return false
-	}
-	empty := false
-	_ = c.raw.Control(func(fd uintptr) {
-		var b [1]byte
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
-		empty = err == syscall.EAGAIN // the socket is non-blocking
-	})
-	return empty
+	return c.buf == nil && c.br.Buffered() == 0
 }
 
 // waitReadable waits, holding no buffer, until the socket has bytes (or
@@ -111,7 +104,7 @@ func (c *pooledConn) waitReadable() error {
 	return c.raw.Read(func(fd uintptr) bool {
 		var b [1]byte
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
-		return err != syscall.EAGAIN
+		return err != syscall.EAGAIN // the socket is non-blocking
 	})
 }
 

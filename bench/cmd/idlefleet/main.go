@@ -37,6 +37,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -137,7 +138,11 @@ func serveMain(system, ip string) error {
 	}
 	m := http.NewServeMux()
 	m.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
-		_ = json.NewEncoder(w).Encode(serverStats{Proc: bench.ReadProcStats(r.URL.Query().Get("gc") != ""), Heartbeats: mux.Heartbeats()})
+		gc := r.URL.Query().Get("gc") != ""
+		if r.URL.Query().Get("free") != "" {
+			debug.FreeOSMemory() // a GC, and every free page back to the OS
+		}
+		_ = json.NewEncoder(w).Encode(serverStats{Proc: bench.ReadProcStats(gc), Heartbeats: mux.Heartbeats()})
 	})
 	dbg := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = dbg.Serve(ln) }()
@@ -352,6 +357,15 @@ func (s *server) stats(gc bool) (serverStats, error) {
 	if gc {
 		u += "?gc=1"
 	}
+	return s.get(u)
+}
+
+// statsFreed returns the server's stats after debug.FreeOSMemory.
+func (s *server) statsFreed() (serverStats, error) {
+	return s.get("http://" + s.Debug + "/stats?gc=1&free=1")
+}
+
+func (s *server) get(u string) (serverStats, error) {
 	var st serverStats
 	resp, err := statsClient.Get(u)
 	if err != nil {
@@ -369,10 +383,12 @@ type result struct {
 	ConnsPerSrv   int     `json:"conns_per_server"`
 	Clients       int     `json:"client_processes"`
 	DialSeconds   float64 `json:"dial_s"`
-	Held          int     `json:"held"`           // server sockets after the hold, over all servers
-	RSSPerConn    float64 `json:"rss_per_conn"`   // bytes, mean over the servers
-	HeapPerConn   float64 `json:"heap_per_conn"`  // bytes
-	StackPerConn  float64 `json:"stack_per_conn"` // bytes
+	Held          int     `json:"held"`               // server sockets after the hold, over all servers
+	RSSPerConn    float64 `json:"rss_per_conn"`       // bytes, mean over the servers
+	RSSFreedPer   float64 `json:"rss_freed_per_conn"` // bytes, after debug.FreeOSMemory
+	RSSHoldPer    float64 `json:"rss_hold_per_conn"`  // bytes, at the end of the hold (no GC forced)
+	HeapPerConn   float64 `json:"heap_per_conn"`      // bytes
+	StackPerConn  float64 `json:"stack_per_conn"`     // bytes
 	GoroutinesPer float64 `json:"goroutines_per_conn"`
 	BaselineP50   float64 `json:"baseline_p50_us"`
 	BaselineP99   float64 `json:"baseline_p99_us"`
@@ -495,6 +511,15 @@ func run(o options) (res *result, err error) {
 	logf("%d connections held; per connection: %.1f KiB RSS, %.1f KiB heap, %.1f KiB stacks, %.2f goroutines",
 		heldAtStart, res.RSSPerConn/1024, res.HeapPerConn/1024, res.StackPerConn/1024, res.GoroutinesPer)
 
+	for i, s := range servers {
+		st, err := s.statsFreed()
+		if err != nil {
+			return nil, err
+		}
+		res.RSSFreedPer += (float64(st.Proc.RSS) - float64(base[i].Proc.RSS)) / float64(after[i].Proc.OpenFDs-base[i].Proc.OpenFDs) / float64(o.servers)
+	}
+	logf("per connection after debug.FreeOSMemory: %.1f KiB RSS", res.RSSFreedPer/1024)
+
 	// The hold: sampled calls, heartbeats counted.
 	logf("holding for %v, %.0f sampled calls/s", o.hold, o.rate)
 	for _, c := range clients {
@@ -539,6 +564,7 @@ func run(o options) (res *result, err error) {
 			return nil, err
 		}
 		res.Held += st.Proc.OpenFDs - base[i].Proc.OpenFDs
+		res.RSSHoldPer += (float64(st.Proc.RSS) - float64(base[i].Proc.RSS)) / float64(st.Proc.OpenFDs-base[i].Proc.OpenFDs) / float64(o.servers)
 		res.ServerPings = addStats(res.ServerPings, mux.HeartbeatStats{
 			PingLateness: st.Heartbeats.PingLateness.Sub(after[i].Heartbeats.PingLateness),
 			PongRTT:      st.Heartbeats.PongRTT.Sub(after[i].Heartbeats.PongRTT),
@@ -621,7 +647,9 @@ func (r *result) print(w io.Writer) {
 	row := func(k, f string, args ...any) { fmt.Fprintf(w, "| %s | "+f+" |\n", append([]any{k}, args...)...) }
 	row("connections opened and called once", "%d in %.1f s", r.Servers*r.ConnsPerSrv, r.DialSeconds)
 	row("connections held by the servers after the hold", "%d", r.Held)
-	row("server RSS per connection", "%.1f KiB", r.RSSPerConn/1024)
+	row("server RSS per connection (after a GC, as benchcmp measures)", "%.1f KiB", r.RSSPerConn/1024)
+	row("server RSS per connection after debug.FreeOSMemory", "%.1f KiB", r.RSSFreedPer/1024)
+	row("server RSS per connection at the end of the hold", "%.1f KiB", r.RSSHoldPer/1024)
 	row("server Go heap per connection", "%.1f KiB", r.HeapPerConn/1024)
 	row("server goroutine stacks per connection", "%.1f KiB", r.StackPerConn/1024)
 	row("server goroutines per connection", "%.2f", r.GoroutinesPer)
