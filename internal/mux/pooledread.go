@@ -16,6 +16,7 @@ package mux
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -152,6 +153,10 @@ func (c *pooledConn) Read(p []byte) (int, error) {
 	})
 	if err == nil && rerr != nil {
 		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "raw-read" {
+		oe.Op = "read" // as the TCPConn's Read would say (a timeout, a closed socket)
 	}
 	if err != nil || empty {
 		if bp != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -107,6 +108,9 @@ func TestPooledReadsDeadline(t *testing.T) {
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("read past the deadline: %v, want a timeout", err)
+	}
+	if !strings.HasPrefix(err.Error(), "read tcp") {
+		t.Fatalf("error %q does not read as a TCP read error", err)
 	}
 	_ = pc.SetReadDeadline(time.Time{})
 	go func() { _, _ = a.Write([]byte("x")) }()

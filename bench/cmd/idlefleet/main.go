@@ -171,6 +171,7 @@ type clientDone struct {
 	Lat        []int64            `json:"lat_ns"` // sorted
 	Heartbeats mux.HeartbeatStats `json:"heartbeats"`
 	OpenFDs    int                `json:"open_fds"`
+	CPUNanos   int64              `json:"cpu_ns"` // CPU time used during the hold
 }
 
 func clientMain(o options, targets, srcs []string) error {
@@ -229,6 +230,7 @@ func clientMain(o options, targets, srcs []string) error {
 	for in.Scan() && in.Text() != "go" {
 	}
 	base := mux.Heartbeats()
+	cpu0 := bench.ReadProcStats(false).CPUNanos
 	stop := make(chan struct{})
 	go func() {
 		for in.Scan() && in.Text() != "stop" {
@@ -239,7 +241,8 @@ func clientMain(o options, targets, srcs []string) error {
 	done.Calls, done.Errors, done.FirstError, done.Lat = sample(conns, o.rate, stop)
 	hb := mux.Heartbeats()
 	done.Heartbeats = mux.HeartbeatStats{PingLateness: hb.PingLateness.Sub(base.PingLateness), PongRTT: hb.PongRTT.Sub(base.PongRTT)}
-	done.OpenFDs = bench.ReadProcStats(false).OpenFDs
+	end := bench.ReadProcStats(false)
+	done.OpenFDs, done.CPUNanos = end.OpenFDs, end.CPUNanos-cpu0
 	if err := out.Encode(done); err != nil {
 		return err
 	}
@@ -401,7 +404,9 @@ type result struct {
 	OverBaseP99   float64 `json:"over_baseline_p99"` // share of sampled calls slower than the baseline p99
 
 	ServerPings, ClientPings mux.HeartbeatStats
-	LoadAvg                  string `json:"loadavg"`
+	ServerCPU                float64 `json:"server_cpu"` // CPUs used during the hold, all server processes together
+	ClientCPU                float64 `json:"client_cpu"` // the same, client processes
+	LoadAvg                  string  `json:"loadavg"`
 }
 
 func run(o options) (res *result, err error) {
@@ -522,6 +527,15 @@ func run(o options) (res *result, err error) {
 
 	// The hold: sampled calls, heartbeats counted.
 	logf("holding for %v, %.0f sampled calls/s", o.hold, o.rate)
+	var holdStart []serverStats
+	for _, s := range servers {
+		st, err := s.stats(false)
+		if err != nil {
+			return nil, err
+		}
+		holdStart = append(holdStart, st)
+	}
+	t1 := time.Now()
 	for _, c := range clients {
 		if _, err := io.WriteString(c.stdin, "go\n"); err != nil {
 			return nil, err
@@ -545,6 +559,7 @@ func run(o options) (res *result, err error) {
 			res.FirstError = d.FirstError
 		}
 		lat = append(lat, d.Lat...)
+		res.ClientCPU += float64(d.CPUNanos) / float64(o.hold)
 		res.ClientPings = addStats(res.ClientPings, d.Heartbeats)
 	}
 	slices.Sort(lat)
@@ -566,9 +581,10 @@ func run(o options) (res *result, err error) {
 		res.Held += st.Proc.OpenFDs - base[i].Proc.OpenFDs
 		res.RSSHoldPer += (float64(st.Proc.RSS) - float64(base[i].Proc.RSS)) / float64(st.Proc.OpenFDs-base[i].Proc.OpenFDs) / float64(o.servers)
 		res.ServerPings = addStats(res.ServerPings, mux.HeartbeatStats{
-			PingLateness: st.Heartbeats.PingLateness.Sub(after[i].Heartbeats.PingLateness),
-			PongRTT:      st.Heartbeats.PongRTT.Sub(after[i].Heartbeats.PongRTT),
+			PingLateness: st.Heartbeats.PingLateness.Sub(holdStart[i].Heartbeats.PingLateness),
+			PongRTT:      st.Heartbeats.PongRTT.Sub(holdStart[i].Heartbeats.PongRTT),
 		})
+		res.ServerCPU += float64(st.Proc.CPUNanos-holdStart[i].Proc.CPUNanos) / float64(time.Since(t1))
 	}
 	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
 		res.LoadAvg = strings.TrimSpace(string(b))
@@ -669,6 +685,7 @@ func (r *result) print(w io.Writer) {
 		row(name+" PING round trips: p50 / p99 / p99.9 (bucket bound), max", "≤%v / ≤%v / ≤%v, %v",
 			h.PongRTT.Quantile(0.5), h.PongRTT.Quantile(0.99), h.PongRTT.Quantile(0.999), h.PongRTT.Max.Round(time.Microsecond))
 	}
+	row("CPUs used during the hold: servers / clients (2 on this machine)", "%.2f / %.2f", r.ServerCPU, r.ClientCPU)
 	hb("server", r.ServerPings)
 	hb("client", r.ClientPings)
 	if r.FirstError != "" {
