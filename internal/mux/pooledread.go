@@ -43,7 +43,9 @@ func PooledReads(conn net.Conn) net.Conn {
 	if err != nil {
 		return conn
 	}
-	return &pooledConn{TCPConn: tc, raw: raw}
+	pc := &pooledConn{TCPConn: tc, raw: raw}
+	pc.readFn = pc.readSocket // made once: a closure per Read would allocate
+	return pc
 }
 
 // pooledConn is a TCP connection whose reads borrow pooled buffers. Every
@@ -54,6 +56,12 @@ type pooledConn struct {
 	buf  *[]byte // borrowed, holding unread bytes buf[r:w]; nil when none
 	r, w int
 	br   *bufio.Reader // the WebSocket's read buffer, when HijackPooled made it
+
+	// readSocket's results, and readSocket as a func value.
+	readFn func(fd uintptr) bool
+	rbp    *[]byte
+	rn     int
+	rerr   error
 }
 
 // parkReadBufferSize is the size of the WebSocket read buffer HijackPooled
@@ -128,35 +136,18 @@ func (c *pooledConn) Read(p []byte) (int, error) {
 	if len(p) >= pooledReadSize {
 		return c.TCPConn.Read(p)
 	}
-	var (
-		bp    *[]byte
-		n     int
-		rerr  error
-		empty bool
-	)
-	err := c.raw.Read(func(fd uintptr) bool {
-		bp = pooledReadBuffers.Get().(*[]byte)
-		for {
-			n, rerr = syscall.Read(int(fd), *bp)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			// Nothing there: wait for the poller without the buffer.
-			pooledReadBuffers.Put(bp)
-			bp = nil
-			return false
-		}
-		empty = n <= 0
-		return true
-	})
+	err := c.raw.Read(c.readFn)
+	bp, n, rerr := c.rbp, c.rn, c.rerr
+	c.rbp, c.rerr = nil, nil
+	empty := err == nil && rerr == nil && n <= 0
 	if err == nil && rerr != nil {
 		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
 	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "raw-read" {
-		oe.Op = "read" // as the TCPConn's Read would say (a timeout, a closed socket)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "raw-read" {
+			oe.Op = "read" // as the TCPConn's Read would say (a timeout, a closed socket)
+		}
 	}
 	if err != nil || empty {
 		if bp != nil {
@@ -174,6 +165,28 @@ func (c *pooledConn) Read(p []byte) (int, error) {
 		pooledReadBuffers.Put(bp)
 	}
 	return m, nil
+}
+
+// readSocket is the raw read of Read: one read system call into a pooled
+// buffer, or false (the buffer given back) when the socket has nothing, so
+// that the poller waits for it with no buffer held. Results in rbp, rn and
+// rerr.
+func (c *pooledConn) readSocket(fd uintptr) bool {
+	bp := pooledReadBuffers.Get().(*[]byte)
+	var n int
+	var err error
+	for {
+		n, err = syscall.Read(int(fd), *bp)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err == syscall.EAGAIN {
+		pooledReadBuffers.Put(bp)
+		return false
+	}
+	c.rbp, c.rn, c.rerr = bp, n, err
+	return true
 }
 
 // WriteTo copies what the connection reads to w through Read, so that

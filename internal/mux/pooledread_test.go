@@ -133,3 +133,31 @@ func TestPooledReadsUnwrapped(t *testing.T) {
 		t.Fatal("net.Pipe connection was wrapped")
 	}
 }
+
+// TestPooledReadsDoNotAllocate: a read through PooledReads allocates
+// nothing (the pooled buffers are reused; no closure per read).
+func TestPooledReadsDoNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under the race detector")
+	}
+	a, b := tcpPair(t)
+	pc := PooledReads(b)
+	msg := []byte("0123456789")
+	p := make([]byte, 64)
+	read := func() {
+		if _, err := a.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		for got := 0; got < len(msg); {
+			n, err := pc.Read(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	}
+	read() // warm the pool
+	if n := testing.AllocsPerRun(100, read); n > 0 {
+		t.Fatalf("%v allocations per read, want 0", n)
+	}
+}
