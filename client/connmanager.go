@@ -253,17 +253,33 @@ func (c *sub) dial() (*mux.Conn, error) {
 		header = http.Header{}
 	}
 	c.cfg.mux.Announce(header, mux.RoleClient)
-	dialer := &c.dialer
+	// The WebSocket's reads borrow pooled buffers (mux.PooledReads) under
+	// the smallest read buffer gorilla/websocket accepts: an idle
+	// connection holds no read buffer.
+	dialer := c.dialer
+	dialer.ReadBufferSize = mux.ReadBufferSize
+	dialTo := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		var err error
+		if c.cfg.dialer != nil {
+			conn, err = c.cfg.dialer(ctx, addr)
+		} else {
+			conn, err = new(net.Dialer).DialContext(ctx, network, addr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return mux.PooledReads(conn), nil
+	}
+	dialer.NetDialContext = dialTo
 	if c.ep.addr != "" {
 		// A resolved address: connect there, keep the URL's host for the
 		// Host header and TLS.
-		d := c.dialer
-		d.Proxy = nil
+		dialer.Proxy = nil
 		addr := c.ep.addr
-		d.NetDialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return new(net.Dialer).DialContext(ctx, network, addr)
+		dialer.NetDialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialTo(ctx, network, addr)
 		}
-		dialer = &d
 	}
 	ws, resp, err := dialer.DialContext(ctx, c.ep.dialURL, header)
 	if err != nil {

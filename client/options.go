@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -33,6 +34,7 @@ type config struct {
 	resolver         Resolver
 	endpoints        []string
 	connections      int
+	dialer           func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // BackoffConfig shapes the delays between reconnection attempts: jittered
@@ -89,6 +91,15 @@ func WithHandshakeHeaderFunc(fn func(ctx context.Context) (http.Header, error)) 
 
 // WithTLSConfig sets the TLS configuration for wss:// URLs.
 func WithTLSConfig(cfg *tls.Config) Option { return func(c *config) { c.tlsConfig = cfg } }
+
+// WithContextDialer makes the client open its TCP connections with dial
+// instead of a net.Dialer: to bind a local address, or to connect through
+// a tunnel. addr is the host:port to reach (the resolved address when a
+// resolver gave one, the proxy's when a proxy is used); TLS and the
+// WebSocket upgrade run over the connection dial returns.
+func WithContextDialer(dial func(ctx context.Context, addr string) (net.Conn, error)) Option {
+	return func(c *config) { c.dialer = dial }
+}
 
 // WithHandshakeTimeout bounds one connection attempt: TCP, TLS and the
 // WebSocket upgrade (default 10s).

@@ -9,6 +9,7 @@ package server
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -81,6 +82,23 @@ type replayBudget struct {
 
 func newReplayBudget(limit int) *replayBudget {
 	return &replayBudget{limit: limit, wake: make(chan struct{})}
+}
+
+// lazyBudget is a connection's replay budget, made when its first
+// resumable stream needs it: a connection that never opens one (an idle
+// one) does not pay for it.
+type lazyBudget struct {
+	p     atomic.Pointer[replayBudget]
+	limit int
+}
+
+// get returns the budget, made on first use; any goroutine.
+func (l *lazyBudget) get() *replayBudget {
+	if b := l.p.Load(); b != nil {
+		return b
+	}
+	l.p.CompareAndSwap(nil, newReplayBudget(l.limit))
+	return l.p.Load()
 }
 
 // take reserves n bytes, or returns a channel closed when some are given

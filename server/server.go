@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -104,11 +105,11 @@ func New(opts ...Option) *Server {
 		Subprotocols:     []string{tether.Subprotocol},
 		WriteBufferPool:  mux.WriteBufferPool,
 		WriteBufferSize:  mux.WriteBufferSize,
-		// A small read buffer of its own instead of net/http's 4 KiB one:
-		// idle connections are cheaper, and large payloads are read
-		// straight into the message buffer anyway.
-		ReadBufferSize: mux.ReadBufferSize,
-		CheckOrigin:    func(*http.Request) bool { return true }, // checked before Upgrade
+		// ReadBufferSize 0: the read buffer is the small one that
+		// pooledHijacker hands over (mux.HijackPooled), over a connection
+		// that borrows a pooled buffer only while read bytes wait: an
+		// idle connection holds none, and its reader can park.
+		CheckOrigin: func(*http.Request) bool { return true }, // checked before Upgrade
 	}
 	return s
 }
@@ -183,7 +184,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.nextConn++
 	connID := s.nextConn
 	s.mu.Unlock()
-	ws, err := s.upgrader.Upgrade(w, r, s.upgradeHeader)
+	ws, err := s.upgrader.Upgrade(pooledHijacker{w}, r, s.upgradeHeader)
 	if err != nil {
 		s.unadmit(ip)
 		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)
@@ -194,9 +195,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes))
 	var conn *mux.Conn
 	var expiry, aged *time.Timer
-	var budget *replayBudget
+	var budget *lazyBudget
 	if s.resume != nil {
-		budget = newReplayBudget(s.resume.lim.ConnBytes)
+		budget = &lazyBudget{limit: s.resume.lim.ConnBytes}
 	}
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer, budget) }
 	cfg.Route = s.route
@@ -384,7 +385,7 @@ func (s *Server) route(procedure string) (any, bool) {
 
 // serveStream runs one call: find the handler, build its context (deadline,
 // call info), run it with panic recovery, and send END.
-func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, budget *replayBudget) {
+func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, budget *lazyBudget) {
 	h, _ := st.Route().(*Handler)
 	if h == nil {
 		_ = st.Finish(tether.Errorf(tether.CodeUnimplemented, "tether: procedure %q is not served here", open.GetProcedure()), nil)
@@ -407,7 +408,7 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 			return
 		}
 		var cursor []byte
-		if rs, cursor = s.resume.attach(st, r, peer, budget, h.spec); rs == nil {
+		if rs, cursor = s.resume.attach(st, r, peer, budget.get(), h.spec); rs == nil {
 			return
 		}
 		restarted = &resumeCursor{cursor: cursor, consumed: r.GetConsumed()}
@@ -416,7 +417,7 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		}
 	} else if r != nil && s.resume != nil && h.spec.StreamType != tether.StreamTypeUnary {
 		var err error
-		if rs, err = s.resume.open(st, r, peer, budget, modeFor(h.spec, r.GetCursors())); err != nil {
+		if rs, err = s.resume.open(st, r, peer, budget.get(), modeFor(h.spec, r.GetCursors())); err != nil {
 			_ = st.Finish(err, nil)
 			return
 		}
@@ -606,3 +607,13 @@ var closedCtx = func() context.Context {
 	cancel()
 	return ctx
 }()
+
+// pooledHijacker hands the upgrader the hijacked connection as
+// mux.HijackPooled makes it: reads borrow pooled buffers, the read buffer
+// is small, and the reader of an idle connection can park.
+type pooledHijacker struct{ http.ResponseWriter }
+
+// Hijack hijacks the underlying ResponseWriter's connection.
+func (h pooledHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return mux.HijackPooled(h.ResponseWriter)
+}

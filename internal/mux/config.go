@@ -237,9 +237,11 @@ func orDefault[T int | float64 | time.Duration](v *T, def T) {
 // Upgrader.WriteBufferPool and Dialer.WriteBufferPool).
 var WriteBufferPool = &sync.Pool{}
 
-// ReadBufferSize is the WebSocket read buffer size: small, since payloads
-// larger than it bypass it.
-const ReadBufferSize = 1024
+// ReadBufferSize is the WebSocket read buffer size: the smallest
+// gorilla/websocket accepts (a control frame's payload), since the
+// connection under it (PooledReads) borrows a pooled buffer while bytes
+// wait, and payloads go straight into the message buffer.
+const ReadBufferSize = 128
 
 // WriteBufferSize is the WebSocket write buffer size used with
 // WriteBufferPool: large enough that a batch of frames goes out in few

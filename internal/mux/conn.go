@@ -5,7 +5,9 @@ package mux
 // The goroutines of a connection, and the files whose state each owns:
 //
 //   - the reader goroutine (reader.go), started by New: the only one that
-//     reads from the WebSocket. It runs the frame handlers (reader.go's
+//     reads from the WebSocket. On an idle server connection it parks
+//     (park.go): a waiter goroutine on a small stack takes its place until
+//     bytes arrive. It runs the frame handlers (reader.go's
 //     handle, stream_handle.go, open.go's handleOpen, lifecycle.go's
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
@@ -78,6 +80,7 @@ type Conn struct {
 	cancel    context.CancelCauseFunc
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
+	pingDue   atomic.Int64  // when the next PING is due (Unix ns), for Heartbeats
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
 
@@ -90,7 +93,7 @@ type Conn struct {
 	running     int    // server: streams accepted and not finished
 	localGoAway bool
 	peerGoAway  bool
-	draining    chan struct{} // closed on GOAWAY (sent or received)
+	draining    chan struct{} // closed on GOAWAY (sent or received); a server's made by Draining
 	idle        chan struct{} // non-nil while someone waits for running == 0
 
 	// The writer's queue (writer.go), guarded by wmu; any goroutine
@@ -100,7 +103,7 @@ type Conn struct {
 	wbuf        []byte
 	spare       []byte
 	wwaiters    int
-	wspace      chan struct{} // closed when the queue drains below batchBytes
+	wspace      chan struct{} // made by a waiting sender, closed when the queue drains below batchBytes
 	wnotify     chan struct{}
 	wclosing    bool // graceful close queued: the writer closes once drained
 	wrunning    bool // a writer goroutine is running
@@ -120,9 +123,15 @@ type Conn struct {
 	wg          sync.WaitGroup // the writer goroutine, waited for by readerExit
 	lingerUntil atomic.Int64   // after a close frame was sent: read deadline (Unix ns) of the drain
 
-	// The reader goroutine's own (reader.go).
-	inMessage atomic.Bool // reader is inside a WebSocket message
-	donated   bool        // reader: a stream kept a frame of the current buffer
+	// The reader goroutine's own (reader.go), and its waiter's when it
+	// parks (park.go).
+	inMessage atomic.Bool   // reader is inside a WebSocket message
+	donated   bool          // reader: a stream kept a frame of the current buffer
+	parkConn  *pooledConn   // set by New when the reader can park
+	lastMsg   time.Time     // when the last message arrived
+	quietGap  bool          // the last message came after a quiet spell
+	woke      bool          // the waiter woke with an error: read at once
+	parks     atomic.Uint32 // times the reader parked, for tests
 
 	// Counters, updated atomically from any goroutine.
 	bytesIn, bytesOut atomic.Uint64
@@ -134,17 +143,20 @@ type Conn struct {
 func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	cfg.withDefaults()
 	c := &Conn{
-		ws:       ws,
-		role:     role,
-		cfg:      cfg,
-		streams:  make(map[uint32]*Stream),
-		nextID:   1,
-		draining: make(chan struct{}),
-		wspace:   make(chan struct{}),
-		wnotify:  make(chan struct{}, 1),
-		closed:   make(chan struct{}),
+		ws:      ws,
+		role:    role,
+		cfg:     cfg,
+		streams: make(map[uint32]*Stream),
+		nextID:  1,
+		wnotify: make(chan struct{}, 1),
+		closed:  make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancelCause(context.Background())
+	if role == RoleClient {
+		// A client's Open waits on it; a server's is made on demand
+		// (Draining).
+		c.draining = make(chan struct{})
+	}
 	if role == RoleClient && cfg.PeerMaxStreams > 0 {
 		c.slots = make(chan struct{}, cfg.PeerMaxStreams)
 	}
@@ -173,7 +185,8 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	// the field (to re-arm it), and Reset orders this write before the
 	// timer's first run.
 	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
-	c.pingTimer.Reset(cfg.PingInterval)
+	c.armPing()
+	c.parkConn = parker(ws.NetConn())
 	go c.readLoop()
 	return c
 }
@@ -183,7 +196,20 @@ func (c *Conn) Done() <-chan struct{} { return c.closed }
 
 // Draining is closed once either side has sent GOAWAY: no new streams will
 // be accepted on this connection.
-func (c *Conn) Draining() <-chan struct{} { return c.draining }
+func (c *Conn) Draining() <-chan struct{} {
+	if c.role == RoleClient {
+		return c.draining
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.draining == nil {
+		c.draining = make(chan struct{})
+		if c.localGoAway || c.peerGoAway {
+			close(c.draining)
+		}
+	}
+	return c.draining
+}
 
 // Err returns why the connection closed, or nil while it is open.
 func (c *Conn) Err() error {

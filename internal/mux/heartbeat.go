@@ -12,6 +12,8 @@ package mux
 
 import (
 	"encoding/binary"
+	"math/bits"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherrpc/tether/internal/frame"
@@ -40,10 +42,125 @@ func (c *Conn) ping() {
 		return
 	default:
 	}
+	now := time.Now()
+	if due := c.pingDue.Load(); due != 0 {
+		heartbeats.pingLate.add(now.UnixNano() - due)
+	}
 	var p [frame.PingPayloadSize]byte
-	binary.BigEndian.PutUint64(p[:], uint64(time.Now().UnixNano()))
+	binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
 	c.writeUrgent(func(b []byte) []byte {
 		return frame.Append(b, frame.Frame{Type: frame.TypePing, Payload: p[:]})
 	})
+	c.armPing()
+}
+
+// armPing arms the heartbeat timer for the next PING and records when it
+// is due, for the lateness statistics.
+func (c *Conn) armPing() {
+	c.pingDue.Store(time.Now().Add(c.cfg.PingInterval).UnixNano())
 	c.pingTimer.Reset(c.cfg.PingInterval)
+}
+
+// pongReceived records the round trip of a PING this side sent, from the
+// send time its answer carries back. It runs on the reader goroutine.
+func (c *Conn) pongReceived(payload []byte) {
+	if len(payload) != frame.PingPayloadSize {
+		return
+	}
+	sent := int64(binary.BigEndian.Uint64(payload))
+	heartbeats.pongRTT.add(time.Now().UnixNano() - sent)
+}
+
+// heartbeats holds the process's heartbeat statistics, over all its
+// connections.
+var heartbeats struct {
+	pingLate, pongRTT latencyHistogram
+}
+
+// latencyHistogram counts durations in power-of-two buckets of
+// microseconds: bucket i holds durations below 2^i µs (bucket 0: under
+// 1 µs), the last one everything longer. It is safe for concurrent use.
+type latencyHistogram struct {
+	buckets [latencyBuckets]atomic.Uint64
+	max     atomic.Int64
+}
+
+const latencyBuckets = 40
+
+func (h *latencyHistogram) add(ns int64) {
+	ns = max(ns, 0)
+	h.buckets[min(bits.Len64(uint64(ns/1000)), latencyBuckets-1)].Add(1)
+	for m := h.max.Load(); ns > m && !h.max.CompareAndSwap(m, ns); m = h.max.Load() {
+	}
+}
+
+func (h *latencyHistogram) snapshot() LatencyHistogram {
+	var s LatencyHistogram
+	for i := range h.buckets {
+		s.Buckets[i] = h.buckets[i].Load()
+	}
+	s.Max = time.Duration(h.max.Load())
+	return s
+}
+
+// LatencyHistogram is a snapshot of durations counted in power-of-two
+// buckets of microseconds: Buckets[i] counts durations below 2^i µs and at
+// least 2^(i-1) µs (Buckets[0]: under 1 µs; the last bucket: everything
+// longer).
+type LatencyHistogram struct {
+	Buckets [latencyBuckets]uint64
+	Max     time.Duration // the longest duration seen since the process started
+}
+
+// Count is the number of durations counted.
+func (h LatencyHistogram) Count() uint64 {
+	var n uint64
+	for _, b := range h.Buckets {
+		n += b
+	}
+	return n
+}
+
+// Sub returns the durations counted in h and not in base (an earlier
+// snapshot); Max stays h's.
+func (h LatencyHistogram) Sub(base LatencyHistogram) LatencyHistogram {
+	for i := range h.Buckets {
+		h.Buckets[i] -= base.Buckets[i]
+	}
+	return h
+}
+
+// Quantile returns an upper bound of the q-quantile (0 < q <= 1): the upper
+// edge of the bucket that holds it; 0 when nothing was counted.
+func (h LatencyHistogram) Quantile(q float64) time.Duration {
+	n := h.Count()
+	if n == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(n) + 0.5)
+	rank = min(max(rank, 1), n)
+	var seen uint64
+	for i, b := range h.Buckets {
+		seen += b
+		if seen >= rank {
+			return time.Duration(uint64(1)<<i) * time.Microsecond
+		}
+	}
+	return h.Max
+}
+
+// HeartbeatStats describes the heartbeats of every connection of this
+// process since it started: how late each PING left against its schedule
+// (the heartbeat timer's lateness), and the round trip of each PING this
+// side sent, from its send time to its answer's arrival (the peer's
+// lateness in answering included). Benchmarks read it to show that
+// heartbeats stay on time with many connections.
+type HeartbeatStats struct {
+	PingLateness LatencyHistogram
+	PongRTT      LatencyHistogram
+}
+
+// Heartbeats returns the process's heartbeat statistics.
+func Heartbeats() HeartbeatStats {
+	return HeartbeatStats{PingLateness: heartbeats.pingLate.snapshot(), PongRTT: heartbeats.pongRTT.snapshot()}
 }

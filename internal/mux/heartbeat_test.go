@@ -43,3 +43,24 @@ func TestIdleThroughHeartbeats(t *testing.T) {
 		t.Fatal("unexpected message")
 	}
 }
+
+// TestHeartbeatStats: PINGs sent on schedule and their answers are counted
+// in the process's heartbeat statistics, with a lateness and a round trip.
+func TestHeartbeatStats(t *testing.T) {
+	before := Heartbeats()
+	cfg := Config{PingInterval: 20 * time.Millisecond, PingTimeout: 5 * time.Second}
+	pair(t, cfg, cfg)
+	waitFor(t, 10*time.Second, "no heartbeats counted", func() bool {
+		now := Heartbeats()
+		return now.PingLateness.Sub(before.PingLateness).Count() >= 4 && now.PongRTT.Sub(before.PongRTT).Count() >= 4
+	})
+	rtt := Heartbeats().PongRTT
+	if q := rtt.Quantile(0.5); q <= 0 || q > rtt.Max*2+time.Microsecond {
+		t.Fatalf("median round trip bound %v with a maximum of %v", q, rtt.Max)
+	}
+	var h LatencyHistogram
+	h.Buckets[3] = 1 // one duration in [4 µs, 8 µs)
+	if q := h.Quantile(0.99); q != 8*time.Microsecond {
+		t.Fatalf("Quantile = %v, want 8µs", q)
+	}
+}

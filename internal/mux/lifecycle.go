@@ -101,7 +101,7 @@ func (c *Conn) GoAway(code tether.Code, msg string) {
 	}
 	c.localGoAway = true
 	last := c.maxPeerID
-	if !c.peerGoAway {
+	if !c.peerGoAway && c.draining != nil {
 		close(c.draining)
 	}
 	c.mu.Unlock()
@@ -122,7 +122,7 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 		return nil
 	}
 	c.peerGoAway = true
-	if !c.localGoAway {
+	if !c.localGoAway && c.draining != nil {
 		close(c.draining)
 	}
 	var refused []*Stream

@@ -20,7 +20,10 @@ package mux
 //
 // When readLoop returns (the connection closed, or a read failed), drain
 // and readerExit (lifecycle.go) finish the connection on this goroutine:
-// it is the last of the engine's goroutines to end.
+// it is the last of the engine's goroutines to end. A server connection's
+// reader may instead park when the connection is idle (park.go): it ends,
+// and a waiter goroutine on a small stack runs readLoop again once bytes
+// arrive.
 
 import (
 	"errors"
@@ -36,10 +39,24 @@ import (
 )
 
 func (c *Conn) readLoop() {
-	defer c.readerExit()
-	defer c.drain()
+	parked := false
+	defer func() {
+		if !parked { // a parked reader's waiter runs the loop again (park.go)
+			c.drain()
+			c.readerExit()
+		}
+	}()
 	for {
-		c.touch()
+		if c.woke {
+			c.woke = false
+		} else {
+			c.touch()
+			if c.shouldPark() {
+				parked = true
+				go c.parked()
+				return
+			}
+		}
 		mt, r, err := c.ws.NextReader()
 		if c.isClosed() {
 			return
@@ -55,7 +72,9 @@ func (c *Conn) readLoop() {
 			return
 		}
 		c.inMessage.Store(true)
-		c.setReadDeadline(time.Now().Add(c.cfg.MaxMessageReadTime))
+		now := time.Now()
+		c.noteMessage(now)
+		c.setReadDeadline(now.Add(c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
 		buf, err := readAll((*bp)[:0], r)
 		msg := buf
@@ -184,6 +203,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 	switch f.Type {
 	case frame.TypePing:
 		if f.Flags&frame.FlagAck != 0 {
+			c.pongReceived(f.Payload)
 			return c.idleFrame("PING answers")
 		}
 		if !c.pingLimit.Allow() {

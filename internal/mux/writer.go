@@ -103,6 +103,9 @@ func (c *Conn) queue(ctx context.Context, cancel <-chan struct{}, alone *uint32,
 	c.wmu.Lock()
 	for len(c.wbuf) >= batchBytes {
 		c.wwaiters++
+		if c.wspace == nil {
+			c.wspace = make(chan struct{})
+		}
 		space := c.wspace
 		c.wmu.Unlock()
 		select {
@@ -195,9 +198,9 @@ func (c *Conn) takeLocked() []byte {
 	c.wbusy = true
 	c.wbuf = c.spare[:0]
 	c.spare = nil
-	if c.wwaiters > 0 {
-		close(c.wspace)
-		c.wspace = make(chan struct{})
+	if c.wwaiters > 0 && c.wspace != nil { // nil: every waiter's channel is closed already
+		close(c.wspace) // made by the waiters (write)
+		c.wspace = nil
 	}
 	return buf
 }

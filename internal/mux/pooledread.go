@@ -1,0 +1,197 @@
+//go:build unix
+
+package mux
+
+// Pooled reads: an idle connection holds no read buffer.
+//
+// gorilla/websocket reads through a bufio.Reader of its own, allocated per
+// connection and held for the connection's life. PooledReads puts a
+// connection under it that borrows a buffer from a shared pool only while
+// bytes read from the socket wait to be consumed: it waits for the socket
+// to be readable with no buffer (syscall.RawConn.Read, the runtime's
+// poller), reads what is there into a pooled buffer, and gives the buffer
+// back once gorilla has taken every byte. gorilla's own buffer can then be
+// the smallest it accepts (ReadBufferSize). Only the reader goroutine reads
+// (gorilla allows one reader), so the fields need no lock.
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// pooledReadSize is the size of the pooled buffers; reads asking for at
+// least as much go straight to the socket.
+const pooledReadSize = 4096
+
+var pooledReadBuffers = sync.Pool{New: func() any { b := make([]byte, pooledReadSize); return &b }}
+
+// PooledReads returns conn wrapped so that it holds a read buffer only
+// while read bytes wait to be consumed. Connections it cannot wrap (TLS,
+// anything but TCP) are returned as they are.
+func PooledReads(conn net.Conn) net.Conn {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return conn
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return conn
+	}
+	pc := &pooledConn{TCPConn: tc, raw: raw}
+	pc.readFn = pc.readSocket // made once: a closure per Read would allocate
+	return pc
+}
+
+// pooledConn is a TCP connection whose reads borrow pooled buffers. Every
+// other method is the TCPConn's (CloseWrite, deadlines, writes).
+type pooledConn struct {
+	*net.TCPConn
+	raw  syscall.RawConn
+	buf  *[]byte // borrowed, holding unread bytes buf[r:w]; nil when none
+	r, w int
+	br   *bufio.Reader // the WebSocket's read buffer, when HijackPooled made it
+
+	// readSocket's results, and readSocket as a func value.
+	readFn func(fd uintptr) bool
+	rbp    *[]byte
+	rn     int
+	rerr   error
+}
+
+// parkReadBufferSize is the size of the WebSocket read buffer HijackPooled
+// makes: the smallest that gorilla/websocket's Upgrader takes from the
+// hijacked connection (more than 256 bytes) when its ReadBufferSize is 0.
+const parkReadBufferSize = 257
+
+// HijackPooled hijacks w's connection for a WebSocket upgrade
+// (websocket.Upgrader with ReadBufferSize 0, through an http.Hijacker that
+// calls it): the connection is wrapped by PooledReads, and its read buffer
+// is a small one that the connection knows, so that the reader goroutine
+// of an idle connection can park (Conn.park). If net/http already buffered
+// bytes of the client, its own reader is returned and the upgrader refuses
+// the connection, as it would have.
+func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil || brw.Reader.Buffered() > 0 {
+		return conn, brw, err
+	}
+	conn = PooledReads(conn)
+	br := bufio.NewReaderSize(conn, parkReadBufferSize)
+	if pc, ok := conn.(*pooledConn); ok {
+		pc.br = br
+	}
+	return conn, bufio.NewReadWriter(br, brw.Writer), nil
+}
+
+// parker returns ws's connection if its reader can park: HijackPooled made
+// it. Nil otherwise.
+func parker(conn net.Conn) *pooledConn {
+	if pc, ok := conn.(*pooledConn); ok && pc.br != nil {
+		return pc
+	}
+	return nil
+}
+
+// quiet reports whether no byte already read waits to be consumed: none in
+// the WebSocket's read buffer, none borrowed. Bytes in the socket do not
+// count: waitReadable returns at once for them (one system call fewer when
+// there are none, the usual case). Reader goroutine only.
+func (c *pooledConn) quiet() bool {
+	return c.buf == nil && c.br.Buffered() == 0
+}
+
+// waitReadable waits, holding no buffer, until the socket has bytes (or
+// its FIN) to read, or the read deadline passes or the socket closes,
+// which it returns as an error.
+func (c *pooledConn) waitReadable() error {
+	return c.raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		return err != syscall.EAGAIN // the socket is non-blocking
+	})
+}
+
+// Read reads into p: bytes already read first, else at most one read
+// system call, waiting (with no buffer held) until the socket is readable.
+// Read deadlines apply as to the TCPConn.
+func (c *pooledConn) Read(p []byte) (int, error) {
+	if c.buf != nil {
+		n := copy(p, (*c.buf)[c.r:c.w])
+		c.r += n
+		if c.r == c.w {
+			pooledReadBuffers.Put(c.buf)
+			c.buf = nil
+		}
+		return n, nil
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if len(p) >= pooledReadSize {
+		return c.TCPConn.Read(p)
+	}
+	err := c.raw.Read(c.readFn)
+	bp, n, rerr := c.rbp, c.rn, c.rerr
+	c.rbp, c.rerr = nil, nil
+	empty := err == nil && rerr == nil && n <= 0
+	if err == nil && rerr != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	}
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "raw-read" {
+			oe.Op = "read" // as the TCPConn's Read would say (a timeout, a closed socket)
+		}
+	}
+	if err != nil || empty {
+		if bp != nil {
+			pooledReadBuffers.Put(bp)
+		}
+		if err == nil {
+			err = io.EOF
+		}
+		return 0, err
+	}
+	m := copy(p, (*bp)[:n])
+	if m < n {
+		c.buf, c.r, c.w = bp, m, n
+	} else {
+		pooledReadBuffers.Put(bp)
+	}
+	return m, nil
+}
+
+// readSocket is the raw read of Read: one read system call into a pooled
+// buffer, or false (the buffer given back) when the socket has nothing, so
+// that the poller waits for it with no buffer held. Results in rbp, rn and
+// rerr.
+func (c *pooledConn) readSocket(fd uintptr) bool {
+	bp := pooledReadBuffers.Get().(*[]byte)
+	var n int
+	var err error
+	for {
+		n, err = syscall.Read(int(fd), *bp)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err == syscall.EAGAIN {
+		pooledReadBuffers.Put(bp)
+		return false
+	}
+	c.rbp, c.rn, c.rerr = bp, n, err
+	return true
+}
+
+// WriteTo copies what the connection reads to w through Read, so that
+// bytes already read are not skipped (io.Copy would use the TCPConn's
+// WriteTo, which reads the socket directly).
+func (c *pooledConn) WriteTo(w io.Writer) (int64, error) {
+	return io.Copy(w, struct{ io.Reader }{c})
+}

@@ -1,0 +1,27 @@
+//go:build !unix
+
+package mux
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+)
+
+// PooledReads returns conn unchanged: pooled reads need the poller's raw
+// reads of unix systems (pooledread.go).
+func PooledReads(conn net.Conn) net.Conn { return conn }
+
+// HijackPooled hijacks w's connection as net/http gives it.
+func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w).Hijack()
+}
+
+// pooledConn never parks here.
+type pooledConn struct{}
+
+func parker(net.Conn) *pooledConn { return nil }
+
+func (*pooledConn) quiet() bool { return false }
+
+func (*pooledConn) waitReadable() error { return nil }
