@@ -34,7 +34,12 @@ func sendPartial(ctx context.Context, s *Stream, n int) error {
 	return nil
 }
 
+// heapInUse is the live heap. Two collections: the first moves what the
+// large-buffer pools hold (bigbuf.go) to their victim caches, the second
+// drops it; a pool is a process-wide cache of free buffers that the
+// collector empties, not memory a connection holds.
 func heapInUse() uint64 {
+	runtime.GC()
 	runtime.GC()
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
