@@ -127,7 +127,6 @@ type Conn struct {
 	// parks (park.go).
 	inMessage atomic.Bool   // reader is inside a WebSocket message
 	donated   bool          // reader: a stream kept a frame of the current buffer
-	adopted   bool          // reader: a stream kept the payload buffer handle was given
 	parkConn  *pooledConn   // set by New when the reader can park
 	lastMsg   time.Time     // when the last message arrived
 	quietGap  bool          // the last message came after a quiet spell
