@@ -81,6 +81,8 @@ type Conn struct {
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
 	pingDue   atomic.Int64  // when the next PING is due (Unix ns), for Heartbeats
+	lastSent  atomic.Int64  // when a message was last written (Unix ns): writeBatch
+	lastRecv  atomic.Int64  // when the read deadline was last renewed (Unix ns): touch
 	pingLimit *rate.Limiter
 	idleLimit *rate.Limiter
 

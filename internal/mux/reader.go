@@ -210,7 +210,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 			return &floodError{"PING"}
 		}
 		p := append([]byte(nil), f.Payload...)
-		c.writeUrgent(func(b []byte) []byte {
+		c.writeHeartbeat(true, func(b []byte) []byte {
 			return frame.Append(b, frame.Frame{Type: frame.TypePing, Flags: frame.FlagAck, Payload: p})
 		})
 		return nil
