@@ -206,7 +206,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 			c.pongReceived(f.Payload)
 			return c.idleFrame("PING answers")
 		}
-		if !c.pingLimit.Allow() {
+		if !c.pingAllowed() {
 			return &floodError{"PING"}
 		}
 		p := append([]byte(nil), f.Payload...)
