@@ -79,9 +79,12 @@ type Conn struct {
 	cancel    context.CancelCauseFunc
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
-	pingDue   atomic.Int64  // when the next PING is due (Unix ns), for Heartbeats
-	lastSent  atomic.Int64  // when a message was last written (Unix ns): writeBatch
-	lastRecv  atomic.Int64  // when the read deadline was last renewed (Unix ns): touch
+
+	// Heartbeat clocks (heartbeat.go), atomic: written by their owners,
+	// read by the heartbeat timer.
+	pingDue  atomic.Int64 // when the next check is due (Unix ns), for Heartbeats: ping
+	lastSent atomic.Int64 // when a message was last written (Unix ns): writeBatch
+	lastRecv atomic.Int64 // when the read deadline was last renewed (Unix ns): touch
 
 	// The stream table and the drain state (this file, open.go,
 	// lifecycle.go), guarded by mu; any goroutine.
