@@ -63,9 +63,10 @@ const (
 	// per metadata entry and value).
 	HeaderMaxHeaderBytes = "Tether-Max-Header-Bytes"
 	// HeaderPingInterval, in the client's upgrade request and in the
-	// server's 101, is the sender's PingInterval in milliseconds: how often
-	// it sends a PING whatever other traffic there is, so that the peer
-	// can judge silence without guessing (docs/PROTOCOL.md, section 11).
+	// server's 101, is the sender's PingInterval in milliseconds: it sends
+	// a message at least this often (a PING when nothing else went out),
+	// so that the peer can judge silence without guessing
+	// (docs/PROTOCOL.md, section 11).
 	HeaderPingInterval = "Tether-Ping-Interval"
 
 	// HeaderResumeGrace, in the server's 101, says the server keeps

@@ -53,7 +53,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"golang.org/x/time/rate"
 
 	"github.com/tetherrpc/tether/internal/frame"
 )
@@ -80,9 +79,12 @@ type Conn struct {
 	cancel    context.CancelCauseFunc
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
-	pingDue   atomic.Int64  // when the next PING is due (Unix ns), for Heartbeats
-	pingLimit *rate.Limiter
-	idleLimit *rate.Limiter
+
+	// Heartbeat clocks (heartbeat.go), atomic: written by their owners,
+	// read by the heartbeat timer.
+	pingDue  atomic.Int64 // when the next check is due (Unix ns), for Heartbeats: ping
+	lastSent atomic.Int64 // when a message was last written (Unix ns): writeBatch
+	lastRecv atomic.Int64 // when the read deadline was last renewed (Unix ns): touch
 
 	// The stream table and the drain state (this file, open.go,
 	// lifecycle.go), guarded by mu; any goroutine.
@@ -131,6 +133,8 @@ type Conn struct {
 	lastMsg   time.Time     // when the last message arrived
 	quietGap  bool          // the last message came after a quiet spell
 	woke      bool          // the waiter woke with an error: read at once
+	pingLimit tokenBucket   // PINGs received (limits.go)
+	idleLimit tokenBucket   // frames without application data received (limits.go)
 	parks     atomic.Uint32 // times the reader parked, for tests
 
 	// Counters, updated atomically from any goroutine.
@@ -160,14 +164,12 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	if role == RoleClient && cfg.PeerMaxStreams > 0 {
 		c.slots = make(chan struct{}, cfg.PeerMaxStreams)
 	}
-	c.pingLimit = rate.NewLimiter(rate.Limit(cfg.MaxPingRate), int(2*cfg.MaxPingRate)+1)
-	c.idleLimit = rate.NewLimiter(rate.Limit(cfg.MaxIdleFrameRate), int(2*cfg.MaxIdleFrameRate)+1)
 	ws.SetReadLimit(MaxWebSocketMessage)
 	ws.SetPongHandler(func(string) error { c.touch(); return nil })
 	// WebSocket pings (tether uses its own PING frames) are answered as
 	// gorilla would, but count against the ping limit.
 	ws.SetPingHandler(func(data string) error {
-		if !c.pingLimit.Allow() {
+		if !c.pingAllowed() {
 			return &floodError{"WebSocket pings"}
 		}
 		c.touch()

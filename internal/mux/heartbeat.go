@@ -3,12 +3,29 @@ package mux
 // Heartbeats and the read deadline.
 //
 // ping runs on the heartbeat timer's goroutine (a time.AfterFunc armed in
-// New, re-armed by ping, stopped by closeWith): it queues a PING with
-// writeUrgent (wmu). touch runs on the reader goroutine (before each
-// message, and in gorilla's ping and pong handlers, which run inside the
-// reader's reads) and renews the read deadline; setReadDeadline never
-// moves it past a lingering close's deadline (lingerUntil, set by linger on
-// the goroutine that closes). No other lock is taken.
+// New, re-armed by ping, stopped by closeWith). It sends a PING only when
+// the connection has not both sent and received a message within the
+// interval (lastSent, written by the write token's holder in writeBatch;
+// lastRecv, written by touch): traffic both ways already tells each side
+// that the other is alive. Otherwise it re-arms itself for when that
+// traffic will be an interval old. A client checks every 7/8 of its
+// interval, a server every interval, so that between two Go peers the
+// client's PINGs and their answers keep both sides quiet and the server
+// sends none (the rounds would race otherwise, and both would PING). Either
+// way each side still sends a message at least every PingInterval, as
+// Tether-Ping-Interval announces, and reads under the same deadline.
+//
+// The PING is written on the timer's goroutine itself when the writer is
+// idle (writeInline, as a unary caller does), instead of waking a writer
+// goroutine, and so is a PING's answer on the reader goroutine while the
+// connection has no stream (writeHeartbeat); otherwise they are queued
+// with writeUrgent (wmu).
+//
+// touch runs on the reader goroutine (before each message, and in
+// gorilla's ping and pong handlers, which run inside the reader's reads)
+// and renews the read deadline; setReadDeadline never moves it past a
+// lingering close's deadline (lingerUntil, set by linger on the goroutine
+// that closes). No other lock is taken.
 
 import (
 	"encoding/binary"
@@ -25,7 +42,9 @@ func (c *Conn) touch() {
 	if c.inMessage.Load() {
 		return
 	}
-	c.setReadDeadline(time.Now().Add(c.cfg.PingInterval + c.cfg.PingTimeout))
+	now := time.Now()
+	c.lastRecv.Store(now.UnixNano())
+	c.setReadDeadline(now.Add(c.cfg.PingInterval + c.cfg.PingTimeout))
 }
 
 // setReadDeadline sets the read deadline, never past a lingering close's.
@@ -43,22 +62,61 @@ func (c *Conn) ping() {
 	default:
 	}
 	now := time.Now()
+	check := c.pingCheck()
+	if next := min(c.lastSent.Load(), c.lastRecv.Load()) + int64(check); next > now.UnixNano() {
+		// Messages went both ways within the interval: no PING needed
+		// until they are an interval old.
+		c.pingDue.Store(next)
+		c.pingTimer.Reset(time.Duration(next - now.UnixNano()))
+		return
+	}
 	if due := c.pingDue.Load(); due != 0 {
 		heartbeats.pingLate.add(now.UnixNano() - due)
 	}
+	heartbeats.pings.Add(1)
 	var p [frame.PingPayloadSize]byte
 	binary.BigEndian.PutUint64(p[:], uint64(now.UnixNano()))
-	c.writeUrgent(func(b []byte) []byte {
+	c.armPing()
+	c.writeHeartbeat(false, func(b []byte) []byte {
 		return frame.Append(b, frame.Frame{Type: frame.TypePing, Payload: p[:]})
 	})
-	c.armPing()
 }
 
-// armPing arms the heartbeat timer for the next PING and records when it
+// writeHeartbeat queues a PING or a PING's answer built by fn and, when the
+// writer is idle (queue empty, token free, the last write fast), writes it
+// on the calling goroutine (writeInline) instead of waking a writer
+// goroutine. The reader goroutine (fromReader, answering a PING) writes
+// inline only while the connection has no stream: a write that blocks
+// (the peer stopped reading) then holds up no call, and fails after
+// WriteTimeout, closing the connection, as it would on the writer
+// goroutine. Otherwise the frame goes through writeUrgent.
+func (c *Conn) writeHeartbeat(fromReader bool, fn func([]byte) []byte) {
+	c.wmu.Lock()
+	if len(c.wbuf) == 0 && !c.wbusy && !c.wdead && !c.wclosing && !c.wslow && (!fromReader || c.onlyStream(0)) {
+		c.wbuf = fn(c.wbuf)
+		c.writeInline() // releases wmu
+		return
+	}
+	c.wmu.Unlock()
+	c.writeUrgent(fn)
+}
+
+// pingCheck is how long the connection may go without messages both ways
+// before a PING is sent: a client's 7/8 of its PingInterval, a server's the
+// whole interval (see the file comment).
+func (c *Conn) pingCheck() time.Duration {
+	if c.role == RoleClient {
+		return c.cfg.PingInterval - c.cfg.PingInterval/8
+	}
+	return c.cfg.PingInterval
+}
+
+// armPing arms the heartbeat timer for the next check and records when it
 // is due, for the lateness statistics.
 func (c *Conn) armPing() {
-	c.pingDue.Store(time.Now().Add(c.cfg.PingInterval).UnixNano())
-	c.pingTimer.Reset(c.cfg.PingInterval)
+	d := c.pingCheck()
+	c.pingDue.Store(time.Now().Add(d).UnixNano())
+	c.pingTimer.Reset(d)
 }
 
 // pongReceived records the round trip of a PING this side sent, from the
@@ -75,6 +133,7 @@ func (c *Conn) pongReceived(payload []byte) {
 // connections.
 var heartbeats struct {
 	pingLate, pongRTT latencyHistogram
+	pings             atomic.Uint64 // PINGs sent
 }
 
 // latencyHistogram counts durations in power-of-two buckets of
@@ -158,9 +217,14 @@ func (h LatencyHistogram) Quantile(q float64) time.Duration {
 type HeartbeatStats struct {
 	PingLateness LatencyHistogram
 	PongRTT      LatencyHistogram
+	// Pings is the number of PINGs sent. A side sends one only when its
+	// connection has not both sent and received a message within the
+	// interval, so between two Go peers the client sends them and the
+	// server answers.
+	Pings uint64
 }
 
 // Heartbeats returns the process's heartbeat statistics.
 func Heartbeats() HeartbeatStats {
-	return HeartbeatStats{PingLateness: heartbeats.pingLate.snapshot(), PongRTT: heartbeats.pongRTT.snapshot()}
+	return HeartbeatStats{PingLateness: heartbeats.pingLate.snapshot(), PongRTT: heartbeats.pongRTT.snapshot(), Pings: heartbeats.pings.Load()}
 }

@@ -206,11 +206,11 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 			c.pongReceived(f.Payload)
 			return c.idleFrame("PING answers")
 		}
-		if !c.pingLimit.Allow() {
+		if !c.pingAllowed() {
 			return &floodError{"PING"}
 		}
 		p := append([]byte(nil), f.Payload...)
-		c.writeUrgent(func(b []byte) []byte {
+		c.writeHeartbeat(true, func(b []byte) []byte {
 			return frame.Append(b, frame.Frame{Type: frame.TypePing, Flags: frame.FlagAck, Payload: p})
 		})
 		return nil

@@ -23,11 +23,15 @@ package mux
 //     handler's FinishWith) whose frames found the queue empty, the token
 //     free and no other stream on the connection: it writes its own frames
 //     inline (writeInline) instead of waking the writer goroutine, saving
-//     a goroutine hand-off per call on each side. With other streams
+//     a goroutine hand-off per call on each side. The heartbeat timer does
+//     the same with its PING when the queue is empty, and so does the
+//     reader goroutine with a PING's answer while the connection has no
+//     stream (writeHeartbeat, heartbeat.go). With other streams
 //     active, frames go to the writer goroutine, which batches them.
 //     It gives the token back with kickLocked when more frames were
-//     queued meanwhile. Never the reader goroutine: writeUrgent always
-//     hands off, so the reader never blocks on the socket.
+//     queued meanwhile. The reader goroutine writes only that PING
+//     answer: with a stream open, writeUrgent always hands off, so the
+//     reader never blocks a call on the socket.
 //
 // The holder publishes flushedOpen (atomic) before each write, and closes
 // the connection (closeWith, no lock held) when a write fails; the writer
@@ -332,6 +336,7 @@ func (c *Conn) writeBatch(buf []byte) error {
 			return err
 		}
 		c.bytesOut.Add(uint64(n))
+		c.lastSent.Store(begin.UnixNano())
 		buf = buf[n:]
 	}
 	return nil

@@ -34,6 +34,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"runtime"
@@ -144,6 +145,8 @@ func serveMain(system, ip string) error {
 		}
 		_ = json.NewEncoder(w).Encode(serverStats{Proc: bench.ReadProcStats(gc), Heartbeats: mux.Heartbeats()})
 	})
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile) // go tool pprof http://<debug>/debug/pprof/profile
+	m.HandleFunc("/debug/pprof/heap", pprof.Index)
 	dbg := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = dbg.Serve(ln) }()
 	defer dbg.Close()
