@@ -187,16 +187,26 @@ export class Connection {
 
   // ---- streams
 
-  /** Waits until a stream may be opened under the server's announced limit. */
+  /**
+   * Waits until a stream may be opened under the server's announced limit.
+   * An aborted waiter leaves the queue, so the release it would have taken
+   * wakes the next waiter instead (before, it was lost, and the next
+   * waiter waited for another stream to end).
+   */
   async slot(signal?: AbortSignal): Promise<void> {
     while (this.cfg.peerMaxStreams > 0 && this.streams.size >= this.cfg.peerMaxStreams && this.usable) {
       await new Promise<void>((resolve, reject) => {
-        const onAbort = () => reject(signal!.reason);
-        signal?.addEventListener("abort", onAbort, { once: true });
-        this.slotWaiters.push(() => {
+        const wake = () => {
           signal?.removeEventListener("abort", onAbort);
           resolve();
-        });
+        };
+        const onAbort = () => {
+          const i = this.slotWaiters.indexOf(wake);
+          if (i >= 0) this.slotWaiters.splice(i, 1);
+          reject(signal!.reason);
+        };
+        signal?.addEventListener("abort", onAbort, { once: true });
+        this.slotWaiters.push(wake);
       });
       signal?.throwIfAborted();
     }

@@ -171,9 +171,18 @@ describe("stream limit after a cancel", () => {
       const victim = running.shift()!;
       victim.ac.abort();
       const fast = echo.say({ text: String(i) });
-      running.push(slow());
       assert.equal((await fast).text, String(i));
       assert.equal(((await victim.p) as TetherError).code, Code.Canceled);
+      // The next slow call starts once the fast one is done, and gets
+      // time to be running before the next round. (Started beside the
+      // fast call, it waited for a slot in the client's queue whenever the
+      // server refused one of the two, the server still counting the
+      // canceled stream until its handler had returned; the queue is
+      // first come, first served, so the slot the fast call gave back on
+      // its refusal went to the slow call, and the fast call waited for a
+      // slow one to end, 20 s.)
+      running.push(slow());
+      await new Promise((r) => setTimeout(r, 100));
     }
     for (const r of running) r.ac.abort();
     await Promise.all(running.map((r) => r.p));

@@ -227,6 +227,33 @@ describe("engine", () => {
     for (const s of sockets.filter((x) => x.url === c.url)) assert.ok(s.closed, "socket left open");
   });
 
+  test("stream slots: an aborted waiter passes its wake-up on", async () => {
+    class Limited extends FakeWebSocket {
+      static override upgradeHeaders = { "tether-max-concurrent-streams": "1" };
+    }
+    const { c, echo, sock } = await setup({ webSocket: Limited });
+    const opens = (ws: FakeWebSocket) => ws.frames().filter((x) => x.type === FrameType.Open).map((x) => x.streamId);
+    const a = echo.say({ text: "a" });
+    const ws = await sock();
+    await ws.waitFor((f) => f.some((x) => x.type === FrameType.Open));
+    // b and c wait for the one slot; b gives up.
+    const ab = new AbortController();
+    const b = echo.say({ text: "b" }, { signal: ab.signal });
+    const cc = echo.say({ text: "c" });
+    await new Promise((r) => setTimeout(r, 20));
+    ab.abort();
+    await rejectsWith(b, Code.Canceled);
+    // a ends: its slot goes to c (before, to b's dead waiter, and c waited
+    // for the next stream to end).
+    ws.deliver(sayRes(1, "a"), end(1));
+    assert.equal((await a).text, "a");
+    await ws.waitFor((f) => f.filter((x) => x.type === FrameType.Open).length === 2, 2000);
+    const second = opens(ws)[1];
+    ws.deliver(sayRes(second, "c"), end(second));
+    assert.equal((await cc).text, "c");
+    c.close();
+  });
+
   test("RESET that is not unprocessed fails the call with its status", async () => {
     const { c, echo, sock } = await setup();
     const p = echo.say({ text: "hi" });

@@ -24,13 +24,24 @@ export class FakeWebSocket implements WebSocketLike {
   /** Whether the handshake succeeds; a subclass sets false to refuse it. */
   protected opens = true;
 
+  /** The 101's headers, as the ws package's "upgrade" event gives them. */
+  static upgradeHeaders: Record<string, string> = {};
+  private upgradeListeners: ((res: unknown) => void)[] = [];
+
   constructor(readonly url: string, readonly protocols: string[]) {
     sockets.push(this);
+    const headers = (this.constructor as typeof FakeWebSocket).upgradeHeaders;
     setTimeout(() => {
       if (!this.opens) return;
+      for (const f of this.upgradeListeners) f({ headers });
       this.readyState = 1;
       this.onopen?.();
     }, 0);
+  }
+
+  /** The ws package's event emitter, for "upgrade" only. */
+  on(ev: string, f: (res: unknown) => void): void {
+    if (ev === "upgrade") this.upgradeListeners.push(f);
   }
 
   send(data: Uint8Array): void {
