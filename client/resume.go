@@ -374,13 +374,7 @@ func (rs *resumeStream) Receive(msg proto.Message) error {
 				rs.cursor = append(rs.cursor[:0], cursor...) // b is pooled
 				rs.mu.Unlock()
 			}
-			if err := proto.Unmarshal(b, msg); err != nil {
-				err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
-				st.Reset(err)
-				rs.fail(err)
-				return err
-			}
-			return nil
+			return rs.unmarshal(b, msg)
 		}
 		if rs.lost(st) {
 			if err := rs.reattach(gen); err != nil {
@@ -391,6 +385,20 @@ func (rs *resumeStream) Receive(msg proto.Message) error {
 		rs.stop()
 		return err
 	}
+}
+
+// unmarshal decodes a response into msg; the call fails if it does not
+// decode.
+func (rs *resumeStream) unmarshal(b []byte, msg proto.Message) error {
+	if err := proto.Unmarshal(b, msg); err != nil {
+		err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
+		rs.mu.Lock()
+		st := rs.st
+		rs.mu.Unlock()
+		st.Reset(err)
+		return rs.fail(err)
+	}
+	return nil
 }
 
 func (rs *resumeStream) connOf(*mux.Stream) *mux.Conn {

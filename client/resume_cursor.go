@@ -156,17 +156,3 @@ func (rs *resumeStream) receiveWithRequests(msg proto.Message) error {
 		return err
 	}
 }
-
-// unmarshal decodes a response into msg; the call fails if it does not
-// decode.
-func (rs *resumeStream) unmarshal(b []byte, msg proto.Message) error {
-	if err := proto.Unmarshal(b, msg); err != nil {
-		err = tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
-		rs.mu.Lock()
-		st := rs.st
-		rs.mu.Unlock()
-		st.Reset(err)
-		return rs.fail(err)
-	}
-	return nil
-}
