@@ -70,21 +70,8 @@ type child struct {
 
 // startChild starts a server of system listening on nIPs loopback addresses.
 func startChild(system string, nIPs int) (*child, error) {
-	exe, err := os.Executable()
+	cmd, stdin, stdout, err := startSelf("-serve", system, "-serve-ips", strconv.Itoa(nIPs))
 	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(exe, "-serve", system, "-serve-ips", strconv.Itoa(nIPs))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	c := &child{cmd: cmd, stdin: stdin}
@@ -147,4 +134,27 @@ func (c *child) stats(gc bool) (bench.ProcStats, error) {
 		err = json.Unmarshal(b, &st)
 	}
 	return st, err
+}
+
+// startSelf runs this program again with args, its standard error shared,
+// and returns the pipes to its standard input and output.
+func startSelf(args ...string) (*exec.Cmd, io.WriteCloser, io.ReadCloser, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, nil, err
+	}
+	return cmd, stdin, stdout, nil
 }

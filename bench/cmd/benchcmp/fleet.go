@@ -237,23 +237,10 @@ func (p *fleetProc) readJSON(v any, timeout time.Duration) error {
 }
 
 func startFleetProc(sys string, targets []string, cfg fleetConfig, conns int) (*fleetProc, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(exe, "-fleet-client", sys, "-fleet-targets", strings.Join(targets, ","),
+	cmd, stdin, stdout, err := startSelf("-fleet-client", sys, "-fleet-targets", strings.Join(targets, ","),
 		"-fleet-conns", strconv.Itoa(conns), "-fleet-interval", cfg.interval.String(),
 		"-fleet-duration", cfg.duration.String())
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	return &fleetProc{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}, nil
