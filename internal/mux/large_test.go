@@ -380,3 +380,75 @@ func TestBigBuffersWithinTwice(t *testing.T) {
 		}
 	}
 }
+
+// TestSmallFramesLeaveInBoundedMessages (issue 15): a backlog of small
+// frames leaves in WebSocket messages of at most maxSmallWriteMessage
+// (before, up to the stream's window in one message), so that the
+// receiver, which reads a whole message before it hands any frame to the
+// consumer, starts on the first frames while the rest cross. Every message
+// still arrives, in order.
+func TestSmallFramesLeaveInBoundedMessages(t *testing.T) {
+	const msgs, size = 2000, 1024
+	type result struct{ largest, wsMessages int }
+	got := make(chan result, 1)
+	cc := rawServer(t, Config{}, func(ws *websocket.Conn) {
+		seen, largest, n := 0, 0, 0
+		for seen < msgs {
+			_, m, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			largest, n = max(largest, len(m)), n+1
+			if n == 1 { // the OPEN, maybe with the first window's messages
+				if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, 1<<30)); err != nil {
+					return
+				}
+				// Not reading for a while lets the sender's queue fill
+				// up (it makes a backlog likely; the assertions do not
+				// depend on it).
+				time.Sleep(200 * time.Millisecond)
+			}
+			for len(m) > 0 {
+				f, rest, err := frame.Parse(m)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if f.Type == frame.TypeMessage {
+					if len(f.Payload) != size || f.Payload[0] != byte(seen) {
+						t.Errorf("message %d: %d bytes, first %d", seen, len(f.Payload), f.Payload[0])
+					}
+					seen++
+				}
+				m = rest
+			}
+		}
+		got <- result{largest, n}
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, size)
+	for i := range msgs {
+		msg[0] = byte(i)
+		if err := s.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case r := <-got:
+		if r.largest > maxSmallWriteMessage {
+			t.Errorf("a WebSocket message of %d bytes (%d messages for %d frames of %d bytes); want at most %d", r.largest, r.wsMessages, msgs, size, maxSmallWriteMessage)
+		}
+	case <-ctx.Done():
+		t.Fatal("the peer did not receive every message")
+	}
+}

@@ -249,3 +249,59 @@ func TestRecvQueueSmallReleased(t *testing.T) {
 		}
 	}
 }
+
+// TestRecvQueueReusesRings: a queue that fills past maxIdleQueueSlots and
+// runs empty again, as a stream's does whenever its consumer keeps up with
+// a fast sender, takes its rings from the pool instead of regrowing one by
+// doubling each time.
+func TestRecvQueueReusesRings(t *testing.T) {
+	if raceOn {
+		t.Skip("the race detector makes sync.Pool drop what is put back")
+	}
+	var q recvQueue
+	cycle := func() {
+		for range 300 {
+			q.push(chunk{more: true})
+		}
+		for q.len() > 0 {
+			q.pop()
+		}
+	}
+	cycle()
+	// Before: eight rings (4 to 512 slots) per cycle.
+	if n := testing.AllocsPerRun(100, cycle); n >= 1 {
+		t.Fatalf("%.1f allocations per fill and drain of the queue, want none", n)
+	}
+}
+
+// TestRecvQueueRingsGoBackEmpty: a ring goes back to the pool with no frame
+// in it (a pooled ring must not keep received buffers alive), whether the
+// queue grew out of it or was reset with frames queued (the stream ended).
+func TestRecvQueueRingsGoBackEmpty(t *testing.T) {
+	payload := []byte("x")
+	var q recvQueue
+	for range 8 {
+		q.push(chunk{b: payload, more: true})
+	}
+	grown := q.ring // 8 slots, full
+	q.push(chunk{b: payload})
+	for i, c := range *grown {
+		if c.b != nil {
+			t.Fatalf("slot %d of the ring the queue grew out of still holds a frame", i)
+		}
+	}
+	kept := q.ring
+	q.reset()
+	for i, c := range *kept {
+		if c.b != nil {
+			t.Fatalf("slot %d of a reset queue's ring still holds a frame", i)
+		}
+	}
+	if q.len() != 0 || q.slots() != 0 || q.ring != nil {
+		t.Fatalf("after reset: %d frames, %d slots, ring %v; want an empty queue", q.len(), q.slots(), q.ring != nil)
+	}
+	q.push(chunk{b: payload})
+	if c := q.pop(); &c.b[0] != &payload[0] {
+		t.Fatal("a reset queue does not work again")
+	}
+}

@@ -199,7 +199,8 @@ func (s *Stream) terminate(err error, local bool) bool {
 	s.finished = true
 	if s.recvEnd == nil || s.recvEnd == io.EOF && s.c.role == RoleServer {
 		s.recvEnd = err
-		s.recvQ, s.assembly = recvQueue{}, nil
+		s.recvQ.reset()
+		s.assembly = nil
 	}
 	s.uncharge()
 	if s.sendErr == nil {
