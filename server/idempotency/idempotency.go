@@ -12,8 +12,16 @@
 // returned for the connection (Peer.Principal) and the procedure, so one
 // client cannot read another's cached result by sending its key, and a
 // replay under another identity runs the handler again. Unauthenticated
-// callers share one scope. Principals should be values whose %#v (or
-// String method) identifies them, such as strings or small structs.
+// callers share one scope. The scope is the principal's value, the same in
+// every process and after a restart (server.Identity says how it is
+// derived): a string as itself, a value with a PrincipalKey() string
+// method by its result, a fmt.Stringer by its type and String(), and any
+// other value by its %#v form, so a *User keys as the User it points to.
+// A principal that still holds a pointer below its top level (a *User
+// whose Org field is a *Org) would key by address, so that the same user
+// on another connection or another server would not be deduplicated: a
+// keyed call from such a principal is answered internal, without running
+// its handler, until the principal gets a PrincipalKey method.
 //
 // What is remembered, and for how long:
 //
@@ -50,7 +58,6 @@ import (
 	"container/list"
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -59,6 +66,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/principal"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -212,7 +220,13 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		if k == "" {
 			return next(ctx, req)
 		}
-		key := cacheKey{principalKey(ci.Peer().Principal), ci.Spec().Procedure, k}
+		scope, err := principal.Key(ci.Peer().Principal)
+		if err != nil {
+			// An address is no scope: dedup would silently fail across
+			// connections and servers. Say so on the first call.
+			return nil, tether.Errorf(tether.CodeInternal, "idempotency: cannot scope the key: %v; give the principal a PrincipalKey() string method (see server.Identity)", err)
+		}
+		key := cacheKey{scope, ci.Spec().Procedure, k}
 		if i.sc != nil && i.sc.store != nil {
 			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, func() (proto.Message, error) { return next(ctx, req) })
 		}
@@ -478,18 +492,4 @@ func (i *Interceptor) snapshot() snapshot {
 		s.entries[k] = h
 	}
 	return s
-}
-
-// principalKey turns a principal into a cache scope. Principals are usually
-// strings or small structs; %#v keeps distinct values distinct.
-func principalKey(p any) string {
-	switch v := p.(type) {
-	case nil:
-		return ""
-	case string:
-		return "s:" + v
-	case fmt.Stringer:
-		return fmt.Sprintf("%T:%s", v, v.String())
-	}
-	return fmt.Sprintf("%#v", p)
 }
