@@ -6,7 +6,9 @@
 // while the key is remembered. A repeat that arrives while the first call
 // runs waits for it (or for its own deadline or cancellation) and gets the
 // first call's result; a repeat that arrives later gets that result from the
-// cache.
+// cache. A repeat's answer also carries the response headers and trailers
+// that the handler (and the interceptors inside this one) set on the first
+// call: each of their keys gets the first call's values.
 //
 // Keys are scoped to the caller: the principal the server's Authenticator
 // returned for the connection (Peer.Principal) and the procedure, so one
@@ -103,7 +105,8 @@ func WithMaxEntries(n int) Option {
 
 // WithMaxBytes bounds the memory the cache holds (default 64 MiB): each key
 // counts its strings plus about 320 bytes, a remembered response its encoded
-// size, a remembered error its message, details and trailers. The results
+// size, a remembered error its message, details and trailers, and the
+// response headers and trailers the handler set. The results
 // that settled first are forgotten to make room, and a result larger than
 // the whole limit is not remembered; when the running calls alone leave no
 // room for a new key, the call is refused with unavailable. n <= 0 keeps the
@@ -163,11 +166,13 @@ type entry struct {
 
 	// The result, when remembered (ok): an encoded response of type resType
 	// (nil for a handler that returned neither response nor error), or an
-	// error.
-	ok      bool
-	res     []byte
-	resType protoreflect.MessageType
-	err     *cachedError
+	// error; and the response headers and trailers the handler set (error
+	// trailers are in err).
+	ok       bool
+	res      []byte
+	resType  protoreflect.MessageType
+	err      *cachedError
+	hdr, trl tether.Metadata
 }
 
 // cachedError is what the caller of an error saw: code, message, details
@@ -228,9 +233,9 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		}
 		key := cacheKey{scope, ci.Spec().Procedure, k}
 		if i.sc != nil && i.sc.store != nil {
-			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, func() (proto.Message, error) { return next(ctx, req) })
+			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, ci, func() (proto.Message, error) { return next(ctx, req) })
 		}
-		return i.do(ctx, key, func() (proto.Message, error) { return next(ctx, req) })
+		return i.do(ctx, key, ci, func() (proto.Message, error) { return next(ctx, req) })
 	}
 }
 
@@ -250,17 +255,75 @@ func KeyFromContext(ctx context.Context) string {
 // WrapStream implements server.Interceptor; streams pass through.
 func (i *Interceptor) WrapStream(next server.StreamFunc) server.StreamFunc { return next }
 
-// do runs the call identified by key: run is its handler.
-func (i *Interceptor) do(ctx context.Context, key cacheKey, run func() (proto.Message, error)) (proto.Message, error) {
+// callMeta is the part of a call's CallInfo that the interceptor records
+// and replays: the response headers and trailers the handler (and the
+// interceptors inside this one) set.
+type callMeta interface {
+	ResponseHeader() tether.Metadata
+	ResponseTrailer() tether.Metadata
+}
+
+// responseMeta returns copies of the response headers and trailers set on
+// md (nil for none).
+func responseMeta(md callMeta) (hdr, trl tether.Metadata) {
+	if md == nil {
+		return nil, nil
+	}
+	if h := md.ResponseHeader(); len(h) > 0 {
+		hdr = h.Clone()
+	}
+	if t := md.ResponseTrailer(); len(t) > 0 {
+		trl = t.Clone()
+	}
+	return hdr, trl
+}
+
+// replayMeta sets on md the response headers and trailers of the first
+// call: each key the first call set gets the first call's values, so that
+// the repeat's answer carries the same headers and trailers.
+func replayMeta(md callMeta, hdr, trl tether.Metadata) {
+	if md == nil {
+		return
+	}
+	if len(hdr) > 0 {
+		h := md.ResponseHeader()
+		for k, vs := range hdr {
+			h[k] = append([]string(nil), vs...)
+		}
+	}
+	if len(trl) > 0 {
+		t := md.ResponseTrailer()
+		for k, vs := range trl {
+			t[k] = append([]string(nil), vs...)
+		}
+	}
+}
+
+// metaSize counts the memory md holds.
+func metaSize(md tether.Metadata) int {
+	n := 0
+	for k, vs := range md {
+		n += headerOverhead + len(k) + headerOverhead
+		for _, v := range vs {
+			n += headerOverhead + len(v)
+		}
+	}
+	return n
+}
+
+// do runs the call identified by key: run is its handler, md (nil in
+// tests) its CallInfo, whose response headers and trailers are recorded
+// with the result and replayed to repeats.
+func (i *Interceptor) do(ctx context.Context, key cacheKey, md callMeta, run func() (proto.Message, error)) (proto.Message, error) {
 	for {
 		e, first, err := i.claim(key)
 		switch {
 		case err != nil:
 			return nil, err
 		case first:
-			return i.runFirst(e, run)
+			return i.runFirst(e, md, run)
 		}
-		if res, answered, err := i.wait(ctx, e); answered {
+		if res, answered, err := i.wait(ctx, e, md); answered {
 			return res, err
 		}
 		// The first call left no result (transient error or panic) and its
@@ -272,7 +335,7 @@ func (i *Interceptor) do(ctx context.Context, key cacheKey, run func() (proto.Me
 // however the handler ends. A panic (or runtime.Goexit) leaves no result:
 // the key is forgotten, its waiters claim it again, and the panic goes on
 // to the server's recovery.
-func (i *Interceptor) runFirst(e *entry, run func() (proto.Message, error)) (res proto.Message, err error) {
+func (i *Interceptor) runFirst(e *entry, md callMeta, run func() (proto.Message, error)) (res proto.Message, err error) {
 	returned := false
 	defer func() {
 		if !returned {
@@ -281,13 +344,17 @@ func (i *Interceptor) runFirst(e *entry, run func() (proto.Message, error)) (res
 	}()
 	res, err = run()
 	returned = true
+	if !transient(err) {
+		e.hdr, e.trl = responseMeta(md)
+	}
 	i.settle(e, res, err, transient(err))
 	return res, err
 }
 
-// wait waits for the first call of e to finish, or for ctx to end. answered
+// wait waits for the first call of e to finish, or for ctx to end, and
+// replays the first call's response headers and trailers on md. answered
 // is false when the first call left no result.
-func (i *Interceptor) wait(ctx context.Context, e *entry) (res proto.Message, answered bool, err error) {
+func (i *Interceptor) wait(ctx context.Context, e *entry, md callMeta) (res proto.Message, answered bool, err error) {
 	i.mu.Lock()
 	e.waiters++
 	if !e.closed {
@@ -312,6 +379,7 @@ func (i *Interceptor) wait(ctx context.Context, e *entry) (res proto.Message, an
 	i.hits++
 	i.mu.Unlock()
 	// The result is not written after closed is set: read it unlocked.
+	replayMeta(md, e.hdr, e.trl)
 	if e.err != nil {
 		return nil, true, e.err.toError()
 	}
@@ -369,6 +437,7 @@ func (i *Interceptor) settle(e *entry, res proto.Message, err error, forget bool
 			e.res, e.resType = b, res.ProtoReflect().Type()
 			add = cap(b)
 		}
+		add += metaSize(e.hdr) + metaSize(e.trl)
 	}
 	i.mu.Lock()
 	if forget || !e.held {
@@ -430,13 +499,7 @@ func (c *cachedError) size() int {
 	for _, d := range c.details {
 		n += detailOverhead + len(d.GetTypeUrl()) + cap(d.GetValue())
 	}
-	for k, vs := range c.meta {
-		n += headerOverhead + len(k) + headerOverhead
-		for _, v := range vs {
-			n += headerOverhead + len(v)
-		}
-	}
-	return n
+	return n + metaSize(c.meta)
 }
 
 // toError returns a new error equal to the one the first caller got.
