@@ -39,9 +39,11 @@
 //   - The cache is bounded in keys (WithMaxEntries) and in the memory it
 //     holds (WithMaxBytes). To make room it forgets the results that settled
 //     first; it never forgets a running call. When only running calls are
-//     left, a call with a new key is refused with unavailable (its handler
-//     did not run, so the client may retry it, and a dead-letter policy parks
-//     it).
+//     left, a call with a new key is refused with unavailable, as
+//     unprocessed (server.RefuseUnprocessed): its handler did not run, so a
+//     tether client retries it transparently, whatever the method's retry
+//     policy, and returns unavailable only when those bounded retries run
+//     out (a dead-letter policy then parks it).
 //
 // The built-in cache is in memory: it protects against retries and replays
 // within the TTL, in one server process, and a restart forgets it.
@@ -94,7 +96,8 @@ type Option func(*Interceptor)
 // WithMaxEntries bounds the number of keys held (default 100,000), running
 // or remembered; n <= 0 keeps the default. The results that settled first
 // are forgotten to make room; when every key held is running, a call with a
-// new key is refused with unavailable.
+// new key is refused with unavailable, as unprocessed (see the package
+// documentation).
 func WithMaxEntries(n int) Option {
 	return func(i *Interceptor) {
 		if n > 0 {
@@ -109,7 +112,8 @@ func WithMaxEntries(n int) Option {
 // response headers and trailers the handler set. The results
 // that settled first are forgotten to make room, and a result larger than
 // the whole limit is not remembered; when the running calls alone leave no
-// room for a new key, the call is refused with unavailable. n <= 0 keeps the
+// room for a new key, the call is refused with unavailable, as unprocessed.
+// n <= 0 keeps the
 // default.
 func WithMaxBytes(n int) Option {
 	return func(i *Interceptor) {
@@ -319,7 +323,9 @@ func (i *Interceptor) do(ctx context.Context, key cacheKey, md callMeta, run fun
 		e, first, err := i.claim(key)
 		switch {
 		case err != nil:
-			return nil, err
+			// Full of running calls: nothing ran; the client may retry
+			// anywhere, transparently.
+			return nil, server.RefuseUnprocessed(ctx, err)
 		case first:
 			return i.runFirst(e, md, run)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/wire"
+	"github.com/tetherrpc/tether/server"
 )
 
 // Defaults of a Store-backed interceptor.
@@ -90,8 +91,10 @@ func WithPollInterval(d time.Duration) Option {
 }
 
 // WithFailClosed makes a call whose Store fails answer unavailable without
-// running its handler (the client may retry it; a dead-letter policy parks
-// it), instead of running it without deduplication.
+// running its handler, as unprocessed (server.RefuseUnprocessed: the client
+// retries it transparently, within its bounded transparent retries, and a
+// dead-letter policy parks it if those run out), instead of running it
+// without deduplication.
 func WithFailClosed() Option { return func(i *Interceptor) { i.storeCfg().failClosed = true } }
 
 // WithLogger sets the logger for Store failures (default slog.Default()).
@@ -128,7 +131,7 @@ func (i *Interceptor) doStore(ctx context.Context, k Key, md callMeta, run func(
 		r, err := sc.store.Claim(ctx, k, owner, sc.lease)
 		switch {
 		case err != nil && errors.Is(err, ErrFull):
-			return nil, tether.Errorf(tether.CodeUnavailable, "idempotency: store full of running calls; try again later")
+			return nil, server.RefuseUnprocessed(ctx, tether.Errorf(tether.CodeUnavailable, "idempotency: store full of running calls; try again later"))
 		case err != nil && ctx.Err() != nil:
 			return nil, tether.AsError(ctx.Err())
 		case err != nil:
@@ -173,7 +176,7 @@ func (i *Interceptor) degrade(ctx context.Context, k Key, serr error, run func()
 	sc.degraded.Add(1)
 	if sc.failClosed {
 		sc.logger.Warn("idempotency: store failed; call refused (fail-closed)", "procedure", k.Procedure, "err", serr)
-		return nil, tether.Errorf(tether.CodeUnavailable, "idempotency: store unavailable; try again later")
+		return nil, server.RefuseUnprocessed(ctx, tether.Errorf(tether.CodeUnavailable, "idempotency: store unavailable; try again later"))
 	}
 	sc.logger.Warn("idempotency: store failed; call runs WITHOUT deduplication", "procedure", k.Procedure, "err", serr)
 	return run()
