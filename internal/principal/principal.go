@@ -22,6 +22,9 @@
 //     that fmt prints through a GoString or Format method (time.Time). A
 //     value that does not pass has no stable scope: Key returns an error
 //     that names the first pointer found.
+//   - a nil pointer, whatever its methods: its %#v form, "(*pkg.User)(nil)".
+//
+// A PrincipalKey or String method that panics gives an error, not a crash.
 //
 // These are the forms the idempotency interceptor used before this package
 // for strings, Stringers and pointer-free values, so stored keys written by
@@ -64,18 +67,29 @@ const (
 	ruleDeref // a top-level pointer to a non-composite, dereferenced
 )
 
-func key(p any) (string, rule, error) {
+func key(p any) (k string, r rule, err error) {
+	rv := reflect.ValueOf(p)
+	nilPtr := rv.Kind() == reflect.Pointer && rv.IsNil()
 	switch v := p.(type) {
 	case nil:
 		return "", ruleNil, nil
 	case string:
 		return "s:" + v, ruleString, nil
 	case Keyer:
-		return "k:" + v.PrincipalKey(), ruleKeyer, nil
+		if !nilPtr {
+			defer recoverMethod(p, &err)
+			return "k:" + v.PrincipalKey(), ruleKeyer, nil
+		}
 	case fmt.Stringer:
-		return fmt.Sprintf("%T:%s", v, v.String()), ruleStringer, nil
+		if !nilPtr {
+			defer recoverMethod(p, &err)
+			return fmt.Sprintf("%T:%s", v, v.String()), ruleStringer, nil
+		}
 	}
-	rv := reflect.ValueOf(p)
+	if nilPtr {
+		// "(*pkg.User)(nil)": one scope for the type's nil pointer.
+		return fmt.Sprintf("%#v", p), ruleValue, nil
+	}
 	if rv.Kind() == reflect.Pointer && !rv.IsNil() && !printsItself(rv) {
 		switch rv.Elem().Kind() {
 		case reflect.Struct, reflect.Array, reflect.Slice, reflect.Map:
@@ -94,6 +108,14 @@ func key(p any) (string, rule, error) {
 		}
 	}
 	return fmt.Sprintf("%#v", p), ruleValue, nil
+}
+
+// recoverMethod turns a panic in a principal's PrincipalKey or String
+// method into an error.
+func recoverMethod(p any, err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%w: %T: its key method panicked: %v", ErrUnstable, p, r)
+	}
 }
 
 // Scope returns Key(p), or, for a principal without a stable key, a scope

@@ -127,3 +127,22 @@ func TestKeyRefusesPointers(t *testing.T) {
 		t.Errorf("err = %v, want %s", err, want)
 	}
 }
+
+type panicky struct{}
+
+func (*panicky) PrincipalKey() string { panic("no key") }
+
+// A nil pointer keys by its type; a key method that panics is an error,
+// not a crash.
+func TestKeyNilAndPanics(t *testing.T) {
+	var u *keyedUser
+	var n *named
+	for _, p := range []any{u, n} {
+		if k, err := Key(p); err != nil || k != fmt.Sprintf("%#v", p) {
+			t.Errorf("Key(%#v) = %q, %v", p, k, err)
+		}
+	}
+	if _, err := Key(&panicky{}); !errors.Is(err, ErrUnstable) {
+		t.Errorf("panicking PrincipalKey: %v", err)
+	}
+}
