@@ -104,11 +104,10 @@ type call struct {
 	sentHead bool
 	headDone atomic.Bool // sentHead, readable without the lock
 	cursor   []byte      // the cursor of the message being sent (cursor.go)
-
-	// RefuseUnprocessed (refuse.go): whether the handler below the
-	// interceptors started, and the refusal an interceptor made.
-	handlerStarted atomic.Bool
-	refusal        atomic.Pointer[unprocessedRefusal]
+	// refusal is the refusal an interceptor made with RefuseUnprocessed,
+	// or handlerStarted once the handler below the interceptors started
+	// (refuse.go).
+	refusal atomic.Pointer[unprocessedRefusal]
 }
 
 func (c *call) Spec() tether.Spec { return c.spec }

@@ -35,13 +35,24 @@ func RefuseUnprocessed(ctx context.Context, err error) error {
 	}
 	e := tether.AsError(err)
 	c, ok := ctx.Value(callInfoKey{}).(*call)
-	if !ok || c.handlerStarted.Load() {
+	if !ok {
 		return e
 	}
 	r := &unprocessedRefusal{err: e}
-	c.refusal.Store(r)
-	return r
+	for {
+		old := c.refusal.Load()
+		if old == handlerStarted {
+			return e
+		}
+		if c.refusal.CompareAndSwap(old, r) {
+			return r
+		}
+	}
 }
+
+// handlerStarted is what call.refusal holds once the call's handler
+// started: no refusal of the call is sent as unprocessed from then on.
+var handlerStarted = &unprocessedRefusal{}
 
 // unprocessedRefusal is the error RefuseUnprocessed returns.
 type unprocessedRefusal struct{ err *tether.Error }
@@ -51,11 +62,12 @@ func (r *unprocessedRefusal) Unwrap() error { return r.err }
 
 // refusedUnprocessed reports whether the call ends with err as a refusal
 // of RefuseUnprocessed that the server may send as unprocessed: err is the
-// refusal recorded on this call, and no handler of the call has started.
+// refusal recorded on this call, which means that the call's handler has
+// not started (its start replaces the refusal with handlerStarted).
 func (c *call) refusedUnprocessed(err error) bool {
 	var r *unprocessedRefusal
 	return c.spec.StreamType == tether.StreamTypeUnary && c.rs == nil &&
-		errors.As(err, &r) && c.refusal.Load() == r && !c.handlerStarted.Load()
+		errors.As(err, &r) && r != handlerStarted && c.refusal.Load() == r
 }
 
 // markHandlerStart wraps the innermost unary function of a handler (below
@@ -64,7 +76,7 @@ func (c *call) refusedUnprocessed(err error) bool {
 func markHandlerStart(next UnaryFunc) UnaryFunc {
 	return func(ctx context.Context, req proto.Message) (proto.Message, error) {
 		if c, ok := ctx.Value(callInfoKey{}).(*call); ok {
-			c.handlerStarted.Store(true)
+			c.refusal.Store(handlerStarted)
 		}
 		return next(ctx, req)
 	}
