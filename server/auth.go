@@ -12,6 +12,23 @@ import (
 type Identity struct {
 	// Principal identifies the client to handlers and interceptors
 	// (Peer.Principal). It should be comparable if a rate limiter keys on it.
+	//
+	// The server and server/idempotency scope by the principal's value,
+	// the same in every process and after a restart: idempotency keys are
+	// deduplicated per principal, a resumable stream's token re-attaches
+	// only for its principal, and sealed resume cursors cover it. The
+	// scope is, in order: nil for every unauthenticated caller; a string
+	// as itself; a value with a method PrincipalKey() string by what that
+	// returns (the explicit choice: same string for the same caller in
+	// every process, different strings for different callers); a
+	// fmt.Stringer by its type and String(); any other value by its %#v
+	// form, so that a *User (a new pointer for each connection) scopes as
+	// the User it points to. A principal that holds a pointer below its top
+	// level (a *User whose Org field is an *Org), a channel or a function
+	// would scope by address: give it a PrincipalKey method. Until then
+	// server/idempotency answers its keyed calls internal without running
+	// them, and its resumable streams re-attach and restart only with the
+	// very same principal value.
 	Principal any
 	// Expires, when not zero, is when the credentials stop being valid: the
 	// connection is closed then with close code 1008.

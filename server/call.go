@@ -104,6 +104,10 @@ type call struct {
 	sentHead bool
 	headDone atomic.Bool // sentHead, readable without the lock
 	cursor   []byte      // the cursor of the message being sent (cursor.go)
+	// refusal is the refusal an interceptor made with RefuseUnprocessed,
+	// or handlerStarted once the handler below the interceptors started
+	// (refuse.go).
+	refusal atomic.Pointer[unprocessedRefusal]
 }
 
 func (c *call) Spec() tether.Spec { return c.spec }
@@ -200,6 +204,10 @@ func (c *call) flushHeader() error {
 // response if there is one, and END with the status and trailers, in one
 // write when they fit.
 func (c *call) finish(res proto.Message, err error) {
+	if err != nil && c.refusedUnprocessed(err) {
+		c.s.ResetUnprocessed(tether.AsError(err))
+		return
+	}
 	if err != nil {
 		if e := tether.AsError(err); len(e.Meta()) > 0 {
 			c.ResponseTrailer().Merge(e.Meta())

@@ -17,7 +17,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
@@ -37,8 +36,10 @@ const cursorSealSize = 16
 
 // WithResumeCursorKeys seals the cursors of resumable server streams
 // (SendWithCursor) with HMAC-SHA256 under keys[0], over the cursor, the
-// stream's resume token, the caller's principal (its printed form with its
-// type) and the procedure; a re-attachment that would restart a stream is
+// stream's resume token, the caller's principal (by value, as
+// Identity.Principal describes: strings and plain values by their printed
+// form with their type, as earlier versions sealed, so that servers of
+// both versions accept each other's cursors) and the procedure; a re-attachment that would restart a stream is
 // accepted when the seal verifies under any of keys (list the new key
 // first and keep the old ones while streams sealed with them may still
 // come back). A client then cannot forge a cursor, nor take one to another
@@ -86,28 +87,34 @@ func modeFor(spec tether.Spec, asked bool) cursorMode {
 // sealCursor returns cursor with its seal under key; in
 // cursorsWithRequests mode the seal covers the request count too.
 func sealCursor(key []byte, x *session, procedure string, cursor []byte, requests uint64) []byte {
-	return append(cursor[:len(cursor):len(cursor)], cursorMAC(key, x.token, x.principal, procedure, cursor, x.cursors, requests)...)
+	return append(cursor[:len(cursor):len(cursor)], cursorMAC(key, x.token, x.sealForm, procedure, cursor, x.cursors, requests)...)
 }
 
 // openCursor returns the cursor a sealed one carries, if its seal verifies
-// under one of keys.
-func openCursor(keys [][]byte, token string, principal any, procedure string, sealed []byte, mode cursorMode, requests uint64) ([]byte, bool) {
+// under one of keys for one of the principal's forms
+// (principal.SealForms).
+func openCursor(keys [][]byte, token string, principalForms []string, procedure string, sealed []byte, mode cursorMode, requests uint64) ([]byte, bool) {
 	if len(sealed) < cursorSealSize {
 		return nil, false
 	}
 	cursor, tag := sealed[:len(sealed)-cursorSealSize], sealed[len(sealed)-cursorSealSize:]
 	for _, k := range keys {
-		if hmac.Equal(tag, cursorMAC(k, token, principal, procedure, cursor, mode, requests)) {
-			return cursor, true
+		for _, f := range principalForms {
+			if hmac.Equal(tag, cursorMAC(k, token, f, procedure, cursor, mode, requests)) {
+				return cursor, true
+			}
 		}
 	}
 	return nil, false
 }
 
-func cursorMAC(key []byte, token string, principal any, procedure string, cursor []byte, mode cursorMode, requests uint64) []byte {
+// cursorMAC seals cursor. principalForm is what the seal covers of the
+// caller (principal.SealForms): for strings and plain values, their
+// printed form with their type, as earlier versions sealed.
+func cursorMAC(key []byte, token string, principalForm string, procedure string, cursor []byte, mode cursorMode, requests uint64) []byte {
 	m := hmac.New(sha256.New, key)
 	var b []byte
-	fields := []string{"tether resume cursor v1", token, fmt.Sprintf("%T:%#v", principal, principal), procedure, string(cursor)}
+	fields := []string{"tether resume cursor v1", token, principalForm, procedure, string(cursor)}
 	if mode == cursorsWithRequests {
 		// Server streams' seals stay as they were, so that servers of
 		// both versions accept each other's.

@@ -156,6 +156,9 @@ func receiveOne(st Stream, req proto.Message) error {
 func (h *Handler) compile(server []Interceptor) *Handler {
 	all := append(append([]Interceptor(nil), server...), h.interceptors...)
 	out := *h
+	if out.unary != nil && len(all) > 0 {
+		out.unary = markHandlerStart(out.unary) // RefuseUnprocessed
+	}
 	for i := len(all) - 1; i >= 0; i-- {
 		if out.unary != nil {
 			out.unary = all[i].WrapUnary(out.unary)

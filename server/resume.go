@@ -29,7 +29,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +36,7 @@ import (
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/principal"
 )
 
 // ErrNotResumed is the cause of the error of a resumable stream that could
@@ -61,24 +61,21 @@ type resumer struct {
 	lim      ResumeLimits
 	mu       sync.Mutex
 	sessions map[string]*session // by token
-	parked   map[any]int         // parked sessions by principal key
+	parked   map[string]int      // parked sessions by principal scope
 	closed   bool
 	keys     [][]byte // WithResumeCursorKeys: cursors are sealed (cursor.go)
 }
 
 func newResumer(lim ResumeLimits) *resumer {
 	lim.withDefaults()
-	return &resumer{lim: lim, sessions: make(map[string]*session), parked: make(map[any]int)}
+	return &resumer{lim: lim, sessions: make(map[string]*session), parked: make(map[string]int)}
 }
 
-// principalKey makes a principal usable as a map key and comparable:
-// comparable values stand for themselves, others by their printed form.
-func principalKey(p any) any {
-	if p == nil || reflect.TypeOf(p).Comparable() {
-		return p
-	}
-	return fmt.Sprintf("%T:%#v", p, p)
-}
+// principalKey is the scope a session's token is bound to: the
+// principal's value, the same in every process (internal/principal), so
+// that the same user re-attaches on a new connection even when the
+// Authenticator returns a new *User for it.
+func principalKey(p any) string { return principal.Scope(p) }
 
 // outMsg is a sent message kept until the client acknowledges it.
 type outMsg struct {
@@ -90,7 +87,8 @@ type outMsg struct {
 type session struct {
 	r         *resumer
 	token     string
-	principal any // principalKey of the caller
+	principal string // principalKey of the caller
+	sealForm  string // what its cursors' seals cover of the caller (principal.SealForms)
 	budget    *replayBudget
 	ctx       context.Context // the handler's, canceled when the session ends
 	cancel    context.CancelCauseFunc
@@ -136,7 +134,7 @@ func (r *resumer) newSession(st *mux.Stream, tok []byte, peer Peer, budget *repl
 	if len(tok) < minResumeToken || len(tok) > maxResumeToken {
 		return nil, tether.Errorf(tether.CodeInvalidArgument, "tether: resume token of %d bytes; it must have %d to %d", len(tok), minResumeToken, maxResumeToken)
 	}
-	x := &session{r: r, token: string(tok), principal: principalKey(peer.Principal), budget: budget, wake: make(chan struct{}), sent: sent, cursors: cursors}
+	x := &session{r: r, token: string(tok), principal: principalKey(peer.Principal), sealForm: principal.SealForms(peer.Principal)[0], budget: budget, wake: make(chan struct{}), sent: sent, cursors: cursors}
 	x.ctx, x.cancel = context.WithCancelCause(context.Background())
 	r.mu.Lock()
 	switch {

@@ -10,6 +10,7 @@ import (
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/mux"
+	"github.com/tetherrpc/tether/internal/principal"
 	"github.com/tetherrpc/tether/internal/wire"
 )
 
@@ -43,7 +44,7 @@ func (r *resumer) attach(st *mux.Stream, rs *tetherv1.Resume, peer Peer, budget 
 		}
 		if len(cursor) > 0 && len(r.keys) > 0 {
 			var ok bool
-			if cursor, ok = openCursor(r.keys, string(rs.GetToken()), principalKey(peer.Principal), spec.Procedure, cursor, mode, requests); !ok {
+			if cursor, ok = openCursor(r.keys, string(rs.GetToken()), principal.SealForms(peer.Principal), spec.Procedure, cursor, mode, requests); !ok {
 				_ = st.Finish(notResumed("unknown or expired resume token"), nil)
 				return nil, nil
 			}

@@ -413,6 +413,42 @@ func TestResumeCursorSealed(t *testing.T) {
 			t.Fatalf("runs %d (resumed %v), bad cursors %d; want 3 runs", f.runs, f.resumed, f.badClaim.Load())
 		}
 	})
+	// The restarted server accepts the cursor for the same user whatever
+	// kind of principal the Authenticator returns for each connection.
+	for kind, mk := range principalMakers {
+		t.Run("principal "+kind, func(t *testing.T) {
+			const n = 2000
+			auth := server.WithAuthenticator(func(r *http.Request) (server.Identity, error) {
+				return server.Identity{Principal: mk("ada")}, nil
+			})
+			f := &logFeed{}
+			r, echo := newReplicas(t, f, server.WithResumeCursorKeys(oldKey), auth)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			stream, err := echo.Countdown(ctx, &echov1.CountdownRequest{Count: n}, client.WithResumable(true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stream.Close()
+			for want := uint32(n); want > 0; want-- {
+				if want == n/2 {
+					r.restart()
+				}
+				msg, err := stream.Receive()
+				if err != nil || msg.GetValue() != want {
+					t.Fatalf("got %v, %v; want message %d", msg, err, want)
+				}
+			}
+			if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
+				t.Fatalf("end: %v", err)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if f.runs != 2 || f.badClaim.Load() != 0 {
+				t.Fatalf("runs %d (resumed %v), bad cursors %d; want 2 runs", f.runs, f.resumed, f.badClaim.Load())
+			}
+		})
+	}
 	t.Run("forged", func(t *testing.T) {
 		f := &logFeed{}
 		_, url := secServer(t, f, server.WithResumeCursorKeys(oldKey))

@@ -487,13 +487,42 @@ func TestResumeConnBudget(t *testing.T) {
 	t.Logf("handlers sent %d with both parked, client consumed %d", last, consumed)
 }
 
+// resumeOrg and resumeUser are principals as Authenticators commonly
+// return them: a new *resumeUser for each connection, holding a pointer.
+type resumeOrg struct{ ID int }
+
+type resumeUser struct {
+	Name string
+	Org  *resumeOrg
+}
+
+func (u *resumeUser) PrincipalKey() string { return u.Name }
+
+// plainUser is a pointer principal without pointers inside.
+type plainUser struct{ Name string }
+
+// principalMakers make a principal from a user name, one kind each.
+var principalMakers = map[string]func(string) any{
+	"string":  func(name string) any { return name },
+	"pointer": func(name string) any { return &resumeUser{Name: name, Org: &resumeOrg{ID: 1}} },
+	"plain":   func(name string) any { return &plainUser{Name: name} },
+}
+
 // TestResumeTokenBoundToPrincipal: a re-attaching OPEN with another
 // principal's token is refused like an unknown token (END aborted, the
 // stream is not taken over); the same token from its own principal
-// re-attaches; a token already in use cannot open a second stream.
+// re-attaches, also when the Authenticator returns a new pointer for each
+// connection (principals scope by value); a token already in use cannot
+// open a second stream.
 func TestResumeTokenBoundToPrincipal(t *testing.T) {
+	for kind, mk := range principalMakers {
+		t.Run(kind, func(t *testing.T) { testResumeTokenBoundToPrincipal(t, mk) })
+	}
+}
+
+func testResumeTokenBoundToPrincipal(t *testing.T, mk func(string) any) {
 	auth := func(r *http.Request) (server.Identity, error) {
-		return server.Identity{Principal: r.Header.Get("X-User")}, nil
+		return server.Identity{Principal: mk(r.Header.Get("X-User"))}, nil
 	}
 	_, url := secServer(t, &echo.Handler{}, server.WithAuthenticator(auth))
 	as := func(user string) *websocket.Conn {
@@ -503,7 +532,23 @@ func TestResumeTokenBoundToPrincipal(t *testing.T) {
 	}
 	chat := echov1.EchoServiceChatProcedure
 	alice := as("alice")
-	secWrite(t, alice, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken}))
+	secWrite(t, alice, secConcat(resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken}), secMessage(1, &echov1.ChatRequest{Text: "hi"})))
+	// Alice's stream holds the token once its first answer arrives (on a
+	// loaded machine the next connection's OPEN could otherwise win).
+	_ = alice.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for answered := false; !answered; {
+		_, msg, err := alice.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for len(msg) > 0 {
+			f, rest, err := frame.Parse(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg, answered = rest, answered || f.StreamID == 1 && f.Type == frame.TypeMessage
+		}
+	}
 
 	again := as("alice")
 	secWrite(t, again, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken}))

@@ -173,6 +173,16 @@ func (s *Stream) Reset(err error) {
 	}
 }
 
+// ResetUnprocessed ends the stream like Reset, with the RESET's unprocessed
+// flag set: the server side's application code did nothing the call asked
+// for, and the client may retry it anywhere (PROTOCOL.md, "RESET
+// unprocessed"). Only a server's refusal before its handler ran may use it.
+func (s *Stream) ResetUnprocessed(err error) {
+	if s.terminate(err, true) {
+		s.c.sendReset(s.id, err, true)
+	}
+}
+
 func (c *Conn) sendReset(id uint32, err error, notProcessed bool) {
 	payload, _ := proto.Marshal(resetPayload(err, notProcessed))
 	c.writeUrgent(func(b []byte) []byte {

@@ -6,14 +6,24 @@
 // while the key is remembered. A repeat that arrives while the first call
 // runs waits for it (or for its own deadline or cancellation) and gets the
 // first call's result; a repeat that arrives later gets that result from the
-// cache.
+// cache. A repeat's answer also carries the response headers and trailers
+// that the handler (and the interceptors inside this one) set on the first
+// call: each of their keys gets the first call's values.
 //
 // Keys are scoped to the caller: the principal the server's Authenticator
 // returned for the connection (Peer.Principal) and the procedure, so one
 // client cannot read another's cached result by sending its key, and a
 // replay under another identity runs the handler again. Unauthenticated
-// callers share one scope. Principals should be values whose %#v (or
-// String method) identifies them, such as strings or small structs.
+// callers share one scope. The scope is the principal's value, the same in
+// every process and after a restart (server.Identity says how it is
+// derived): a string as itself, a value with a PrincipalKey() string
+// method by its result, a fmt.Stringer by its type and String(), and any
+// other value by its %#v form, so a *User keys as the User it points to.
+// A principal that still holds a pointer below its top level (a *User
+// whose Org field is a *Org) would key by address, so that the same user
+// on another connection or another server would not be deduplicated: a
+// keyed call from such a principal is answered internal, without running
+// its handler, until the principal gets a PrincipalKey method.
 //
 // What is remembered, and for how long:
 //
@@ -29,9 +39,11 @@
 //   - The cache is bounded in keys (WithMaxEntries) and in the memory it
 //     holds (WithMaxBytes). To make room it forgets the results that settled
 //     first; it never forgets a running call. When only running calls are
-//     left, a call with a new key is refused with unavailable (its handler
-//     did not run, so the client may retry it, and a dead-letter policy parks
-//     it).
+//     left, a call with a new key is refused with unavailable, as
+//     unprocessed (server.RefuseUnprocessed): its handler did not run, so a
+//     tether client retries it transparently, whatever the method's retry
+//     policy, and returns unavailable only when those bounded retries run
+//     out (a dead-letter policy then parks it).
 //
 // The built-in cache is in memory: it protects against retries and replays
 // within the TTL, in one server process, and a restart forgets it.
@@ -50,7 +62,6 @@ import (
 	"container/list"
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -59,6 +70,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/principal"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -84,7 +96,8 @@ type Option func(*Interceptor)
 // WithMaxEntries bounds the number of keys held (default 100,000), running
 // or remembered; n <= 0 keeps the default. The results that settled first
 // are forgotten to make room; when every key held is running, a call with a
-// new key is refused with unavailable.
+// new key is refused with unavailable, as unprocessed (see the package
+// documentation).
 func WithMaxEntries(n int) Option {
 	return func(i *Interceptor) {
 		if n > 0 {
@@ -95,10 +108,12 @@ func WithMaxEntries(n int) Option {
 
 // WithMaxBytes bounds the memory the cache holds (default 64 MiB): each key
 // counts its strings plus about 320 bytes, a remembered response its encoded
-// size, a remembered error its message, details and trailers. The results
+// size, a remembered error its message, details and trailers, and the
+// response headers and trailers the handler set. The results
 // that settled first are forgotten to make room, and a result larger than
 // the whole limit is not remembered; when the running calls alone leave no
-// room for a new key, the call is refused with unavailable. n <= 0 keeps the
+// room for a new key, the call is refused with unavailable, as unprocessed.
+// n <= 0 keeps the
 // default.
 func WithMaxBytes(n int) Option {
 	return func(i *Interceptor) {
@@ -155,11 +170,13 @@ type entry struct {
 
 	// The result, when remembered (ok): an encoded response of type resType
 	// (nil for a handler that returned neither response nor error), or an
-	// error.
-	ok      bool
-	res     []byte
-	resType protoreflect.MessageType
-	err     *cachedError
+	// error; and the response headers and trailers the handler set (error
+	// trailers are in err).
+	ok       bool
+	res      []byte
+	resType  protoreflect.MessageType
+	err      *cachedError
+	hdr, trl tether.Metadata
 }
 
 // cachedError is what the caller of an error saw: code, message, details
@@ -212,11 +229,17 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 		if k == "" {
 			return next(ctx, req)
 		}
-		key := cacheKey{principalKey(ci.Peer().Principal), ci.Spec().Procedure, k}
-		if i.sc != nil && i.sc.store != nil {
-			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, func() (proto.Message, error) { return next(ctx, req) })
+		scope, err := principal.Key(ci.Peer().Principal)
+		if err != nil {
+			// An address is no scope: dedup would silently fail across
+			// connections and servers. Say so on the first call.
+			return nil, tether.Errorf(tether.CodeInternal, "idempotency: cannot scope the key: %v; give the principal a PrincipalKey() string method (see server.Identity)", err)
 		}
-		return i.do(ctx, key, func() (proto.Message, error) { return next(ctx, req) })
+		key := cacheKey{scope, ci.Spec().Procedure, k}
+		if i.sc != nil && i.sc.store != nil {
+			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, ci, func() (proto.Message, error) { return next(ctx, req) })
+		}
+		return i.do(ctx, key, ci, func() (proto.Message, error) { return next(ctx, req) })
 	}
 }
 
@@ -236,17 +259,77 @@ func KeyFromContext(ctx context.Context) string {
 // WrapStream implements server.Interceptor; streams pass through.
 func (i *Interceptor) WrapStream(next server.StreamFunc) server.StreamFunc { return next }
 
-// do runs the call identified by key: run is its handler.
-func (i *Interceptor) do(ctx context.Context, key cacheKey, run func() (proto.Message, error)) (proto.Message, error) {
+// callMeta is the part of a call's CallInfo that the interceptor records
+// and replays: the response headers and trailers the handler (and the
+// interceptors inside this one) set.
+type callMeta interface {
+	ResponseHeader() tether.Metadata
+	ResponseTrailer() tether.Metadata
+}
+
+// responseMeta returns copies of the response headers and trailers set on
+// md (nil for none).
+func responseMeta(md callMeta) (hdr, trl tether.Metadata) {
+	if md == nil {
+		return nil, nil
+	}
+	if h := md.ResponseHeader(); len(h) > 0 {
+		hdr = h.Clone()
+	}
+	if t := md.ResponseTrailer(); len(t) > 0 {
+		trl = t.Clone()
+	}
+	return hdr, trl
+}
+
+// replayMeta sets on md the response headers and trailers of the first
+// call: each key the first call set gets the first call's values, so that
+// the repeat's answer carries the same headers and trailers.
+func replayMeta(md callMeta, hdr, trl tether.Metadata) {
+	if md == nil {
+		return
+	}
+	if len(hdr) > 0 {
+		h := md.ResponseHeader()
+		for k, vs := range hdr {
+			h[k] = append([]string(nil), vs...)
+		}
+	}
+	if len(trl) > 0 {
+		t := md.ResponseTrailer()
+		for k, vs := range trl {
+			t[k] = append([]string(nil), vs...)
+		}
+	}
+}
+
+// metaSize counts the memory md holds.
+func metaSize(md tether.Metadata) int {
+	n := 0
+	for k, vs := range md {
+		n += headerOverhead + len(k) + headerOverhead
+		for _, v := range vs {
+			n += headerOverhead + len(v)
+		}
+	}
+	return n
+}
+
+// do runs the call identified by key: run is its handler, md (nil in
+// tests) its CallInfo, whose response headers and trailers are recorded
+// with the result and replayed to repeats.
+func (i *Interceptor) do(ctx context.Context, key cacheKey, md callMeta, run func() (proto.Message, error)) (proto.Message, error) {
 	for {
 		e, first, err := i.claim(key)
 		switch {
 		case err != nil:
-			return nil, err
+			// Full of running calls: nothing ran; the client may retry
+			// anywhere, transparently.
+			return nil, server.RefuseUnprocessed(ctx, err)
 		case first:
-			return i.runFirst(e, run)
+			return i.runFirst(e, md, run)
 		}
-		if res, answered, err := i.wait(ctx, e); answered {
+		if res, answered, err := i.wait(ctx, e, md); answered {
 			return res, err
 		}
 		// The first call left no result (transient error or panic) and its
@@ -258,7 +341,7 @@ func (i *Interceptor) do(ctx context.Context, key cacheKey, run func() (proto.Me
 // however the handler ends. A panic (or runtime.Goexit) leaves no result:
 // the key is forgotten, its waiters claim it again, and the panic goes on
 // to the server's recovery.
-func (i *Interceptor) runFirst(e *entry, run func() (proto.Message, error)) (res proto.Message, err error) {
+func (i *Interceptor) runFirst(e *entry, md callMeta, run func() (proto.Message, error)) (res proto.Message, err error) {
 	returned := false
 	defer func() {
 		if !returned {
@@ -267,13 +350,17 @@ func (i *Interceptor) runFirst(e *entry, run func() (proto.Message, error)) (res
 	}()
 	res, err = run()
 	returned = true
+	if !transient(err) {
+		e.hdr, e.trl = responseMeta(md)
+	}
 	i.settle(e, res, err, transient(err))
 	return res, err
 }
 
-// wait waits for the first call of e to finish, or for ctx to end. answered
+// wait waits for the first call of e to finish, or for ctx to end, and
+// replays the first call's response headers and trailers on md. answered
 // is false when the first call left no result.
-func (i *Interceptor) wait(ctx context.Context, e *entry) (res proto.Message, answered bool, err error) {
+func (i *Interceptor) wait(ctx context.Context, e *entry, md callMeta) (res proto.Message, answered bool, err error) {
 	i.mu.Lock()
 	e.waiters++
 	if !e.closed {
@@ -298,6 +385,7 @@ func (i *Interceptor) wait(ctx context.Context, e *entry) (res proto.Message, an
 	i.hits++
 	i.mu.Unlock()
 	// The result is not written after closed is set: read it unlocked.
+	replayMeta(md, e.hdr, e.trl)
 	if e.err != nil {
 		return nil, true, e.err.toError()
 	}
@@ -355,6 +443,7 @@ func (i *Interceptor) settle(e *entry, res proto.Message, err error, forget bool
 			e.res, e.resType = b, res.ProtoReflect().Type()
 			add = cap(b)
 		}
+		add += metaSize(e.hdr) + metaSize(e.trl)
 	}
 	i.mu.Lock()
 	if forget || !e.held {
@@ -416,13 +505,7 @@ func (c *cachedError) size() int {
 	for _, d := range c.details {
 		n += detailOverhead + len(d.GetTypeUrl()) + cap(d.GetValue())
 	}
-	for k, vs := range c.meta {
-		n += headerOverhead + len(k) + headerOverhead
-		for _, v := range vs {
-			n += headerOverhead + len(v)
-		}
-	}
-	return n
+	return n + metaSize(c.meta)
 }
 
 // toError returns a new error equal to the one the first caller got.
@@ -478,18 +561,4 @@ func (i *Interceptor) snapshot() snapshot {
 		s.entries[k] = h
 	}
 	return s
-}
-
-// principalKey turns a principal into a cache scope. Principals are usually
-// strings or small structs; %#v keeps distinct values distinct.
-func principalKey(p any) string {
-	switch v := p.(type) {
-	case nil:
-		return ""
-	case string:
-		return "s:" + v
-	case fmt.Stringer:
-		return fmt.Sprintf("%T:%s", v, v.String())
-	}
-	return fmt.Sprintf("%#v", p)
 }

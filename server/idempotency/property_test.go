@@ -242,7 +242,7 @@ func (h *harness) start(key cacheKey, cancelable bool) *propCall {
 			delete(h.live, c.id)
 			h.mu.Unlock()
 		}()
-		r.res, r.err = h.i.do(c.ctx, key, func() (proto.Message, error) { return h.run(c) })
+		r.res, r.err = h.i.do(c.ctx, key, nil, func() (proto.Message, error) { return h.run(c) })
 	}()
 	return c
 }

@@ -146,7 +146,7 @@ func TestRunningKeyIsNeverEvicted(t *testing.T) {
 		var runs atomic.Int32
 		first := make(chan error, 1)
 		go func() {
-			_, err := i.do(context.Background(), ck("a"), func() (proto.Message, error) {
+			_, err := i.do(context.Background(), ck("a"), nil, func() (proto.Message, error) {
 				runs.Add(1)
 				<-gate
 				return sized(1, 10), nil
@@ -155,14 +155,14 @@ func TestRunningKeyIsNeverEvicted(t *testing.T) {
 		}()
 		waitFor(t, "the first call to run", func() bool { _, ok := i.snapshot().entries[ck("a")]; return ok })
 		for n := range 5 {
-			_, err := i.do(context.Background(), ck(fmt.Sprint("f", n)), func() (proto.Message, error) { return sized(2, 400), nil })
+			_, err := i.do(context.Background(), ck(fmt.Sprint("f", n)), nil, func() (proto.Message, error) { return sized(2, 400), nil })
 			if err != nil {
 				t.Fatal(err)
 			}
 		}
 		repeat := make(chan error, 1)
 		go func() {
-			_, err := i.do(context.Background(), ck("a"), func() (proto.Message, error) { runs.Add(1); return sized(3, 10), nil })
+			_, err := i.do(context.Background(), ck("a"), nil, func() (proto.Message, error) { runs.Add(1); return sized(3, 10), nil })
 			repeat <- err
 		}()
 		waitFor(t, "the repeat to wait or run", func() bool { return waiting(i) == 1 || len(repeat) == 1 })
@@ -197,14 +197,14 @@ func TestByteTotalStaysExact(t *testing.T) {
 		gate := make(chan struct{})
 		slow := make(chan error, 1)
 		go func() {
-			_, err := i.do(context.Background(), ck(fmt.Sprint("slow", c)), func() (proto.Message, error) { <-gate; return sized(1, 300), nil })
+			_, err := i.do(context.Background(), ck(fmt.Sprint("slow", c)), nil, func() (proto.Message, error) { <-gate; return sized(1, 300), nil })
 			slow <- err
 		}()
 		waitFor(t, "the slow call to run", func() bool { _, ok := i.snapshot().entries[ck(fmt.Sprint("slow", c))]; return ok })
 		for n := range 2 {
 			// With two entries allowed and one running, these may be
 			// refused; that is fine here.
-			_, _ = i.do(context.Background(), ck(fmt.Sprint("fast", c, n)), func() (proto.Message, error) { return sized(2, 300), nil })
+			_, _ = i.do(context.Background(), ck(fmt.Sprint("fast", c, n)), nil, func() (proto.Message, error) { return sized(2, 300), nil })
 			check(fmt.Sprintf("cycle %d, fast call %d", c, n))
 		}
 		close(gate)
@@ -215,7 +215,7 @@ func TestByteTotalStaysExact(t *testing.T) {
 	}
 	runs := 0
 	for range 2 {
-		if _, err := i.do(context.Background(), ck("fresh"), func() (proto.Message, error) { runs++; return sized(3, 10), nil }); err != nil {
+		if _, err := i.do(context.Background(), ck("fresh"), nil, func() (proto.Message, error) { runs++; return sized(3, 10), nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -277,7 +277,7 @@ func TestCachedErrorsCountAgainstMaxBytes(t *testing.T) {
 		return e.WithMeta(tether.NewMetadata("why", strings.Repeat("t", 2<<10)))
 	}
 	for n := range 100 {
-		_, err := i.do(context.Background(), ck(fmt.Sprint(n)), func() (proto.Message, error) { return nil, mkErr(n) })
+		_, err := i.do(context.Background(), ck(fmt.Sprint(n)), nil, func() (proto.Message, error) { return nil, mkErr(n) })
 		if tether.CodeOf(err) != tether.CodeInvalidArgument {
 			t.Fatal(err)
 		}
@@ -304,7 +304,7 @@ func TestCachedErrorsCountAgainstMaxBytes(t *testing.T) {
 	for k := range s.entries {
 		var n int
 		fmt.Sscan(k.key, &n)
-		_, err := i.do(context.Background(), k, func() (proto.Message, error) { t.Fatal("remembered key ran again"); return nil, nil })
+		_, err := i.do(context.Background(), k, nil, func() (proto.Message, error) { t.Fatal("remembered key ran again"); return nil, nil })
 		want := tether.AsError(mkErr(n))
 		got := tether.AsError(err)
 		if got.Code() != want.Code() || got.Message() != want.Message() || len(got.Details()) != 1 ||

@@ -47,8 +47,9 @@ type Record struct {
 }
 
 // ErrFull is returned (wrapped) by Store.Claim when the store has no room
-// for a new key: a typed refusal. The interceptor answers the call
-// unavailable without running its handler, so the client may retry it.
+// for a new key: a typed refusal. The interceptor refuses the call with
+// unavailable, as unprocessed (server.RefuseUnprocessed), without running
+// its handler, so the client retries it transparently.
 var ErrFull = errors.New("idempotency: store full")
 
 // ErrNotOwner is returned (wrapped) by Store.Renew and Store.Complete when

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -235,21 +236,30 @@ func TestResultEncoding(t *testing.T) {
 		t.Fatal(err)
 	}
 	e = e.WithMeta(tether.Metadata{"x-trailer": {"1", "2"}})
+	hdr := tether.Metadata{"x-h": {"a", "b"}, "x-raw-bin": {"\x00\xff"}}
+	trl := tether.Metadata{"x-t": {"c"}}
 	for _, tc := range []struct {
-		res proto.Message
-		err error
+		res      proto.Message
+		err      error
+		hdr, trl tether.Metadata
 	}{
-		{wrapperspb.Int64(42), nil},
-		{nil, nil},
-		{nil, e},
+		{wrapperspb.Int64(42), nil, nil, nil},
+		{wrapperspb.Int64(42), nil, hdr, trl},
+		{nil, nil, nil, nil},
+		{nil, nil, nil, trl},
+		{nil, e, nil, nil},
+		{nil, e, hdr, trl},
 	} {
-		b, err := encodeResult(tc.res, tc.err)
+		b, err := encodeResult(tc.res, tc.err, tc.hdr, tc.trl)
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, gotErr := decodeResult(b)
+		res, gotHdr, gotTrl, gotErr := decodeResult(b)
 		if !proto.Equal(res, tc.res) && !(res == nil && tc.res == nil) {
 			t.Fatalf("response %v, want %v", res, tc.res)
+		}
+		if !reflect.DeepEqual(gotHdr, tc.hdr) || !reflect.DeepEqual(gotTrl, tc.trl) {
+			t.Fatalf("headers %v, trailers %v; want %v, %v", gotHdr, gotTrl, tc.hdr, tc.trl)
 		}
 		if tc.err == nil {
 			if gotErr != nil {
@@ -262,7 +272,26 @@ func TestResultEncoding(t *testing.T) {
 			t.Fatalf("error %v (%v, %v), want %v", ge, ge.Details(), ge.Meta(), e)
 		}
 	}
-	if _, err := decodeResult([]byte{0xff}); tether.CodeOf(err) != tether.CodeInternal {
+	if _, _, _, err := decodeResult([]byte{0xff}); tether.CodeOf(err) != tether.CodeInternal {
 		t.Fatalf("garbage: %v", err)
+	}
+}
+
+// Results written by the version before response headers and trailers
+// were stored still decode (the bytes below are what it wrote for
+// wrapperspb.Int64(42)), and fields a later version adds are skipped, as
+// the earlier version skips 5 and 6.
+func TestResultEncodingCompatible(t *testing.T) {
+	old := []byte("\x08\x01\x1a\x1agoogle.protobuf.Int64Value\x22\x02\x08\x2a")
+	res, hdr, trl, err := decodeResult(old)
+	if err != nil || !proto.Equal(res, wrapperspb.Int64(42)) || hdr != nil || trl != nil {
+		t.Fatalf("old result: %v %v %v %v", res, hdr, trl, err)
+	}
+	if b, _ := encodeResult(wrapperspb.Int64(42), nil, nil, nil); !bytes.Equal(b, old) {
+		t.Fatalf("a result without headers encodes as %q, not as before", b)
+	}
+	later := append(append([]byte(nil), old...), 0x3a, 0x01, 'z') // field 7, bytes
+	if res, _, _, err := decodeResult(later); err != nil || !proto.Equal(res, wrapperspb.Int64(42)) {
+		t.Fatalf("result with a later field: %v %v", res, err)
 	}
 }

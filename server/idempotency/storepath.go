@@ -19,6 +19,7 @@ import (
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/wire"
+	"github.com/tetherrpc/tether/server"
 )
 
 // Defaults of a Store-backed interceptor.
@@ -90,8 +91,10 @@ func WithPollInterval(d time.Duration) Option {
 }
 
 // WithFailClosed makes a call whose Store fails answer unavailable without
-// running its handler (the client may retry it; a dead-letter policy parks
-// it), instead of running it without deduplication.
+// running its handler, as unprocessed (server.RefuseUnprocessed: the client
+// retries it transparently, within its bounded transparent retries, and a
+// dead-letter policy parks it if those run out), instead of running it
+// without deduplication.
 func WithFailClosed() Option { return func(i *Interceptor) { i.storeCfg().failClosed = true } }
 
 // WithLogger sets the logger for Store failures (default slog.Default()).
@@ -113,7 +116,9 @@ func (i *Interceptor) StoreErrors() uint64 {
 }
 
 // doStore runs the call identified by k against the Store.
-func (i *Interceptor) doStore(ctx context.Context, k Key, run func() (proto.Message, error)) (proto.Message, error) {
+// md (its CallInfo) gets the stored response headers and trailers of a
+// repeat.
+func (i *Interceptor) doStore(ctx context.Context, k Key, md callMeta, run func() (proto.Message, error)) (proto.Message, error) {
 	sc := i.sc
 	owner := fmt.Sprintf("%s-%d", sc.instance, sc.seq.Add(1))
 	var timer *time.Timer
@@ -126,17 +131,19 @@ func (i *Interceptor) doStore(ctx context.Context, k Key, run func() (proto.Mess
 		r, err := sc.store.Claim(ctx, k, owner, sc.lease)
 		switch {
 		case err != nil && errors.Is(err, ErrFull):
-			return nil, tether.Errorf(tether.CodeUnavailable, "idempotency: store full of running calls; try again later")
+			return nil, server.RefuseUnprocessed(ctx, tether.Errorf(tether.CodeUnavailable, "idempotency: store full of running calls; try again later"))
 		case err != nil && ctx.Err() != nil:
 			return nil, tether.AsError(ctx.Err())
 		case err != nil:
 			return i.degrade(ctx, k, err, run)
 		case r.State == StateClaimed:
 			i.count(false)
-			return i.runClaimed(ctx, k, owner, run)
+			return i.runClaimed(ctx, k, owner, md, run)
 		case r.State == StateDone:
 			i.count(true)
-			return decodeResult(r.Result)
+			res, hdr, trl, err := decodeResult(r.Result)
+			replayMeta(md, hdr, trl)
+			return res, err
 		}
 		// Running elsewhere: ask again after a while.
 		if timer == nil {
@@ -169,7 +176,7 @@ func (i *Interceptor) degrade(ctx context.Context, k Key, serr error, run func()
 	sc.degraded.Add(1)
 	if sc.failClosed {
 		sc.logger.Warn("idempotency: store failed; call refused (fail-closed)", "procedure", k.Procedure, "err", serr)
-		return nil, tether.Errorf(tether.CodeUnavailable, "idempotency: store unavailable; try again later")
+		return nil, server.RefuseUnprocessed(ctx, tether.Errorf(tether.CodeUnavailable, "idempotency: store unavailable; try again later"))
 	}
 	sc.logger.Warn("idempotency: store failed; call runs WITHOUT deduplication", "procedure", k.Procedure, "err", serr)
 	return run()
@@ -178,7 +185,7 @@ func (i *Interceptor) degrade(ctx context.Context, k Key, serr error, run func()
 // runClaimed runs the handler of the call whose owner claimed k, renewing
 // the lease meanwhile, and completes or releases the claim however the
 // handler ends (a panic releases it and goes on to the server's recovery).
-func (i *Interceptor) runClaimed(ctx context.Context, k Key, owner string, run func() (proto.Message, error)) (res proto.Message, err error) {
+func (i *Interceptor) runClaimed(ctx context.Context, k Key, owner string, md callMeta, run func() (proto.Message, error)) (res proto.Message, err error) {
 	sc := i.sc
 	// Store writes after the handler must happen even if the caller went
 	// away; they are bounded by the lease.
@@ -235,7 +242,8 @@ func (i *Interceptor) runClaimed(ctx context.Context, k Key, owner string, run f
 		settle(nil, true)
 		return res, err
 	}
-	b, eerr := encodeResult(res, err)
+	hdr, trl := responseMeta(md)
+	b, eerr := encodeResult(res, err, hdr, trl)
 	settle(b, eerr != nil)
 	return res, err
 }
@@ -246,14 +254,33 @@ func (i *Interceptor) runClaimed(ctx context.Context, k Key, owner string, run f
 //	2: an error: tether.v1.End (status with details, trailers)
 //	3: the response's message type, full name
 //	4: the response, encoded
+//	5: repeated tether.v1.MetadataEntry: the response headers the handler set
+//	6: repeated tether.v1.MetadataEntry: the response trailers the handler
+//	   set (an error's own trailers are in 2)
 //
 // A result with neither 2 nor 3 is a handler that returned neither
-// response nor error.
+// response nor error. Fields 5 and 6 were added without a new version:
+// results written before them decode with no headers or trailers, and
+// servers of the earlier version skip them (their repeats get no headers
+// or trailers, as before).
 const resultVersion = 1
 
-func encodeResult(res proto.Message, err error) ([]byte, error) {
+func encodeResult(res proto.Message, err error, hdr, trl tether.Metadata) ([]byte, error) {
 	b := protowire.AppendTag(nil, 1, protowire.VarintType)
 	b = protowire.AppendVarint(b, resultVersion)
+	for _, f := range []struct {
+		num protowire.Number
+		md  tether.Metadata
+	}{{5, hdr}, {6, trl}} {
+		for _, e := range wire.MetadataToProto(f.md) {
+			eb, merr := proto.Marshal(e)
+			if merr != nil {
+				return nil, merr
+			}
+			b = protowire.AppendTag(b, f.num, protowire.BytesType)
+			b = protowire.AppendBytes(b, eb)
+		}
+	}
 	switch {
 	case err != nil:
 		e := tether.AsError(err)
@@ -276,17 +303,42 @@ func encodeResult(res proto.Message, err error) ([]byte, error) {
 	return b, nil
 }
 
-func decodeResult(b []byte) (proto.Message, error) {
+// decodeResult decodes what encodeResult encoded: the response or the
+// error, and the response headers and trailers.
+func decodeResult(b []byte) (res proto.Message, hdr, trl tether.Metadata, err error) {
+	res, hdrE, trlE, err := decodeFields(b)
+	if len(hdrE) > 0 {
+		hdr = wire.MetadataFromProto(hdrE)
+	}
+	if len(trlE) > 0 {
+		trl = wire.MetadataFromProto(trlE)
+	}
+	return res, hdr, trl, err
+}
+
+func decodeFields(b []byte) (res proto.Message, hdr, trl []*tetherv1.MetadataEntry, err error) {
 	bad := func(what string) error {
 		return tether.Errorf(tether.CodeInternal, "idempotency: stored result: %s", what)
 	}
 	var version uint64
 	var end, body []byte
 	var typeName string
+	entry := func(b []byte, into *[]*tetherv1.MetadataEntry) int {
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return n
+		}
+		e := &tetherv1.MetadataEntry{}
+		if proto.Unmarshal(v, e) != nil {
+			return -1
+		}
+		*into = append(*into, e)
+		return n
+	}
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return nil, bad("bad tag")
+			return nil, nil, nil, bad("bad tag")
 		}
 		b = b[n:]
 		switch {
@@ -300,38 +352,42 @@ func decodeResult(b []byte) (proto.Message, error) {
 			typeName = string(s)
 		case num == 4 && typ == protowire.BytesType:
 			body, n = protowire.ConsumeBytes(b)
+		case num == 5 && typ == protowire.BytesType:
+			n = entry(b, &hdr)
+		case num == 6 && typ == protowire.BytesType:
+			n = entry(b, &trl)
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
 		if n < 0 {
-			return nil, bad("bad field")
+			return nil, nil, nil, bad("bad field")
 		}
 		b = b[n:]
 	}
 	if version != resultVersion {
-		return nil, bad(fmt.Sprintf("version %d", version))
+		return nil, nil, nil, bad(fmt.Sprintf("version %d", version))
 	}
 	if end != nil {
 		var e tetherv1.End
 		if err := proto.Unmarshal(end, &e); err != nil {
-			return nil, bad(err.Error())
+			return nil, nil, nil, bad(err.Error())
 		}
 		err := wire.ErrorFromStatus(e.GetStatus(), wire.MetadataFromProto(e.GetTrailers()))
 		if err == nil {
-			return nil, bad("error with code ok")
+			return nil, nil, nil, bad("error with code ok")
 		}
-		return nil, err
+		return nil, hdr, trl, err
 	}
 	if typeName == "" {
-		return nil, nil
+		return nil, hdr, trl, nil
 	}
 	mt, err := protoregistry.GlobalTypes.FindMessageByName(protoreflect.FullName(typeName))
 	if err != nil {
-		return nil, bad(err.Error())
+		return nil, nil, nil, bad(err.Error())
 	}
 	m := mt.New().Interface()
 	if err := proto.Unmarshal(body, m); err != nil {
-		return nil, bad(err.Error())
+		return nil, nil, nil, bad(err.Error())
 	}
-	return m, nil
+	return m, hdr, trl, nil
 }
