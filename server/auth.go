@@ -11,7 +11,7 @@ import (
 // Identity is what an Authenticator learned about a client.
 type Identity struct {
 	// Principal identifies the client to handlers and interceptors
-	// (Peer.Principal). It should be comparable if a rate limiter keys on it.
+	// (Peer.Principal).
 	//
 	// The server and server/idempotency scope by the principal's value,
 	// the same in every process and after a restart: idempotency keys are

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/principal"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -30,13 +31,20 @@ type Limits struct {
 var Default = Limits{PerConnection: 1000, ConnectionBurst: 2000, PerPrincipal: 5000, PrincipalBurst: 10000}
 
 // Interceptor enforces Limits. Create it with New.
+//
+// Principals share a bucket when they name the same caller by the rules
+// server.Identity documents for idempotency scopes (a string, a
+// PrincipalKey method, a Stringer, or the value a pointer points to), so an
+// Authenticator that returns a fresh *User for every connection still
+// limits the user, not the connection. A principal without a stable key is
+// limited by its value in this process.
 type Interceptor struct {
 	limits Limits
 	idle   time.Duration
 
 	mu         sync.Mutex
 	conns      map[uint64]*bucket
-	principals map[any]*bucket
+	principals map[string]*bucket
 	calls      int
 }
 
@@ -48,7 +56,7 @@ type bucket struct {
 // New returns an interceptor enforcing l. Buckets idle for 5 minutes are
 // forgotten, so memory follows the active connections and principals.
 func New(l Limits) *Interceptor {
-	return &Interceptor{limits: l, idle: 5 * time.Minute, conns: map[uint64]*bucket{}, principals: map[any]*bucket{}}
+	return &Interceptor{limits: l, idle: 5 * time.Minute, conns: map[uint64]*bucket{}, principals: map[string]*bucket{}}
 }
 
 // allow takes one token from the caller's connection bucket and principal
@@ -76,11 +84,12 @@ func (i *Interceptor) allow(ctx context.Context) error {
 			return tether.Errorf(tether.CodeResourceExhausted, "rate limit: more than %g calls/s on this connection", float64(i.limits.PerConnection))
 		}
 	}
-	if i.limits.PerPrincipal > 0 && peer.Principal != nil && isComparable(peer.Principal) {
-		b := i.principals[peer.Principal]
+	if i.limits.PerPrincipal > 0 && peer.Principal != nil {
+		k := principal.Scope(peer.Principal)
+		b := i.principals[k]
 		if b == nil {
 			b = &bucket{lim: rate.NewLimiter(i.limits.PerPrincipal, max(1, i.limits.PrincipalBurst))}
-			i.principals[peer.Principal] = b
+			i.principals[k] = b
 		}
 		b.seen = now
 		if !b.lim.AllowN(now, 1) {
@@ -88,16 +97,6 @@ func (i *Interceptor) allow(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func isComparable(v any) (ok bool) {
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	_ = map[any]bool{v: true}
-	return true
 }
 
 func (i *Interceptor) sweep(now time.Time) {
