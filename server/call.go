@@ -204,7 +204,7 @@ func (c *call) flushHeader() error {
 // response if there is one, and END with the status and trailers, in one
 // write when they fit.
 func (c *call) finish(res proto.Message, err error) {
-	if err != nil && c.refusedUnprocessed(err) {
+	if err != nil && c.claimUnprocessed(err) {
 		c.s.ResetUnprocessed(tether.AsError(err))
 		return
 	}

@@ -44,6 +44,7 @@ type Handler struct {
 	unary        UnaryFunc
 	stream       StreamFunc
 	interceptors []Interceptor
+	marked       bool // unary is wrapped by markHandlerStart
 }
 
 // Spec describes the handler's procedure.
@@ -158,6 +159,7 @@ func (h *Handler) compile(server []Interceptor) *Handler {
 	out := *h
 	if out.unary != nil && len(all) > 0 {
 		out.unary = markHandlerStart(out.unary) // RefuseUnprocessed
+		out.marked = true
 	}
 	for i := len(all) - 1; i >= 0; i-- {
 		if out.unary != nil {
@@ -178,6 +180,11 @@ func (h *Handler) serve(ctx context.Context, c *call) (proto.Message, error) {
 	req := h.newReq()
 	if err := receiveOne(c, req); err != nil {
 		return nil, err
+	}
+	if !h.marked {
+		// No interceptor: the handler starts now, and a RefuseUnprocessed
+		// it returns is an ordinary error (see markHandlerStart).
+		c.refusal.Store(handlerStarted)
 	}
 	return h.unary(ctx, req)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -110,5 +111,65 @@ func TestRefuseUnprocessedOutsideCall(t *testing.T) {
 	}
 	if server.RefuseUnprocessed(context.Background(), nil) != nil {
 		t.Fatal("nil error refused")
+	}
+}
+
+// refusingEcho refuses from inside the handler, after doing its work.
+type refusingEcho struct{ countingEcho }
+
+func (h *refusingEcho) Say(ctx context.Context, req *echov1.SayRequest) (*echov1.SayResponse, error) {
+	if h.runs.Add(1) == 1 {
+		return nil, server.RefuseUnprocessed(ctx, tether.Errorf(tether.CodeUnavailable, "after the effect"))
+	}
+	return h.Handler.Say(ctx, req)
+}
+
+// With no interceptor at all, markHandlerStart is not installed: a handler
+// (which has run) can still get its error sent as unprocessed.
+func TestRefuseUnprocessedFromHandlerWithoutInterceptors(t *testing.T) {
+	h := &refusingEcho{}
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, h)
+	hs := httptest.NewServer(srv)
+	t.Cleanup(func() { srv.Close(); hs.Close() })
+	ec := newEchoClient(t, "ws"+strings.TrimPrefix(hs.URL, "http"))
+	_, _ = ec.Say(testContext(t), &echov1.SayRequest{Text: "hi"}, client.WithoutRetries())
+	if r := h.runs.Load(); r != 1 {
+		t.Fatalf("handler ran %d times for one call without retries", r)
+	}
+}
+
+// An interceptor that runs next asynchronously (queue with timeout) and
+// refuses on timeout: the handler starts after finish checked the mark,
+// and the transparent retry applies the call a second time.
+func TestRefuseUnprocessedBeforeLateHandlerStart(t *testing.T) {
+	h := &countingEcho{}
+	first := true
+	bulkhead := server.UnaryInterceptorFunc(func(next server.UnaryFunc) server.UnaryFunc {
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			if !first {
+				return next(ctx, req)
+			}
+			first = false
+			started := make(chan struct{})
+			go func() {
+				time.Sleep(30 * time.Millisecond) // queued
+				close(started)
+				_, _ = next(ctx, req)
+			}()
+			select {
+			case <-started:
+				<-time.After(time.Second)
+				return nil, nil
+			case <-time.After(10 * time.Millisecond):
+				return nil, server.RefuseUnprocessed(ctx, tether.Errorf(tether.CodeUnavailable, "queue timeout"))
+			}
+		}
+	})
+	ec := refuseServer(t, h, bulkhead)
+	_, err := ec.Say(testContext(t), &echov1.SayRequest{Text: "hi"}, client.WithoutRetries())
+	time.Sleep(100 * time.Millisecond)
+	if r := h.runs.Load(); r != 1 {
+		t.Fatalf("Say: %v; handler ran %d times for one call without retries", err, r)
 	}
 }
