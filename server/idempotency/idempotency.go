@@ -62,6 +62,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -236,10 +237,11 @@ func (i *Interceptor) WrapUnary(next server.UnaryFunc) server.UnaryFunc {
 			return nil, tether.Errorf(tether.CodeInternal, "idempotency: cannot scope the key: %v; give the principal a PrincipalKey() string method (see server.Identity)", err)
 		}
 		key := cacheKey{scope, ci.Spec().Procedure, k}
+		md := snapshotMeta(ci)
 		if i.sc != nil && i.sc.store != nil {
-			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, ci, func() (proto.Message, error) { return next(ctx, req) })
+			return i.doStore(ctx, Key{key.principal, key.procedure, key.key}, md, func() (proto.Message, error) { return next(ctx, req) })
 		}
-		return i.do(ctx, key, ci, func() (proto.Message, error) { return next(ctx, req) })
+		return i.do(ctx, key, md, func() (proto.Message, error) { return next(ctx, req) })
 	}
 }
 
@@ -267,19 +269,56 @@ type callMeta interface {
 	ResponseTrailer() tether.Metadata
 }
 
+// metaAt is a call's metadata with what its response headers and trailers
+// held when the interceptor was reached: keys that interceptors outside
+// this one set before calling it. Those are theirs to set again on a repeat
+// (a request id, the replica that served it); only what changed below the
+// interceptor (the handler and the interceptors inside) is recorded.
+type metaAt struct {
+	callMeta
+	hdr, trl tether.Metadata
+}
+
+// snapshotMeta records what md's response headers and trailers hold now.
+func snapshotMeta(md callMeta) *metaAt {
+	at := &metaAt{callMeta: md}
+	if h := md.ResponseHeader(); len(h) > 0 {
+		at.hdr = h.Clone()
+	}
+	if t := md.ResponseTrailer(); len(t) > 0 {
+		at.trl = t.Clone()
+	}
+	return at
+}
+
 // responseMeta returns copies of the response headers and trailers set on
-// md (nil for none).
+// the call since snapshotMeta (all of them if md is no *metaAt): what the
+// handler set, to replay on repeats.
 func responseMeta(md callMeta) (hdr, trl tether.Metadata) {
 	if md == nil {
 		return nil, nil
 	}
-	if h := md.ResponseHeader(); len(h) > 0 {
-		hdr = h.Clone()
+	var hdr0, trl0 tether.Metadata
+	if at, ok := md.(*metaAt); ok {
+		hdr0, trl0 = at.hdr, at.trl
 	}
-	if t := md.ResponseTrailer(); len(t) > 0 {
-		trl = t.Clone()
+	return changedMeta(md.ResponseHeader(), hdr0), changedMeta(md.ResponseTrailer(), trl0)
+}
+
+// changedMeta returns copies of the keys of now that before does not hold
+// with the same values, or nil if there are none.
+func changedMeta(now, before tether.Metadata) tether.Metadata {
+	var out tether.Metadata
+	for k, vs := range now {
+		if b, ok := before[k]; ok && slices.Equal(b, vs) {
+			continue
+		}
+		if out == nil {
+			out = make(tether.Metadata, len(now))
+		}
+		out[k] = slices.Clone(vs)
 	}
-	return hdr, trl
+	return out
 }
 
 // replayMeta sets on md the response headers and trailers of the first
