@@ -29,6 +29,14 @@ type Identity struct {
 	// server/idempotency answers its keyed calls internal without running
 	// them, and its resumable streams re-attach and restart only with the
 	// very same principal value.
+	//
+	// Resumable-stream tokens, resume cursor seals and server/ratelimit's
+	// per-principal buckets use the same rules with two differences: a
+	// String method is not used (it is often a display name or a redacted
+	// form that several callers share), and the value's type is part of
+	// the scope (UserID(5) and ServiceID(5) are two callers). Principals
+	// that are printed to be keyed cost microseconds per call where a
+	// limiter keys them; a PrincipalKey method is both explicit and cheap.
 	Principal any
 	// Expires, when not zero, is when the credentials stop being valid: the
 	// connection is closed then with close code 1008.

@@ -75,7 +75,7 @@ func newResumer(lim ResumeLimits) *resumer {
 // principal's value, the same in every process (internal/principal), so
 // that the same user re-attaches on a new connection even when the
 // Authenticator returns a new *User for it.
-func principalKey(p any) string { return principal.Scope(p) }
+func principalKey(p any) string { return principal.Identity(p) }
 
 // outMsg is a sent message kept until the client acknowledges it.
 type outMsg struct {

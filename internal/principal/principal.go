@@ -94,7 +94,7 @@ func key(p any) (k string, r rule, err error) {
 		switch rv.Elem().Kind() {
 		case reflect.Struct, reflect.Array, reflect.Slice, reflect.Map:
 			// fmt prints these by value at the top level: "&pkg.User{...}".
-			if err := stable(rv.Elem(), ""); err != nil {
+			if err := stable(rv.Elem(), "", 0); err != nil {
 				return "", ruleValue, fmt.Errorf("%w: %T: %w", ErrUnstable, p, err)
 			}
 			return fmt.Sprintf("%#v", p), ruleValue, nil
@@ -103,7 +103,7 @@ func key(p any) (k string, r rule, err error) {
 		return k, ruleDeref, err
 	}
 	if !printsItself(rv) {
-		if err := stable(rv, ""); err != nil {
+		if err := stable(rv, "", 0); err != nil {
 			return "", ruleValue, fmt.Errorf("%w: %T: %w", ErrUnstable, p, err)
 		}
 	}
@@ -118,17 +118,65 @@ func recoverMethod(p any, err *error) {
 	}
 }
 
-// Scope returns Key(p), or, for a principal without a stable key, a scope
-// of its own built from its printed form: that form holds addresses, so it
-// matches only the same principal value in the same process (what a
-// resumable stream's token was bound to before this package). It never
-// equals a stable key.
-func Scope(p any) string {
-	k, err := Key(p)
-	if err != nil {
-		return "unstable " + Legacy(p)
+// Identity returns the scope that binds a caller's resumable-stream tokens,
+// resume cursor seals and rate-limit buckets: the rules of Key without the
+// fmt.Stringer one (a String method is often a display name or a redacted
+// form that several callers share), and with the dynamic type in the
+// printed form, so that UserID(5) and ServiceID(5) are two callers. A
+// principal without a stable key gets a scope of its own that matches only
+// the same value in the same process (what a resumable stream's token was
+// bound to before this package) and never equals a stable one. Key stays
+// as it is for idempotency keys, which stores shared by several versions
+// hold.
+func Identity(p any) string {
+	switch v := p.(type) {
+	case nil:
+		return ""
+	case string:
+		return "s:" + v
 	}
-	return k
+	rv := reflect.ValueOf(p)
+	if rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return fmt.Sprintf("v:%T(nil)", p)
+	}
+	if v, ok := p.(Keyer); ok {
+		if k, err := keyOf(v); err == nil {
+			return "k:" + k
+		}
+		return unstable(p)
+	}
+	if rv.Kind() == reflect.Pointer && !printsItself(rv) {
+		switch rv.Elem().Kind() {
+		case reflect.Struct, reflect.Array, reflect.Slice, reflect.Map:
+		default:
+			return Identity(rv.Elem().Interface())
+		}
+		rv = rv.Elem()
+	}
+	if !printsItself(rv) {
+		if err := stable(rv, "", 0); err != nil {
+			return unstable(p)
+		}
+	}
+	return fmt.Sprintf("v:%T:%#v", p, p)
+}
+
+// keyOf calls a principal's PrincipalKey method, turning a panic into an
+// error.
+func keyOf(v Keyer) (k string, err error) {
+	defer recoverMethod(v, &err)
+	return v.PrincipalKey(), nil
+}
+
+// unstable is the in-process scope of a principal without a stable key:
+// its printed form, or, for a map, slice or function (which fmt could
+// follow into a cycle), its type and address.
+func unstable(p any) string {
+	switch rv := reflect.ValueOf(p); rv.Kind() {
+	case reflect.Map, reflect.Slice, reflect.Func:
+		return fmt.Sprintf("unstable %T@%x", p, rv.Pointer())
+	}
+	return "unstable " + Legacy(p)
 }
 
 // SealForms returns what a sealed resume cursor covers of principal p:
@@ -136,14 +184,18 @@ func Scope(p any) string {
 // verifies. Strings and stable values seal with the form earlier versions
 // used (Legacy), so that servers of both versions accept each other's
 // cursors; Keyers, Stringers and dereferenced pointers seal with their
-// scope, and verify the legacy form too.
+// Identity, and verify the legacy form too.
 func SealForms(p any) []string {
-	k, r, err := key(p)
+	_, r, err := key(p)
 	switch {
-	case err != nil, r == ruleNil, r == ruleString, r == ruleValue:
+	case err != nil:
+		// Its printed form holds addresses: a seal under it verifies only
+		// in this process, whatever form it takes.
+		return []string{unstable(p)}
+	case r == ruleNil, r == ruleString, r == ruleValue:
 		return []string{Legacy(p)}
 	}
-	return []string{"tether principal scope " + k, Legacy(p)}
+	return []string{"tether principal scope " + Identity(p), Legacy(p)}
 }
 
 var (
@@ -158,9 +210,17 @@ func printsItself(v reflect.Value) bool {
 	return v.IsValid() && v.CanInterface() && (v.Type().Implements(goStringer) || v.Type().Implements(formatter))
 }
 
+// maxDepth bounds how deep stable looks into a principal: a value nested
+// deeper (or cyclic, through slices, maps or interfaces) has no stable key.
+const maxDepth = 32
+
 // stable reports, as an error naming where, the first part of v below the
 // top level that %#v would print as an address.
-func stable(v reflect.Value, path string) error {
+func stable(v reflect.Value, path string, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("nested deeper than %d at %s", maxDepth, path)
+	}
+	depth++
 	switch v.Kind() {
 	case reflect.Struct:
 		for j := range v.NumField() {
@@ -168,7 +228,7 @@ func stable(v reflect.Value, path string) error {
 			if printsItself(f) {
 				continue
 			}
-			if err := stable(f, path+"."+v.Type().Field(j).Name); err != nil {
+			if err := stable(f, path+"."+v.Type().Field(j).Name, depth); err != nil {
 				return err
 			}
 		}
@@ -178,7 +238,7 @@ func stable(v reflect.Value, path string) error {
 			if printsItself(e) {
 				continue
 			}
-			if err := stable(e, fmt.Sprintf("%s[%d]", path, j)); err != nil {
+			if err := stable(e, fmt.Sprintf("%s[%d]", path, j), depth); err != nil {
 				return err
 			}
 		}
@@ -189,14 +249,14 @@ func stable(v reflect.Value, path string) error {
 				if printsItself(e) {
 					continue
 				}
-				if err := stable(e, path+"[...]"); err != nil {
+				if err := stable(e, path+"[...]", depth); err != nil {
 					return err
 				}
 			}
 		}
 	case reflect.Interface:
 		if !v.IsNil() && !printsItself(v.Elem()) {
-			return stable(v.Elem(), path)
+			return stable(v.Elem(), path, depth)
 		}
 	case reflect.Pointer, reflect.Chan, reflect.Func, reflect.UnsafePointer:
 		if !v.IsNil() {

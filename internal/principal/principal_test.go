@@ -3,6 +3,7 @@ package principal
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,8 +69,12 @@ func TestKeyByValue(t *testing.T) {
 		if _, ok := a[j].(*int); !ok && ka == kc {
 			t.Errorf("%T: different values, one key %q", a[j], ka)
 		}
-		if Scope(a[j]) != ka {
-			t.Errorf("%T: Scope %q, Key %q", a[j], Scope(a[j]), ka)
+		ia, ib, ic := Identity(a[j]), Identity(b[j]), Identity(c[j])
+		if ia != ib || strings.HasPrefix(ia, "unstable ") {
+			t.Errorf("%T: same value, identities %q and %q", a[j], ia, ib)
+		}
+		if _, ok := a[j].(*int); !ok && ia == ic {
+			t.Errorf("%T: different values, one identity %q", a[j], ia)
 		}
 	}
 }
@@ -104,7 +109,7 @@ func TestKeyKeepsEarlierForms(t *testing.T) {
 }
 
 // A principal that holds a pointer has no stable key: Key says so and
-// where; Scope binds to its printed form, which never equals a stable key.
+// where; Identity binds to its printed form, which never equals a stable key.
 func TestKeyRefusesPointers(t *testing.T) {
 	for _, p := range []any{
 		&ptrUser{Name: "ada", Org: &org{}},
@@ -118,8 +123,8 @@ func TestKeyRefusesPointers(t *testing.T) {
 			t.Errorf("Key(%T) err = %v", p, err)
 			continue
 		}
-		if s := Scope(p); len(s) < 9 || s[:9] != "unstable " {
-			t.Errorf("Scope(%T) = %q", p, s)
+		if s := Identity(p); !strings.HasPrefix(s, "unstable ") {
+			t.Errorf("Identity(%T) = %q", p, s)
 		}
 	}
 	_, err := Key(&ptrUser{Org: &org{}})
@@ -144,5 +149,91 @@ func TestKeyNilAndPanics(t *testing.T) {
 	}
 	if _, err := Key(&panicky{}); !errors.Is(err, ErrUnstable) {
 		t.Errorf("panicking PrincipalKey: %v", err)
+	}
+}
+
+type (
+	userID    int
+	serviceID int
+)
+
+// redacted is a principal whose String method hides who it is, as a
+// logging-friendly claims type does.
+type redacted struct{ Sub string }
+
+func (redacted) String() string { return "claims{redacted}" }
+
+// Identity keeps types apart and does not trust String methods: callers
+// that print alike are still different callers for resume tokens, cursor
+// seals and rate limits.
+func TestIdentityTypesAndStringers(t *testing.T) {
+	ids := map[string]any{}
+	for _, p := range []any{userID(5), serviceID(5), int64(5), redacted{"ada"}, redacted{"bob"}, &redacted{"ada"}, "5"} {
+		id := Identity(p)
+		if q, dup := ids[id]; dup {
+			t.Errorf("%#v and %#v share identity %q", p, q, id)
+		}
+		ids[id] = p
+	}
+	if Identity(&redacted{"ada"}) != Identity(&redacted{"ada"}) {
+		t.Error("two pointers to equal values: different identities")
+	}
+	if got, want := Identity(&keyedUser{Name: "ada"}), "k:user/ada"; got != want {
+		t.Errorf("Identity of a Keyer = %q, want %q", got, want)
+	}
+}
+
+// A cyclic or absurdly deep principal has no stable key and does not crash
+// the process.
+func TestCyclicPrincipal(t *testing.T) {
+	s := []any{nil}
+	s[0] = s
+	if _, err := Key(s); !errors.Is(err, ErrUnstable) {
+		t.Errorf("Key of a cyclic slice: %v", err)
+	}
+	if id := Identity(s); !strings.HasPrefix(id, "unstable ") {
+		t.Errorf("Identity of a cyclic slice = %q", id)
+	}
+	m := map[string]any{}
+	m["m"] = m
+	if _, err := Key(m); !errors.Is(err, ErrUnstable) {
+		t.Errorf("Key of a cyclic map: %v", err)
+	}
+	if id := Identity(m); !strings.HasPrefix(id, "unstable ") {
+		t.Errorf("Identity of a cyclic map = %q", id)
+	}
+}
+
+// What a rate limiter pays per call: a string principal against a pointer
+// to a struct (printed) and a Keyer.
+func BenchmarkIdentity(b *testing.B) {
+	type user struct {
+		ID    string
+		Roles []string
+		Attrs map[string]string
+	}
+	for _, tc := range []struct {
+		name string
+		p    any
+	}{
+		{"string", "u-123"},
+		{"struct-pointer", &user{ID: "u-123", Roles: []string{"admin", "dev"}, Attrs: map[string]string{"org": "acme"}}},
+		{"keyer", &keyedUser{Name: "ada"}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				_ = Identity(tc.p)
+			}
+		})
+	}
+}
+
+// A cyclic principal's seal form does not crash either.
+func TestCyclicPrincipalSeal(t *testing.T) {
+	s := []any{nil}
+	s[0] = s
+	if f := SealForms(s); len(f) != 1 || !strings.HasPrefix(f[0], "unstable ") {
+		t.Errorf("SealForms of a cyclic slice = %q", f)
 	}
 }

@@ -33,11 +33,12 @@ var Default = Limits{PerConnection: 1000, ConnectionBurst: 2000, PerPrincipal: 5
 // Interceptor enforces Limits. Create it with New.
 //
 // Principals share a bucket when they name the same caller by the rules
-// server.Identity documents for idempotency scopes (a string, a
-// PrincipalKey method, a Stringer, or the value a pointer points to), so an
-// Authenticator that returns a fresh *User for every connection still
-// limits the user, not the connection. A principal without a stable key is
-// limited by its value in this process.
+// server.Identity documents (a string, a PrincipalKey method, or the value
+// a pointer points to, with its type; a String method is not used, as it
+// is often a display name several callers share), so an Authenticator that
+// returns a fresh *User for every connection still limits the user, not the
+// connection. A principal without a stable key is limited by its value in
+// this process.
 type Interceptor struct {
 	limits Limits
 	idle   time.Duration
@@ -67,6 +68,12 @@ func (i *Interceptor) allow(ctx context.Context) error {
 		return nil
 	}
 	peer := ci.Peer()
+	var scope string
+	if i.limits.PerPrincipal > 0 && peer.Principal != nil {
+		// Outside the lock: a principal without a PrincipalKey method is
+		// printed (see server.Identity), which takes microseconds.
+		scope = principal.Identity(peer.Principal)
+	}
 	now := time.Now()
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -85,11 +92,10 @@ func (i *Interceptor) allow(ctx context.Context) error {
 		}
 	}
 	if i.limits.PerPrincipal > 0 && peer.Principal != nil {
-		k := principal.Scope(peer.Principal)
-		b := i.principals[k]
+		b := i.principals[scope]
 		if b == nil {
 			b = &bucket{lim: rate.NewLimiter(i.limits.PerPrincipal, max(1, i.limits.PrincipalBurst))}
-			i.principals[k] = b
+			i.principals[scope] = b
 		}
 		b.seen = now
 		if !b.lim.AllowN(now, 1) {
