@@ -88,6 +88,20 @@ var responseBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); ret
 // kept in responseBuffers.
 const maxPooledResponse = 64 << 10
 
+// serverStream is the memory of one call on the server: the mux's stream
+// and the call in one allocation (mux.Config.NewStream).
+type serverStream struct {
+	st mux.Stream
+	c  call
+}
+
+// newServerStream is mux.Config.NewStream: the stream, and its call as its
+// owner, for serveStream.
+func newServerStream() (*mux.Stream, any) {
+	x := new(serverStream)
+	return &x.st, &x.c
+}
+
 // call is the untyped server side of one stream.
 type call struct {
 	ctx      context.Context

@@ -17,6 +17,7 @@ package mux
 
 import (
 	"context"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 
@@ -33,6 +34,15 @@ import (
 // closeSend is set), so that a unary call leaves in one write; otherwise the
 // caller sends it with SendMsg. sent reports which happened.
 func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
+	return c.OpenInto(ctx, nil, open, first, closeSend)
+}
+
+// OpenInto is Open with the stream's memory given by the caller: into,
+// when not nil, must be a zero Stream that was never used, typically a field
+// of the caller's own per-call struct (one allocation for both); it may
+// become the stream whether or not the call succeeds, and must not be given
+// to OpenInto again.
+func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
 	size := proto.Size(open)
 	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {
 		whose := "this client's"
@@ -103,7 +113,7 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 			openErr = tether.Errorf(tether.CodeInternal, "tether: encode OPEN: %v", merr)
 			return b[:start]
 		}
-		s = c.newStream(id)
+		s = c.newStream(id, into)
 		alone = id
 		s.resumable = open.GetResume() != nil
 		if s.resumable {
@@ -180,9 +190,17 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		return c.idleFrame("refused OPENs")
 	}
 	// The OPEN lives in the stream's struct: one allocation for both.
-	s := c.newStream(f.StreamID)
+	var into *Stream
+	var owner any
+	if c.cfg.NewStream != nil {
+		into, owner = c.cfg.NewStream()
+	}
+	s := c.newStream(f.StreamID, into)
+	s.owner = owner
 	open := &s.open
-	md, err := decodeOpen(f.Payload, open) // open.Metadata stays empty: Stream.RequestMetadata
+	// open.Metadata stays empty (Stream.RequestMetadata), and
+	// open.Procedure until Route has named it.
+	proc, md, err := decodeOpen(f.Payload, open, s.mdBuf[:])
 	if err != nil {
 		c.mu.Unlock()
 		c.sendReset(f.StreamID, tether.Errorf(tether.CodeInvalidArgument, "tether: malformed OPEN: %v", err), false)
@@ -208,7 +226,15 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	// s.single, and it handles the stream's messages after this; Accept's
 	// goroutine starts after s.route is set.
 	if c.cfg.Route != nil {
-		s.route, s.single = c.cfg.Route(open.GetProcedure())
+		// proc is in the reader's buffer: Route may not keep the string.
+		var name string
+		s.route, s.single, name = c.cfg.Route(unsafe.String(unsafe.SliceData(proc), len(proc)))
+		if name == string(proc) { // no allocation: a comparison
+			open.Procedure = name
+		}
+	}
+	if open.Procedure == "" && len(proc) > 0 {
+		open.Procedure = string(proc) // not routed: a copy of its own
 	}
 	// The window beyond InitialWindow is granted when the handler first
 	// reads (RecvMsg), not here: a unary call that has already

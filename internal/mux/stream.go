@@ -48,10 +48,13 @@ type Stream struct {
 	ctx       context.Context // server: canceled when the stream ends
 	cancelCtx context.CancelCauseFunc
 	route     any           // Config.Route's value for the procedure
+	owner     any           // server: Config.NewStream's owner, or nil
 	single    bool          // the procedure takes one request message
 	resumable bool          // the OPEN carried Open.resume: messages are sequenced and acknowledged (resume.go)
-	reqMD     []byte        // server: the OPEN's metadata fields, still encoded (openmd.go)
+	reqMD     []byte        // server: the OPEN's metadata fields, still encoded (openmd.go), in mdBuf when they fit
 	open      tetherv1.Open // server: the OPEN, passed to Accept
+	// server: where reqMD is when it fits (no allocation of its own)
+	mdBuf [mdBufSize]byte
 
 	// Atomic, any goroutine.
 	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
@@ -99,12 +102,21 @@ type Stream struct {
 	finished bool // removed from the connection (stream_end.go)
 }
 
+// mdBufSize is the room for the OPEN's encoded metadata inside a server
+// stream's struct: a generated idempotency key fits (60 bytes encoded);
+// more metadata gets a buffer of its own.
+const mdBufSize = 64
+
 // ID returns the stream id.
 func (s *Stream) ID() uint32 { return s.id }
 
 // Route is what Config.Route returned for the stream's procedure (server
 // streams), or nil.
 func (s *Stream) Route() any { return s.route }
+
+// Owner is the struct Config.NewStream gave the stream's memory in
+// (server streams), or nil.
+func (s *Stream) Owner() any { return s.owner }
 
 // Context is canceled when the stream ends for any reason (server streams).
 func (s *Stream) Context() context.Context { return s.ctx }
