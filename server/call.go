@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -102,6 +103,19 @@ func newServerStream() (*mux.Stream, any) {
 	return &x.st, &x.c
 }
 
+// streamCtx is the stream's context (mux.Stream.Context) as a handler
+// without a deadline sees it: the mux makes it only when one of its methods
+// is first called, so a handler that never uses its context costs none. It
+// forwards everything, Value included (context.Cause finds the stream's
+// cancelCtx through it, and contexts derived from it are canceled with it
+// as from the stream's own).
+type streamCtx struct{ s *mux.Stream }
+
+func (x *streamCtx) Deadline() (time.Time, bool) { return x.s.Context().Deadline() }
+func (x *streamCtx) Done() <-chan struct{}       { return x.s.Context().Done() }
+func (x *streamCtx) Err() error                  { return x.s.Context().Err() }
+func (x *streamCtx) Value(key any) any           { return x.s.Context().Value(key) }
+
 // call is the untyped server side of one stream.
 type call struct {
 	ctx      context.Context
@@ -118,6 +132,8 @@ type call struct {
 	sentHead bool
 	headDone atomic.Bool // sentHead, readable without the lock
 	cursor   []byte      // the cursor of the message being sent (cursor.go)
+	// the handler's context below infoCtx, without a deadline or a session
+	stCtx streamCtx
 }
 
 func (c *call) Spec() tether.Spec { return c.spec }

@@ -435,7 +435,8 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		t = min(t, uint64(math.MaxInt64/int64(time.Microsecond)))
 		timeout = time.Duration(t) * time.Microsecond
 	}
-	ctx := st.Context()
+	c.stCtx.s = st
+	var ctx context.Context = &c.stCtx // the stream's context, made if used
 	if rs != nil {
 		// The handler's context outlives the connection: it ends with the
 		// session (resume.go).

@@ -45,7 +45,7 @@ type Stream struct {
 
 	// Set by the reader goroutine before the stream's frames are handled
 	// and before Accept runs (server).
-	ctx       context.Context // server: canceled when the stream ends
+	ctx       context.Context // server: canceled when the stream ends; made by Context, under mu
 	cancelCtx context.CancelCauseFunc
 	route     any           // Config.Route's value for the procedure
 	owner     any           // server: Config.NewStream's owner, or nil
@@ -100,6 +100,10 @@ type Stream struct {
 	halfClosed bool  // we sent HALF_CLOSE or END
 
 	finished bool // removed from the connection (stream_end.go)
+
+	// server: why the stream ended, set by terminate when its context
+	// had not been made yet (Context makes it canceled with this cause).
+	ctxCause error
 }
 
 // mdBufSize is the room for the OPEN's encoded metadata inside a server
@@ -118,8 +122,31 @@ func (s *Stream) Route() any { return s.route }
 // (server streams), or nil.
 func (s *Stream) Owner() any { return s.owner }
 
-// Context is canceled when the stream ends for any reason (server streams).
-func (s *Stream) Context() context.Context { return s.ctx }
+// Context is canceled when the stream ends for any reason, with the reason
+// as its cause (server streams; nil on a client). It is made when first
+// asked for: a handler that never uses its context costs no context. A
+// stream that has ended by then gets a context canceled with the cause it
+// ended with, carrying the connection's values.
+//
+// s.mu is held while the context is made: the context package's own locks
+// come after it, and never call back into the stream.
+func (s *Stream) Context() context.Context {
+	if s.c.role != RoleServer {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx == nil {
+		if s.ctxCause != nil {
+			ctx, cancel := context.WithCancelCause(context.WithoutCancel(s.c.ctx))
+			cancel(s.ctxCause)
+			s.ctx = ctx
+		} else {
+			s.ctx, s.cancelCtx = context.WithCancelCause(s.c.ctx)
+		}
+	}
+	return s.ctx
+}
 
 // Ended reports whether the stream has finished: ended by the peer, reset,
 // or closed with its connection.
