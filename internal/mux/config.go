@@ -166,10 +166,11 @@ type Config struct {
 	// Frames for streams that just ended and OPENs refused by the stream
 	// limit or a drain are not counted: well-behaved clients send them.
 	MaxIdleFrameRate float64
-	// Accept is called, in a new goroutine, for every stream the peer opens
-	// (servers only). It must end the stream with Finish or Reset. open has
-	// every field of the OPEN but its metadata, which Stream.RequestMetadata
-	// decodes when asked.
+	// Accept is called for every stream the peer opens (servers only), on
+	// a goroutine of its own: a new one, or one whose last stream's Accept
+	// has returned (startHandler). It must end the stream with Finish or
+	// Reset. open has every field of the OPEN but its metadata, which
+	// Stream.RequestMetadata decodes when asked.
 	Accept func(s *Stream, open *tetherv1.Open)
 	// NewStream, when set, gives the memory of each stream the peer opens
 	// (servers only): a zero Stream that was never used, typically a field
