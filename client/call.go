@@ -241,11 +241,7 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 		if md == nil {
 			md = s.mdPtrs[:0]
 		}
-		i := len(md)
-		for i > 0 && md[i-1].Key > e.Key {
-			i--
-		}
-		open.Metadata = slices.Insert(md, i, e)
+		open.Metadata = insertSorted(md, e)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
@@ -274,6 +270,15 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 		s.stop = neverStop
 	}
 	return s, sent, nil
+}
+
+// insertSorted inserts e into md, whose keys are sorted, in its place.
+func insertSorted(md []*tetherv1.MetadataEntry, e *tetherv1.MetadataEntry) []*tetherv1.MetadataEntry {
+	i := len(md)
+	for i > 0 && md[i-1].Key > e.Key {
+		i--
+	}
+	return slices.Insert(md, i, e)
 }
 
 // clientStream is the untyped client side of one stream.
