@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,6 +19,14 @@ import (
 	"github.com/tetherrpc/tether/internal/mux"
 	"github.com/tetherrpc/tether/internal/wire"
 )
+
+// requestBuffers holds the buffers unary requests are marshalled into
+// (Client.unary), as the server's responseBuffers do for responses.
+var requestBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// maxPooledRequest: a buffer grown past this by a large request is not kept
+// in requestBuffers.
+const maxPooledRequest = 64 << 10
 
 // Method describes a procedure for the client: an alias of
 // clientconn.Method. Generated code declares one per method.
@@ -58,19 +67,46 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 	return clientconn.CallUnary[Req, Res](ctx, c, m, req, opts...)
 }
 
+// unaryCall is the client's state of a unary call without interceptors, in
+// one allocation: its options, its Call, and the memory of its first
+// attempt's stream (the clientStream and the mux.Stream in it).
+type unaryCall struct {
+	co    callOptions
+	call  Call
+	spare spareStream
+}
+
+// spareStream is the memory of one stream, clientStream and mux.Stream
+// together. Streams that can be abandoned (openTyped) must not use it: their
+// cleanup's argument refers to the mux.Stream, which would keep the
+// clientStream reachable.
+type spareStream struct {
+	cs clientStream
+	st mux.Stream
+}
+
 // Invoke makes a unary call of m: it sends req and decodes the response into
 // res, through the client's interceptors, retrying and dead-lettering as
 // m's retry policy says. It implements clientconn.Conn; generated clients
 // call it, user code calls the generated methods.
 func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, opts ...CallOption) error {
+	if len(c.cfg.interceptors) == 0 {
+		// No one but this package sees the Call: no closure, no header
+		// map unless the caller gave metadata, the key kept inline.
+		u := &unaryCall{}
+		co, call := &u.co, &u.call
+		for _, o := range opts {
+			o(&co.CallOptions)
+		}
+		call.Spec, call.Header, call.Target = m.Spec, co.Header.Clone(), c.url
+		call.inlineKey, call.spare = true, &u.spare
+		err := c.unary(ctx, m, co, call, req, res)
+		co.capture(call)
+		return err
+	}
 	co := newCallOptions(opts)
 	call := co.newCall(c, m)
-	var err error
-	if len(c.cfg.interceptors) == 0 {
-		err = c.unary(ctx, m, co, call, req, res) // no closure to allocate
-	} else {
-		err = c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
-	}
+	err := c.wrapUnary(c.unaryFunc(m, co))(ctx, call, req, res)
 	co.capture(call)
 	return err
 }
@@ -87,11 +123,20 @@ func (c *Client) unaryFunc(m *Method, co *callOptions) UnaryFunc {
 
 // unary is unaryFunc's body, called directly when there are no interceptors.
 func (c *Client) unary(ctx context.Context, m *Method, co *callOptions, call *Call, req, res proto.Message) error {
-	b, err := proto.Marshal(req)
+	// The request is marshalled into a pooled buffer: every attempt copies
+	// it into the connection's write queue before it returns (Open,
+	// SendMsg), and deadLetter keeps a copy of its own, so nothing holds
+	// it once invokeUnary has returned.
+	pooled := requestBuffers.Get().(*[]byte)
+	b, err := proto.MarshalOptions{}.MarshalAppend((*pooled)[:0], req)
 	if err != nil {
 		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
 	}
 	out, err := c.invokeUnary(ctx, m, co, call, b)
+	if cap(b) <= maxPooledRequest {
+		*pooled = b[:0]
+		requestBuffers.Put(pooled)
+	}
 	if err != nil {
 		return err
 	}
@@ -171,10 +216,33 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 // first, when not nil, is sent with the OPEN if it fits (then closeSend also
 // half-closes); sent reports whether it was.
 func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, first []byte, closeSend bool) (cs *clientStream, sent bool, err error) {
-	// The OPEN lives in the stream's struct: one allocation for both.
-	s := &clientStream{ctx: ctx, c: c}
+	// The OPEN lives in the stream's struct: one allocation for both; a
+	// unary call's first attempt has both in its unaryCall.
+	var s *clientStream
+	var into *mux.Stream
+	if sp := call.spare; sp != nil {
+		call.spare = nil // a retry's stream gets memory of its own
+		s, into = &sp.cs, &sp.st
+	} else {
+		s = &clientStream{}
+	}
+	s.ctx, s.c = ctx, c
 	open := &s.open
-	open.Procedure, open.Metadata = call.Spec.Procedure, wire.MetadataToProtoInto(call.Header, s.mdEntries[:], s.mdPtrs[:])
+	open.Procedure = call.Spec.Procedure
+	open.Metadata = wire.MetadataToProtoInto(call.Header, s.mdEntries[:len(s.mdEntries)-1], s.mdPtrs[:])
+	if call.key != "" {
+		// The inline idempotency key (ensureIdempotencyKey), in its
+		// place among the header's keys: the Go sender sorts them
+		// (PROTOCOL.md).
+		e := &s.mdEntries[len(s.mdEntries)-1]
+		s.keyVal[0] = call.key
+		e.Key, e.Values = tether.MetadataIdempotencyKey, s.keyVal[:]
+		md := open.Metadata
+		if md == nil {
+			md = s.mdPtrs[:0]
+		}
+		open.Metadata = insertSorted(md, e)
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
@@ -189,7 +257,7 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	if err != nil {
 		return nil, false, err
 	}
-	st, sent, err := conn.Open(ctx, open, first, closeSend)
+	st, sent, err := conn.OpenInto(ctx, into, open, first, closeSend)
 	if err != nil {
 		return nil, false, err
 	}
@@ -202,6 +270,15 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 		s.stop = neverStop
 	}
 	return s, sent, nil
+}
+
+// insertSorted inserts e into md, whose keys are sorted, in its place.
+func insertSorted(md []*tetherv1.MetadataEntry, e *tetherv1.MetadataEntry) []*tetherv1.MetadataEntry {
+	i := len(md)
+	for i > 0 && md[i-1].Key > e.Key {
+		i--
+	}
+	return slices.Insert(md, i, e)
 }
 
 // clientStream is the untyped client side of one stream.
@@ -226,9 +303,11 @@ type clientStream struct {
 	conn *mux.Conn // the connection the stream is on
 	open tetherv1.Open
 	// The OPEN's metadata, when it has few keys (the idempotency key,
-	// the attempt number): no allocation per entry.
-	mdEntries [2]tetherv1.MetadataEntry
-	mdPtrs    [2]*tetherv1.MetadataEntry
+	// the attempt number): no allocation per entry. The last entry is
+	// the inline idempotency key's (Call.key), keyVal its values.
+	mdEntries [3]tetherv1.MetadataEntry
+	mdPtrs    [3]*tetherv1.MetadataEntry
+	keyVal    [1]string
 }
 
 // neverStop is clientStream.stop for a context that cannot end.

@@ -30,6 +30,17 @@ type Call struct {
 	Replay bool
 
 	sent int64 // times a unary call's request was written to a connection
+
+	// A unary call without interceptors (Client.Invoke) keeps its
+	// generated idempotency key here rather than in Header, which no one
+	// else sees: no map, no hex string of its own. inlineKey says the
+	// call may; key is the key (in keyBuf) once generated.
+	inlineKey bool
+	key       string
+	keyBuf    [2 * idempotencyKeyBytes]byte
+	// spare is the memory of the call's first stream (Client.Invoke's
+	// unaryCall), or nil once taken.
+	spare *spareStream
 }
 
 // MessagesSent returns how many times a unary call's request message was

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -209,23 +211,56 @@ func (b *retryBudget) allow() bool {
 	return b.tokens > b.max/2
 }
 
+// idempotencyKeyBytes is the randomness of a generated idempotency key.
+const idempotencyKeyBytes = 16
+
 // NewIdempotencyKey returns a random key for a logical call: 128 bits, hex.
 func NewIdempotencyKey() string {
-	var b [16]byte
+	var b [2 * idempotencyKeyBytes]byte
+	newKeyInto(&b)
+	return string(b[:])
+}
+
+// newKeyInto writes a new key, hex, into dst.
+func newKeyInto(dst *[2 * idempotencyKeyBytes]byte) {
+	var b [idempotencyKeyBytes]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	hex.Encode(dst[:], b[:])
 }
 
 // ensureIdempotencyKey gives the call a key unless it has one (set by the
 // caller with WithIdempotencyKey, or by a dead-letter replay). Reads with no
-// side effects need none.
+// side effects need none. A call that may (Call.inlineKey) keeps it in
+// Call.key, the others in their Header; idempotencyMetadata gives the
+// metadata with the key wherever it is.
 func ensureIdempotencyKey(call *Call) {
 	if call.Spec.IdempotencyLevel == tether.IdempotencyNoSideEffects {
 		return
 	}
-	if call.Header.Get(tether.MetadataIdempotencyKey) == "" {
-		call.Header.Set(tether.MetadataIdempotencyKey, NewIdempotencyKey())
+	if call.key != "" || call.Header.Get(tether.MetadataIdempotencyKey) != "" {
+		return
 	}
+	if call.inlineKey {
+		newKeyInto(&call.keyBuf)
+		// A string over the call's own buffer, which is never written
+		// again: the string keeps the Call alive as long as it is used.
+		call.key = unsafe.String(&call.keyBuf[0], len(call.keyBuf))
+		return
+	}
+	call.Header.Set(tether.MetadataIdempotencyKey, NewIdempotencyKey())
+}
+
+// requestMetadata returns a copy of the call's request metadata, with its
+// inline idempotency key if it has one; never nil.
+func (call *Call) requestMetadata() tether.Metadata {
+	md := call.Header.Clone()
+	if md == nil {
+		md = tether.Metadata{}
+	}
+	if call.key != "" {
+		md.Set(tether.MetadataIdempotencyKey, call.key)
+	}
+	return md
 }
 
 // transparentDelay spreads retries of refused requests: a random wait that
@@ -268,6 +303,9 @@ func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, ca
 	for {
 		attempts++
 		if attempts+transparent > 1 {
+			if call.Header == nil {
+				call.Header = tether.Metadata{}
+			}
 			call.Header.Set(tether.MetadataAttempt, strconv.Itoa(attempts+transparent))
 		}
 		out, err := c.unaryAttempt(ctx, co, call, req)
@@ -324,11 +362,11 @@ func (c *Client) deadLetter(call *Call, req []byte, attempts int, cause error, s
 		return cause
 	}
 	e := tether.AsError(cause)
-	md := call.Header.Clone()
+	md := call.requestMetadata()
 	md.Del(tether.MetadataAttempt)
 	entry := &dlq.Entry{
 		Procedure:      call.Spec.Procedure,
-		Request:        req,
+		Request:        bytes.Clone(req), // req is a pooled buffer (Client.unary)
 		Metadata:       md,
 		IdempotencyKey: md.Get(tether.MetadataIdempotencyKey),
 		Attempts:       attempts,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -88,6 +89,33 @@ var responseBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 512); ret
 // kept in responseBuffers.
 const maxPooledResponse = 64 << 10
 
+// serverStream is the memory of one call on the server: the mux's stream
+// and the call in one allocation (mux.Config.NewStream).
+type serverStream struct {
+	st mux.Stream
+	c  call
+}
+
+// newServerStream is mux.Config.NewStream: the stream, and its call as its
+// owner, for serveStream.
+func newServerStream() (*mux.Stream, any) {
+	x := new(serverStream)
+	return &x.st, &x.c
+}
+
+// streamCtx is the stream's context (mux.Stream.Context) as a handler
+// without a deadline sees it: the mux makes it only when one of its methods
+// is first called, so a handler that never uses its context costs none. It
+// forwards everything, Value included (context.Cause finds the stream's
+// cancelCtx through it, and contexts derived from it are canceled with it
+// as from the stream's own).
+type streamCtx struct{ s *mux.Stream }
+
+func (x *streamCtx) Deadline() (time.Time, bool) { return x.s.Context().Deadline() }
+func (x *streamCtx) Done() <-chan struct{}       { return x.s.Context().Done() }
+func (x *streamCtx) Err() error                  { return x.s.Context().Err() }
+func (x *streamCtx) Value(key any) any           { return x.s.Context().Value(key) }
+
 // call is the untyped server side of one stream.
 type call struct {
 	ctx      context.Context
@@ -108,6 +136,8 @@ type call struct {
 	// or handlerStarted once the handler below the interceptors started
 	// (refuse.go).
 	refusal atomic.Pointer[unprocessedRefusal]
+	// the handler's context below infoCtx, without a deadline or a session
+	stCtx streamCtx
 }
 
 func (c *call) Spec() tether.Spec { return c.spec }

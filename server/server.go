@@ -201,6 +201,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer, budget) }
 	cfg.Route = s.route
+	cfg.NewStream = newServerStream
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
 		if expiry != nil {
@@ -372,15 +373,17 @@ func (s *Server) originAllowed(r *http.Request) bool {
 }
 
 // route looks up procedure's handler when its OPEN arrives (mux.Config.Route)
-// and reports whether it takes one request message.
-func (s *Server) route(procedure string) (any, bool) {
+// and reports whether it takes one request message, and the procedure's
+// registered name (which the OPEN then carries: procedure is the reader's
+// buffer and must not be kept).
+func (s *Server) route(procedure string) (any, bool, string) {
 	s.mu.RLock()
 	h := s.handlers[procedure]
 	s.mu.RUnlock()
 	if h == nil {
-		return nil, false
+		return nil, false, ""
 	}
-	return h, h.spec.StreamType == tether.StreamTypeUnary || h.spec.StreamType == tether.StreamTypeServer
+	return h, h.spec.StreamType == tether.StreamTypeUnary || h.spec.StreamType == tether.StreamTypeServer, h.spec.Procedure
 }
 
 // serveStream runs one call: find the handler, build its context (deadline,
@@ -422,18 +425,18 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 			return
 		}
 	}
-	c := &call{
-		s:    st,
-		rs:   rs,
-		spec: h.spec,
-		peer: peer,
+	c, _ := st.Owner().(*call) // in the stream's memory (newServerStream)
+	if c == nil {
+		c = new(call)
 	}
+	c.s, c.rs, c.spec, c.peer = st, rs, h.spec, peer
 	var timeout time.Duration
 	if t := open.GetTimeoutMicros(); t > 0 {
 		t = min(t, uint64(math.MaxInt64/int64(time.Microsecond)))
 		timeout = time.Duration(t) * time.Microsecond
 	}
-	ctx := st.Context()
+	c.stCtx.s = st
+	var ctx context.Context = &c.stCtx // the stream's context, made if used
 	if rs != nil {
 		// The handler's context outlives the connection: it ends with the
 		// session (resume.go).

@@ -166,11 +166,18 @@ type Config struct {
 	// Frames for streams that just ended and OPENs refused by the stream
 	// limit or a drain are not counted: well-behaved clients send them.
 	MaxIdleFrameRate float64
-	// Accept is called, in a new goroutine, for every stream the peer opens
-	// (servers only). It must end the stream with Finish or Reset. open has
-	// every field of the OPEN but its metadata, which Stream.RequestMetadata
-	// decodes when asked.
+	// Accept is called for every stream the peer opens (servers only), on
+	// a goroutine of its own: a new one, or one whose last stream's Accept
+	// has returned (startHandler). It must end the stream with Finish or
+	// Reset. open has every field of the OPEN but its metadata, which
+	// Stream.RequestMetadata decodes when asked.
 	Accept func(s *Stream, open *tetherv1.Open)
+	// NewStream, when set, gives the memory of each stream the peer opens
+	// (servers only): a zero Stream that was never used, typically a field
+	// of the application's own per-call struct, and that struct, which
+	// Stream.Owner returns; the call's state then costs no allocation of
+	// its own. Nil: the streams are allocated alone.
+	NewStream func() (s *Stream, owner any)
 	// PeerMaxStreams is how many streams the server runs at once on this
 	// connection, as it announced in the handshake (clients only; 0: not
 	// announced). Open waits while that many of this client's streams are
@@ -197,7 +204,12 @@ type Config struct {
 	// server-streaming calls): a second one resets the stream with
 	// unimplemented, the code gRPC gives cardinality violations. It is
 	// called by the reader goroutine for every OPEN and must be fast.
-	Route func(procedure string) (route any, single bool)
+	// procedure is valid only during the call (it is in the reader's
+	// buffer): Route must not keep it. name, when equal to procedure, is
+	// the string Accept's OPEN carries as its procedure (the registered
+	// name: no copy of the procedure per call); otherwise the OPEN gets a
+	// copy.
+	Route func(procedure string) (route any, single bool, name string)
 	// OnClose is called once, after the connection's goroutines have exited.
 	OnClose func(err error)
 	// Logger receives connection-level events; nil discards them.

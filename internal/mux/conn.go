@@ -263,15 +263,17 @@ func (c *Conn) connErr() error {
 	return c.err
 }
 
-func (c *Conn) newStream(id uint32) *Stream {
-	return &Stream{
-		c:          c,
-		id:         id,
-		sendCredit: InitialWindow,
-		recvWindow: c.cfg.StreamWindow,
-		recvNotify: make(chan struct{}, 1),
-		done:       make(chan struct{}),
+func (c *Conn) newStream(id uint32, into *Stream) *Stream {
+	s := into
+	if s == nil {
+		s = new(Stream)
 	}
+	s.c, s.id = c, id
+	s.sendCredit = InitialWindow
+	s.recvWindow = c.cfg.StreamWindow
+	s.recvNotify = make(chan struct{}, 1)
+	s.done = make(chan struct{})
+	return s
 }
 
 // lookup finds the stream a frame is for. Frames for streams that have ended

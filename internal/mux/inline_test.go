@@ -24,7 +24,7 @@ func TestUnaryWritesInline(t *testing.T) {
 	serverWriter := make(chan bool, 1)
 	scfg := Config{
 		StreamWindow: InitialWindow, // no deferred WINDOW grant: the handler writes only its answer
-		Route:        func(string) (any, bool) { return nil, true },
+		Route:        func(string) (any, bool, string) { return nil, true, "" },
 		Accept: func(s *Stream, _ *tetherv1.Open) {
 			msg, err := s.RecvMsg()
 			if err != nil {
@@ -62,7 +62,7 @@ func TestUnaryWritesInline(t *testing.T) {
 // batches the frames of concurrent calls into shared writes.
 func TestConcurrentCallsUseWriter(t *testing.T) {
 	scfg := Config{
-		Route: func(p string) (any, bool) { return nil, p == "/t.S/U" },
+		Route: func(p string) (any, bool, string) { return nil, p == "/t.S/U", "" },
 		Accept: func(s *Stream, _ *tetherv1.Open) {
 			msg, err := s.RecvMsg()
 			if err != nil {
@@ -109,7 +109,7 @@ func TestSingleRequestNoWindow(t *testing.T) {
 	}
 	results := make(chan result, 1)
 	scfg := Config{
-		Route: func(string) (any, bool) { return nil, true },
+		Route: func(string) (any, bool, string) { return nil, true, "" },
 		Accept: func(s *Stream, _ *tetherv1.Open) {
 			if s.ID() == 1 { // the first call's request fits the initial window
 				// Wait until the whole request is queued, so that the
@@ -181,7 +181,7 @@ func TestSingleRequestNoWindow(t *testing.T) {
 // socket.
 func TestSlowWriteStopsInline(t *testing.T) {
 	scfg := Config{
-		Route: func(string) (any, bool) { return nil, true },
+		Route: func(string) (any, bool, string) { return nil, true, "" },
 		Accept: func(s *Stream, _ *tetherv1.Open) {
 			if msg, err := s.RecvMsg(); err == nil {
 				_ = s.FinishWith(nil, msg, nil, nil)

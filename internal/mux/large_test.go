@@ -318,7 +318,7 @@ func TestLargeFramesReuseBuffers(t *testing.T) {
 // copy per message).
 func TestFirstFragmentBecomesAssemblyBuffer(t *testing.T) {
 	_, sc := pair(t, Config{}, Config{})
-	s := sc.newStream(2)
+	s := sc.newStream(2, nil)
 	s.copiedFirst = true // past the stream's first payload, copied on its own
 	msg := fill(3, 64<<10+9)
 	s.mu.Lock()

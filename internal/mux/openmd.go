@@ -4,8 +4,11 @@ package mux
 //
 // handleOpen, on the reader goroutine, decodes every field of an OPEN but
 // the request metadata, which it only validates (as proto.Unmarshal would)
-// and copies, still encoded, onto the stream (reqMD): most handlers never
-// read the metadata, and decoding it costs an allocation per key and value.
+// and copies, still encoded, onto the stream (reqMD; into the stream's own
+// mdBuf when it fits): most handlers never read the metadata, and decoding
+// it costs an allocation per key and value. The procedure is validated and
+// looked up without a string of its own: Config.Route returns the
+// registered name.
 // RequestMetadata decodes it when asked, on any goroutine (reqMD is
 // read-only once the stream is accepted).
 
@@ -21,51 +24,75 @@ import (
 
 var mergeOpts = proto.UnmarshalOptions{Merge: true}
 
-// decodeOpen decodes payload into open, leaving its metadata out; md is the
-// metadata's encoding (the Open fields 2, as they came), or nil. It fails
+// openProcedureField is the field number of tether.v1.Open's procedure.
+const openProcedureField = 1
+
+// decodeOpen decodes payload into open, leaving its procedure and its
+// metadata out. proc is the procedure (the last Open field 1, as
+// proto.Unmarshal keeps it), still in payload, for the caller to look up
+// and set (handleOpen: the registered name, without a string of its own);
+// md is the metadata's encoding (the Open fields 2, as they came), appended
+// to mdBuf[:0] (the stream's inline buffer when it fits), or nil. It fails
 // where proto.Unmarshal of the whole payload would.
-func decodeOpen(payload []byte, open *tetherv1.Open) (md []byte, err error) {
+func decodeOpen(payload []byte, open *tetherv1.Open, mdBuf []byte) (proc, md []byte, err error) {
 	// First pass: validate, and measure the metadata fields.
-	mdBytes := 0
+	mdBytes, skipped := 0, false
 	for b := payload; len(b) > 0; {
 		num, typ, n := protowire.ConsumeField(b)
 		if n < 0 {
-			return nil, protowire.ParseError(n)
+			return nil, nil, protowire.ParseError(n)
 		}
-		if num == openMetadataField && typ == protowire.BytesType {
+		switch {
+		case num == openProcedureField && typ == protowire.BytesType:
+			_, _, tn := protowire.ConsumeTag(b)
+			v, _ := protowire.ConsumeBytes(b[tn:n])
+			if !utf8.Valid(v) {
+				return nil, nil, errBadUTF8
+			}
+			proc, skipped = v, true
+		case num == openMetadataField && typ == protowire.BytesType:
 			if err := validEntry(b[:n]); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			mdBytes += n
+			skipped = true
 		}
 		b = b[n:]
 	}
-	if mdBytes == 0 {
-		return nil, proto.Unmarshal(payload, open)
+	if !skipped {
+		return nil, nil, proto.Unmarshal(payload, open)
+	}
+	if mdBytes > 0 {
+		if mdBytes <= cap(mdBuf) {
+			md = mdBuf[:0]
+		} else {
+			md = make([]byte, 0, mdBytes)
+		}
 	}
 	// Second pass: the runs of other fields are merged into open (as one
 	// Unmarshal of them all would), the metadata fields copied.
-	md = make([]byte, 0, mdBytes)
 	run := 0 // start of the current run of other fields
 	for i := 0; i < len(payload); {
 		num, typ, n := protowire.ConsumeField(payload[i:])
-		if num == openMetadataField && typ == protowire.BytesType {
+		if (num == openMetadataField || num == openProcedureField) && typ == protowire.BytesType {
 			if run < i {
 				if err := mergeOpts.Unmarshal(payload[run:i], open); err != nil {
-					return nil, err
+					return nil, nil, err
 				}
 			}
-			md = append(md, payload[i:i+n]...)
+			if num == openMetadataField {
+				md = append(md, payload[i:i+n]...)
+			}
 			run = i + n
 		}
 		i += n
 	}
 	if run < len(payload) {
 		if err := mergeOpts.Unmarshal(payload[run:], open); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return md, nil
+	return proc, md, nil
 }
 
 var errBadUTF8 = errors.New("string field contains invalid UTF-8")

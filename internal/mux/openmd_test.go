@@ -35,23 +35,42 @@ func TestDecodeOpenMatchesUnmarshal(t *testing.T) {
 	rest, _ := proto.Marshal(&tetherv1.Open{Procedure: full.Procedure, TimeoutMicros: full.TimeoutMicros})
 	res, _ := proto.Marshal(&tetherv1.Open{Resume: full.Resume})
 	shuffled := append(append(append(append([]byte{}, md...), rest...), md2...), res...)
-	for name, payload := range map[string][]byte{"ordered": ordered, "shuffled": shuffled, "no metadata": rest} {
+	// A procedure given twice: the last one counts, as for proto.Unmarshal.
+	other, _ := proto.Marshal(&tetherv1.Open{Procedure: "/t.S/Other"})
+	twice := append(append([]byte{}, other...), shuffled...)
+	noProc, _ := proto.Marshal(&tetherv1.Open{TimeoutMicros: 7})
+	for name, payload := range map[string][]byte{"ordered": ordered, "shuffled": shuffled, "no metadata": rest, "procedure twice": twice, "no procedure": noProc} {
 		var want tetherv1.Open
 		if err := proto.Unmarshal(payload, &want); err != nil {
 			t.Fatal(err)
 		}
-		var got tetherv1.Open
-		raw, err := decodeOpen(payload, &got)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
+		for _, bufSize := range []int{0, 8, mdBufSize} {
+			var got tetherv1.Open
+			buf := make([]byte, bufSize)
+			proc, raw, err := decodeOpen(payload, &got, buf)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if len(got.Metadata) != 0 || got.Procedure != "" {
+				t.Errorf("%s: decodeOpen decoded the metadata or the procedure", name)
+			}
+			if len(raw) > 0 && len(raw) <= bufSize && &raw[0] != &buf[0] {
+				t.Errorf("%s: %d bytes of metadata not in a buffer of %d", name, len(raw), bufSize)
+			}
+			got.Procedure = string(proc)
+			got.Metadata = (&Stream{reqMD: raw}).RequestMetadata()
+			if !proto.Equal(&got, &want) {
+				t.Errorf("%s: decodeOpen + RequestMetadata = %v, want %v", name, &got, &want)
+			}
 		}
-		if len(got.Metadata) != 0 {
-			t.Errorf("%s: decodeOpen decoded the metadata", name)
-		}
-		got.Metadata = (&Stream{reqMD: raw}).RequestMetadata()
-		if !proto.Equal(&got, &want) {
-			t.Errorf("%s: decodeOpen + RequestMetadata = %v, want %v", name, &got, &want)
-		}
+	}
+	badProc := protowire.AppendTag(append([]byte{}, rest...), openProcedureField, protowire.BytesType)
+	badProc = protowire.AppendBytes(badProc, []byte{'/', 0xff})
+	if proto.Unmarshal(badProc, new(tetherv1.Open)) == nil {
+		t.Fatal("proto.Unmarshal accepted a procedure of invalid UTF-8")
+	}
+	if _, _, err := decodeOpen(badProc, new(tetherv1.Open), nil); err == nil {
+		t.Error("decodeOpen accepted a procedure of invalid UTF-8")
 	}
 
 	// Invalid UTF-8 in a key or a value, or a truncated entry: proto.Unmarshal
@@ -68,7 +87,7 @@ func TestDecodeOpenMatchesUnmarshal(t *testing.T) {
 		if err := proto.Unmarshal(payload, new(tetherv1.Open)); err == nil {
 			t.Fatalf("%s: proto.Unmarshal accepted it", name)
 		}
-		if _, err := decodeOpen(payload, new(tetherv1.Open)); err == nil {
+		if _, _, err := decodeOpen(payload, new(tetherv1.Open), nil); err == nil {
 			t.Errorf("%s: decodeOpen accepted an OPEN that proto.Unmarshal refuses", name)
 		}
 	}

@@ -45,13 +45,16 @@ type Stream struct {
 
 	// Set by the reader goroutine before the stream's frames are handled
 	// and before Accept runs (server).
-	ctx       context.Context // server: canceled when the stream ends
+	ctx       context.Context // server: canceled when the stream ends; made by Context, under mu
 	cancelCtx context.CancelCauseFunc
 	route     any           // Config.Route's value for the procedure
+	owner     any           // server: Config.NewStream's owner, or nil
 	single    bool          // the procedure takes one request message
 	resumable bool          // the OPEN carried Open.resume: messages are sequenced and acknowledged (resume.go)
-	reqMD     []byte        // server: the OPEN's metadata fields, still encoded (openmd.go)
+	reqMD     []byte        // server: the OPEN's metadata fields, still encoded (openmd.go), in mdBuf when they fit
 	open      tetherv1.Open // server: the OPEN, passed to Accept
+	// server: where reqMD is when it fits (no allocation of its own)
+	mdBuf [mdBufSize]byte
 
 	// Atomic, any goroutine.
 	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
@@ -97,7 +100,16 @@ type Stream struct {
 	halfClosed bool  // we sent HALF_CLOSE or END
 
 	finished bool // removed from the connection (stream_end.go)
+
+	// server: why the stream ended, set by terminate when its context
+	// had not been made yet (Context makes it canceled with this cause).
+	ctxCause error
 }
+
+// mdBufSize is the room for the OPEN's encoded metadata inside a server
+// stream's struct: a generated idempotency key fits (60 bytes encoded);
+// more metadata gets a buffer of its own.
+const mdBufSize = 64
 
 // ID returns the stream id.
 func (s *Stream) ID() uint32 { return s.id }
@@ -106,8 +118,35 @@ func (s *Stream) ID() uint32 { return s.id }
 // streams), or nil.
 func (s *Stream) Route() any { return s.route }
 
-// Context is canceled when the stream ends for any reason (server streams).
-func (s *Stream) Context() context.Context { return s.ctx }
+// Owner is the struct Config.NewStream gave the stream's memory in
+// (server streams), or nil.
+func (s *Stream) Owner() any { return s.owner }
+
+// Context is canceled when the stream ends for any reason, with the reason
+// as its cause (server streams; nil on a client). It is made when first
+// asked for: a handler that never uses its context costs no context. A
+// stream that has ended by then gets a context canceled with the cause it
+// ended with, carrying the connection's values.
+//
+// s.mu is held while the context is made: the context package's own locks
+// come after it, and never call back into the stream.
+func (s *Stream) Context() context.Context {
+	if s.c.role != RoleServer {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx == nil {
+		if s.ctxCause != nil {
+			ctx, cancel := context.WithCancelCause(context.WithoutCancel(s.c.ctx))
+			cancel(s.ctxCause)
+			s.ctx = ctx
+		} else {
+			s.ctx, s.cancelCtx = context.WithCancelCause(s.c.ctx)
+		}
+	}
+	return s.ctx
+}
 
 // Ended reports whether the stream has finished: ended by the peer, reset,
 // or closed with its connection.

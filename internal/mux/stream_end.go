@@ -99,7 +99,7 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 			hdr = nil
 		}
 		s.sendMu.Unlock()
-		err := s.SendMsg(s.ctx, last)
+		err := s.SendMsg(s.Context(), last)
 		s.sendMu.Lock()
 		if err != nil {
 			return err
@@ -221,10 +221,14 @@ func (s *Stream) terminate(err error, local bool) bool {
 		s.closeHeadersLocked()
 	}
 	wake := s.sendNotify
+	cancelCtx := s.cancelCtx
+	if cancelCtx == nil {
+		s.ctxCause = err // for a context made later (Stream.Context)
+	}
 	s.mu.Unlock()
 	close(s.done)
-	if s.cancelCtx != nil {
-		s.cancelCtx(err)
+	if cancelCtx != nil {
+		cancelCtx(err)
 	}
 	s.c.remove(s)
 	notify(s.recvNotify)

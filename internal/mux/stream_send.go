@@ -292,7 +292,7 @@ func (s *Stream) encodeHeadersWith(md tether.Metadata, ack *tetherv1.ResumeAck) 
 
 // writeHeaders queues a HEADERS frame; the caller holds sendMu.
 func (s *Stream) writeHeaders(payload []byte) error {
-	err := s.c.write(s.ctx, s.done, func(b []byte) []byte {
+	err := s.c.write(s.Context(), s.done, func(b []byte) []byte {
 		return frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: payload})
 	})
 	if err != nil {
