@@ -24,7 +24,14 @@
 // connection closes; context.Cause returns the *tether.Error that ended
 // the call.
 //
-// Each connection has exactly one reader and one writer goroutine and one
-// goroutine per running call; a handler that panics fails only its call, with
-// code internal. Shutdown drains gracefully.
+// Each running call has a goroutine of its own; a handler that panics
+// fails only its call, with code internal. A handler goroutine whose call
+// ended waits 20 ms for the next call before it ends, so a busy server
+// neither starts a goroutine nor grows a fresh stack per call: state a
+// handler leaves on its goroutine goes to the next call on it. Handlers
+// that set pprof labels use pprof.Do (which restores them), and a handler
+// that changes its OS thread (runtime.LockOSThread with setns, unshare or
+// thread-local C state) must restore it, or run that work on a goroutine
+// of its own that exits locked, which discards the thread. Shutdown drains
+// gracefully.
 package server
