@@ -199,7 +199,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 		s.sendNotify = make(chan struct{}, 1) // read without mu by resume.go
 	}
 	s.reqMD = md
-	s.ctx, s.cancelCtx = context.WithCancelCause(c.ctx)
+	s.ctx, s.cancelCtx = context.WithCancelCause(context.Background()) // canceled by closeWith too (cancelContexts)
 	c.streams[f.StreamID] = s
 	c.running++
 	c.mu.Unlock()
