@@ -6,7 +6,8 @@ package mux
 // the runtime's poller until its socket had bytes: one goroutine, its 2 KiB
 // stack and its g per idle connection. Instead, the socket is registered
 // (EPOLLONESHOT) in one epoll instance of the process, and one goroutine,
-// pollLoop, waits on it for every parked connection and starts the reader
+// pollLoop, waits on it for every parked connection (through the runtime's
+// poller, which watches the epoll descriptor itself) and starts the reader
 // of each connection whose socket became readable. pollLoop runs only
 // while a connection is parked: it ends within pollIdle of the last one
 // leaving.
@@ -17,6 +18,7 @@ package mux
 // heartbeat timer at the read deadline) starts its reader, once.
 
 import (
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -31,6 +33,12 @@ var poller struct {
 	epfd    int // 0: not made yet; -1: epoll unavailable
 	conns   map[int32]*Conn
 	running bool // pollLoop runs
+	// The epoll descriptor as a file of the runtime's poller, which
+	// tells pollLoop when it has events: pollLoop waits without blocking
+	// a thread in epoll_wait (a goroutine blocked in a system call keeps
+	// the runtime's monitor waking every 20 µs).
+	file *os.File
+	raw  syscall.RawConn
 }
 
 // parkPolled registers c's socket with the shared poller, which starts c's
@@ -42,12 +50,17 @@ func (c *Conn) parkPolled() bool {
 	poller.mu.Lock()
 	defer poller.mu.Unlock()
 	if poller.epfd == 0 {
-		fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-		if err != nil {
-			fd = -1
-		}
-		poller.epfd = fd
+		poller.epfd = -1
 		poller.conns = make(map[int32]*Conn)
+		if fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC); err == nil {
+			_ = syscall.SetNonblock(fd, true) // so that os.NewFile hands it to the runtime's poller
+			poller.file = os.NewFile(uintptr(fd), "tether-park-epoll")
+			if raw, err := poller.file.SyscallConn(); err == nil && poller.file.SetReadDeadline(time.Time{}) == nil {
+				poller.epfd, poller.raw = fd, raw
+			} else {
+				poller.file.Close()
+			}
+		}
 	}
 	if poller.epfd < 0 {
 		return false
@@ -83,7 +96,7 @@ func (c *Conn) parkPolled() bool {
 	c.parkState.Store(1)
 	if !poller.running {
 		poller.running = true
-		go pollLoop(poller.epfd)
+		go pollLoop()
 	}
 	return true
 }
@@ -110,13 +123,22 @@ func (c *Conn) unparkLocked(woke bool) bool {
 }
 
 // pollLoop waits for the sockets of parked connections and starts their
-// readers; it ends once no connection is parked.
-func pollLoop(epfd int) {
+// readers; it ends once no connection has been parked for pollIdle.
+func pollLoop() {
 	var evs [128]syscall.EpollEvent
-	for {
-		n, err := syscall.EpollWait(epfd, evs[:], int(pollIdle/time.Millisecond))
+	var n int
+	wait := func(fd uintptr) bool {
+		var err error
+		n, err = syscall.EpollWait(int(fd), evs[:], 0)
 		if err != nil {
-			n = 0 // EINTR; nothing else is expected, and the heartbeat timer wakes a reader at its deadline
+			n = 0 // EINTR; nothing else is expected
+		}
+		return n > 0 // else the runtime's poller waits for events
+	}
+	for {
+		_ = poller.file.SetReadDeadline(time.Now().Add(pollIdle))
+		if err := poller.raw.Read(wait); err != nil {
+			n = 0 // the deadline: see whether any connection is parked
 		}
 		poller.mu.Lock()
 		for _, ev := range evs[:n] {
