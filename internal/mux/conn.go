@@ -6,8 +6,10 @@ package mux
 //
 //   - the reader goroutine (reader.go), started by New: the only one that
 //     reads from the WebSocket. On an idle server connection it parks
-//     (park.go): a waiter goroutine on a small stack takes its place until
-//     bytes arrive. It runs the frame handlers (reader.go's
+//     (park.go) and ends: on Linux the process's shared poller
+//     (parkpoll_linux.go) starts a new one when bytes arrive, elsewhere a
+//     waiter goroutine on a small stack takes its place until they do.
+//     It runs the frame handlers (reader.go's
 //     handle, stream_handle.go, open.go's handleOpen, lifecycle.go's
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
@@ -16,7 +18,8 @@ package mux
 //     goroutines that write their own frames inline (writer.go's
 //     writeInline) take turns writing data messages to the WebSocket,
 //     one at a time (the write token, wbusy).
-//   - the heartbeat timer (heartbeat.go), a time.AfterFunc running ping.
+//   - the heartbeat timer (heartbeat.go), a time.AfterFunc running ping;
+//     it also starts a parked reader whose read deadline has passed.
 //   - the application's goroutines: callers of Open (open.go), Close,
 //     Shutdown and GoAway (lifecycle.go); a stream's sending goroutine
 //     (stream_send.go, stream_end.go) and receiving goroutine
