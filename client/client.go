@@ -117,12 +117,13 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	c.cfg.mux.Logger = c.cfg.logger
 	c.budget = newRetryBudget(c.cfg.budget)
 	c.dialer = websocket.Dialer{
-		Proxy:            http.ProxyFromEnvironment,
-		HandshakeTimeout: c.cfg.handshakeTimeout,
-		TLSClientConfig:  c.cfg.tlsConfig,
-		Subprotocols:     []string{tether.Subprotocol},
-		WriteBufferPool:  mux.WriteBufferPool,
-		WriteBufferSize:  mux.WriteBufferSize,
+		// No HandshakeTimeout: sub.dial's context carries the handshake
+		// timeout (a second one would cost a context and a timer per dial).
+		Proxy:           http.ProxyFromEnvironment,
+		TLSClientConfig: c.cfg.tlsConfig,
+		Subprotocols:    []string{tether.Subprotocol},
+		WriteBufferPool: mux.WriteBufferPool,
+		WriteBufferSize: mux.WriteBufferSize,
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)

@@ -264,7 +264,7 @@ func (c *sub) dial() (*mux.Conn, error) {
 		if c.cfg.dialer != nil {
 			conn, err = c.cfg.dialer(ctx, addr)
 		} else {
-			conn, err = new(net.Dialer).DialContext(ctx, network, addr)
+			conn, err = tcpDialer.DialContext(ctx, network, addr)
 		}
 		if err != nil {
 			return nil, err
@@ -314,6 +314,14 @@ func (c *sub) dial() (*mux.Conn, error) {
 	c.mu.Unlock()
 	return conn, nil
 }
+
+// tcpDialer opens the client's TCP connections (unless WithContextDialer
+// gave a dial function) without TCP keep-alive: the connection's heartbeats
+// (PING frames, and the read deadline they renew) already detect a dead
+// server and keep middleboxes' state alive, and turning keep-alive on costs
+// four system calls per connection (docs/BENCHMARKS.md, "Round 2:
+// connection set-up").
+var tcpDialer = net.Dialer{KeepAlive: -1}
 
 func (c *sub) markPermanent(p bool) {
 	c.mu.Lock()

@@ -6,8 +6,10 @@ package mux
 //
 //   - the reader goroutine (reader.go), started by New: the only one that
 //     reads from the WebSocket. On an idle server connection it parks
-//     (park.go): a waiter goroutine on a small stack takes its place until
-//     bytes arrive. It runs the frame handlers (reader.go's
+//     (park.go) and ends: on Linux the process's shared poller
+//     (parkpoll_linux.go) starts a new one when bytes arrive, elsewhere a
+//     waiter goroutine on a small stack takes its place until they do.
+//     It runs the frame handlers (reader.go's
 //     handle, stream_handle.go, open.go's handleOpen, lifecycle.go's
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
@@ -16,7 +18,8 @@ package mux
 //     goroutines that write their own frames inline (writer.go's
 //     writeInline) take turns writing data messages to the WebSocket,
 //     one at a time (the write token, wbusy).
-//   - the heartbeat timer (heartbeat.go), a time.AfterFunc running ping.
+//   - the heartbeat timer (heartbeat.go), a time.AfterFunc running ping;
+//     it also starts a parked reader whose read deadline has passed.
 //   - the application's goroutines: callers of Open (open.go), Close,
 //     Shutdown and GoAway (lifecycle.go); a stream's sending goroutine
 //     (stream_send.go, stream_end.go) and receiving goroutine
@@ -73,10 +76,7 @@ const (
 type Conn struct {
 	// Set by New, read-only afterwards: safe from any goroutine.
 	ws        *websocket.Conn
-	role      Role
 	cfg       Config
-	ctx       context.Context // canceled when the connection closes
-	cancel    context.CancelCauseFunc
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
 
@@ -95,8 +95,10 @@ type Conn struct {
 	running     int    // server: streams accepted and not finished
 	localGoAway bool
 	peerGoAway  bool
-	draining    chan struct{} // closed on GOAWAY (sent or received); a server's made by Draining
-	idle        chan struct{} // non-nil while someone waits for running == 0
+	draining    chan struct{}   // closed on GOAWAY (sent or received); a server's made by Draining
+	idle        chan struct{}   // non-nil while someone waits for running == 0
+	ctx         context.Context // made by Context on first use; canceled by closeWith
+	cancel      context.CancelCauseFunc
 
 	// The writer's queue (writer.go), guarded by wmu; any goroutine
 	// queues, the holder of the write token (wbusy) takes. spare is the
@@ -128,14 +130,19 @@ type Conn struct {
 	// The reader goroutine's own (reader.go), and its waiter's when it
 	// parks (park.go).
 	inMessage atomic.Bool   // reader is inside a WebSocket message
-	donated   bool          // reader: a stream kept a frame of the current buffer
+	parks     atomic.Uint32 // times the reader parked, for tests
+	parkState atomic.Uint32 // 1: parked in the shared poller (parkpoll_linux.go)
+	parkFD    int32         // the socket's descriptor, as the poller knows it
 	parkConn  *pooledConn   // set by New when the reader can park
-	lastMsg   time.Time     // when the last message arrived
-	quietGap  bool          // the last message came after a quiet spell
-	woke      bool          // the waiter woke with an error: read at once
+	lastMsg   int64         // when the last message arrived (Unix ns)
 	pingLimit tokenBucket   // PINGs received (limits.go)
 	idleLimit tokenBucket   // frames without application data received (limits.go)
-	parks     atomic.Uint32 // times the reader parked, for tests
+	donated   bool          // reader: a stream kept a frame of the current buffer
+	quietGap  bool          // the last message came after a quiet spell
+	woke      bool          // the waiter woke with an error: read at once
+	parkReg   bool          // the socket is registered with the poller
+
+	role Role // set by New, read-only afterwards
 
 	// Counters, updated atomically from any goroutine.
 	bytesIn, bytesOut atomic.Uint64
@@ -155,7 +162,6 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 		wnotify: make(chan struct{}, 1),
 		closed:  make(chan struct{}),
 	}
-	c.ctx, c.cancel = context.WithCancelCause(context.Background())
 	if role == RoleClient {
 		// A client's Open waits on it; a server's is made on demand
 		// (Draining).
@@ -186,9 +192,9 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	// The heartbeat timer is armed only once c.pingTimer is set: ping reads
 	// the field (to re-arm it), and Reset orders this write before the
 	// timer's first run.
+	c.parkConn = parker(ws.NetConn()) // before the timer: ping reads it
 	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
 	c.armPing()
-	c.parkConn = parker(ws.NetConn())
 	go c.readLoop()
 	return c
 }
@@ -223,8 +229,26 @@ func (c *Conn) Err() error {
 	}
 }
 
-// Context is canceled when the connection closes.
-func (c *Conn) Context() context.Context { return c.ctx }
+// Context is canceled when the connection closes, with the connection's
+// error as its cause.
+//
+// It is made on first use: an idle connection holds no context, and the
+// streams' contexts are not its children (closeWith cancels them itself),
+// so that it keeps no map of children either.
+func (c *Conn) Context() context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx == nil {
+		c.ctx, c.cancel = context.WithCancelCause(context.Background())
+		if c.isClosed() {
+			c.cancel(c.err)
+		}
+	}
+	return c.ctx
+}
+
+// NetConn is the network connection under the WebSocket.
+func (c *Conn) NetConn() net.Conn { return c.ws.NetConn() }
 
 // RemoteAddr is the peer's network address.
 func (c *Conn) RemoteAddr() string { return c.ws.RemoteAddr().String() }

@@ -62,12 +62,18 @@ func (c *Conn) ping() {
 	default:
 	}
 	now := time.Now()
+	if c.parkConn != nil && now.UnixNano() >= c.readDeadline() && c.unpark(true) {
+		// A reader parked in the shared poller has no read of its own
+		// to time out: its new goroutine reads at once and meets the
+		// passed deadline, as a blocked reader would.
+		return
+	}
 	check := c.pingCheck()
 	if next := min(c.lastSent.Load(), c.lastRecv.Load()) + int64(check); next > now.UnixNano() {
 		// Messages went both ways within the interval: no PING needed
 		// until they are an interval old.
 		c.pingDue.Store(next)
-		c.pingTimer.Reset(time.Duration(next - now.UnixNano()))
+		c.pingTimer.Reset(c.untilDeadline(now, time.Duration(next-now.UnixNano())))
 		return
 	}
 	if due := c.pingDue.Load(); due != 0 {
@@ -115,8 +121,28 @@ func (c *Conn) pingCheck() time.Duration {
 // is due, for the lateness statistics.
 func (c *Conn) armPing() {
 	d := c.pingCheck()
-	c.pingDue.Store(time.Now().Add(d).UnixNano())
-	c.pingTimer.Reset(d)
+	now := time.Now()
+	c.pingDue.Store(now.Add(d).UnixNano())
+	c.pingTimer.Reset(c.untilDeadline(now, d))
+}
+
+// readDeadline is the read deadline touch last set (Unix ns).
+func (c *Conn) readDeadline() int64 {
+	return c.lastRecv.Load() + int64(c.cfg.PingInterval+c.cfg.PingTimeout)
+}
+
+// untilDeadline shortens the heartbeat timer's delay d so that, on a
+// connection whose reader can park, the timer runs at the read deadline
+// (ping then starts a parked reader). Touched since, the deadline has
+// moved, and ping re-arms the timer.
+func (c *Conn) untilDeadline(now time.Time, d time.Duration) time.Duration {
+	if c.parkConn == nil || c.lastRecv.Load() == 0 {
+		return d
+	}
+	if until := time.Duration(c.readDeadline() - now.UnixNano()); until > 0 && until < d {
+		return until
+	}
+	return d
 }
 
 // pongReceived records the round trip of a PING this side sent, from the

@@ -8,10 +8,11 @@ package mux
 // the reader on a read or protocol error, the writer on a write error or
 // at the end of a graceful close, a writeUrgent caller on queue overflow),
 // with neither of the connection's locks nor a stream's mu held. It
-// closes closed, cancels ctx, stops the heartbeat, sends the close frame
-// (WriteControl), empties the stream table under mu and then terminates
-// each stream (its mu, then mu again through remove). Other callers of
-// closeWith block until the first has returned.
+// closes closed, cancels the contexts (cancelContexts, under mu), stops
+// the heartbeat, sends the close frame (WriteControl), empties the stream
+// table under mu and then terminates each stream (its mu, then mu again
+// through remove). Other callers of closeWith block until the first has
+// returned.
 //
 // After a close frame the socket lingers (linger): the reader goroutine
 // discards what still arrives (drain, discard) until the peer's close
@@ -157,7 +158,7 @@ func (c *Conn) closeWith(err error, code int, text string) {
 	c.closeOnce.Do(func() {
 		c.err = err
 		close(c.closed)
-		c.cancel(err)
+		c.cancelContexts(err)
 		c.pingTimer.Stop()
 		switch code {
 		case 0:
@@ -168,6 +169,10 @@ func (c *Conn) closeWith(err error, code int, text string) {
 			writeClose(c.ws, code, text, 250*time.Millisecond)
 			c.linger()
 		}
+		// A reader parked in the shared poller would not see the socket
+		// close (it leaves the poller's set when closed): start it, to
+		// drain and close as a blocked reader would.
+		c.unpark(true)
 		c.mu.Lock()
 		streams := c.streams
 		c.streams = map[uint32]*Stream{}
@@ -186,6 +191,36 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		}
 		c.cfg.Logger.Debug("tether connection closed", "peer", c.ws.RemoteAddr().String(), "err", err)
 	})
+}
+
+// cancelContexts cancels the connection's context, if it was made, and the
+// context of every stream in the table, with err as their cause, at once
+// (the streams are terminated after the close frame). A server stream's
+// context is not a child of the connection's: a child would leave the
+// connection's context a map of children, kept for the connection's life
+// after the first call. handleOpen adds a stream only while c.closed is
+// open, under mu, so none escapes.
+func (c *Conn) cancelContexts(err error) {
+	c.mu.Lock()
+	if c.cancel != nil {
+		c.cancel(err)
+	}
+	streams := make([]*Stream, 0, len(c.streams))
+	for _, s := range c.streams {
+		streams = append(streams, s)
+	}
+	c.mu.Unlock()
+	// A stream's context is made lazily under its own mu (Stream.Context),
+	// which is taken before mu elsewhere (remove): each alone. A context
+	// made after this is canceled by terminate, which closeWith calls next.
+	for _, s := range streams {
+		s.mu.Lock()
+		cancel := s.cancelCtx
+		s.mu.Unlock()
+		if cancel != nil {
+			cancel(err)
+		}
+	}
 }
 
 // closeSent, as closeWith's code, says that gorilla/websocket has already

@@ -218,7 +218,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	if s.resumable {
 		s.sendNotify = make(chan struct{}, 1) // read without mu by resume.go
 	}
-	s.reqMD = md // the stream's context is made when first asked for (Stream.Context)
+	s.reqMD = md // the stream's context is made when first asked for (Stream.Context); closeWith cancels it (cancelContexts)
 	c.streams[f.StreamID] = s
 	c.running++
 	c.mu.Unlock()

@@ -7,15 +7,24 @@ package mux
 // connection's reader, blocked in its read, would hold a grown stack for as
 // long as the connection stays idle. Instead, a reader that finds nothing
 // to read after a quiet spell (the message it just handled came parkAfter
-// or more after the one before) parks: it starts a waiter goroutine and
-// ends. The waiter, on a fresh small stack, waits for the socket to become
-// readable holding no buffer (pooledConn.waitReadable, under the same read
-// deadline the reader would have had) and then runs the reader loop itself.
+// or more after the one before) parks and ends. On Linux its socket joins
+// the process's shared poller (parkpoll_linux.go): no goroutine at all
+// while it is parked; when the socket is readable the poller starts a new
+// reader goroutine (unparked), on a fresh small stack; closeWith starts it
+// when the connection closes, and the heartbeat timer when the read
+// deadline passes (heartbeat.go), so that a parked reader meets the same
+// deadline and close as a blocked one. Elsewhere, or if the poller cannot
+// take the socket, the reader starts a waiter goroutine instead, which on a
+// fresh small stack waits for the socket to become readable holding no
+// buffer (pooledConn.waitReadable, under the same read deadline the reader
+// would have had) and then runs the reader loop itself.
 // Only server connections upgraded through HijackPooled park (the reader
 // must see that the WebSocket's read buffer is empty: parker).
 //
 // All of it runs on the reader goroutine or its waiter, one after the
-// other: the fields (lastMsg, quietGap, woke) are theirs.
+// other: the fields (lastMsg, quietGap, woke, parkFD, parkReg) are theirs
+// (the poller's mutex orders a parked reader before the one it starts);
+// parkState is atomic.
 
 import "time"
 
@@ -32,8 +41,27 @@ func (c *Conn) shouldPark() bool {
 
 // noteMessage records the arrival of a message at now.
 func (c *Conn) noteMessage(now time.Time) {
-	c.quietGap = c.lastMsg.IsZero() || now.Sub(c.lastMsg) >= parkAfter
-	c.lastMsg = now
+	t := now.UnixNano()
+	c.quietGap = c.lastMsg == 0 || time.Duration(t-c.lastMsg) >= parkAfter
+	c.lastMsg = t
+}
+
+// park parks the reader, which returns afterwards: in the shared poller
+// where there is one (parkpoll_linux.go: no goroutine while parked), else
+// on a waiter goroutine.
+func (c *Conn) park() {
+	c.parks.Add(1)
+	if !c.parkPolled() {
+		go c.parked()
+	}
+}
+
+// unparked runs the reader loop of a connection the shared poller held,
+// on a new goroutine started by unpark.
+func (c *Conn) unparked(woke bool) {
+	c.woke = woke
+	c.quietGap = false // read a message before parking again
+	c.readLoop()
 }
 
 // parked is the waiter: it waits until the socket is readable, then runs
@@ -41,7 +69,6 @@ func (c *Conn) noteMessage(now time.Time) {
 // the socket closed), the reader reads at once, without renewing the
 // deadline or parking, and meets the same error.
 func (c *Conn) parked() {
-	c.parks.Add(1)
 	if err := c.parkConn.waitReadable(); err != nil {
 		c.woke = true
 	}

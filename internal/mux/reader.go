@@ -53,7 +53,7 @@ func (c *Conn) readLoop() {
 			c.touch()
 			if c.shouldPark() {
 				parked = true
-				go c.parked()
+				c.park()
 				return
 			}
 		}

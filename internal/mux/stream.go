@@ -137,12 +137,15 @@ func (s *Stream) Context() context.Context {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx == nil {
+		// Not a child of the connection's context (which an idle
+		// connection does not keep): closeWith cancels it
+		// (cancelContexts), and terminate does, with the stream's cause.
 		if s.ctxCause != nil {
-			ctx, cancel := context.WithCancelCause(context.WithoutCancel(s.c.ctx))
+			ctx, cancel := context.WithCancelCause(context.Background())
 			cancel(s.ctxCause)
 			s.ctx = ctx
 		} else {
-			s.ctx, s.cancelCtx = context.WithCancelCause(s.c.ctx)
+			s.ctx, s.cancelCtx = context.WithCancelCause(context.Background())
 		}
 	}
 	return s.ctx

@@ -1,0 +1,156 @@
+package mux
+
+// The shared poller of parked readers (Linux).
+//
+// A parked reader used to hand its place to a waiter goroutine blocked in
+// the runtime's poller until its socket had bytes: one goroutine, its 2 KiB
+// stack and its g per idle connection. Instead, the socket is registered
+// (EPOLLONESHOT) in one epoll instance of the process, and one goroutine,
+// pollLoop, waits on it for every parked connection (through the runtime's
+// poller, which watches the epoll descriptor itself) and starts the reader
+// of each connection whose socket became readable. pollLoop runs only
+// while a connection is parked: it ends within pollIdle of the last one
+// leaving.
+//
+// The poller's state (epfd, conns, running) is guarded by its mu. A parked
+// connection is in conns, keyed by its file descriptor, with parkState 1;
+// whoever moves parkState from 1 to 0 (unpark: pollLoop, closeWith, the
+// heartbeat timer at the read deadline) starts its reader, once.
+
+import (
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// pollIdle is how long pollLoop waits for events before it checks whether
+// any connection is still parked.
+const pollIdle = 100 * time.Millisecond
+
+var poller struct {
+	mu      sync.Mutex
+	epfd    int // 0: not made yet; -1: epoll unavailable
+	conns   map[int32]*Conn
+	running bool // pollLoop runs
+	// The epoll descriptor as a file of the runtime's poller, which
+	// tells pollLoop when it has events: pollLoop waits without blocking
+	// a thread in epoll_wait (a goroutine blocked in a system call keeps
+	// the runtime's monitor waking every 20 µs).
+	file *os.File
+	raw  syscall.RawConn
+}
+
+// parkPolled registers c's socket with the shared poller, which starts c's
+// reader when the socket is readable. It reports false if it could not (the
+// caller then parks the reader on a waiter goroutine). Reader goroutine
+// only.
+func (c *Conn) parkPolled() bool {
+	pc := c.parkConn
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	if poller.epfd == 0 {
+		poller.epfd = -1
+		poller.conns = make(map[int32]*Conn)
+		if fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC); err == nil {
+			_ = syscall.SetNonblock(fd, true) // so that os.NewFile hands it to the runtime's poller
+			poller.file = os.NewFile(uintptr(fd), "tether-park-epoll")
+			if raw, err := poller.file.SyscallConn(); err == nil && poller.file.SetReadDeadline(time.Time{}) == nil {
+				poller.epfd, poller.raw = fd, raw
+			} else {
+				poller.file.Close()
+			}
+		}
+	}
+	if poller.epfd < 0 {
+		return false
+	}
+	// Registered under mu: the reader that pollLoop starts (after taking
+	// mu) sees everything this reader wrote before parking.
+	var cerr error
+	err := pc.raw.Control(func(fd uintptr) {
+		c.parkFD = int32(fd)
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(fd)}
+		op := syscall.EPOLL_CTL_ADD
+		if c.parkReg {
+			op = syscall.EPOLL_CTL_MOD
+		}
+		cerr = syscall.EpollCtl(poller.epfd, op, int(fd), &ev)
+		switch {
+		case cerr == syscall.EEXIST:
+			cerr = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+		case cerr == syscall.ENOENT:
+			cerr = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+		}
+	})
+	if err != nil || cerr != nil {
+		return false
+	}
+	c.parkReg = true
+	if c.isClosed() {
+		// closeWith got here first (it unparks under mu): it found
+		// nothing to wake. The waiter meets the close or the linger.
+		return false
+	}
+	poller.conns[c.parkFD] = c
+	c.parkState.Store(1)
+	if !poller.running {
+		poller.running = true
+		go pollLoop()
+	}
+	return true
+}
+
+// unpark starts the reader of c if it is parked in the poller, and reports
+// whether it did; woke makes the reader read at once, without renewing the
+// read deadline or parking (the connection closed, or the deadline
+// passed). Any goroutine.
+func (c *Conn) unpark(woke bool) bool {
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	return c.unparkLocked(woke)
+}
+
+func (c *Conn) unparkLocked(woke bool) bool {
+	if !c.parkState.CompareAndSwap(1, 0) {
+		return false
+	}
+	if poller.conns[c.parkFD] == c {
+		delete(poller.conns, c.parkFD)
+	}
+	go c.unparked(woke)
+	return true
+}
+
+// pollLoop waits for the sockets of parked connections and starts their
+// readers; it ends once no connection has been parked for pollIdle.
+func pollLoop() {
+	var evs [128]syscall.EpollEvent
+	var n int
+	wait := func(fd uintptr) bool {
+		var err error
+		n, err = syscall.EpollWait(int(fd), evs[:], 0)
+		if err != nil {
+			n = 0 // EINTR; nothing else is expected
+		}
+		return n > 0 // else the runtime's poller waits for events
+	}
+	for {
+		_ = poller.file.SetReadDeadline(time.Now().Add(pollIdle))
+		if err := poller.raw.Read(wait); err != nil {
+			n = 0 // the deadline: see whether any connection is parked
+		}
+		poller.mu.Lock()
+		for _, ev := range evs[:n] {
+			if c := poller.conns[ev.Fd]; c != nil {
+				c.unparkLocked(false)
+			}
+		}
+		if n == 0 && len(poller.conns) == 0 {
+			poller.running = false
+			poller.mu.Unlock()
+			return
+		}
+		poller.mu.Unlock()
+	}
+}

@@ -1,0 +1,78 @@
+package mux
+
+import (
+	"context"
+	"errors"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+)
+
+// readerGoroutines counts the goroutines running a connection's reader
+// loop or a parked reader's waiter.
+func readerGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "mux.(*Conn).readLoop") || strings.Contains(g, "mux.(*Conn).parked") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestParkedReaderHoldsNoGoroutine: on Linux an idle server connection's
+// parked reader waits in the shared poller, with no goroutine of its own
+// (it used to keep a waiter goroutine and its stack), and the poller starts
+// it again for the next call, for heartbeats, and when the connection
+// closes.
+func TestParkedReaderHoldsNoGoroutine(t *testing.T) {
+	scfg := Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
+	}
+	url, conns := parkingServer(t, scfg)
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
+	sc := <-conns
+	defer func() {
+		cc.Close()
+		<-cc.Done()
+	}()
+	call := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("x"), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
+			t.Fatalf("call ended with %v, want io.EOF", err)
+		}
+	}
+	for i := range 3 {
+		// A reader parks after a message that came after a quiet spell
+		// (parkAfter): a busy connection's does not.
+		time.Sleep(2 * parkAfter)
+		call()
+		waitFor(t, 10*time.Second, "the server reader to park", func() bool { return sc.parks.Load() > uint32(i) && sc.parkState.Load() == 1 })
+		// The client's reader only.
+		waitFor(t, 10*time.Second, "the parked reader to hold no goroutine", func() bool { return readerGoroutines() == 1 })
+	}
+	// Closed while parked: the server's reader runs again, to drain the
+	// close and end (the client's ends on the close frame).
+	sc.Close()
+	waitFor(t, 10*time.Second, "the parked reader to end with its connection", func() bool { return readerGoroutines() == 0 && sc.parkState.Load() == 0 })
+}

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package mux
+
+// parkPolled reports false: without epoll, a parked reader waits on a
+// waiter goroutine (park.go).
+func (c *Conn) parkPolled() bool { return false }
+
+// unpark reports false: no reader is parked in a poller here.
+func (c *Conn) unpark(bool) bool { return false }
