@@ -82,9 +82,9 @@ type Conn struct {
 
 	// Heartbeat clocks (heartbeat.go), atomic: written by their owners,
 	// read by the heartbeat timer.
-	pingDue  atomic.Int64 // when the next check is due (Unix ns), for Heartbeats: ping
-	lastSent atomic.Int64 // when a message was last written (Unix ns): writeBatch
-	lastRecv atomic.Int64 // when the read deadline was last renewed (Unix ns): touch
+	pingDue  atomic.Int64 // when the next check is due (nanotime), for Heartbeats: ping
+	lastSent atomic.Int64 // when a message was last written (nanotime): writeBatch
+	lastRecv atomic.Int64 // when the read deadline was last renewed (nanotime): touch
 
 	// The stream table and the drain state (this file, open.go,
 	// lifecycle.go), guarded by mu; any goroutine.

@@ -43,7 +43,7 @@ func (c *Conn) touch() {
 		return
 	}
 	now := time.Now()
-	c.lastRecv.Store(now.UnixNano())
+	c.lastRecv.Store(nanotime(now))
 	c.setReadDeadline(now.Add(c.cfg.PingInterval + c.cfg.PingTimeout))
 }
 
@@ -62,22 +62,26 @@ func (c *Conn) ping() {
 	default:
 	}
 	now := time.Now()
-	if c.parkConn != nil && now.UnixNano() >= c.readDeadline() && c.unpark(true) {
+	if c.parkConn != nil && nanotime(now) >= c.readDeadline() && c.unpark(true) {
 		// A reader parked in the shared poller has no read of its own
 		// to time out: its new goroutine reads at once and meets the
-		// passed deadline, as a blocked reader would.
+		// passed deadline, as a blocked reader would. Its read may
+		// still succeed (the socket's deadline is a few µs later, or
+		// data came in the meantime): the timer stays armed, or a
+		// reader that parks again would have no heartbeat.
+		c.armPing()
 		return
 	}
 	check := c.pingCheck()
-	if next := min(c.lastSent.Load(), c.lastRecv.Load()) + int64(check); next > now.UnixNano() {
+	if next := min(c.lastSent.Load(), c.lastRecv.Load()) + int64(check); next > nanotime(now) {
 		// Messages went both ways within the interval: no PING needed
 		// until they are an interval old.
 		c.pingDue.Store(next)
-		c.pingTimer.Reset(c.untilDeadline(now, time.Duration(next-now.UnixNano())))
+		c.pingTimer.Reset(c.untilDeadline(now, time.Duration(next-nanotime(now))))
 		return
 	}
 	if due := c.pingDue.Load(); due != 0 {
-		heartbeats.pingLate.add(now.UnixNano() - due)
+		heartbeats.pingLate.add(nanotime(now) - due)
 	}
 	heartbeats.pings.Add(1)
 	var p [frame.PingPayloadSize]byte
@@ -107,6 +111,16 @@ func (c *Conn) writeHeartbeat(fromReader bool, fn func([]byte) []byte) {
 	c.writeUrgent(fn)
 }
 
+// clockBase is the origin of the connection's clock readings (lastSent,
+// lastRecv, pingDue): nanoseconds since it on the monotonic clock, so that
+// a step of the wall clock (NTP, a resumed VM) neither hurries nor delays
+// a heartbeat or a parked reader's deadline.
+var clockBase = time.Now()
+
+// nanotime is t (a time.Now reading, or one derived with Add) on the
+// connection clock.
+func nanotime(t time.Time) int64 { return int64(t.Sub(clockBase)) }
+
 // pingCheck is how long the connection may go without messages both ways
 // before a PING is sent: a client's 7/8 of its PingInterval, a server's the
 // whole interval (see the file comment).
@@ -122,11 +136,11 @@ func (c *Conn) pingCheck() time.Duration {
 func (c *Conn) armPing() {
 	d := c.pingCheck()
 	now := time.Now()
-	c.pingDue.Store(now.Add(d).UnixNano())
+	c.pingDue.Store(nanotime(now.Add(d)))
 	c.pingTimer.Reset(c.untilDeadline(now, d))
 }
 
-// readDeadline is the read deadline touch last set (Unix ns).
+// readDeadline is the read deadline touch last set (nanotime).
 func (c *Conn) readDeadline() int64 {
 	return c.lastRecv.Load() + int64(c.cfg.PingInterval+c.cfg.PingTimeout)
 }
@@ -139,7 +153,7 @@ func (c *Conn) untilDeadline(now time.Time, d time.Duration) time.Duration {
 	if c.parkConn == nil || c.lastRecv.Load() == 0 {
 		return d
 	}
-	if until := time.Duration(c.readDeadline() - now.UnixNano()); until > 0 && until < d {
+	if until := time.Duration(c.readDeadline() - nanotime(now)); until > 0 && until < d {
 		return until
 	}
 	return d

@@ -129,3 +129,30 @@ func TestParkedReaderReadDeadline(t *testing.T) {
 		t.Fatalf("closed with %v, want a read timeout", err)
 	}
 }
+
+// A PING that starts a parked reader whose read then succeeds (data came
+// before the socket's deadline, which ping saw as passed a little early)
+// leaves the heartbeat armed: the reader parks again, the peer goes silent,
+// and the connection still closes at the next deadline.
+func TestParkedReaderHeartbeatRearmed(t *testing.T) {
+	scfg := Config{PingInterval: 50 * time.Millisecond, PingTimeout: 400 * time.Millisecond,
+		Accept: func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) }}
+	url, conns := parkingServer(t, scfg)
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	sc := <-conns
+	writeFrames(t, ws)
+	waitFor(t, 10*time.Second, "park", func() bool { return sc.parkState.Load() == 1 })
+	sc.lastRecv.Store(sc.lastRecv.Load() - int64(time.Hour)) // ping sees the deadline passed before the socket does
+	waitFor(t, 10*time.Second, "ping to unpark", func() bool { return sc.parkState.Load() == 0 })
+	writeFrames(t, ws) // before the socket's deadline: the woken read succeeds
+	waitFor(t, 10*time.Second, "park again", func() bool { return sc.parks.Load() >= 2 && sc.parkState.Load() == 1 })
+	select { // a silent peer from now on: closed within about 450 ms
+	case <-sc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parked connection of a silent peer never closed: heartbeat timer not re-armed after ping's unpark")
+	}
+}

@@ -125,8 +125,8 @@ func (s *Stream) Owner() any { return s.owner }
 // Context is canceled when the stream ends for any reason, with the reason
 // as its cause (server streams; nil on a client). It is made when first
 // asked for: a handler that never uses its context costs no context. A
-// stream that has ended by then gets a context canceled with the cause it
-// ended with, carrying the connection's values.
+// stream that has ended by then, or whose connection is closing, gets a
+// context canceled with the cause it ended with (the connection's error).
 //
 // s.mu is held while the context is made: the context package's own locks
 // come after it, and never call back into the stream.
@@ -140,11 +140,18 @@ func (s *Stream) Context() context.Context {
 		// Not a child of the connection's context (which an idle
 		// connection does not keep): closeWith cancels it
 		// (cancelContexts), and terminate does, with the stream's cause.
-		if s.ctxCause != nil {
+		switch {
+		case s.ctxCause != nil:
 			ctx, cancel := context.WithCancelCause(context.Background())
 			cancel(s.ctxCause)
 			s.ctx = ctx
-		} else {
+		case s.c.isClosed():
+			// Closing: cancelContexts may have passed this stream
+			// already, and terminate has not reached it yet.
+			ctx, cancel := context.WithCancelCause(context.Background())
+			cancel(s.c.err)
+			s.ctx = ctx
+		default:
 			s.ctx, s.cancelCtx = context.WithCancelCause(context.Background())
 		}
 	}

@@ -339,7 +339,7 @@ func (c *Conn) writeBatch(buf []byte) error {
 			return err
 		}
 		c.bytesOut.Add(uint64(n))
-		c.lastSent.Store(begin.UnixNano())
+		c.lastSent.Store(nanotime(begin))
 		buf = buf[n:]
 	}
 	return nil
