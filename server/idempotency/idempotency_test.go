@@ -21,10 +21,17 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func setup(t *testing.T, i *Interceptor, h ledgerv1.LedgerServiceHandler) ledgerv1.LedgerServiceClient {
 	t.Helper()
-	srv := server.New(server.WithInterceptors(i))
+	return serve(t, h, []server.Option{server.WithInterceptors(i)})
+}
+
+// serve serves h on a test server with sopts and returns a client of it
+// with copts; both are closed when the test ends.
+func serve(t *testing.T, h ledgerv1.LedgerServiceHandler, sopts []server.Option, copts ...client.Option) ledgerv1.LedgerServiceClient {
+	t.Helper()
+	srv := server.New(sopts...)
 	ledgerv1.RegisterLedgerServiceHandler(srv, h)
 	hs := httptest.NewServer(srv)
-	c, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
+	c, err := client.New("ws"+strings.TrimPrefix(hs.URL, "http"), copts...)
 	if err != nil {
 		t.Fatal(err)
 	}

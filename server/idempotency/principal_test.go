@@ -3,7 +3,6 @@ package idempotency
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -38,19 +37,8 @@ func setupAs(t *testing.T, i *Interceptor, h ledgerv1.LedgerServiceHandler, name
 	auth := func(r *http.Request) (server.Identity, error) {
 		return server.Identity{Principal: mk(r.Header.Get("X-User"))}, nil
 	}
-	srv := server.New(server.WithInterceptors(i), server.WithAuthenticator(auth))
-	ledgerv1.RegisterLedgerServiceHandler(srv, h)
-	hs := httptest.NewServer(srv)
-	c, err := client.New("ws"+strings.TrimPrefix(hs.URL, "http"), client.WithHandshakeHeader(http.Header{"X-User": {name}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		srv.Close()
-		hs.Close()
-	})
-	return ledgerv1.NewLedgerServiceClient(c)
+	return serve(t, h, []server.Option{server.WithInterceptors(i), server.WithAuthenticator(auth)},
+		client.WithHandshakeHeader(http.Header{"X-User": {name}}))
 }
 
 // A pointer principal scopes by value: the same user on two servers that

@@ -2,16 +2,12 @@ package idempotency
 
 import (
 	"context"
-	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tetherrpc/tether"
-	"github.com/tetherrpc/tether/client"
-	ledgerv1 "github.com/tetherrpc/tether/gen/example/ledger/v1"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -40,19 +36,7 @@ func TestFullRefusalRetriedTransparently(t *testing.T) {
 					return res, err
 				}
 			})
-			srv := server.New(server.WithInterceptors(count, mk()))
-			ledgerv1.RegisterLedgerServiceHandler(srv, g)
-			hs := httptest.NewServer(srv)
-			c, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				c.Close()
-				srv.Close()
-				hs.Close()
-			})
-			lc := ledgerv1.NewLedgerServiceClient(c)
+			lc := serve(t, g, []server.Option{server.WithInterceptors(count, mk())})
 			first := goCredit(lc, "slow", "one")
 			waitFor(t, "the first call to run", func() bool { return g.runsOf("one") == 1 })
 			second := goCredit(lc, "a", "two") // WithoutRetries

@@ -2,9 +2,7 @@ package idempotency
 
 import (
 	"context"
-	"net/http/httptest"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -28,15 +26,7 @@ func TestOuterInterceptorHeadersNotReplayed(t *testing.T) {
 			return next(ctx, req)
 		}
 	})
-	srv := server.New(server.WithInterceptors(reqID, New()))
-	ledgerv1.RegisterLedgerServiceHandler(srv, &ledger.Handler{Book: ledger.NewBook()})
-	hs := httptest.NewServer(srv)
-	c, err := client.New("ws" + strings.TrimPrefix(hs.URL, "http"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); srv.Close(); hs.Close() })
-	lc := ledgerv1.NewLedgerServiceClient(c)
+	lc := serve(t, &ledger.Handler{Book: ledger.NewBook()}, []server.Option{server.WithInterceptors(reqID, New())})
 	var got []string
 	for range 2 {
 		var hdr tether.Metadata
