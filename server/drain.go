@@ -44,20 +44,7 @@ func (s *Server) beginDrain() {
 // first, the remaining connections are closed and ctx's error returned.
 // The server's http.Server, if any, is shut down separately.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.beginDrain()
-	if s.resume != nil {
-		// Streams waiting for a client to come back end now; streams
-		// attached to a connection run on as that connection drains.
-		s.resume.close(notResumed("server is shutting down"))
-	}
-	s.mu.Lock()
-	s.draining = true
-	s.drainCtx = ctx
-	conns := make([]*mux.Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.startDrain(ctx, "server is shutting down")
 	var wg sync.WaitGroup
 	errs := make(chan error, len(conns))
 	for _, c := range conns {
@@ -81,18 +68,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // unavailable and their handlers' contexts are canceled. It waits for the
 // connections' goroutines to end.
 func (s *Server) Close() error {
-	s.beginDrain()
-	if s.resume != nil {
-		s.resume.close(notResumed("server closed"))
-	}
-	s.mu.Lock()
-	s.draining = true
-	s.drainCtx = closedCtx
-	conns := make([]*mux.Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.startDrain(closedCtx, "server closed")
 	for _, c := range conns {
 		c.CloseGoingAway()
 	}
@@ -139,4 +115,24 @@ func (s *Server) ageOut(conn *mux.Conn) {
 func jitter(d time.Duration) time.Duration {
 	f := 1 + MaxConnectionAgeJitter*(2*rand.Float64()-1)
 	return time.Duration(float64(d) * f)
+}
+
+// startDrain begins draining (Shutdown with ctx, Close with closedCtx):
+// the OnDrain functions run, resumable streams waiting for their client end
+// with why (streams attached to a connection run on as it drains), new
+// connections are refused, and the open ones are returned.
+func (s *Server) startDrain(ctx context.Context, why string) []*mux.Conn {
+	s.beginDrain()
+	if s.resume != nil {
+		s.resume.close(notResumed("%s", why))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	s.drainCtx = ctx
+	conns := make([]*mux.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
 }
