@@ -104,11 +104,14 @@ func TestStoreDeadOwnerLeaseExpires(t *testing.T) {
 func TestStoreLeaseRenewedWhileRunning(t *testing.T) {
 	store := NewMemoryStore(0)
 	g := newGated()
-	lc := setup(t, New(WithStore(store), WithLease(300*time.Millisecond)), g)
+	// Renewed every third of a lease: a lease of 1 s leaves the renewal
+	// 667 ms of scheduling delay on a loaded machine before it expires
+	// (300 ms, with 200 ms of slack, failed once under -race and load).
+	lc := setup(t, New(WithStore(store), WithLease(time.Second)), g)
 	first := goCredit(lc, "slow", "long")
 	waitFor(t, "the first call to run", func() bool { return g.runsOf("long") == 1 })
 	repeat := goCredit(lc, "slow", "long")
-	time.Sleep(1500 * time.Millisecond) // five leases
+	time.Sleep(2500 * time.Millisecond) // two and a half leases
 	close(g.release)
 	for _, c := range []<-chan creditResult{first, repeat} {
 		if r := <-c; r.err != nil || r.res.GetBalance() != 1 {
