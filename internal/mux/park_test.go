@@ -37,6 +37,32 @@ func parkingServer(t *testing.T, scfg Config) (string, chan *Conn) {
 	return "ws" + strings.TrimPrefix(hs.URL, "http"), conns
 }
 
+// dialParking dials a parkingServer built from scfg with a raw WebSocket
+// and returns it with the server's Conn.
+func dialParking(t *testing.T, scfg Config) (*websocket.Conn, *Conn) {
+	t.Helper()
+	url, conns := parkingServer(t, scfg)
+	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ws, <-conns
+}
+
+// callEOF makes one call on cc, which the server ends with an empty END.
+func callEOF(t *testing.T, cc *Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("x"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
+		t.Fatalf("call ended with %v, want io.EOF", err)
+	}
+}
+
 type hijacker struct{ http.ResponseWriter }
 
 func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -54,36 +80,19 @@ func TestIdleServerReaderParks(t *testing.T) {
 		PingTimeout:  5 * time.Second,
 		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
 	}
-	url, conns := parkingServer(t, scfg)
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ws, sc := dialParking(t, scfg)
 	cc := New(ws, RoleClient, Config{PingInterval: 150 * time.Millisecond, PingTimeout: 5 * time.Second})
-	sc := <-conns
 	t.Cleanup(func() {
 		cc.Close()
 		sc.Close()
 		<-cc.Done()
 		<-sc.Done()
 	})
-	call := func() {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("x"), true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
-			t.Fatalf("call ended with %v, want io.EOF", err)
-		}
-	}
-	call()
+	callEOF(t, cc)
 	waitFor(t, 10*time.Second, "the idle server reader never parked", func() bool { return sc.parks.Load() > 0 })
 	for range 3 {
 		parks := sc.parks.Load()
-		call()
+		callEOF(t, cc)
 		// Heartbeats wake the parked reader, which parks again.
 		waitFor(t, 10*time.Second, "the reader did not park again", func() bool { return sc.parks.Load() > parks+1 })
 	}
@@ -109,13 +118,8 @@ func TestParkedReaderReadDeadline(t *testing.T) {
 		PingTimeout:  100 * time.Millisecond,
 		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
 	}
-	url, conns := parkingServer(t, scfg)
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ws, sc := dialParking(t, scfg)
 	defer ws.Close()
-	sc := <-conns
 	// One message, then silence: the peer answers nothing, not even PINGs.
 	writeFrames(t, ws)
 	waitFor(t, 10*time.Second, "the reader never parked", func() bool { return sc.parks.Load() > 0 || sc.isClosed() })
@@ -137,13 +141,8 @@ func TestParkedReaderReadDeadline(t *testing.T) {
 func TestParkedReaderHeartbeatRearmed(t *testing.T) {
 	scfg := Config{PingInterval: 50 * time.Millisecond, PingTimeout: 400 * time.Millisecond,
 		Accept: func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) }}
-	url, conns := parkingServer(t, scfg)
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ws, sc := dialParking(t, scfg)
 	defer ws.Close()
-	sc := <-conns
 	writeFrames(t, ws)
 	waitFor(t, 10*time.Second, "park", func() bool { return sc.parkState.Load() == 1 })
 	sc.lastRecv.Store(sc.lastRecv.Load() - int64(time.Hour)) // ping sees the deadline passed before the socket does

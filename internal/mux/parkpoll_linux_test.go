@@ -1,15 +1,10 @@
 package mux
 
 import (
-	"context"
-	"errors"
-	"io"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 )
@@ -39,34 +34,17 @@ func TestParkedReaderHoldsNoGoroutine(t *testing.T) {
 		PingTimeout:  time.Hour,
 		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
 	}
-	url, conns := parkingServer(t, scfg)
-	ws, _, err := websocket.DefaultDialer.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ws, sc := dialParking(t, scfg)
 	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
-	sc := <-conns
 	defer func() {
 		cc.Close()
 		<-cc.Done()
 	}()
-	call := func() {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("x"), true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
-			t.Fatalf("call ended with %v, want io.EOF", err)
-		}
-	}
 	for i := range 3 {
 		// A reader parks after a message that came after a quiet spell
 		// (parkAfter): a busy connection's does not.
 		time.Sleep(2 * parkAfter)
-		call()
+		callEOF(t, cc)
 		waitFor(t, 10*time.Second, "the server reader to park", func() bool { return sc.parks.Load() > uint32(i) && sc.parkState.Load() == 1 })
 		// The client's reader only.
 		waitFor(t, 10*time.Second, "the parked reader to hold no goroutine", func() bool { return readerGoroutines() == 1 })
