@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/exec"
@@ -37,22 +36,15 @@ func serveChild(system string, nIPs int) error {
 	}
 	defer srv.Close()
 
-	ln, err := bench.ListenLoopback("127.0.0.1")
+	debugAddr, stop, err := bench.ServeDebug(func(r *http.Request) any {
+		return bench.ReadProcStats(r.URL.Query().Get("gc") != "")
+	})
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(bench.ReadProcStats(r.URL.Query().Get("gc") != ""))
-	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	dbg := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = dbg.Serve(ln) }()
-	defer dbg.Close()
+	defer stop()
 
-	info := childInfo{System: system, Targets: srv.Targets, Debug: ln.Addr().String()}
+	info := childInfo{System: system, Targets: srv.Targets, Debug: debugAddr}
 	if err := json.NewEncoder(os.Stdout).Encode(info); err != nil {
 		return err
 	}

@@ -34,7 +34,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/exec"
 	"runtime"
@@ -133,24 +132,17 @@ func serveMain(system, ip string) error {
 		return err
 	}
 	defer srv.Close()
-	ln, err := bench.ListenLoopback("127.0.0.1")
-	if err != nil {
-		return err
-	}
-	m := http.NewServeMux()
-	m.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
-		gc := r.URL.Query().Get("gc") != ""
+	debugAddr, stop, err := bench.ServeDebug(func(r *http.Request) any {
 		if r.URL.Query().Get("free") != "" {
 			debug.FreeOSMemory() // a GC, and every free page back to the OS
 		}
-		_ = json.NewEncoder(w).Encode(serverStats{Proc: bench.ReadProcStats(gc), Heartbeats: mux.Heartbeats()})
+		return serverStats{Proc: bench.ReadProcStats(r.URL.Query().Get("gc") != ""), Heartbeats: mux.Heartbeats()}
 	})
-	m.HandleFunc("/debug/pprof/profile", pprof.Profile) // go tool pprof http://<debug>/debug/pprof/profile
-	m.HandleFunc("/debug/pprof/heap", pprof.Index)
-	dbg := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = dbg.Serve(ln) }()
-	defer dbg.Close()
-	if err := json.NewEncoder(os.Stdout).Encode(serverInfo{Target: srv.Targets[0], Debug: ln.Addr().String()}); err != nil {
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if err := json.NewEncoder(os.Stdout).Encode(serverInfo{Target: srv.Targets[0], Debug: debugAddr}); err != nil {
 		return err
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin) // serve until the parent closes stdin
