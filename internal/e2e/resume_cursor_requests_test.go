@@ -6,11 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -241,26 +239,9 @@ func TestResumeBidiFromCursorAcrossRestarts(t *testing.T) {
 	}
 	defer stream.Close()
 
-	seed := time.Now().UnixNano()
-	t.Logf("cut schedule seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	stopCuts := make(chan struct{})
-	var cutsDone sync.WaitGroup
-	var cuts atomic.Int32
-	cutsDone.Add(1)
-	go func() {
-		defer cutsDone.Done()
-		for {
-			select {
-			case <-stopCuts:
-				return
-			case <-time.After(200*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))):
-				r.proxy.CutAll()
-				cuts.Add(1)
-			}
-		}
-	}()
-	defer func() { close(stopCuts); cutsDone.Wait() }()
+	defer close(stopCuts)
+	cuts := cutter(t, r.proxy, stopCuts)
 
 	sendErr := make(chan error, 1)
 	payload := make([]byte, 1000)

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -159,26 +158,9 @@ func TestResumeCursorAcrossRestarts(t *testing.T) {
 	r, echo := newReplicas(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	seed := time.Now().UnixNano()
-	t.Logf("cut schedule seed %d", seed)
-	rng := rand.New(rand.NewPCG(uint64(seed), 0))
 	stopCuts := make(chan struct{})
-	var cutsDone sync.WaitGroup
-	var cuts atomic.Int32
-	cutsDone.Add(1)
-	go func() {
-		defer cutsDone.Done()
-		for {
-			select {
-			case <-stopCuts:
-				return
-			case <-time.After(200*time.Millisecond + time.Duration(rng.Int64N(int64(1800*time.Millisecond)))):
-				r.proxy.CutAll()
-				cuts.Add(1)
-			}
-		}
-	}()
-	defer func() { close(stopCuts); cutsDone.Wait() }()
+	defer close(stopCuts)
+	cuts := cutter(t, r.proxy, stopCuts)
 	start := time.Now()
 	stream, err := echo.Countdown(ctx, &echov1.CountdownRequest{Count: uint32(n), Payload: make([]byte, 200)}, client.WithResumable(true))
 	if err != nil {
