@@ -17,6 +17,7 @@ import (
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
+	"github.com/tetherrpc/tether/clientconn"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/faultproxy"
@@ -339,15 +340,7 @@ func TestResumeCursorBeforeFirstMessage(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	r.restart()
-	for want := uint32(10); want > 0; want-- {
-		msg, err := stream.Receive()
-		if err != nil || msg.GetValue() != want {
-			t.Fatalf("got %v, %v; want message %d", msg, err, want)
-		}
-	}
-	if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
-		t.Fatalf("end: %v", err)
-	}
+	receiveCountdown(t, stream, 10, nil)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.runs != 2 || f.resumed[1] != -1 || f.badClaim.Load() != 0 {
@@ -373,7 +366,7 @@ func TestResumeCursorSealed(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer stream.Close()
-		for want := uint32(n); want > 0; want-- {
+		receiveCountdown(t, stream, n, func(want uint32) {
 			switch want {
 			case n / 2:
 				r.opts = []server.Option{server.WithResumeCursorKeys(newKey, oldKey)}
@@ -381,19 +374,8 @@ func TestResumeCursorSealed(t *testing.T) {
 			case n / 4:
 				r.restart()
 			}
-			msg, err := stream.Receive()
-			if err != nil || msg.GetValue() != want {
-				t.Fatalf("got %v, %v; want message %d", msg, err, want)
-			}
-		}
-		if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
-			t.Fatalf("end: %v", err)
-		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.runs != 3 || f.badClaim.Load() != 0 {
-			t.Fatalf("runs %d (resumed %v), bad cursors %d; want 3 runs", f.runs, f.resumed, f.badClaim.Load())
-		}
+		})
+		f.checkRuns(t, 3)
 	})
 	// The restarted server accepts the cursor for the same user whatever
 	// kind of principal the Authenticator returns for each connection.
@@ -412,23 +394,12 @@ func TestResumeCursorSealed(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer stream.Close()
-			for want := uint32(n); want > 0; want-- {
+			receiveCountdown(t, stream, n, func(want uint32) {
 				if want == n/2 {
 					r.restart()
 				}
-				msg, err := stream.Receive()
-				if err != nil || msg.GetValue() != want {
-					t.Fatalf("got %v, %v; want message %d", msg, err, want)
-				}
-			}
-			if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
-				t.Fatalf("end: %v", err)
-			}
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			if f.runs != 2 || f.badClaim.Load() != 0 {
-				t.Fatalf("runs %d (resumed %v), bad cursors %d; want 2 runs", f.runs, f.resumed, f.badClaim.Load())
-			}
+			})
+			f.checkRuns(t, 2)
 		})
 	}
 	t.Run("forged", func(t *testing.T) {
@@ -456,4 +427,33 @@ func TestResumeCursorSealed(t *testing.T) {
 			t.Fatalf("the handler ran %d times", f.runs)
 		}
 	})
+}
+
+// receiveCountdown receives a countdown of n messages and its end, every
+// message once and in order, calling at (if not nil) before each.
+func receiveCountdown(t *testing.T, stream *clientconn.ServerStream[echov1.CountdownResponse], n uint32, at func(want uint32)) {
+	t.Helper()
+	for want := n; want > 0; want-- {
+		if at != nil {
+			at(want)
+		}
+		msg, err := stream.Receive()
+		if err != nil || msg.GetValue() != want {
+			t.Fatalf("got %v, %v; want message %d", msg, err, want)
+		}
+	}
+	if _, err := stream.Receive(); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v", err)
+	}
+}
+
+// checkRuns fails t unless the feed's handler ran runs times and saw no
+// cursor it did not issue.
+func (f *logFeed) checkRuns(t *testing.T, runs int) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.runs != runs || f.badClaim.Load() != 0 {
+		t.Fatalf("runs %d (resumed %v), bad cursors %d; want %d runs", f.runs, f.resumed, f.badClaim.Load(), runs)
+	}
 }
