@@ -46,6 +46,7 @@ type Stream struct {
 	// Set by the reader goroutine before the stream's frames are handled
 	// and before Accept runs (server).
 	ctx       context.Context // server: canceled when the stream ends; made by Context, under mu
+	ctxMade   atomic.Bool     // ctx is set for good: read without mu (a handler's ctx.Done and Err per message)
 	cancelCtx context.CancelCauseFunc
 	route     any           // Config.Route's value for the procedure
 	owner     any           // server: Config.NewStream's owner, or nil
@@ -134,6 +135,9 @@ func (s *Stream) Context() context.Context {
 	if s.c.role != RoleServer {
 		return nil
 	}
+	if s.ctxMade.Load() {
+		return s.ctx
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx == nil {
@@ -154,6 +158,7 @@ func (s *Stream) Context() context.Context {
 		default:
 			s.ctx, s.cancelCtx = context.WithCancelCause(context.Background())
 		}
+		s.ctxMade.Store(true)
 	}
 	return s.ctx
 }
