@@ -133,6 +133,7 @@ type Conn struct {
 	parks     atomic.Uint32 // times the reader parked, for tests
 	parkState atomic.Uint32 // 1: parked in the shared poller (parkpoll_linux.go)
 	parkFD    int32         // the socket's descriptor, as the poller knows it
+	parkGen   int32         // the poller's generation of the last registration (poller's mu)
 	parkConn  *pooledConn   // set by New when the reader can park
 	lastMsg   int64         // when the last message arrived (Unix ns)
 	pingLimit tokenBucket   // PINGs received (limits.go)

@@ -15,7 +15,10 @@ package mux
 // The poller's state (epfd, conns, running) is guarded by its mu. A parked
 // connection is in conns, keyed by its file descriptor, with parkState 1;
 // whoever moves parkState from 1 to 0 (unpark: pollLoop, closeWith, the
-// heartbeat timer at the read deadline) starts its reader, once.
+// heartbeat timer at the read deadline) starts its reader, once. Each
+// registration carries a generation in the event's data beside the
+// descriptor, so that an event pollLoop read for a connection that closed
+// meanwhile does not wake another that reused its descriptor number.
 
 import (
 	"os"
@@ -32,7 +35,8 @@ var poller struct {
 	mu      sync.Mutex
 	epfd    int // 0: not made yet; -1: epoll unavailable
 	conns   map[int32]*Conn
-	running bool // pollLoop runs
+	gen     int32 // the last registration's generation (parkGen)
+	running bool  // pollLoop runs
 	// The epoll descriptor as a file of the runtime's poller, which
 	// tells pollLoop when it has events: pollLoop waits without blocking
 	// a thread in epoll_wait (a goroutine blocked in a system call keeps
@@ -69,8 +73,10 @@ func (c *Conn) parkPolled() bool {
 	// mu) sees everything this reader wrote before parking.
 	var cerr error
 	err := pc.raw.Control(func(fd uintptr) {
-		c.parkFD = int32(fd)
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(fd)}
+		poller.gen++
+		c.parkFD, c.parkGen = int32(fd), poller.gen
+		// Fd and Pad are the event's 64 bits of user data.
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(fd), Pad: c.parkGen}
 		op := syscall.EPOLL_CTL_ADD
 		if c.parkReg {
 			op = syscall.EPOLL_CTL_MOD
@@ -141,16 +147,24 @@ func pollLoop() {
 			n = 0 // the deadline: see whether any connection is parked
 		}
 		poller.mu.Lock()
-		for _, ev := range evs[:n] {
-			if c := poller.conns[ev.Fd]; c != nil {
-				c.unparkLocked(false)
-			}
-		}
+		wakeReady(evs[:n])
 		if n == 0 && len(poller.conns) == 0 {
 			poller.running = false
 			poller.mu.Unlock()
 			return
 		}
 		poller.mu.Unlock()
+	}
+}
+
+// wakeReady starts the readers of the parked connections whose sockets
+// evs report readable. An event of an earlier registration (its
+// connection closed after epoll_wait returned, and a new one parked on the
+// same descriptor number) wakes nobody. Poller's mu held.
+func wakeReady(evs []syscall.EpollEvent) {
+	for _, ev := range evs {
+		if c := poller.conns[ev.Fd]; c != nil && c.parkGen == ev.Pad {
+			c.unparkLocked(false)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package mux
 import (
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,4 +54,42 @@ func TestParkedReaderHoldsNoGoroutine(t *testing.T) {
 	// close and end (the client's ends on the close frame).
 	sc.Close()
 	waitFor(t, 10*time.Second, "the parked reader to end with its connection", func() bool { return readerGoroutines() == 0 && sc.parkState.Load() == 0 })
+}
+
+// TestStaleEventWakesNobody: an event that pollLoop read for an earlier
+// registration of a descriptor (its connection closed and another parked on
+// the same descriptor number before pollLoop took the poller's lock) does
+// not wake the connection parked there now; the event of its own
+// registration does.
+func TestStaleEventWakesNobody(t *testing.T) {
+	scfg := Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
+	}
+	ws, sc := dialParking(t, scfg)
+	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
+	defer func() {
+		cc.Close()
+		<-cc.Done()
+	}()
+	time.Sleep(2 * parkAfter)
+	callEOF(t, cc)
+	waitFor(t, 10*time.Second, "the server reader to park", func() bool { return sc.parkState.Load() == 1 })
+
+	poller.mu.Lock()
+	fd, gen := sc.parkFD, sc.parkGen
+	wakeReady([]syscall.EpollEvent{{Events: syscall.EPOLLIN, Fd: fd, Pad: gen - 1}})
+	stale := sc.parkState.Load()
+	wakeReady([]syscall.EpollEvent{{Events: syscall.EPOLLIN, Fd: fd, Pad: gen}})
+	current := sc.parkState.Load()
+	poller.mu.Unlock()
+	if stale != 1 {
+		t.Fatal("an event of an earlier registration of the descriptor woke the parked reader")
+	}
+	if current != 0 {
+		t.Fatal("the event of the current registration did not wake the parked reader")
+	}
+	// The woken reader reads on; the connection still serves calls.
+	callEOF(t, cc)
 }
