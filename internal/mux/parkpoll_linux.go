@@ -36,6 +36,8 @@ var poller struct {
 	epfd    int // 0: not made yet; -1: epoll unavailable
 	conns   map[int32]*Conn
 	gen     int32 // the last registration's generation (parkGen)
+	ctl     *Conn // the connection parkPolled registers (registerParked)
+	ctlErr  error // registerParked's result
 	running bool  // pollLoop runs
 	// The epoll descriptor as a file of the runtime's poller, which
 	// tells pollLoop when it has events: pollLoop waits without blocking
@@ -71,25 +73,13 @@ func (c *Conn) parkPolled() bool {
 	}
 	// Registered under mu: the reader that pollLoop starts (after taking
 	// mu) sees everything this reader wrote before parking.
-	var cerr error
-	err := pc.raw.Control(func(fd uintptr) {
-		poller.gen++
-		c.parkFD, c.parkGen = int32(fd), poller.gen
-		// Fd and Pad are the event's 64 bits of user data.
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(fd), Pad: c.parkGen}
-		op := syscall.EPOLL_CTL_ADD
-		if c.parkReg {
-			op = syscall.EPOLL_CTL_MOD
-		}
-		cerr = syscall.EpollCtl(poller.epfd, op, int(fd), &ev)
-		switch {
-		case cerr == syscall.EEXIST:
-			cerr = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
-		case cerr == syscall.ENOENT:
-			cerr = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
-		}
-	})
-	if err != nil || cerr != nil {
+	// registerParked is a function of its own, not a closure, and works
+	// on the poller's fields: a closure would cost two allocations per
+	// park, on every call of a connection that idles between calls.
+	poller.ctl = c
+	err := pc.raw.Control(registerParked)
+	poller.ctl = nil
+	if err != nil || poller.ctlErr != nil {
 		return false
 	}
 	c.parkReg = true
@@ -105,6 +95,29 @@ func (c *Conn) parkPolled() bool {
 		go pollLoop()
 	}
 	return true
+}
+
+// registerParked registers the socket fd of poller.ctl with the poller,
+// for one readable event, and sets poller.ctlErr. Poller's mu held, inside
+// the socket's RawConn.Control (which keeps fd from being closed meanwhile).
+func registerParked(fd uintptr) {
+	c := poller.ctl
+	poller.gen++
+	c.parkFD, c.parkGen = int32(fd), poller.gen
+	// Fd and Pad are the event's 64 bits of user data.
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(fd), Pad: c.parkGen}
+	op := syscall.EPOLL_CTL_ADD
+	if c.parkReg {
+		op = syscall.EPOLL_CTL_MOD
+	}
+	err := syscall.EpollCtl(poller.epfd, op, int(fd), &ev)
+	switch {
+	case err == syscall.EEXIST:
+		err = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+	case err == syscall.ENOENT:
+		err = syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+	}
+	poller.ctlErr = err
 }
 
 // unpark starts the reader of c if it is parked in the poller, and reports
