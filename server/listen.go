@@ -221,7 +221,12 @@ func (u *upgradeListener) serveConn(nc net.Conn) {
 	_ = nc.SetReadDeadline(time.Time{})
 	req.RemoteAddr = nc.RemoteAddr().String()
 	w := &upgradeResponse{conn: nc, br: br, header: http.Header{}}
-	u.s.ServeHTTP(w, req)
+	if !u.serveHTTP(w, req) {
+		if !w.hijacked {
+			_ = nc.Close()
+		}
+		return
+	}
 	if w.hijacked {
 		// The upgrader kept neither buffer (HijackPooled made the read
 		// buffer; the write buffer served only the 101), and it has
@@ -233,6 +238,19 @@ func (u *upgradeListener) serveConn(nc net.Conn) {
 	br.Reset(nil)
 	requestReaders.Put(br)
 	w.finish()
+}
+
+// serveHTTP runs ServeHTTP and reports whether it returned: a panic (in an
+// Authenticator, say) is logged and ends only this connection, as net/http
+// recovers a handler's panic.
+func (u *upgradeListener) serveHTTP(w *upgradeResponse, r *http.Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			u.s.cfg.logger.Error("tether upgrade panicked", "peer", r.RemoteAddr, "panic", fmt.Sprint(p))
+		}
+	}()
+	u.s.ServeHTTP(w, r)
+	return true
 }
 
 // badRequest answers a request that could not be read, as net/http does:

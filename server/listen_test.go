@@ -71,6 +71,9 @@ func readBody(t *testing.T, res *http.Response) string {
 // An upgrade still works on the same server.
 func TestServeUpgradeOnlyAnswers(t *testing.T) {
 	srv := server.New(server.WithAuthenticator(func(r *http.Request) (server.Identity, error) {
+		if r.Header.Get("Authorization") == "panic" {
+			panic("authenticator bug")
+		}
 		if r.Header.Get("Authorization") == "no" {
 			return server.Identity{}, tether.Errorf(tether.CodeUnauthenticated, "bad token")
 		}
@@ -115,18 +118,25 @@ func TestServeUpgradeOnlyAnswers(t *testing.T) {
 	}
 
 	// A client that sends bytes before the 101 is refused (RFC 6455
-	// section 4.1): the connection closes without an upgrade.
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, upgradeRequest(addr, "")+"early"); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if b, err := io.ReadAll(conn); err != nil || len(b) != 0 {
-		t.Errorf("bytes before the 101: read %q, %v; want the connection closed", b, err)
+	// section 4.1), and a panic in the authenticator ends only its
+	// connection (as net/http recovers it): either closes the connection
+	// without an answer.
+	for what, req := range map[string]string{
+		"bytes before the 101": upgradeRequest(addr, "") + "early",
+		"authenticator panic":  upgradeRequest(addr, "Authorization: panic\r\n"),
+	} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := io.WriteString(conn, req); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(conn); err != nil || len(b) != 0 {
+			t.Errorf("%s: read %q, %v; want the connection closed", what, b, err)
+		}
 	}
 
 	cli := newEchoClient(t, "ws://"+addr)
