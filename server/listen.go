@@ -8,7 +8,9 @@ package server
 // ResponseWriter that can hijack the connection: the same admission,
 // authentication, limits and refusals as any other path to ServeHTTP. The
 // goroutine becomes nothing: once upgraded, the connection belongs to its
-// mux.Conn. What net/http does per connection and a WebSocket does not need
+// mux.Conn, and the goroutine (mux.Go: an idle one of an earlier
+// connection or reader, whose stack has already grown) waits briefly for
+// the next. What net/http does per connection and a WebSocket does not need
 // is gone: its connection goroutine and the background read it starts
 // before the handler runs (which Hijack must abort and wait for), its
 // per-request context, and its read and write buffers (4 KiB each, never
@@ -31,6 +33,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tetherrpc/tether/internal/mux"
 )
 
 // upgradeListener serves one Server on listeners without net/http's
@@ -103,7 +107,7 @@ func (u *upgradeListener) Serve(ln net.Listener) error {
 			_ = nc.Close()
 			return http.ErrServerClosed
 		}
-		go u.serveConn(nc)
+		mux.Go(func() { u.serveConn(nc) })
 	}
 }
 

@@ -5,9 +5,10 @@ package mux
 // tables) the first time it reads a WebSocket frame, which goes deep
 // (gorilla/websocket, bufio, the pooled read, the runtime poller). A
 // connection's set-up paid that for the client's reader, the server's, and
-// the server's again when its reader first left the shared poller: half of
-// the stack growth of a set-up, a tenth of its instructions in user space
-// (docs/BENCHMARKS.md, "Connection set-up, second pass"). A reader
+// the server's again when its reader first left the shared poller; the
+// server's upgrade-only listener (Go) for the goroutine that reads the
+// upgrade request: together a fifth of a set-up's instructions in user
+// space (docs/BENCHMARKS.md, "Connection set-up, second pass"). A reader
 // goroutine whose loop has returned (the connection parked or ended)
 // instead waits readerIdle for the next reader to run, of any connection,
 // as the handler goroutines do (runHandlers): a busy process starts and
@@ -64,3 +65,9 @@ func runReaders(f func()) {
 		}
 	}
 }
+
+// Go runs f on an idle reader goroutine, whose stack has already grown, or
+// on a new one, as goReader does: for the server's upgrade-only listener,
+// whose goroutine per new connection reads and parses the upgrade request
+// on a stack as deep as a reader's. f must not rely on a fresh goroutine.
+func Go(f func()) { goReader(f) }

@@ -2,29 +2,37 @@ package mux
 
 import (
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
 // goroutineID is the calling goroutine's number, from its stack trace.
-func goroutineID() string {
+func goroutineID() int {
 	buf := make([]byte, 64)
 	buf = buf[:runtime.Stack(buf, false)]
-	return strings.Fields(string(buf))[1]
+	id, _ := strconv.Atoi(strings.Fields(string(buf))[1])
+	return id
 }
 
-// idleReaderGoroutines counts the reader goroutines waiting for a reader.
-func idleReaderGoroutines() int {
+// goroutineIDs returns the numbers of all goroutines, and of those that
+// wait in runReaders for a reader.
+func goroutineIDs() (all, idle []int) {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "mux.runReaders") && strings.Contains(g, "[select") {
-			n++
+		f := strings.Fields(g)
+		if len(f) < 3 || f[0] != "goroutine" {
+			continue
+		}
+		id, _ := strconv.Atoi(f[1])
+		all = append(all, id)
+		if strings.Contains(g, "mux.runReaders") && strings.HasPrefix(f[2], "[select") {
+			idle = append(idle, id)
 		}
 	}
-	return n
+	return all, idle
 }
 
 // A reader goroutine whose loop returned runs the next reader loop, of any
@@ -33,17 +41,38 @@ func idleReaderGoroutines() int {
 func TestReaderGoroutineReused(t *testing.T) {
 	readerIdleOverride.Store(int64(time.Minute))
 	t.Cleanup(func() { readerIdleOverride.Store(0) })
-	ids := make(chan string, 1)
+	ids := make(chan int, 1)
 	goReader(func() { ids <- goroutineID() })
 	first := <-ids
-	waitFor(t, 10*time.Second, "the reader goroutine to wait for the next reader", func() bool { return idleReaderGoroutines() == 1 })
-	goReader(func() { ids <- goroutineID() })
-	if second := <-ids; second != first {
-		t.Fatalf("the second reader ran on goroutine %s, not on the idle goroutine %s", second, first)
+	var all []int
+	waitFor(t, 10*time.Second, "the reader goroutine to wait for the next reader", func() bool {
+		var idle []int
+		all, idle = goroutineIDs()
+		for _, id := range idle {
+			if id == first {
+				return true
+			}
+		}
+		return false
+	})
+	// A new goroutine would have a number above every one that exists.
+	newest := 0
+	for _, id := range all {
+		newest = max(newest, id)
 	}
-	// A reader goroutine ends after readerIdle without a reader.
+	goReader(func() { ids <- goroutineID() })
+	if second := <-ids; second > newest {
+		t.Fatalf("the second reader ran on a new goroutine (%d), not on an idle one (%d was)", second, first)
+	}
+	// Idle reader goroutines end after readerIdle without a reader: each
+	// one handed a reader with the short idle time ends soon after.
 	readerIdleOverride.Store(int64(time.Millisecond))
-	waitFor(t, 10*time.Second, "the idle reader goroutine to be waiting", func() bool { return idleReaderGoroutines() == 1 })
-	goReader(func() {}) // runs on it, and it waits again with the short idle time
-	waitFor(t, 10*time.Second, "the idle reader goroutine to end", func() bool { return idleReaderGoroutines() == 0 })
+	waitFor(t, 10*time.Second, "the idle reader goroutines to end", func() bool {
+		if _, idle := goroutineIDs(); len(idle) > 0 {
+			goReader(func() {}) // an idle one runs it, then waits 1 ms
+			time.Sleep(10 * time.Millisecond)
+			return false
+		}
+		return true
+	})
 }
