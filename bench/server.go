@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -94,10 +95,18 @@ func Serve(system string, ips ...string) (*Server, error) {
 		ts := server.New(server.WithLogger(slog.New(slog.DiscardHandler)),
 			server.WithMaxConnectionsPerIP(server.DefaultMaxConnections))
 		benchv1.RegisterBenchServiceHandler(ts, &TetherHandler{})
-		mux := http.NewServeMux()
-		mux.Handle(TetherPath, ts)
-		stop := serveHTTP(mux, lns)
-		s.stop = func() { _ = ts.Close(); stop() }
+		// Serve's own upgrade-only listener, as a deployment that serves
+		// tether alone on its port runs it (no net/http server).
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for _, ln := range lns {
+			wg.Go(func() {
+				if err := ts.Serve(ctx, ln); err != nil {
+					slog.Error("bench: serve", "err", err)
+				}
+			})
+		}
+		s.stop = func() { _ = ts.Close(); cancel(); wg.Wait() }
 		s.Targets = wsURLs(lns, TetherPath)
 	case Raw:
 		mux := http.NewServeMux()

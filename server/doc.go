@@ -14,6 +14,10 @@
 //	mux.Handle("/tether", srv)
 //	err := srv.ListenAndServe(ctx, "127.0.0.1:8080", server.WithHTTPHandler(mux))
 //
+// A Server that is alone on its port is served without an http.Server:
+// srv.ListenAndServe(ctx, addr) with no WithHTTPHandler reads the upgrade
+// requests itself, at a lower cost per new connection (Serve).
+//
 // A program that runs its own http.Server must set its ReadHeaderTimeout:
 // http.ListenAndServe sets none, and a client that trickles its upgrade
 // request holds a connection for as long as it likes.

@@ -80,6 +80,42 @@ func ExampleServer_Serve() {
 	// drained: <nil>
 }
 
+// Serve tether alone on its port: without WithHTTPHandler, Serve reads
+// the upgrade requests itself instead of running an http.Server (fewer
+// goroutines, system calls and buffers per connection; any path is
+// accepted, and other requests get an HTTP error). Mount the Server on a
+// mux with WithHTTPHandler when the port also serves other endpoints.
+func ExampleServer_Serve_upgradeOnly() {
+	srv := server.New()
+	echov1.RegisterEchoServiceHandler(srv, &echo.Handler{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+
+	c, err := client.New("ws://" + ln.Addr().String() + "/rpc")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	callCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := echov1.NewEchoServiceClient(c).Say(callCtx, &echov1.SayRequest{Text: "hi"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.GetText())
+
+	stop()
+	fmt.Println("drained:", <-served)
+	// Output:
+	// hi
+	// drained: <nil>
+}
+
 // An interceptor that refuses calls without a tenant header.
 func ExampleUnaryInterceptorFunc() {
 	requireTenant := server.UnaryInterceptorFunc(func(next server.UnaryFunc) server.UnaryFunc {

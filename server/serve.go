@@ -13,8 +13,9 @@ import (
 // Timeouts and limits of the http.Server that Serve and ListenAndServe run.
 // WebSocket connections are hijacked from net/http once upgraded, so only
 // DefaultReadHeaderTimeout and DefaultMaxRequestHeaderBytes apply to them
-// (to the upgrade request); the others bound plain HTTP requests to the
-// same server, such as a health check on a mux that also mounts the
+// (to the upgrade request; they are also the upgrade-only listener's,
+// which Serve runs without an HTTP handler); the others bound plain HTTP
+// requests to the same server, such as a health check on a mux that also mounts the
 // Server. An upgraded connection is bounded by the Server's own options
 // (WithHeartbeat, WithWriteTimeout, WithMaxMessageReadTime).
 const (
@@ -43,11 +44,20 @@ const (
 type ServeOption func(*serveConfig)
 
 type serveConfig struct {
-	handler    http.Handler
-	tls        *tls.Config
-	grace      time.Duration
-	drainDelay time.Duration
-	http       []func(*http.Server)
+	handler           http.Handler
+	tls               *tls.Config
+	grace             time.Duration
+	drainDelay        time.Duration
+	readHeaderTimeout time.Duration
+	http              []func(*http.Server)
+}
+
+// WithReadHeaderTimeout sets how long a connection may take to send its
+// upgrade request, from the moment it is accepted (default
+// DefaultReadHeaderTimeout): a client that trickles its request, or sends
+// nothing, is disconnected after it.
+func WithReadHeaderTimeout(d time.Duration) ServeOption {
+	return func(c *serveConfig) { c.readHeaderTimeout = d }
 }
 
 // WithDrainDelay makes Serve, once its context has ended, run the server's
@@ -95,7 +105,7 @@ func WithHTTPServer(configure func(*http.Server)) ServeOption {
 }
 
 func (s *Server) serveConfig(opts []ServeOption) serveConfig {
-	cfg := serveConfig{grace: DefaultShutdownGrace}
+	cfg := serveConfig{grace: DefaultShutdownGrace, readHeaderTimeout: DefaultReadHeaderTimeout}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -105,7 +115,7 @@ func (s *Server) serveConfig(opts []ServeOption) serveConfig {
 func (s *Server) newHTTPServer(cfg *serveConfig) *http.Server {
 	hs := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: DefaultReadHeaderTimeout,
+		ReadHeaderTimeout: cfg.readHeaderTimeout,
 		ReadTimeout:       DefaultHTTPReadTimeout,
 		WriteTimeout:      DefaultHTTPWriteTimeout,
 		IdleTimeout:       DefaultIdleTimeout,
@@ -135,16 +145,27 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string, opts ...ServeO
 	return s.Serve(ctx, ln, opts...)
 }
 
-// Serve serves s on ln with an http.Server that has safe timeouts (the
-// Default constants: without a ReadHeaderTimeout, which http.ListenAndServe
-// does not set, a client that sends its upgrade request one byte at a time,
-// or nothing, holds a socket and a goroutine for as long as it likes), and
-// drains gracefully when ctx ends: the OnDrain functions run (a registered
-// health service reports NOT_SERVING), then after the drain delay
-// (WithDrainDelay, default none) no new connections, GOAWAY to every
-// client so that it opens new calls elsewhere, calls in flight run to
-// completion for up to the shutdown grace (WithShutdownGrace), then the
-// remaining connections are closed. It closes ln.
+// Serve serves s on ln with safe timeouts (the Default constants: without
+// a ReadHeaderTimeout, which http.ListenAndServe does not set, a client
+// that sends its upgrade request one byte at a time, or nothing, holds a
+// socket and a goroutine for as long as it likes), and drains gracefully
+// when ctx ends: the OnDrain functions run (a registered health service
+// reports NOT_SERVING), then after the drain delay (WithDrainDelay, default
+// none) no new connections, GOAWAY to every client so that it opens new
+// calls elsewhere, calls in flight run to completion for up to the
+// shutdown grace (WithShutdownGrace), then the remaining connections are
+// closed. It closes ln.
+//
+// Without WithHTTPHandler, WithHTTPServer or WithServeTLS, Serve speaks
+// only the WebSocket upgrade: it accepts connections and reads their
+// upgrade request itself, without net/http's server (whose per-connection
+// goroutine, background read and buffers a WebSocket does not need), and
+// answers any other request with an error and a close (426 for a request
+// that is not an upgrade, 400 for a malformed one, 431 for headers over
+// DefaultMaxRequestHeaderBytes). The admission, authentication, limits and
+// refusals are ServeHTTP's, the same on every path. With one of those
+// options it runs an http.Server, which serves other endpoints beside s
+// (WithHTTPHandler), TLS, and keep-alive HTTP requests.
 //
 // Serve returns nil after a drain that finished within the grace, an error
 // that matches context.DeadlineExceeded if connections had to be closed,
@@ -153,15 +174,23 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string, opts ...ServeO
 func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...ServeOption) error {
 	defer ln.Close() // also when ServeTLS fails before serving (no certificate)
 	cfg := s.serveConfig(opts)
-	hs := s.newHTTPServer(&cfg)
+	var hs httpServer
 	served := make(chan error, 1)
-	go func() {
-		if hs.TLSConfig != nil {
-			served <- hs.ServeTLS(ln, "", "") // certificates from TLSConfig
-		} else {
-			served <- hs.Serve(ln)
-		}
-	}()
+	if cfg.handler == nil && cfg.tls == nil && len(cfg.http) == 0 {
+		ul := newUpgradeListener(s, cfg.readHeaderTimeout, DefaultMaxRequestHeaderBytes)
+		hs = ul
+		go func() { served <- ul.Serve(ln) }()
+	} else {
+		h := s.newHTTPServer(&cfg)
+		hs = h
+		go func() {
+			if h.TLSConfig != nil {
+				served <- h.ServeTLS(ln, "", "") // certificates from TLSConfig
+			} else {
+				served <- h.Serve(ln)
+			}
+		}()
+	}
 	var serveErr error
 	select {
 	case <-ctx.Done():
@@ -185,9 +214,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, opts ...ServeOption
 	return err
 }
 
+// httpServer is what Serve runs on its listener: an http.Server, or the
+// upgrade-only listener.
+type httpServer interface {
+	Shutdown(context.Context) error
+	Close() error
+}
+
 // drain shuts hs and s down within grace, then closes what remains. served
 // delivers hs's Serve result.
-func (s *Server) drain(hs *http.Server, served chan error, grace time.Duration) error {
+func (s *Server) drain(hs httpServer, served chan error, grace time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	httpDone := make(chan error, 1)

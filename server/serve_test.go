@@ -127,10 +127,19 @@ func closedWithin(t *testing.T, conn net.Conn, start time.Time, limit time.Durat
 // nothing, are disconnected once ReadHeaderTimeout has passed (300 ms here;
 // the test allows 10 s). http.ListenAndServe, which the README used to
 // show, kept reading such a request for as long as the peer liked.
+// Both of Serve's paths: its own upgrade-only listener and an http.Server.
 func TestServeCutsSlowHandshakes(t *testing.T) {
 	const timeout = 300 * time.Millisecond
+	t.Run("upgrade-only", func(t *testing.T) {
+		testServeCutsSlowHandshakes(t, serve(t, &echo.Handler{}, server.WithReadHeaderTimeout(timeout)))
+	})
+	t.Run("http.Server", func(t *testing.T) {
+		testServeCutsSlowHandshakes(t, serve(t, &echo.Handler{}, server.WithHTTPServer(func(hs *http.Server) { hs.ReadHeaderTimeout = timeout })))
+	})
+}
+
+func testServeCutsSlowHandshakes(t *testing.T, s *served) {
 	const limit = 10 * time.Second
-	s := serve(t, &echo.Handler{}, server.WithHTTPServer(func(hs *http.Server) { hs.ReadHeaderTimeout = timeout }))
 
 	t.Run("trickle", func(t *testing.T) {
 		conn, err := net.Dial("tcp", s.addr)

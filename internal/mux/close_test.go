@@ -2,6 +2,8 @@ package mux
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -93,5 +95,43 @@ func TestCloseFrameNotLost(t *testing.T) {
 	}
 	if lost > 0 {
 		t.Errorf("%d of %d closes: peer did not get the 1008 close frame", lost, n)
+	}
+}
+
+// A client's close leaves closing the TCP connection to the server (RFC
+// 6455 section 7.1.1: the server closes first, and keeps the TIME_WAIT
+// that would otherwise take the client's ephemeral port): after its close
+// frame the client sends no FIN, and it finishes once the server's close
+// frame and FIN arrive.
+func TestClientLeavesTCPCloseToServer(t *testing.T) {
+	result := make(chan string, 1)
+	closed := make(chan error, 1)
+	cc := rawServer(t, Config{OnClose: func(err error) { closed <- err }}, func(ws *websocket.Conn) {
+		ws.SetCloseHandler(func(int, string) error { return nil }) // answered below
+		_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, _, err := ws.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+			result <- fmt.Sprintf("reading the client's close frame: %v", err)
+			return
+		}
+		// Nothing may follow the close frame, not even a FIN: the wait
+		// ends with a timeout (300 ms: a FIN would arrive at once).
+		_ = ws.NetConn().SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := ws.NetConn().Read(make([]byte, 1))
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			result <- ""
+		} else {
+			result <- fmt.Sprintf("after the close frame: %d bytes, %v; want nothing (no FIN)", n, err)
+		}
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(10*time.Second))
+	})
+	cc.Close()
+	if msg := <-result; msg != "" {
+		t.Fatal(msg)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not finish after the server's close frame and FIN")
 	}
 }

@@ -196,7 +196,7 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	c.parkConn = parker(ws.NetConn()) // before the timer: ping reads it
 	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
 	c.armPing()
-	go c.readLoop()
+	goReader(c.readLoop)
 	return c
 }
 

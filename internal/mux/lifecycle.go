@@ -14,7 +14,8 @@ package mux
 // through remove). Other callers of closeWith block until the first has
 // returned.
 //
-// After a close frame the socket lingers (linger): the reader goroutine
+// After a close frame the socket lingers (linger; a server half-closes
+// it, a client leaves the TCP close to the server): the reader goroutine
 // discards what still arrives (drain, discard) until the peer's close
 // frame, its FIN or closeLinger, then closes the socket; readerExit, on the
 // reader goroutine too, stops new writers, waits for the running one (wg)
@@ -232,16 +233,24 @@ const closeSent = -1
 // reading before it closes the socket.
 const closeLinger = time.Second
 
-// linger half-closes the socket after the close frame and leaves it to the
-// reader to drain what the peer still sends, until the peer's own close
-// frame, its FIN or closeLinger. Closing at once would make the kernel answer
-// unread data (a flood the peer is still sending) with a reset, and the peer
-// would lose the close frame and its code. The reader closes the socket.
+// linger leaves it to the reader, after the close frame, to drain what the
+// peer still sends, until the peer's own close frame, its FIN or
+// closeLinger. Closing at once would make the kernel answer unread data (a
+// flood the peer is still sending) with a reset, and the peer would lose
+// the close frame and its code. The reader closes the socket.
+//
+// A server also half-closes the socket (FIN) at once. A client does not:
+// the server answers the close frame and closes the TCP connection first
+// (RFC 6455 section 7.1.1), so that the TIME_WAIT is the server's and not
+// on the client's ephemeral port; a client whose server does neither
+// closes after closeLinger.
 func (c *Conn) linger() {
 	until := time.Now().Add(closeLinger)
 	c.lingerUntil.Store(until.UnixNano())
 	_ = c.ws.SetReadDeadline(until)
-	halfClose(c.ws)
+	if c.role == RoleServer {
+		halfClose(c.ws)
+	}
 }
 
 // halfClose shuts the sending side of ws's socket (a FIN after what was

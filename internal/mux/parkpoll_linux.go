@@ -137,7 +137,7 @@ func (c *Conn) unparkLocked(woke bool) bool {
 	if poller.conns[c.parkFD] == c {
 		delete(poller.conns, c.parkFD)
 	}
-	go c.unparked(woke)
+	goReader(func() { c.unparked(woke) })
 	return true
 }
 

@@ -110,6 +110,8 @@ func rows(e *env) []row {
 		{fmt.Sprintf("idle x%d: client Go heap+stacks/conn (KiB)", e.idleConns), "idle", kib(mCliMemPer), fmt1, -1},
 		{fmt.Sprintf("setup (%d at a time): connections/s", e.setupWorkers), "setup", metric(mRate), fmtInt, +1},
 		{"setup: p50 connect to first call done (µs)", "setup", metric(mSetupP50), fmt1, -1},
+		{"setup: CPU µs/connection (client+server, Close included)", "setup", cpu, fmt1, -1},
+		{"setup: allocs/connection (client+server)", "setup", allocs, fmt1, -1},
 		{fleet + ": server CPU µs/call", "push-fleet", metric(mSrvCPU), fmt1, -1},
 		{fleet + ": p50 latency (µs)", "push-fleet", metric(mP50), fmt1, -1},
 		{fleet + ": p99 latency (µs)", "push-fleet", metric(mP99), fmt1, -1},

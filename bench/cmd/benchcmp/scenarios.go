@@ -332,26 +332,18 @@ func (e *env) idle(sys string, srv *child) (metrics, error) {
 // setup: e.setupWorkers goroutines each connect, make one unary call and
 // close, over and over. The rate counts completed set-ups per second; the
 // latency is from the start of the connection to the end of its first call.
+// CPU and allocations per set-up are both processes', Close included.
 func (e *env) setup(sys string, srv *child) (metrics, error) {
 	req := payload(bench.PayloadSize)
-	op := func(int) (int, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		c, err := bench.Dial(ctx, sys, srv.Targets[0], false)
-		if err != nil {
-			return 0, err
-		}
-		defer c.Close()
-		_, err = c.Unary(ctx, req)
-		return 1, err
+	// Time the set-up alone for the latency, the whole loop for the rate;
+	// the warm-up's latencies are dropped afterwards (by start time).
+	type sample struct {
+		start time.Time
+		d     time.Duration
 	}
-	if _, err := run(e.warmup, e.setupWorkers, false, op); err != nil {
-		return nil, err
-	}
-	// Time the set-up alone for the latency, the whole loop for the rate.
 	var mu sync.Mutex
-	var lat []time.Duration
-	res, err := run(e.duration, e.setupWorkers, false, func(w int) (int, error) {
+	var samples []sample
+	m, err := e.measure(srv, "setup", e.setupWorkers, false, func(int) (int, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		t0 := time.Now()
@@ -365,16 +357,26 @@ func (e *env) setup(sys string, srv *child) (metrics, error) {
 		}
 		d := time.Since(t0)
 		mu.Lock()
-		lat = append(lat, d)
+		samples = append(samples, sample{t0, d})
 		mu.Unlock()
 		return 1, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	res.lat = lat
-	slices.Sort(res.lat)
-	return metrics{mRate: res.rate(), mSetupP50: us(res.percentile(50))}, nil
+	timed := time.Now().Add(-m.elapsed)
+	for _, s := range samples {
+		if !s.start.Before(timed) {
+			m.lat = append(m.lat, s.d)
+		}
+	}
+	slices.Sort(m.lat)
+	return metrics{
+		mRate: m.rate(), mSetupP50: us(m.percentile(50)),
+		mCliCPU: m.clientCPU, mSrvCPU: m.serverCPU,
+		mCliAllocs: m.clientAllocs, mSrvAllocs: m.serverAllocs,
+		mOtherLoad: m.otherLoad,
+	}, nil
 }
 
 // rawPingPong: one gorilla/websocket connection, a 16-byte binary message
