@@ -109,12 +109,13 @@ type Conn struct {
 	wwaiters    int
 	wspace      chan struct{} // made by a waiting sender, closed when the queue drains below batchBytes
 	wnotify     chan struct{}
-	wclosing    bool // graceful close queued: the writer closes once drained
-	wrunning    bool // a writer goroutine is running
-	wbusy       bool // the write token: a goroutine is writing to the socket
-	winline     bool // the token's holder is an inline writer (writeInline), not the writer goroutine
-	wslow       bool // the last socket write took over slowWrite: no inline writes
-	wdead       bool // the connection closed: no writer is started any more
+	wclosing    bool          // graceful close queued: the writer closes once drained
+	wrunning    bool          // a writer goroutine is running
+	wbusy       bool          // the write token: a goroutine is writing to the socket
+	winline     bool          // the token's holder is an inline writer (writeInline), not the writer goroutine
+	inlines     atomic.Uint32 // batches written inline (writeInline), for tests
+	wslow       bool          // the last socket write took over slowWrite: no inline writes
+	wdead       bool          // the connection closed: no writer is started any more
 	closeCode   int
 	closeText   string
 	flushedOpen atomic.Uint32 // client: highest stream id whose OPEN was written

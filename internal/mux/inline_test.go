@@ -205,3 +205,75 @@ func TestSlowWriteStopsInline(t *testing.T) {
 		t.Fatalf("RecvMsg: %q, %v", msg, err)
 	}
 }
+
+// TestAnswersWriteInline (issue 15): on a stream alone on its connection, a
+// message that answers one the peer sent (a bidi ping-pong) is written by
+// the sending goroutine, with no hand-off to the writer goroutine; messages
+// sent back to back go to the writer goroutine, which batches them: only
+// the first of a burst is written inline.
+func TestAnswersWriteInline(t *testing.T) {
+	const rounds, burst = 5, 8
+	handled := make(chan [2]uint32, 1)
+	scfg := Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		StreamWindow: InitialWindow, // no WINDOW grant between messages
+		Route:        func(string) (any, bool, string) { return nil, false, "" },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			reply := &tetherv1.Open{Procedure: "re"}
+			var counts [2]uint32
+			for range rounds { // ping-pong
+				if _, err := s.RecvMsg(); err != nil {
+					return
+				}
+				before := s.c.inlines.Load()
+				if err := s.SendProto(context.Background(), reply); err != nil {
+					return
+				}
+				counts[0] += s.c.inlines.Load() - before
+			}
+			if _, err := s.RecvMsg(); err != nil {
+				return
+			}
+			before := s.c.inlines.Load()
+			for range burst { // one request, a burst of answers
+				if err := s.SendProto(context.Background(), reply); err != nil {
+					return
+				}
+			}
+			counts[1] = s.c.inlines.Load() - before
+			handled <- counts
+			_ = s.Finish(nil, nil)
+		},
+	}
+	cc, _ := pair(t, scfg, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/B"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range rounds {
+		if err := s.SendMsg(ctx, []byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RecvMsg(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SendMsg(ctx, []byte("go")); err != nil {
+		t.Fatal(err)
+	}
+	for range burst {
+		if _, err := s.RecvMsg(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counts := <-handled
+	if counts[0] != rounds {
+		t.Errorf("%d of %d answers in a ping-pong were written inline", counts[0], rounds)
+	}
+	if counts[1] > 1 {
+		t.Errorf("%d of a burst of %d messages were written inline; want only the first (the rest batched by the writer)", counts[1], burst)
+	}
+}

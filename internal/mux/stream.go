@@ -47,6 +47,7 @@ type Stream struct {
 	// and before Accept runs (server).
 	ctx       context.Context // server: canceled when the stream ends; made by Context, under mu
 	ctxMade   atomic.Bool     // ctx is set for good: read without mu (a handler's ctx.Done and Err per message)
+	answering atomic.Bool     // a whole message arrived since this side last sent one (SendProto writes inline)
 	cancelCtx context.CancelCauseFunc
 	route     any           // Config.Route's value for the procedure
 	owner     any           // server: Config.NewStream's owner, or nil

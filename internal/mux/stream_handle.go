@@ -62,6 +62,9 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	if !more {
 		s.partial = 0
 		s.gotMessage = true
+		if !s.answering.Load() {
+			s.answering.Store(true)
+		}
 	}
 	payload := f.Payload
 	var sl *slab

@@ -131,8 +131,20 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	if err := s.takeCredit(ctx, cost); err != nil {
 		return err
 	}
+	// A message that answers one the peer sent (a bidi ping-pong, a
+	// server stream's first message) is written by this goroutine when the
+	// stream is alone on its connection and the queue is empty, as a lone
+	// unary call's frames are (writeAlone): the peer is waiting for it, and
+	// waking the writer goroutine would add a hand-off to every exchange.
+	// Messages sent back to back (a stream's second and later) go to the
+	// writer goroutine, which batches them.
+	var alone *uint32
+	if s.answering.Load() {
+		s.answering.Store(false)
+		alone = &s.id
+	}
 	var merr error
-	err := s.c.write(ctx, s.done, func(b []byte) []byte {
+	err := s.c.queue(ctx, s.done, alone, func(b []byte) []byte {
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, size)
 		out, e := marshalOpts.MarshalAppend(b, m)

@@ -20,8 +20,10 @@ package mux
 //     writerLinger without work, so an idle connection has only its reader
 //     goroutine;
 //   - an application goroutine in writeAlone (a unary caller's Open, a
-//     handler's FinishWith) whose frames found the queue empty, the token
-//     free and no other stream on the connection: it writes its own frames
+//     handler's FinishWith) or in SendProto with a message that answers
+//     one the peer sent (a bidi ping-pong; Stream.answering) whose frames
+//     found the queue empty, the token free and no other stream on the
+//     connection: it writes its own frames
 //     inline (writeInline) instead of waking the writer goroutine, saving
 //     a goroutine hand-off per call on each side. The heartbeat timer does
 //     the same with its PING when the queue is empty, and so does the
@@ -179,6 +181,7 @@ const slowWrite = time.Millisecond
 func (c *Conn) writeInline() {
 	buf := c.takeLocked()
 	c.winline = true
+	c.inlines.Add(1)
 	c.wg.Add(1) // readerExit waits for holders; wdead is false
 	c.wmu.Unlock()
 	err := c.writeBatch(buf)
