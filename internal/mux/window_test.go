@@ -1,0 +1,137 @@
+package mux
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// windowPeer is a raw server that receives stream 1's messages with the
+// default window and grants credit back as tether's receiver does (a WINDOW
+// once a quarter of the window is consumed). It sends on splits how many of
+// the first msgs messages had their fragments in two WebSocket messages,
+// and on sizes the payload size of each message.
+func windowPeer(t *testing.T, msgs int) (cc *Conn, splits chan int, sizes chan []int) {
+	t.Helper()
+	splits, sizes = make(chan int, 1), make(chan []int, 1)
+	cc = rawServer(t, Config{}, func(ws *websocket.Conn) {
+		if _, _, err := ws.ReadMessage(); err != nil { // OPEN
+			return
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, DefaultStreamWindow-InitialWindow)); err != nil {
+			return
+		}
+		seen, split, unacked, size := 0, 0, 0, 0
+		var got []int
+		for seen < msgs {
+			_, m, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			more := false
+			for len(m) > 0 {
+				f, rest, err := frame.Parse(m)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if f.Type == frame.TypeMessage {
+					unacked += len(f.Payload) + FrameOverhead
+					size += len(f.Payload)
+					more = f.Flags&frame.FlagMore != 0
+					if !more {
+						seen++
+						got = append(got, size)
+						size = 0
+					}
+				}
+				m = rest
+			}
+			if more {
+				split++
+			}
+			if unacked >= DefaultStreamWindow/4 {
+				if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, uint32(unacked))); err != nil {
+					return
+				}
+				unacked = 0
+			}
+		}
+		splits <- split
+		sizes <- got
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	return cc, splits, sizes
+}
+
+// TestMessageWaitsForWholeCredit (issue 15): a message that costs little
+// next to the peer's window is sent whole once credit covers all of it. A
+// 64 KiB payload costs 65,572 bytes of credit, and 3.998 of them fit the
+// default 256 KiB window: before, the fourth message and every one after
+// it left as a large fragment, then, once the next WINDOW came, a sliver
+// in the next WebSocket message, ahead of the next message's large
+// fragment, so the receiver completed each message one message late.
+func TestMessageWaitsForWholeCredit(t *testing.T) {
+	const msgs = 40
+	cc, splits, _ := windowPeer(t, msgs)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 64<<10+4)
+	for range msgs {
+		if err := s.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case n := <-splits:
+		if n > 0 {
+			t.Errorf("%d of %d messages of %d bytes were cut where the credit ran out; want each sent whole", n, msgs, len(msg))
+		}
+	case <-ctx.Done():
+		t.Fatal("the peer did not receive every message")
+	}
+}
+
+// TestLargeWindowlessMessagesStillFlow: a message larger than half the
+// window (here, the initial 64 KiB, the only credit a peer has granted
+// before its WINDOW) does not wait for credit the peer may never give at
+// once; it goes out in fragments as the credit comes.
+func TestLargeWindowlessMessagesStillFlow(t *testing.T) {
+	cc, sc := pair(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
+		for range 3 {
+			if _, err := s.RecvMsg(); err != nil {
+				return
+			}
+		}
+		_ = s.Finish(nil, nil)
+	}}, Config{})
+	_ = sc
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{64<<10 + 4, 40 << 10, 100 << 10} {
+		if err := s.SendProto(ctx, &wrapperspb.BytesValue{Value: make([]byte, n)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.RecvMsg(); err == nil {
+		t.Fatal("a message from a handler that sends none")
+	}
+}
