@@ -72,6 +72,8 @@ type Stream struct {
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg (single: when RecvMsg must wait)
+	grown         int   // receive window beyond StreamWindow, charged to the connection's windowGrowth (growLocked)
+	drained       int   // credit consumed since the receive window last grew
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	gotMessage    bool  // reader goroutine: a whole message has arrived

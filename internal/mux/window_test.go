@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,4 +135,164 @@ func TestLargeWindowlessMessagesStillFlow(t *testing.T) {
 	if _, err := s.RecvMsg(); err == nil {
 		t.Fatal("a message from a handler that sends none")
 	}
+}
+
+// burstServer is a server whose handler sends batches of batch messages of
+// size bytes, each batch when the test asks for it on next, then ends.
+func burstServer(t *testing.T, ccfg Config, batch, size int, next chan struct{}) *Conn {
+	t.Helper()
+	cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		if _, err := s.RecvMsg(); err != nil {
+			return
+		}
+		msg := make([]byte, size)
+		for range next {
+			for range batch {
+				if err := s.SendMsg(s.Context(), msg); err != nil {
+					return
+				}
+			}
+		}
+		_ = s.Finish(nil, nil)
+	}}, ccfg)
+	return cc
+}
+
+// streamGrowth returns s's window growth.
+func streamGrowth(s *Stream) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.grown
+}
+
+// TestWindowGrowsWhileConsumerKeepsUp (issue 15): a stream whose consumer
+// drains a whole window and then waits on an empty queue doubles its
+// receive window, up to MaxStreamWindow (4 × StreamWindow by default), so
+// that a fast stream has more than four 64 KiB messages in flight; the
+// growth is charged to the connection and given back when the stream ends.
+func TestWindowGrowsWhileConsumerKeepsUp(t *testing.T) {
+	next := make(chan struct{})
+	cc := burstServer(t, Config{}, 5, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const max = 4*DefaultStreamWindow - DefaultStreamWindow
+	var signals sync.WaitGroup
+	for i := 0; i < 20 && streamGrowth(s) < max; i++ {
+		// The consumer waits on an empty queue: the handler sends the
+		// next batch only after a moment (if the batch came first, the
+		// window grows a batch later).
+		signals.Go(func() { time.Sleep(20 * time.Millisecond); next <- struct{}{} })
+		for range 5 {
+			if _, err := s.RecvMsg(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if g := streamGrowth(s); g != max {
+		t.Fatalf("window grew by %d bytes; want %d (to 4 × %d)", g, max, DefaultStreamWindow)
+	}
+	if g := cc.windowGrowth.Load(); g != max {
+		t.Fatalf("connection's window growth %d; want %d", g, max)
+	}
+	signals.Wait()
+	close(next)
+	for {
+		if _, err := s.RecvMsg(); err != nil {
+			break
+		}
+	}
+	if g := cc.windowGrowth.Load(); g != 0 {
+		t.Fatalf("connection's window growth %d after the stream ended; want 0", g)
+	}
+}
+
+// TestWindowGrowthBoundedPerConnection (issue 15): the windows of all the
+// streams of a connection grow by at most MaxWindowGrowth together.
+func TestWindowGrowthBoundedPerConnection(t *testing.T) {
+	const budget = 1 << 20
+	next := make(chan struct{})
+	cc := burstServer(t, Config{MaxWindowGrowth: budget}, 5, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var streams []*Stream
+	for range 3 {
+		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	var signals sync.WaitGroup
+	for range 8 {
+		signals.Go(func() {
+			time.Sleep(20 * time.Millisecond)
+			for range streams {
+				next <- struct{}{}
+			}
+		})
+		for _, s := range streams {
+			for range 5 {
+				if _, err := s.RecvMsg(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if g := cc.windowGrowth.Load(); g > budget {
+			t.Fatalf("window growth %d on the connection; want at most %d", g, budget)
+		}
+	}
+	sum := 0
+	for _, s := range streams {
+		sum += streamGrowth(s)
+	}
+	if g := cc.windowGrowth.Load(); sum != int(g) || g == 0 {
+		t.Fatalf("streams grew by %d, connection counts %d; want the same, more than 0", sum, g)
+	}
+	signals.Wait()
+	close(next)
+	for _, s := range streams {
+		for {
+			if _, err := s.RecvMsg(); err != nil {
+				break
+			}
+		}
+	}
+	if g := cc.windowGrowth.Load(); g != 0 {
+		t.Fatalf("connection's window growth %d after the streams ended; want 0", g)
+	}
+}
+
+// TestSlowConsumerWindowDoesNotGrow (issue 15): a consumer that always has
+// messages waiting (it is slower than the sender) never grows its window,
+// so what a peer can make it hold stays within StreamWindow.
+func TestSlowConsumerWindowDoesNotGrow(t *testing.T) {
+	const msgs = 40
+	next := make(chan struct{}, 1)
+	next <- struct{}{}
+	cc := burstServer(t, Config{}, msgs, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range msgs {
+		waitFor(t, time.Minute, "a queued message", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			_, whole := s.recvQ.messageRest()
+			return whole
+		})
+		if _, err := s.RecvMsg(); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	if g := streamGrowth(s); g != 0 {
+		t.Fatalf("a consumer that never waited grew its window by %d", g)
+	}
+	close(next)
 }
