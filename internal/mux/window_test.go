@@ -296,3 +296,23 @@ func TestSlowConsumerWindowDoesNotGrow(t *testing.T) {
 	}
 	close(next)
 }
+
+// TestTwo64KiBMessagesShareAWrite (issue 15): two queued messages of a
+// 64 KiB payload (each a full frame and a 4-byte tail) leave in one
+// WebSocket message, and a third starts the next: at a 128 KiB cut each
+// went alone, a write, a read and four allocations in gorilla/websocket
+// per message.
+func TestTwo64KiBMessagesShareAWrite(t *testing.T) {
+	var buf []byte
+	msg := make([]byte, frame.MaxPayload+4)
+	for range 3 {
+		buf = frame.AppendHeader(buf, frame.TypeMessage, frame.FlagMore, 1, frame.MaxPayload)
+		buf = append(buf, msg[:frame.MaxPayload]...)
+		buf = frame.AppendHeader(buf, frame.TypeMessage, 0, 1, len(msg)-frame.MaxPayload)
+		buf = append(buf, msg[frame.MaxPayload:]...)
+	}
+	var c Conn
+	if n, two := c.cutMessage(buf), 2*(len(msg)+2*frame.HeaderSize); n != two {
+		t.Fatalf("first WebSocket message of %d bytes; want %d, two messages of %d bytes", n, two, len(msg))
+	}
+}
