@@ -119,7 +119,9 @@ func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxParti
 
 // WithStreamWindow sets the flow-control window granted to the server per
 // stream (default 256 KiB, minimum 64 KiB): what one stream can make the
-// client buffer.
+// client buffer. A stream whose consumer keeps up with the server may grow
+// it to 4 × that, within 4 MiB of growth per connection
+// (docs/PROTOCOL.md, section 7).
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithHeartbeat sets how often the client pings the server and how long past

@@ -110,7 +110,9 @@ func WithMaxConcurrentStreams(n int) Option {
 
 // WithStreamWindow sets the flow-control window granted to the client per
 // stream (default 256 KiB, minimum 64 KiB). It bounds what one stream can
-// make the server buffer.
+// make the server buffer; a stream whose handler keeps up with the client
+// may grow it to 4 × that, within 4 MiB of growth per connection
+// (docs/PROTOCOL.md, section 7).
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithMaxHeaderBytes bounds the cost of a call's request metadata: its

@@ -36,6 +36,7 @@ const (
 const (
 	DefaultMaxMessageSize       = 8 << 20
 	DefaultStreamWindow         = 256 << 10
+	DefaultMaxWindowGrowth      = 4 << 20
 	DefaultMaxConcurrentStreams = 1024
 	DefaultMaxHeaderBytes       = 16 << 10
 	DefaultPingInterval         = 10 * time.Second
@@ -132,6 +133,17 @@ type Config struct {
 	MaxPartialBytes int
 	// StreamWindow is the receive window granted to the peer per stream.
 	StreamWindow int
+	// MaxStreamWindow is how far a stream's receive window may grow while
+	// its consumer keeps up with the sender (it waits on an empty queue
+	// after consuming a whole window): the window doubles up to it.
+	// Default: 4 × StreamWindow (1 MiB); never less than StreamWindow,
+	// which turns growth off.
+	MaxStreamWindow int
+	// MaxWindowGrowth bounds, per connection, the sum of what the streams'
+	// receive windows have grown beyond StreamWindow (MaxStreamWindow):
+	// what growth can add to the memory a peer makes this side hold.
+	// Default: 4 MiB.
+	MaxWindowGrowth int
 	// MaxConcurrentStreams bounds the streams a server runs at once on this
 	// connection; OPENs beyond it are refused with resource_exhausted.
 	MaxConcurrentStreams int
@@ -222,6 +234,9 @@ func (c *Config) withDefaults() {
 	c.MaxPartialBytes = max(c.MaxPartialBytes, c.MaxMessageSize)
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
+	orDefault(&c.MaxStreamWindow, 4*c.StreamWindow)
+	c.MaxStreamWindow = min(max(c.MaxStreamWindow, c.StreamWindow), 1<<30)
+	orDefault(&c.MaxWindowGrowth, DefaultMaxWindowGrowth)
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
 	orDefault(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	orDefault(&c.PingInterval, DefaultPingInterval)

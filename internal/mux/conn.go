@@ -149,6 +149,7 @@ type Conn struct {
 	// Counters, updated atomically from any goroutine.
 	bytesIn, bytesOut atomic.Uint64
 	partialBytes      atomic.Int64 // capacity of the buffers of messages being assembled (Stream.assembleLocked)
+	windowGrowth      atomic.Int64 // receive windows grown beyond StreamWindow, all streams (Stream.growLocked)
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,

@@ -73,6 +73,8 @@ type Stream struct {
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg (single: when RecvMsg must wait)
+	grown         int   // receive window beyond StreamWindow, charged to the connection's windowGrowth (growLocked)
+	drained       int   // credit consumed since the receive window last grew
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	gotMessage    bool  // reader goroutine: a whole message has arrived
@@ -98,6 +100,7 @@ type Stream struct {
 	// The sending side (stream_send.go, stream_end.go).
 	sendNotify chan struct{} // made by the first sender to wait for credit (senderWakeLocked); a resumable stream's with the stream
 	sendCredit int
+	sendPeak   int   // the most credit a sender has seen at once (wholeWantLocked)
 	sendErr    error // set when the stream can carry no more sends
 	halfClosed bool  // we sent HALF_CLOSE or END
 

@@ -213,6 +213,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 		s.assembly = nil
 	}
 	s.uncharge()
+	s.releaseGrowthLocked()
 	if s.sendErr == nil {
 		s.sendErr = err
 	}
@@ -245,6 +246,7 @@ func (s *Stream) finish() {
 	}
 	s.finished = true
 	s.uncharge()
+	s.releaseGrowthLocked()
 	if !s.headersSet {
 		s.headersSet = true
 		s.closeHeadersLocked()

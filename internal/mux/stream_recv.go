@@ -46,6 +46,7 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		for s.recvQ.len() > 0 {
 			ch := s.recvQ.pop()
 			s.unacked += len(ch.b) + FrameOverhead
+			s.drained += len(ch.b) + FrameOverhead
 			if s.resumable && !ch.more {
 				s.seq++
 			}
@@ -107,6 +108,7 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		// A resumable stream acknowledges what it consumed before it waits
 		// for more: the sender's replay buffer may be full of it.
 		n, seq := s.ackIdleLocked()
+		n += s.growLocked()
 		s.mu.Unlock()
 		s.grant(n, seq)
 		<-s.recvNotify
@@ -228,6 +230,42 @@ func (s *Stream) dropAssemblyLocked() {
 func (s *Stream) uncharge() {
 	s.c.partialBytes.Add(-int64(s.assemblyCap))
 	s.assemblyCap = 0
+}
+
+// growLocked grows the stream's receive window, and returns the credit to
+// grant for it, when its consumer waits on an empty queue after consuming
+// at least a whole window since the window last grew: the consumer keeps up
+// with the sender, so the window, not the consumer, is what holds the
+// stream back, and each WINDOW's round trip left the two ends taking turns.
+// The window doubles, up to Config.MaxStreamWindow, while the growth of all
+// the connection's streams stays within Config.MaxWindowGrowth; a stream
+// gives its growth back when it ends (terminate, finish: no more can
+// arrive, and what is queued stays within what was granted). A consumer that falls
+// behind never finds its queue empty, so its window does not grow; one
+// that stops reading after its window grew holds at most the grown window,
+// which the connection's budget bounds. A procedure that takes one request
+// does not grow its window. s.mu is held.
+func (s *Stream) growLocked() int {
+	w := s.c.cfg.StreamWindow + s.grown
+	if s.drained < w || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
+		return 0
+	}
+	n := min(w, s.c.cfg.MaxStreamWindow-w)
+	if s.c.windowGrowth.Add(int64(n)) > int64(s.c.cfg.MaxWindowGrowth) {
+		s.c.windowGrowth.Add(-int64(n))
+		return 0
+	}
+	s.grown += n
+	s.drained = 0
+	s.recvWindow += n
+	return n
+}
+
+// releaseGrowthLocked gives the stream's window growth back to the
+// connection (growLocked); the stream has ended. s.mu is held.
+func (s *Stream) releaseGrowthLocked() {
+	s.c.windowGrowth.Add(-int64(s.grown))
+	s.grown = 0
 }
 
 // takeGrantLocked returns the credit to grant back now, if enough has been

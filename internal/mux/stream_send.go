@@ -16,6 +16,7 @@ package mux
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -32,18 +33,25 @@ import (
 //
 // The fragments that the credit in hand covers are queued together (up to
 // batchBytes of them at a time), so that a message a little over one frame
-// leaves in one write rather than as a frame and then a sliver.
+// leaves in one write rather than as a frame and then a sliver. A message
+// that costs little next to the peer's window waits for credit for all of
+// it (wholeWantLocked), so that it is not cut where the credit ran out.
 func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 	if len(msg) > s.c.cfg.MaxMessageSize {
 		return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", len(msg), s.c.cfg.MaxMessageSize)
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
+	return s.sendMsgLocked(ctx, msg)
+}
+
+// sendMsgLocked is SendMsg; the caller holds sendMu.
+func (s *Stream) sendMsgLocked(ctx context.Context, msg []byte) error {
 	first := true
 	started := false // a fragment with MORE has been queued
 	for first || len(msg) > 0 {
 		first = false
-		credit, err := s.waitCredit(ctx, min(len(msg), minFragment)+FrameOverhead)
+		credit, err := s.waitCredit(ctx, len(msg))
 		if err != nil {
 			return s.abandonMessage(started, err)
 		}
@@ -84,6 +92,39 @@ func (s *Stream) SendMsg(ctx context.Context, msg []byte) error {
 // slivers.
 const minFragment = 16 << 10
 
+// maxWholeWait bounds the cost of a message (or of what is left of one)
+// for which a sender waits until its credit covers all of it
+// (wholeWantLocked).
+const maxWholeWait = maxWriteMessage
+
+// messageCost is the credit n bytes of message cost when sent in frames of
+// frame.MaxPayload bytes.
+func messageCost(n int) int {
+	return n + max(1, (n+frame.MaxPayload-1)/frame.MaxPayload)*FrameOverhead
+}
+
+// wholeWantLocked returns the credit a sender waits for before it sends the
+// rest (n bytes) of a message. That is the whole rest when it costs at most
+// maxWholeWait and at most half the most credit the stream has held at once
+// (sendPeak, at least the peer's window as far as this side has seen it):
+// otherwise a message a little larger than the credit left in the window
+// (a 64 KiB payload costs 65,572 bytes; 3.998 of them fit the default
+// 256 KiB window) went out as a large fragment and a sliver that waited for
+// the next WINDOW, in another WebSocket message after the next message's
+// large fragment, so the receiver could complete each message only one
+// message late. Half the peak is what a receiver can always give back: one
+// that grants consumed credit once a quarter of its window is consumed, as
+// tether's do (docs/PROTOCOL.md, section 7), never holds back more. Larger
+// messages wait for min(n, minFragment) plus a frame's overhead, as before.
+// s.mu is held.
+func (s *Stream) wholeWantLocked(n int) int {
+	s.sendPeak = max(s.sendPeak, s.sendCredit)
+	if cost := messageCost(n); cost <= maxWholeWait && 2*cost <= s.sendPeak {
+		return cost
+	}
+	return min(n, minFragment) + FrameOverhead
+}
+
 // abandonMessage returns err, the error of a SendMsg that stops before the
 // message is complete. Once a fragment has been queued (started), the
 // stream is reset with err: the peer would otherwise wait for the rest,
@@ -96,34 +137,17 @@ func (s *Stream) abandonMessage(started bool, err error) error {
 	return err
 }
 
-// SendProto sends one protobuf message. A message that fits one frame is
-// marshalled straight into the writer's queue, saving an allocation and a
-// copy; a larger one goes through SendMsg.
+// SendProto sends one protobuf message. A message that fits one frame, or
+// that the credit in hand covers whole (wholeWantLocked), is marshalled
+// straight into the writer's queue, saving an allocation and a copy; a
+// larger one is marshalled into a pooled buffer and goes through SendMsg.
 func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	size := proto.Size(m)
 	if size > frame.MaxPayload || size > s.c.cfg.MaxMessageSize {
 		if size > s.c.cfg.MaxMessageSize {
 			return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", size, s.c.cfg.MaxMessageSize)
 		}
-		// Marshalled into a pooled buffer (bigbuf.go): SendMsg copies
-		// it into the writer's queue.
-		sl := getBig(size)
-		var buf []byte
-		if sl != nil {
-			buf = sl.buf
-		}
-		b, err := marshalOpts.MarshalAppend(buf, m)
-		if err == nil && len(b) != size {
-			err = errors.New("message changed while it was being sent")
-		}
-		if err != nil {
-			return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), err)
-		}
-		err = s.SendMsg(ctx, b)
-		if sl != nil && cap(b) == cap(sl.buf) {
-			putBig(sl)
-		}
-		return err
+		return s.sendLargeProto(ctx, m, size)
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
@@ -171,6 +195,102 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	return nil
 }
 
+// sendLargeProto sends m, of size bytes, more than one frame. When it
+// costs little enough to wait for credit for all of it (wholeWantLocked),
+// it is marshalled straight into the writer's queue (marshalFragments);
+// otherwise into a pooled buffer (bigbuf.go), which SendMsg copies into the
+// queue as credit comes.
+func (s *Stream) sendLargeProto(ctx context.Context, m proto.Message, size int) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	if cost := messageCost(size); cost <= maxWholeWait {
+		credit, err := s.waitCredit(ctx, size)
+		if err != nil {
+			return err
+		}
+		if credit >= cost {
+			var merr error
+			err := s.c.write(ctx, s.done, func(b []byte) []byte {
+				out, e := s.marshalFragments(b, m, size)
+				merr = e
+				return out
+			})
+			left := credit - cost
+			if err != nil || merr != nil {
+				left = credit // not sent: the credit goes back
+			}
+			s.mu.Lock()
+			s.sendCredit += left
+			s.mu.Unlock()
+			if merr != nil {
+				return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), merr)
+			}
+			if err != nil {
+				return s.sendError(err)
+			}
+			return nil
+		}
+		// Too little credit to send it whole, and the window is too
+		// small to wait for that much: fragments as credit comes.
+		s.mu.Lock()
+		s.sendCredit += credit
+		s.mu.Unlock()
+	}
+	sl := getBig(size)
+	var buf []byte
+	if sl != nil {
+		buf = sl.buf
+	}
+	b, err := marshalOpts.MarshalAppend(buf, m)
+	if err == nil && len(b) != size {
+		err = errors.New("message changed while it was being sent")
+	}
+	if err != nil {
+		return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	err = s.sendMsgLocked(ctx, b)
+	if sl != nil && cap(b) == cap(sl.buf) {
+		putBig(sl)
+	}
+	return err
+}
+
+// marshalFragments appends m, of size bytes, to b as the MESSAGE frames of
+// one message: it is marshalled once, after the first frame's header, and
+// the bytes of each later fragment move up to make room for its header,
+// from the last fragment back (for a 64 KiB payload, its 4-byte tail). On
+// error it returns b unchanged.
+func (s *Stream) marshalFragments(b []byte, m proto.Message, size int) ([]byte, error) {
+	start := len(b)
+	nfrag := (size + frame.MaxPayload - 1) / frame.MaxPayload
+	b = slices.Grow(b, size+nfrag*frame.HeaderSize)
+	flags := uint8(0)
+	if nfrag > 1 {
+		flags = frame.FlagMore
+	}
+	b = frame.AppendHeader(b, frame.TypeMessage, flags, s.id, min(size, frame.MaxPayload))
+	body := len(b)
+	out, err := marshalOpts.MarshalAppend(b, m)
+	if err == nil && len(out)-body != size {
+		err = errors.New("message changed while it was being sent")
+	}
+	if err != nil {
+		return b[:start], err
+	}
+	out = out[:body+size+(nfrag-1)*frame.HeaderSize]
+	for k := nfrag - 1; k >= 1; k-- {
+		lo, hi := k*frame.MaxPayload, min(size, (k+1)*frame.MaxPayload)
+		at := body + lo + k*frame.HeaderSize
+		copy(out[at:], out[body+lo:body+hi])
+		flags := uint8(0)
+		if k < nfrag-1 {
+			flags = frame.FlagMore
+		}
+		frame.AppendHeader(out[:at-frame.HeaderSize], frame.TypeMessage, flags, s.id, hi-lo)
+	}
+	return out, nil
+}
+
 // takeCredit waits until n credit is available and takes exactly n.
 func (s *Stream) takeCredit(ctx context.Context, n int) error {
 	for {
@@ -200,9 +320,10 @@ func (s *Stream) takeCredit(ctx context.Context, n int) error {
 	}
 }
 
-// waitCredit waits until at least want credit is available and takes all of
-// it; the caller returns what it does not use.
-func (s *Stream) waitCredit(ctx context.Context, want int) (int, error) {
+// waitCredit waits until the credit available covers what the rest of a
+// message, n bytes, needs first (wholeWantLocked) and takes all of it; the
+// caller returns what it does not use.
+func (s *Stream) waitCredit(ctx context.Context, n int) (int, error) {
 	for {
 		s.mu.Lock()
 		if s.sendErr != nil {
@@ -214,7 +335,7 @@ func (s *Stream) waitCredit(ctx context.Context, want int) (int, error) {
 			s.mu.Unlock()
 			return 0, tether.Errorf(tether.CodeInternal, "tether: send after close")
 		}
-		if s.sendCredit >= want {
+		if s.sendCredit >= s.wholeWantLocked(n) {
 			n := s.sendCredit
 			s.sendCredit = 0
 			s.mu.Unlock()

@@ -321,23 +321,7 @@ func (c *Conn) stopWriter() {
 // at frame boundaries.
 func (c *Conn) writeBatch(buf []byte) error {
 	for len(buf) > 0 {
-		n := 0
-		big := false // a large frame is in this WebSocket message
-		for n < len(buf) {
-			typ := frame.Type(buf[n])
-			id := binary.BigEndian.Uint32(buf[n+2 : n+6])
-			size := frame.HeaderSize + int(binary.BigEndian.Uint32(buf[n+6:n+10]))
-			if n > 0 && (n+size > MaxWebSocketMessage || size >= minBig && n+size > maxWriteMessage || !big && size < minBig && n+size > maxSmallWriteMessage) {
-				break
-			}
-			big = big || size >= minBig
-			if typ == frame.TypeOpen && id > c.flushedOpen.Load() {
-				// Published before the write: if the write fails, the
-				// stream may have reached the peer and is not unprocessed.
-				c.flushedOpen.Store(id)
-			}
-			n += size
-		}
+		n := c.cutMessage(buf)
 		begin := time.Now()
 		_ = c.ws.SetWriteDeadline(begin.Add(c.cfg.WriteTimeout))
 		err := c.ws.WriteMessage(websocket.BinaryMessage, buf[:n])
@@ -355,6 +339,29 @@ func (c *Conn) writeBatch(buf []byte) error {
 	return nil
 }
 
+// cutMessage returns the length of the first WebSocket message writeBatch
+// makes of buf, whole frames, and publishes flushedOpen for the OPENs in it
+// (before the write: if the write fails, those streams may have reached
+// the peer and are not unprocessed).
+func (c *Conn) cutMessage(buf []byte) int {
+	n := 0
+	big := false // a large frame is in this WebSocket message
+	for n < len(buf) {
+		typ := frame.Type(buf[n])
+		id := binary.BigEndian.Uint32(buf[n+2 : n+6])
+		size := frame.HeaderSize + int(binary.BigEndian.Uint32(buf[n+6:n+10]))
+		if n > 0 && (n+size > MaxWebSocketMessage || size >= minBig && n+size > maxWriteMessage || !big && size < minBig && n+size > maxSmallWriteMessage) {
+			break
+		}
+		big = big || size >= minBig
+		if typ == frame.TypeOpen && id > c.flushedOpen.Load() {
+			c.flushedOpen.Store(id)
+		}
+		n += size
+	}
+	return n
+}
+
 // marshalOpts encodes envelopes straight into the writer's queue, reusing
 // the size computed just before.
 var marshalOpts = proto.MarshalOptions{UseCachedSize: true}
@@ -365,8 +372,13 @@ var marshalOpts = proto.MarshalOptions{UseCachedSize: true}
 // receiver reads a whole WebSocket message before it handles any of its
 // frames, so a backlog of large frames written as one message as large as
 // the stream's window made the two ends take turns, the receiver reading
-// while the sender waited for credit, instead of overlapping.
-const maxWriteMessage = 128 << 10
+// while the sender waited for credit, instead of overlapping. It is 1 KiB
+// over 128 KiB so that two messages of a 64 KiB payload (each a full frame
+// and a tail of a few bytes, 131,120 bytes together) share a write: at
+// 128 KiB each went alone, one write, one read and four allocations in
+// gorilla/websocket per message (5.4 instead of 7.3 allocations per message,
+// both ends, on the 64 KiB stream).
+const maxWriteMessage = 129 << 10
 
 // maxSmallWriteMessage: a WebSocket message of small frames only ends
 // before it would pass this size (a small frame may still follow a large

@@ -1,0 +1,318 @@
+package mux
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
+)
+
+// windowPeer is a raw server that receives stream 1's messages with the
+// default window and grants credit back as tether's receiver does (a WINDOW
+// once a quarter of the window is consumed). It sends on splits how many of
+// the first msgs messages had their fragments in two WebSocket messages,
+// and on sizes the payload size of each message.
+func windowPeer(t *testing.T, msgs int) (cc *Conn, splits chan int, sizes chan []int) {
+	t.Helper()
+	splits, sizes = make(chan int, 1), make(chan []int, 1)
+	cc = rawServer(t, Config{}, func(ws *websocket.Conn) {
+		if _, _, err := ws.ReadMessage(); err != nil { // OPEN
+			return
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, DefaultStreamWindow-InitialWindow)); err != nil {
+			return
+		}
+		seen, split, unacked, size := 0, 0, 0, 0
+		var got []int
+		for seen < msgs {
+			_, m, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			more := false
+			for len(m) > 0 {
+				f, rest, err := frame.Parse(m)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if f.Type == frame.TypeMessage {
+					unacked += len(f.Payload) + FrameOverhead
+					size += len(f.Payload)
+					more = f.Flags&frame.FlagMore != 0
+					if !more {
+						seen++
+						got = append(got, size)
+						size = 0
+					}
+				}
+				m = rest
+			}
+			if more {
+				split++
+			}
+			if unacked >= DefaultStreamWindow/4 {
+				if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, uint32(unacked))); err != nil {
+					return
+				}
+				unacked = 0
+			}
+		}
+		splits <- split
+		sizes <- got
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	return cc, splits, sizes
+}
+
+// TestMessageWaitsForWholeCredit (issue 15): a message that costs little
+// next to the peer's window is sent whole once credit covers all of it. A
+// 64 KiB payload costs 65,572 bytes of credit, and 3.998 of them fit the
+// default 256 KiB window: before, the fourth message and every one after
+// it left as a large fragment, then, once the next WINDOW came, a sliver
+// in the next WebSocket message, ahead of the next message's large
+// fragment, so the receiver completed each message one message late.
+func TestMessageWaitsForWholeCredit(t *testing.T) {
+	const msgs = 40
+	cc, splits, _ := windowPeer(t, msgs)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 64<<10+4)
+	for range msgs {
+		if err := s.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case n := <-splits:
+		if n > 0 {
+			t.Errorf("%d of %d messages of %d bytes were cut where the credit ran out; want each sent whole", n, msgs, len(msg))
+		}
+	case <-ctx.Done():
+		t.Fatal("the peer did not receive every message")
+	}
+}
+
+// TestLargeWindowlessMessagesStillFlow: a message larger than half the
+// window (here, the initial 64 KiB, the only credit a peer has granted
+// before its WINDOW) does not wait for credit the peer may never give at
+// once; it goes out in fragments as the credit comes.
+func TestLargeWindowlessMessagesStillFlow(t *testing.T) {
+	cc, sc := pair(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
+		for range 3 {
+			if _, err := s.RecvMsg(); err != nil {
+				return
+			}
+		}
+		_ = s.Finish(nil, nil)
+	}}, Config{})
+	_ = sc
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{64<<10 + 4, 40 << 10, 100 << 10} {
+		if err := s.SendProto(ctx, &wrapperspb.BytesValue{Value: make([]byte, n)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.RecvMsg(); err == nil {
+		t.Fatal("a message from a handler that sends none")
+	}
+}
+
+// burstServer is a server whose handler sends batches of batch messages of
+// size bytes, each batch when the test asks for it on next, then ends.
+func burstServer(t *testing.T, ccfg Config, batch, size int, next chan struct{}) *Conn {
+	t.Helper()
+	cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		if _, err := s.RecvMsg(); err != nil {
+			return
+		}
+		msg := make([]byte, size)
+		for range next {
+			for range batch {
+				if err := s.SendMsg(s.Context(), msg); err != nil {
+					return
+				}
+			}
+		}
+		_ = s.Finish(nil, nil)
+	}}, ccfg)
+	return cc
+}
+
+// streamGrowth returns s's window growth.
+func streamGrowth(s *Stream) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.grown
+}
+
+// TestWindowGrowsWhileConsumerKeepsUp (issue 15): a stream whose consumer
+// drains a whole window and then waits on an empty queue doubles its
+// receive window, up to MaxStreamWindow (4 × StreamWindow by default), so
+// that a fast stream has more than four 64 KiB messages in flight; the
+// growth is charged to the connection and given back when the stream ends.
+func TestWindowGrowsWhileConsumerKeepsUp(t *testing.T) {
+	next := make(chan struct{})
+	cc := burstServer(t, Config{}, 5, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const max = 4*DefaultStreamWindow - DefaultStreamWindow
+	var signals sync.WaitGroup
+	for i := 0; i < 20 && streamGrowth(s) < max; i++ {
+		// The consumer waits on an empty queue: the handler sends the
+		// next batch only after a moment (if the batch came first, the
+		// window grows a batch later).
+		signals.Go(func() { time.Sleep(20 * time.Millisecond); next <- struct{}{} })
+		for range 5 {
+			if _, err := s.RecvMsg(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if g := streamGrowth(s); g != max {
+		t.Fatalf("window grew by %d bytes; want %d (to 4 × %d)", g, max, DefaultStreamWindow)
+	}
+	if g := cc.windowGrowth.Load(); g != max {
+		t.Fatalf("connection's window growth %d; want %d", g, max)
+	}
+	signals.Wait()
+	close(next)
+	for {
+		if _, err := s.RecvMsg(); err != nil {
+			break
+		}
+	}
+	if g := cc.windowGrowth.Load(); g != 0 {
+		t.Fatalf("connection's window growth %d after the stream ended; want 0", g)
+	}
+}
+
+// TestWindowGrowthBoundedPerConnection (issue 15): the windows of all the
+// streams of a connection grow by at most MaxWindowGrowth together.
+func TestWindowGrowthBoundedPerConnection(t *testing.T) {
+	const budget = 1 << 20
+	next := make(chan struct{})
+	cc := burstServer(t, Config{MaxWindowGrowth: budget}, 5, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var streams []*Stream
+	for range 3 {
+		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	var signals sync.WaitGroup
+	for range 8 {
+		signals.Go(func() {
+			time.Sleep(20 * time.Millisecond)
+			for range streams {
+				next <- struct{}{}
+			}
+		})
+		for _, s := range streams {
+			for range 5 {
+				if _, err := s.RecvMsg(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if g := cc.windowGrowth.Load(); g > budget {
+			t.Fatalf("window growth %d on the connection; want at most %d", g, budget)
+		}
+	}
+	sum := 0
+	for _, s := range streams {
+		sum += streamGrowth(s)
+	}
+	if g := cc.windowGrowth.Load(); sum != int(g) || g == 0 {
+		t.Fatalf("streams grew by %d, connection counts %d; want the same, more than 0", sum, g)
+	}
+	signals.Wait()
+	close(next)
+	for _, s := range streams {
+		for {
+			if _, err := s.RecvMsg(); err != nil {
+				break
+			}
+		}
+	}
+	if g := cc.windowGrowth.Load(); g != 0 {
+		t.Fatalf("connection's window growth %d after the streams ended; want 0", g)
+	}
+}
+
+// TestSlowConsumerWindowDoesNotGrow (issue 15): a consumer that always has
+// messages waiting (it is slower than the sender) never grows its window,
+// so what a peer can make it hold stays within StreamWindow.
+func TestSlowConsumerWindowDoesNotGrow(t *testing.T) {
+	const msgs = 40
+	next := make(chan struct{}, 1)
+	next <- struct{}{}
+	cc := burstServer(t, Config{}, msgs, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range msgs {
+		waitFor(t, time.Minute, "a queued message", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			_, whole := s.recvQ.messageRest()
+			return whole
+		})
+		if _, err := s.RecvMsg(); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	if g := streamGrowth(s); g != 0 {
+		t.Fatalf("a consumer that never waited grew its window by %d", g)
+	}
+	close(next)
+}
+
+// TestTwo64KiBMessagesShareAWrite (issue 15): two queued messages of a
+// 64 KiB payload (each a full frame and a 4-byte tail) leave in one
+// WebSocket message, and a third starts the next: at a 128 KiB cut each
+// went alone, a write, a read and four allocations in gorilla/websocket
+// per message.
+func TestTwo64KiBMessagesShareAWrite(t *testing.T) {
+	var buf []byte
+	msg := make([]byte, frame.MaxPayload+4)
+	for range 3 {
+		buf = frame.AppendHeader(buf, frame.TypeMessage, frame.FlagMore, 1, frame.MaxPayload)
+		buf = append(buf, msg[:frame.MaxPayload]...)
+		buf = frame.AppendHeader(buf, frame.TypeMessage, 0, 1, len(msg)-frame.MaxPayload)
+		buf = append(buf, msg[frame.MaxPayload:]...)
+	}
+	var c Conn
+	if n, two := c.cutMessage(buf), 2*(len(msg)+2*frame.HeaderSize); n != two {
+		t.Fatalf("first WebSocket message of %d bytes; want %d, two messages of %d bytes", n, two, len(msg))
+	}
+}
