@@ -72,3 +72,30 @@ func TestPushFleet(t *testing.T) {
 		t.Fatalf("%d calls, %d latencies; want 60", res.Calls, len(res.LatNanos))
 	}
 }
+
+// TestReportClientGCs checks the 1 KiB stream's row of client garbage
+// collections per 1,000 messages: shown for every system, with no "better"
+// side, and not counted as a row tether must lead.
+func TestReportClientGCs(t *testing.T) {
+	e := &env{
+		systems: []string{bench.Tether, bench.GRPC},
+		fleet:   fleetConfig{conns: 10000, interval: time.Second},
+		results: map[string]map[string]metrics{"stream-1KiB": {
+			bench.Tether: {mRate: 2000, mCliGCs: 0.48},
+			bench.GRPC:   {mRate: 1000, mCliGCs: 0.11},
+		}},
+		errs: map[string]map[string]error{},
+		na:   map[string]map[string]string{},
+	}
+	var out bytes.Buffer
+	e.report(&out)
+	s := out.String()
+	for _, want := range []string{
+		"| server stream 1 KiB: client garbage collections per 1,000 msgs | 0.48 | 0.11 | 4.36x |  |",
+		"| tether leads every peer in every scenario it supports | leads in 4 of 4 rows | yes |", // not 4 of 5
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("report lacks %q:\n%s", want, s)
+		}
+	}
+}

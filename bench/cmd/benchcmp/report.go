@@ -93,6 +93,7 @@ func rows(e *env) []row {
 		{"server stream 1 KiB: MB/s", "stream-1KiB", metric(mMBps), fmt1, +1},
 		{"server stream 1 KiB: CPU µs/msg (client+server)", "stream-1KiB", cpu, fmt2, -1},
 		{"server stream 1 KiB: read+write syscalls/msg (client+server)", "stream-1KiB", syscalls, fmt2, -1},
+		{"server stream 1 KiB: client garbage collections per 1,000 msgs", "stream-1KiB", metric(mCliGCs), fmt2, 0},
 		{"server stream 64 KiB: MB/s", "stream-64KiB", metric(mMBps), fmt1, +1},
 		{"server stream 64 KiB: CPU µs/msg (client+server)", "stream-64KiB", cpu, fmt1, -1},
 		{"server stream 64 KiB: allocs/msg (client+server)", "stream-64KiB", allocs, fmt1, -1},

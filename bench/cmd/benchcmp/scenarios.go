@@ -35,6 +35,7 @@ const (
 	mSetupP50   = "setup_p50"   // connection set-up latency, microseconds
 	mCliMemPer  = "cli_mem_per" // client live Go heap and stacks per idle connection, bytes
 	mCliCPU     = "cli_cpu"     // client CPU time per unit, microseconds
+	mCliGCs     = "cli_gcs"     // client garbage collections per 1,000 units
 	mSrvCPU     = "srv_cpu"     // server CPU time per unit, microseconds
 	mOtherLoad  = "other_load"  // CPUs used by other processes during the timed run
 	mCliReads   = "cli_reads"   // client read syscalls per unit
@@ -154,6 +155,7 @@ func latencyMetrics(m measured) metrics {
 		mSrvBytes:  m.serverBytes,
 		mCliCPU:    m.clientCPU,
 		mSrvCPU:    m.serverCPU,
+		mCliGCs:    m.clientGCs,
 		mOtherLoad: m.otherLoad,
 		mCliReads:  m.clientReads,
 		mCliWrites: m.clientWrites,
