@@ -203,6 +203,10 @@ func resetPayload(err error, notProcessed bool) *tetherv1.Reset {
 func (s *Stream) terminate(err error, local bool) bool {
 	s.mu.Lock()
 	if s.finished {
+		// Ended by the peer's END with messages still queued (finish):
+		// the application gave up on them, so the window's growth goes
+		// back to the connection.
+		s.releaseGrowthLocked()
 		s.mu.Unlock()
 		return false
 	}
@@ -246,7 +250,13 @@ func (s *Stream) finish() {
 	}
 	s.finished = true
 	s.uncharge()
-	s.releaseGrowthLocked()
+	if s.recvQ.len() == 0 {
+		// With messages queued, the growth stays charged until they are
+		// read (RecvMsg) or dropped (terminate): the queue may hold the
+		// whole grown window, and giving its growth back now would let
+		// the next stream grow while this one still holds it.
+		s.releaseGrowthLocked()
+	}
 	if !s.headersSet {
 		s.headersSet = true
 		s.closeHeadersLocked()

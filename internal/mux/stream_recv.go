@@ -91,6 +91,7 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		}
 		if s.recvEnd != nil {
 			err := s.recvEnd
+			s.releaseGrowthLocked() // the queue is drained (finish kept the growth while it was not)
 			s.mu.Unlock()
 			return nil, err
 		}
@@ -239,8 +240,9 @@ func (s *Stream) uncharge() {
 // stream back, and each WINDOW's round trip left the two ends taking turns.
 // The window doubles, up to Config.MaxStreamWindow, while the growth of all
 // the connection's streams stays within Config.MaxWindowGrowth; a stream
-// gives its growth back when it ends (terminate, finish: no more can
-// arrive, and what is queued stays within what was granted). A consumer that falls
+// gives its growth back when it ends and nothing of it is queued any more
+// (terminate; finish with an empty queue, else RecvMsg once the queue is
+// drained). A consumer that falls
 // behind never finds its queue empty, so its window does not grow; one
 // that stops reading after its window grew holds at most the grown window,
 // which the connection's budget bounds. A procedure that takes one request

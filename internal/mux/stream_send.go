@@ -143,7 +143,10 @@ func (s *Stream) abandonMessage(started bool, err error) error {
 // larger one is marshalled into a pooled buffer and goes through SendMsg.
 func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	size := proto.Size(m)
-	if size > frame.MaxPayload || size > s.c.cfg.MaxMessageSize {
+	// One frame costs size+FrameOverhead of credit at once: a message
+	// whose cost passes the smallest window a peer may have (InitialWindow)
+	// goes the way of large ones, which fragments it as credit comes.
+	if size > frame.MaxPayload || size > InitialWindow-FrameOverhead || size > s.c.cfg.MaxMessageSize {
 		if size > s.c.cfg.MaxMessageSize {
 			return tether.Errorf(tether.CodeResourceExhausted, "tether: message of %d bytes exceeds the limit of %d", size, s.c.cfg.MaxMessageSize)
 		}

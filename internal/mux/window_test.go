@@ -2,13 +2,16 @@ package mux
 
 import (
 	"context"
+	"io"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/frame"
 )
@@ -314,5 +317,112 @@ func TestTwo64KiBMessagesShareAWrite(t *testing.T) {
 	var c Conn
 	if n, two := c.cutMessage(buf), 2*(len(msg)+2*frame.HeaderSize); n != two {
 		t.Fatalf("first WebSocket message of %d bytes; want %d, two messages of %d bytes", n, two, len(msg))
+	}
+}
+
+// TestGrowthHeldWhileEndedStreamQueued (issue 15, review): a stream whose
+// peer fills its grown window and ends keeps its growth charged to the
+// connection while the messages stay queued, so that another stream cannot
+// grow into the budget meanwhile (the streams would together hold more
+// than the documented bound); the growth goes back once the queue is read
+// to its end, or when the application gives up on the stream.
+func TestGrowthHeldWhileEndedStreamQueued(t *testing.T) {
+	const budget = 3 * DefaultStreamWindow // one stream's growth to MaxStreamWindow
+	for _, giveUp := range []bool{false, true} {
+		next := make(chan int)
+		cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+			if _, err := s.RecvMsg(); err != nil {
+				return
+			}
+			msg := make([]byte, 64<<10)
+			for n := range next {
+				if n == 0 {
+					break
+				}
+				for range n {
+					if err := s.SendMsg(s.Context(), msg); err != nil {
+						return
+					}
+				}
+			}
+			_ = s.Finish(nil, nil)
+		}}, Config{MaxWindowGrowth: budget})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Bursts the consumer keeps up with: the window grows.
+		for i := 0; i < 20 && streamGrowth(s) < budget; i++ {
+			go func() { time.Sleep(20 * time.Millisecond); next <- 5 }()
+			for range 5 {
+				if _, err := s.RecvMsg(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if g := streamGrowth(s); g != budget {
+			t.Fatalf("the window grew by %d; want %d", g, budget)
+		}
+		// The peer fills the grown window and ends; nothing is read.
+		next <- 14
+		next <- 0
+		waitFor(t, 10*time.Second, "END", func() bool { return s.Ended() })
+		if g := cc.windowGrowth.Load(); g != budget {
+			t.Fatalf("with the grown window's messages queued, the connection's growth is %d; want %d (still held)", g, budget)
+		}
+		if giveUp {
+			s.Reset(tether.Errorf(tether.CodeCanceled, "gave up"))
+		} else {
+			n := 0
+			for {
+				if _, err := s.RecvMsg(); err != nil {
+					if err != io.EOF {
+						t.Fatal(err)
+					}
+					break
+				}
+				n++
+			}
+			if n != 14 {
+				t.Fatalf("read %d queued messages; want 14", n)
+			}
+		}
+		if g := cc.windowGrowth.Load(); g != 0 {
+			t.Errorf("giveUp=%v: after the stream's end was consumed, the connection's growth is %d; want 0", giveUp, g)
+		}
+		cancel()
+	}
+}
+
+// TestOneFrameMessageOverSmallWindow (review): a protobuf message that fits
+// one frame but costs more credit than a 64 KiB window can hold (its size
+// plus the frame header) is sent in fragments as credit comes, instead of
+// waiting for credit the peer can never give.
+func TestOneFrameMessageOverSmallWindow(t *testing.T) {
+	got := make(chan int, 1)
+	cc, _ := pair(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
+		if b, err := s.RecvMsg(); err == nil {
+			got <- len(b)
+		}
+		_ = s.Finish(nil, nil)
+	}}, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &wrapperspb.BytesValue{Value: make([]byte, 65530)} // 65,534 bytes, 65,550 of credit
+	if err := s.SendProto(ctx, m); err != nil {
+		t.Fatalf("SendProto: %v", err)
+	}
+	select {
+	case n := <-got:
+		if n != proto.Size(m) {
+			t.Fatalf("received %d bytes; want %d", n, proto.Size(m))
+		}
+	case <-ctx.Done():
+		t.Fatal("the message did not arrive")
 	}
 }
