@@ -25,6 +25,7 @@ package server
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -202,9 +203,7 @@ var requestReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil,
 // serveConn reads nc's request and serves it.
 func (u *upgradeListener) serveConn(nc net.Conn) {
 	defer u.wg.Done()
-	if u.readHeaderTimeout > 0 {
-		_ = nc.SetReadDeadline(time.Now().Add(u.readHeaderTimeout))
-	}
+	_ = nc.SetReadDeadline(time.Now().Add(u.readHeaderTimeout))
 	// net/http reads up to MaxHeaderBytes plus 4 KiB of slack.
 	lc := &limitedConn{Conn: nc, n: int64(u.maxHeaderBytes) + 4096}
 	br := requestReaders.Get().(*bufio.Reader)
@@ -224,6 +223,12 @@ func (u *upgradeListener) serveConn(nc net.Conn) {
 	}
 	_ = nc.SetReadDeadline(time.Time{})
 	req.RemoteAddr = nc.RemoteAddr().String()
+	if tc, ok := nc.(*tls.Conn); ok {
+		// A TLS listener given to Serve: an Authenticator may check the
+		// client's certificate, as net/http lets it.
+		cs := tc.ConnectionState()
+		req.TLS = &cs
+	}
 	w := &upgradeResponse{conn: nc, br: br, header: http.Header{}}
 	if !u.serveHTTP(w, req) {
 		if !w.hijacked {
@@ -232,11 +237,13 @@ func (u *upgradeListener) serveConn(nc net.Conn) {
 		return
 	}
 	if w.hijacked {
-		// The upgrader kept neither buffer (HijackPooled made the read
-		// buffer; the write buffer served only the 101), and it has
-		// written the 101 or closed the socket.
-		br.Reset(nil)
-		requestReaders.Put(br)
+		// The upgrader has written the 101 or closed the socket. It kept
+		// neither buffer (Hijack gave it a reader of its own unless bytes
+		// were buffered; the write buffer served only the 101).
+		if !w.brKept {
+			br.Reset(nil)
+			requestReaders.Put(br)
+		}
 		return
 	}
 	br.Reset(nil)
@@ -288,6 +295,7 @@ type upgradeResponse struct {
 	status   int
 	body     []byte
 	hijacked bool
+	brKept   bool // br went to the upgrader: not pooled again
 }
 
 // Header returns the response's header.
@@ -321,7 +329,21 @@ func (w *upgradeResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, http.ErrHijacked
 	}
 	w.hijacked = true
-	return w.conn, bufio.NewReadWriter(w.br, bufio.NewWriterSize(w.conn, 512)), nil
+	br := w.br
+	if br.Buffered() == 0 {
+		// The pooled reader stays the listener's: gorilla would keep a
+		// reader of over 256 bytes as the connection's own (where
+		// mux.HijackPooled does not replace it, and on a refusal's
+		// upgrade), and serveConn pools it again. One this small it
+		// replaces with its own.
+		br = bufio.NewReaderSize(w.conn, 16)
+	} else {
+		// Bytes after the request (gorilla refuses them: RFC 6455 lets
+		// no frame come before the 101): whoever keeps the reader, it is
+		// not pooled again.
+		w.brKept = true
+	}
+	return w.conn, bufio.NewReadWriter(br, bufio.NewWriterSize(w.conn, 512)), nil
 }
 
 // finish writes the buffered response and closes the connection after a

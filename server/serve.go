@@ -55,9 +55,14 @@ type serveConfig struct {
 // WithReadHeaderTimeout sets how long a connection may take to send its
 // upgrade request, from the moment it is accepted (default
 // DefaultReadHeaderTimeout): a client that trickles its request, or sends
-// nothing, is disconnected after it.
+// nothing, is disconnected after it. Zero or less keeps the default: the
+// request is never read without a bound.
 func WithReadHeaderTimeout(d time.Duration) ServeOption {
-	return func(c *serveConfig) { c.readHeaderTimeout = d }
+	return func(c *serveConfig) {
+		if d > 0 {
+			c.readHeaderTimeout = d
+		}
+	}
 }
 
 // WithDrainDelay makes Serve, once its context has ended, run the server's
