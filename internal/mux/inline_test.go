@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 )
 
@@ -275,5 +276,45 @@ func TestAnswersWriteInline(t *testing.T) {
 	}
 	if counts[1] > 1 {
 		t.Errorf("%d of a burst of %d messages were written inline; want only the first (the rest batched by the writer)", counts[1], burst)
+	}
+}
+
+// TestMarshalPanicReleasesQueue (review): a panic while a message is built
+// into the writer's queue (marshalled under its lock) goes on to the
+// sender, and the connection's other streams still write: the queue's lock
+// is released and the half-built frame dropped.
+func TestMarshalPanicReleasesQueue(t *testing.T) {
+	cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		msg, err := s.RecvMsg()
+		if err != nil {
+			return
+		}
+		_ = s.FinishWith(nil, msg, nil, nil)
+	}}, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/B"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the panic in fn did not reach the sender")
+			}
+		}()
+		_ = cc.write(ctx, nil, func(b []byte) []byte {
+			b = append(b, "half a frame"...)
+			panic("message changed while it was marshalled")
+		})
+	}()
+	s.Reset(tether.Errorf(tether.CodeCanceled, "done"))
+	// Another call on the connection goes through.
+	u, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/t.S/U"}, []byte("hi"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := u.RecvMsg(); err != nil || string(msg) != "hi" {
+		t.Fatalf("a call after the panic: %q, %v", msg, err)
 	}
 }

@@ -142,7 +142,7 @@ func (c *Conn) queue(ctx context.Context, cancel <-chan struct{}, alone *uint32,
 	default:
 	}
 	start := len(c.wbuf)
-	c.wbuf = fn(c.wbuf)
+	c.wbuf = c.buildLocked(fn)
 	if alone != nil && *alone != 0 && start == 0 && len(c.wbuf) > 0 && len(c.wbuf) <= inlineMaxBytes && !c.wbusy && !c.wdead && !c.wclosing && !c.wslow && c.onlyStream(*alone) {
 		c.writeInline()
 		return nil
@@ -150,6 +150,25 @@ func (c *Conn) queue(ctx context.Context, cancel <-chan struct{}, alone *uint32,
 	c.kickLocked()
 	c.wmu.Unlock()
 	return nil
+}
+
+// buildLocked runs fn on the queue and returns what it built. fn may
+// marshal an application's message, which panics if the application
+// changes it meanwhile: the panic goes on to the caller (a handler's is
+// recovered as an internal error) with the queue as it was and wmu
+// released, instead of leaving the connection's writers locked out for
+// good. wmu is held (and still is on a normal return).
+func (c *Conn) buildLocked(fn func([]byte) []byte) []byte {
+	start, built := len(c.wbuf), false
+	defer func() {
+		if !built {
+			c.wbuf = c.wbuf[:start]
+			c.wmu.Unlock()
+		}
+	}()
+	b := fn(c.wbuf)
+	built = true
+	return b
 }
 
 // onlyStream reports whether stream id is the only one in the table, or the
