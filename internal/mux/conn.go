@@ -130,19 +130,20 @@ type Conn struct {
 
 	// The reader goroutine's own (reader.go), and its waiter's when it
 	// parks (park.go).
-	inMessage atomic.Bool   // reader is inside a WebSocket message
-	parks     atomic.Uint32 // times the reader parked, for tests
-	parkState atomic.Uint32 // 1: parked in the shared poller (parkpoll_linux.go)
-	parkFD    int32         // the socket's descriptor, as the poller knows it
-	parkGen   int32         // the poller's generation of the last registration (poller's mu)
-	parkConn  *pooledConn   // set by New when the reader can park
-	lastMsg   int64         // when the last message arrived (Unix ns)
-	pingLimit tokenBucket   // PINGs received (limits.go)
-	idleLimit tokenBucket   // frames without application data received (limits.go)
-	donated   bool          // reader: a stream kept a frame of the current buffer
-	quietGap  bool          // the last message came after a quiet spell
-	woke      bool          // the waiter woke with an error: read at once
-	parkReg   bool          // the socket is registered with the poller
+	inMessage  atomic.Bool   // reader is inside a WebSocket message
+	parks      atomic.Uint32 // times the reader parked, for tests
+	parkState  atomic.Uint32 // 1: parked in the shared poller (parkpoll_linux.go)
+	parkFD     int32         // the socket's descriptor, as the poller knows it
+	parkGen    int32         // the poller's generation of the last registration (poller's mu)
+	parkConn   *pooledConn   // set by New when the reader can park
+	lastMsg    int64         // when the last message arrived (Unix ns)
+	lastPingIn int64         // when the last PING arrived (nanotime), for pingAloneGap
+	pingLimit  tokenBucket   // PINGs received (limits.go)
+	idleLimit  tokenBucket   // frames without application data received (limits.go)
+	donated    bool          // reader: a stream kept a frame of the current buffer
+	quietGap   bool          // the last message came after a quiet spell
+	woke       bool          // the waiter woke with an error: read at once
+	parkReg    bool          // the socket is registered with the poller
 
 	role Role // set by New, read-only afterwards
 

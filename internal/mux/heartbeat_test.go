@@ -195,3 +195,41 @@ func TestIdlePingWrittenInline(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPingBurstAnsweredByWriter: PINGs that come close together are
+// answered through the writer goroutine, batched, not each inline by the
+// reader (a write per PING, and a reader blocked in a write once the peer
+// stops reading, where the queue's bound should close the connection).
+func TestPingBurstAnsweredByWriter(t *testing.T) {
+	ws, sc := rawPeer(t, Config{PingInterval: time.Hour, PingTimeout: time.Hour, MaxPingRate: 1e9, MaxIdleFrameRate: 1e9})
+	var burst []byte
+	for i := range 200 {
+		var p [frame.PingPayloadSize]byte
+		p[0] = byte(i)
+		burst = frame.Append(burst, frame.Frame{Type: frame.TypePing, Payload: p[:]})
+	}
+	before := sc.inlines.Load()
+	if err := ws.WriteMessage(websocket.BinaryMessage, burst); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for got := 0; got < 200; {
+		_, msg, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %d answers: %v", got, err)
+		}
+		for len(msg) > 0 {
+			f, rest, err := frame.Parse(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Type == frame.TypePing && f.Flags&frame.FlagAck != 0 {
+				got++
+			}
+			msg = rest
+		}
+	}
+	if n := sc.inlines.Load() - before; n > 1 {
+		t.Errorf("%d of a burst of 200 PINGs were answered inline; want at most the first", n)
+	}
+}

@@ -197,6 +197,10 @@ func readError(err error) error {
 	return tether.Errorf(tether.CodeUnavailable, "tether: connection lost: %v", err)
 }
 
+// pingAloneGap is how long after the last PING the reader answered a PING
+// must come for the reader to answer it inline (handle).
+const pingAloneGap = 10 * time.Millisecond
+
 // handle acts on one frame; bufCap is the capacity of the buffer holding
 // the WebSocket message it came in.
 func (c *Conn) handle(f frame.Frame, bufCap int) error {
@@ -210,9 +214,23 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 			return &floodError{"PING"}
 		}
 		p := append([]byte(nil), f.Payload...)
-		c.writeHeartbeat(true, func(b []byte) []byte {
+		answer := func(b []byte) []byte {
 			return frame.Append(b, frame.Frame{Type: frame.TypePing, Flags: frame.FlagAck, Payload: p})
-		})
+		}
+		// A heartbeat's PING, alone, is answered inline; PINGs that come
+		// close together (a burst, a flood under raised limits) are
+		// answered through the writer goroutine: inline, each answer
+		// would be a write of its own, and once the peer stopped reading
+		// one would block this reader until WriteTimeout instead of the
+		// queue's bound (MaxQueueBytes) closing the connection at once.
+		now := nanotime(time.Now())
+		alone := now-c.lastPingIn >= int64(pingAloneGap)
+		c.lastPingIn = now
+		if alone {
+			c.writeHeartbeat(true, answer)
+		} else {
+			c.writeUrgent(answer)
+		}
 		return nil
 	case frame.TypeGoAway:
 		return c.handleGoAway(f)
