@@ -24,21 +24,29 @@ func upgradeRequest(addr, extra string) string {
 		"Sec-WebSocket-Protocol: " + tether.Subprotocol + "\r\n" + extra + "\r\n"
 }
 
+// sendRaw dials addr, writes req and gives the reads 10 s; the connection
+// is closed when the test ends.
+func sendRaw(t *testing.T, addr, req string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	return conn
+}
+
 // rawExchange sends req on a new connection to addr and returns the
 // response, after checking that the server closes the connection once it
 // has answered (within 10 s; the upgrade-only listener keeps no HTTP
 // connection alive).
 func rawExchange(t *testing.T, addr, req string) *http.Response {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, req); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	conn := sendRaw(t, addr, req)
 	br := bufio.NewReader(conn)
 	res, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -125,15 +133,7 @@ func TestServeUpgradeOnlyAnswers(t *testing.T) {
 		"bytes before the 101": upgradeRequest(addr, "") + "early",
 		"authenticator panic":  upgradeRequest(addr, "Authorization: panic\r\n"),
 	} {
-		conn, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := io.WriteString(conn, req); err != nil {
-			t.Fatal(err)
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		conn := sendRaw(t, addr, req)
 		if b, err := io.ReadAll(conn); err != nil || len(b) != 0 {
 			t.Errorf("%s: read %q, %v; want the connection closed", what, b, err)
 		}

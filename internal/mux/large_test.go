@@ -143,18 +143,7 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 			}
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := make([]byte, 64<<10+9)
-	for range msgs {
-		if err := s.SendMsg(ctx, msg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	msg := sendMessages(t, cc, msgs, 64<<10+9)
 	select {
 	case r := <-split:
 		if r.splits > 0 {
@@ -163,7 +152,7 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 		if r.largest > maxWriteMessage {
 			t.Errorf("a WebSocket message of %d bytes; want at most %d", r.largest, maxWriteMessage)
 		}
-	case <-ctx.Done():
+	case <-time.After(time.Minute):
 		t.Fatal("the peer did not receive every message")
 	}
 }

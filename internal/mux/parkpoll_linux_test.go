@@ -24,23 +24,32 @@ func readerGoroutines() int {
 	return n
 }
 
-// TestParkedReaderHoldsNoGoroutine: on Linux an idle server connection's
-// parked reader waits in the shared poller, with no goroutine of its own
-// (it used to keep a waiter goroutine and its stack), and the poller starts
-// it again for the next call, for heartbeats, and when the connection
-// closes.
-func TestParkedReaderHoldsNoGoroutine(t *testing.T) {
+// parkingPair connects a client to a server connection whose reader may
+// park, both without heartbeats; the server ends every call with an empty
+// END. The client is closed when the test ends.
+func parkingPair(t *testing.T) (cc, sc *Conn) {
+	t.Helper()
 	scfg := Config{
 		PingInterval: time.Hour,
 		PingTimeout:  time.Hour,
 		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
 	}
 	ws, sc := dialParking(t, scfg)
-	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
-	defer func() {
+	cc = New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
+	t.Cleanup(func() {
 		cc.Close()
 		<-cc.Done()
-	}()
+	})
+	return cc, sc
+}
+
+// TestParkedReaderHoldsNoGoroutine: on Linux an idle server connection's
+// parked reader waits in the shared poller, with no goroutine of its own
+// (it used to keep a waiter goroutine and its stack), and the poller starts
+// it again for the next call, for heartbeats, and when the connection
+// closes.
+func TestParkedReaderHoldsNoGoroutine(t *testing.T) {
+	cc, sc := parkingPair(t)
 	for i := range 3 {
 		// A reader parks after a message that came after a quiet spell
 		// (parkAfter): a busy connection's does not.
@@ -62,17 +71,7 @@ func TestParkedReaderHoldsNoGoroutine(t *testing.T) {
 // not wake the connection parked there now; the event of its own
 // registration does.
 func TestStaleEventWakesNobody(t *testing.T) {
-	scfg := Config{
-		PingInterval: time.Hour,
-		PingTimeout:  time.Hour,
-		Accept:       func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) },
-	}
-	ws, sc := dialParking(t, scfg)
-	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
-	defer func() {
-		cc.Close()
-		<-cc.Done()
-	}()
+	cc, sc := parkingPair(t)
 	time.Sleep(2 * parkAfter)
 	callEOF(t, cc)
 	waitFor(t, 10*time.Second, "the server reader to park", func() bool { return sc.parkState.Load() == 1 })

@@ -184,9 +184,20 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 		}
 		return out
 	})
+	back := 0
 	if err != nil || merr != nil {
+		back = cost // not sent: the credit goes back
+	}
+	return s.marshalled(m, back, err, merr)
+}
+
+// marshalled ends a send whose frames were marshalled from m straight into
+// the writer's queue: back, the credit not used, returns to the stream, and
+// the error is the marshal's (internal) or the queue's (err).
+func (s *Stream) marshalled(m proto.Message, back int, err, merr error) error {
+	if back > 0 {
 		s.mu.Lock()
-		s.sendCredit += cost // not sent: the credit goes back
+		s.sendCredit += back
 		s.mu.Unlock()
 	}
 	if merr != nil {
@@ -222,16 +233,7 @@ func (s *Stream) sendLargeProto(ctx context.Context, m proto.Message, size int) 
 			if err != nil || merr != nil {
 				left = credit // not sent: the credit goes back
 			}
-			s.mu.Lock()
-			s.sendCredit += left
-			s.mu.Unlock()
-			if merr != nil {
-				return tether.Errorf(tether.CodeInternal, "tether: marshal %s: %v", m.ProtoReflect().Descriptor().FullName(), merr)
-			}
-			if err != nil {
-				return s.sendError(err)
-			}
-			return nil
+			return s.marshalled(m, left, err, merr)
 		}
 		// Too little credit to send it whole, and the window is too
 		// small to wait for that much: fragments as credit comes.

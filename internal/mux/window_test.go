@@ -88,24 +88,13 @@ func windowPeer(t *testing.T, msgs int) (cc *Conn, splits chan int, sizes chan [
 func TestMessageWaitsForWholeCredit(t *testing.T) {
 	const msgs = 40
 	cc, splits, _ := windowPeer(t, msgs)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := make([]byte, 64<<10+4)
-	for range msgs {
-		if err := s.SendMsg(ctx, msg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	msg := sendMessages(t, cc, msgs, 64<<10+4)
 	select {
 	case n := <-splits:
 		if n > 0 {
 			t.Errorf("%d of %d messages of %d bytes were cut where the credit ran out; want each sent whole", n, msgs, len(msg))
 		}
-	case <-ctx.Done():
+	case <-time.After(time.Minute):
 		t.Fatal("the peer did not receive every message")
 	}
 }
@@ -159,6 +148,25 @@ func burstServer(t *testing.T, ccfg Config, batch, size int, next chan struct{})
 		_ = s.Finish(nil, nil)
 	}}, ccfg)
 	return cc
+}
+
+// sendMessages opens a stream on cc and sends n messages of size bytes on
+// it; it returns one of them.
+func sendMessages(t *testing.T, cc *Conn, n, size int) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, size)
+	for range n {
+		if err := s.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return msg
 }
 
 // streamGrowth returns s's window growth.
