@@ -393,13 +393,16 @@ type abandoned struct {
 // context that never ended: nothing can end it any more, and it would hold
 // a stream slot and a handler on the server for the connection's life. It
 // is reset with canceled, and a warning names the procedure, once per
-// stream.
+// stream. A call that ended with messages still unread is reset too, with
+// no warning: that drops the messages and gives the connection back what
+// they held of its flow-control window growth.
 func releaseAbandoned(a abandoned) {
 	a.stop()
-	if a.st.Ended() {
+	ended := a.st.Ended()
+	a.st.Reset(tether.Errorf(tether.CodeCanceled, "tether: stream abandoned by the client"))
+	if ended {
 		return
 	}
-	a.st.Reset(tether.Errorf(tether.CodeCanceled, "tether: stream abandoned by the client"))
 	a.logger.Warn("tether: stream abandoned without Close or reading it to its end; reset it (defer the stream's Close, or cancel its context)", "procedure", a.procedure)
 }
 

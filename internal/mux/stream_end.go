@@ -204,8 +204,14 @@ func (s *Stream) terminate(err error, local bool) bool {
 	s.mu.Lock()
 	if s.finished {
 		// Ended by the peer's END with messages still queued (finish):
-		// the application gave up on them, so the window's growth goes
-		// back to the connection.
+		// the application gave up on them. They are dropped (reads
+		// return err), so that the window's growth can go back to the
+		// connection.
+		if s.recvQ.len() > 0 {
+			s.recvEnd = err
+			s.recvQ.reset()
+			s.assembly = nil
+		}
 		s.releaseGrowthLocked()
 		s.mu.Unlock()
 		return false

@@ -333,7 +333,8 @@ func TestTwo64KiBMessagesShareAWrite(t *testing.T) {
 // connection while the messages stay queued, so that another stream cannot
 // grow into the budget meanwhile (the streams would together hold more
 // than the documented bound); the growth goes back once the queue is read
-// to its end, or when the application gives up on the stream.
+// to its end, or when the application gives up on the stream (Reset, which
+// also drops the queued messages; a client resets a stream it dropped).
 func TestGrowthHeldWhileEndedStreamQueued(t *testing.T) {
 	const budget = 3 * DefaultStreamWindow // one stream's growth to MaxStreamWindow
 	for _, giveUp := range []bool{false, true} {
@@ -380,7 +381,12 @@ func TestGrowthHeldWhileEndedStreamQueued(t *testing.T) {
 			t.Fatalf("with the grown window's messages queued, the connection's growth is %d; want %d (still held)", g, budget)
 		}
 		if giveUp {
+			// The queued messages go with the growth: a stream that kept
+			// them while the next grew would hold both.
 			s.Reset(tether.Errorf(tether.CodeCanceled, "gave up"))
+			if msg, err := s.RecvMsg(); tether.CodeOf(err) != tether.CodeCanceled {
+				t.Errorf("after Reset of an ended stream with messages queued, RecvMsg: %d bytes, %v; want canceled (the messages dropped)", len(msg), err)
+			}
 		} else {
 			n := 0
 			for {
