@@ -121,8 +121,18 @@ func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxParti
 // stream (default 256 KiB, minimum 64 KiB): what one stream can make the
 // client buffer. A stream whose consumer keeps up with the server may grow
 // it to 4 × that, within 4 MiB of growth per connection
-// (docs/PROTOCOL.md, section 7).
+// (WithWindowGrowth; docs/PROTOCOL.md, section 7).
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
+
+// WithWindowGrowth bounds how far a stream's flow-control window may grow
+// while its consumer keeps up with the server (maxStreamWindow, default 4 ×
+// the stream window; the stream window itself turns growth off) and, per
+// connection, the sum of what the streams' windows have grown
+// (maxPerConnection, default 4 MiB): what growth can add to the memory the
+// server makes the client hold. Zero or less keeps a default.
+func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
+	return func(c *config) { c.mux.MaxStreamWindow, c.mux.MaxWindowGrowth = maxStreamWindow, maxPerConnection }
+}
 
 // WithHeartbeat sets how often the client pings the server and how long past
 // that a silent server is given before the connection is declared dead, its

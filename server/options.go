@@ -112,8 +112,18 @@ func WithMaxConcurrentStreams(n int) Option {
 // stream (default 256 KiB, minimum 64 KiB). It bounds what one stream can
 // make the server buffer; a stream whose handler keeps up with the client
 // may grow it to 4 × that, within 4 MiB of growth per connection
-// (docs/PROTOCOL.md, section 7).
+// (WithWindowGrowth; docs/PROTOCOL.md, section 7).
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
+
+// WithWindowGrowth bounds how far a stream's flow-control window may grow
+// while its consumer keeps up with the client (maxStreamWindow, default 4 ×
+// the stream window; the stream window itself turns growth off) and, per
+// connection, the sum of what the streams' windows have grown
+// (maxPerConnection, default 4 MiB): what growth can add to the memory the
+// client makes the server hold. Zero or less keeps a default.
+func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
+	return func(c *config) { c.mux.MaxStreamWindow, c.mux.MaxWindowGrowth = maxStreamWindow, maxPerConnection }
+}
 
 // WithMaxHeaderBytes bounds the cost of a call's request metadata: its
 // encoded size plus 32 bytes per metadata entry and per value, so that it

@@ -440,3 +440,35 @@ func TestOneFrameMessageOverSmallWindow(t *testing.T) {
 		t.Fatal("the message did not arrive")
 	}
 }
+
+// TestWindowGrowthOff: a MaxStreamWindow equal to the stream window turns
+// growth off: a consumer that keeps up never grows its window.
+func TestWindowGrowthOff(t *testing.T) {
+	next := make(chan struct{})
+	cc := burstServer(t, Config{MaxStreamWindow: DefaultStreamWindow}, 5, 64<<10, next)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var signals sync.WaitGroup
+	for range 8 { // enough to grow to the maximum (TestWindowGrowsWhileConsumerKeepsUp)
+		signals.Go(func() { time.Sleep(20 * time.Millisecond); next <- struct{}{} })
+		for range 5 {
+			if _, err := s.RecvMsg(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if g := streamGrowth(s); g != 0 {
+		t.Fatalf("window grew by %d bytes with growth turned off", g)
+	}
+	signals.Wait()
+	close(next)
+	for {
+		if _, err := s.RecvMsg(); err != nil {
+			break
+		}
+	}
+}
