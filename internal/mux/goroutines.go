@@ -11,7 +11,7 @@ package mux
 // space (docs/BENCHMARKS.md, "Connection set-up, second pass"). A reader
 // goroutine whose loop has returned (the connection parked or ended)
 // instead waits readerIdle for the next reader to run, of any connection,
-// as the handler goroutines do (runHandlers): a busy process starts and
+// as the handler goroutines do (workers): a busy process starts and
 // grows few, an idle one keeps none after readerIdle.
 
 import (
@@ -22,52 +22,73 @@ import (
 // readerIdle is how long a reader goroutine waits for the next reader.
 const readerIdle = 20 * time.Millisecond
 
-// readerIdleOverride replaces readerIdle when not zero (tests).
-var readerIdleOverride atomic.Int64
-
-func readerIdleTime() time.Duration {
-	if d := readerIdleOverride.Load(); d != 0 {
-		return time.Duration(d)
-	}
-	return readerIdle
-}
-
-// idleReaders hands a reader loop to a waiting goroutine: unbuffered, so a
-// send succeeds only when one is waiting.
-var idleReaders = make(chan func())
+// readers runs reader loops on reused goroutines.
+var readers = newWorkers(readerIdle, func(f func()) bool { f(); return true })
 
 // goReader runs f, a reader loop, on an idle reader goroutine, whose stack
 // has already grown, or on a new one.
-func goReader(f func()) {
-	select {
-	case idleReaders <- f:
-	default:
-		go runReaders(f)
-	}
-}
-
-// runReaders runs f, then the reader loops handed to it, until it has
-// waited readerIdle for one.
-func runReaders(f func()) {
-	var idle *time.Timer
-	for {
-		f()
-		f = nil // nothing of the last connection is kept while waiting
-		if d := readerIdleTime(); idle == nil {
-			idle = time.NewTimer(d)
-		} else {
-			idle.Reset(d)
-		}
-		select {
-		case f = <-idleReaders:
-		case <-idle.C:
-			return
-		}
-	}
-}
+func goReader(f func()) { readers.start(f) }
 
 // Go runs f on an idle reader goroutine, whose stack has already grown, or
 // on a new one, as goReader does: for the server's upgrade-only listener,
 // whose goroutine per new connection reads and parses the upgrade request
 // on a stack as deep as a reader's. f must not rely on a fresh goroutine.
 func Go(f func()) { goReader(f) }
+
+// workers runs jobs of type T on reused goroutines, for readers and for
+// handlers (open.go): a goroutine whose job is done waits idle for the
+// next job, handed to it through handoff, and ends if none comes; start
+// never waits for a goroutine, it starts one when none is idle. Each
+// goroutine's job is its owner's (a connection's reader loop, a stream's
+// Accept); the goroutine ends after its idle wait, so an idle process keeps
+// none.
+type workers[T any] struct {
+	handoff  chan T // unbuffered: a send succeeds only when a goroutine waits
+	idle     time.Duration
+	override atomic.Int64 // nanoseconds replacing idle when not zero (tests)
+	run      func(T) bool // runs a job; false ends the goroutine instead (tests)
+}
+
+func newWorkers[T any](idle time.Duration, run func(T) bool) *workers[T] {
+	return &workers[T]{handoff: make(chan T), idle: idle, run: run}
+}
+
+// start runs j on an idle goroutine, or on a new one.
+func (w *workers[T]) start(j T) {
+	select {
+	case w.handoff <- j:
+	default:
+		go w.loop(j)
+	}
+}
+
+// idleTime is how long a goroutine waits for its next job.
+func (w *workers[T]) idleTime() time.Duration {
+	if d := w.override.Load(); d != 0 {
+		return time.Duration(d)
+	}
+	return w.idle
+}
+
+// loop runs j, then the jobs handed to it, until it has waited idleTime
+// for one or run says to end.
+func (w *workers[T]) loop(j T) {
+	var idle *time.Timer
+	var zero T
+	for w.run(j) {
+		j = zero // nothing of the last job is kept while waiting
+		if d := w.idleTime(); idle == nil {
+			idle = time.NewTimer(d)
+		} else {
+			idle.Reset(d)
+		}
+		select {
+		case j = <-w.handoff:
+		case <-idle.C:
+			return
+		}
+	}
+	if idle != nil {
+		idle.Stop()
+	}
+}

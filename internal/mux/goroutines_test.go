@@ -17,7 +17,7 @@ func goroutineID() int {
 }
 
 // goroutineIDs returns the numbers of all goroutines, and of those that
-// wait in runReaders for a reader.
+// wait in a reused goroutine (workers) for a job.
 func goroutineIDs() (all, idle []int) {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
@@ -28,7 +28,7 @@ func goroutineIDs() (all, idle []int) {
 		}
 		id, _ := strconv.Atoi(f[1])
 		all = append(all, id)
-		if strings.Contains(g, "mux.runReaders") && strings.HasPrefix(f[2], "[select") {
+		if strings.Contains(g, "mux.(*workers[...]).loop") && strings.HasPrefix(f[2], "[select") {
 			idle = append(idle, id)
 		}
 	}
@@ -39,8 +39,8 @@ func goroutineIDs() (all, idle []int) {
 // connection, instead of a new goroutine starting (and growing its stack
 // again); it ends once it has waited readerIdle for none.
 func TestReaderGoroutineReused(t *testing.T) {
-	readerIdleOverride.Store(int64(time.Minute))
-	t.Cleanup(func() { readerIdleOverride.Store(0) })
+	readers.override.Store(int64(time.Minute))
+	t.Cleanup(func() { readers.override.Store(0) })
 	ids := make(chan int, 1)
 	goReader(func() { ids <- goroutineID() })
 	first := <-ids
@@ -66,7 +66,7 @@ func TestReaderGoroutineReused(t *testing.T) {
 	}
 	// Idle reader goroutines end after readerIdle without a reader: each
 	// one handed a reader with the short idle time ends soon after.
-	readerIdleOverride.Store(int64(time.Millisecond))
+	readers.override.Store(int64(time.Millisecond))
 	waitFor(t, 10*time.Second, "the idle reader goroutines to end", func() bool {
 		if _, idle := goroutineIDs(); len(idle) > 0 {
 			goReader(func() {}) // an idle one runs it, then waits 1 ms

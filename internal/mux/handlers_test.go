@@ -27,13 +27,13 @@ func TestHandlerGoroutinesReused(t *testing.T) {
 	// handlerIdle), so that only this test's goroutine can take its jobs.
 	for end := time.Now().Add(5 * handlerIdle); time.Now().Before(end); {
 		select {
-		case idleHandlers <- acceptJob{}:
+		case handlers.handoff <- acceptJob{}:
 		default:
 			time.Sleep(time.Millisecond)
 		}
 	}
-	handlerIdleOverride.Store(int64(time.Minute))
-	t.Cleanup(func() { handlerIdleOverride.Store(0) })
+	handlers.override.Store(int64(time.Minute))
+	t.Cleanup(func() { handlers.override.Store(0) })
 	base := runtime.NumGoroutine()
 	ran := make(chan uint64, 1)
 	c := &Conn{}
@@ -44,7 +44,7 @@ func TestHandlerGoroutinesReused(t *testing.T) {
 		// A send blocks until a goroutine waits: the one that ran the
 		// last stream must, within its minute.
 		select {
-		case idleHandlers <- acceptJob{c: c, s: &Stream{}}:
+		case handlers.handoff <- acceptJob{c: c, s: &Stream{}}:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("stream %d: no handler goroutine waited for it", i+2)
 		}
@@ -53,13 +53,13 @@ func TestHandlerGoroutinesReused(t *testing.T) {
 		}
 	}
 	select {
-	case idleHandlers <- acceptJob{}:
+	case handlers.handoff <- acceptJob{}:
 	case <-time.After(10 * time.Second):
 		t.Fatal("no handler goroutine waited for the zero job")
 	}
 
 	// Waiting handlerIdle for nothing ends it.
-	handlerIdleOverride.Store(int64(time.Millisecond))
+	handlers.override.Store(int64(time.Millisecond))
 	startHandler(acceptJob{c: c, s: &Stream{}})
 	<-ran
 	deadline := time.Now().Add(10 * time.Second)

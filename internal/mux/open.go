@@ -17,7 +17,6 @@ package mux
 
 import (
 	"context"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -251,7 +250,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 // Handler goroutines (servers). Every stream's Accept runs on a goroutine
 // of its own, but not always a new one: once Accept returns, its goroutine
 // waits up to handlerIdle for the next stream of any connection of the
-// process (idleHandlers) and ends only if none comes. A busy server then
+// process (handlers) and ends only if none comes. A busy server then
 // neither starts a goroutine per call (an allocation) nor grows a new
 // goroutine's stack again through the handler's call chain (13% of the
 // server's CPU at 64 unary calls in flight). An idle one keeps no
@@ -262,22 +261,18 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 // SetGoroutineLabels, a LockOSThread without its unlock) leaves it to the
 // next handler on that goroutine, as grpc-go's stream workers do.
 
-// handlerIdle is how long a handler goroutine waits for the next stream;
-// tests change it through handlerIdleOverride.
+// handlerIdle is how long a handler goroutine waits for the next stream.
 const handlerIdle = 20 * time.Millisecond
 
-var handlerIdleOverride atomic.Int64 // nanoseconds; 0: handlerIdle
-
-func handlerIdleTime() time.Duration {
-	if d := handlerIdleOverride.Load(); d != 0 {
-		return time.Duration(d)
+// handlers runs streams' Accept on reused goroutines (workers,
+// goroutines.go); a zero job ends the goroutine that takes it (tests).
+var handlers = newWorkers(handlerIdle, func(j acceptJob) bool {
+	if j.c == nil {
+		return false
 	}
-	return handlerIdle
-}
-
-// idleHandlers hands a stream to a waiting handler goroutine: unbuffered,
-// so a send succeeds only when one is waiting.
-var idleHandlers = make(chan acceptJob)
+	j.run()
+	return true
+})
 
 // acceptJob is one stream for a handler goroutine.
 type acceptJob struct {
@@ -288,37 +283,7 @@ type acceptJob struct {
 
 // startHandler runs j's Accept on an idle handler goroutine, or on a new
 // one.
-func startHandler(j acceptJob) {
-	select {
-	case idleHandlers <- j:
-	default:
-		go runHandlers(j)
-	}
-}
-
-// runHandlers runs j, then the streams handed to it, until it has waited
-// handlerIdle for one. A zero job ends it at once (tests).
-func runHandlers(j acceptJob) {
-	var idle *time.Timer
-	for {
-		j.run()
-		j = acceptJob{} // nothing of the last call is kept while waiting
-		if d := handlerIdleTime(); idle == nil {
-			idle = time.NewTimer(d)
-		} else {
-			idle.Reset(d)
-		}
-		select {
-		case j = <-idleHandlers:
-			if j.c == nil {
-				idle.Stop()
-				return
-			}
-		case <-idle.C:
-			return
-		}
-	}
-}
+func startHandler(j acceptJob) { handlers.start(j) }
 
 // run calls Accept for the stream. The stream counts against
 // MaxConcurrentStreams until its handler returns, not only until it is
