@@ -218,15 +218,14 @@ func TestPingBurstAnsweredByWriter(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d answers: %v", got, err)
 		}
-		for len(msg) > 0 {
-			f, rest, err := frame.Parse(msg)
-			if err != nil {
-				t.Fatal(err)
-			}
+		fs, ok := parseFrames(t, msg)
+		if !ok {
+			t.FailNow()
+		}
+		for _, f := range fs {
 			if f.Type == frame.TypePing && f.Flags&frame.FlagAck != 0 {
 				got++
 			}
-			msg = rest
 		}
 	}
 	if n := sc.inlines.Load() - before; n > 1 {

@@ -139,3 +139,20 @@ func awaitClose(ws *websocket.Conn, timeout time.Duration) (int, string) {
 		}
 	}
 }
+
+// parseFrames splits one WebSocket message into its frames (their payloads
+// alias m), reporting a malformed one as the test's error.
+func parseFrames(t *testing.T, m []byte) ([]frame.Frame, bool) {
+	t.Helper()
+	var fs []frame.Frame
+	for len(m) > 0 {
+		f, rest, err := frame.Parse(m)
+		if err != nil {
+			t.Error(err)
+			return nil, false
+		}
+		fs = append(fs, f)
+		m = rest
+	}
+	return fs, true
+}

@@ -117,20 +117,18 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 				return
 			}
 			largest = max(largest, len(m))
+			fs, ok := parseFrames(t, m)
+			if !ok {
+				return
+			}
 			more := false
-			for len(m) > 0 {
-				f, rest, err := frame.Parse(m)
-				if err != nil {
-					t.Error(err)
-					return
-				}
+			for _, f := range fs {
 				if f.Type == frame.TypeMessage {
 					more = f.Flags&frame.FlagMore != 0
 					if !more {
 						seen++
 					}
 				}
-				m = rest
 			}
 			if more {
 				splits++ // a message's fragments in two WebSocket messages

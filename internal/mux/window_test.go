@@ -38,13 +38,12 @@ func windowPeer(t *testing.T, msgs int) (cc *Conn, splits chan int, sizes chan [
 			if err != nil {
 				return
 			}
+			fs, ok := parseFrames(t, m)
+			if !ok {
+				return
+			}
 			more := false
-			for len(m) > 0 {
-				f, rest, err := frame.Parse(m)
-				if err != nil {
-					t.Error(err)
-					return
-				}
+			for _, f := range fs {
 				if f.Type == frame.TypeMessage {
 					unacked += len(f.Payload) + FrameOverhead
 					size += len(f.Payload)
@@ -55,7 +54,6 @@ func windowPeer(t *testing.T, msgs int) (cc *Conn, splits chan int, sizes chan [
 						size = 0
 					}
 				}
-				m = rest
 			}
 			if more {
 				split++
