@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 
 	"github.com/gorilla/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
 	"github.com/tetherrpc/tether/bench/gen/bench/v1/benchv1grpc"
@@ -252,6 +254,35 @@ func RawEcho(ws *websocket.Conn, msg, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	return RawRead(ws, buf)
+}
+
+// RawStreamURL is the Raw server's streaming ceiling at the same server as
+// target, a Raw server's echo URL.
+func RawStreamURL(target string) string {
+	return strings.TrimSuffix(target, RawPath) + RawStreamPath
+}
+
+// RawStream asks a Raw server's stream endpoint (RawStreamURL) for
+// req.Count payloads and reads them, decoding each into a new Payload as
+// the RPC systems' clients do, with buf as the read buffer. It returns the
+// number of payloads received and the read buffer for the next call.
+func RawStream(ws *websocket.Conn, req *benchv1.StreamRequest, buf []byte) (int, []byte, error) {
+	b, err := proto.Marshal(req)
+	if err != nil {
+		return 0, buf, err
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		return 0, buf, err
+	}
+	for n := range int(req.GetCount()) {
+		if buf, err = RawRead(ws, buf); err != nil {
+			return n, buf, err
+		}
+		if err := proto.Unmarshal(buf, new(benchv1.Payload)); err != nil {
+			return n, buf, err
+		}
+	}
+	return int(req.GetCount()), buf, nil
 }
 
 // RawRead reads one message into buf, growing it if needed.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
 	"github.com/tetherrpc/tether/bench/gen/bench/v1/benchv1grpc"
@@ -30,6 +31,8 @@ const (
 const (
 	TetherPath = "/tether"
 	RawPath    = "/echo"
+	// RawStreamPath is the Raw server's streaming ceiling (rawStream).
+	RawStreamPath = "/stream"
 )
 
 // ListenLoopback listens on a free TCP port of ip, which must be an IPv4
@@ -111,6 +114,7 @@ func Serve(system string, ips ...string) (*Server, error) {
 	case Raw:
 		mux := http.NewServeMux()
 		mux.HandleFunc(RawPath, rawEcho)
+		mux.HandleFunc(RawStreamPath, rawStream)
 		s.stop = serveHTTP(mux, lns)
 		s.Targets = wsURLs(lns, RawPath)
 	case GRPC:
@@ -165,6 +169,39 @@ func serveHTTPWith(h http.Handler, lns []net.Listener, protocols *http.Protocols
 
 // rawUpgrader is gorilla/websocket with its defaults (4 KiB buffers).
 var rawUpgrader = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+
+// rawStream answers every WebSocket message, a StreamRequest, with its
+// Count payloads of Size bytes, each marshalled and written as a
+// WebSocket message of its own: the application's work of the RPC
+// systems' ServerStream handlers (a Send marshals its message), without
+// an RPC layer, flow control or batching.
+func rawStream(w http.ResponseWriter, r *http.Request) {
+	ws, err := rawUpgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.Close()
+	var buf []byte
+	for {
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		req := new(benchv1.StreamRequest)
+		if err := proto.Unmarshal(b, req); err != nil {
+			return
+		}
+		msg := streamPayload(req)
+		for range req.GetCount() {
+			if buf, err = (proto.MarshalOptions{}).MarshalAppend(buf[:0], msg); err != nil {
+				return
+			}
+			if err := ws.WriteMessage(websocket.BinaryMessage, buf); err != nil {
+				return
+			}
+		}
+	}
+}
 
 // rawEcho answers every WebSocket message with the same bytes: the least
 // work a message-oriented server over gorilla/websocket can do per message.

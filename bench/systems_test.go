@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
 )
@@ -76,5 +77,47 @@ func TestSystems(t *testing.T) {
 				t.Errorf("%d connections dialed for calls one at a time, want 1", d)
 			}
 		})
+	}
+}
+
+// TestRawCeilings checks the raw gorilla/websocket server the ceilings use:
+// its echo returns the bytes sent, and its stream endpoint sends the payloads
+// asked for, twice on one connection.
+func TestRawCeilings(t *testing.T) {
+	srv, err := Serve(Raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	ws, err := DialRaw(ctx, srv.Targets[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	body := []byte("sixteen bytes!!!")
+	got, err := RawEcho(ws, body, nil)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("RawEcho = %q, %v; want %q", got, err, body)
+	}
+
+	st, err := DialRaw(ctx, RawStreamURL(srv.Targets[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var buf []byte
+	for _, size := range []uint32{1024, 64 << 10} {
+		var n int
+		n, buf, err = RawStream(st, &benchv1.StreamRequest{Count: 3, Size: size}, buf)
+		if err != nil || n != 3 {
+			t.Fatalf("RawStream(size %d) = %d, %v; want 3 payloads", size, n, err)
+		}
+		p := new(benchv1.Payload)
+		if err := proto.Unmarshal(buf, p); err != nil || len(p.GetBody()) != int(size) {
+			t.Fatalf("last payload: %d bytes, %v; want %d", len(p.GetBody()), err, size)
+		}
 	}
 }

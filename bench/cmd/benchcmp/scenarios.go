@@ -101,6 +101,12 @@ func scenarios() []scenario {
 		{name: "raw-pipelined", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
 			return e.rawPipelined(srv, 64)
 		}},
+		{name: "raw-stream-1KiB", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
+			return e.rawStream(srv, "raw-stream-1KiB", 1024, 5000)
+		}},
+		{name: "raw-stream-64KiB", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
+			return e.rawStream(srv, "raw-stream-64KiB", 64<<10, 200)
+		}},
 	}
 }
 
@@ -399,6 +405,34 @@ func (e *env) rawPingPong(srv *child) (metrics, error) {
 		return nil, err
 	}
 	return latencyMetrics(m), nil
+}
+
+// rawStream: the streaming scenarios' ceiling, one gorilla/websocket
+// connection to the Raw server's stream endpoint, which marshals and writes
+// count payloads of size bytes, one WebSocket message each; the client
+// decodes each into a new Payload (bench.RawStream). Same application work
+// as serverStream, no RPC layer.
+func (e *env) rawStream(srv *child, name string, size, count int) (metrics, error) {
+	ws, err := bench.DialRaw(context.Background(), bench.RawStreamURL(srv.Targets[0]))
+	if err != nil {
+		return nil, err
+	}
+	defer ws.Close()
+	req := &benchv1.StreamRequest{Count: uint32(count), Size: uint32(size)}
+	var buf []byte
+	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
+		var n int
+		n, buf, err = bench.RawStream(ws, req, buf)
+		return n, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	mt := latencyMetrics(m)
+	mt[mMBps] = m.rate() * float64(size) / 1e6
+	delete(mt, mP50)
+	delete(mt, mP99)
+	return mt, nil
 }
 
 // rawPipelined: one gorilla/websocket connection with a writer that keeps
