@@ -299,6 +299,9 @@ func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 		return nil, err
 	}
 	busy0, _ := bench.MachineBusyNanos()
+	// With -profile: the server's CPU and allocation profiles of the timed
+	// run (the "client" ones are of this process, which only waits).
+	prof := e.startProfiles(srv, "push-fleet")
 	start := time.Now()
 	for _, p := range ps {
 		if _, err := io.WriteString(p.stdin, "go\n"); err != nil {
@@ -321,6 +324,7 @@ func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 		}
 	}
 	elapsed := time.Since(start)
+	prof.stop()
 	busy1, _ := bench.MachineBusyNanos()
 	srv1, err := srv.stats(false)
 	if err != nil {
