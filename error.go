@@ -98,6 +98,9 @@ func CodeOf(err error) Code {
 	if err == nil {
 		return CodeOK
 	}
+	if e, ok := err.(*Error); ok { // the usual case, without errors.As's allocation
+		return e.code
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		return e.code
@@ -116,6 +119,9 @@ func CodeOf(err error) Code {
 func AsError(err error) *Error {
 	if err == nil {
 		return nil
+	}
+	if e, ok := err.(*Error); ok {
+		return e
 	}
 	var e *Error
 	if errors.As(err, &e) {
