@@ -217,9 +217,13 @@ func (c *Conn) cancelContexts(err error) {
 	for _, s := range streams {
 		s.mu.Lock()
 		cancel := s.cancelCtx
+		onEnd := s.endedLocked(err)
 		s.mu.Unlock()
 		if cancel != nil {
 			cancel(err)
+		}
+		if onEnd != nil {
+			onEnd.StreamEnded(err)
 		}
 	}
 }

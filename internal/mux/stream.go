@@ -109,6 +109,19 @@ type Stream struct {
 	// server: why the stream ended, set by terminate when its context
 	// had not been made yet (Context makes it canceled with this cause).
 	ctxCause error
+
+	// server: OnEnd's function, run once with the cause when the stream
+	// ends or its connection closes, as the stream's context is canceled;
+	// ended is set then (the cause OnEnd passes if it comes later).
+	endHook  EndNotifier
+	ended    bool
+	endCause error
+}
+
+// EndNotifier is told when a stream ends (Stream.OnEnd).
+type EndNotifier interface {
+	// StreamEnded runs once with the cause the stream ended with.
+	StreamEnded(cause error)
 }
 
 // mdBufSize is the room for the OPEN's encoded metadata inside a server
@@ -165,6 +178,46 @@ func (s *Stream) Context() context.Context {
 		s.ctxMade.Store(true)
 	}
 	return s.ctx
+}
+
+// OnEnd arranges for n to be told once, with the cause, when the stream
+// ends or its connection closes, at the moment its context (Context) is
+// canceled, without making the context: a server's handler context learns
+// of the stream's end this way (server/callctx.go). If that has happened
+// already, n is told now. n runs on the goroutine that ends the stream (its
+// reader, a handler or the one closing the connection) holding no lock of
+// the stream's: it must not block. One notifier per stream; a second call
+// replaces the first.
+func (s *Stream) OnEnd(n EndNotifier) {
+	s.mu.Lock()
+	switch {
+	case s.ended:
+		cause := s.endCause
+		s.mu.Unlock()
+		n.StreamEnded(cause)
+	case s.c.isClosed():
+		// Closing: cancelContexts may have passed this stream already,
+		// and terminate has not reached it yet.
+		s.ended, s.endCause = true, s.c.err
+		s.mu.Unlock()
+		n.StreamEnded(s.c.err)
+	default:
+		s.endHook = n
+		s.mu.Unlock()
+	}
+}
+
+// endedLocked records that the stream ended with cause, for OnEnd, and
+// returns the notifier to tell outside s.mu (nil if none, or if it ended
+// before). s.mu held.
+func (s *Stream) endedLocked(cause error) EndNotifier {
+	if s.ended {
+		return nil
+	}
+	s.ended, s.endCause = true, cause
+	n := s.endHook
+	s.endHook = nil
+	return n
 }
 
 // Ended reports whether the stream has finished: ended by the peer, reset,

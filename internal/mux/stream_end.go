@@ -236,10 +236,14 @@ func (s *Stream) terminate(err error, local bool) bool {
 	if cancelCtx == nil {
 		s.ctxCause = err // for a context made later (Stream.Context)
 	}
+	onEnd := s.endedLocked(err)
 	s.mu.Unlock()
 	close(s.done)
 	if cancelCtx != nil {
 		cancelCtx(err)
+	}
+	if onEnd != nil {
+		onEnd.StreamEnded(err)
 	}
 	s.c.remove(s)
 	notify(s.recvNotify)

@@ -14,6 +14,7 @@ package mux
 
 import (
 	"context"
+	"errors"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/frame"
@@ -26,7 +27,22 @@ import (
 // error. Fragments are assembled here, in the receiving goroutine, and their
 // credit is granted back as they are taken, so messages larger than the
 // window flow.
-func (s *Stream) RecvMsg() ([]byte, error) {
+func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil) }
+
+// ErrWaitCanceled is RecvMsgCtx's error when its context ended while it
+// waited for a message; the stream is as it was.
+var ErrWaitCanceled = errors.New("tether: wait for a message canceled")
+
+// RecvMsgCtx is RecvMsg that stops waiting when ctx ends, returning
+// ErrWaitCanceled: for a caller that waits in it anyway (a client's unary
+// call), which can then reset the stream itself instead of watching ctx
+// with a context.AfterFunc (three allocations per call). A message already
+// queued is returned even if ctx has ended.
+func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv(ctx.Done()) }
+
+// recv is RecvMsg, which also stops waiting when done is closed (never if
+// nil).
+func (s *Stream) recv(done <-chan struct{}) ([]byte, error) {
 	if s.deferredGrant > 0 && !s.single {
 		s.mu.Lock()
 		n := s.takeDeferredLocked()
@@ -112,7 +128,11 @@ func (s *Stream) RecvMsg() ([]byte, error) {
 		n += s.growLocked()
 		s.mu.Unlock()
 		s.grant(n, seq)
-		<-s.recvNotify
+		select {
+		case <-s.recvNotify:
+		case <-done:
+			return nil, ErrWaitCanceled
+		}
 	}
 }
 
