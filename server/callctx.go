@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/mux"
 )
 
 // deadlineSkew is how close to the call's deadline a RESET with code
@@ -29,52 +31,81 @@ var errDeadline = tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline e
 //
 // It is a Context implementation of its own because a standard context ends
 // with DeadlineExceeded only through its own timer. Values and the cause
-// come from inner, a standard cancelable context under the stream's; Done
-// and AfterFunc come from done, canceled only once err is set, so that
-// contexts derived from this one (which the context package cancels through
-// AfterFunc, with this context's Err and Cause) get the same error.
+// come from inner, a standard cancelable context under the parent (the
+// stream's context); Done and AfterFunc come from done, canceled only once
+// err is set, so that contexts derived from this one (which the context
+// package cancels through AfterFunc, with this context's Err and Cause) get
+// the same error. Both are made when first needed (Done, Value, AfterFunc:
+// a handler that never looks at its context costs none), already canceled
+// if the call has ended by then. A call on a stream (newStreamCallCtx)
+// learns of the stream's end from the stream itself (mux.Stream.OnEnd), so
+// that the stream's own context is not made for it either.
 type callCtx struct {
+	parent     context.Context
+	deadline   time.Time   // zero: none
+	timer      *time.Timer // the deadline's, or nil
+	stopParent func() bool // newCallCtx's AfterFunc on parent, or nil
+	ended      atomic.Bool // err is set (read without mu)
+
+	mu          sync.Mutex
+	err, cause  error
 	inner       context.Context // values; canceled with the cause
 	cancelInner context.CancelCauseFunc
 	done        context.Context // closed after err is set
 	cancelDone  context.CancelFunc
-	deadline    time.Time // zero: none
-
-	mu  sync.Mutex
-	err error
 }
 
-// newCallCtx returns the context of a handler serving the stream whose
-// context is stream, with the deadline timeout after now (none if timeout
-// is 0). onDeadline runs when the server's own timer ends the call. stop
-// releases the context's resources; call it when the handler has returned.
-func newCallCtx(stream context.Context, timeout time.Duration, onDeadline func()) (ctx *callCtx, stop func()) {
-	c := &callCtx{}
-	c.inner, c.cancelInner = context.WithCancelCause(context.WithoutCancel(stream))
-	c.done, c.cancelDone = context.WithCancel(context.Background())
-	var timer *time.Timer
+// newCallCtx returns the context of a handler serving a call whose
+// context is parent (a resumable call's session), with the deadline timeout
+// after now (none if timeout is 0). onDeadline runs when the server's own
+// timer ends the call. Call stop when the handler has returned: it releases
+// the context's resources.
+func newCallCtx(parent context.Context, timeout time.Duration, onDeadline func()) *callCtx {
+	c := startCallCtx(parent, timeout, onDeadline)
+	c.stopParent = context.AfterFunc(parent, func() { c.StreamEnded(context.Cause(parent)) })
+	return c
+}
+
+// newStreamCallCtx is newCallCtx for a call on st, whose context parent
+// is: st's end (mux.Stream.OnEnd) ends the call, without making parent.
+func newStreamCallCtx(st *mux.Stream, parent context.Context, timeout time.Duration, onDeadline func()) *callCtx {
+	c := startCallCtx(parent, timeout, onDeadline)
+	st.OnEnd(c)
+	return c
+}
+
+// startCallCtx makes the context and starts its timer.
+func startCallCtx(parent context.Context, timeout time.Duration, onDeadline func()) *callCtx {
+	c := &callCtx{parent: parent}
 	if timeout > 0 {
 		c.deadline = time.Now().Add(timeout)
-		timer = time.AfterFunc(timeout, func() {
+		c.timer = time.AfterFunc(timeout, func() {
 			if c.end(context.DeadlineExceeded, errDeadline) && onDeadline != nil {
 				onDeadline()
 			}
 		})
 	}
-	stopStream := context.AfterFunc(stream, func() {
-		cause := context.Cause(stream)
-		if c.deadlinePassed(cause) {
-			c.end(context.DeadlineExceeded, cause)
-		} else {
-			c.end(context.Canceled, cause)
-		}
-	})
-	return c, func() {
-		stopStream()
-		if timer != nil {
-			timer.Stop()
-		}
-		c.end(context.Canceled, context.Canceled)
+	return c
+}
+
+// stop stops the timer, stops watching the parent and ends the context.
+func (c *callCtx) stop() {
+	if c.stopParent != nil {
+		c.stopParent()
+	}
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.end(context.Canceled, context.Canceled)
+}
+
+// StreamEnded ends the context when its parent (the stream) ended with
+// cause (mux.EndNotifier).
+func (c *callCtx) StreamEnded(cause error) {
+	if c.deadlinePassed(cause) {
+		c.end(context.DeadlineExceeded, cause)
+	} else {
+		c.end(context.Canceled, cause)
 	}
 }
 
@@ -101,28 +132,65 @@ func (c *callCtx) end(err, cause error) bool {
 		c.mu.Unlock()
 		return false
 	}
-	c.err = err
+	c.err, c.cause = err, cause
+	c.ended.Store(true)
+	cancelInner, cancelDone := c.cancelInner, c.cancelDone
 	c.mu.Unlock()
-	c.cancelInner(cause) // before done: Cause is set once Done is closed
-	c.cancelDone()
+	if cancelInner != nil { // made (made cancels them itself once err is set)
+		cancelInner(cause) // before done: Cause is set once Done is closed
+		cancelDone()
+	}
 	return true
 }
 
-func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
-func (c *callCtx) Done() <-chan struct{}       { return c.done.Done() }
-func (c *callCtx) Value(key any) any           { return c.inner.Value(key) }
+// made returns inner and done, making them on first use: canceled already
+// if the call has ended.
+func (c *callCtx) made() (inner, done context.Context) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inner == nil {
+		c.inner, c.cancelInner = context.WithCancelCause(context.WithoutCancel(c.parent))
+		c.done, c.cancelDone = context.WithCancel(context.Background())
+		if c.err != nil {
+			c.cancelInner(c.cause)
+			c.cancelDone()
+		}
+	}
+	return c.inner, c.done
+}
 
+func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+
+func (c *callCtx) Done() <-chan struct{} {
+	_, done := c.made()
+	return done.Done()
+}
+
+func (c *callCtx) Value(key any) any {
+	inner, _ := c.made()
+	return inner.Value(key)
+}
+
+// Err is nil until Done is closed (or would be, were it made), then the
+// error the call ended with.
 func (c *callCtx) Err() error {
-	if c.done.Err() == nil {
+	if !c.ended.Load() { // no lock while the call runs
 		return nil
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
+	done, err := c.done, c.err
+	c.mu.Unlock()
+	if done != nil && done.Err() == nil {
+		return nil // end has not closed Done yet
+	}
+	return err
 }
 
 // AfterFunc lets the context package cancel derived contexts without a
 // goroutine each, and with this context's Err and Cause.
-func (c *callCtx) AfterFunc(f func()) func() bool { return context.AfterFunc(c.done, f) }
+func (c *callCtx) AfterFunc(f func()) func() bool {
+	_, done := c.made()
+	return context.AfterFunc(done, f)
+}
 
 func (c *callCtx) String() string { return "tether.server.callContext" }

@@ -16,8 +16,8 @@ type ctxKey struct{}
 func endedBy(t *testing.T, timeout time.Duration, cause error) *callCtx {
 	t.Helper()
 	stream, cancel := context.WithCancelCause(context.WithValue(context.Background(), ctxKey{}, "v"))
-	ctx, stop := newCallCtx(stream, timeout, nil)
-	t.Cleanup(stop)
+	ctx := newCallCtx(stream, timeout, nil)
+	t.Cleanup(ctx.stop)
 	cancel(cause)
 	select {
 	case <-ctx.Done():
@@ -78,8 +78,8 @@ func TestCallCtxServerTimer(t *testing.T) {
 	stream, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	fired := make(chan struct{})
-	ctx, stop := newCallCtx(stream, 10*time.Millisecond, func() { close(fired) })
-	defer stop()
+	ctx := newCallCtx(stream, 10*time.Millisecond, func() { close(fired) })
+	defer ctx.stop()
 	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Err() = %v before the deadline", err)
 	}
@@ -100,12 +100,88 @@ func TestCallCtxServerTimer(t *testing.T) {
 }
 
 func TestCallCtxStop(t *testing.T) {
-	ctx, stop := newCallCtx(context.Background(), time.Hour, nil)
+	ctx := newCallCtx(context.Background(), time.Hour, nil)
 	if ctx.Err() != nil {
 		t.Fatalf("Err() = %v on a live call", ctx.Err())
 	}
-	stop()
+	ctx.stop()
 	if ctx.Err() != context.Canceled {
 		t.Errorf("Err() = %v after stop, want Canceled", ctx.Err())
+	}
+}
+
+// A handler that looks at its context only after the call ended gets one
+// that has ended: Done closed, Err, Cause, values and derived contexts as
+// if it had been watching (the inner contexts are made on first use).
+func TestCallCtxMadeAfterEnd(t *testing.T) {
+	parent := context.WithValue(context.Background(), ctxKey{}, "v")
+	for _, tc := range []struct {
+		name  string
+		cause error
+		want  error
+	}{
+		{"deadline_exceeded", tether.Errorf(tether.CodeDeadlineExceeded, "context deadline exceeded"), context.DeadlineExceeded},
+		{"canceled", tether.Errorf(tether.CodeCanceled, "tether: stream reset by peer"), context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := newCallCtx(parent, time.Hour, nil)
+			defer ctx.stop()
+			if ctx.inner != nil || ctx.done != nil {
+				t.Fatal("the inner contexts were made before first use")
+			}
+			ctx.StreamEnded(tc.cause)
+			if err := ctx.Err(); err != tc.want {
+				t.Errorf("Err() = %v, want %v", err, tc.want)
+			}
+			select {
+			case <-ctx.Done():
+			default:
+				t.Fatal("Done is open after the call ended")
+			}
+			if cause := context.Cause(ctx); cause != tc.cause {
+				t.Errorf("Cause = %v, want %v", cause, tc.cause)
+			}
+			if v := ctx.Value(ctxKey{}); v != "v" {
+				t.Errorf("Value = %v, want the parent's value", v)
+			}
+			derived, cancel := context.WithCancel(ctx)
+			defer cancel()
+			<-derived.Done()
+			if derived.Err() != tc.want || context.Cause(derived) != tc.cause {
+				t.Errorf("derived: Err() = %v, Cause = %v; want %v, %v", derived.Err(), context.Cause(derived), tc.want, tc.cause)
+			}
+		})
+	}
+}
+
+// Err stays nil until Done is closed: end sets the error before it closes
+// Done, and Err must not report it in between.
+func TestCallCtxErrNotBeforeDone(t *testing.T) {
+	for range 200 {
+		ctx := newCallCtx(context.Background(), time.Hour, nil)
+		done := ctx.Done() // made: end closes it after setting err
+		go ctx.StreamEnded(tether.Errorf(tether.CodeCanceled, "canceled"))
+		for {
+			err := ctx.Err()
+			closed := false
+			select {
+			case <-done:
+				closed = true
+			default:
+			}
+			if err != nil && !closed {
+				// Done may close between the two reads; only an error
+				// seen with Done still open after it is a failure.
+				select {
+				case <-done:
+				default:
+					t.Fatal("Err() is set while Done is open")
+				}
+			}
+			if closed {
+				break
+			}
+		}
+		ctx.stop()
 	}
 }

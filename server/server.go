@@ -188,8 +188,13 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		// DeadlineExceeded too (callctx.go). Without a deadline, the
 		// stream's context is the handler's: it ends with Canceled and
 		// the stream's cause, as callCtx's would.
-		cctx, stop := newCallCtx(ctx, timeout, reset)
-		defer stop()
+		var cctx *callCtx
+		if rs != nil {
+			cctx = newCallCtx(ctx, timeout, reset)
+		} else {
+			cctx = newStreamCallCtx(st, ctx, timeout, reset)
+		}
+		defer cctx.stop()
 		ctx = cctx
 	}
 	c.infoCtx = infoCtx{Context: ctx, c: c}
