@@ -161,7 +161,7 @@ func (c *Client) NewStream(ctx context.Context, m *Method, opts ...CallOption) (
 // unaryAttempt sends the request on one stream and reads one response and
 // the status.
 func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, req []byte) ([]byte, error) {
-	s, sent, err := c.openStream(ctx, co, call, req, true)
+	s, sent, err := c.openStream(ctx, co, call, req, true, false)
 	if err != nil {
 		return nil, err
 	}
@@ -189,10 +189,10 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 			return nil, err
 		}
 	}
-	msg, err := s.st.RecvMsg()
+	msg, err := s.recvWaiting()
 	if err == nil {
 		c.markServed(s.conn)
-		_, err = s.st.RecvMsg()
+		_, err = s.recvWaiting()
 		if err == nil {
 			err = tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response to a unary call")
 			s.st.Reset(err)
@@ -211,11 +211,13 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 }
 
 // openStream opens a stream for a call on the ready connection, with the
-// call's metadata and deadline, and resets it when ctx ends.
+// call's metadata and deadline, and resets it when ctx ends, through a
+// context.AfterFunc if watch: a caller that always waits in a method that
+// watches ctx (a unary call: SendMsg, CloseSend, recvWaiting) passes false.
 //
 // first, when not nil, is sent with the OPEN if it fits (then closeSend also
 // half-closes); sent reports whether it was.
-func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, first []byte, closeSend bool) (cs *clientStream, sent bool, err error) {
+func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, first []byte, closeSend, watch bool) (cs *clientStream, sent bool, err error) {
 	// The OPEN lives in the stream's struct: one allocation for both; a
 	// unary call's first attempt has both in its unaryCall.
 	var s *clientStream
@@ -262,11 +264,11 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 		return nil, false, err
 	}
 	s.st, s.conn = st, conn
-	if ctx.Done() != nil {
+	if watch && ctx.Done() != nil {
 		s.stop = context.AfterFunc(ctx, func() { st.Reset(tether.AsError(context.Cause(ctx))) })
 	} else {
-		// A context that can never end (Background): nothing to watch,
-		// and no AfterFunc to allocate.
+		// A context that can never end (Background), or a caller that
+		// watches it itself: no AfterFunc to allocate.
 		s.stop = neverStop
 	}
 	return s, sent, nil
@@ -314,6 +316,17 @@ type clientStream struct {
 func neverStop() bool { return false }
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
+
+// recvWaiting is RecvMsg for a stream opened without a watch on ctx
+// (openStream): when ctx ends while it waits, it resets the stream with the
+// call's error, as the watch would have, and returns that error.
+func (s *clientStream) recvWaiting() ([]byte, error) {
+	msg, err := s.st.RecvMsgCtx(s.ctx)
+	if err == mux.ErrWaitCanceled {
+		return nil, s.ended()
+	}
+	return msg, err
+}
 
 // ended returns the call's error if ctx has ended, after resetting the
 // stream.
@@ -419,7 +432,7 @@ func (c *Client) openTyped(ctx context.Context, m *Method, opts []CallOption) (S
 			return c.openRetryStream(ctx, m, co, call, p) // retried per policy: streamretry.go
 		}
 		for try := 0; ; try++ {
-			s, _, err := c.openStream(ctx, co, call, nil, false)
+			s, _, err := c.openStream(ctx, co, call, nil, false, true)
 			if err == nil || !errors.Is(err, mux.ErrUnprocessed) || try >= maxTransparentRetries || ctx.Err() != nil {
 				if s == nil {
 					return nil, err

@@ -144,7 +144,7 @@ func (c *Client) openResumableOnce(ctx context.Context, co *callOptions, call *C
 		return nil, err
 	}
 	if conn.PeerResumeGrace() == 0 {
-		s, _, err := c.openStream(ctx, co, call, nil, false)
+		s, _, err := c.openStream(ctx, co, call, nil, false, true)
 		if err != nil {
 			return nil, err
 		}

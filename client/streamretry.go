@@ -178,7 +178,7 @@ func (s *retryStream) attempt() (*clientStream, error) {
 		first = s.buf[0]
 	}
 	closeWithFirst := s.halfClosed && len(s.buf) == 1
-	cs, sent, err := s.c.openStream(s.ctx, s.co, s.call, first, closeWithFirst)
+	cs, sent, err := s.c.openStream(s.ctx, s.co, s.call, first, closeWithFirst, true)
 	if err != nil {
 		return nil, err
 	}

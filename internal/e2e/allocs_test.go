@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
@@ -30,6 +31,17 @@ const unaryAllocBudget = 41
 // context made on first use, 40 (35) with handler goroutines reused.
 const keyedAllocBudget = 42
 
+// deadlineAllocBudget is unaryAllocBudget for the same call with a
+// deadline on its context, as gRPC's guidance asks of every call: the
+// server's handler context then carries the deadline (server/callctx.go).
+// It was 57 (61 under -race): the handler's context made the stream's own
+// context to watch it with a context.AfterFunc, whose goroutine ran at every
+// call's end, and the client watched the caller's context with another; 39
+// (43) once the handler's context hears of the stream's end from the stream
+// (mux.Stream.OnEnd) and makes its inner contexts on first use, and a unary
+// call watches its context where it waits (mux.Stream.RecvMsgCtx).
+const deadlineAllocBudget = 45
+
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation
 // budget, client and server in this process together (testing.AllocsPerRun
 // counts every goroutine's allocations, averaged over the runs).
@@ -51,6 +63,8 @@ func TestUnaryAllocations(t *testing.T) {
 	}()
 	svc := echov1.NewEchoServiceClient(cli)
 	ctx := context.Background()
+	dctx, cancel := context.WithTimeout(ctx, time.Hour)
+	defer cancel()
 	req := &echov1.SayRequest{Payload: make([]byte, 16)}
 	// Say as a method with side effects: every call carries a new key.
 	keyed := &client.Method{Spec: tether.Spec{Procedure: echov1.EchoServiceSayProcedure, StreamType: tether.StreamTypeUnary}}
@@ -61,6 +75,7 @@ func TestUnaryAllocations(t *testing.T) {
 	}{
 		{"no-key", func() error { _, err := svc.Say(ctx, req); return err }, unaryAllocBudget},
 		{"keyed", func() error { return cli.Invoke(ctx, keyed, req, &echov1.SayResponse{}) }, keyedAllocBudget},
+		{"deadline", func() error { _, err := svc.Say(dctx, req); return err }, deadlineAllocBudget},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for range 50 { // warm the pools

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tetherrpc/tether/client"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
@@ -16,6 +17,26 @@ import (
 func BenchmarkUnary(b *testing.B) {
 	e := newBenchEnv(b)
 	ctx := context.Background()
+	req := &echov1.SayRequest{Payload: make([]byte, 16)}
+	if _, err := e.echo.Say(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := e.echo.Say(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnaryDeadline is BenchmarkUnary with a deadline on every call,
+// as gRPC's guidance asks of clients: the handler's context then carries
+// the deadline and ends with DeadlineExceeded (server/callctx.go).
+func BenchmarkUnaryDeadline(b *testing.B) {
+	e := newBenchEnv(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
 	req := &echov1.SayRequest{Payload: make([]byte, 16)}
 	if _, err := e.echo.Say(ctx, req); err != nil {
 		b.Fatal(err)
