@@ -138,6 +138,7 @@ type call struct {
 	refusal atomic.Pointer[unprocessedRefusal]
 	// the handler's context below infoCtx, without a deadline or a session
 	stCtx streamCtx
+	cctx  callCtx // the handler's context when the call has a deadline
 }
 
 func (c *call) Spec() tether.Spec { return c.spec }

@@ -37,14 +37,16 @@ var errDeadline = tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline e
 // package cancels through AfterFunc, with this context's Err and Cause) get
 // the same error. Both are made when first needed (Done, Value, AfterFunc:
 // a handler that never looks at its context costs none), already canceled
-// if the call has ended by then. A call on a stream (newStreamCallCtx)
-// learns of the stream's end from the stream itself (mux.Stream.OnEnd), so
-// that the stream's own context is not made for it either.
+// if the call has ended by then. A call on a stream (watchStream) learns of
+// the stream's end from the stream itself (mux.Stream.OnEnd), so that the
+// stream's own context is not made for it either. serveStream keeps it in
+// the call's struct, which is the stream's memory: a deadline costs the
+// call a timer and its function, and nothing more.
 type callCtx struct {
 	parent     context.Context
 	deadline   time.Time   // zero: none
 	timer      *time.Timer // the deadline's, or nil
-	stopParent func() bool // newCallCtx's AfterFunc on parent, or nil
+	stopParent func() bool // watchParent's AfterFunc on parent, or nil
 	ended      atomic.Bool // err is set (read without mu)
 
 	mu          sync.Mutex
@@ -55,38 +57,47 @@ type callCtx struct {
 	cancelDone  context.CancelFunc
 }
 
+// expirer is told when the server's own timer ends a call (the call
+// resets its stream or ends its session).
+type expirer interface{ expired() }
+
 // newCallCtx returns the context of a handler serving a call whose
-// context is parent (a resumable call's session), with the deadline timeout
-// after now (none if timeout is 0). onDeadline runs when the server's own
-// timer ends the call. Call stop when the handler has returned: it releases
-// the context's resources.
-func newCallCtx(parent context.Context, timeout time.Duration, onDeadline func()) *callCtx {
-	c := startCallCtx(parent, timeout, onDeadline)
-	c.stopParent = context.AfterFunc(parent, func() { c.StreamEnded(context.Cause(parent)) })
+// context is parent, with the deadline timeout after now (none if timeout
+// is 0), watching parent with a context.AfterFunc; onDeadline, if not nil,
+// is told when the server's own timer ends the call. Call stop when the
+// handler has returned: it releases the context's resources.
+// serveStream uses start and watchStream or watchParent on the callCtx
+// inside the call's struct instead.
+func newCallCtx(parent context.Context, timeout time.Duration, onDeadline expirer) *callCtx {
+	c := new(callCtx)
+	c.start(parent, timeout, onDeadline)
+	c.watchParent()
 	return c
 }
 
-// newStreamCallCtx is newCallCtx for a call on st, whose context parent
-// is: st's end (mux.Stream.OnEnd) ends the call, without making parent.
-func newStreamCallCtx(st *mux.Stream, parent context.Context, timeout time.Duration, onDeadline func()) *callCtx {
-	c := startCallCtx(parent, timeout, onDeadline)
-	st.OnEnd(c)
-	return c
-}
-
-// startCallCtx makes the context and starts its timer.
-func startCallCtx(parent context.Context, timeout time.Duration, onDeadline func()) *callCtx {
-	c := &callCtx{parent: parent}
+// start sets the context up under parent, and its timer if timeout > 0.
+func (c *callCtx) start(parent context.Context, timeout time.Duration, onDeadline expirer) {
+	c.parent = parent
 	if timeout > 0 {
 		c.deadline = time.Now().Add(timeout)
 		c.timer = time.AfterFunc(timeout, func() {
 			if c.end(context.DeadlineExceeded, errDeadline) && onDeadline != nil {
-				onDeadline()
+				onDeadline.expired()
 			}
 		})
 	}
-	return c
 }
+
+// watchParent ends the context when parent ends (a resumable call's
+// session, which outlives the connection).
+func (c *callCtx) watchParent() {
+	parent := c.parent
+	c.stopParent = context.AfterFunc(parent, func() { c.StreamEnded(context.Cause(parent)) })
+}
+
+// watchStream ends the context when st, the stream whose context parent
+// is, ends (mux.Stream.OnEnd), without making parent.
+func (c *callCtx) watchStream(st *mux.Stream) { st.OnEnd(c) }
 
 // stop stops the timer, stops watching the parent and ends the context.
 func (c *callCtx) stop() {

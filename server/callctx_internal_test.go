@@ -11,6 +11,11 @@ import (
 
 type ctxKey struct{}
 
+// expireFunc is an expirer that calls itself.
+type expireFunc func()
+
+func (f expireFunc) expired() { f() }
+
 // endedBy returns a handler context whose stream ended with cause, and
 // waits for it to end.
 func endedBy(t *testing.T, timeout time.Duration, cause error) *callCtx {
@@ -78,7 +83,7 @@ func TestCallCtxServerTimer(t *testing.T) {
 	stream, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	fired := make(chan struct{})
-	ctx := newCallCtx(stream, 10*time.Millisecond, func() { close(fired) })
+	ctx := newCallCtx(stream, 10*time.Millisecond, expireFunc(func() { close(fired) }))
 	defer ctx.stop()
 	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Err() = %v before the deadline", err)

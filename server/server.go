@@ -179,20 +179,17 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		ctx = rs.ctx
 	}
 	if timeout > 0 {
-		reset := func() { st.Reset(errDeadline) }
-		if rs != nil {
-			reset = func() { rs.end(errDeadline) }
-		}
 		// The deadline ends the call even if the handler ignores ctx; a
 		// RESET from a client whose deadline passed ends ctx with
 		// DeadlineExceeded too (callctx.go). Without a deadline, the
 		// stream's context is the handler's: it ends with Canceled and
 		// the stream's cause, as callCtx's would.
-		var cctx *callCtx
+		cctx := &c.cctx
+		cctx.start(ctx, timeout, c)
 		if rs != nil {
-			cctx = newCallCtx(ctx, timeout, reset)
+			cctx.watchParent()
 		} else {
-			cctx = newStreamCallCtx(st, ctx, timeout, reset)
+			cctx.watchStream(st)
 		}
 		defer cctx.stop()
 		ctx = cctx
@@ -205,6 +202,16 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 	c.ctx = ctx
 	res, err := s.run(ctx, h, c)
 	c.finish(res, err)
+}
+
+// expired ends the call when the server's timer passes its deadline
+// (callCtx): its stream is reset, or its session ended.
+func (c *call) expired() {
+	if c.rs != nil {
+		c.rs.end(errDeadline)
+	} else {
+		c.s.Reset(errDeadline)
+	}
 }
 
 // run calls the handler and turns a panic into an internal error for this
