@@ -67,6 +67,9 @@ func scenarios() []scenario {
 		{name: "unary-c64", kind: bench.KindUnary, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.unary(sys, srv, "unary-c64", 1, 64)
 		}},
+		{name: "unary-c64-deadline", kind: bench.KindUnary, run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.unaryWith(sys, srv, "unary-c64-deadline", 1, 64, time.Hour)
+		}},
 		{name: "unary-c64-8conns", kind: bench.KindUnary, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.unary(sys, srv, "unary-c64-8conns", 8, 64)
 		}},
@@ -175,6 +178,13 @@ func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond)
 // unary: workers goroutines make unary calls with a 16-byte body over nConns
 // connections.
 func (e *env) unary(sys string, srv *child, name string, nConns, workers int) (metrics, error) {
+	return e.unaryWith(sys, srv, name, nConns, workers, 0)
+}
+
+// unaryWith is unary with a deadline of timeout on every call's context (0:
+// none), as gRPC's guidance asks of every call: each system propagates it
+// to its server as it does (a timer per call on both ends for most).
+func (e *env) unaryWith(sys string, srv *child, name string, nConns, workers int, timeout time.Duration) (metrics, error) {
 	conns, err := e.dial(sys, srv, nConns)
 	if err != nil {
 		return nil, err
@@ -186,6 +196,12 @@ func (e *env) unary(sys string, srv *child, name string, nConns, workers int) (m
 	}
 	ctx := context.Background()
 	m, err := e.measure(srv, name, workers, true, func(w int) (int, error) {
+		ctx := ctx
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
 		_, err := conns[w%nConns].Unary(ctx, reqs[w])
 		return 1, err
 	})
