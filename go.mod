@@ -3,7 +3,6 @@ module github.com/tetherrpc/tether
 go 1.26.0
 
 require (
-	github.com/bufbuild/protocompile v0.14.1
 	github.com/cenkalti/backoff/v4 v4.3.0
 	github.com/gorilla/websocket v1.5.3
 	go.etcd.io/bbolt v1.4.3
@@ -12,7 +11,4 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require (
-	golang.org/x/sync v0.10.0 // indirect
-	golang.org/x/sys v0.29.0 // indirect
-)
+require golang.org/x/sys v0.29.0 // indirect

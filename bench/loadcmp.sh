@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 
 go build -o "$tmp/benchcmp" ./cmd/benchcmp
-(cd .. && go build -o "$tmp/tether" ./cmd/tether)
+go -C ../cmd/tether build -o "$tmp/tether" . # the CLI is a module of its own
 body='{"body": "AAAAAAAAAAAAAAAAAAAAAA=="}' # 16 bytes, as benchcmp's
 load() { # target duration [flags]
 	local target=$1 dur=$2

@@ -105,7 +105,7 @@ func runGolden(t *testing.T, url string, cases []cliCase) {
 			}
 			want, err := os.ReadFile(path)
 			if err != nil {
-				t.Fatalf("%v (run go test ./cmd/tether -update)", err)
+				t.Fatalf("%v (run go -C cmd/tether test . -update)", err)
 			}
 			if got != string(want) {
 				t.Errorf("output differs from %s:\n--- got\n%s--- want\n%s", path, got, want)

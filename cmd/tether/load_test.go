@@ -61,7 +61,7 @@ func TestLoad(t *testing.T) {
 			}
 			want, err := os.ReadFile(path)
 			if err != nil {
-				t.Fatalf("%v (run go test ./cmd/tether -update)", err)
+				t.Fatalf("%v (run go -C cmd/tether test . -update)", err)
 			}
 			if got != string(want) {
 				t.Errorf("output differs from %s:\n--- got\n%s--- want\n%s", path, got, want)

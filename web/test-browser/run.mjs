@@ -68,7 +68,8 @@ try {
 // docs/web-demo.png (the README's) with --screenshot.
 async function demo(browser) {
   const bin = join(www, "tether");
-  execFileSync("go", ["build", "-o", bin, "./cmd/tether"], { cwd: join(here, "..", ".."), stdio: "inherit" });
+  // cmd/tether is a Go module of its own (README, "Layout").
+  execFileSync("go", ["build", "-o", bin, "."], { cwd: join(here, "..", "..", "cmd", "tether"), stdio: "inherit" });
   const p = spawn(bin, ["demo", "web", "-addr", "127.0.0.1:0", "-stdin"], { stdio: ["pipe", "pipe", "inherit"] });
   try {
     const line = await new Promise((res, rej) => {
