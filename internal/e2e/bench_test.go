@@ -14,29 +14,20 @@ import (
 
 // BenchmarkUnary measures one unary call of 16 bytes over loopback, client
 // and server in this process (allocations counted for both).
-func BenchmarkUnary(b *testing.B) {
-	e := newBenchEnv(b)
-	ctx := context.Background()
-	req := &echov1.SayRequest{Payload: make([]byte, 16)}
-	if _, err := e.echo.Say(ctx, req); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		if _, err := e.echo.Say(ctx, req); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
+func BenchmarkUnary(b *testing.B) { benchUnary(b, context.Background()) }
 
 // BenchmarkUnaryDeadline is BenchmarkUnary with a deadline on every call,
 // as gRPC's guidance asks of clients: the handler's context then carries
 // the deadline and ends with DeadlineExceeded (server/callctx.go).
 func BenchmarkUnaryDeadline(b *testing.B) {
-	e := newBenchEnv(b)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
+	benchUnary(b, ctx)
+}
+
+// benchUnary makes echo's Say calls with ctx.
+func benchUnary(b *testing.B, ctx context.Context) {
+	e := newBenchEnv(b)
 	req := &echov1.SayRequest{Payload: make([]byte, 16)}
 	if _, err := e.echo.Say(ctx, req); err != nil {
 		b.Fatal(err)
