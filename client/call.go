@@ -178,15 +178,13 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 		case err == nil:
 			call.sent++
 		case !errors.Is(err, io.EOF):
-			s.st.Reset(err)
-			return nil, err
+			return nil, s.failed(err)
 		}
 		if err := s.ended(); err != nil {
 			return nil, err
 		}
 		if err := s.st.CloseSend(ctx); err != nil {
-			s.st.Reset(err)
-			return nil, err
+			return nil, s.failed(err)
 		}
 	}
 	msg, err := s.recvWaiting()
@@ -287,7 +285,8 @@ func insertSorted(md []*tetherv1.MetadataEntry, e *tetherv1.MetadataEntry) []*te
 //
 // Once the caller's context has ended, every method returns the context's
 // error (canceled or deadline_exceeded) and nothing but the RESET leaves for
-// the stream. The RESET is sent by a context.AfterFunc goroutine, which may
+// the stream. The RESET is sent by a context.AfterFunc goroutine (a unary
+// call instead watches ctx where it waits: recvWaiting), which may
 // not have run yet when the caller, having called cancel, calls the next
 // method: so each method first checks ctx itself and, if it has ended,
 // resets the stream synchronously before anything else is queued (the
@@ -326,6 +325,19 @@ func (s *clientStream) recvWaiting() ([]byte, error) {
 		return nil, s.ended()
 	}
 	return msg, err
+}
+
+// failed resets the stream after a send failed with err and returns the
+// call's error: the context's cause if it has ended (a send that waited
+// for credit or for room in the write queue returns the bare context
+// error), else err as a *tether.Error.
+func (s *clientStream) failed(err error) error {
+	if e := s.ended(); e != nil {
+		return e
+	}
+	e := tether.AsError(err)
+	s.st.Reset(e)
+	return e
 }
 
 // ended returns the call's error if ctx has ended, after resetting the

@@ -379,3 +379,37 @@ func TestUnknownProcedure(t *testing.T) {
 }
 
 var _ = io.EOF
+
+// A unary call whose request waits to be sent (no credit, a full write
+// queue: the connection is stalled) and whose deadline passes meanwhile
+// fails with its context's cause, a *tether.Error, as every call error is
+// (client/doc.go); the send's own bare context error is not what it
+// returns.
+func TestStalledUnarySendEndsWithCause(t *testing.T) {
+	var proxy *faultproxy.Proxy
+	e := newEnv(t, envConfig{
+		dialURL: func(u string) string {
+			p, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy = p
+			return "ws://" + p.Addr()
+		},
+	})
+	t.Cleanup(func() { proxy.Close() })
+	if _, err := e.echo.Say(testCtx(t), &echov1.SayRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Stall()
+	defer proxy.Resume()
+	for _, size := range []int{1 << 20, 6 << 20} { // waits for credit; for room in the write queue too
+		cause := tether.Errorf(tether.CodeDeadlineExceeded, "the test's deadline (%d bytes)", size)
+		ctx, cancel := context.WithTimeoutCause(testCtx(t), 300*time.Millisecond, cause)
+		_, err := e.echo.Say(ctx, &echov1.SayRequest{Payload: make([]byte, size)}, client.WithoutRetries())
+		cancel()
+		if err != cause {
+			t.Errorf("%d-byte request: err = %#v, want the context's cause %v", size, err, cause)
+		}
+	}
+}
