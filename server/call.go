@@ -73,6 +73,12 @@ func (x *infoCtx) Value(key any) any {
 	return x.Context.Value(key)
 }
 
+// AfterFunc lets the context package cancel contexts derived from the
+// handler's without a goroutine each: through the parent's own AfterFunc
+// (callCtx's), or as a child of the stream's context (streamCtx), as
+// context.AfterFunc picks.
+func (x *infoCtx) AfterFunc(f func()) func() bool { return context.AfterFunc(x.Context, f) }
+
 // CallInfoFromContext returns the CallInfo of the call a handler's context
 // belongs to.
 func CallInfoFromContext(ctx context.Context) (CallInfo, bool) {
