@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/tetherrpc/tether"
+	"github.com/tetherrpc/tether/internal/mux"
 )
 
 type ctxKey struct{}
@@ -188,5 +190,56 @@ func TestCallCtxErrNotBeforeDone(t *testing.T) {
 			}
 		}
 		ctx.stop()
+	}
+}
+
+// Contexts derived from a handler's context with a deadline cost no
+// goroutine each: infoCtx passes the context package callCtx's AfterFunc.
+func TestDerivedFromHandlerCtxNoGoroutine(t *testing.T) {
+	c := new(call)
+	c.cctx.start(context.Background(), time.Hour, nil)
+	c.cctx.watchParent()
+	defer c.cctx.stop()
+	c.infoCtx = infoCtx{Context: &c.cctx, c: c}
+	before := runtime.NumGoroutine()
+	var cancels []context.CancelFunc
+	for range 100 {
+		_, cancel := context.WithCancel(&c.infoCtx)
+		cancels = append(cancels, cancel)
+	}
+	after := runtime.NumGoroutine()
+	for _, cancel := range cancels {
+		cancel()
+	}
+	if after-before > 10 {
+		t.Fatalf("100 contexts derived from a handler's context started %d goroutines", after-before)
+	}
+	// And they end with it, with its error.
+	derived, cancel := context.WithCancel(&c.infoCtx)
+	defer cancel()
+	c.cctx.StreamEnded(tether.Errorf(tether.CodeCanceled, "reset"))
+	select {
+	case <-derived.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the derived context did not end with the handler's")
+	}
+	if derived.Err() != context.Canceled {
+		t.Errorf("derived Err() = %v, want context.Canceled", derived.Err())
+	}
+}
+
+// A call its handler finished just before its deadline ends its context with
+// Canceled, not DeadlineExceeded: the stream's "call finished" is not the
+// deadline (a goroutine the handler left running would see it).
+func TestCallCtxFinishedNearDeadline(t *testing.T) {
+	// Within the skew of its deadline, without the timer (which would race
+	// the test).
+	ctx := &callCtx{parent: context.Background(), deadline: time.Now().Add(deadlineSkew / 2)}
+	if !ctx.deadlinePassed(tether.Errorf(tether.CodeCanceled, "reset")) {
+		t.Fatal("a RESET canceled now would not count as the deadline: the test is wrong")
+	}
+	ctx.StreamEnded(mux.ErrCallFinished)
+	if err := ctx.Err(); err != context.Canceled {
+		t.Errorf("Err() = %v, want context.Canceled", err)
 	}
 }

@@ -38,7 +38,10 @@ func (s *Stream) Finish(callErr error, trailers tether.Metadata) error {
 	return s.FinishWith(nil, nil, callErr, trailers)
 }
 
-var errCallFinished = tether.Errorf(tether.CodeCanceled, "tether: call finished")
+// ErrCallFinished is the cause a server stream ends with when its handler
+// finished the call (Finish, FinishWith): what its context and OnEnd's
+// notifier are told.
+var ErrCallFinished = tether.Errorf(tether.CodeCanceled, "tether: call finished")
 
 // FinishWith ends the stream like Finish, first sending headers (when not
 // empty) and a last message (when not nil). When they fit the stream's
@@ -151,7 +154,7 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 		return b
 	})
 	if tether.CodeOf(callErr) == tether.CodeOK {
-		s.terminate(errCallFinished, false)
+		s.terminate(ErrCallFinished, false)
 	} else {
 		s.terminate(callErr, false)
 	}
