@@ -62,21 +62,31 @@ type callInfoKey struct{}
 // cancellation as they would from a WithValue context.
 type infoCtx struct {
 	context.Context
-	c *call
+	c         *call
+	restarted *resumeCursor // a restarted handler run's cursor (ResumeCursor), or nil
 }
 
-// Value returns the call for callInfoKey and asks the parent otherwise.
+// Value returns the call for callInfoKey, the cursor for resumeCursorKey
+// when the run was restarted, and asks the parent otherwise.
 func (x *infoCtx) Value(key any) any {
-	if _, ok := key.(callInfoKey); ok {
+	switch key.(type) {
+	case callInfoKey:
 		return x.c
+	case resumeCursorKey:
+		if x.restarted != nil {
+			return x.restarted
+		}
 	}
 	return x.Context.Value(key)
 }
 
-// AfterFunc lets the context package cancel contexts derived from the
-// handler's without a goroutine each: through the parent's own AfterFunc
-// (callCtx's), or as a child of the stream's context (streamCtx), as
-// context.AfterFunc picks.
+// AfterFunc lets the context package cancel contexts derived directly from
+// the handler's without a goroutine each: through the parent's own
+// AfterFunc (callCtx's), or as a child of the stream's context
+// (streamCtx), as context.AfterFunc picks. (Below a context.WithValue of
+// an interceptor's, a context derived from a callCtx costs the context
+// package's goroutine again: the value context has no AfterFunc of its
+// own, and callCtx's Done is not its inner cancelCtx's.)
 func (x *infoCtx) AfterFunc(f func()) func() bool { return context.AfterFunc(x.Context, f) }
 
 // CallInfoFromContext returns the CallInfo of the call a handler's context

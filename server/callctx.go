@@ -113,7 +113,7 @@ func (c *callCtx) stop() {
 // StreamEnded ends the context when its parent (the stream) ended with
 // cause (mux.EndNotifier).
 func (c *callCtx) StreamEnded(cause error) {
-	if cause != mux.ErrCallFinished && c.deadlinePassed(cause) { // finished by the handler: not its deadline
+	if c.deadlinePassed(cause) {
 		c.end(context.DeadlineExceeded, cause)
 	} else {
 		c.end(context.Canceled, cause)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/tetherrpc/tether"
-	"github.com/tetherrpc/tether/internal/mux"
 )
 
 type ctxKey struct{}
@@ -225,21 +224,5 @@ func TestDerivedFromHandlerCtxNoGoroutine(t *testing.T) {
 	}
 	if derived.Err() != context.Canceled {
 		t.Errorf("derived Err() = %v, want context.Canceled", derived.Err())
-	}
-}
-
-// A call its handler finished just before its deadline ends its context with
-// Canceled, not DeadlineExceeded: the stream's "call finished" is not the
-// deadline (a goroutine the handler left running would see it).
-func TestCallCtxFinishedNearDeadline(t *testing.T) {
-	// Within the skew of its deadline, without the timer (which would race
-	// the test).
-	ctx := &callCtx{parent: context.Background(), deadline: time.Now().Add(deadlineSkew / 2)}
-	if !ctx.deadlinePassed(tether.Errorf(tether.CodeCanceled, "reset")) {
-		t.Fatal("a RESET canceled now would not count as the deadline: the test is wrong")
-	}
-	ctx.StreamEnded(mux.ErrCallFinished)
-	if err := ctx.Err(); err != context.Canceled {
-		t.Errorf("Err() = %v, want context.Canceled", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/tetherrpc/tether/examples/echo"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 	"github.com/tetherrpc/tether/server"
+	"google.golang.org/protobuf/proto"
 )
 
 // ending is what a handler saw when its context ended.
@@ -151,5 +152,37 @@ func TestHandlerSeesClientCancel(t *testing.T) {
 			t.Fatal("handler not canceled")
 		}
 		cancel()
+	}
+}
+
+// A handler that returns deadline_exceeded of its own (from a call it made
+// downstream) long before its call's deadline leaves its context ended with
+// context.Canceled: what it left running is not told that the call ran out
+// of time. (The call's end with the handler's error reached the stream
+// first, and its code was taken for the deadline's.)
+func TestHandlerErrorIsNotDeadline(t *testing.T) {
+	seen := make(chan error, 1)
+	own := server.UnaryInterceptorFunc(func(next server.UnaryFunc) server.UnaryFunc {
+		return func(ctx context.Context, req proto.Message) (proto.Message, error) {
+			go func() { // left running by the handler
+				<-ctx.Done()
+				seen <- ctx.Err()
+			}()
+			return nil, tether.Errorf(tether.CodeDeadlineExceeded, "a downstream call ran out of time")
+		}
+	})
+	ec := refuseServer(t, &echo.Handler{}, own)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	if _, err := ec.Say(ctx, &echov1.SayRequest{Text: "hi"}, client.WithoutRetries()); tether.CodeOf(err) != tether.CodeDeadlineExceeded {
+		t.Fatalf("Say: %v, want the handler's deadline_exceeded", err)
+	}
+	select {
+	case err := <-seen:
+		if err != context.Canceled {
+			t.Errorf("the handler's context ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the handler's context did not end")
 	}
 }

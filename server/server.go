@@ -194,13 +194,18 @@ func (s *Server) serveStream(st *mux.Stream, open *tetherv1.Open, peer Peer, bud
 		defer cctx.stop()
 		ctx = cctx
 	}
-	c.infoCtx = infoCtx{Context: ctx, c: c}
+	c.infoCtx = infoCtx{Context: ctx, c: c, restarted: restarted}
 	ctx = &c.infoCtx
-	if restarted != nil {
-		ctx = context.WithValue(ctx, resumeCursorKey{}, restarted)
-	}
 	c.ctx = ctx
 	res, err := s.run(ctx, h, c)
+	if timeout > 0 {
+		// The handler has returned: its context ends now, with Canceled,
+		// before the call's end (an error of the handler's own, say
+		// deadline_exceeded from a call it made) reaches the stream and
+		// would be taken for the deadline by what the handler left
+		// running.
+		c.cctx.end(context.Canceled, mux.ErrCallFinished)
+	}
 	c.finish(res, err)
 }
 
