@@ -167,3 +167,34 @@ func TestRecvMsgCtx(t *testing.T) {
 		t.Fatalf("RecvMsg = %v, want io.EOF", err)
 	}
 }
+
+// A client stream ended by the server's END tells OnEnd's notifier the END's
+// error (io.EOF for OK), whether OnEnd came before the END or after it.
+func TestOnEndClientEND(t *testing.T) {
+	release := make(chan struct{})
+	cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		<-release
+		_ = s.Finish(nil, nil)
+	}}, Config{})
+	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/b"}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := endRecorder{make(chan error, 2)}
+	s.OnEnd(before)
+	close(release)
+	for _, r := range []endRecorder{before, {make(chan error, 2)}} {
+		if r != before {
+			<-s.Done()
+			s.OnEnd(r)
+		}
+		select {
+		case err := <-r.causes:
+			if err != io.EOF {
+				t.Errorf("told %v, want io.EOF", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the client stream's notifier was not told of the END")
+		}
+	}
+}

@@ -181,10 +181,11 @@ func (s *Stream) Context() context.Context {
 }
 
 // OnEnd arranges for n to be told once, with the cause, when the stream
-// ends or its connection closes, at the moment its context (Context) is
-// canceled, without making the context: a server's handler context learns
-// of the stream's end this way (server/callctx.go). If that has happened
-// already, n is told now. n runs on the goroutine that ends the stream (its
+// ends or its connection closes, at the moment a server stream's context
+// (Context) is canceled, without making the context: a server's handler
+// context learns of the stream's end this way (server/callctx.go). A client
+// stream ended by the peer's END tells the END's error (io.EOF for OK). If
+// the stream has ended already, n is told now. n runs on the goroutine that ends the stream (its
 // reader, a handler or the one closing the connection) holding no lock of
 // the stream's: it must not block. One notifier per stream; a second call
 // replaces the first.

@@ -275,9 +275,17 @@ func (s *Stream) finish() {
 		s.closeHeadersLocked()
 	}
 	wake := s.sendNotify
+	cause := s.recvEnd // the END's status (io.EOF for OK), set before finish
+	if cause == nil {
+		cause = io.EOF
+	}
+	onEnd := s.endedLocked(cause)
 	s.mu.Unlock()
 	close(s.done)
 	s.c.remove(s)
 	notify(s.recvNotify)
 	notify(wake)
+	if onEnd != nil {
+		onEnd.StreamEnded(cause)
+	}
 }
