@@ -294,14 +294,15 @@ func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 	setup := time.Since(t0)
 	e.logf("%s: %d connections in %d processes open in %v", sys, cfg.conns, procs, setup.Round(time.Millisecond))
 
+	// With -profile: the server's CPU and allocation profiles of the timed
+	// run (the "client" ones are of this process, which only waits), taken
+	// outside the stats' bracket as measure does.
+	prof := e.startProfiles(srv, "push-fleet", cfg.duration)
 	srv0, err := srv.stats(false)
 	if err != nil {
 		return nil, err
 	}
 	busy0, _ := bench.MachineBusyNanos()
-	// With -profile: the server's CPU and allocation profiles of the timed
-	// run (the "client" ones are of this process, which only waits).
-	prof := e.startProfiles(srv, "push-fleet")
 	start := time.Now()
 	for _, p := range ps {
 		if _, err := io.WriteString(p.stdin, "go\n"); err != nil {
@@ -324,9 +325,9 @@ func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 		}
 	}
 	elapsed := time.Since(start)
-	prof.stop()
 	busy1, _ := bench.MachineBusyNanos()
 	srv1, err := srv.stats(false)
+	prof.stop()
 	if err != nil {
 		return nil, err
 	}

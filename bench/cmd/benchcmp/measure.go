@@ -98,7 +98,7 @@ func (e *env) measure(srv *child, name string, workers int, recordLatency bool, 
 	if _, err := run(e.warmup, workers, false, op); err != nil {
 		return m, fmt.Errorf("warm-up: %w", err)
 	}
-	prof := e.startProfiles(srv, name)
+	prof := e.startProfiles(srv, name, e.duration)
 	srv0, err := srv.stats(false)
 	if err != nil {
 		return m, err
@@ -146,15 +146,15 @@ type profiles struct {
 	done   chan error
 }
 
-func (e *env) startProfiles(srv *child, name string) *profiles {
+func (e *env) startProfiles(srv *child, name string, d time.Duration) *profiles {
 	if e.profileDir == "" {
 		return nil
 	}
 	p := &profiles{e: e, srv: srv, prefix: filepath.Join(e.profileDir, name+"-"+srv.System), done: make(chan error, 1)}
 	p.writeAllocs("allocs-base")
-	secs := int((e.duration + time.Second - 1) / time.Second)
+	secs := int((d + time.Second - 1) / time.Second)
 	go func() {
-		b, err := srv.get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), e.duration+time.Minute)
+		b, err := srv.get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), d+time.Minute)
 		if err == nil {
 			err = os.WriteFile(p.prefix+"-server-cpu.pprof", b, 0o644)
 		}
