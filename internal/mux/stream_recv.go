@@ -128,6 +128,10 @@ func (s *Stream) recv(done <-chan struct{}) ([]byte, error) {
 		n += s.growLocked()
 		s.mu.Unlock()
 		s.grant(n, seq)
+		if done == nil { // RecvMsg: a plain receive, cheaper than a select
+			<-s.recvNotify
+			continue
+		}
 		select {
 		case <-s.recvNotify:
 		case <-done:
