@@ -14,6 +14,7 @@ import (
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/examples/echo"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
+	"github.com/tetherrpc/tether/internal/faultproxy"
 	"github.com/tetherrpc/tether/server"
 )
 
@@ -36,6 +37,20 @@ type envConfig struct {
 	cliOpts []client.Option
 	// dialURL rewrites the URL the client dials (for a proxy in between).
 	dialURL func(serverURL string) string
+}
+
+// throughProxy is a dialURL that puts a fault proxy between the client and
+// the server, kept in *p and closed when the test ends.
+func throughProxy(t *testing.T, p **faultproxy.Proxy) func(string) string {
+	return func(u string) string {
+		px, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		*p = px
+		t.Cleanup(func() { _ = px.Close() })
+		return "ws://" + px.Addr()
+	}
 }
 
 func newEnv(t *testing.T, cfg envConfig) *env {

@@ -255,16 +255,8 @@ func TestSilentPeer(t *testing.T) {
 	e := newEnv(t, envConfig{
 		handler: h,
 		cliOpts: []client.Option{client.WithHeartbeat(interval, timeout)},
-		dialURL: func(u string) string {
-			p, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			proxy = p
-			return "ws://" + p.Addr()
-		},
+		dialURL: throughProxy(t, &proxy),
 	})
-	t.Cleanup(func() { proxy.Close() })
 	ctx := testCtx(t)
 	if _, err := e.echo.Say(ctx, &echov1.SayRequest{}); err != nil {
 		t.Fatal(err)
@@ -388,16 +380,8 @@ var _ = io.EOF
 func TestStalledUnarySendEndsWithCause(t *testing.T) {
 	var proxy *faultproxy.Proxy
 	e := newEnv(t, envConfig{
-		dialURL: func(u string) string {
-			p, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			proxy = p
-			return "ws://" + p.Addr()
-		},
+		dialURL: throughProxy(t, &proxy),
 	})
-	t.Cleanup(func() { proxy.Close() })
 	if _, err := e.echo.Say(testCtx(t), &echov1.SayRequest{}); err != nil {
 		t.Fatal(err)
 	}

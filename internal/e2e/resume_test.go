@@ -129,15 +129,7 @@ func newResumeEnv(t *testing.T, h echov1.EchoServiceHandler, srvOpts ...server.O
 			client.WithLogger(discardLogger()),
 			client.WithBackoff(client.BackoffConfig{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond}),
 		},
-		dialURL: func(u string) string {
-			p, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			proxy = p
-			t.Cleanup(func() { _ = p.Close() })
-			return "ws://" + p.Addr()
-		},
+		dialURL: throughProxy(t, &proxy),
 	})
 	return e, proxy
 }
@@ -613,15 +605,7 @@ func TestResumeLatency(t *testing.T) {
 				}
 			}),
 		},
-		dialURL: func(u string) string {
-			p, err := faultproxy.New(strings.TrimPrefix(u, "ws://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = p.Close() })
-			proxy = p
-			return "ws://" + p.Addr()
-		},
+		dialURL: throughProxy(t, &proxy),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
