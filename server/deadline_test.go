@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/client"
 	"github.com/tetherrpc/tether/examples/echo"
 	echov1 "github.com/tetherrpc/tether/gen/example/echo/v1"
 	"github.com/tetherrpc/tether/server"
-	"google.golang.org/protobuf/proto"
 )
 
 // ending is what a handler saw when its context ended.
