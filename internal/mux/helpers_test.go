@@ -156,3 +156,44 @@ func parseFrames(t *testing.T, m []byte) ([]frame.Frame, bool) {
 	}
 	return fs, true
 }
+
+// messageTally counts the MESSAGE frames a raw peer reads, a WebSocket
+// message at a time (read).
+type messageTally struct {
+	seen   int   // whole messages
+	splits int   // WebSocket messages that ended inside a message (its fragments split)
+	credit int   // credit the frames consumed (the caller resets it as it grants)
+	size   int   // payload bytes of the message being received
+	sizes  []int // each whole message's payload size
+}
+
+// read reads a WebSocket message from ws and tallies its MESSAGE frames. It
+// returns the message's length, and false when the read or a frame failed.
+func (m *messageTally) read(t *testing.T, ws *websocket.Conn) (int, bool) {
+	t.Helper()
+	_, b, err := ws.ReadMessage()
+	if err != nil {
+		return 0, false
+	}
+	fs, ok := parseFrames(t, b)
+	if !ok {
+		return 0, false
+	}
+	more := false
+	for _, f := range fs {
+		if f.Type != frame.TypeMessage {
+			continue
+		}
+		m.credit += len(f.Payload) + FrameOverhead
+		m.size += len(f.Payload)
+		if more = f.Flags&frame.FlagMore != 0; !more {
+			m.seen++
+			m.sizes = append(m.sizes, m.size)
+			m.size = 0
+		}
+	}
+	if more {
+		m.splits++
+	}
+	return len(b), true
+}

@@ -110,31 +110,16 @@ func TestSendMsgFragmentsLeaveTogether(t *testing.T) {
 		// Not reading for a while lets the sender's queue fill up (it
 		// makes a backlog likely; the assertions do not depend on it).
 		time.Sleep(200 * time.Millisecond)
-		seen, splits, largest := 0, 0, 0
-		for seen < msgs {
-			_, m, err := ws.ReadMessage()
-			if err != nil {
-				return
-			}
-			largest = max(largest, len(m))
-			fs, ok := parseFrames(t, m)
+		var m messageTally
+		largest := 0
+		for m.seen < msgs {
+			n, ok := m.read(t, ws)
 			if !ok {
 				return
 			}
-			more := false
-			for _, f := range fs {
-				if f.Type == frame.TypeMessage {
-					more = f.Flags&frame.FlagMore != 0
-					if !more {
-						seen++
-					}
-				}
-			}
-			if more {
-				splits++ // a message's fragments in two WebSocket messages
-			}
+			largest = max(largest, n)
 		}
-		split <- result{splits, largest}
+		split <- result{m.splits, largest} // splits: a message's fragments in two WebSocket messages
 		for {
 			if _, _, err := ws.ReadMessage(); err != nil {
 				return

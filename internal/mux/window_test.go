@@ -31,42 +31,20 @@ func windowPeer(t *testing.T, msgs int) (cc *Conn, splits chan int, sizes chan [
 		if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, DefaultStreamWindow-InitialWindow)); err != nil {
 			return
 		}
-		seen, split, unacked, size := 0, 0, 0, 0
-		var got []int
-		for seen < msgs {
-			_, m, err := ws.ReadMessage()
-			if err != nil {
+		var m messageTally
+		for m.seen < msgs {
+			if _, ok := m.read(t, ws); !ok {
 				return
 			}
-			fs, ok := parseFrames(t, m)
-			if !ok {
-				return
-			}
-			more := false
-			for _, f := range fs {
-				if f.Type == frame.TypeMessage {
-					unacked += len(f.Payload) + FrameOverhead
-					size += len(f.Payload)
-					more = f.Flags&frame.FlagMore != 0
-					if !more {
-						seen++
-						got = append(got, size)
-						size = 0
-					}
-				}
-			}
-			if more {
-				split++
-			}
-			if unacked >= DefaultStreamWindow/4 {
-				if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, uint32(unacked))); err != nil {
+			if m.credit >= DefaultStreamWindow/4 {
+				if err := ws.WriteMessage(websocket.BinaryMessage, frame.AppendWindow(nil, 1, uint32(m.credit))); err != nil {
 					return
 				}
-				unacked = 0
+				m.credit = 0
 			}
 		}
-		splits <- split
-		sizes <- got
+		splits <- m.splits
+		sizes <- m.sizes
 		for {
 			if _, _, err := ws.ReadMessage(); err != nil {
 				return
