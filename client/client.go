@@ -88,6 +88,9 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(&c.cfg)
 	}
+	if c.cfg.mux.StreamWindow <= 0 {
+		c.cfg.mux.StreamWindow = DefaultStreamWindow // the mux's default is the server's
+	}
 	eps := []endpoint{{dialURL: rawURL, shown: shown}}
 	if len(c.cfg.endpoints) > 0 {
 		if c.cfg.resolver != nil {
