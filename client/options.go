@@ -65,8 +65,8 @@ const (
 	// four times the server's (server.DefaultStreamWindow), because a
 	// client's peer is its server, and what the window lets it queue is
 	// bounded by the streams the client's own application opens. At 256
-	// KiB a download stream of large messages ran at 72% to 79% of a raw
-	// WebSocket stream; at 1 MiB it runs at 94% to 100% (docs/BENCHMARKS.md).
+	// KiB a download stream of large messages ran at 73% to 75% of a raw
+	// WebSocket stream; at 1 MiB it runs at 92% to 103% (docs/BENCHMARKS.md).
 	DefaultStreamWindow = 1 << 20
 	DefaultPingInterval = mux.DefaultPingInterval
 	DefaultPingTimeout  = mux.DefaultPingTimeout
@@ -136,7 +136,9 @@ func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindo
 // the stream window; the stream window itself turns growth off) and, per
 // connection, the sum of what the streams' windows have grown
 // (maxPerConnection, default 4 MiB): what growth can add to the memory the
-// server makes the client hold. Zero or less keeps a default.
+// server makes the client hold. Zero or less keeps a default. A
+// maxStreamWindow below the stream window is raised to it (1 MiB by
+// default): to hold a stream to less, set WithStreamWindow.
 func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
 	return func(c *config) { c.mux.MaxStreamWindow, c.mux.MaxWindowGrowth = maxStreamWindow, maxPerConnection }
 }

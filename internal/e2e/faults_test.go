@@ -95,7 +95,7 @@ func TestSlowConsumerDoesNotBlockOthers(t *testing.T) {
 	if again := h.sent.Load(); again != sent {
 		t.Fatalf("server kept sending to a client that does not read: %d then %d bytes", sent, again)
 	}
-	// Window (256 KiB by default) plus framing overhead: far below 1 MiB.
+	// The client's window (1 MiB by default) plus framing overhead.
 	if limit := int64(client.DefaultStreamWindow + 64<<10); sent > limit {
 		t.Fatalf("server sent %d bytes to a stalled stream; want at most %d", sent, limit)
 	}

@@ -108,8 +108,8 @@ func messageCost(n int) int {
 // maxWholeWait and at most half the most credit the stream has held at once
 // (sendPeak, at least the peer's window as far as this side has seen it):
 // otherwise a message a little larger than the credit left in the window
-// (a 64 KiB payload costs 65,572 bytes; 3.998 of them fit the default
-// 256 KiB window) went out as a large fragment and a sliver that waited for
+// (a 64 KiB payload costs 65,572 bytes; 3.998 of them fit the server's
+// default 256 KiB window) went out as a large fragment and a sliver that waited for
 // the next WINDOW, in another WebSocket message after the next message's
 // large fragment, so the receiver could complete each message only one
 // message late. Half the peak is what a receiver can always give back: one

@@ -16,7 +16,7 @@ export type WebSocketConstructor = new (url: string, protocols: string[]) => Web
 export interface ClientOptions {
   /** WebSocket implementation; default globalThis.WebSocket, else the ws package (Node). */
   webSocket?: WebSocketConstructor;
-  /** Receive window per stream (default 1 MiB, as the Go client's; at least 64 KiB). */
+  /** Receive window per stream (default 1 MiB, as the Go client's; zero or less keeps it; at least 64 KiB). */
   streamWindow?: number;
   /** Largest message sent or received (default 8 MiB). */
   maxMessageSize?: number;
@@ -187,7 +187,7 @@ export class TetherClient {
     const o = this.opts;
     const maxMessageSize = o.maxMessageSize ?? 8 << 20;
     return {
-      streamWindow: Math.min(Math.max(o.streamWindow ?? 1 << 20, 65536), 1 << 30),
+      streamWindow: Math.min(Math.max(o.streamWindow !== undefined && o.streamWindow > 0 ? o.streamWindow : 1 << 20, 65536), 1 << 30),
       maxMessageSize,
       maxPartialBytes: 4 * maxMessageSize,
       maxHeaderBytes: o.maxHeaderBytes ?? 16 << 10,

@@ -138,6 +138,23 @@ describe("engine", () => {
     c.close();
   });
 
+  for (const [name, opts, want] of [
+    ["by default", {}, (1 << 20) - 65536],
+    ["zero keeps the default", { streamWindow: 0 }, (1 << 20) - 65536],
+    ["as set", { streamWindow: 256 << 10 }, (256 << 10) - 65536],
+  ] as const) {
+    test(`the window after OPEN: ${name}`, async () => {
+      const { c, echo, sock } = await setup(opts);
+      const chat = echo.chat();
+      void chat.send({ text: "x" });
+      const ws = await sock();
+      const fs = await ws.waitFor((f) => f.some((x) => x.type === FrameType.Window && x.streamId === 1));
+      const w = fs.find((x) => x.type === FrameType.Window && x.streamId === 1)!;
+      assert.equal(new DataView(w.payload.buffer, w.payload.byteOffset).getUint32(0), want);
+      c.close();
+    });
+  }
+
   test("a server sending beyond the window closes with 4002", async () => {
     const { c, echo, sock } = await setup({ streamWindow: 65536 });
     const chat = echo.chat();
