@@ -560,21 +560,26 @@ func testResumeTokenBoundToPrincipal(t *testing.T, mk func(string) any) {
 	third := as("alice")
 	secWrite(t, third, resumeOpen(1, chat, &tetherv1.Resume{Token: resumeToken, Attach: true}))
 	_ = third.SetReadDeadline(time.Now().Add(10 * time.Second))
-	for {
+	var seen []string
+	for headers := false; !headers; {
 		_, msg, err := third.ReadMessage()
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v (frames seen: %v)", err, seen)
 		}
-		f, _, err := frame.Parse(msg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f.Type == frame.TypeHeaders && f.StreamID == 1 {
-			var h tetherv1.Headers
-			if err := proto.Unmarshal(f.Payload, &h); err != nil || h.GetResumed() == nil {
-				t.Fatalf("HEADERS %v (%v), want resumed", &h, err)
+		for len(msg) > 0 && !headers {
+			f, rest, err := frame.Parse(msg)
+			if err != nil {
+				t.Fatal(err)
 			}
-			break
+			seen = append(seen, fmt.Sprintf("%v/%d", f.Type, f.StreamID))
+			msg = rest
+			if f.Type == frame.TypeHeaders && f.StreamID == 1 {
+				var h tetherv1.Headers
+				if err := proto.Unmarshal(f.Payload, &h); err != nil || h.GetResumed() == nil {
+					t.Fatalf("HEADERS %v (%v), want resumed", &h, err)
+				}
+				headers = true
+			}
 		}
 	}
 	if _, err := secAwaitEnd(t, alice, 1); tether.CodeOf(err) != tether.CodeAborted {
