@@ -61,20 +61,6 @@ type callCtx struct {
 // resets its stream or ends its session).
 type expirer interface{ expired() }
 
-// newCallCtx returns the context of a handler serving a call whose
-// context is parent, with the deadline timeout after now (none if timeout
-// is 0), watching parent with a context.AfterFunc; onDeadline, if not nil,
-// is told when the server's own timer ends the call. Call stop when the
-// handler has returned: it releases the context's resources.
-// serveStream uses start and watchStream or watchParent on the callCtx
-// inside the call's struct instead.
-func newCallCtx(parent context.Context, timeout time.Duration, onDeadline expirer) *callCtx {
-	c := new(callCtx)
-	c.start(parent, timeout, onDeadline)
-	c.watchParent()
-	return c
-}
-
 // start sets the context up under parent, and its timer if timeout > 0.
 func (c *callCtx) start(parent context.Context, timeout time.Duration, onDeadline expirer) {
 	c.parent = parent

@@ -226,3 +226,16 @@ func TestDerivedFromHandlerCtxNoGoroutine(t *testing.T) {
 		t.Errorf("derived Err() = %v, want context.Canceled", derived.Err())
 	}
 }
+
+// newCallCtx returns the context of a handler serving a call whose context
+// is parent, with the deadline timeout after now (none if timeout is 0),
+// watching parent with a context.AfterFunc; onDeadline, if not nil, is told
+// when the server's own timer ends the call. Call stop when done.
+// serveStream does the same with start and watchStream or watchParent on
+// the callCtx inside the call's struct.
+func newCallCtx(parent context.Context, timeout time.Duration, onDeadline expirer) *callCtx {
+	c := new(callCtx)
+	c.start(parent, timeout, onDeadline)
+	c.watchParent()
+	return c
+}

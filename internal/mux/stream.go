@@ -110,9 +110,9 @@ type Stream struct {
 	// had not been made yet (Context makes it canceled with this cause).
 	ctxCause error
 
-	// server: OnEnd's function, run once with the cause when the stream
-	// ends or its connection closes, as the stream's context is canceled;
-	// ended is set then (the cause OnEnd passes if it comes later).
+	// OnEnd's notifier, told once with the cause when the stream ends or
+	// its connection closes; ended and endCause are set then (what OnEnd
+	// tells a notifier that comes later).
 	endHook  EndNotifier
 	ended    bool
 	endCause error
@@ -185,10 +185,10 @@ func (s *Stream) Context() context.Context {
 // (Context) is canceled, without making the context: a server's handler
 // context learns of the stream's end this way (server/callctx.go). A client
 // stream ended by the peer's END tells the END's error (io.EOF for OK). If
-// the stream has ended already, n is told now. n runs on the goroutine that ends the stream (its
-// reader, a handler or the one closing the connection) holding no lock of
-// the stream's: it must not block. One notifier per stream; a second call
-// replaces the first.
+// the stream has ended already, n is told now. n runs on the goroutine
+// that ends the stream (its reader, a handler or the one closing the
+// connection) holding no lock of the stream's: it must not block. One
+// notifier per stream; a second call replaces the first.
 func (s *Stream) OnEnd(n EndNotifier) {
 	s.mu.Lock()
 	switch {
