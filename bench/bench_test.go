@@ -131,6 +131,33 @@ func benchServerStream(b *testing.B, system string) {
 	}
 }
 
+// BenchmarkClientStreamTether measures one client-streamed message of
+// 64 KiB: one call sends b.N of them.
+func BenchmarkClientStreamTether(b *testing.B) { benchClientStream(b, Tether) }
+
+// BenchmarkClientStreamGRPC is BenchmarkClientStreamTether over grpc-go.
+func BenchmarkClientStreamGRPC(b *testing.B) { benchClientStream(b, GRPC) }
+
+func benchClientStream(b *testing.B, system string) {
+	const size = 64 << 10
+	c := dialBench(b, system)
+	ctx := context.Background()
+	msg := newPayload(size)
+	if _, err := c.ClientStream(ctx, msg, 16); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetBytes(size)
+	b.ResetTimer()
+	n, err := c.ClientStream(ctx, msg, b.N)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if n != b.N {
+		b.Fatalf("the server received %d messages, want %d", n, b.N)
+	}
+}
+
 // BenchmarkBidiTether measures one round trip of a 16-byte body on an open
 // bidirectional stream.
 func BenchmarkBidiTether(b *testing.B) { benchBidi(b, Tether) }

@@ -29,6 +29,9 @@ type Conn interface {
 	// ServerStream makes one ServerStream call and receives every message;
 	// it returns how many arrived.
 	ServerStream(ctx context.Context, req *benchv1.StreamRequest) (int, error)
+	// ClientStream makes one ClientStream call that sends msg count times,
+	// and returns how many payloads the server says arrived.
+	ClientStream(ctx context.Context, msg *benchv1.Payload, count int) (int, error)
 	// Bidi opens a Bidi call.
 	Bidi(ctx context.Context) (BidiStream, error)
 	// Close closes the connection.
@@ -111,6 +114,21 @@ func (t *tetherConn) ServerStream(ctx context.Context, req *benchv1.StreamReques
 		}
 		n++
 	}
+}
+
+func (t *tetherConn) ClientStream(ctx context.Context, msg *benchv1.Payload, count int) (int, error) {
+	s, err := t.svc.ClientStream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	for range count {
+		if err := s.Send(msg); err != nil {
+			return 0, err
+		}
+	}
+	sum, err := s.CloseAndReceive()
+	return int(sum.GetCount()), err
 }
 
 func (t *tetherConn) Bidi(ctx context.Context) (BidiStream, error) {
@@ -200,6 +218,22 @@ func (g *grpcConn) ServerStream(ctx context.Context, req *benchv1.StreamRequest)
 	}
 }
 
+func (g *grpcConn) ClientStream(ctx context.Context, msg *benchv1.Payload, count int) (int, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := g.svc.ClientStream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for range count {
+		if err := s.Send(msg); err != nil {
+			return 0, err
+		}
+	}
+	sum, err := s.CloseAndRecv()
+	return int(sum.GetCount()), err
+}
+
 func (g *grpcConn) Bidi(ctx context.Context) (BidiStream, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	s, err := g.svc.Bidi(ctx)
@@ -283,6 +317,41 @@ func RawStream(ws *websocket.Conn, req *benchv1.StreamRequest, buf []byte) (int,
 		}
 	}
 	return int(req.GetCount()), buf, nil
+}
+
+// RawUploadURL is the Raw server's upload ceiling at the same server as
+// target, a Raw server's echo URL.
+func RawUploadURL(target string) string {
+	return strings.TrimSuffix(target, RawPath) + RawUploadPath
+}
+
+// RawUpload sends a Raw server's upload endpoint (RawUploadURL) a
+// StreamRequest for count payloads, then msg count times, each marshalled
+// and written as a WebSocket message of its own as the RPC systems'
+// clients do, and reads the server's UploadSummary with buf as the read
+// buffer. It returns the count the server reports and the read buffer.
+func RawUpload(ws *websocket.Conn, msg *benchv1.Payload, count int, buf []byte) (int, []byte, error) {
+	b, err := proto.Marshal(&benchv1.StreamRequest{Count: uint32(count)})
+	if err != nil {
+		return 0, buf, err
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		return 0, buf, err
+	}
+	for range count {
+		if b, err = (proto.MarshalOptions{}).MarshalAppend(b[:0], msg); err != nil {
+			return 0, buf, err
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			return 0, buf, err
+		}
+	}
+	if buf, err = RawRead(ws, buf); err != nil {
+		return 0, buf, err
+	}
+	sum := new(benchv1.UploadSummary)
+	err = proto.Unmarshal(buf, sum)
+	return int(sum.GetCount()), buf, err
 }
 
 // RawRead reads one message into buf, growing it if needed.

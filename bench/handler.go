@@ -46,6 +46,23 @@ func streamPayload(req *benchv1.StreamRequest) *benchv1.Payload {
 	return &benchv1.Payload{Body: make([]byte, min(req.GetSize(), MaxStreamSize))}
 }
 
+// upload counts what ClientStream receives: recv returns the next payload
+// or io.EOF once the client has closed its side.
+func upload(recv func() (*benchv1.Payload, error)) (*benchv1.UploadSummary, error) {
+	sum := new(benchv1.UploadSummary)
+	for {
+		m, err := recv()
+		if errors.Is(err, io.EOF) {
+			return sum, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		sum.Count++
+		sum.Bytes += uint64(len(m.GetBody()))
+	}
+}
+
 // TetherHandler serves BenchService over tether.
 type TetherHandler struct {
 	benchv1.UnimplementedBenchServiceHandler
@@ -67,6 +84,11 @@ func (*TetherHandler) ServerStream(_ context.Context, req *benchv1.StreamRequest
 		}
 	}
 	return nil
+}
+
+// ClientStream counts the payloads it receives.
+func (*TetherHandler) ClientStream(_ context.Context, stream *server.ClientStream[benchv1.Payload]) (*benchv1.UploadSummary, error) {
+	return upload(stream.Receive)
 }
 
 // Bidi answers every payload with its body.
@@ -108,6 +130,15 @@ func (*GRPCHandler) ServerStream(req *benchv1.StreamRequest, stream benchv1grpc.
 	return nil
 }
 
+// ClientStream counts the payloads it receives.
+func (*GRPCHandler) ClientStream(stream benchv1grpc.BenchService_ClientStreamServer) error {
+	sum, err := upload(stream.Recv)
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(sum)
+}
+
 // Bidi answers every payload with its body.
 func (*GRPCHandler) Bidi(stream benchv1grpc.BenchService_BidiServer) error {
 	for {
@@ -147,6 +178,23 @@ func (*ConnectHandler) ServerStream(_ context.Context, req *connect.Request[benc
 	return nil
 }
 
+// ClientStream counts the payloads it receives.
+func (*ConnectHandler) ClientStream(_ context.Context, stream *connect.ClientStream[benchv1.Payload]) (*connect.Response[benchv1.UploadSummary], error) {
+	sum, err := upload(func() (*benchv1.Payload, error) {
+		if !stream.Receive() {
+			if err := stream.Err(); err != nil {
+				return nil, err
+			}
+			return nil, io.EOF
+		}
+		return stream.Msg(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(sum), nil
+}
+
 // Bidi answers every payload with its body.
 func (*ConnectHandler) Bidi(_ context.Context, stream *connect.BidiStream[benchv1.Payload, benchv1.Payload]) error {
 	for {
@@ -184,6 +232,15 @@ func (*DRPCHandler) ServerStream(req *benchv1.StreamRequest, stream benchv1drpc.
 		}
 	}
 	return nil
+}
+
+// ClientStream counts the payloads it receives.
+func (*DRPCHandler) ClientStream(stream benchv1drpc.DRPCBenchService_ClientStreamStream) error {
+	sum, err := upload(stream.Recv)
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(sum)
 }
 
 // Bidi answers every payload with its body.

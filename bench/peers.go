@@ -51,6 +51,7 @@ var RPCSystems = []string{Tether, GRPC, ConnectH2C, ConnectHTTP1, DRPCTCP, DRPCW
 const (
 	KindUnary        = "unary"
 	KindServerStream = "server-stream"
+	KindClientStream = "client-stream"
 	KindBidi         = "bidi"
 )
 
@@ -222,6 +223,25 @@ func (c *connectConn) ServerStream(ctx context.Context, req *benchv1.StreamReque
 		n++
 	}
 	return n, s.Err()
+}
+
+func (c *connectConn) ClientStream(ctx context.Context, msg *benchv1.Payload, count int) (int, error) {
+	s := c.svc.ClientStream(ctx)
+	for range count {
+		if err := s.Send(msg); err != nil {
+			// Send's io.EOF means the server ended the call: its error
+			// comes with the response.
+			if _, rerr := s.CloseAndReceive(); rerr != nil {
+				return 0, rerr
+			}
+			return 0, err
+		}
+	}
+	res, err := s.CloseAndReceive()
+	if err != nil {
+		return 0, err
+	}
+	return int(res.Msg.GetCount()), nil
 }
 
 func (c *connectConn) Bidi(ctx context.Context) (BidiStream, error) {
@@ -400,6 +420,26 @@ func (d *drpcClient) ServerStream(ctx context.Context, req *benchv1.StreamReques
 		}
 		n++
 	}
+}
+
+func (d *drpcClient) ClientStream(ctx context.Context, msg *benchv1.Payload, count int) (n int, err error) {
+	c, err := d.get(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { d.put(c, err) }()
+	s, err := benchv1drpc.NewDRPCBenchServiceClient(c).ClientStream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	for range count {
+		if err := s.Send(msg); err != nil {
+			return 0, err
+		}
+	}
+	sum, err := s.CloseAndRecv()
+	return int(sum.GetCount()), err
 }
 
 func (d *drpcClient) Bidi(ctx context.Context) (BidiStream, error) {

@@ -33,6 +33,8 @@ const (
 	RawPath    = "/echo"
 	// RawStreamPath is the Raw server's streaming ceiling (rawStream).
 	RawStreamPath = "/stream"
+	// RawUploadPath is the Raw server's upload ceiling (rawUpload).
+	RawUploadPath = "/upload"
 )
 
 // ListenLoopback listens on a free TCP port of ip, which must be an IPv4
@@ -115,6 +117,7 @@ func Serve(system string, ips ...string) (*Server, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc(RawPath, rawEcho)
 		mux.HandleFunc(RawStreamPath, rawStream)
+		mux.HandleFunc(RawUploadPath, rawUpload)
 		s.stop = serveHTTP(mux, lns)
 		s.Targets = wsURLs(lns, RawPath)
 	case GRPC:
@@ -199,6 +202,51 @@ func rawStream(w http.ResponseWriter, r *http.Request) {
 			if err := ws.WriteMessage(websocket.BinaryMessage, buf); err != nil {
 				return
 			}
+		}
+	}
+}
+
+// rawUpload reads a StreamRequest, then its Count WebSocket messages, each
+// decoded into a new Payload, and answers with an UploadSummary: the
+// application's work of the RPC systems' ClientStream handlers (a Receive
+// decodes its message), without an RPC layer or flow control.
+func rawUpload(w http.ResponseWriter, r *http.Request) {
+	ws, err := rawUpgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.Close()
+	var buf []byte
+	for {
+		if buf, err = RawRead(ws, buf); err != nil {
+			return
+		}
+		req := new(benchv1.StreamRequest)
+		if err := proto.Unmarshal(buf, req); err != nil {
+			return
+		}
+		left := req.GetCount()
+		sum, err := upload(func() (*benchv1.Payload, error) {
+			if left == 0 {
+				return nil, io.EOF
+			}
+			left--
+			var err error
+			if buf, err = RawRead(ws, buf); err != nil {
+				return nil, err
+			}
+			m := new(benchv1.Payload)
+			return m, proto.Unmarshal(buf, m)
+		})
+		if err != nil {
+			return
+		}
+		b, err := proto.Marshal(sum)
+		if err != nil {
+			return
+		}
+		if err := ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+			return
 		}
 	}
 }

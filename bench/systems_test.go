@@ -16,7 +16,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // TestSystems serves BenchService over every system and checks that its
 // client gets the same answers from the same handlers: a unary echo, a
-// server stream of 64 KiB messages, and bidi round trips where the system
+// server stream and a client stream of 64 KiB messages, and bidi round trips where the system
 // supports them (and a clean refusal where it does not).
 func TestSystems(t *testing.T) {
 	for _, sys := range RPCSystems {
@@ -42,6 +42,10 @@ func TestSystems(t *testing.T) {
 			n, err := c.ServerStream(ctx, &benchv1.StreamRequest{Count: 5, Size: 64 << 10})
 			if err != nil || n != 5 {
 				t.Fatalf("ServerStream = %d, %v; want 5 messages", n, err)
+			}
+			n, err = c.ClientStream(ctx, &benchv1.Payload{Body: make([]byte, 64<<10)}, 5)
+			if err != nil || n != 5 {
+				t.Fatalf("ClientStream = %d, %v; want 5 messages", n, err)
 			}
 
 			s, err := c.Bidi(ctx)
@@ -81,8 +85,9 @@ func TestSystems(t *testing.T) {
 }
 
 // TestRawCeilings checks the raw gorilla/websocket server the ceilings use:
-// its echo returns the bytes sent, and its stream endpoint sends the payloads
-// asked for, twice on one connection.
+// its echo returns the bytes sent, its stream endpoint sends the payloads
+// asked for and its upload endpoint counts the payloads sent, twice on one
+// connection each.
 func TestRawCeilings(t *testing.T) {
 	srv, err := Serve(Raw)
 	if err != nil {
@@ -118,6 +123,19 @@ func TestRawCeilings(t *testing.T) {
 		p := new(benchv1.Payload)
 		if err := proto.Unmarshal(buf, p); err != nil || len(p.GetBody()) != int(size) {
 			t.Fatalf("last payload: %d bytes, %v; want %d", len(p.GetBody()), err, size)
+		}
+	}
+
+	up, err := DialRaw(ctx, RawUploadURL(srv.Targets[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	for _, size := range []int{1024, 64 << 10} {
+		var n int
+		n, buf, err = RawUpload(up, &benchv1.Payload{Body: make([]byte, size)}, 3, buf)
+		if err != nil || n != 3 {
+			t.Fatalf("RawUpload(size %d) = %d, %v; want 3 payloads", size, n, err)
 		}
 	}
 }

@@ -18,6 +18,7 @@
 //	stream-64B        server streaming, 64-byte messages: msgs/s, MB/s
 //	stream-1KiB       server streaming, 1 KiB messages: msgs/s, MB/s
 //	stream-64KiB      server streaming, 64 KiB messages: MB/s
+//	upload-64KiB      client streaming, 64 KiB messages: MB/s
 //	bidi-c1           ping-pong on one bidi stream: p50, p99, round trips/s
 //	bidi-c64          64 bidi streams on one connection: round trips/s
 //	idle              -idle-conns idle connections: server memory each
@@ -27,6 +28,9 @@
 //	                  CPU per call, p50/p99 latency
 //	raw-c1            raw gorilla/websocket echo, one message at a time
 //	raw-pipelined     raw gorilla/websocket echo, 64 messages in flight
+//	raw-stream-1KiB,  raw gorilla/websocket stream, server to client
+//	raw-stream-64KiB
+//	raw-upload-64KiB  raw gorilla/websocket stream, client to server
 //
 // Use -run to pick scenarios, -systems to pick the RPC systems (default:
 // all), -profile DIR to collect CPU and allocation profiles of client and

@@ -82,6 +82,9 @@ func scenarios() []scenario {
 		{name: "stream-64KiB", kind: bench.KindServerStream, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.serverStream(sys, srv, "stream-64KiB", 64<<10, 200)
 		}},
+		{name: "upload-64KiB", kind: bench.KindClientStream, run: func(e *env, sys string, srv *child) (metrics, error) {
+			return e.clientStream(sys, srv, "upload-64KiB", 64<<10, 200)
+		}},
 		{name: "bidi-c1", kind: bench.KindBidi, run: func(e *env, sys string, srv *child) (metrics, error) {
 			return e.bidi(sys, srv, "bidi-c1", 1)
 		}},
@@ -109,6 +112,9 @@ func scenarios() []scenario {
 		}},
 		{name: "raw-stream-64KiB", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
 			return e.rawStream(srv, "raw-stream-64KiB", 64<<10, 200)
+		}},
+		{name: "raw-upload-64KiB", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
+			return e.rawUpload(srv, "raw-upload-64KiB", 64<<10, 200)
 		}},
 	}
 }
@@ -226,6 +232,34 @@ func (e *env) serverStream(sys string, srv *child, name string, size, count int)
 		n, err := conns[0].ServerStream(ctx, req)
 		if err == nil && n != count {
 			err = fmt.Errorf("received %d messages, want %d", n, count)
+		}
+		return n, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	mt := latencyMetrics(m)
+	mt[mMBps] = m.rate() * float64(size) / 1e6
+	mt[mConns] = dialed(conns)
+	delete(mt, mP50)
+	delete(mt, mP99)
+	return mt, nil
+}
+
+// clientStream: one connection, client-stream calls one after the other,
+// each sending count payloads of size bytes (the server counts them).
+func (e *env) clientStream(sys string, srv *child, name string, size, count int) (metrics, error) {
+	conns, err := e.dial(sys, srv, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAll(conns)
+	msg := payload(size)
+	ctx := context.Background()
+	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
+		n, err := conns[0].ClientStream(ctx, msg, count)
+		if err == nil && n != count {
+			err = fmt.Errorf("the server received %d messages, want %d", n, count)
 		}
 		return n, err
 	})
@@ -439,6 +473,34 @@ func (e *env) rawStream(srv *child, name string, size, count int) (metrics, erro
 	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
 		var n int
 		n, buf, err = bench.RawStream(ws, req, buf)
+		return n, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	mt := latencyMetrics(m)
+	mt[mMBps] = m.rate() * float64(size) / 1e6
+	delete(mt, mP50)
+	delete(mt, mP99)
+	return mt, nil
+}
+
+// rawUpload is clientStream over a raw gorilla/websocket connection to
+// the Raw server's upload endpoint.
+func (e *env) rawUpload(srv *child, name string, size, count int) (metrics, error) {
+	ws, err := bench.DialRaw(context.Background(), bench.RawUploadURL(srv.Targets[0]))
+	if err != nil {
+		return nil, err
+	}
+	defer ws.Close()
+	msg := payload(size)
+	var buf []byte
+	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
+		var n int
+		n, buf, err = bench.RawUpload(ws, msg, count, buf)
+		if err == nil && n != count {
+			err = fmt.Errorf("the server received %d messages, want %d", n, count)
+		}
 		return n, err
 	})
 	if err != nil {

@@ -27,25 +27,29 @@ var File_bench_v1_bench_proto protoreflect.FileDescriptor
 
 const file_bench_v1_bench_proto_rawDesc = "" +
 	"\n" +
-	"\x14bench/v1/bench.proto\x12\bbench.v1\x1a\x17bench/v1/messages.proto2\xad\x01\n" +
+	"\x14bench/v1/bench.proto\x12\bbench.v1\x1a\x17bench/v1/messages.proto2\xeb\x01\n" +
 	"\fBenchService\x12-\n" +
 	"\x05Unary\x12\x11.bench.v1.Payload\x1a\x11.bench.v1.Payload\x12<\n" +
-	"\fServerStream\x12\x17.bench.v1.StreamRequest\x1a\x11.bench.v1.Payload0\x01\x120\n" +
+	"\fServerStream\x12\x17.bench.v1.StreamRequest\x1a\x11.bench.v1.Payload0\x01\x12<\n" +
+	"\fClientStream\x12\x11.bench.v1.Payload\x1a\x17.bench.v1.UploadSummary(\x01\x120\n" +
 	"\x04Bidi\x12\x11.bench.v1.Payload\x1a\x11.bench.v1.Payload(\x010\x01B8Z6github.com/tetherrpc/tether/bench/gen/bench/v1;benchv1b\x06proto3"
 
 var file_bench_v1_bench_proto_goTypes = []any{
 	(*Payload)(nil),       // 0: bench.v1.Payload
 	(*StreamRequest)(nil), // 1: bench.v1.StreamRequest
+	(*UploadSummary)(nil), // 2: bench.v1.UploadSummary
 }
 var file_bench_v1_bench_proto_depIdxs = []int32{
 	0, // 0: bench.v1.BenchService.Unary:input_type -> bench.v1.Payload
 	1, // 1: bench.v1.BenchService.ServerStream:input_type -> bench.v1.StreamRequest
-	0, // 2: bench.v1.BenchService.Bidi:input_type -> bench.v1.Payload
-	0, // 3: bench.v1.BenchService.Unary:output_type -> bench.v1.Payload
-	0, // 4: bench.v1.BenchService.ServerStream:output_type -> bench.v1.Payload
-	0, // 5: bench.v1.BenchService.Bidi:output_type -> bench.v1.Payload
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
+	0, // 2: bench.v1.BenchService.ClientStream:input_type -> bench.v1.Payload
+	0, // 3: bench.v1.BenchService.Bidi:input_type -> bench.v1.Payload
+	0, // 4: bench.v1.BenchService.Unary:output_type -> bench.v1.Payload
+	0, // 5: bench.v1.BenchService.ServerStream:output_type -> bench.v1.Payload
+	2, // 6: bench.v1.BenchService.ClientStream:output_type -> bench.v1.UploadSummary
+	0, // 7: bench.v1.BenchService.Bidi:output_type -> bench.v1.Payload
+	4, // [4:8] is the sub-list for method output_type
+	0, // [0:4] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name

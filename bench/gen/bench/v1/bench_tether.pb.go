@@ -32,6 +32,10 @@ const (
 	// bench.v1.BenchService.ServerStream.
 	BenchServiceServerStreamProcedure = "/bench.v1.BenchService/ServerStream"
 
+	// BenchServiceClientStreamProcedure is the procedure of
+	// bench.v1.BenchService.ClientStream.
+	BenchServiceClientStreamProcedure = "/bench.v1.BenchService/ClientStream"
+
 	// BenchServiceBidiProcedure is the procedure of bench.v1.BenchService.Bidi.
 	BenchServiceBidiProcedure = "/bench.v1.BenchService/Bidi"
 )
@@ -51,6 +55,14 @@ var (
 		Spec: tether.Spec{
 			Procedure:        BenchServiceServerStreamProcedure,
 			StreamType:       tether.StreamTypeServer,
+			IdempotencyLevel: tether.IdempotencyUnknown,
+		},
+	}
+
+	benchServiceClientStreamMethod = &clientconn.Method{
+		Spec: tether.Spec{
+			Procedure:        BenchServiceClientStreamProcedure,
+			StreamType:       tether.StreamTypeClient,
 			IdempotencyLevel: tether.IdempotencyUnknown,
 		},
 	}
@@ -79,6 +91,10 @@ type BenchServiceHandler interface {
 	// ServerStream sends count payloads of size bytes each, then ends.
 	ServerStream(ctx context.Context, req *StreamRequest, stream *server.ServerStream[Payload]) error
 
+	// ClientStream receives payloads until the client closes its side, then
+	// answers with how many arrived and their bodies' total size.
+	ClientStream(ctx context.Context, stream *server.ClientStream[Payload]) (*UploadSummary, error)
+
 	// Bidi answers every payload with one holding the same body.
 	Bidi(ctx context.Context, stream *server.BidiStream[Payload, Payload]) error
 }
@@ -102,6 +118,11 @@ func (UnimplementedBenchServiceHandler) ServerStream(context.Context, *StreamReq
 	return tether.Errorf(tether.CodeUnimplemented, "bench.v1.BenchService.ServerStream is not implemented")
 }
 
+// ClientStream answers [tether.CodeUnimplemented].
+func (UnimplementedBenchServiceHandler) ClientStream(context.Context, *server.ClientStream[Payload]) (*UploadSummary, error) {
+	return nil, tether.Errorf(tether.CodeUnimplemented, "bench.v1.BenchService.ClientStream is not implemented")
+}
+
 // Bidi answers [tether.CodeUnimplemented].
 func (UnimplementedBenchServiceHandler) Bidi(context.Context, *server.BidiStream[Payload, Payload]) error {
 	return tether.Errorf(tether.CodeUnimplemented, "bench.v1.BenchService.Bidi is not implemented")
@@ -114,6 +135,7 @@ func RegisterBenchServiceHandler(s *server.Server, h BenchServiceHandler, opts .
 	s.Register(
 		server.NewUnaryHandler(benchServiceUnaryMethod.Spec, h.Unary, opts...),
 		server.NewServerStreamHandler(benchServiceServerStreamMethod.Spec, h.ServerStream, opts...),
+		server.NewClientStreamHandler(benchServiceClientStreamMethod.Spec, h.ClientStream, opts...),
 		server.NewBidiStreamHandler(benchServiceBidiMethod.Spec, h.Bidi, opts...),
 	)
 }
@@ -132,6 +154,10 @@ type BenchServiceClient interface {
 
 	// ServerStream sends count payloads of size bytes each, then ends.
 	ServerStream(ctx context.Context, req *StreamRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[Payload], error)
+
+	// ClientStream receives payloads until the client closes its side, then
+	// answers with how many arrived and their bodies' total size.
+	ClientStream(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[Payload, UploadSummary], error)
 
 	// Bidi answers every payload with one holding the same body.
 	Bidi(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.BidiStream[Payload, Payload], error)
@@ -156,6 +182,11 @@ func (c *benchServiceClient) Unary(ctx context.Context, req *Payload, opts ...cl
 // ServerStream calls bench.v1.BenchService.ServerStream.
 func (c *benchServiceClient) ServerStream(ctx context.Context, req *StreamRequest, opts ...clientconn.CallOption) (*clientconn.ServerStream[Payload], error) {
 	return clientconn.CallServerStream[StreamRequest, Payload](ctx, c.cc, benchServiceServerStreamMethod, req, opts...)
+}
+
+// ClientStream calls bench.v1.BenchService.ClientStream.
+func (c *benchServiceClient) ClientStream(ctx context.Context, opts ...clientconn.CallOption) (*clientconn.ClientStream[Payload, UploadSummary], error) {
+	return clientconn.CallClientStream[Payload, UploadSummary](ctx, c.cc, benchServiceClientStreamMethod, opts...)
 }
 
 // Bidi calls bench.v1.BenchService.Bidi.

@@ -30,7 +30,7 @@ const (
 )
 
 // Payload is the request and response of Unary and the messages of
-// ServerStream and Bidi.
+// ServerStream, ClientStream and Bidi.
 type Payload struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Body          []byte                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
@@ -129,6 +129,60 @@ func (x *StreamRequest) GetSize() uint32 {
 	return 0
 }
 
+// UploadSummary is ClientStream's answer: how many payloads arrived and the
+// total size of their bodies.
+type UploadSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UploadSummary) Reset() {
+	*x = UploadSummary{}
+	mi := &file_bench_v1_messages_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UploadSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UploadSummary) ProtoMessage() {}
+
+func (x *UploadSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_bench_v1_messages_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UploadSummary.ProtoReflect.Descriptor instead.
+func (*UploadSummary) Descriptor() ([]byte, []int) {
+	return file_bench_v1_messages_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UploadSummary) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *UploadSummary) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 var File_bench_v1_messages_proto protoreflect.FileDescriptor
 
 const file_bench_v1_messages_proto_rawDesc = "" +
@@ -138,7 +192,10 @@ const file_bench_v1_messages_proto_rawDesc = "" +
 	"\x04body\x18\x01 \x01(\fR\x04body\"9\n" +
 	"\rStreamRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\rR\x04sizeB8Z6github.com/tetherrpc/tether/bench/gen/bench/v1;benchv1b\x06proto3"
+	"\x04size\x18\x02 \x01(\rR\x04size\";\n" +
+	"\rUploadSummary\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytesB8Z6github.com/tetherrpc/tether/bench/gen/bench/v1;benchv1b\x06proto3"
 
 var (
 	file_bench_v1_messages_proto_rawDescOnce sync.Once
@@ -152,10 +209,11 @@ func file_bench_v1_messages_proto_rawDescGZIP() []byte {
 	return file_bench_v1_messages_proto_rawDescData
 }
 
-var file_bench_v1_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_bench_v1_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_bench_v1_messages_proto_goTypes = []any{
 	(*Payload)(nil),       // 0: bench.v1.Payload
 	(*StreamRequest)(nil), // 1: bench.v1.StreamRequest
+	(*UploadSummary)(nil), // 2: bench.v1.UploadSummary
 }
 var file_bench_v1_messages_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -176,7 +234,7 @@ func file_bench_v1_messages_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bench_v1_messages_proto_rawDesc), len(file_bench_v1_messages_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -41,6 +41,9 @@ const (
 	// BenchServiceServerStreamProcedure is the fully-qualified name of the BenchService's ServerStream
 	// RPC.
 	BenchServiceServerStreamProcedure = "/bench.v1.BenchService/ServerStream"
+	// BenchServiceClientStreamProcedure is the fully-qualified name of the BenchService's ClientStream
+	// RPC.
+	BenchServiceClientStreamProcedure = "/bench.v1.BenchService/ClientStream"
 	// BenchServiceBidiProcedure is the fully-qualified name of the BenchService's Bidi RPC.
 	BenchServiceBidiProcedure = "/bench.v1.BenchService/Bidi"
 )
@@ -51,6 +54,9 @@ type BenchServiceClient interface {
 	Unary(context.Context, *connect.Request[v1.Payload]) (*connect.Response[v1.Payload], error)
 	// ServerStream sends count payloads of size bytes each, then ends.
 	ServerStream(context.Context, *connect.Request[v1.StreamRequest]) (*connect.ServerStreamForClient[v1.Payload], error)
+	// ClientStream receives payloads until the client closes its side, then
+	// answers with how many arrived and their bodies' total size.
+	ClientStream(context.Context) *connect.ClientStreamForClient[v1.Payload, v1.UploadSummary]
 	// Bidi answers every payload with one holding the same body.
 	Bidi(context.Context) *connect.BidiStreamForClient[v1.Payload, v1.Payload]
 }
@@ -78,6 +84,12 @@ func NewBenchServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(benchServiceMethods.ByName("ServerStream")),
 			connect.WithClientOptions(opts...),
 		),
+		clientStream: connect.NewClient[v1.Payload, v1.UploadSummary](
+			httpClient,
+			baseURL+BenchServiceClientStreamProcedure,
+			connect.WithSchema(benchServiceMethods.ByName("ClientStream")),
+			connect.WithClientOptions(opts...),
+		),
 		bidi: connect.NewClient[v1.Payload, v1.Payload](
 			httpClient,
 			baseURL+BenchServiceBidiProcedure,
@@ -91,6 +103,7 @@ func NewBenchServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 type benchServiceClient struct {
 	unary        *connect.Client[v1.Payload, v1.Payload]
 	serverStream *connect.Client[v1.StreamRequest, v1.Payload]
+	clientStream *connect.Client[v1.Payload, v1.UploadSummary]
 	bidi         *connect.Client[v1.Payload, v1.Payload]
 }
 
@@ -104,6 +117,11 @@ func (c *benchServiceClient) ServerStream(ctx context.Context, req *connect.Requ
 	return c.serverStream.CallServerStream(ctx, req)
 }
 
+// ClientStream calls bench.v1.BenchService.ClientStream.
+func (c *benchServiceClient) ClientStream(ctx context.Context) *connect.ClientStreamForClient[v1.Payload, v1.UploadSummary] {
+	return c.clientStream.CallClientStream(ctx)
+}
+
 // Bidi calls bench.v1.BenchService.Bidi.
 func (c *benchServiceClient) Bidi(ctx context.Context) *connect.BidiStreamForClient[v1.Payload, v1.Payload] {
 	return c.bidi.CallBidiStream(ctx)
@@ -115,6 +133,9 @@ type BenchServiceHandler interface {
 	Unary(context.Context, *connect.Request[v1.Payload]) (*connect.Response[v1.Payload], error)
 	// ServerStream sends count payloads of size bytes each, then ends.
 	ServerStream(context.Context, *connect.Request[v1.StreamRequest], *connect.ServerStream[v1.Payload]) error
+	// ClientStream receives payloads until the client closes its side, then
+	// answers with how many arrived and their bodies' total size.
+	ClientStream(context.Context, *connect.ClientStream[v1.Payload]) (*connect.Response[v1.UploadSummary], error)
 	// Bidi answers every payload with one holding the same body.
 	Bidi(context.Context, *connect.BidiStream[v1.Payload, v1.Payload]) error
 }
@@ -138,6 +159,12 @@ func NewBenchServiceHandler(svc BenchServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(benchServiceMethods.ByName("ServerStream")),
 		connect.WithHandlerOptions(opts...),
 	)
+	benchServiceClientStreamHandler := connect.NewClientStreamHandler(
+		BenchServiceClientStreamProcedure,
+		svc.ClientStream,
+		connect.WithSchema(benchServiceMethods.ByName("ClientStream")),
+		connect.WithHandlerOptions(opts...),
+	)
 	benchServiceBidiHandler := connect.NewBidiStreamHandler(
 		BenchServiceBidiProcedure,
 		svc.Bidi,
@@ -150,6 +177,8 @@ func NewBenchServiceHandler(svc BenchServiceHandler, opts ...connect.HandlerOpti
 			benchServiceUnaryHandler.ServeHTTP(w, r)
 		case BenchServiceServerStreamProcedure:
 			benchServiceServerStreamHandler.ServeHTTP(w, r)
+		case BenchServiceClientStreamProcedure:
+			benchServiceClientStreamHandler.ServeHTTP(w, r)
 		case BenchServiceBidiProcedure:
 			benchServiceBidiHandler.ServeHTTP(w, r)
 		default:
@@ -167,6 +196,10 @@ func (UnimplementedBenchServiceHandler) Unary(context.Context, *connect.Request[
 
 func (UnimplementedBenchServiceHandler) ServerStream(context.Context, *connect.Request[v1.StreamRequest], *connect.ServerStream[v1.Payload]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("bench.v1.BenchService.ServerStream is not implemented"))
+}
+
+func (UnimplementedBenchServiceHandler) ClientStream(context.Context, *connect.ClientStream[v1.Payload]) (*connect.Response[v1.UploadSummary], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("bench.v1.BenchService.ClientStream is not implemented"))
 }
 
 func (UnimplementedBenchServiceHandler) Bidi(context.Context, *connect.BidiStream[v1.Payload, v1.Payload]) error {

@@ -41,6 +41,7 @@ type DRPCBenchServiceClient interface {
 
 	Unary(ctx context.Context, in *v1.Payload) (*v1.Payload, error)
 	ServerStream(ctx context.Context, in *v1.StreamRequest) (DRPCBenchService_ServerStreamClient, error)
+	ClientStream(ctx context.Context) (DRPCBenchService_ClientStreamClient, error)
 	Bidi(ctx context.Context) (DRPCBenchService_BidiClient, error)
 }
 
@@ -103,6 +104,51 @@ func (x *drpcBenchService_ServerStreamClient) RecvMsg(m *v1.Payload) error {
 	return x.MsgRecv(m, drpcEncoding_File_bench_v1_bench_proto{})
 }
 
+func (c *drpcBenchServiceClient) ClientStream(ctx context.Context) (DRPCBenchService_ClientStreamClient, error) {
+	stream, err := c.cc.NewStream(ctx, "/bench.v1.BenchService/ClientStream", drpcEncoding_File_bench_v1_bench_proto{})
+	if err != nil {
+		return nil, err
+	}
+	x := &drpcBenchService_ClientStreamClient{stream}
+	return x, nil
+}
+
+type DRPCBenchService_ClientStreamClient interface {
+	drpc.Stream
+	Send(*v1.Payload) error
+	CloseAndRecv() (*v1.UploadSummary, error)
+}
+
+type drpcBenchService_ClientStreamClient struct {
+	drpc.Stream
+}
+
+func (x *drpcBenchService_ClientStreamClient) GetStream() drpc.Stream {
+	return x.Stream
+}
+
+func (x *drpcBenchService_ClientStreamClient) Send(m *v1.Payload) error {
+	return x.MsgSend(m, drpcEncoding_File_bench_v1_bench_proto{})
+}
+
+func (x *drpcBenchService_ClientStreamClient) CloseAndRecv() (*v1.UploadSummary, error) {
+	if err := x.CloseSend(); err != nil {
+		return nil, err
+	}
+	m := new(v1.UploadSummary)
+	if err := x.MsgRecv(m, drpcEncoding_File_bench_v1_bench_proto{}); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (x *drpcBenchService_ClientStreamClient) CloseAndRecvMsg(m *v1.UploadSummary) error {
+	if err := x.CloseSend(); err != nil {
+		return err
+	}
+	return x.MsgRecv(m, drpcEncoding_File_bench_v1_bench_proto{})
+}
+
 func (c *drpcBenchServiceClient) Bidi(ctx context.Context) (DRPCBenchService_BidiClient, error) {
 	stream, err := c.cc.NewStream(ctx, "/bench.v1.BenchService/Bidi", drpcEncoding_File_bench_v1_bench_proto{})
 	if err != nil {
@@ -145,6 +191,7 @@ func (x *drpcBenchService_BidiClient) RecvMsg(m *v1.Payload) error {
 type DRPCBenchServiceServer interface {
 	Unary(context.Context, *v1.Payload) (*v1.Payload, error)
 	ServerStream(*v1.StreamRequest, DRPCBenchService_ServerStreamStream) error
+	ClientStream(DRPCBenchService_ClientStreamStream) error
 	Bidi(DRPCBenchService_BidiStream) error
 }
 
@@ -158,13 +205,17 @@ func (s *DRPCBenchServiceUnimplementedServer) ServerStream(*v1.StreamRequest, DR
 	return drpcerr.WithCode(errors.New("Unimplemented"), drpcerr.Unimplemented)
 }
 
+func (s *DRPCBenchServiceUnimplementedServer) ClientStream(DRPCBenchService_ClientStreamStream) error {
+	return drpcerr.WithCode(errors.New("Unimplemented"), drpcerr.Unimplemented)
+}
+
 func (s *DRPCBenchServiceUnimplementedServer) Bidi(DRPCBenchService_BidiStream) error {
 	return drpcerr.WithCode(errors.New("Unimplemented"), drpcerr.Unimplemented)
 }
 
 type DRPCBenchServiceDescription struct{}
 
-func (DRPCBenchServiceDescription) NumMethods() int { return 3 }
+func (DRPCBenchServiceDescription) NumMethods() int { return 4 }
 
 func (DRPCBenchServiceDescription) Method(n int) (string, drpc.Encoding, drpc.Receiver, interface{}, bool) {
 	switch n {
@@ -187,6 +238,14 @@ func (DRPCBenchServiceDescription) Method(n int) (string, drpc.Encoding, drpc.Re
 					)
 			}, DRPCBenchServiceServer.ServerStream, true
 	case 2:
+		return "/bench.v1.BenchService/ClientStream", drpcEncoding_File_bench_v1_bench_proto{},
+			func(srv interface{}, ctx context.Context, in1, in2 interface{}) (drpc.Message, error) {
+				return nil, srv.(DRPCBenchServiceServer).
+					ClientStream(
+						&drpcBenchService_ClientStreamStream{in1.(drpc.Stream)},
+					)
+			}, DRPCBenchServiceServer.ClientStream, true
+	case 3:
 		return "/bench.v1.BenchService/Bidi", drpcEncoding_File_bench_v1_bench_proto{},
 			func(srv interface{}, ctx context.Context, in1, in2 interface{}) (drpc.Message, error) {
 				return nil, srv.(DRPCBenchServiceServer).
@@ -238,6 +297,39 @@ func (x *drpcBenchService_ServerStreamStream) GetStream() drpc.Stream {
 
 func (x *drpcBenchService_ServerStreamStream) Send(m *v1.Payload) error {
 	return x.MsgSend(m, drpcEncoding_File_bench_v1_bench_proto{})
+}
+
+type DRPCBenchService_ClientStreamStream interface {
+	drpc.Stream
+	SendAndClose(*v1.UploadSummary) error
+	Recv() (*v1.Payload, error)
+}
+
+type drpcBenchService_ClientStreamStream struct {
+	drpc.Stream
+}
+
+func (x *drpcBenchService_ClientStreamStream) GetStream() drpc.Stream {
+	return x.Stream
+}
+
+func (x *drpcBenchService_ClientStreamStream) SendAndClose(m *v1.UploadSummary) error {
+	if err := x.MsgSend(m, drpcEncoding_File_bench_v1_bench_proto{}); err != nil {
+		return err
+	}
+	return x.CloseSend()
+}
+
+func (x *drpcBenchService_ClientStreamStream) Recv() (*v1.Payload, error) {
+	m := new(v1.Payload)
+	if err := x.MsgRecv(m, drpcEncoding_File_bench_v1_bench_proto{}); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (x *drpcBenchService_ClientStreamStream) RecvMsg(m *v1.Payload) error {
+	return x.MsgRecv(m, drpcEncoding_File_bench_v1_bench_proto{})
 }
 
 type DRPCBenchService_BidiStream interface {

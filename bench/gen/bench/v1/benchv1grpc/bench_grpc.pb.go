@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	BenchService_Unary_FullMethodName        = "/bench.v1.BenchService/Unary"
 	BenchService_ServerStream_FullMethodName = "/bench.v1.BenchService/ServerStream"
+	BenchService_ClientStream_FullMethodName = "/bench.v1.BenchService/ClientStream"
 	BenchService_Bidi_FullMethodName         = "/bench.v1.BenchService/Bidi"
 )
 
@@ -38,6 +39,9 @@ type BenchServiceClient interface {
 	Unary(ctx context.Context, in *v1.Payload, opts ...grpc.CallOption) (*v1.Payload, error)
 	// ServerStream sends count payloads of size bytes each, then ends.
 	ServerStream(ctx context.Context, in *v1.StreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[v1.Payload], error)
+	// ClientStream receives payloads until the client closes its side, then
+	// answers with how many arrived and their bodies' total size.
+	ClientStream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[v1.Payload, v1.UploadSummary], error)
 	// Bidi answers every payload with one holding the same body.
 	Bidi(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.Payload, v1.Payload], error)
 }
@@ -79,9 +83,22 @@ func (c *benchServiceClient) ServerStream(ctx context.Context, in *v1.StreamRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BenchService_ServerStreamClient = grpc.ServerStreamingClient[v1.Payload]
 
+func (c *benchServiceClient) ClientStream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[v1.Payload, v1.UploadSummary], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &BenchService_ServiceDesc.Streams[1], BenchService_ClientStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[v1.Payload, v1.UploadSummary]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BenchService_ClientStreamClient = grpc.ClientStreamingClient[v1.Payload, v1.UploadSummary]
+
 func (c *benchServiceClient) Bidi(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.Payload, v1.Payload], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &BenchService_ServiceDesc.Streams[1], BenchService_Bidi_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &BenchService_ServiceDesc.Streams[2], BenchService_Bidi_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -102,6 +119,9 @@ type BenchServiceServer interface {
 	Unary(context.Context, *v1.Payload) (*v1.Payload, error)
 	// ServerStream sends count payloads of size bytes each, then ends.
 	ServerStream(*v1.StreamRequest, grpc.ServerStreamingServer[v1.Payload]) error
+	// ClientStream receives payloads until the client closes its side, then
+	// answers with how many arrived and their bodies' total size.
+	ClientStream(grpc.ClientStreamingServer[v1.Payload, v1.UploadSummary]) error
 	// Bidi answers every payload with one holding the same body.
 	Bidi(grpc.BidiStreamingServer[v1.Payload, v1.Payload]) error
 	mustEmbedUnimplementedBenchServiceServer()
@@ -119,6 +139,9 @@ func (UnimplementedBenchServiceServer) Unary(context.Context, *v1.Payload) (*v1.
 }
 func (UnimplementedBenchServiceServer) ServerStream(*v1.StreamRequest, grpc.ServerStreamingServer[v1.Payload]) error {
 	return status.Error(codes.Unimplemented, "method ServerStream not implemented")
+}
+func (UnimplementedBenchServiceServer) ClientStream(grpc.ClientStreamingServer[v1.Payload, v1.UploadSummary]) error {
+	return status.Error(codes.Unimplemented, "method ClientStream not implemented")
 }
 func (UnimplementedBenchServiceServer) Bidi(grpc.BidiStreamingServer[v1.Payload, v1.Payload]) error {
 	return status.Error(codes.Unimplemented, "method Bidi not implemented")
@@ -173,6 +196,13 @@ func _BenchService_ServerStream_Handler(srv interface{}, stream grpc.ServerStrea
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type BenchService_ServerStreamServer = grpc.ServerStreamingServer[v1.Payload]
 
+func _BenchService_ClientStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(BenchServiceServer).ClientStream(&grpc.GenericServerStream[v1.Payload, v1.UploadSummary]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type BenchService_ClientStreamServer = grpc.ClientStreamingServer[v1.Payload, v1.UploadSummary]
+
 func _BenchService_Bidi_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(BenchServiceServer).Bidi(&grpc.GenericServerStream[v1.Payload, v1.Payload]{ServerStream: stream})
 }
@@ -197,6 +227,11 @@ var BenchService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "ServerStream",
 			Handler:       _BenchService_ServerStream_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ClientStream",
+			Handler:       _BenchService_ClientStream_Handler,
+			ClientStreams: true,
 		},
 		{
 			StreamName:    "Bidi",
