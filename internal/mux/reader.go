@@ -31,6 +31,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -151,6 +152,10 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
+		// Every payload read on its own has been adopted or put back:
+		// the slice must not keep them reachable while the reader waits
+		// for the next message.
+		clear(direct)
 		// The buffer goes back to the pool unless a stream kept a frame
 		// of it (handleMessage aliases large frames instead of copying).
 		if c.donated {
@@ -181,6 +186,48 @@ type directPayload struct {
 // message buffer, to be copied out of it.
 const readAheadSize = 4096
 
+// maxDirectPending bounds, per process, the buffers of payloads being read
+// on their own (readMessage) whose bytes have not all arrived: such a
+// buffer is taken when the frame's header has arrived, so without a bound
+// a peer that sends the header of a large frame and then trickles would
+// make each of its connections hold up to twice the payload for the
+// 24 bytes it sent. Beyond the bound, payloads are read into the message
+// buffer, which grows with what arrives. A payload that has arrived is
+// bounded by flow control like any other.
+const maxDirectPending = 16 << 20
+
+// directPending is what readers hold in buffers of payloads still being
+// read on their own, counted at twice the payload (the most a buffer from
+// getBigWithin can be).
+var directPending atomic.Int64
+
+// reserveDirect takes n bytes of maxDirectPending, or reports that they
+// are not there.
+func reserveDirect(n int) bool {
+	if directPending.Add(int64(n)) > maxDirectPending {
+		directPending.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// readFull reads len(p) bytes from r, the reader of one WebSocket message.
+// Unlike io.ReadFull it keeps io.EOF (the message ended) apart from every
+// other error, io.ErrUnexpectedEOF included: crypto/tls returns that when
+// the TCP connection ends inside a record, which is a lost connection, not
+// a message that ends inside a frame.
+func readFull(r io.Reader, p []byte) (int, error) {
+	got := 0
+	for got < len(p) {
+		n, err := r.Read(p[got:])
+		got += n
+		if err != nil {
+			return got, err
+		}
+	}
+	return got, nil
+}
+
 // readMessage reads the WebSocket message r to its end into buf, growing it
 // as needed, except for the payloads of large MESSAGE frames (minBig bytes
 // and more): what is left of each once its header is read is read straight
@@ -188,7 +235,8 @@ const readAheadSize = 4096
 // (stream_handle.go adopts the buffer). Such a frame's header stays in buf
 // and its payload is appended to direct. A frame readMessage cannot make
 // sense of stops this: the rest is read into buf, where frame.Parse finds
-// the error as for any message.
+// the error as for any message. So does a payload that would take the
+// process past maxDirectPending.
 //
 // With lookAhead, each read stops readAheadSize bytes past the next frame's
 // header, so that little of a large payload lands in buf; without it, reads
@@ -222,14 +270,22 @@ func readMessage(buf []byte, r io.Reader, direct []directPayload, lookAhead bool
 				need = end + frame.HeaderSize - len(buf)
 				break
 			}
+			if !reserveDirect(2 * n) {
+				// Too many payloads are being read on their own in
+				// this process: the rest of this message goes
+				// through buf, as any other.
+				next = -1
+				break
+			}
 			room := 0
 			if h[1]&frame.FlagMore != 0 {
 				room = adoptRoom // perhaps a message's first fragment (copyInLocked)
 			}
 			sl := getBigWithin(n+min(room, n/4), 2*n)
 			sl.buf = append(sl.buf[:0], buf[start:]...)
-			got, err := io.ReadFull(r, sl.buf[len(sl.buf):n])
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
+			got, err := readFull(r, sl.buf[len(sl.buf):n])
+			directPending.Add(-int64(2 * n))
+			if err == io.EOF {
 				// The message ends inside the frame: frame.Parse
 				// reports it.
 				buf = append(buf, sl.buf[len(sl.buf):len(sl.buf)+got]...)

@@ -2,11 +2,25 @@ package mux
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 	"unsafe"
+	"weak"
 
+	"github.com/gorilla/websocket"
+
+	"github.com/tetherrpc/tether"
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/frame"
 )
 
@@ -135,8 +149,215 @@ func TestReadMessageTruncatedAndBadFrames(t *testing.T) {
 	}
 }
 
+// errAfterReader returns b in reads of at most chunk bytes, then err: a
+// transport that fails in the middle of a message.
+type errAfterReader struct {
+	b     []byte
+	chunk int
+	err   error
+}
+
+func (r *errAfterReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, r.err
+	}
+	n := copy(p, r.b[:min(len(p), r.chunk, len(r.b))])
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// TestReadMessageTransportErrorMidPayload: an error other than io.EOF in
+// the middle of a payload is the connection's, whatever the frame's size:
+// io.ErrUnexpectedEOF too, which crypto/tls returns when TCP ends inside a
+// record (a payload read on its own once took it for a message ending
+// inside its frame, a protocol error).
+func TestReadMessageTransportErrorMidPayload(t *testing.T) {
+	small := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 5, Payload: fill(3, 20000)})
+	large := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 5, Payload: fill(3, frame.MaxPayload)})
+	for _, lookAhead := range []bool{false, true} {
+		for name, msg := range map[string][]byte{"small": small[:10000], "large": large[:30000]} {
+			_, _, _, err := readMessage(nil, &errAfterReader{b: msg, chunk: 1000, err: io.ErrUnexpectedEOF}, nil, lookAhead)
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Errorf("%s frame cut by the transport, look-ahead %v: error %v, want io.ErrUnexpectedEOF", name, lookAhead, err)
+			}
+			if n := directPending.Load(); n != 0 {
+				t.Fatalf("%d bytes still reserved for payloads being read", n)
+			}
+		}
+	}
+}
+
+// TestReadMessageDirectBounded: the buffers of payloads still being read
+// on their own are bounded per process (a peer that sends a large frame's
+// header and trickles would otherwise make each connection hold twice the
+// payload for a 24-byte header); beyond the bound the payload is read into
+// the message buffer, whole and correct.
+func TestReadMessageDirectBounded(t *testing.T) {
+	msg := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 5, Payload: fill(4, frame.MaxPayload)})
+	directPending.Store(maxDirectPending - frame.MaxPayload)
+	buf, direct, _, err := readMessage(nil, &chunkReader{b: msg}, nil, true)
+	directPending.Store(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(direct) != 0 || !bytes.Equal(buf, msg) {
+		t.Fatalf("%d payloads read on their own beyond the bound; want the message whole in the message buffer", len(direct))
+	}
+	buf, direct, _, err = readMessage(nil, &chunkReader{b: msg}, nil, true)
+	if err != nil || len(direct) != 1 || !bytes.Equal(joinDirect(buf, direct), msg) {
+		t.Fatalf("within the bound: %d payloads on their own, error %v; want 1", len(direct), err)
+	}
+	if n := directPending.Load(); n != 0 {
+		t.Fatalf("%d bytes still reserved once the payload has arrived", n)
+	}
+}
+
+// TestIdleReaderHoldsNoLargeBuffers: once a message's large payloads have
+// been put back to the pool (here: for a stream that has ended), the
+// reader waiting for the next message keeps none of them reachable, so
+// that the garbage collector frees them when the pool lets them go.
+func TestIdleReaderHoldsNoLargeBuffers(t *testing.T) {
+	const frames, size = 30, 33000
+	sent := make(chan struct{})
+	cc := rawServer(t, Config{}, func(ws *websocket.Conn) {
+		if _, _, err := ws.ReadMessage(); err != nil { // the OPEN
+			return
+		}
+		writeFrames(t, ws, frame.Frame{Type: frame.TypeEnd, StreamID: 1, Payload: okEnd})
+		var fs []frame.Frame
+		for range frames {
+			fs = append(fs, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: fill(9, size)})
+		}
+		writeFrames(t, ws, fs...)
+		close(sent)
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				return
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	drainBigPools()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecvMsg(); err != io.EOF {
+		t.Fatalf("RecvMsg: %v", err)
+	}
+	<-sent
+	want := uint64(frames * (size + frame.HeaderSize))
+	waitFor(t, 10*time.Second, "the message read", func() bool { return cc.BytesIn() >= want })
+	time.Sleep(50 * time.Millisecond) // the reader is back waiting
+	var pooled []weak.Pointer[slab]
+	for i := range bigPools {
+		for v := bigPools[i].Get(); v != nil; v = bigPools[i].Get() {
+			pooled = append(pooled, weak.Make(v.(*slab)))
+		}
+	}
+	if len(pooled) == 0 {
+		t.Fatal("no large buffer went back to the pool")
+	}
+	runtime.GC()
+	runtime.GC()
+	alive := 0
+	for _, w := range pooled {
+		if w.Value() != nil {
+			alive++
+		}
+	}
+	if alive > 0 {
+		t.Errorf("%d of %d large buffers put back to the pool stay reachable while the reader waits", alive, len(pooled))
+	}
+}
+
+// cutListener hands each accepted connection to conns, wrapped in a
+// cutConn.
+type cutListener struct {
+	net.Listener
+	conns chan *cutConn
+}
+
+func (l *cutListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	cc := &cutConn{Conn: c}
+	cc.budget.Store(-1)
+	select {
+	case l.conns <- cc:
+	default:
+	}
+	return cc, nil
+}
+
+// cutConn closes the TCP connection once budget more bytes are written
+// (-1: never), in the middle of whatever TLS record is being written.
+type cutConn struct {
+	net.Conn
+	budget atomic.Int64
+}
+
+func (c *cutConn) Write(p []byte) (int, error) {
+	if b := c.budget.Load(); b >= 0 {
+		if int64(len(p)) > b {
+			_, _ = c.Conn.Write(p[:b])
+			_ = c.Conn.Close()
+			return 0, io.ErrClosedPipe
+		}
+		c.budget.Add(-int64(len(p)))
+	}
+	return c.Conn.Write(p)
+}
+
+// TestTLSCutInsideLargeFrame: over TLS, the TCP connection ends in the
+// middle of a large MESSAGE frame. The call fails as for any lost
+// connection (unavailable: retries and dead-letter policies count it as a
+// delivery failure), not as a protocol error (internal).
+func TestTLSCutInsideLargeFrame(t *testing.T) {
+	cl := make(chan *cutConn, 1)
+	var up websocket.Upgrader
+	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := up.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		if _, _, err := ws.ReadMessage(); err != nil { // the OPEN
+			return
+		}
+		c := <-cl
+		c.budget.Store(3000)
+		_ = ws.WriteMessage(websocket.BinaryMessage, frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: fill(1, 60000)}))
+	}))
+	hs.Listener = &cutListener{Listener: hs.Listener, conns: cl}
+	hs.StartTLS()
+	defer hs.Close()
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	ws, _, err := d.Dial("wss"+strings.TrimPrefix(hs.URL, "https"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := New(ws, RoleClient, Config{})
+	defer func() { cc.Close(); <-cc.Done() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = s.RecvMsg(); tether.CodeOf(err) != tether.CodeUnavailable {
+		t.Errorf("connection lost inside a large frame over TLS: %v (code %v), want unavailable", err, tether.CodeOf(err))
+	}
+}
+
 // FuzzReadMessage: whatever the bytes and however they arrive, readMessage
-// returns exactly the message, with large payloads on their own.
+// returns exactly the message, with large payloads on their own, and
+// gives back what it reserved for them. Its seeds are large (a payload is
+// read on its own from 32 KiB): run it with -fuzzminimizetime=0, or the
+// fuzzer spends its time minimizing them.
 func FuzzReadMessage(f *testing.F) {
 	big := fill(5, frame.MaxPayload)
 	two := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, Flags: frame.FlagMore, StreamID: 1, Payload: big[:40000]})
@@ -154,6 +375,9 @@ func FuzzReadMessage(f *testing.F) {
 		buf, direct, _, err := readMessage(nil, &chunkReader{b: msg, chunks: sizes}, nil, lookAhead)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if n := directPending.Load(); n != 0 {
+			t.Fatalf("%d bytes still reserved for payloads being read", n)
 		}
 		if got := joinDirect(buf, direct); !bytes.Equal(got, msg) {
 			t.Fatalf("message of %d bytes read as %d different bytes", len(msg), len(got))
