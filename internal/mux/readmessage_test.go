@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -149,6 +151,130 @@ func TestReadMessageTruncatedAndBadFrames(t *testing.T) {
 	}
 }
 
+// budgetReader returns b in reads of random sizes, sometimes with io.EOF
+// on the last bytes, and between reads takes or gives back the whole of
+// maxDirectPending at random, as other connections would.
+type budgetReader struct {
+	b    []byte
+	rng  *rand.Rand
+	full bool
+}
+
+func (r *budgetReader) Read(p []byte) (int, error) {
+	if full := r.rng.IntN(3) == 0; full != r.full {
+		if full {
+			directPending.Add(maxDirectPending)
+		} else {
+			directPending.Add(-maxDirectPending)
+		}
+		r.full = full
+	}
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[:min(len(p), 1+r.rng.IntN(70000), len(r.b))])
+	r.b = r.b[n:]
+	if len(r.b) == 0 && r.rng.IntN(2) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// walkMessage parses buf and direct as readLoop does.
+func walkMessage(buf []byte, direct []directPayload) ([]frame.Frame, error) {
+	var out []frame.Frame
+	pos, next := 0, 0
+	for pos < len(buf) {
+		if next < len(direct) && direct[next].off == pos {
+			h := buf[pos : pos+frame.HeaderSize]
+			out = append(out, frame.Frame{Type: frame.TypeMessage, Flags: h[1], StreamID: binary.BigEndian.Uint32(h[2:6]), Payload: direct[next].sl.buf})
+			next++
+			pos += frame.HeaderSize
+			continue
+		}
+		f, rest, err := frame.Parse(buf[pos:])
+		if err != nil {
+			return out, err
+		}
+		out = append(out, f)
+		pos = len(buf) - len(rest)
+	}
+	if next != len(direct) {
+		return out, io.ErrShortBuffer
+	}
+	return out, nil
+}
+
+// TestReadMessageFallbackMidMessage: the bound on payloads being read on
+// their own fills and empties at random between reads (other connections
+// take and give it back), in messages of mixed frames, some cut short:
+// every message comes back exactly, its frames parse as readLoop parses
+// them, and every reservation is given back.
+func TestReadMessageFallbackMidMessage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	base := directPending.Load()
+	ownPayloads, mixed := 0, 0
+	for iter := range 1500 {
+		var msg []byte
+		var want []frame.Frame
+		boundary := map[int]bool{0: true}
+		for range 1 + rng.IntN(8) {
+			f := frame.Frame{Type: frame.TypeWindow, StreamID: 3, Payload: []byte{0, 0, 1, 0}}
+			if rng.IntN(3) > 0 {
+				size := rng.IntN(frame.MaxPayload + 1)
+				if rng.IntN(2) == 0 {
+					size = minBig + rng.IntN(frame.MaxPayload-minBig+1)
+				}
+				f = frame.Frame{Type: frame.TypeMessage, Flags: uint8(rng.IntN(2)), StreamID: 5, Payload: fill(uint64(iter), size)}
+			}
+			msg = frame.Append(msg, f)
+			boundary[len(msg)] = true
+			want = append(want, f)
+		}
+		cut := len(msg)
+		if rng.IntN(4) == 0 {
+			cut = rng.IntN(len(msg))
+		}
+		br := &budgetReader{b: msg[:cut], rng: rng}
+		buf, direct, _, err := readMessage(make([]byte, 0, 4096), br, nil, rng.IntN(2) == 0)
+		if br.full {
+			directPending.Add(-maxDirectPending)
+		}
+		if n := directPending.Load() - base; n != 0 {
+			t.Fatalf("message %d: %d bytes still reserved", iter, n)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(joinDirect(buf, direct), msg[:cut]) {
+			t.Fatalf("message %d: read back different", iter)
+		}
+		got, err := walkMessage(buf, direct)
+		if cut == len(msg) {
+			if err != nil || len(got) != len(want) {
+				t.Fatalf("message %d: %d frames, error %v; want %d", iter, len(got), err, len(want))
+			}
+			for i := range got {
+				if got[i].Type != want[i].Type || got[i].Flags != want[i].Flags || got[i].StreamID != want[i].StreamID || !bytes.Equal(got[i].Payload, want[i].Payload) {
+					t.Fatalf("message %d: frame %d differs", iter, i)
+				}
+			}
+		} else if err == nil && !boundary[cut] {
+			t.Fatalf("message %d: cut inside a frame, parsed without error", iter)
+		}
+		ownPayloads += len(direct)
+		if len(direct) > 0 && len(buf) > len(direct)*frame.HeaderSize+minBig {
+			mixed++ // a large payload read into buf next to ones read on their own
+		}
+		for _, d := range direct {
+			putBig(d.sl)
+		}
+	}
+	if ownPayloads == 0 || mixed == 0 {
+		t.Fatalf("%d payloads read on their own, %d messages mixing them with large payloads in the buffer: the test does not cover the fallback", ownPayloads, mixed)
+	}
+}
+
 // errAfterReader returns b in reads of at most chunk bytes, then err: a
 // transport that fails in the middle of a message.
 type errAfterReader struct {
@@ -174,13 +300,14 @@ func (r *errAfterReader) Read(p []byte) (int, error) {
 func TestReadMessageTransportErrorMidPayload(t *testing.T) {
 	small := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 5, Payload: fill(3, 20000)})
 	large := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 5, Payload: fill(3, frame.MaxPayload)})
+	base := directPending.Load() // other connections of this test process may hold some
 	for _, lookAhead := range []bool{false, true} {
 		for name, msg := range map[string][]byte{"small": small[:10000], "large": large[:30000]} {
 			_, _, _, err := readMessage(nil, &errAfterReader{b: msg, chunk: 1000, err: io.ErrUnexpectedEOF}, nil, lookAhead)
 			if !errors.Is(err, io.ErrUnexpectedEOF) {
 				t.Errorf("%s frame cut by the transport, look-ahead %v: error %v, want io.ErrUnexpectedEOF", name, lookAhead, err)
 			}
-			if n := directPending.Load(); n != 0 {
+			if n := directPending.Load() - base; n != 0 {
 				t.Fatalf("%d bytes still reserved for payloads being read", n)
 			}
 		}
@@ -194,9 +321,13 @@ func TestReadMessageTransportErrorMidPayload(t *testing.T) {
 // the message buffer, whole and correct.
 func TestReadMessageDirectBounded(t *testing.T) {
 	msg := frame.Append(nil, frame.Frame{Type: frame.TypeMessage, StreamID: 5, Payload: fill(4, frame.MaxPayload)})
-	directPending.Store(maxDirectPending - frame.MaxPayload)
+	// Take what is left of the bound but less than a payload's worth, as
+	// other connections would, without disturbing what they hold.
+	base := directPending.Load()
+	taken := maxDirectPending - base - frame.MaxPayload
+	directPending.Add(taken)
 	buf, direct, _, err := readMessage(nil, &chunkReader{b: msg}, nil, true)
-	directPending.Store(0)
+	directPending.Add(-taken)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +338,7 @@ func TestReadMessageDirectBounded(t *testing.T) {
 	if err != nil || len(direct) != 1 || !bytes.Equal(joinDirect(buf, direct), msg) {
 		t.Fatalf("within the bound: %d payloads on their own, error %v; want 1", len(direct), err)
 	}
-	if n := directPending.Load(); n != 0 {
+	if n := directPending.Load() - base; n != 0 {
 		t.Fatalf("%d bytes still reserved once the payload has arrived", n)
 	}
 }
@@ -372,11 +503,12 @@ func FuzzReadMessage(f *testing.F) {
 		for _, c := range chunks {
 			sizes = append(sizes, int(c)*int(c))
 		}
+		base := directPending.Load()
 		buf, direct, _, err := readMessage(nil, &chunkReader{b: msg, chunks: sizes}, nil, lookAhead)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := directPending.Load(); n != 0 {
+		if n := directPending.Load() - base; n != 0 {
 			t.Fatalf("%d bytes still reserved for payloads being read", n)
 		}
 		if got := joinDirect(buf, direct); !bytes.Equal(got, msg) {
