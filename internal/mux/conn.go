@@ -141,6 +141,7 @@ type Conn struct {
 	pingLimit  tokenBucket   // PINGs received (limits.go)
 	idleLimit  tokenBucket   // frames without application data received (limits.go)
 	donated    bool          // reader: a stream kept a frame of the current buffer
+	adopted    bool          // reader: a stream kept the payload buffer handle was given
 	quietGap   bool          // the last message came after a quiet spell
 	woke       bool          // the waiter woke with an error: read at once
 	parkReg    bool          // the socket is registered with the poller

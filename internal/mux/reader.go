@@ -26,10 +26,12 @@ package mux
 // arrive.
 
 import (
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -40,6 +42,8 @@ import (
 
 func (c *Conn) readLoop() {
 	parked := false
+	var direct []directPayload // large payloads of the current message (readMessage)
+	lookAhead := false         // the last message had a large MESSAGE frame
 	defer func() {
 		if !parked { // a parked reader's waiter runs the loop again (park.go)
 			c.drain()
@@ -76,8 +80,8 @@ func (c *Conn) readLoop() {
 		c.noteMessage(now)
 		c.setReadDeadline(now.Add(c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
-		buf, err := readAll((*bp)[:0], r)
-		msg := buf
+		var buf []byte
+		buf, direct, lookAhead, err = readMessage((*bp)[:0], r, direct[:0], lookAhead)
 		c.inMessage.Store(false)
 		if c.isClosed() { // closed meanwhile: the rest is drained, not handled
 			readBuffers.Put(bp)
@@ -102,18 +106,41 @@ func (c *Conn) readLoop() {
 			c.closeWith(protoErrf("text WebSocket message"), websocket.CloseUnsupportedData, "tether uses binary messages only")
 			return
 		}
-		c.bytesIn.Add(uint64(len(msg)))
-		msgLen := len(msg)
+		msgLen := len(buf)
+		for _, d := range direct {
+			msgLen += len(d.sl.buf)
+		}
+		c.bytesIn.Add(uint64(msgLen))
 		if msgLen == 0 {
 			if err := c.idleFrame("empty messages"); err != nil {
 				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
 				return
 			}
 		}
-		for len(msg) > 0 {
-			f, rest, err := frame.Parse(msg)
+		pos, next := 0, 0 // pos: the next frame's header in buf; next: its entry in direct, if any
+		for pos < len(buf) {
+			var f frame.Frame
+			var own *slab
+			var err error
+			if next < len(direct) && direct[next].off == pos {
+				// Checked by readMessage: a MESSAGE frame with a
+				// stream id and no unknown flag.
+				h := buf[pos : pos+frame.HeaderSize]
+				own = direct[next].sl
+				f = frame.Frame{Type: frame.TypeMessage, Flags: h[1], StreamID: binary.BigEndian.Uint32(h[2:6]), Payload: own.buf}
+				next++
+				pos += frame.HeaderSize
+			} else {
+				var rest []byte
+				f, rest, err = frame.Parse(buf[pos:])
+				pos = len(buf) - len(rest)
+			}
 			if err == nil {
-				err = c.handle(f, cap(buf))
+				c.adopted = false
+				err = c.handle(f, cap(buf), own)
+				if own != nil && !c.adopted {
+					putBig(own)
+				}
 			}
 			if err != nil {
 				code := websocket.CloseProtocolError
@@ -124,8 +151,11 @@ func (c *Conn) readLoop() {
 				c.closeWith(tether.NewError(tether.CodeInternal, err), code, err.Error())
 				return
 			}
-			msg = rest
 		}
+		// Every payload read on its own has been adopted or put back:
+		// the slice must not keep them reachable while the reader waits
+		// for the next message.
+		clear(direct)
 		// The buffer goes back to the pool unless a stream kept a frame
 		// of it (handleMessage aliases large frames instead of copying).
 		if c.donated {
@@ -142,19 +172,149 @@ func (c *Conn) readLoop() {
 // message.
 var readBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// readAll reads r to its end into buf, growing it as needed.
-func readAll(buf []byte, r io.Reader) ([]byte, error) {
+// A directPayload is the payload of a large MESSAGE frame that readMessage
+// read into a pooled buffer of its own (bigbuf.go) instead of the message
+// buffer, whose frame header is at off in the message buffer.
+type directPayload struct {
+	off int
+	sl  *slab // no reference yet; its buf is the payload
+}
+
+// readAheadSize is how far readMessage reads past the end of the next
+// frame's header when it looks ahead: small frames are read several at a
+// time, and at most this much of a large frame's payload is read into the
+// message buffer, to be copied out of it.
+const readAheadSize = 4096
+
+// maxDirectPending bounds, per process, the buffers of payloads being read
+// on their own (readMessage) whose bytes have not all arrived: such a
+// buffer is taken when the frame's header has arrived, so without a bound
+// a peer that sends the header of a large frame and then trickles would
+// make each of its connections hold up to twice the payload for the
+// 24 bytes it sent. Beyond the bound, payloads are read into the message
+// buffer, which grows with what arrives. A payload that has arrived is
+// bounded by flow control like any other.
+const maxDirectPending = 16 << 20
+
+// directPending is what readers hold in buffers of payloads still being
+// read on their own, counted at twice the payload (the most a buffer from
+// getBigWithin can be).
+var directPending atomic.Int64
+
+// reserveDirect takes n bytes of maxDirectPending, or reports that they
+// are not there.
+func reserveDirect(n int) bool {
+	if directPending.Add(int64(n)) > maxDirectPending {
+		directPending.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+// readFull reads len(p) bytes from r, the reader of one WebSocket message.
+// Unlike io.ReadFull it keeps io.EOF (the message ended) apart from every
+// other error, io.ErrUnexpectedEOF included: crypto/tls returns that when
+// the TCP connection ends inside a record, which is a lost connection, not
+// a message that ends inside a frame.
+func readFull(r io.Reader, p []byte) (int, error) {
+	got := 0
+	for got < len(p) {
+		n, err := r.Read(p[got:])
+		got += n
+		if err != nil {
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+// readMessage reads the WebSocket message r to its end into buf, growing it
+// as needed, except for the payloads of large MESSAGE frames (minBig bytes
+// and more): what is left of each once its header is read is read straight
+// into a pooled buffer of its own, which saves copying it out of buf
+// (stream_handle.go adopts the buffer). Such a frame's header stays in buf
+// and its payload is appended to direct. A frame readMessage cannot make
+// sense of stops this: the rest is read into buf, where frame.Parse finds
+// the error as for any message. So does a payload that would take the
+// process past maxDirectPending.
+//
+// With lookAhead, each read stops readAheadSize bytes past the next frame's
+// header, so that little of a large payload lands in buf; without it, reads
+// take what buf has room for, as many bytes as the connection has (fewer
+// system calls for a message of small frames). large reports whether the
+// message had a large MESSAGE frame: the reader looks ahead in the next
+// message if it did.
+func readMessage(buf []byte, r io.Reader, direct []directPayload, lookAhead bool) (_ []byte, _ []directPayload, large bool, _ error) {
+	next := 0 // offset of the first frame header not looked at; -1 once the look-ahead stopped
 	for {
+		need := 0 // bytes to read to reach the end of the next header
+		for next >= 0 {
+			if len(buf)-next < frame.HeaderSize {
+				need = next + frame.HeaderSize - len(buf)
+				break
+			}
+			h := buf[next : next+frame.HeaderSize]
+			n := int(binary.BigEndian.Uint32(h[6:10]))
+			if n > frame.MaxPayload {
+				next = -1
+				break
+			}
+			start, end := next+frame.HeaderSize, next+frame.HeaderSize+n
+			isLarge := frame.Type(h[0]) == frame.TypeMessage && n >= minBig
+			large = large || isLarge
+			if end <= len(buf) { // already read
+				next = end
+				continue
+			}
+			if !isLarge || h[1]&^frame.FlagMore != 0 || binary.BigEndian.Uint32(h[2:6]) == 0 {
+				need = end + frame.HeaderSize - len(buf)
+				break
+			}
+			if !reserveDirect(2 * n) {
+				// Too many payloads are being read on their own in
+				// this process: the rest of this message goes
+				// through buf, as any other.
+				next = -1
+				break
+			}
+			room := 0
+			if h[1]&frame.FlagMore != 0 {
+				room = adoptRoom // perhaps a message's first fragment (copyInLocked)
+			}
+			sl := getBigWithin(n+min(room, n/4), 2*n)
+			sl.buf = append(sl.buf[:0], buf[start:]...)
+			got, err := readFull(r, sl.buf[len(sl.buf):n])
+			directPending.Add(-int64(2 * n))
+			if err == io.EOF {
+				// The message ends inside the frame: frame.Parse
+				// reports it.
+				buf = append(buf, sl.buf[len(sl.buf):len(sl.buf)+got]...)
+				putBig(sl)
+				return buf, direct, large, nil
+			}
+			if err != nil {
+				putBig(sl)
+				return buf, direct, large, err
+			}
+			sl.buf = sl.buf[:n]
+			buf = buf[:start]
+			direct = append(direct, directPayload{off: next, sl: sl})
+			next = start
+		}
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
+		limit := cap(buf)
+		if lookAhead && next >= 0 {
+			limit = min(limit, len(buf)+need+readAheadSize)
+		}
+		n, err := r.Read(buf[len(buf):limit])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
-			return buf, nil
+			return buf, direct, large, nil
 		}
 		if err != nil {
-			return buf, err
+			return buf, direct, large, err
 		}
 	}
 }
@@ -202,8 +362,10 @@ func readError(err error) error {
 const pingAloneGap = 10 * time.Millisecond
 
 // handle acts on one frame; bufCap is the capacity of the buffer holding
-// the WebSocket message it came in.
-func (c *Conn) handle(f frame.Frame, bufCap int) error {
+// the WebSocket message it came in. own, when not nil, is the pooled buffer
+// that readMessage read a large MESSAGE frame's payload into: a stream that
+// keeps it sets c.adopted.
+func (c *Conn) handle(f frame.Frame, bufCap int, own *slab) error {
 	switch f.Type {
 	case frame.TypePing:
 		if f.Flags&frame.FlagAck != 0 {
@@ -260,7 +422,7 @@ func (c *Conn) handle(f frame.Frame, bufCap int) error {
 	}
 	switch f.Type {
 	case frame.TypeMessage:
-		return s.handleMessage(f, bufCap)
+		return s.handleMessage(f, bufCap, own)
 	case frame.TypeHalfClose:
 		if c.role == RoleServer {
 			return s.handleHalfClose()

@@ -25,7 +25,10 @@ import (
 	"github.com/tetherrpc/tether/internal/wire"
 )
 
-func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
+// handleMessage queues a MESSAGE frame's payload. own, when not nil, is the
+// pooled buffer the reader read a large payload into (readMessage): it is
+// kept as the payload's copy, and c.adopted set; else the reader puts it back.
+func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 	cost := len(f.Payload) + FrameOverhead
 	more := f.Flags&frame.FlagMore != 0
 	s.mu.Lock()
@@ -68,7 +71,18 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int) error {
 	}
 	payload := f.Payload
 	var sl *slab
-	if 2*len(payload) < bufCap || len(payload) >= minBig {
+	if own != nil {
+		// Read into a buffer of its own: what copyInLocked makes of a
+		// large payload, without the copy. A stream's first payload is
+		// the application's to keep (copyInLocked): its buffer never
+		// goes back to the pool.
+		s.c.adopted = true
+		if s.copiedFirst {
+			own.refs = 1
+			sl = own
+		}
+		s.copiedFirst = true
+	} else if 2*len(payload) < bufCap || len(payload) >= minBig {
 		// A small frame must not pin the large buffer it came in (flow
 		// control counts only its own bytes), and the buffer is reused
 		// for the next message. A large frame is copied into a pooled
