@@ -122,12 +122,23 @@ func (t *tetherConn) ClientStream(ctx context.Context, msg *benchv1.Payload, cou
 		return 0, err
 	}
 	defer s.Close()
+	return sendAll(count, func() error { return s.Send(msg) }, s.CloseAndReceive)
+}
+
+// sendAll is the client side of a ClientStream call on every system:
+// count sends, then the server's summary. A send that fails usually means
+// the server ended the call; its status comes with the response, so that
+// error is the one returned when there is one.
+func sendAll(count int, send func() error, closeAndRecv func() (*benchv1.UploadSummary, error)) (int, error) {
 	for range count {
-		if err := s.Send(msg); err != nil {
+		if err := send(); err != nil {
+			if _, rerr := closeAndRecv(); rerr != nil {
+				return 0, rerr
+			}
 			return 0, err
 		}
 	}
-	sum, err := s.CloseAndReceive()
+	sum, err := closeAndRecv()
 	return int(sum.GetCount()), err
 }
 
@@ -225,13 +236,7 @@ func (g *grpcConn) ClientStream(ctx context.Context, msg *benchv1.Payload, count
 	if err != nil {
 		return 0, err
 	}
-	for range count {
-		if err := s.Send(msg); err != nil {
-			return 0, err
-		}
-	}
-	sum, err := s.CloseAndRecv()
-	return int(sum.GetCount()), err
+	return sendAll(count, func() error { return s.Send(msg) }, s.CloseAndRecv)
 }
 
 func (g *grpcConn) Bidi(ctx context.Context) (BidiStream, error) {
@@ -319,13 +324,31 @@ func RawStream(ws *websocket.Conn, req *benchv1.StreamRequest, buf []byte) (int,
 	return int(req.GetCount()), buf, nil
 }
 
+// DialRawUpload connects a gorilla/websocket client to a Raw server's
+// upload endpoint (RawUploadURL) with a write buffer that holds a whole
+// 64 KiB payload: gorilla cuts a client's message into frames of its write
+// buffer, one write each (17 for a 64 KiB payload at the default 4 KiB),
+// where its server writes a message as one frame (the raw stream), and
+// tether's client writes through a 64 KiB buffer.
+func DialRawUpload(ctx context.Context, rawURL string) (*websocket.Conn, error) {
+	if err := checkLoopbackURL(rawURL); err != nil {
+		return nil, err
+	}
+	ws, _, err := (&websocket.Dialer{WriteBufferSize: rawUploadWriteBuffer}).DialContext(ctx, rawURL, nil)
+	return ws, err
+}
+
+// rawUploadWriteBuffer holds a marshalled 64 KiB Payload (65,540 bytes).
+const rawUploadWriteBuffer = 66 << 10
+
 // RawUploadURL is the Raw server's upload ceiling at the same server as
 // target, a Raw server's echo URL.
 func RawUploadURL(target string) string {
 	return strings.TrimSuffix(target, RawPath) + RawUploadPath
 }
 
-// RawUpload sends a Raw server's upload endpoint (RawUploadURL) a
+// RawUpload sends a Raw server's upload endpoint (RawUploadURL, dialled
+// with DialRawUpload) a
 // StreamRequest for count payloads, then msg count times, each marshalled
 // and written as a WebSocket message of its own as the RPC systems'
 // clients do, and reads the server's UploadSummary with buf as the read

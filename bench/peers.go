@@ -227,21 +227,13 @@ func (c *connectConn) ServerStream(ctx context.Context, req *benchv1.StreamReque
 
 func (c *connectConn) ClientStream(ctx context.Context, msg *benchv1.Payload, count int) (int, error) {
 	s := c.svc.ClientStream(ctx)
-	for range count {
-		if err := s.Send(msg); err != nil {
-			// Send's io.EOF means the server ended the call: its error
-			// comes with the response.
-			if _, rerr := s.CloseAndReceive(); rerr != nil {
-				return 0, rerr
-			}
-			return 0, err
+	return sendAll(count, func() error { return s.Send(msg) }, func() (*benchv1.UploadSummary, error) {
+		res, err := s.CloseAndReceive()
+		if err != nil {
+			return nil, err
 		}
-	}
-	res, err := s.CloseAndReceive()
-	if err != nil {
-		return 0, err
-	}
-	return int(res.Msg.GetCount()), nil
+		return res.Msg, nil
+	})
 }
 
 func (c *connectConn) Bidi(ctx context.Context) (BidiStream, error) {
@@ -433,13 +425,7 @@ func (d *drpcClient) ClientStream(ctx context.Context, msg *benchv1.Payload, cou
 		return 0, err
 	}
 	defer s.Close()
-	for range count {
-		if err := s.Send(msg); err != nil {
-			return 0, err
-		}
-	}
-	sum, err := s.CloseAndRecv()
-	return int(sum.GetCount()), err
+	return sendAll(count, func() error { return s.Send(msg) }, s.CloseAndRecv)
 }
 
 func (d *drpcClient) Bidi(ctx context.Context) (BidiStream, error) {

@@ -126,7 +126,7 @@ func TestRawCeilings(t *testing.T) {
 		}
 	}
 
-	up, err := DialRaw(ctx, RawUploadURL(srv.Targets[0]))
+	up, err := DialRawUpload(ctx, RawUploadURL(srv.Targets[0]))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -308,7 +308,7 @@ func (e *env) ceiling(w io.Writer) {
 		return
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Ceiling: raw gorilla/websocket over one connection, no RPC layer; each system's value with its share of the raw value. Echo: a 16-byte binary message. Stream: the server marshals each payload and writes it as a WebSocket message of its own, the client decodes each into a new message (the streaming scenarios' application work; no flow control, no batching). Upload: the same, from the client to the server.")
+	fmt.Fprintln(w, "Ceiling: raw gorilla/websocket over one connection, no RPC layer; each system's value with its share of the raw value. Echo: a 16-byte binary message. Stream: the server marshals each payload and writes it as a WebSocket message of its own, the client decodes each into a new message (the streaming scenarios' application work; no flow control, no batching). Upload: the same from the client to the server, each message one frame (the raw client's write buffer holds a whole payload; at gorilla's default 4 KiB a client writes 17 frames per 64 KiB message).")
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "| raw, no RPC layer | raw | %s |\n|---|---:|%s\n", strings.Join(e.systems, " | "), strings.Repeat("---:|", len(e.systems)))
 	line := func(label string, raw metrics, rawMetric, scenario, metricName string, format func(float64) string) {

@@ -219,47 +219,38 @@ func (e *env) unaryWith(sys string, srv *child, name string, nConns, workers int
 	return mt, nil
 }
 
-// serverStream: one call at a time streams count messages of size bytes.
+// serverStream: one connection, server-stream calls one after the other,
+// each asking for count payloads of size bytes.
 func (e *env) serverStream(sys string, srv *child, name string, size, count int) (metrics, error) {
-	conns, err := e.dial(sys, srv, 1)
-	if err != nil {
-		return nil, err
-	}
-	defer closeAll(conns)
 	req := &benchv1.StreamRequest{Count: uint32(count), Size: uint32(size)}
-	ctx := context.Background()
-	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
-		n, err := conns[0].ServerStream(ctx, req)
-		if err == nil && n != count {
-			err = fmt.Errorf("received %d messages, want %d", n, count)
-		}
-		return n, err
+	return e.streamCalls(sys, srv, name, size, count, func(ctx context.Context, c bench.Conn) (int, error) {
+		return c.ServerStream(ctx, req)
 	})
-	if err != nil {
-		return nil, err
-	}
-	mt := latencyMetrics(m)
-	mt[mMBps] = m.rate() * float64(size) / 1e6
-	mt[mConns] = dialed(conns)
-	delete(mt, mP50)
-	delete(mt, mP99)
-	return mt, nil
 }
 
 // clientStream: one connection, client-stream calls one after the other,
 // each sending count payloads of size bytes (the server counts them).
 func (e *env) clientStream(sys string, srv *child, name string, size, count int) (metrics, error) {
+	msg := payload(size)
+	return e.streamCalls(sys, srv, name, size, count, func(ctx context.Context, c bench.Conn) (int, error) {
+		return c.ClientStream(ctx, msg, count)
+	})
+}
+
+// streamCalls measures calls that each move count payloads of size bytes
+// one way over one connection, one call at a time: call makes one and
+// returns how many payloads arrived.
+func (e *env) streamCalls(sys string, srv *child, name string, size, count int, call func(context.Context, bench.Conn) (int, error)) (metrics, error) {
 	conns, err := e.dial(sys, srv, 1)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAll(conns)
-	msg := payload(size)
 	ctx := context.Background()
 	m, err := e.measure(srv, name, 1, false, func(int) (int, error) {
-		n, err := conns[0].ClientStream(ctx, msg, count)
+		n, err := call(ctx, conns[0])
 		if err == nil && n != count {
-			err = fmt.Errorf("the server received %d messages, want %d", n, count)
+			err = fmt.Errorf("%d messages arrived, want %d", n, count)
 		}
 		return n, err
 	})
@@ -488,7 +479,7 @@ func (e *env) rawStream(srv *child, name string, size, count int) (metrics, erro
 // rawUpload is clientStream over a raw gorilla/websocket connection to
 // the Raw server's upload endpoint.
 func (e *env) rawUpload(srv *child, name string, size, count int) (metrics, error) {
-	ws, err := bench.DialRaw(context.Background(), bench.RawUploadURL(srv.Targets[0]))
+	ws, err := bench.DialRawUpload(context.Background(), bench.RawUploadURL(srv.Targets[0]))
 	if err != nil {
 		return nil, err
 	}
