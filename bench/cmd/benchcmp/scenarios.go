@@ -257,12 +257,19 @@ func (e *env) streamCalls(sys string, srv *child, name string, size, count int, 
 	if err != nil {
 		return nil, err
 	}
+	mt := streamMetrics(m, size)
+	mt[mConns] = dialed(conns)
+	return mt, nil
+}
+
+// streamMetrics is what a streaming run reports: payload MB/s one way
+// besides the per-message costs; no latencies (one call is many messages).
+func streamMetrics(m measured, size int) metrics {
 	mt := latencyMetrics(m)
 	mt[mMBps] = m.rate() * float64(size) / 1e6
-	mt[mConns] = dialed(conns)
 	delete(mt, mP50)
 	delete(mt, mP99)
-	return mt, nil
+	return mt
 }
 
 // bidi: workers bidirectional streams on one connection, each sending a
@@ -469,11 +476,7 @@ func (e *env) rawStream(srv *child, name string, size, count int) (metrics, erro
 	if err != nil {
 		return nil, err
 	}
-	mt := latencyMetrics(m)
-	mt[mMBps] = m.rate() * float64(size) / 1e6
-	delete(mt, mP50)
-	delete(mt, mP99)
-	return mt, nil
+	return streamMetrics(m, size), nil
 }
 
 // rawUpload is clientStream over a raw gorilla/websocket connection to
@@ -497,11 +500,7 @@ func (e *env) rawUpload(srv *child, name string, size, count int) (metrics, erro
 	if err != nil {
 		return nil, err
 	}
-	mt := latencyMetrics(m)
-	mt[mMBps] = m.rate() * float64(size) / 1e6
-	delete(mt, mP50)
-	delete(mt, mP99)
-	return mt, nil
+	return streamMetrics(m, size), nil
 }
 
 // rawPipelined: one gorilla/websocket connection with a writer that keeps
