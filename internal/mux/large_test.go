@@ -40,10 +40,9 @@ func TestFragmentedMessageAssembledOnce(t *testing.T) {
 	}
 	msgs := make(chan got, 1)
 	// Earlier tests leave large buffers in the pools (bigbuf.go), and a
-	// pooled buffer may be up to twice the message: two collections empty
-	// sync.Pools, so that the buffer is made for this message.
-	runtime.GC()
-	runtime.GC()
+	// pooled buffer may be up to twice the message: empty them, so that
+	// the buffer is made for this message.
+	drainBigPools()
 	ws, _ := rawPeer(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
 		// Both fragments come in one WebSocket message, but the reader
 		// queues them one after the other: wait until both are queued,
