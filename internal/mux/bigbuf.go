@@ -40,8 +40,8 @@ const (
 
 // bigClass is the index in bigPools of a buffer of capacity c, or -1 if
 // such buffers are not pooled. Every buffer of class k < fineClasses holds
-// at least minBig + k*bigPage bytes; of class fineClasses+j, more than
-// 2^(fineMaxShift+j).
+// at least minBig + k*bigPage bytes; of class fineClasses+j, at least
+// 2^(fineMaxShift+j) (more than fineMax for j = 0).
 func bigClass(c int) int {
 	switch {
 	case c < minBig:
