@@ -15,16 +15,46 @@ import (
 // slab goes back to slabPool. Like every sync.Pool, the pools are emptied
 // by the garbage collector, so an idle process holds none of it.
 //
-// bigPools[k] holds buffers whose capacity is in [2^(k+minBigShift),
-// 2^(k+minBigShift+1)).
-var bigPools [maxBigShift - minBigShift + 1]sync.Pool
+// A pool holds buffers of one size class, so that any buffer it hands out
+// fits what it was asked for: up to fineMax one class per 8 KiB page (the
+// runtime rounds large allocations up to pages, so a class holds buffers
+// of one capacity), above it one per power of two. (With classes of a
+// power of two each, a 64 KiB buffer at the head of the class that a
+// 72 KiB request looks in turned every such request into an allocation for
+// as long as it stayed there: on a server that collects rarely, most of an
+// upload's requests.)
+var bigPools [fineClasses + maxBigShift - fineMaxShift + 1]sync.Pool
 
 const (
 	minBigShift = 15 // 32 KiB: smaller buffers are cheap to allocate
 	maxBigShift = 24 // 16 MiB: larger ones are rare and not kept
 	// minBig is the smallest buffer getBig pools.
 	minBig = 1 << minBigShift
+	// bigPage is what the runtime rounds a large allocation up to.
+	bigPage = 8 << 10
+	// fineMax is the largest capacity of the classes of one page each.
+	fineMaxShift = 20
+	fineMax      = 1 << fineMaxShift
+	fineClasses  = (fineMax-minBig)/bigPage + 1
 )
+
+// bigClass is the index in bigPools of a buffer of capacity c, or -1 if
+// such buffers are not pooled. Every buffer of class k < fineClasses holds
+// at least minBig + k*bigPage bytes; of class fineClasses+j, at least
+// 2^(fineMaxShift+j) (more than fineMax for j = 0).
+func bigClass(c int) int {
+	switch {
+	case c < minBig:
+		return -1
+	case c <= fineMax:
+		return (c - minBig) / bigPage
+	}
+	k := bits.Len(uint(c)) - 1 // 2^k <= c < 2^(k+1)
+	if k > maxBigShift {
+		return -1
+	}
+	return fineClasses + k - fineMaxShift
+}
 
 // getBig returns a slab with no reference whose empty buffer has room for
 // n bytes, n >= minBig, and at most twice that, or nil when n is too large
@@ -33,34 +63,41 @@ const (
 func getBig(n int) *slab { return getBigWithin(n, 2*n) }
 
 // getBigWithin is getBig with capacity at most limit, n+8 KiB <= limit.
+// It looks in the smallest class whose every buffer holds n and in the
+// next one.
 func getBigWithin(n, limit int) *slab {
-	hi := bits.Len(uint(n - 1)) // every buffer in class hi-minBigShift holds n
-	if hi > maxBigShift {
-		return nil
-	}
-	for _, k := range [2]int{hi - 1, hi} {
-		if k < minBigShift {
-			continue
+	var k int
+	switch {
+	case n <= minBig:
+		k = 0
+	case n <= fineMax:
+		k = (n - minBig + bigPage - 1) / bigPage // minBig + k*bigPage >= n
+	default:
+		hi := bits.Len(uint(n - 1)) // 2^hi >= n
+		if hi > maxBigShift {
+			return nil
 		}
-		if v := bigPools[k-minBigShift].Get(); v != nil {
+		k = fineClasses + hi - 1 - fineMaxShift // capacities above 2^(hi-1): perhaps n
+	}
+	for i := k; i < k+2 && i < len(bigPools); i++ {
+		if v := bigPools[i].Get(); v != nil {
 			sl := v.(*slab)
 			if c := cap(sl.buf); c >= n && c <= limit {
 				sl.buf = sl.buf[:0]
 				return sl
 			}
-			bigPools[k-minBigShift].Put(sl)
+			bigPools[i].Put(sl)
 		}
 	}
-	const page = 8 << 10 // the runtime rounds large allocations up to pages
-	return &slab{buf: make([]byte, 0, (n+page-1)&^(page-1))}
+	return &slab{buf: make([]byte, 0, (n+bigPage-1)&^(bigPage-1))}
 }
 
 // putBig returns sl, which no one uses any longer, to its pool.
 func putBig(sl *slab) {
-	k := bits.Len(uint(cap(sl.buf))) - 1
-	if k < minBigShift || k > maxBigShift {
+	k := bigClass(cap(sl.buf))
+	if k < 0 {
 		return
 	}
 	sl.refs = 0
-	bigPools[k-minBigShift].Put(sl)
+	bigPools[k].Put(sl)
 }

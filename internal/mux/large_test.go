@@ -5,6 +5,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"runtime"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -349,6 +350,63 @@ func TestBigBuffersWithinTwice(t *testing.T) {
 			}
 			putBig(sl)
 		}
+	}
+}
+
+// TestBigPoolsReuseFittingBuffers: a pooled buffer too small for a request
+// does not keep the request from the buffers that fit. With one pool per
+// power of two, a 64 KiB buffer (a 64 KiB frame's) sat in the pool that a
+// 72 KiB request (a 64 KiB first fragment with room for the rest of its
+// message) looked in first; the request put it back where the next one
+// found it again, and allocated: an upload of 64 KiB messages allocated a
+// new buffer for most of its messages while the collector left the pools
+// alone.
+func TestBigPoolsReuseFittingBuffers(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
+	// One P: a sync.Pool keeps a buffer per P first, and which P a put
+	// lands on would decide what the next get finds.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	drainBigPools()
+	defer drainBigPools()
+	sizes := []int{64 << 10, 72 << 10, 40 << 10, 100 << 10, 1<<20 + 8<<10, 3 << 20}
+	for _, c := range sizes {
+		putBig(&slab{buf: make([]byte, 0, c)})
+	}
+	// Requests that each of those buffers fits within twice: after the
+	// first round every one is served from the pools.
+	reqs := []struct{ n, limit int }{
+		{64<<10 + 8<<10, 128 << 10}, // a first fragment of 64 KiB with room (readMessage)
+		{64 << 10, 128 << 10},       // a 64 KiB frame
+		{40000, 80000},
+		{65540, 131080}, // a marshalled 64 KiB message (sendLargeProto)
+		{1<<20 + 100, 2<<20 + 200},
+		{3 << 20, 6 << 20},
+	}
+	// Every capacity a pool can hold is in the class that takes it back.
+	for c := minBig; c <= 16<<20; c += bigPage * (1 + c/(256<<10)) {
+		k := bigClass(c)
+		if k < 0 || k >= len(bigPools) {
+			t.Fatalf("bigClass(%d) = %d, outside the %d pools", c, k, len(bigPools))
+		}
+	}
+	if k := bigClass(32 << 20); k != -1 {
+		t.Errorf("bigClass(32 MiB) = %d; want -1 (not pooled)", k)
+	}
+	round := func() {
+		for _, r := range reqs {
+			sl := getBigWithin(r.n, r.limit)
+			if c := cap(sl.buf); c < r.n || c > r.limit {
+				t.Fatalf("getBigWithin(%d, %d): capacity %d", r.n, r.limit, c)
+			}
+			putBig(sl)
+		}
+	}
+	round()
+	if raceOn {
+		return // the race detector's sync.Pool drops buffers at random (.ci/run runs this without it)
+	}
+	if a := testing.AllocsPerRun(50, round); a != 0 {
+		t.Errorf("%.1f allocations per round of %d requests that pooled buffers fit; want 0", a, len(reqs))
 	}
 }
 

@@ -85,7 +85,7 @@ type measured struct {
 	clientAllocs, serverAllocs float64 // allocations per unit
 	clientBytes, serverBytes   float64 // bytes allocated per unit
 	clientCPU, serverCPU       float64 // CPU time per unit, microseconds
-	clientGCs                  float64 // client garbage collections per 1,000 units
+	clientGCs, serverGCs       float64 // garbage collections per 1,000 units
 	// syscalls per unit: read and write, client and server
 	clientReads, clientWrites, serverReads, serverWrites float64
 	// otherLoad is the CPU the rest of the machine used during the timed
@@ -126,6 +126,7 @@ func (e *env) measure(srv *child, name string, workers int, recordLatency bool, 
 		m.clientCPU = float64(cli1.CPUNanos-cli0.CPUNanos) / 1e3 / u
 		m.serverCPU = float64(srv1.CPUNanos-srv0.CPUNanos) / 1e3 / u
 		m.clientGCs = float64(cli1.NumGC-cli0.NumGC) * 1e3 / u
+		m.serverGCs = float64(srv1.NumGC-srv0.NumGC) * 1e3 / u
 		m.clientReads = float64(cli1.ReadSyscalls-cli0.ReadSyscalls) / u
 		m.clientWrites = float64(cli1.WriteSyscalls-cli0.WriteSyscalls) / u
 		m.serverReads = float64(srv1.ReadSyscalls-srv0.ReadSyscalls) / u

@@ -36,6 +36,7 @@ const (
 	mCliMemPer  = "cli_mem_per" // client live Go heap and stacks per idle connection, bytes
 	mCliCPU     = "cli_cpu"     // client CPU time per unit, microseconds
 	mCliGCs     = "cli_gcs"     // client garbage collections per 1,000 units
+	mSrvGCs     = "srv_gcs"     // server garbage collections per 1,000 units
 	mSrvCPU     = "srv_cpu"     // server CPU time per unit, microseconds
 	mOtherLoad  = "other_load"  // CPUs used by other processes during the timed run
 	mCliReads   = "cli_reads"   // client read syscalls per unit
@@ -171,6 +172,7 @@ func latencyMetrics(m measured) metrics {
 		mCliCPU:    m.clientCPU,
 		mSrvCPU:    m.serverCPU,
 		mCliGCs:    m.clientGCs,
+		mSrvGCs:    m.serverGCs,
 		mOtherLoad: m.otherLoad,
 		mCliReads:  m.clientReads,
 		mCliWrites: m.clientWrites,
