@@ -63,33 +63,40 @@ func bigClass(c int) int {
 func getBig(n int) *slab { return getBigWithin(n, 2*n) }
 
 // getBigWithin is getBig with capacity at most limit, n+8 KiB <= limit.
-// It looks in the smallest class whose every buffer holds n and in the
-// next one.
+// Up to fineMax it looks in the smallest class whose every buffer holds n,
+// then in the next, and makes a new buffer of n rounded up to a page.
+// Above, it makes buffers of a power of two (at most 2n, as getBig's
+// callers allow) and looks in their class only, whose every buffer then
+// holds n. A buffer it finds too large for limit is dropped, not put back
+// where the next request would find it again.
 func getBigWithin(n, limit int) *slab {
-	var k int
+	size := (n + bigPage - 1) &^ (bigPage - 1)
+	var k, classes int
 	switch {
 	case n <= minBig:
-		k = 0
+		k, classes = 0, 2
 	case n <= fineMax:
-		k = (n - minBig + bigPage - 1) / bigPage // minBig + k*bigPage >= n
+		k, classes = (size-minBig)/bigPage, 2 // minBig + k*bigPage = size >= n
 	default:
-		hi := bits.Len(uint(n - 1)) // 2^hi >= n
+		hi := bits.Len(uint(n - 1)) // 2^(hi-1) < n <= 2^hi
 		if hi > maxBigShift {
 			return nil
 		}
-		k = fineClasses + hi - 1 - fineMaxShift // capacities above 2^(hi-1): perhaps n
+		k, classes = fineClasses+hi-fineMaxShift, 1 // capacities from 2^hi
+		if 1<<hi <= limit {
+			size = 1 << hi
+		}
 	}
-	for i := k; i < k+2 && i < len(bigPools); i++ {
+	for i := k; i < k+classes && i < len(bigPools); i++ {
 		if v := bigPools[i].Get(); v != nil {
 			sl := v.(*slab)
 			if c := cap(sl.buf); c >= n && c <= limit {
 				sl.buf = sl.buf[:0]
 				return sl
 			}
-			bigPools[i].Put(sl)
 		}
 	}
-	return &slab{buf: make([]byte, 0, (n+bigPage-1)&^(bigPage-1))}
+	return &slab{buf: make([]byte, 0, size)}
 }
 
 // putBig returns sl, which no one uses any longer, to its pool.

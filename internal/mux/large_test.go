@@ -360,7 +360,8 @@ func TestBigBuffersWithinTwice(t *testing.T) {
 // message) looked in first; the request put it back where the next one
 // found it again, and allocated: an upload of 64 KiB messages allocated a
 // new buffer for most of its messages while the collector left the pools
-// alone.
+// alone. Above 1 MiB, where a class spans a power of two, buffers are made
+// a power of two, so that the same holds there.
 func TestBigPoolsReuseFittingBuffers(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
 	// One P: a sync.Pool keeps a buffer per P first, and which P a put
@@ -381,6 +382,10 @@ func TestBigPoolsReuseFittingBuffers(t *testing.T) {
 		{65540, 131080}, // a marshalled 64 KiB message (sendLargeProto)
 		{1<<20 + 100, 2<<20 + 200},
 		{3 << 20, 6 << 20},
+		// Two sizes in one power of two above 1 MiB: the smaller's
+		// buffer must not turn the larger's requests into allocations.
+		{1_200_000, 2_400_000},
+		{1_500_000, 3_000_000},
 	}
 	// Every capacity a pool can hold is in the class that takes it back.
 	for c := minBig; c <= 16<<20; c += bigPage * (1 + c/(256<<10)) {
