@@ -3,6 +3,7 @@ package mux
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
@@ -493,5 +494,46 @@ func drainBigPools() {
 	for i := range bigPools {
 		for bigPools[i].Get() != nil {
 		}
+	}
+}
+
+// TestLargestMessageFitsSmallestBudget: a message of MaxMessageSize is
+// received when MaxPartialBytes is as small as it may be (MaxMessageSize),
+// however large the pooled buffer assembling it would be. The budget is
+// charged a buffer's capacity, and buffers over 1 MiB are made a power of
+// two: a 3 MiB message's 4 MiB buffer took it over its 3 MiB budget, and
+// the stream was reset with resource_exhausted.
+func TestLargestMessageFitsSmallestBudget(t *testing.T) {
+	const size = 3 << 20
+	got := make(chan error, 1)
+	cc, _ := pair(t, Config{
+		MaxMessageSize:  size,
+		MaxPartialBytes: size,
+		StreamWindow:    4 << 20,
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			m, err := s.RecvMsg()
+			if err == nil && len(m) != size {
+				err = fmt.Errorf("a message of %d bytes arrived as %d", size, len(m))
+			}
+			got <- err
+			_ = s.Finish(nil, nil)
+		},
+	}, Config{MaxMessageSize: size})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SendMsg(ctx, make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("no message after a minute")
 	}
 }

@@ -193,7 +193,15 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 		}
 		var sl *slab
 		if size >= minBig {
-			if sl = getBig(size); sl != nil {
+			if sl = getBig(size); sl != nil && cap(sl.buf) > size && !s.fitsLocked(cap(sl.buf)) {
+				// A pooled buffer may be up to twice the message, and
+				// the budget is charged its capacity: a message the
+				// budget holds must not be refused for the buffer's
+				// slack (MaxPartialBytes may be MaxMessageSize).
+				putBig(sl)
+				sl = nil
+			}
+			if sl != nil {
 				size = cap(sl.buf)
 			}
 		}
@@ -230,6 +238,13 @@ func (s *Stream) chargeLocked(size int) error {
 		return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
 	}
 	return nil
+}
+
+// fitsLocked reports whether the assembly buffer could grow to size
+// within the connection's budget for partial messages as it stands.
+// s.mu is held.
+func (s *Stream) fitsLocked(size int) bool {
+	return s.c.partialBytes.Load()+int64(size-s.assemblyCap) <= int64(s.c.cfg.MaxPartialBytes)
 }
 
 // adoptRoom is the room copyInLocked leaves after a message's first
