@@ -15,14 +15,14 @@ import (
 // slab goes back to slabPool. Like every sync.Pool, the pools are emptied
 // by the garbage collector, so an idle process holds none of it.
 //
-// A pool holds buffers of one size class, so that any buffer it hands out
-// fits what it was asked for: up to fineMax one class per 8 KiB page (the
-// runtime rounds large allocations up to pages, so a class holds buffers
-// of one capacity), above it one per power of two. (With classes of a
-// power of two each, a 64 KiB buffer at the head of the class that a
-// 72 KiB request looks in turned every such request into an allocation for
-// as long as it stayed there: on a server that collects rarely, most of an
-// upload's requests.)
+// A pool holds buffers of one size class: up to fineMax one class per 8 KiB
+// page (the runtime rounds large allocations up to pages, so a class holds
+// buffers of one capacity, and any of them fits every request that looks
+// there first), above it one per power of two. (With a class per power of
+// two below fineMax too, a 64 KiB buffer at the head of the class that a
+// 72 KiB request looks in first was taken, refused and put back where the
+// next request found it: on a server that collects rarely, most of an
+// upload's requests allocated.)
 var bigPools [fineClasses + maxBigShift - fineMaxShift + 1]sync.Pool
 
 const (
@@ -62,41 +62,43 @@ func bigClass(c int) int {
 // twice its payload, the bound docs/DESIGN.md gives for a stream's queue.)
 func getBig(n int) *slab { return getBigWithin(n, 2*n) }
 
-// getBigWithin is getBig with capacity at most limit, n+8 KiB <= limit.
-// Up to fineMax it looks in the smallest class whose every buffer holds n,
-// then in the next, and makes a new buffer of n rounded up to a page.
-// Above, it makes buffers of a power of two (at most 2n, as getBig's
-// callers allow) and looks in their class only, whose every buffer then
-// holds n. A buffer it finds too large for limit is dropped, not put back
-// where the next request would find it again.
+// getBigWithin is getBig with capacity at most limit, which is at least n
+// rounded up to a page.
+// It looks in two classes: up to fineMax the smallest whose every buffer
+// holds n and the next; above, the power of two below n, whose buffers may
+// be too small, and the one above. A buffer too small for n is dropped
+// rather than put back where the next request of its size would find it
+// again, so a class fills with the buffers its requests can use; one too
+// large for limit is put back, for larger requests. A new buffer is n
+// rounded up to a page.
 func getBigWithin(n, limit int) *slab {
-	size := (n + bigPage - 1) &^ (bigPage - 1)
-	var k, classes int
+	var k int
 	switch {
 	case n <= minBig:
-		k, classes = 0, 2
+		k = 0
 	case n <= fineMax:
-		k, classes = (size-minBig)/bigPage, 2 // minBig + k*bigPage = size >= n
+		k = (n - minBig + bigPage - 1) / bigPage // minBig + k*bigPage >= n
 	default:
 		hi := bits.Len(uint(n - 1)) // 2^(hi-1) < n <= 2^hi
 		if hi > maxBigShift {
 			return nil
 		}
-		k, classes = fineClasses+hi-fineMaxShift, 1 // capacities from 2^hi
-		if 1<<hi <= limit {
-			size = 1 << hi
-		}
+		k = fineClasses + hi - 1 - fineMaxShift // capacities from 2^(hi-1): perhaps n
 	}
-	for i := k; i < k+classes && i < len(bigPools); i++ {
+	for i := k; i < k+2 && i < len(bigPools); i++ {
 		if v := bigPools[i].Get(); v != nil {
 			sl := v.(*slab)
-			if c := cap(sl.buf); c >= n && c <= limit {
+			switch c := cap(sl.buf); {
+			case c < n: // dropped
+			case c > limit:
+				bigPools[i].Put(sl)
+			default:
 				sl.buf = sl.buf[:0]
 				return sl
 			}
 		}
 	}
-	return &slab{buf: make([]byte, 0, size)}
+	return &slab{buf: make([]byte, 0, (n+bigPage-1)&^(bigPage-1))}
 }
 
 // putBig returns sl, which no one uses any longer, to its pool.

@@ -3,7 +3,6 @@ package mux
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
@@ -361,8 +360,9 @@ func TestBigBuffersWithinTwice(t *testing.T) {
 // message) looked in first; the request put it back where the next one
 // found it again, and allocated: an upload of 64 KiB messages allocated a
 // new buffer for most of its messages while the collector left the pools
-// alone. Above 1 MiB, where a class spans a power of two, buffers are made
-// a power of two, so that the same holds there.
+// alone. Above 1 MiB, where a class spans a power of two, a buffer too
+// small for a request is dropped rather than put back, so that the class
+// fills with buffers its requests can use.
 func TestBigPoolsReuseFittingBuffers(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
 	// One P: a sync.Pool keeps a buffer per P first, and which P a put
@@ -497,43 +497,44 @@ func drainBigPools() {
 	}
 }
 
-// TestLargestMessageFitsSmallestBudget: a message of MaxMessageSize is
-// received when MaxPartialBytes is as small as it may be (MaxMessageSize),
-// however large the pooled buffer assembling it would be. The budget is
-// charged a buffer's capacity, and buffers over 1 MiB are made a power of
-// two: a 3 MiB message's 4 MiB buffer took it over its 3 MiB budget, and
-// the stream was reset with resource_exhausted.
-func TestLargestMessageFitsSmallestBudget(t *testing.T) {
+// TestPartialBudgetHoldsItsMessages: MaxPartialBytes holds as many messages
+// of MaxMessageSize as it is multiples of it, one of them when it is as
+// small as it may be, whatever the pool holds. The budget is charged a
+// buffer's capacity, and a pooled buffer may be up to twice the message:
+// given pooled buffers of 5.5 MiB, two streams' 3 MiB messages took 11 MiB
+// of a 12 MiB budget and the third was reset with resource_exhausted, and a
+// lone 3 MiB message passed a 3 MiB budget the same way.
+func TestPartialBudgetHoldsItsMessages(t *testing.T) {
 	const size = 3 << 20
-	got := make(chan error, 1)
-	cc, _ := pair(t, Config{
-		MaxMessageSize:  size,
-		MaxPartialBytes: size,
-		StreamWindow:    4 << 20,
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			m, err := s.RecvMsg()
-			if err == nil && len(m) != size {
-				err = fmt.Errorf("a message of %d bytes arrived as %d", size, len(m))
-			}
-			got <- err
-			_ = s.Finish(nil, nil)
-		},
-	}, Config{MaxMessageSize: size})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SendMsg(ctx, make([]byte, size)); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatal(err)
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))  // the puts and the gets on one P
+	for _, budget := range []int{size, 4 * size} {
+		_, sc := pair(t, Config{MaxMessageSize: size, MaxPartialBytes: budget}, Config{})
+		msg := fill(5, size)
+		drainBigPools()
+		for range budget / size {
+			putBig(&slab{buf: make([]byte, 0, 11<<19)}) // 5.5 MiB: within twice a 3 MiB request
 		}
-	case <-ctx.Done():
-		t.Fatal("no message after a minute")
+		for i := range budget / size {
+			s := sc.newStream(uint32(2*i+2), nil)
+			s.mu.Lock()
+			for off := 0; off < size; off += frame.MaxPayload {
+				s.recvQ.push(chunk{b: msg[off : off+frame.MaxPayload], more: off+frame.MaxPayload < size})
+			}
+			for s.recvQ.len() > 0 {
+				if _, err := s.assembleLocked(s.recvQ.pop()); err != nil {
+					s.mu.Unlock()
+					t.Fatalf("budget %d MiB: message %d of %d MiB: %v", budget>>20, i+1, size>>20, err)
+				}
+			}
+			if !bytes.Equal(s.assembly, msg) {
+				t.Fatal("message assembled wrong")
+			}
+			s.mu.Unlock()
+		}
+		if got := sc.partialBytes.Load(); got != int64(budget) {
+			t.Errorf("budget %d MiB: %d bytes charged for %d messages of %d MiB; want %d", budget>>20, got, budget/size, size>>20, budget)
+		}
+		drainBigPools()
 	}
 }

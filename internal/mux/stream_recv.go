@@ -193,23 +193,29 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 		}
 		var sl *slab
 		if size >= minBig {
-			if sl = getBig(size); sl != nil && cap(sl.buf) > size && !s.fitsLocked(cap(sl.buf)) {
-				// A pooled buffer may be up to twice the message, and
-				// the budget is charged its capacity: a message the
-				// budget holds must not be refused for the buffer's
-				// slack (MaxPartialBytes may be MaxMessageSize).
+			// Within a page of the message: the budget is charged
+			// the buffer's capacity, and a pooled buffer's slack
+			// (up to twice the message from getBig) would count
+			// against other streams' messages.
+			sl = getBigWithin(size, (size+bigPage-1)&^(bigPage-1))
+		}
+		switch {
+		case sl != nil && s.tryChargeLocked(cap(sl.buf)):
+			size = cap(sl.buf)
+		case sl != nil && cap(sl.buf) > size && s.tryChargeLocked(size):
+			// A message the budget holds is not refused for the
+			// slack of its buffer's last page (MaxPartialBytes may
+			// be MaxMessageSize): it gets a buffer of its own size.
+			putBig(sl)
+			sl = nil
+		default:
+			if sl != nil {
 				putBig(sl)
 				sl = nil
 			}
-			if sl != nil {
-				size = cap(sl.buf)
+			if err := s.chargeLocked(size); err != nil {
+				return false, err
 			}
-		}
-		if err := s.chargeLocked(size); err != nil {
-			if sl != nil {
-				putBig(sl)
-			}
-			return false, err
 		}
 		var buf []byte
 		if sl != nil {
@@ -231,20 +237,23 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 // connection's budget for partial messages. Over the budget, it drops the
 // message being assembled and returns resource_exhausted. s.mu is held.
 func (s *Stream) chargeLocked(size int) error {
-	limit := int64(s.c.cfg.MaxPartialBytes)
-	if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
-		s.c.partialBytes.Add(-int64(size - s.assemblyCap))
+	if !s.tryChargeLocked(size) {
 		s.dropAssemblyLocked()
-		return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", s.c.cfg.MaxPartialBytes)
 	}
 	return nil
 }
 
-// fitsLocked reports whether the assembly buffer could grow to size
-// within the connection's budget for partial messages as it stands.
-// s.mu is held.
-func (s *Stream) fitsLocked(size int) bool {
-	return s.c.partialBytes.Load()+int64(size-s.assemblyCap) <= int64(s.c.cfg.MaxPartialBytes)
+// tryChargeLocked is chargeLocked that leaves the message being assembled
+// as it is when size does not fit, and reports whether it did. s.mu is
+// held.
+func (s *Stream) tryChargeLocked(size int) bool {
+	d := int64(size - s.assemblyCap)
+	if s.c.partialBytes.Add(d) > int64(s.c.cfg.MaxPartialBytes) {
+		s.c.partialBytes.Add(-d)
+		return false
+	}
+	return true
 }
 
 // adoptRoom is the room copyInLocked leaves after a message's first
