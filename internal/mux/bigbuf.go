@@ -63,42 +63,39 @@ func bigClass(c int) int {
 func getBig(n int) *slab { return getBigWithin(n, 2*n) }
 
 // getBigWithin is getBig with capacity at most limit, which is at least n
-// rounded up to a page.
-// It looks in two classes: up to fineMax the smallest whose every buffer
-// holds n and the next; above, the power of two below n, whose buffers may
-// be too small, and the one above. A buffer too small for n is dropped
-// rather than put back where the next request of its size would find it
-// again, so a class fills with the buffers its requests can use; one too
-// large for limit is put back, for larger requests. A new buffer is n
-// rounded up to a page.
+// rounded up to a page. It looks in the class of n rounded up to a page,
+// whose buffers up to fineMax all hold n and above it may not, and in the
+// next, whose buffers all hold n, unless all of those are over limit. A
+// buffer that does not fit is dropped rather than put back where the next
+// request of its size would find it again, so a class fills with buffers
+// its requests can use. A new buffer is n rounded up to a page.
 func getBigWithin(n, limit int) *slab {
-	var k int
-	switch {
-	case n <= minBig:
-		k = 0
-	case n <= fineMax:
-		k = (n - minBig + bigPage - 1) / bigPage // minBig + k*bigPage >= n
-	default:
-		hi := bits.Len(uint(n - 1)) // 2^(hi-1) < n <= 2^hi
-		if hi > maxBigShift {
-			return nil
-		}
-		k = fineClasses + hi - 1 - fineMaxShift // capacities from 2^(hi-1): perhaps n
+	if n > 1<<maxBigShift {
+		return nil
 	}
-	for i := k; i < k+2 && i < len(bigPools); i++ {
+	size := (n + bigPage - 1) &^ (bigPage - 1)
+	k := bigClass(max(size, minBig))
+	for i := k; i < k+2 && i < len(bigPools) && classMin(i) <= limit; i++ {
 		if v := bigPools[i].Get(); v != nil {
 			sl := v.(*slab)
-			switch c := cap(sl.buf); {
-			case c < n: // dropped
-			case c > limit:
-				bigPools[i].Put(sl)
-			default:
+			if c := cap(sl.buf); c >= n && c <= limit {
 				sl.buf = sl.buf[:0]
 				return sl
 			}
 		}
 	}
-	return &slab{buf: make([]byte, 0, (n+bigPage-1)&^(bigPage-1))}
+	return &slab{buf: make([]byte, 0, size)}
+}
+
+// classMin is the least capacity of a buffer of class k (bigClass).
+func classMin(k int) int {
+	if k < fineClasses {
+		return minBig + k*bigPage
+	}
+	if k == fineClasses {
+		return fineMax + 1
+	}
+	return 1 << (k - fineClasses + fineMaxShift)
 }
 
 // putBig returns sl, which no one uses any longer, to its pool.

@@ -498,33 +498,48 @@ func drainBigPools() {
 }
 
 // TestPartialBudgetHoldsItsMessages: MaxPartialBytes holds as many messages
-// of MaxMessageSize as it is multiples of it, one of them when it is as
-// small as it may be, whatever the pool holds. The budget is charged a
-// buffer's capacity, and a pooled buffer may be up to twice the message:
-// given pooled buffers of 5.5 MiB, two streams' 3 MiB messages took 11 MiB
-// of a 12 MiB budget and the third was reset with resource_exhausted, and a
-// lone 3 MiB message passed a 3 MiB budget the same way.
+// of MaxMessageSize as it holds multiples of it, one of them when it is as
+// small as it may be, whatever the pool holds and whether or not the size
+// is a whole number of pages. The budget is charged a buffer's capacity:
+// given pooled buffers of 5.5 MiB (a pooled buffer may be up to twice the
+// message), two streams' 3 MiB messages took 11 MiB of a 12 MiB budget and
+// the third was reset with resource_exhausted, a lone 3 MiB message passed
+// a 3 MiB budget the same way, and four messages of 10,000,000 bytes each
+// rounded up to a page did not fit 40,000,000.
 func TestPartialBudgetHoldsItsMessages(t *testing.T) {
-	const size = 3 << 20
 	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))  // the puts and the gets on one P
-	for _, budget := range []int{size, 4 * size} {
-		_, sc := pair(t, Config{MaxMessageSize: size, MaxPartialBytes: budget}, Config{})
-		msg := fill(5, size)
+	for _, tc := range []struct {
+		size, budget, pooled int // budget 0: the default, 4 × size
+	}{
+		{3 << 20, 3 << 20, 11 << 19},
+		{3 << 20, 12 << 20, 11 << 19},
+		{10_000_000, 0, 0},
+		{3<<20 + 1000, 0, 0},
+	} {
+		_, sc := pair(t, Config{MaxMessageSize: tc.size, MaxPartialBytes: tc.budget}, Config{})
+		n := max(tc.budget, 4*tc.size) / tc.size
+		msg := fill(5, tc.size)
 		drainBigPools()
-		for range budget / size {
-			putBig(&slab{buf: make([]byte, 0, 11<<19)}) // 5.5 MiB: within twice a 3 MiB request
+		for range n {
+			if tc.pooled > 0 {
+				putBig(&slab{buf: make([]byte, 0, tc.pooled)}) // within twice the message
+			}
 		}
-		for i := range budget / size {
+		if tc.budget > 0 {
+			n = tc.budget / tc.size
+		}
+		for i := range n {
 			s := sc.newStream(uint32(2*i+2), nil)
 			s.mu.Lock()
-			for off := 0; off < size; off += frame.MaxPayload {
-				s.recvQ.push(chunk{b: msg[off : off+frame.MaxPayload], more: off+frame.MaxPayload < size})
+			for off := 0; off < tc.size; off += frame.MaxPayload {
+				end := min(off+frame.MaxPayload, tc.size)
+				s.recvQ.push(chunk{b: msg[off:end], more: end < tc.size})
 			}
 			for s.recvQ.len() > 0 {
 				if _, err := s.assembleLocked(s.recvQ.pop()); err != nil {
 					s.mu.Unlock()
-					t.Fatalf("budget %d MiB: message %d of %d MiB: %v", budget>>20, i+1, size>>20, err)
+					t.Fatalf("%d-byte messages, budget %d: message %d of %d: %v", tc.size, sc.cfg.MaxPartialBytes, i+1, n, err)
 				}
 			}
 			if !bytes.Equal(s.assembly, msg) {
@@ -532,9 +547,41 @@ func TestPartialBudgetHoldsItsMessages(t *testing.T) {
 			}
 			s.mu.Unlock()
 		}
-		if got := sc.partialBytes.Load(); got != int64(budget) {
-			t.Errorf("budget %d MiB: %d bytes charged for %d messages of %d MiB; want %d", budget>>20, got, budget/size, size>>20, budget)
-		}
 		drainBigPools()
 	}
+}
+
+// TestFirstFragmentAdoptedWithinBudget: a message's first fragment, read
+// into a buffer with room for the rest (copyInLocked), becomes the message's
+// buffer only if the budget holds that buffer's capacity; else the message
+// is assembled in a buffer of its size. A 65 KiB message under a 65 KiB
+// budget was reset with resource_exhausted for its 72 KiB first fragment.
+func TestFirstFragmentAdoptedWithinBudget(t *testing.T) {
+	const size = 65 << 10
+	_, sc := pair(t, Config{MaxMessageSize: size, MaxPartialBytes: size}, Config{})
+	msg := fill(7, size)
+	s := sc.newStream(2, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.copiedFirst = true // past the stream's first payload, copied on its own
+	b, sl := s.copyInLocked(msg[:frame.MaxPayload], adoptRoom)
+	if cap(b) <= size {
+		t.Fatalf("first fragment copied into %d bytes; the test needs more than the %d-byte budget", cap(b), size)
+	}
+	s.recvQ.push(chunk{b: b, more: true, slab: sl})
+	s.recvQ.push(chunk{b: msg[frame.MaxPayload:]})
+	for s.recvQ.len() > 0 {
+		ch := s.recvQ.pop()
+		kept, err := s.assembleLocked(ch)
+		if err != nil {
+			t.Fatalf("a %d-byte message under a %d-byte budget: %v", size, size, err)
+		}
+		if !kept {
+			s.releaseLocked(ch.slab)
+		}
+	}
+	if !bytes.Equal(s.assembly, msg) {
+		t.Fatal("message assembled wrong")
+	}
+	s.dropAssemblyLocked()
 }

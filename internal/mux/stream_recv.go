@@ -172,10 +172,10 @@ func (s *Stream) takeDeferredLocked() int {
 func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 	p := ch.b
 	if s.assembly == nil && ch.more && ch.slab != nil && ch.slab.refs == 1 && cap(ch.slab.buf) > slabSize && len(p) > 0 && &p[0] == &ch.slab.buf[:1][0] {
-		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) {
-			if err := s.chargeLocked(cap(p)); err != nil {
-				return false, err
-			}
+		// Not when the buffer's room would pass the budget where the
+		// message alone does not: the message is then assembled below,
+		// in a buffer of its size.
+		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) && s.tryChargeLocked(cap(p)) {
 			s.assembly, s.assemblyCap, s.asmSlab = p, cap(p), ch.slab
 			return true, nil
 		}
