@@ -15,14 +15,14 @@ import (
 // slab goes back to slabPool. Like every sync.Pool, the pools are emptied
 // by the garbage collector, so an idle process holds none of it.
 //
-// A pool holds buffers of one size class, so that any buffer it hands out
-// fits what it was asked for: up to fineMax one class per 8 KiB page (the
-// runtime rounds large allocations up to pages, so a class holds buffers
-// of one capacity), above it one per power of two. (With classes of a
-// power of two each, a 64 KiB buffer at the head of the class that a
-// 72 KiB request looks in turned every such request into an allocation for
-// as long as it stayed there: on a server that collects rarely, most of an
-// upload's requests.)
+// A pool holds buffers of one size class: up to fineMax one class per 8 KiB
+// page (the runtime rounds large allocations up to pages, so a class holds
+// buffers of one capacity, and any of them fits every request that looks
+// there first), above it one per power of two. (With a class per power of
+// two below fineMax too, a 64 KiB buffer at the head of the class that a
+// 72 KiB request looks in first was taken, refused and put back where the
+// next request found it: on a server that collects rarely, most of an
+// upload's requests allocated.)
 var bigPools [fineClasses + maxBigShift - fineMaxShift + 1]sync.Pool
 
 const (
@@ -62,34 +62,40 @@ func bigClass(c int) int {
 // twice its payload, the bound docs/DESIGN.md gives for a stream's queue.)
 func getBig(n int) *slab { return getBigWithin(n, 2*n) }
 
-// getBigWithin is getBig with capacity at most limit, n+8 KiB <= limit.
-// It looks in the smallest class whose every buffer holds n and in the
-// next one.
+// getBigWithin is getBig with capacity at most limit, which is at least n
+// rounded up to a page. It looks in the class of n rounded up to a page,
+// whose buffers up to fineMax all hold n and above it may not, and in the
+// next, whose buffers all hold n, unless all of those are over limit. A
+// buffer that does not fit is dropped rather than put back where the next
+// request of its size would find it again, so a class fills with buffers
+// its requests can use. A new buffer is n rounded up to a page.
 func getBigWithin(n, limit int) *slab {
-	var k int
-	switch {
-	case n <= minBig:
-		k = 0
-	case n <= fineMax:
-		k = (n - minBig + bigPage - 1) / bigPage // minBig + k*bigPage >= n
-	default:
-		hi := bits.Len(uint(n - 1)) // 2^hi >= n
-		if hi > maxBigShift {
-			return nil
-		}
-		k = fineClasses + hi - 1 - fineMaxShift // capacities above 2^(hi-1): perhaps n
+	if n > 1<<maxBigShift {
+		return nil
 	}
-	for i := k; i < k+2 && i < len(bigPools); i++ {
+	size := (n + bigPage - 1) &^ (bigPage - 1)
+	k := bigClass(max(size, minBig))
+	for i := k; i < k+2 && i < len(bigPools) && classMin(i) <= limit; i++ {
 		if v := bigPools[i].Get(); v != nil {
 			sl := v.(*slab)
 			if c := cap(sl.buf); c >= n && c <= limit {
 				sl.buf = sl.buf[:0]
 				return sl
 			}
-			bigPools[i].Put(sl)
 		}
 	}
-	return &slab{buf: make([]byte, 0, (n+bigPage-1)&^(bigPage-1))}
+	return &slab{buf: make([]byte, 0, size)}
+}
+
+// classMin is the least capacity of a buffer of class k (bigClass).
+func classMin(k int) int {
+	if k < fineClasses {
+		return minBig + k*bigPage
+	}
+	if k == fineClasses {
+		return fineMax + 1
+	}
+	return 1 << (k - fineClasses + fineMaxShift)
 }
 
 // putBig returns sl, which no one uses any longer, to its pool.

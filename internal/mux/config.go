@@ -130,6 +130,10 @@ type Config struct {
 	// take the total over it is reset with resource_exhausted; the
 	// connection goes on. Default: 4 × MaxMessageSize; never less than
 	// MaxMessageSize, so a single message of the largest size always fits.
+	// Large buffers are whole 8 KiB pages (bigbuf.go): when MaxMessageSize
+	// is not a multiple of a page, each multiple of it that MaxPartialBytes
+	// holds gets its last page's slack on top, so that it holds as many
+	// messages of the largest size as it holds multiples of MaxMessageSize.
 	MaxPartialBytes int
 	// StreamWindow is the receive window granted to the peer per stream.
 	StreamWindow int
@@ -232,6 +236,9 @@ func (c *Config) withDefaults() {
 	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
 	orDefault(&c.MaxPartialBytes, 4*c.MaxMessageSize)
 	c.MaxPartialBytes = max(c.MaxPartialBytes, c.MaxMessageSize)
+	if m := c.MaxMessageSize; m >= minBig && m <= 1<<maxBigShift {
+		c.MaxPartialBytes += c.MaxPartialBytes / m * ((m+bigPage-1)&^(bigPage-1) - m)
+	}
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
 	orDefault(&c.MaxStreamWindow, 4*c.StreamWindow)

@@ -360,7 +360,9 @@ func TestBigBuffersWithinTwice(t *testing.T) {
 // message) looked in first; the request put it back where the next one
 // found it again, and allocated: an upload of 64 KiB messages allocated a
 // new buffer for most of its messages while the collector left the pools
-// alone.
+// alone. Above 1 MiB, where a class spans a power of two, a buffer too
+// small for a request is dropped rather than put back, so that the class
+// fills with buffers its requests can use.
 func TestBigPoolsReuseFittingBuffers(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
 	// One P: a sync.Pool keeps a buffer per P first, and which P a put
@@ -381,6 +383,10 @@ func TestBigPoolsReuseFittingBuffers(t *testing.T) {
 		{65540, 131080}, // a marshalled 64 KiB message (sendLargeProto)
 		{1<<20 + 100, 2<<20 + 200},
 		{3 << 20, 6 << 20},
+		// Two sizes in one power of two above 1 MiB: the smaller's
+		// buffer must not turn the larger's requests into allocations.
+		{1_200_000, 2_400_000},
+		{1_500_000, 3_000_000},
 	}
 	// Every capacity a pool can hold is in the class that takes it back.
 	for c := minBig; c <= 16<<20; c += bigPage * (1 + c/(256<<10)) {
@@ -489,4 +495,93 @@ func drainBigPools() {
 		for bigPools[i].Get() != nil {
 		}
 	}
+}
+
+// TestPartialBudgetHoldsItsMessages: MaxPartialBytes holds as many messages
+// of MaxMessageSize as it holds multiples of it, one of them when it is as
+// small as it may be, whatever the pool holds and whether or not the size
+// is a whole number of pages. The budget is charged a buffer's capacity:
+// given pooled buffers of 5.5 MiB (a pooled buffer may be up to twice the
+// message), two streams' 3 MiB messages took 11 MiB of a 12 MiB budget and
+// the third was reset with resource_exhausted, a lone 3 MiB message passed
+// a 3 MiB budget the same way, and four messages of 10,000,000 bytes each
+// rounded up to a page did not fit 40,000,000.
+func TestPartialBudgetHoldsItsMessages(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // a collection empties the pools
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))  // the puts and the gets on one P
+	for _, tc := range []struct {
+		size, budget, pooled int // budget 0: the default, 4 × size
+	}{
+		{3 << 20, 3 << 20, 11 << 19},
+		{3 << 20, 12 << 20, 11 << 19},
+		{10_000_000, 0, 0},
+		{3<<20 + 1000, 0, 0},
+	} {
+		_, sc := pair(t, Config{MaxMessageSize: tc.size, MaxPartialBytes: tc.budget}, Config{})
+		n := max(tc.budget, 4*tc.size) / tc.size
+		msg := fill(5, tc.size)
+		drainBigPools()
+		for range n {
+			if tc.pooled > 0 {
+				putBig(&slab{buf: make([]byte, 0, tc.pooled)}) // within twice the message
+			}
+		}
+		if tc.budget > 0 {
+			n = tc.budget / tc.size
+		}
+		for i := range n {
+			s := sc.newStream(uint32(2*i+2), nil)
+			s.mu.Lock()
+			for off := 0; off < tc.size; off += frame.MaxPayload {
+				end := min(off+frame.MaxPayload, tc.size)
+				s.recvQ.push(chunk{b: msg[off:end], more: end < tc.size})
+			}
+			for s.recvQ.len() > 0 {
+				if _, err := s.assembleLocked(s.recvQ.pop()); err != nil {
+					s.mu.Unlock()
+					t.Fatalf("%d-byte messages, budget %d: message %d of %d: %v", tc.size, sc.cfg.MaxPartialBytes, i+1, n, err)
+				}
+			}
+			if !bytes.Equal(s.assembly, msg) {
+				t.Fatal("message assembled wrong")
+			}
+			s.mu.Unlock()
+		}
+		drainBigPools()
+	}
+}
+
+// TestFirstFragmentAdoptedWithinBudget: a message's first fragment, read
+// into a buffer with room for the rest (copyInLocked), becomes the message's
+// buffer only if the budget holds that buffer's capacity; else the message
+// is assembled in a buffer of its size. A 65 KiB message under a 65 KiB
+// budget was reset with resource_exhausted for its 72 KiB first fragment.
+func TestFirstFragmentAdoptedWithinBudget(t *testing.T) {
+	const size = 65 << 10
+	_, sc := pair(t, Config{MaxMessageSize: size, MaxPartialBytes: size}, Config{})
+	msg := fill(7, size)
+	s := sc.newStream(2, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.copiedFirst = true // past the stream's first payload, copied on its own
+	b, sl := s.copyInLocked(msg[:frame.MaxPayload], adoptRoom)
+	if cap(b) <= size {
+		t.Fatalf("first fragment copied into %d bytes; the test needs more than the %d-byte budget", cap(b), size)
+	}
+	s.recvQ.push(chunk{b: b, more: true, slab: sl})
+	s.recvQ.push(chunk{b: msg[frame.MaxPayload:]})
+	for s.recvQ.len() > 0 {
+		ch := s.recvQ.pop()
+		kept, err := s.assembleLocked(ch)
+		if err != nil {
+			t.Fatalf("a %d-byte message under a %d-byte budget: %v", size, size, err)
+		}
+		if !kept {
+			s.releaseLocked(ch.slab)
+		}
+	}
+	if !bytes.Equal(s.assembly, msg) {
+		t.Fatal("message assembled wrong")
+	}
+	s.dropAssemblyLocked()
 }

@@ -172,10 +172,10 @@ func (s *Stream) takeDeferredLocked() int {
 func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 	p := ch.b
 	if s.assembly == nil && ch.more && ch.slab != nil && ch.slab.refs == 1 && cap(ch.slab.buf) > slabSize && len(p) > 0 && &p[0] == &ch.slab.buf[:1][0] {
-		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) {
-			if err := s.chargeLocked(cap(p)); err != nil {
-				return false, err
-			}
+		// Not when the buffer's room would pass the budget where the
+		// message alone does not: the message is then assembled below,
+		// in a buffer of its size.
+		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) && s.tryChargeLocked(cap(p)) {
 			s.assembly, s.assemblyCap, s.asmSlab = p, cap(p), ch.slab
 			return true, nil
 		}
@@ -193,15 +193,29 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 		}
 		var sl *slab
 		if size >= minBig {
-			if sl = getBig(size); sl != nil {
-				size = cap(sl.buf)
-			}
+			// Within a page of the message: the budget is charged
+			// the buffer's capacity, and a pooled buffer's slack
+			// (up to twice the message from getBig) would count
+			// against other streams' messages.
+			sl = getBigWithin(size, (size+bigPage-1)&^(bigPage-1))
 		}
-		if err := s.chargeLocked(size); err != nil {
+		switch {
+		case sl != nil && s.tryChargeLocked(cap(sl.buf)):
+			size = cap(sl.buf)
+		case sl != nil && cap(sl.buf) > size && s.tryChargeLocked(size):
+			// A message the budget holds is not refused for the
+			// slack of its buffer's last page (MaxPartialBytes may
+			// be MaxMessageSize): it gets a buffer of its own size.
+			putBig(sl)
+			sl = nil
+		default:
 			if sl != nil {
 				putBig(sl)
+				sl = nil
 			}
-			return false, err
+			if err := s.chargeLocked(size); err != nil {
+				return false, err
+			}
 		}
 		var buf []byte
 		if sl != nil {
@@ -223,13 +237,23 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 // connection's budget for partial messages. Over the budget, it drops the
 // message being assembled and returns resource_exhausted. s.mu is held.
 func (s *Stream) chargeLocked(size int) error {
-	limit := int64(s.c.cfg.MaxPartialBytes)
-	if s.c.partialBytes.Add(int64(size-s.assemblyCap)) > limit {
-		s.c.partialBytes.Add(-int64(size - s.assemblyCap))
+	if !s.tryChargeLocked(size) {
 		s.dropAssemblyLocked()
-		return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", limit)
+		return tether.Errorf(tether.CodeResourceExhausted, "tether: messages being received on this connection would take more than %d bytes", s.c.cfg.MaxPartialBytes)
 	}
 	return nil
+}
+
+// tryChargeLocked is chargeLocked that leaves the message being assembled
+// as it is when size does not fit, and reports whether it did. s.mu is
+// held.
+func (s *Stream) tryChargeLocked(size int) bool {
+	d := int64(size - s.assemblyCap)
+	if s.c.partialBytes.Add(d) > int64(s.c.cfg.MaxPartialBytes) {
+		s.c.partialBytes.Add(-d)
+		return false
+	}
+	return true
 }
 
 // adoptRoom is the room copyInLocked leaves after a message's first
