@@ -7,6 +7,7 @@ package mux
 
 import (
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"sync"
@@ -237,7 +238,8 @@ func (c *Config) withDefaults() {
 	orDefault(&c.MaxPartialBytes, 4*c.MaxMessageSize)
 	c.MaxPartialBytes = max(c.MaxPartialBytes, c.MaxMessageSize)
 	if m := c.MaxMessageSize; m >= minBig && m <= 1<<maxBigShift {
-		c.MaxPartialBytes += c.MaxPartialBytes / m * ((m+bigPage-1)&^(bigPage-1) - m)
+		extra := c.MaxPartialBytes / m * ((m+bigPage-1)&^(bigPage-1) - m)
+		c.MaxPartialBytes += min(extra, math.MaxInt-c.MaxPartialBytes) // saturating: MaxInt says unbounded
 	}
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)

@@ -3,6 +3,7 @@ package mux
 import (
 	"bytes"
 	"context"
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
@@ -553,35 +554,58 @@ func TestPartialBudgetHoldsItsMessages(t *testing.T) {
 
 // TestFirstFragmentAdoptedWithinBudget: a message's first fragment, read
 // into a buffer with room for the rest (copyInLocked), becomes the message's
-// buffer only if the budget holds that buffer's capacity; else the message
-// is assembled in a buffer of its size. A 65 KiB message under a 65 KiB
-// budget was reset with resource_exhausted for its 72 KiB first fragment.
+// buffer only if that buffer is within a page of the message and the budget
+// holds it; else the message is assembled in a buffer of its size. A
+// 65 KiB message under a 65 KiB budget was reset with resource_exhausted for
+// its 72 KiB first fragment, and the fourth of four 64 KiB messages in
+// fragments of 60 and 4 KiB under the default budget (4 × 64 KiB), after
+// three adopted 68 KiB buffers.
 func TestFirstFragmentAdoptedWithinBudget(t *testing.T) {
-	const size = 65 << 10
-	_, sc := pair(t, Config{MaxMessageSize: size, MaxPartialBytes: size}, Config{})
-	msg := fill(7, size)
-	s := sc.newStream(2, nil)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.copiedFirst = true // past the stream's first payload, copied on its own
-	b, sl := s.copyInLocked(msg[:frame.MaxPayload], adoptRoom)
-	if cap(b) <= size {
-		t.Fatalf("first fragment copied into %d bytes; the test needs more than the %d-byte budget", cap(b), size)
-	}
-	s.recvQ.push(chunk{b: b, more: true, slab: sl})
-	s.recvQ.push(chunk{b: msg[frame.MaxPayload:]})
-	for s.recvQ.len() > 0 {
-		ch := s.recvQ.pop()
-		kept, err := s.assembleLocked(ch)
-		if err != nil {
-			t.Fatalf("a %d-byte message under a %d-byte budget: %v", size, size, err)
+	for _, tc := range []struct{ size, budget, first, streams int }{
+		{65 << 10, 65 << 10, frame.MaxPayload, 1},
+		{64 << 10, 0, 60 << 10, 4},
+	} {
+		_, sc := pair(t, Config{MaxMessageSize: tc.size, MaxPartialBytes: tc.budget}, Config{})
+		msg := fill(7, tc.size)
+		for i := range tc.streams {
+			s := sc.newStream(uint32(2*i+2), nil)
+			s.mu.Lock()
+			s.copiedFirst = true // past the stream's first payload, copied on its own
+			b, sl := s.copyInLocked(msg[:tc.first], adoptRoom)
+			s.recvQ.push(chunk{b: b, more: true, slab: sl})
+			s.recvQ.push(chunk{b: msg[tc.first:]})
+			for s.recvQ.len() > 0 {
+				ch := s.recvQ.pop()
+				kept, err := s.assembleLocked(ch)
+				if err != nil {
+					s.mu.Unlock()
+					t.Fatalf("%d-byte messages, budget %d: message %d of %d: %v", tc.size, sc.cfg.MaxPartialBytes, i+1, tc.streams, err)
+				}
+				if !kept {
+					s.releaseLocked(ch.slab)
+				}
+			}
+			if !bytes.Equal(s.assembly, msg) {
+				t.Fatal("message assembled wrong")
+			}
+			s.mu.Unlock()
 		}
-		if !kept {
-			s.releaseLocked(ch.slab)
-		}
 	}
-	if !bytes.Equal(s.assembly, msg) {
-		t.Fatal("message assembled wrong")
+}
+
+// TestMaxPartialBytesPageSlackSaturates: the last page's slack added to
+// MaxPartialBytes (MaxMessageSize not whole pages) does not overflow a
+// budget of math.MaxInt, the natural way to say unbounded: it wrapped to a
+// negative budget, and every message to be assembled was refused.
+func TestMaxPartialBytesPageSlackSaturates(t *testing.T) {
+	c := Config{MaxMessageSize: 100000, MaxPartialBytes: math.MaxInt}
+	c.withDefaults()
+	if c.MaxPartialBytes != math.MaxInt {
+		t.Errorf("MaxPartialBytes %d; want math.MaxInt", c.MaxPartialBytes)
 	}
-	s.dropAssemblyLocked()
+	c = Config{MaxMessageSize: 100000}
+	c.withDefaults()
+	if want := 4*100000 + 4*(106496-100000); c.MaxPartialBytes != want {
+		t.Errorf("default MaxPartialBytes %d for messages of 100,000 bytes (106,496 in pages); want %d", c.MaxPartialBytes, want)
+	}
 }

@@ -172,10 +172,10 @@ func (s *Stream) takeDeferredLocked() int {
 func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 	p := ch.b
 	if s.assembly == nil && ch.more && ch.slab != nil && ch.slab.refs == 1 && cap(ch.slab.buf) > slabSize && len(p) > 0 && &p[0] == &ch.slab.buf[:1][0] {
-		// Not when the buffer's room would pass the budget where the
-		// message alone does not: the message is then assembled below,
-		// in a buffer of its size.
-		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) && s.tryChargeLocked(cap(p)) {
+		// Only when the buffer is within a page of the message, as
+		// any other assembly buffer, and the budget holds it: else
+		// the message is assembled below, in a buffer of its size.
+		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) && cap(p) <= (len(p)+rest+bigPage-1)&^(bigPage-1) && s.tryChargeLocked(cap(p)) {
 			s.assembly, s.assemblyCap, s.asmSlab = p, cap(p), ch.slab
 			return true, nil
 		}
@@ -248,12 +248,19 @@ func (s *Stream) chargeLocked(size int) error {
 // as it is when size does not fit, and reports whether it did. s.mu is
 // held.
 func (s *Stream) tryChargeLocked(size int) bool {
+	// A compare-and-swap loop: a charge that does not fit never raises
+	// the total, even for a moment, so it cannot get another stream's
+	// charge refused.
 	d := int64(size - s.assemblyCap)
-	if s.c.partialBytes.Add(d) > int64(s.c.cfg.MaxPartialBytes) {
-		s.c.partialBytes.Add(-d)
-		return false
+	for {
+		cur := s.c.partialBytes.Load()
+		if cur+d > int64(s.c.cfg.MaxPartialBytes) && d > 0 {
+			return false
+		}
+		if s.c.partialBytes.CompareAndSwap(cur, cur+d) {
+			return true
+		}
 	}
-	return true
 }
 
 // adoptRoom is the room copyInLocked leaves after a message's first
