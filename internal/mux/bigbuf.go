@@ -73,7 +73,7 @@ func getBigWithin(n, limit int) *slab {
 	if n > 1<<maxBigShift {
 		return nil
 	}
-	size := (n + bigPage - 1) &^ (bigPage - 1)
+	size := pageUp(n)
 	k := bigClass(max(size, minBig))
 	for i := k; i < k+2 && i < len(bigPools) && classMin(i) <= limit; i++ {
 		if v := bigPools[i].Get(); v != nil {
@@ -86,6 +86,10 @@ func getBigWithin(n, limit int) *slab {
 	}
 	return &slab{buf: make([]byte, 0, size)}
 }
+
+// pageUp is n rounded up to a whole page, as the runtime allocates a large
+// buffer.
+func pageUp(n int) int { return (n + bigPage - 1) &^ (bigPage - 1) }
 
 // classMin is the least capacity of a buffer of class k (bigClass).
 func classMin(k int) int {

@@ -238,7 +238,7 @@ func (c *Config) withDefaults() {
 	orDefault(&c.MaxPartialBytes, 4*c.MaxMessageSize)
 	c.MaxPartialBytes = max(c.MaxPartialBytes, c.MaxMessageSize)
 	if m := c.MaxMessageSize; m >= minBig && m <= 1<<maxBigShift {
-		extra := c.MaxPartialBytes / m * ((m+bigPage-1)&^(bigPage-1) - m)
+		extra := c.MaxPartialBytes / m * (pageUp(m) - m)
 		c.MaxPartialBytes += min(extra, math.MaxInt-c.MaxPartialBytes) // saturating: MaxInt says unbounded
 	}
 	orDefault(&c.StreamWindow, DefaultStreamWindow)

@@ -175,7 +175,7 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 		// Only when the buffer is within a page of the message, as
 		// any other assembly buffer, and the budget holds it: else
 		// the message is assembled below, in a buffer of its size.
-		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) && cap(p) <= (len(p)+rest+bigPage-1)&^(bigPage-1) && s.tryChargeLocked(cap(p)) {
+		if rest, whole := s.recvQ.messageRest(); whole && len(p)+rest <= cap(p) && cap(p) <= pageUp(len(p)+rest) && s.tryChargeLocked(cap(p)) {
 			s.assembly, s.assemblyCap, s.asmSlab = p, cap(p), ch.slab
 			return true, nil
 		}
@@ -197,18 +197,14 @@ func (s *Stream) assembleLocked(ch chunk) (kept bool, err error) {
 			// the buffer's capacity, and a pooled buffer's slack
 			// (up to twice the message from getBig) would count
 			// against other streams' messages.
-			sl = getBigWithin(size, (size+bigPage-1)&^(bigPage-1))
+			sl = getBigWithin(size, pageUp(size))
 		}
-		switch {
-		case sl != nil && s.tryChargeLocked(cap(sl.buf)):
+		if sl != nil && s.tryChargeLocked(cap(sl.buf)) {
 			size = cap(sl.buf)
-		case sl != nil && cap(sl.buf) > size && s.tryChargeLocked(size):
+		} else {
 			// A message the budget holds is not refused for the
 			// slack of its buffer's last page (MaxPartialBytes may
 			// be MaxMessageSize): it gets a buffer of its own size.
-			putBig(sl)
-			sl = nil
-		default:
 			if sl != nil {
 				putBig(sl)
 				sl = nil
@@ -254,7 +250,7 @@ func (s *Stream) tryChargeLocked(size int) bool {
 	d := int64(size - s.assemblyCap)
 	for {
 		cur := s.c.partialBytes.Load()
-		if cur+d > int64(s.c.cfg.MaxPartialBytes) && d > 0 {
+		if d > 0 && cur+d > int64(s.c.cfg.MaxPartialBytes) {
 			return false
 		}
 		if s.c.partialBytes.CompareAndSwap(cur, cur+d) {
