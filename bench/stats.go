@@ -29,6 +29,9 @@ type ProcStats struct {
 	OpenFDs int `json:"open_fds"`
 	// CPUNanos is the CPU time the process has used, user and system.
 	CPUNanos int64 `json:"cpu_ns"`
+	// MinorFaults counts page faults served without I/O (ru_minflt): memory
+	// the runtime gave back to the OS and touched again.
+	MinorFaults int64 `json:"minflt"`
 	// ReadSyscalls and WriteSyscalls count read and write system calls
 	// (syscr and syscw of /proc/self/io): how well a system batches.
 	ReadSyscalls  uint64 `json:"syscr"`
@@ -58,6 +61,7 @@ func ReadProcStats(gc bool) ProcStats {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		st.CPUNanos = ru.Utime.Nano() + ru.Stime.Nano()
+		st.MinorFaults = ru.Minflt
 	}
 	st.ReadSyscalls, st.WriteSyscalls = readIO()
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {

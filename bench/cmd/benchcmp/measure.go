@@ -86,6 +86,7 @@ type measured struct {
 	clientBytes, serverBytes   float64 // bytes allocated per unit
 	clientCPU, serverCPU       float64 // CPU time per unit, microseconds
 	clientGCs, serverGCs       float64 // garbage collections per 1,000 units
+	clientFaults, serverFaults float64 // minor page faults per unit
 	// syscalls per unit: read and write, client and server
 	clientReads, clientWrites, serverReads, serverWrites float64
 	// otherLoad is the CPU the rest of the machine used during the timed
@@ -127,6 +128,8 @@ func (e *env) measure(srv *child, name string, workers int, recordLatency bool, 
 		m.serverCPU = float64(srv1.CPUNanos-srv0.CPUNanos) / 1e3 / u
 		m.clientGCs = float64(cli1.NumGC-cli0.NumGC) * 1e3 / u
 		m.serverGCs = float64(srv1.NumGC-srv0.NumGC) * 1e3 / u
+		m.clientFaults = float64(cli1.MinorFaults-cli0.MinorFaults) / u
+		m.serverFaults = float64(srv1.MinorFaults-srv0.MinorFaults) / u
 		m.clientReads = float64(cli1.ReadSyscalls-cli0.ReadSyscalls) / u
 		m.clientWrites = float64(cli1.WriteSyscalls-cli0.WriteSyscalls) / u
 		m.serverReads = float64(srv1.ReadSyscalls-srv0.ReadSyscalls) / u

@@ -37,6 +37,8 @@ const (
 	mCliCPU     = "cli_cpu"     // client CPU time per unit, microseconds
 	mCliGCs     = "cli_gcs"     // client garbage collections per 1,000 units
 	mSrvGCs     = "srv_gcs"     // server garbage collections per 1,000 units
+	mCliFaults  = "cli_faults"  // client minor page faults per unit
+	mSrvFaults  = "srv_faults"  // server minor page faults per unit
 	mSrvCPU     = "srv_cpu"     // server CPU time per unit, microseconds
 	mOtherLoad  = "other_load"  // CPUs used by other processes during the timed run
 	mCliReads   = "cli_reads"   // client read syscalls per unit
@@ -173,6 +175,8 @@ func latencyMetrics(m measured) metrics {
 		mSrvCPU:    m.serverCPU,
 		mCliGCs:    m.clientGCs,
 		mSrvGCs:    m.serverGCs,
+		mCliFaults: m.clientFaults,
+		mSrvFaults: m.serverFaults,
 		mOtherLoad: m.otherLoad,
 		mCliReads:  m.clientReads,
 		mCliWrites: m.clientWrites,
