@@ -68,12 +68,25 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 }
 
 // unaryCall is the client's state of a unary call without interceptors, in
-// one allocation: its options, its Call, and the memory of its first
-// attempt's stream (the clientStream and the mux.Stream in it).
+// one struct: its options, its Call, and the memory of its first attempt's
+// stream (the clientStream and the mux.Stream in it). It comes from
+// unaryCalls and goes back there once the call has returned and the
+// connection no longer uses its stream (mux.Stream.SetRecycler): a client
+// holding many connections otherwise collected garbage for it alone (1.5 KB
+// per call, three quarters of what a call allocated).
 type unaryCall struct {
 	co    callOptions
 	call  Call
 	spare spareStream
+}
+
+var unaryCalls = sync.Pool{New: func() any { return new(unaryCall) }}
+
+// Recycle puts u back in unaryCalls, zeroed: its stream's last holder
+// calls it (mux.Recycler).
+func (u *unaryCall) Recycle() {
+	*u = unaryCall{}
+	unaryCalls.Put(u)
 }
 
 // spareStream is the memory of one stream, clientStream and mux.Stream
@@ -93,7 +106,8 @@ func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, 
 	if len(c.cfg.interceptors) == 0 {
 		// No one but this package sees the Call: no closure, no header
 		// map unless the caller gave metadata, the key kept inline.
-		u := &unaryCall{}
+		u := unaryCalls.Get().(*unaryCall)
+		u.spare.st.SetRecycler(u)
 		co, call := &u.co, &u.call
 		for _, o := range opts {
 			o(&co.CallOptions)
@@ -102,6 +116,10 @@ func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, 
 		call.inlineKey, call.spare = true, &u.spare
 		err := c.unary(ctx, m, co, call, req, res)
 		co.capture(call)
+		// Nothing of u is used past here: the response is decoded into
+		// res, the response metadata maps are the stream's own, errors
+		// and dead letters copy what they keep (requestMetadata).
+		u.spare.st.Release()
 		return err
 	}
 	co := newCallOptions(opts)

@@ -12,6 +12,7 @@ import (
 	mrand "math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -242,8 +243,10 @@ func ensureIdempotencyKey(call *Call) {
 	}
 	if call.inlineKey {
 		newKeyInto(&call.keyBuf)
-		// A string over the call's own buffer, which is never written
-		// again: the string keeps the Call alive as long as it is used.
+		// A string over the call's own buffer, valid while the call
+		// runs: the Call is reused once the call has returned
+		// (unaryCall), so whatever keeps the key longer copies it
+		// (requestMetadata).
 		call.key = unsafe.String(&call.keyBuf[0], len(call.keyBuf))
 		return
 	}
@@ -258,7 +261,8 @@ func (call *Call) requestMetadata() tether.Metadata {
 		md = tether.Metadata{}
 	}
 	if call.key != "" {
-		md.Set(tether.MetadataIdempotencyKey, call.key)
+		// A copy: call.key is over the Call's buffer (ensureIdempotencyKey).
+		md.Set(tether.MetadataIdempotencyKey, strings.Clone(call.key))
 	}
 	return md
 }

@@ -19,17 +19,19 @@ import (
 // and server together. It was 62 before issue 15 (61 without -race), 47
 // after its first round (45), 49 (45) at 92baccb, 43 (39) with the
 // second's per-call structs folded, 40 (36) with the stream's context made
-// on first use, 39 (35) with handler goroutines reused; BenchmarkUnary
-// reports the exact figure. Under -race, sync.Pool
-// drops a share of what is put back: the count varies by one or two.
-const unaryAllocBudget = 41
+// on first use, 39 (35) with handler goroutines reused, 38 (34) with the
+// client's per-call struct reused (unaryCall); BenchmarkUnary reports the
+// exact figure. Under -race, sync.Pool drops a share of what is put back:
+// the count varies by one or two.
+const unaryAllocBudget = 40
 
 // keyedAllocBudget is unaryAllocBudget for the same call of a method that
 // is not free of side effects: the client generates an idempotency key and
 // the OPEN carries it. It was 53 (49 without -race) at 92baccb, 44 (39)
 // with the key inline (it costs no allocation), 41 (36) with the stream's
-// context made on first use, 40 (35) with handler goroutines reused.
-const keyedAllocBudget = 42
+// context made on first use, 40 (35) with handler goroutines reused, 39
+// (34) with the client's per-call struct reused.
+const keyedAllocBudget = 41
 
 // deadlineAllocBudget is unaryAllocBudget for the same call with a
 // deadline on its context, as gRPC's guidance asks of every call: the
@@ -41,8 +43,8 @@ const keyedAllocBudget = 42
 // stream (mux.Stream.OnEnd), makes its inner contexts on first use and lives
 // in the call's struct, and a unary call watches its context where it waits
 // (mux.Stream.RecvMsgCtx): the deadline costs the server's timer and its
-// function.
-const deadlineAllocBudget = 43
+// function. 40 (36) with the client's per-call struct reused.
+const deadlineAllocBudget = 42
 
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation
 // budget, client and server in this process together (testing.AllocsPerRun

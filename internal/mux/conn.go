@@ -305,12 +305,14 @@ func (c *Conn) newStream(id uint32, into *Stream) *Stream {
 	return s
 }
 
-// lookup finds the stream a frame is for. Frames for streams that have ended
-// are ignored; frames for streams never opened are protocol errors.
+// lookup finds the stream a frame is for, held (drop it once the frame is
+// handled). Frames for streams that have ended are ignored; frames for
+// streams never opened are protocol errors.
 func (c *Conn) lookup(f frame.Frame) (*Stream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.streams[f.StreamID]; s != nil {
+		s.hold() // the caller drops it once it has handled f
 		return s, nil
 	}
 	if c.role == RoleServer && f.StreamID > c.maxPeerID {
@@ -346,6 +348,7 @@ func (c *Conn) unlink(s *Stream) {
 func (c *Conn) unlinkLocked(s *Stream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
+		s.drop() // the table's hold: whoever unlinks holds s too
 	}
 }
 

@@ -146,6 +146,7 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 	}
 	for _, s := range refused {
 		s.terminate(unprocessed(tether.Errorf(tether.CodeUnavailable, "tether: %s", msg)), false)
+		s.drop() // the table's hold, taken out of it above
 	}
 	if idle {
 		go c.Close()
@@ -189,6 +190,7 @@ func (c *Conn) closeWith(err error, code int, text string) {
 				serr = unprocessed(err)
 			}
 			s.terminate(serr, false)
+			s.drop() // the table's hold: the table was replaced above
 		}
 		c.cfg.Logger.Debug("tether connection closed", "peer", c.ws.RemoteAddr().String(), "err", err)
 	})
@@ -208,6 +210,7 @@ func (c *Conn) cancelContexts(err error) {
 	}
 	streams := make([]*Stream, 0, len(c.streams))
 	for _, s := range c.streams {
+		s.hold()
 		streams = append(streams, s)
 	}
 	c.mu.Unlock()
@@ -225,6 +228,7 @@ func (c *Conn) cancelContexts(err error) {
 		if onEnd != nil {
 			onEnd.StreamEnded(err)
 		}
+		s.drop()
 	}
 }
 

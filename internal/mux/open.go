@@ -39,10 +39,11 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 }
 
 // OpenInto is Open with the stream's memory given by the caller: into,
-// when not nil, must be a zero Stream that was never used, typically a field
-// of the caller's own per-call struct (one allocation for both); it may
-// become the stream whether or not the call succeeds, and must not be given
-// to OpenInto again.
+// when not nil, must be a zero Stream that was never used (but for
+// SetRecycler), typically a field of the caller's own per-call struct (one
+// allocation for both); it may become the stream whether or not the call
+// succeeds, and must not be given to OpenInto again unless its Recycler has
+// been told that no one uses it any longer (and it was zeroed).
 func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
 	size := proto.Size(open)
 	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {
@@ -123,6 +124,7 @@ func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, 
 		s.slotHeld.Store(c.slots != nil)
 		c.nextID += 2
 		c.streams[s.id] = s
+		s.hold() // the table's
 		if extra := c.cfg.StreamWindow - InitialWindow; extra > 0 {
 			b = frame.AppendWindow(b, s.id, uint32(extra))
 		}

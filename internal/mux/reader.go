@@ -414,6 +414,13 @@ func (c *Conn) handle(f frame.Frame, bufCap int, own *slab) error {
 		// WINDOW crossing the END) and cost only a lookup.
 		return nil
 	}
+	err = c.handleStream(s, f, bufCap, own)
+	s.drop() // lookup's hold
+	return err
+}
+
+// handleStream handles f, a frame of stream s (held by lookup).
+func (c *Conn) handleStream(s *Stream, f frame.Frame, bufCap int, own *slab) error {
 	if f.Type == frame.TypeMessage && len(f.Payload) == 0 && f.Flags&frame.FlagMore != 0 ||
 		f.Type == frame.TypeWindow && len(f.Payload) == frame.WindowPayloadSize && frame.WindowIncrement(f) < minUsefulWindow {
 		if err := c.idleFrame("empty frames"); err != nil {

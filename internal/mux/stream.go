@@ -62,6 +62,13 @@ type Stream struct {
 	slotHeld        atomic.Bool // client: holds one of the connection's slots (Conn.Open)
 	runningReleased atomic.Bool // server: out of the connection's running count (releaseRunning)
 
+	// A recycled stream's (SetRecycler) holders: its caller until
+	// Release, the connection's table while it is in it, and each
+	// goroutine that took it from the table and still uses it. The last
+	// to let go hands the memory back to recycler.
+	refs     atomic.Int32
+	recycler Recycler
+
 	sendMu sync.Mutex // serializes senders so fragments never interleave
 
 	mu sync.Mutex // guards the fields below
@@ -116,6 +123,46 @@ type Stream struct {
 	endHook  EndNotifier
 	ended    bool
 	endCause error
+}
+
+// Recycler takes back the memory of a stream once no one uses it
+// (SetRecycler).
+type Recycler interface {
+	// Recycle runs once, on whichever goroutine let go of the stream
+	// last, when neither the stream's caller nor its connection uses it.
+	Recycle()
+}
+
+// SetRecycler makes s, a zero Stream that OpenInto will be given, a
+// recycled one: the connection counts who holds it, and once the caller
+// has called Release and the connection no longer uses it, r.Recycle
+// runs, which may then reuse the memory (the client's unary calls come
+// from a pool this way). Nothing may use s or what it returned (messages,
+// metadata maps excepted: they are not s's memory) after Release.
+func (s *Stream) SetRecycler(r Recycler) {
+	s.recycler = r
+	s.refs.Store(1) // the caller's, until Release
+}
+
+// Release lets go of the caller's hold on a recycled stream (SetRecycler):
+// Recycle runs now if the connection no longer uses it, else when it lets
+// go. No-op for other streams.
+func (s *Stream) Release() { s.drop() }
+
+// hold counts one more holder of a recycled stream: the connection's
+// table, or a goroutine that found it there (under the connection's mu,
+// while the table's hold keeps it).
+func (s *Stream) hold() {
+	if s.recycler != nil {
+		s.refs.Add(1)
+	}
+}
+
+// drop lets go of one hold of a recycled stream; the last one recycles it.
+func (s *Stream) drop() {
+	if s.recycler != nil && s.refs.Add(-1) == 0 {
+		s.recycler.Recycle()
+	}
 }
 
 // EndNotifier is told when a stream ends (Stream.OnEnd).
