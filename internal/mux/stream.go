@@ -85,15 +85,15 @@ type Stream struct {
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	gotMessage    bool  // reader goroutine: a whole message has arrived
+	copiedFirst   bool  // a payload has been copied out (slab.go)
+	gaveFirst     bool  // RecvMsg has returned a message
+	headersSet    bool  // headers are set (HEADERS, or the end without them)
 	assembly      []byte
 	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)
 	held          *slab // the slab of the message RecvMsg returned last
-	copiedFirst   bool  // a payload has been copied out (slab.go)
 	asmSlab       *slab // the pooled buffer assembly is in (bigbuf.go), or nil
-	gaveFirst     bool  // RecvMsg has returned a message
 	headers       tether.Metadata
-	headersSet    bool
 	headersCh     chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive
 	trailers      tether.Metadata
 
