@@ -82,11 +82,17 @@ type unaryCall struct {
 
 var unaryCalls = sync.Pool{New: func() any { return new(unaryCall) }}
 
-// Recycle puts u back in unaryCalls, zeroed: its stream's last holder
-// calls it (mux.Recycler).
+// Recycle puts u back in unaryCalls, zeroed (its stream keeps what the next
+// call reuses: mux.Stream.Clear): its stream's last holder calls it
+// (mux.Recycler).
 func (u *unaryCall) Recycle() {
-	*u = unaryCall{}
+	u.clear()
 	unaryCalls.Put(u)
+}
+
+func (u *unaryCall) clear() {
+	u.co, u.call, u.spare.cs = callOptions{}, Call{}, clientStream{}
+	u.spare.st.Clear()
 }
 
 // spareStream is the memory of one stream, clientStream and mux.Stream

@@ -39,7 +39,9 @@ type Method struct {
 }
 
 // CallOption configures one call. The client package makes them
-// (client.WithHeader, client.WithResponseHeader, client.FailFast, ...).
+// (client.WithHeader, client.WithResponseHeader, client.FailFast, ...). It
+// sets fields of the *CallOptions it is given and must not keep the
+// pointer: the client reuses that memory for later calls.
 type CallOption func(*CallOptions)
 
 // CallOptions is what a call's CallOptions set, as a Conn reads them.

@@ -300,8 +300,6 @@ func (c *Conn) newStream(id uint32, into *Stream) *Stream {
 	s.c, s.id = c, id
 	s.sendCredit = InitialWindow
 	s.recvWindow = c.cfg.StreamWindow
-	s.recvNotify = make(chan struct{}, 1)
-	s.done = make(chan struct{})
 	return s
 }
 

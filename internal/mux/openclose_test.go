@@ -68,7 +68,7 @@ func TestOpenRacesClose(t *testing.T) {
 		close(streams)
 		for s := range streams {
 			select {
-			case <-s.done:
+			case <-s.Done():
 			case <-time.After(5 * time.Second):
 				hung++
 				t.Errorf("iteration %d: stream %d opened while the connection closed was never ended", i, s.ID())

@@ -22,7 +22,7 @@ func sendPartial(ctx context.Context, s *Stream, n int) error {
 		if err := s.takeCredit(ctx, k+FrameOverhead); err != nil {
 			return err
 		}
-		err := s.c.write(ctx, s.done, func(b []byte) []byte {
+		err := s.c.write(ctx, s, func(b []byte) []byte {
 			b = frame.AppendHeader(b, frame.TypeMessage, frame.FlagMore, s.id, k)
 			return append(b, part[:k]...)
 		})

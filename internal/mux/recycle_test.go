@@ -3,7 +3,11 @@ package mux
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
+	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,4 +181,146 @@ func TestRecycledStreamWaitsForEveryHolder(t *testing.T) {
 			t.Fatalf("a stream without a recycler counts %d holders", n)
 		}
 	})
+}
+
+// TestClearZeroesAllButTheWakeChannel: a recycled stream's memory is used
+// again as a zero Stream (OpenInto); Clear keeps only its wake-up channel,
+// drained.
+func TestClearZeroesAllButTheWakeChannel(t *testing.T) {
+	cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+		go func() {
+			msg, _ := s.RecvMsg()
+			_ = s.FinishWith(tether.Metadata{"k": {"v"}}, msg, nil, nil)
+		}()
+	}}, Config{})
+	var r recycleCount
+	var mem Stream
+	mem.SetRecycler(&r)
+	s, _, err := cc.OpenInto(context.Background(), &mem, &tetherv1.Open{Procedure: "/a/b"}, []byte("ping"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := s.RecvMsg(); err != nil {
+			break
+		}
+	}
+	s.Release()
+	recycledOnce(t, &r)
+	wake := mem.recvNotify
+	if wake == nil {
+		t.Fatal("the receiver never made its wake-up channel; the test does not test Clear")
+	}
+	notify(wake) // a stale wake-up, as a late notifier would leave
+	mem.Clear()
+	if mem.recvNotify != wake || len(wake) != 0 {
+		t.Fatalf("Clear kept %v (len %d), want the same channel drained", mem.recvNotify, len(wake))
+	}
+	v := reflect.ValueOf(&mem).Elem()
+	for i := range v.NumField() {
+		if name := v.Type().Field(i).Name; name != "recvNotify" && !v.Field(i).IsZero() {
+			t.Errorf("Clear left %s set", name)
+		}
+	}
+}
+
+// zeroingRecycler clears its stream as the client's unary calls do before
+// the memory is reused, so that a recycle while anything still used the
+// stream shows as a data race or a wrong answer, and a second recycle
+// fails the test.
+type zeroingRecycler struct {
+	st *Stream
+	n  atomic.Int32
+}
+
+func (z *zeroingRecycler) Recycle() {
+	if z.n.Add(1) != 1 {
+		panic("stream recycled twice")
+	}
+	z.st.Clear()
+}
+
+// TestRecycledStreamsUnderChurn: recycled streams whose memory is cleared
+// on Recycle, opened by the dozen while the server answers, answers late,
+// resets or never answers, callers give up at random deadlines or reset,
+// and the server sends GOAWAY or the client closes mid-flight: each caller
+// gets its own answer or an error, and every stream is recycled exactly
+// once. (Seeded; run it with -race.)
+func TestRecycledStreamsUnderChurn(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(uint64(seed), 7))
+	open := &tetherv1.Open{Procedure: "/a/b"}
+	for round := range 20 {
+		accept := func(s *Stream, _ *tetherv1.Open) {
+			r := rand.New(rand.NewPCG(uint64(seed), uint64(s.ID())))
+			go func() {
+				msg, err := s.RecvMsg()
+				if err != nil {
+					return
+				}
+				switch r.IntN(4) {
+				case 0: // late
+					time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond)
+					_ = s.FinishWith(nil, msg, nil, nil)
+				case 1:
+					s.Reset(tether.Errorf(tether.CodeAborted, "no"))
+				case 2: // never: the connection's end ends it
+				default:
+					_ = s.FinishWith(nil, msg, nil, nil)
+				}
+			}()
+		}
+		cc, sc := pair(t, Config{Accept: accept}, Config{})
+		const calls = 40
+		recyclers := make([]*zeroingRecycler, calls)
+		var wg sync.WaitGroup
+		for i := range calls {
+			mem := new(Stream)
+			z := &zeroingRecycler{st: mem}
+			recyclers[i] = z
+			mem.SetRecycler(z)
+			deadline := time.Duration(rng.IntN(5000)) * time.Microsecond
+			resetAt := rng.IntN(4) == 0
+			wg.Go(func() {
+				defer mem.Release()
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				defer cancel()
+				payload := fmt.Appendf(nil, "round %d call %d", round, i)
+				s, _, err := cc.OpenInto(ctx, mem, open, payload, true)
+				if err != nil {
+					return
+				}
+				if resetAt {
+					s.Reset(tether.Errorf(tether.CodeCanceled, "gave up"))
+					return
+				}
+				msg, err := s.RecvMsgCtx(ctx)
+				if err == ErrWaitCanceled {
+					s.Reset(tether.Errorf(tether.CodeDeadlineExceeded, "late"))
+					return
+				}
+				if err == nil && string(msg) != string(payload) {
+					t.Errorf("round %d call %d got %q", round, i, msg)
+				}
+			})
+		}
+		time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
+		switch rng.IntN(3) {
+		case 0:
+			sc.GoAway(tether.CodeUnavailable, "draining")
+		case 1:
+			cc.Close()
+		}
+		wg.Wait()
+		cc.Close()
+		waitFor(t, 10*time.Second, "every stream recycled", func() bool {
+			for _, z := range recyclers {
+				if z.n.Load() == 0 {
+					return false
+				}
+			}
+			return true
+		})
+	}
 }

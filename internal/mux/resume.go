@@ -85,7 +85,7 @@ func (s *Stream) NeverSent() bool {
 }
 
 // Done is closed when the stream has finished.
-func (s *Stream) Done() <-chan struct{} { return s.done }
+func (s *Stream) Done() <-chan struct{} { return s.doneChan() }
 
 // ConnClosed reports whether the stream's connection has closed: a stream
 // that failed because of that is lost, not ended by its peer.
@@ -176,7 +176,17 @@ func (s *Stream) TryRecvMsg() ([]byte, bool, error) {
 // RecvReady returns a channel that is ready when a frame or the end may
 // have arrived since RecvMsg or TryRecvMsg last looked. Only the receiving
 // goroutine waits on it, and only when it is not in RecvMsg.
-func (s *Stream) RecvReady() <-chan struct{} { return s.recvNotify }
+func (s *Stream) RecvReady() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recvNotify == nil {
+		// Made now: what arrived since TryRecvMsg looked notified no
+		// one. Ready at once, the caller looks again (a wake-up too many
+		// at most).
+		notify(s.recvWakeLocked())
+	}
+	return s.recvNotify
+}
 
 // Seq returns the sequence number of the last message RecvMsg returned (the
 // base SetSeq gave plus the messages consumed since). Once the stream has

@@ -38,10 +38,8 @@ import (
 // runs the code that uses each group.
 type Stream struct {
 	// Set when the stream is made, read-only afterwards.
-	c          *Conn
-	id         uint32
-	recvNotify chan struct{}
-	done       chan struct{} // closed when the stream is finished
+	c  *Conn
+	id uint32
 
 	// Set by the reader goroutine before the stream's frames are handled
 	// and before Accept runs (server).
@@ -95,7 +93,12 @@ type Stream struct {
 	asmSlab       *slab // the pooled buffer assembly is in (bigbuf.go), or nil
 	headers       tether.Metadata
 	headersCh     chan struct{} // made by Header when it must wait; closed when headers, a message or the end arrive
+	done          chan struct{} // made by doneLocked when someone must wait for the end; closed when the stream finishes
 	trailers      tether.Metadata
+	// recvNotify wakes the receiving goroutine: made by recvWakeLocked
+	// when it must wait, read under mu by whoever queues a frame or ends
+	// the stream. A recycled stream keeps it (Clear).
+	recvNotify chan struct{}
 
 	// Resumable streams only (resume.go).
 	seq       uint64              // messages consumed (RecvMsg) counted from the stream's base
@@ -133,15 +136,33 @@ type Recycler interface {
 	Recycle()
 }
 
-// SetRecycler makes s, a zero Stream that OpenInto will be given, a
-// recycled one: the connection counts who holds it, and once the caller
-// has called Release and the connection no longer uses it, r.Recycle
-// runs, which may then reuse the memory (the client's unary calls come
-// from a pool this way). Nothing may use s or what it returned (messages,
-// metadata maps excepted: they are not s's memory) after Release.
+// SetRecycler makes s, a zero Stream that a client's OpenInto will be
+// given, a recycled one: the connection counts who holds it, and once the
+// caller has called Release and the connection no longer uses it, r.Recycle
+// runs, which may then Clear s and reuse the memory (the client's unary
+// calls come from a pool this way). Nothing may use s after Release; what
+// it returned stays valid (messages and metadata maps are not s's memory).
+// Client streams only: a server stream's end runs with its locks held.
+// Recycle may run with the connection's mu held (the last holder may be
+// the table): it must not call into the connection.
 func (s *Stream) SetRecycler(r Recycler) {
 	s.recycler = r
 	s.refs.Store(1) // the caller's, until Release
+}
+
+// Clear makes s, a recycled stream no one uses any longer (Recycle runs),
+// a zero Stream for OpenInto again, keeping its wake-up channel, drained:
+// one allocation fewer per call.
+func (s *Stream) Clear() {
+	wake := s.recvNotify
+	*s = Stream{}
+	if wake != nil {
+		select {
+		case <-wake:
+		default:
+		}
+		s.recvNotify = wake
+	}
 }
 
 // Release lets go of the caller's hold on a recycled stream (SetRecycler):
@@ -271,13 +292,35 @@ func (s *Stream) endedLocked(cause error) EndNotifier {
 // Ended reports whether the stream has finished: ended by the peer, reset,
 // or closed with its connection.
 func (s *Stream) Ended() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finished
 }
+
+// doneLocked returns the channel closed when the stream finishes, making it
+// on first use: most streams end without anyone waiting for it (a unary
+// call's both sides), and a channel is an allocation. Once the stream has
+// finished it is closedChan. s.mu is held, as it is wherever done is read.
+func (s *Stream) doneLocked() <-chan struct{} {
+	if s.done == nil {
+		if s.finished {
+			return closedChan
+		}
+		s.done = make(chan struct{})
+	}
+	return s.done
+}
+
+// doneChan is doneLocked for a caller without s.mu.
+func (s *Stream) doneChan() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.doneLocked()
+}
+
+// closedChan is the done channel of a stream that finished before anyone
+// asked for it.
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
 
 func notify(ch chan struct{}) {
 	select {

@@ -115,7 +115,7 @@ func (s *Stream) FinishWith(headers tether.Metadata, last []byte, callErr error,
 	// The stream's context may be canceled already (deadline); END must
 	// still go out, so only the stream ending or the connection stop it.
 	id := s.id
-	err := s.c.writeAlone(context.Background(), s.done, &id, func(b []byte) []byte {
+	err := s.c.writeAlone(context.Background(), s, &id, func(b []byte) []byte {
 		if hdr != nil {
 			b = frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: hdr})
 		}
@@ -240,8 +240,12 @@ func (s *Stream) terminate(err error, local bool) bool {
 		s.ctxCause = err // for a context made later (Stream.Context)
 	}
 	onEnd := s.endedLocked(err)
+	done := s.done // none is made from now on (doneLocked)
+	recv := s.recvNotify
 	s.mu.Unlock()
-	close(s.done)
+	if done != nil {
+		close(done)
+	}
 	if cancelCtx != nil {
 		cancelCtx(err)
 	}
@@ -249,7 +253,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 		onEnd.StreamEnded(err)
 	}
 	s.c.remove(s)
-	notify(s.recvNotify)
+	notify(recv)
 	notify(wake)
 	return true
 }
@@ -280,10 +284,14 @@ func (s *Stream) finish() {
 		cause = io.EOF
 	}
 	onEnd := s.endedLocked(cause)
+	done := s.done // none is made from now on (doneLocked)
+	recv := s.recvNotify
 	s.mu.Unlock()
-	close(s.done)
+	if done != nil {
+		close(done)
+	}
 	s.c.remove(s)
-	notify(s.recvNotify)
+	notify(recv)
 	notify(wake)
 	if onEnd != nil {
 		onEnd.StreamEnded(cause)

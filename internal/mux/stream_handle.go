@@ -106,8 +106,9 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 		s.headersSet = true
 		s.closeHeadersLocked()
 	}
+	recv := s.recvNotify
 	s.mu.Unlock()
-	notify(s.recvNotify)
+	notify(recv)
 	return nil
 }
 
@@ -122,8 +123,9 @@ func (s *Stream) handleHalfClose() error {
 	if s.recvEnd == nil {
 		s.recvEnd = io.EOF
 	}
+	recv := s.recvNotify
 	s.mu.Unlock()
-	notify(s.recvNotify)
+	notify(recv)
 	return nil
 }
 

@@ -8,7 +8,7 @@ package mux
 // (recvqueue.go), assembles fragments here rather than on the reader,
 // charging the buffer to the connection's partialBytes (atomic), and
 // grants credit back with WINDOW frames (grant: writeUrgent). It waits on
-// recvNotify with no lock held.
+// recvNotify (made when it must wait: recvWakeLocked) with no lock held.
 //
 // Locks: mu; wmu (grant) only after mu is released.
 
@@ -126,18 +126,31 @@ func (s *Stream) recv(done <-chan struct{}) ([]byte, error) {
 		// for more: the sender's replay buffer may be full of it.
 		n, seq := s.ackIdleLocked()
 		n += s.growLocked()
+		wake := s.recvWakeLocked()
 		s.mu.Unlock()
 		s.grant(n, seq)
 		if done == nil { // RecvMsg: a plain receive, cheaper than a select
-			<-s.recvNotify
+			<-wake
 			continue
 		}
 		select {
-		case <-s.recvNotify:
+		case <-wake:
 		case <-done:
 			return nil, ErrWaitCanceled
 		}
 	}
+}
+
+// recvWakeLocked returns recvNotify, making it on first use: a stream
+// whose messages are queued before it reads them (a unary handler's
+// request, nearly always) never needs one. Whoever queues a frame or ends
+// the stream reads it under mu afterwards, so a receiver that made it
+// after finding the queue empty hears of what comes next. s.mu is held.
+func (s *Stream) recvWakeLocked() chan struct{} {
+	if s.recvNotify == nil {
+		s.recvNotify = make(chan struct{}, 1)
+	}
+	return s.recvNotify
 }
 
 // takeDeferredLocked takes the window a server stream defers until its

@@ -56,7 +56,7 @@ func (s *Stream) sendMsgLocked(ctx context.Context, msg []byte) error {
 			return s.abandonMessage(started, err)
 		}
 		rest, left := msg, credit
-		err = s.c.write(ctx, s.done, func(b []byte) []byte {
+		err = s.c.write(ctx, s, func(b []byte) []byte {
 			for queued := 0; ; {
 				n := min(len(rest), frame.MaxPayload, left-FrameOverhead)
 				var flags uint8
@@ -171,7 +171,7 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 		alone = &s.id
 	}
 	var merr error
-	err := s.c.queue(ctx, s.done, alone, func(b []byte) []byte {
+	err := s.c.queue(ctx, s, alone, func(b []byte) []byte {
 		start := len(b)
 		b = frame.AppendHeader(b, frame.TypeMessage, 0, s.id, size)
 		out, e := marshalOpts.MarshalAppend(b, m)
@@ -224,7 +224,7 @@ func (s *Stream) sendLargeProto(ctx context.Context, m proto.Message, size int) 
 		}
 		if credit >= cost {
 			var merr error
-			err := s.c.write(ctx, s.done, func(b []byte) []byte {
+			err := s.c.write(ctx, s, func(b []byte) []byte {
 				out, e := s.marshalFragments(b, m, size)
 				merr = e
 				return out
@@ -314,11 +314,11 @@ func (s *Stream) takeCredit(ctx context.Context, n int) error {
 			s.mu.Unlock()
 			return nil
 		}
-		wake := s.senderWakeLocked()
+		wake, done := s.senderWakeLocked(), s.doneLocked()
 		s.mu.Unlock()
 		select {
 		case <-wake:
-		case <-s.done:
+		case <-done:
 		case <-ctx.Done():
 			return tether.AsError(ctx.Err())
 		}
@@ -346,11 +346,11 @@ func (s *Stream) waitCredit(ctx context.Context, n int) (int, error) {
 			s.mu.Unlock()
 			return n, nil
 		}
-		wake := s.senderWakeLocked()
+		wake, done := s.senderWakeLocked(), s.doneLocked()
 		s.mu.Unlock()
 		select {
 		case <-wake:
-		case <-s.done:
+		case <-done:
 		case <-ctx.Done():
 			return 0, tether.AsError(ctx.Err())
 		}
@@ -392,7 +392,7 @@ func (s *Stream) CloseSend(ctx context.Context) error {
 	}
 	s.halfClosed = true
 	s.mu.Unlock()
-	err := s.c.write(ctx, s.done, func(b []byte) []byte {
+	err := s.c.write(ctx, s, func(b []byte) []byte {
 		return frame.AppendHeader(b, frame.TypeHalfClose, 0, s.id, 0)
 	})
 	if err == errStreamDone {
@@ -430,7 +430,7 @@ func (s *Stream) encodeHeadersWith(md tether.Metadata, ack *tetherv1.ResumeAck) 
 
 // writeHeaders queues a HEADERS frame; the caller holds sendMu.
 func (s *Stream) writeHeaders(payload []byte) error {
-	err := s.c.write(s.Context(), s.done, func(b []byte) []byte {
+	err := s.c.write(s.Context(), s, func(b []byte) []byte {
 		return frame.Append(b, frame.Frame{Type: frame.TypeHeaders, StreamID: s.id, Payload: payload})
 	})
 	if err != nil {

@@ -90,8 +90,8 @@ const writerLinger = 100 * time.Millisecond
 
 // write appends frames built by fn to the writer's queue, waiting while the
 // queue is full until it drains, ctx ends or the connection closes.
-func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte) []byte) error {
-	return c.queue(ctx, cancel, nil, fn)
+func (c *Conn) write(ctx context.Context, st *Stream, fn func([]byte) []byte) error {
+	return c.queue(ctx, st, nil, fn)
 }
 
 // writeAlone is write for the frames that complete a call's side (a unary
@@ -101,11 +101,13 @@ func (c *Conn) write(ctx context.Context, cancel <-chan struct{}, fn func([]byte
 // goroutine. With other streams active the writer goroutine takes them, so
 // that concurrent calls' frames share writes. *id is read after fn has run
 // (Open's fn gives the stream its id there).
-func (c *Conn) writeAlone(ctx context.Context, cancel <-chan struct{}, id *uint32, fn func([]byte) []byte) error {
-	return c.queue(ctx, cancel, id, fn)
+func (c *Conn) writeAlone(ctx context.Context, st *Stream, id *uint32, fn func([]byte) []byte) error {
+	return c.queue(ctx, st, id, fn)
 }
 
-func (c *Conn) queue(ctx context.Context, cancel <-chan struct{}, alone *uint32, fn func([]byte) []byte) error {
+// queue is write and writeAlone: st, when not nil, is the stream the frames
+// are for, whose end also ends the wait for room.
+func (c *Conn) queue(ctx context.Context, st *Stream, alone *uint32, fn func([]byte) []byte) error {
 	c.wmu.Lock()
 	for len(c.wbuf) >= batchBytes {
 		c.wwaiters++
@@ -114,6 +116,10 @@ func (c *Conn) queue(ctx context.Context, cancel <-chan struct{}, alone *uint32,
 		}
 		space := c.wspace
 		c.wmu.Unlock()
+		var cancel <-chan struct{} // nil: only ctx and the connection end the wait
+		if st != nil {
+			cancel = st.doneChan()
+		}
 		select {
 		case <-space:
 		case <-ctx.Done():
