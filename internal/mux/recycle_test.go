@@ -45,6 +45,20 @@ func notRecycled(t *testing.T, r *recycleCount, why string) {
 	}
 }
 
+// openRecycled opens a recycled stream on cc (SetRecycler), first sent
+// with the OPEN (and closeSend).
+func openRecycled(t *testing.T, cc *Conn, first []byte, closeSend bool) (*Stream, *recycleCount) {
+	t.Helper()
+	r := new(recycleCount)
+	mem := new(Stream)
+	mem.SetRecycler(r)
+	s, _, err := cc.OpenInto(context.Background(), mem, &tetherv1.Open{Procedure: "/a/b"}, first, closeSend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, r
+}
+
 // TestRecycledStreamWaitsForEveryHolder: a stream given a Recycler
 // (SetRecycler) is recycled once, only when its caller has released it and
 // the connection no longer uses it, however the stream ends and in
@@ -52,9 +66,6 @@ func notRecycled(t *testing.T, r *recycleCount, why string) {
 // call then, so a recycle while the reader or the table still held it would
 // hand one call's frames to another.
 func TestRecycledStreamWaitsForEveryHolder(t *testing.T) {
-	ctx := context.Background()
-	open := &tetherv1.Open{Procedure: "/a/b"}
-
 	t.Run("answered, released after", func(t *testing.T) {
 		cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
 			go func() {
@@ -62,22 +73,16 @@ func TestRecycledStreamWaitsForEveryHolder(t *testing.T) {
 				_ = s.FinishWith(nil, msg, nil, nil)
 			}()
 		}}, Config{})
-		var r recycleCount
-		var mem Stream
-		mem.SetRecycler(&r)
-		s, _, err := cc.OpenInto(ctx, &mem, open, []byte("ping"), true)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, r := openRecycled(t, cc, []byte("ping"), true)
 		if msg, err := s.RecvMsg(); err != nil || string(msg) != "ping" {
 			t.Fatalf("RecvMsg = %q, %v", msg, err)
 		}
 		if _, err := s.RecvMsg(); err != io.EOF {
 			t.Fatalf("RecvMsg at the end = %v, want EOF", err)
 		}
-		notRecycled(t, &r, "its caller holds it")
+		notRecycled(t, r, "its caller holds it")
 		s.Release()
-		recycledOnce(t, &r)
+		recycledOnce(t, r)
 	})
 
 	t.Run("released before its end", func(t *testing.T) {
@@ -88,47 +93,29 @@ func TestRecycledStreamWaitsForEveryHolder(t *testing.T) {
 				_ = s.Finish(nil, nil)
 			}()
 		}}, Config{})
-		var r recycleCount
-		var mem Stream
-		mem.SetRecycler(&r)
-		s, _, err := cc.OpenInto(ctx, &mem, open, []byte("x"), true)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, r := openRecycled(t, cc, []byte("x"), true)
 		s.Release()
-		notRecycled(t, &r, "the connection's table holds it")
+		notRecycled(t, r, "the connection's table holds it")
 		close(release)
-		recycledOnce(t, &r)
+		recycledOnce(t, r)
 	})
 
 	t.Run("reset by the caller", func(t *testing.T) {
 		cc, _ := pair(t, Config{Accept: func(*Stream, *tetherv1.Open) {}}, Config{})
-		var r recycleCount
-		var mem Stream
-		mem.SetRecycler(&r)
-		s, _, err := cc.OpenInto(ctx, &mem, open, nil, false)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, r := openRecycled(t, cc, nil, false)
 		s.Reset(tether.Errorf(tether.CodeCanceled, "gave up"))
-		notRecycled(t, &r, "its caller holds it")
+		notRecycled(t, r, "its caller holds it")
 		s.Release()
-		recycledOnce(t, &r)
+		recycledOnce(t, r)
 	})
 
 	t.Run("connection closed", func(t *testing.T) {
 		cc, _ := pair(t, Config{Accept: func(*Stream, *tetherv1.Open) {}}, Config{})
-		var r recycleCount
-		var mem Stream
-		mem.SetRecycler(&r)
-		s, _, err := cc.OpenInto(ctx, &mem, open, nil, false)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, r := openRecycled(t, cc, nil, false)
 		s.Release()
-		notRecycled(t, &r, "the connection's table holds it")
+		notRecycled(t, r, "the connection's table holds it")
 		cc.Close()
-		recycledOnce(t, &r)
+		recycledOnce(t, r)
 		if _, err := s.RecvMsg(); err == nil {
 			// Not allowed after Release in real use; here the memory is
 			// not reused, and the stream must have ended.
@@ -151,25 +138,19 @@ func TestRecycledStreamWaitsForEveryHolder(t *testing.T) {
 				}
 			}
 		})
-		var r recycleCount
-		var mem Stream
-		mem.SetRecycler(&r)
-		s, _, err := cc.OpenInto(ctx, &mem, open, []byte("x"), true)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, r := openRecycled(t, cc, []byte("x"), true)
 		<-opened
 		if _, err := s.RecvMsg(); !errors.Is(err, ErrUnprocessed) {
 			t.Fatalf("RecvMsg after GOAWAY = %v, want unprocessed", err)
 		}
-		notRecycled(t, &r, "its caller holds it")
+		notRecycled(t, r, "its caller holds it")
 		s.Release()
-		recycledOnce(t, &r)
+		recycledOnce(t, r)
 	})
 
 	t.Run("other streams are not counted", func(t *testing.T) {
 		cc, _ := pair(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) }}, Config{})
-		s, _, err := cc.Open(ctx, open, nil, true)
+		s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/b"}, nil, true)
 		if err != nil {
 			t.Fatal(err)
 		}
