@@ -73,7 +73,7 @@ func CallUnary[Req, Res any](ctx context.Context, c *Client, m *Method, req *Req
 // unaryCalls and goes back there once the call has returned and the
 // connection no longer uses its stream (mux.Stream.SetRecycler): a client
 // holding many connections otherwise collected garbage for it alone (1.5 KB
-// per call, three quarters of what a call allocated).
+// per call, three quarters of what the client allocated per call).
 type unaryCall struct {
 	co    callOptions
 	call  Call

@@ -43,7 +43,11 @@ package mux
 //
 // The stream table (streams, nextID, maxPeerID, running) and the drain
 // state (localGoAway, peerGoAway, draining, idle) are guarded by mu; any
-// goroutine takes it, briefly.
+// goroutine takes it, briefly. The table holds each stream in it (hold),
+// and code that takes a stream out of it to use after mu is released holds
+// it too, under mu, and drops it when done (lookup, cancelContexts; closeWith
+// and handleGoAway take over the table's hold): a recycled stream is
+// reused once its last holder drops it (stream.go).
 
 import (
 	"context"
@@ -322,7 +326,8 @@ func (c *Conn) lookup(f frame.Frame) (*Stream, error) {
 	return nil, nil
 }
 
-// remove takes a finished stream out of the table.
+// remove takes a finished stream out of the table. A recycled stream may be
+// reused from then on unless the caller holds it (every caller does).
 func (c *Conn) remove(s *Stream) {
 	if s.slotHeld.CompareAndSwap(true, false) {
 		<-c.slots // a token is there: this stream put it

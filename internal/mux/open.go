@@ -40,10 +40,11 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 
 // OpenInto is Open with the stream's memory given by the caller: into,
 // when not nil, must be a zero Stream that was never used (but for
-// SetRecycler), typically a field of the caller's own per-call struct (one
-// allocation for both); it may become the stream whether or not the call
-// succeeds, and must not be given to OpenInto again unless its Recycler has
-// been told that no one uses it any longer (and it was zeroed).
+// SetRecycler), or one Clear made ready again once its Recycler was told
+// that no one uses it any longer, typically a field of the caller's own
+// per-call struct (one allocation for both); it may become the stream
+// whether or not the call succeeds, and must not be given to OpenInto
+// again before that.
 func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
 	size := proto.Size(open)
 	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {

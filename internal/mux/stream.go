@@ -14,6 +14,11 @@ package mux
 //     the connection's closeWith terminates the stream when the connection
 //     closes (stream_end.go).
 //
+// A recycled stream (SetRecycler: the client's unary calls) is reused
+// once no one holds it: its caller until Release, the connection's table,
+// and any goroutine that took it from the table, which must hold it (hold,
+// under the connection's mu) until it is done with it (drop).
+//
 // On a server the receiving and sending goroutine is the handler's
 // (Config.Accept); on a client, the caller's.
 //
@@ -37,7 +42,7 @@ import (
 // Its fields are grouped by owner; the file comments say which goroutine
 // runs the code that uses each group.
 type Stream struct {
-	// Set when the stream is made, read-only afterwards.
+	// Set when the stream is made, read-only afterwards (until Clear).
 	c  *Conn
 	id uint32
 
@@ -63,7 +68,8 @@ type Stream struct {
 	// A recycled stream's (SetRecycler) holders: its caller until
 	// Release, the connection's table while it is in it, and each
 	// goroutine that took it from the table and still uses it. The last
-	// to let go hands the memory back to recycler.
+	// to let go hands the memory back to recycler, which SetRecycler sets
+	// before OpenInto and Clear unsets.
 	refs     atomic.Int32
 	recycler Recycler
 
@@ -136,8 +142,8 @@ type Recycler interface {
 	Recycle()
 }
 
-// SetRecycler makes s, a zero Stream that a client's OpenInto will be
-// given, a recycled one: the connection counts who holds it, and once the
+// SetRecycler makes s, a zero Stream (or one Clear made ready again) that a
+// client's OpenInto will be given, a recycled one: the connection counts who holds it, and once the
 // caller has called Release and the connection no longer uses it, r.Recycle
 // runs, which may then Clear s and reuse the memory (the client's unary
 // calls come from a pool this way). Nothing may use s after Release; what

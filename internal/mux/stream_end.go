@@ -10,7 +10,8 @@ package mux
 // connection closes.
 //
 // terminate and finish end a stream once (finished, under mu): they close
-// done, wake Header, the receiver and the sender, and take the stream out
+// done if someone made it (doneLocked), wake Header, the receiver and the
+// sender, and take the stream out
 // of the table (remove: its slot token, then the connection's mu);
 // terminate also cancels a server stream's context. sendReset queues a
 // RESET with writeUrgent.

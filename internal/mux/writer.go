@@ -89,7 +89,8 @@ func (c *Conn) kickLocked() {
 const writerLinger = 100 * time.Millisecond
 
 // write appends frames built by fn to the writer's queue, waiting while the
-// queue is full until it drains, ctx ends or the connection closes.
+// queue is full until it drains, ctx ends, st (when not nil) ends or the
+// connection closes.
 func (c *Conn) write(ctx context.Context, st *Stream, fn func([]byte) []byte) error {
 	return c.queue(ctx, st, nil, fn)
 }
