@@ -90,6 +90,7 @@ func (u *unaryCall) Recycle() {
 	unaryCalls.Put(u)
 }
 
+// clear zeroes u for its next call, its stream through mux.Stream.Clear.
 func (u *unaryCall) clear() {
 	u.co, u.call, u.spare.cs = callOptions{}, Call{}, clientStream{}
 	u.spare.st.Clear()

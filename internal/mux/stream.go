@@ -143,10 +143,10 @@ type Recycler interface {
 }
 
 // SetRecycler makes s, a zero Stream (or one Clear made ready again) that a
-// client's OpenInto will be given, a recycled one: the connection counts who holds it, and once the
-// caller has called Release and the connection no longer uses it, r.Recycle
-// runs, which may then Clear s and reuse the memory (the client's unary
-// calls come from a pool this way). Nothing may use s after Release; what
+// client's OpenInto will be given, a recycled one: the connection counts
+// who holds it, and once the caller has called Release and the connection
+// no longer uses it, r.Recycle runs, which may then Clear s and reuse the
+// memory (the client's unary calls come from a pool this way). Nothing may use s after Release; what
 // it returned stays valid (messages and metadata maps are not s's memory).
 // Client streams only: a server stream's end runs with its locks held.
 // Recycle may run with the connection's mu held (the last holder may be
