@@ -269,9 +269,11 @@ func orDefault[T int | float64 | time.Duration](v *T, def T) {
 	}
 }
 
-// WriteBufferPool is shared by every tether connection's WebSocket writer, so
-// idle connections hold no write buffer (gorilla/websocket's
-// Upgrader.WriteBufferPool and Dialer.WriteBufferPool).
+// WriteBufferPool is given to gorilla/websocket's Upgrader and Dialer
+// (their WriteBufferPool) so that gorilla allocates no write buffer per
+// connection: a tether connection writes its frames itself (wswrite.go)
+// and never takes one; only a WebSocket written through gorilla's writer
+// (a test's bare peer) does.
 var WriteBufferPool = &sync.Pool{}
 
 // ReadBufferSize is the WebSocket read buffer size: the smallest
@@ -280,7 +282,6 @@ var WriteBufferPool = &sync.Pool{}
 // wait, and payloads go straight into the message buffer.
 const ReadBufferSize = 128
 
-// WriteBufferSize is the WebSocket write buffer size used with
-// WriteBufferPool: large enough that a batch of frames goes out in few
-// syscalls.
+// WriteBufferSize is the size of the write buffers gorilla/websocket's
+// writer takes from WriteBufferPool (see there).
 const WriteBufferSize = 64 << 10

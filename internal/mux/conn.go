@@ -80,6 +80,7 @@ const (
 type Conn struct {
 	// Set by New, read-only afterwards: safe from any goroutine.
 	ws        *websocket.Conn
+	wsw       *wsWriter // every frame written after New (wswrite.go)
 	cfg       Config
 	slots     chan struct{} // client: one token per open stream, up to PeerMaxStreams
 	pingTimer *time.Timer   // the heartbeat (heartbeat.go)
@@ -179,8 +180,15 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	if role == RoleClient && cfg.PeerMaxStreams > 0 {
 		c.slots = make(chan struct{}, cfg.PeerMaxStreams)
 	}
+	c.wsw = newWSWriter(ws.NetConn(), role == RoleClient)
 	ws.SetReadLimit(MaxWebSocketMessage)
 	ws.SetPongHandler(func(string) error { c.touch(); return nil })
+	// The peer's close frame is answered as gorilla would (its code
+	// echoed), through this connection's writer.
+	ws.SetCloseHandler(func(code int, _ string) error {
+		_ = c.wsw.writeControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
+		return nil
+	})
 	// WebSocket pings (tether uses its own PING frames) are answered as
 	// gorilla would, but count against the ping limit.
 	ws.SetPingHandler(func(data string) error {
@@ -188,7 +196,7 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 			return &floodError{"WebSocket pings"}
 		}
 		c.touch()
-		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		err := c.wsw.writeControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
 		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {

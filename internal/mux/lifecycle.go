@@ -9,7 +9,7 @@ package mux
 // at the end of a graceful close, a writeUrgent caller on queue overflow),
 // with neither of the connection's locks nor a stream's mu held. It
 // closes closed, cancels the contexts (cancelContexts, under mu), stops
-// the heartbeat, sends the close frame (WriteControl), empties the stream
+// the heartbeat, sends the close frame (wsWriter), empties the stream
 // table under mu and then terminates each stream (its mu, then mu again
 // through remove). Other callers of closeWith block until the first has
 // returned.
@@ -166,9 +166,10 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		case 0:
 			_ = c.ws.Close()
 		case closeSent:
+			c.wsw.closeSent.Store(true)
 			c.linger()
 		default:
-			writeClose(c.ws, code, text, 250*time.Millisecond)
+			_ = c.wsw.writeControl(websocket.CloseMessage, closeMessage(code, text), time.Now().Add(250*time.Millisecond))
 			c.linger()
 		}
 		// A reader parked in the shared poller would not see the socket
@@ -303,13 +304,13 @@ func discard(ws *websocket.Conn) {
 	}
 }
 
-// writeClose sends a close frame with code and text, cut to 120 bytes at a
-// UTF-8 boundary, waiting at most wait for the socket.
-func writeClose(ws *websocket.Conn, code int, text string, wait time.Duration) {
+// closeMessage is a close frame's payload: code and text, cut to 120
+// bytes at a UTF-8 boundary.
+func closeMessage(code int, text string) []byte {
 	if len(text) > 120 {
 		text = strings.ToValidUTF8(text[:120], "")
 	}
-	_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(wait))
+	return websocket.FormatCloseMessage(code, text)
 }
 
 // Refuse closes a freshly upgraded ws with code and reason, as a lingering
@@ -317,7 +318,7 @@ func writeClose(ws *websocket.Conn, code int, text string, wait time.Duration) {
 // and dropped until its close frame, its FIN or closeLinger, so that the
 // close frame is not lost to a reset.
 func Refuse(ws *websocket.Conn, code int, reason string) {
-	writeClose(ws, code, reason, time.Second)
+	_ = ws.WriteControl(websocket.CloseMessage, closeMessage(code, reason), time.Now().Add(time.Second))
 	_ = ws.SetReadDeadline(time.Now().Add(closeLinger))
 	halfClose(ws)
 	discard(ws)

@@ -9,8 +9,8 @@ package mux
 // may take mu (Open, FinishWith) but never a stream's mu.
 //
 // Exactly one goroutine at a time writes data messages to the WebSocket
-// (gorilla/websocket allows one writer; WriteControl, used for close
-// frames and WebSocket pongs, may run beside it): the holder of the write
+// (wswrite.go; close frames and WebSocket pongs wait for its lock beside
+// it, up to their deadline): the holder of the write
 // token, wbusy (under wmu). The holder swaps wbuf with spare under wmu,
 // writes the batch with no lock held, and gives the token back under wmu;
 // spare is the holder's own. Two kinds of goroutine take the token:
@@ -349,8 +349,7 @@ func (c *Conn) writeBatch(buf []byte) error {
 	for len(buf) > 0 {
 		n := c.cutMessage(buf)
 		begin := time.Now()
-		_ = c.ws.SetWriteDeadline(begin.Add(c.cfg.WriteTimeout))
-		err := c.ws.WriteMessage(websocket.BinaryMessage, buf[:n])
+		err := c.wsw.writeData(buf[:n], begin.Add(c.cfg.WriteTimeout))
 		// Only the token's holder writes wslow; write reads it under wmu
 		// too, after the holder has given the token back or before it
 		// took it.
