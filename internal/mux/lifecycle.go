@@ -158,6 +158,9 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 // when code is not 0. It is safe from any goroutine and idempotent.
 func (c *Conn) closeWith(err error, code int, text string) {
 	c.closeOnce.Do(func() {
+		if code == closeSent {
+			c.wsw.closeSent.Store(true) // before anything else: no data after gorilla's close frame
+		}
 		c.err = err
 		close(c.closed)
 		c.cancelContexts(err)
@@ -166,7 +169,6 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		case 0:
 			_ = c.ws.Close()
 		case closeSent:
-			c.wsw.closeSent.Store(true)
 			c.linger()
 		default:
 			_ = c.wsw.writeControl(websocket.CloseMessage, closeMessage(code, text), time.Now().Add(250*time.Millisecond))
@@ -279,6 +281,9 @@ func (c *Conn) drain() {
 	// call returns; if none ran, this one closes).
 	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), 0, "")
 	if c.lingerUntil.Load() != 0 {
+		// No read limit while draining: over it, gorilla/websocket would
+		// write a close frame (1009) of its own after this side's.
+		c.ws.SetReadLimit(0)
 		discard(c.ws)
 	}
 	_ = c.ws.Close()

@@ -220,8 +220,20 @@ func (c *Conn) writeInline() {
 	c.wmu.Unlock()
 	c.wg.Done()
 	if err != nil {
-		c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
+		c.writeFailed(err)
 	}
+}
+
+// writeFailed closes the connection after a failed write. A write refused
+// because a close frame went out first (wsWriter) closes nothing: whoever
+// sent that frame closes the connection, with its own cause (closeWith
+// itself, or the reader after the close handler answered the peer's close
+// frame, with the peer's code).
+func (c *Conn) writeFailed(err error) {
+	if errors.Is(err, websocket.ErrCloseSent) {
+		return
+	}
+	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
 }
 
 // takeLocked takes the write token and the queue, leaving the spare buffer
@@ -328,7 +340,7 @@ func (c *Conn) writeLoop() {
 		c.putLocked(buf, err)
 		c.wmu.Unlock()
 		if err != nil {
-			c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: write: %v", err), 0, "")
+			c.writeFailed(err)
 			c.stopWriter()
 			return
 		}

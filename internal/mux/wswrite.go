@@ -19,13 +19,17 @@ package mux
 // not cut another short, and no data frame follows the close frame (RFC
 // 6455 section 5.5.1). gorilla/websocket itself still writes a close
 // frame when its reader fails on a peer's protocol error or a message
-// over the read limit; the connection closes right after (closeWith marks
-// the close frame sent), and that frame lands between two of this
-// writer's whole frames: each frame is one system call, which the runtime
-// does not interleave with another on the same socket.
+// over the read limit: the connection closes right after (closeWith first
+// marks the close frame sent; while a closed connection drains there is
+// no read limit, so only a protocol error can make gorilla write there),
+// and that frame lands between two of this writer's whole frames: each
+// frame is one system call, which the runtime does not interleave with
+// another on the same socket. A write refused because a close frame went
+// out closes nothing (writeFailed): whoever sent it closes.
 
 import (
 	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -74,16 +78,25 @@ func newWSWriter(conn net.Conn, client bool) *wsWriter {
 // is masked in place.
 func (w *wsWriter) writeData(p []byte, deadline time.Time) error {
 	<-w.lock
-	err := w.writeLocked(websocket.BinaryMessage, p, deadline)
-	w.lock <- struct{}{}
-	return err
+	defer w.unlock()
+	return w.writeLocked(websocket.BinaryMessage, p, deadline)
 }
+
+func (w *wsWriter) unlock() { w.lock <- struct{}{} }
+
+// errControlTooLong: a control frame's payload is at most 125 bytes (RFC
+// 6455 section 5.5).
+var errControlTooLong = errors.New("tether: WebSocket control frame payload over 125 bytes")
 
 // writeControl writes a control frame (close, ping or pong) with payload
 // p (at most 125 bytes; a client's is masked in place), waiting for the
-// lock no later than deadline. After a close frame, nothing more is
-// written.
+// lock no later than deadline; one that got the lock only at its deadline
+// writes nothing (a write with no time left would fail half-way, and kill
+// the connection). After a close frame, nothing more is written.
 func (w *wsWriter) writeControl(op int, p []byte, deadline time.Time) error {
+	if len(p) > 125 {
+		return errControlTooLong
+	}
 	select {
 	case <-w.lock:
 	default:
@@ -95,11 +108,14 @@ func (w *wsWriter) writeControl(op int, p []byte, deadline time.Time) error {
 			return os.ErrDeadlineExceeded
 		}
 	}
+	defer w.unlock()
+	if !time.Now().Before(deadline) {
+		return os.ErrDeadlineExceeded
+	}
 	err := w.writeLocked(op, p, deadline)
 	if op == websocket.CloseMessage && err == nil {
 		w.closeSent.Store(true)
 	}
-	w.lock <- struct{}{}
 	return err
 }
 
@@ -134,8 +150,8 @@ func (w *wsWriter) writeLocked(op int, p []byte, deadline time.Time) error {
 	default:
 		// TLS and wrapped connections: one Write, so that the frame is
 		// one record and nothing lands inside it.
-		sl := getBig(len(h) + len(p))
-		if sl == nil { // past the pools' largest class
+		sl := getBig(max(len(h)+len(p), minBig)) // minBig: the pools' least
+		if sl == nil {                           // past the pools' largest class
 			sl = &slab{buf: make([]byte, 0, len(h)+len(p))}
 		}
 		b := append(append(sl.buf[:0], h...), p...)

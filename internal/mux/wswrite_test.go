@@ -138,6 +138,9 @@ func TestWSWriterControlFrames(t *testing.T) {
 	pinged := make(chan string, 1)
 	sws.SetPingHandler(func(data string) error { pinged <- data; return nil })
 	deadline := time.Now().Add(5 * time.Second)
+	if err := w.writeControl(websocket.PingMessage, make([]byte, 126), deadline); !errors.Is(err, errControlTooLong) {
+		t.Fatalf("a ping of 126 bytes: %v, want errControlTooLong", err)
+	}
 	if err := w.writeControl(websocket.PingMessage, []byte("are you there"), deadline); err != nil {
 		t.Fatal(err)
 	}
