@@ -204,7 +204,11 @@ func (c *call) Receive(msg proto.Message) error {
 		}
 		return err
 	}
-	if err := proto.Unmarshal(b, msg); err != nil {
+	err = proto.Unmarshal(b, msg) // copies what msg keeps
+	if c.rs == nil {
+		c.s.ReleaseMsg() // b was lent (mux.Config.LendFirstMessage)
+	}
+	if err != nil {
 		return tether.Errorf(tether.CodeInvalidArgument, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return nil

@@ -83,6 +83,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer, budget) }
 	cfg.Route = s.route
 	cfg.NewStream = newServerStream
+	cfg.LendFirstMessage = true // call.Receive decodes, then releases
 	cfg.OnClose = func(error) {
 		s.mu.Lock()
 		if expiry != nil {

@@ -21,13 +21,27 @@ import (
 )
 
 // RecvMsg returns the next whole message. The message is valid until the
-// next call of RecvMsg (small messages share pooled memory, slab.go), except
-// a stream's first message, which the caller may keep. At the end of the peer's messages
+// next call of RecvMsg or ReleaseMsg (small messages share pooled memory,
+// slab.go), except a stream's first message, which the caller may keep
+// (unless Config.LendFirstMessage). At the end of the peer's messages
 // it returns io.EOF (a half-close, or an END with status OK) or the call's
 // error. Fragments are assembled here, in the receiving goroutine, and their
 // credit is granted back as they are taken, so messages larger than the
 // window flow.
 func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil) }
+
+// ReleaseMsg says that the caller is done with the message RecvMsg
+// returned last: its memory may be reused at once, rather than at the next
+// RecvMsg (which a unary call's handler never makes). RecvMsg's caller
+// only.
+func (s *Stream) ReleaseMsg() {
+	s.mu.Lock()
+	if s.held != nil {
+		s.releaseLocked(s.held)
+		s.held = nil
+	}
+	s.mu.Unlock()
+}
 
 // ErrWaitCanceled is RecvMsgCtx's error when its context ended while it
 // waited for a message; the stream is as it was.
