@@ -23,7 +23,9 @@ import (
 // client's per-call struct reused (unaryCall), 35 (30) with the streams'
 // channels made only when someone waits, 32 (27) with the WebSocket frames
 // written by the connection itself (internal/mux/wswrite.go: no
-// allocation in gorilla/websocket's writer); BenchmarkUnary reports the exact
+// allocation in gorilla/websocket's writer), 32 (26) with the request lent
+// to the server's handler (mux.Config.LendFirstMessage); BenchmarkUnary
+// reports the exact
 // figure. Under -race, sync.Pool drops a share of what is put back: the
 // count varies by one or two, and is higher than without.
 const unaryAllocBudget = 34
@@ -35,7 +37,7 @@ const unaryAllocBudget = 34
 // context made on first use, 40 (35) with handler goroutines reused, 39
 // (34) with the client's per-call struct reused, 35 (30) with the streams'
 // channels made only when someone waits, 33 (27) with the frames written
-// by the connection itself.
+// by the connection itself, 33 (26) with the request lent.
 const keyedAllocBudget = 35
 
 // deadlineAllocBudget is unaryAllocBudget for the same call with a
@@ -50,7 +52,7 @@ const keyedAllocBudget = 35
 // (mux.Stream.RecvMsgCtx): the deadline costs the server's timer and its
 // function. 40 (36) with the client's per-call struct reused, 37 (32) with
 // the streams' channels made only when someone waits, 34 (29) with the
-// frames written by the connection itself.
+// frames written by the connection itself, 34 (28) with the request lent.
 const deadlineAllocBudget = 36
 
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation
