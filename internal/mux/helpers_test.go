@@ -13,24 +13,33 @@ import (
 	"github.com/tetherrpc/tether/internal/frame"
 )
 
-// pair connects a client Conn to a server Conn over a real WebSocket on
-// 127.0.0.1 (httptest) and closes both, and the server, when the test ends.
-func pair(t *testing.T, scfg, ccfg Config) (cc, sc *Conn) {
+// dialWS starts an HTTP server on 127.0.0.1 (httptest) that upgrades each
+// request and gives its WebSocket to accept, and dials it once: it returns
+// the client's WebSocket and the server, which the caller closes.
+func dialWS(t *testing.T, accept func(ws *websocket.Conn)) (*websocket.Conn, *httptest.Server) {
 	t.Helper()
-	conns := make(chan *Conn, 1)
 	up := websocket.Upgrader{}
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ws, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
 		}
-		conns <- New(ws, RoleServer, scfg)
+		accept(ws)
 	}))
 	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
 	if err != nil {
 		hs.Close()
 		t.Fatal(err)
 	}
+	return ws, hs
+}
+
+// pair connects a client Conn to a server Conn over a real WebSocket on
+// 127.0.0.1 (httptest) and closes both, and the server, when the test ends.
+func pair(t *testing.T, scfg, ccfg Config) (cc, sc *Conn) {
+	t.Helper()
+	conns := make(chan *Conn, 1)
+	ws, hs := dialWS(t, func(ws *websocket.Conn) { conns <- New(ws, RoleServer, scfg) })
 	cc = New(ws, RoleClient, ccfg)
 	sc = <-conns
 	t.Cleanup(func() {
@@ -48,19 +57,7 @@ func pair(t *testing.T, scfg, ccfg Config) (cc, sc *Conn) {
 func rawPeer(t *testing.T, scfg Config) (ws *websocket.Conn, sc *Conn) {
 	t.Helper()
 	conns := make(chan *Conn, 1)
-	up := websocket.Upgrader{}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		conns <- New(ws, RoleServer, scfg)
-	}))
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
-	if err != nil {
-		hs.Close()
-		t.Fatal(err)
-	}
+	ws, hs := dialWS(t, func(ws *websocket.Conn) { conns <- New(ws, RoleServer, scfg) })
 	sc = <-conns
 	t.Cleanup(func() {
 		ws.Close()
@@ -87,22 +84,12 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // plays a server by hand, and returns a client Conn connected to it.
 func rawServer(t *testing.T, ccfg Config, serve func(ws *websocket.Conn)) *Conn {
 	t.Helper()
-	up := websocket.Upgrader{}
 	done := make(chan struct{})
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
+	ws, hs := dialWS(t, func(ws *websocket.Conn) {
 		defer close(done)
 		defer ws.Close()
 		serve(ws)
-	}))
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
-	if err != nil {
-		hs.Close()
-		t.Fatal(err)
-	}
+	})
 	cc := New(ws, RoleClient, ccfg)
 	t.Cleanup(func() {
 		cc.Close()

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,19 +17,7 @@ import (
 func wsSockets(t *testing.T) (client, server *websocket.Conn) {
 	t.Helper()
 	servers := make(chan *websocket.Conn, 1)
-	up := websocket.Upgrader{}
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		servers <- ws
-	}))
-	client, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
-	if err != nil {
-		hs.Close()
-		t.Fatal(err)
-	}
+	client, hs := dialWS(t, func(ws *websocket.Conn) { servers <- ws })
 	server = <-servers
 	t.Cleanup(func() {
 		client.Close()
