@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -157,7 +158,7 @@ func (c *Client) unary(ctx context.Context, m *Method, co *callOptions, call *Ca
 	if err != nil {
 		return tether.Errorf(tether.CodeInternal, "tether: marshal request: %v", err)
 	}
-	out, err := c.invokeUnary(ctx, m, co, call, b)
+	decErr, err := c.invokeUnary(ctx, m, co, call, b, res)
 	if cap(b) <= maxPooledRequest {
 		*pooled = b[:0]
 		requestBuffers.Put(pooled)
@@ -165,11 +166,19 @@ func (c *Client) unary(ctx context.Context, m *Method, co *callOptions, call *Ca
 	if err != nil {
 		return err
 	}
+	return decErr
+}
+
+// decodeResponse decodes a unary call's response b into res; b is lent by
+// the stream (mux.Config.LendFirstMessage), valid only until its next
+// receive. A replay's res is an *emptypb.Empty that takes a copy of the
+// bytes unparsed (InvokeRaw).
+func decodeResponse(b []byte, res proto.Message, co *callOptions) error {
 	if raw, ok := res.(*emptypb.Empty); ok && co.replay {
-		raw.ProtoReflect().SetUnknown(out) // the bytes as they came, unparsed
+		raw.ProtoReflect().SetUnknown(bytes.Clone(b)) // kept: a copy
 		return nil
 	}
-	if err := proto.Unmarshal(out, res); err != nil {
+	if err := proto.Unmarshal(b, res); err != nil { // copies what res keeps
 		return tether.Errorf(tether.CodeInternal, "tether: unmarshal %s: %v", res.ProtoReflect().Descriptor().FullName(), err)
 	}
 	return nil
@@ -183,9 +192,12 @@ func (c *Client) NewStream(ctx context.Context, m *Method, opts ...CallOption) (
 	return c.openTyped(ctx, m, opts)
 }
 
-// unaryAttempt sends the request on one stream and reads one response and
-// the status.
-func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, req []byte) ([]byte, error) {
+// unaryAttempt sends the request on one stream, reads one response, which
+// it decodes into res before it reads the status (the response is lent by
+// the stream until then), and the status. err is the attempt's outcome;
+// decErr the response's decoding's, which fails the call but is not the
+// attempt's to retry (the server has answered).
+func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, req []byte, res proto.Message) (decErr, err error) {
 	s, sent, err := c.openStream(ctx, co, call, req, true, false)
 	if err != nil {
 		return nil, err
@@ -215,6 +227,7 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 	msg, err := s.recvWaiting()
 	if err == nil {
 		c.markServed(s.conn)
+		decErr = decodeResponse(msg, res, co)
 		_, err = s.recvWaiting()
 		if err == nil {
 			err = tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response to a unary call")
@@ -228,7 +241,7 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 		call.ResponseTrailer = s.st.Trailer()
 	}
 	if errors.Is(err, io.EOF) {
-		return msg, nil
+		return decErr, nil
 	}
 	return nil, err
 }

@@ -118,6 +118,10 @@ func New(rawURL string, opts ...Option) (*Client, error) {
 		c.cfg.logger = slog.Default()
 	}
 	c.cfg.mux.Logger = c.cfg.logger
+	// Every receiver decodes a message before it receives the next
+	// (unaryAttempt decodes the response before the status; streams and
+	// resumed streams decode in Receive).
+	c.cfg.mux.LendFirstMessage = true
 	c.budget = newRetryBudget(c.cfg.budget)
 	c.dialer = websocket.Dialer{
 		// No HandshakeTimeout: sub.dial's context carries the handshake

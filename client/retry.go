@@ -297,8 +297,9 @@ func fitsDeadline(ctx context.Context, d time.Duration) bool {
 }
 
 // invokeUnary runs one logical unary call: every attempt the retry policy
-// allows, then the dead-letter queue if the policy says so.
-func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, call *Call, req []byte) ([]byte, error) {
+// allows, then the dead-letter queue if the policy says so. The response is
+// decoded into res; decErr is the decoding's error (unaryAttempt).
+func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, call *Call, req []byte, res proto.Message) (decErr, err error) {
 	p := c.policyFor(m, co)
 	ensureIdempotencyKey(call)
 	started := time.Now()
@@ -312,10 +313,10 @@ func (c *Client) invokeUnary(ctx context.Context, m *Method, co *callOptions, ca
 			}
 			call.Header.Set(tether.MetadataAttempt, strconv.Itoa(attempts+transparent))
 		}
-		out, err := c.unaryAttempt(ctx, co, call, req)
+		decErr, err := c.unaryAttempt(ctx, co, call, req, res)
 		if err == nil {
 			c.budget.success()
-			return out, nil
+			return decErr, nil
 		}
 		lastErr = err
 		if ctx.Err() != nil {

@@ -24,11 +24,11 @@ import (
 // channels made only when someone waits, 32 (27) with the WebSocket frames
 // written by the connection itself (internal/mux/wswrite.go: no
 // allocation in gorilla/websocket's writer), 32 (26) with the request lent
-// to the server's handler (mux.Config.LendFirstMessage); BenchmarkUnary
-// reports the exact
+// to the server's handler (mux.Config.LendFirstMessage), 31 (25) with the
+// response lent to the client's decoding; BenchmarkUnary reports the exact
 // figure. Under -race, sync.Pool drops a share of what is put back: the
 // count varies by one or two, and is higher than without.
-const unaryAllocBudget = 34
+const unaryAllocBudget = 33
 
 // keyedAllocBudget is unaryAllocBudget for the same call of a method that
 // is not free of side effects: the client generates an idempotency key and
@@ -37,8 +37,9 @@ const unaryAllocBudget = 34
 // context made on first use, 40 (35) with handler goroutines reused, 39
 // (34) with the client's per-call struct reused, 35 (30) with the streams'
 // channels made only when someone waits, 33 (27) with the frames written
-// by the connection itself, 33 (26) with the request lent.
-const keyedAllocBudget = 35
+// by the connection itself, 33 (26) with the request lent, 32 (25) with
+// the response lent.
+const keyedAllocBudget = 34
 
 // deadlineAllocBudget is unaryAllocBudget for the same call with a
 // deadline on its context, as gRPC's guidance asks of every call: the
@@ -52,8 +53,9 @@ const keyedAllocBudget = 35
 // (mux.Stream.RecvMsgCtx): the deadline costs the server's timer and its
 // function. 40 (36) with the client's per-call struct reused, 37 (32) with
 // the streams' channels made only when someone waits, 34 (29) with the
-// frames written by the connection itself, 34 (28) with the request lent.
-const deadlineAllocBudget = 36
+// frames written by the connection itself, 34 (28) with the request lent,
+// 33 (27) with the response lent.
+const deadlineAllocBudget = 35
 
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation
 // budget, client and server in this process together (testing.AllocsPerRun

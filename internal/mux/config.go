@@ -195,12 +195,13 @@ type Config struct {
 	// Stream.Owner returns; the call's state then costs no allocation of
 	// its own. Nil: the streams are allocated alone.
 	NewStream func() (s *Stream, owner any)
-	// LendFirstMessage lends the first message of each stream the peer
-	// opens as RecvMsg lends every later one (servers only): from pooled
-	// memory, valid until the next RecvMsg or ReleaseMsg, instead of a copy
-	// of its own that the caller may keep. For an application that decodes
-	// each message before it receives the next and calls ReleaseMsg once
-	// decoded: a unary call's request then costs no allocation of its own.
+	// LendFirstMessage lends the first message of each stream as RecvMsg
+	// lends every later one: from pooled memory, valid until the next
+	// RecvMsg or ReleaseMsg, instead of a copy of its own that the caller
+	// may keep. For an application that decodes each message before it
+	// receives the next (and calls ReleaseMsg once decoded if it may not
+	// receive again): a unary call's request and response then cost no
+	// allocation of their own.
 	LendFirstMessage bool
 	// PeerMaxStreams is how many streams the server runs at once on this
 	// connection, as it announced in the handshake (clients only; 0: not

@@ -10,10 +10,10 @@ import (
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 )
 
-// TestLendFirstMessage: with Config.LendFirstMessage a server stream's
-// first message is lent from pooled memory like every later one, and
-// ReleaseMsg gives it back at once; without it the first message is the
-// caller's own. Every message arrives intact either way.
+// TestLendFirstMessage: with Config.LendFirstMessage a stream's first
+// message, on either side, is lent from pooled memory like every later
+// one, and ReleaseMsg gives it back at once; without it the first message
+// is the caller's own. Every message arrives intact either way.
 func TestLendFirstMessage(t *testing.T) {
 	for _, lend := range []bool{false, true} {
 		t.Run(fmt.Sprintf("lend=%v", lend), func(t *testing.T) {
@@ -45,8 +45,9 @@ func TestLendFirstMessage(t *testing.T) {
 					s.mu.Unlock()
 				}
 				done <- r
+				_ = s.SendMsg(context.Background(), []byte("answer"))
 				_ = s.Finish(nil, nil)
-			}}, Config{})
+			}}, Config{LendFirstMessage: lend})
 			want := [][]byte{[]byte("first request"), []byte("second"), []byte("third")}
 			s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/b"}, want[0], false)
 			if err != nil {
@@ -80,6 +81,20 @@ func TestLendFirstMessage(t *testing.T) {
 			}
 			if !r.released {
 				t.Fatal("ReleaseMsg kept the message's memory")
+			}
+			// The client's side of the option: the answer is lent too.
+			b, err := s.RecvMsg()
+			if err != nil || string(b) != "answer" {
+				t.Fatalf("answer %q, %v", b, err)
+			}
+			s.mu.Lock()
+			lent := s.held != nil
+			s.mu.Unlock()
+			if lent != lend {
+				t.Fatalf("the client's first message lent: %v, want %v", lent, lend)
+			}
+			if _, err := s.RecvMsg(); err != io.EOF {
+				t.Fatalf("after the answer: %v, want io.EOF", err)
 			}
 		})
 	}

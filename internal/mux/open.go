@@ -201,9 +201,6 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	}
 	s := c.newStream(f.StreamID, into)
 	s.owner = owner
-	if c.cfg.LendFirstMessage { // its first message as the later ones (slab.go)
-		s.copiedFirst, s.gaveFirst = true, true
-	}
 	open := &s.open
 	// open.Metadata stays empty (Stream.RequestMetadata), and
 	// open.Procedure until Route has named it.

@@ -30,9 +30,9 @@ var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, sla
 //
 // A stream's first payload is copied on its own, exactly: unary calls and
 // single responses then never touch a slab, and their callers may keep the
-// message past the next RecvMsg. With Config.LendFirstMessage (a server's
-// streams) it is treated as every later one: copiedFirst and gaveFirst are
-// set when the stream opens. A large payload (minBig and more) after it
+// message past the next RecvMsg. With Config.LendFirstMessage it is
+// treated as every later one: copiedFirst and gaveFirst are set when the
+// stream is made (newStream). A large payload (minBig and more) after it
 // is copied into a pooled buffer of its own (bigbuf.go) with room for at
 // least room bytes more: the first fragment of a message a little over one
 // frame then becomes the buffer the message is assembled in
