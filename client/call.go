@@ -108,8 +108,10 @@ type spareStream struct {
 
 // Invoke makes a unary call of m: it sends req and decodes the response into
 // res, through the client's interceptors, retrying and dead-lettering as
-// m's retry policy says. It implements clientconn.Conn; generated clients
-// call it, user code calls the generated methods.
+// m's retry policy says. When it returns an error, res is undefined (an
+// attempt may have decoded a response before it failed). It implements
+// clientconn.Conn; generated clients call it, user code calls the
+// generated methods.
 func (c *Client) Invoke(ctx context.Context, m *Method, req, res proto.Message, opts ...CallOption) error {
 	if len(c.cfg.interceptors) == 0 {
 		// No one but this package sees the Call: no closure, no header

@@ -28,9 +28,9 @@ var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, sla
 // returns the copy, and the slab it lives in (nil when it was allocated on
 // its own). s.mu is held.
 //
-// A stream's first payload is copied on its own, exactly: unary calls and
-// single responses then never touch a slab, and their callers may keep the
-// message past the next RecvMsg. With Config.LendFirstMessage it is
+// Without Config.LendFirstMessage a stream's first payload is copied on
+// its own, exactly, and its caller may keep the message past the next
+// RecvMsg. With it (tether's client and server both set it) the first is
 // treated as every later one: copiedFirst and gaveFirst are set when the
 // stream is made (newStream). A large payload (minBig and more) after it
 // is copied into a pooled buffer of its own (bigbuf.go) with room for at

@@ -146,8 +146,9 @@ type Recycler interface {
 // client's OpenInto will be given, a recycled one: the connection counts
 // who holds it, and once the caller has called Release and the connection
 // no longer uses it, r.Recycle runs, which may then Clear s and reuse the
-// memory (the client's unary calls come from a pool this way). Nothing may use s after Release; what
-// it returned stays valid (messages and metadata maps are not s's memory).
+// memory (the client's unary calls come from a pool this way). Nothing may use s after Release;
+// metadata maps it returned stay valid (not s's memory), and so does a
+// message RecvMsg returned until the next receive (pooled memory, not s's).
 // Client streams only: a server stream's end runs with its locks held.
 // Recycle may run with the connection's mu held (the last holder may be
 // the table): it must not call into the connection.
