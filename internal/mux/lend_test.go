@@ -20,12 +20,12 @@ func TestLendFirstMessage(t *testing.T) {
 			type result struct {
 				msgs     [][]byte
 				heldOnce []bool // the stream held pooled memory for the message
-				released bool   // ReleaseMsg let go of it
+				released bool   // ReleaseMsg let go of every message at once
 				err      error
 			}
 			done := make(chan result, 1)
 			cc, _ := pair(t, Config{LendFirstMessage: lend, Accept: func(s *Stream, _ *tetherv1.Open) {
-				var r result
+				r := result{released: true}
 				for {
 					b, err := s.RecvMsg()
 					if err == io.EOF {
@@ -41,7 +41,7 @@ func TestLendFirstMessage(t *testing.T) {
 					s.mu.Unlock()
 					s.ReleaseMsg()
 					s.mu.Lock()
-					r.released = s.held == nil
+					r.released = r.released && s.held == nil
 					s.mu.Unlock()
 				}
 				done <- r

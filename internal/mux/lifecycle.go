@@ -158,8 +158,11 @@ func (c *Conn) handleGoAway(f frame.Frame) error {
 // when code is not 0. It is safe from any goroutine and idempotent.
 func (c *Conn) closeWith(err error, code int, text string) {
 	c.closeOnce.Do(func() {
-		if code == closeSent {
-			c.wsw.closeSent.Store(true) // before anything else: no data after gorilla's close frame
+		if code == closeSent || code == 0 {
+			// Before anything else: no data after a close frame gorilla
+			// wrote (over the read limit, or a protocol error, which
+			// comes here with code 0), nor on a socket closed at once.
+			c.wsw.closeSent.Store(true)
 		}
 		c.err = err
 		close(c.closed)

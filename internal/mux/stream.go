@@ -89,8 +89,8 @@ type Stream struct {
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not
 	gotMessage    bool  // reader goroutine: a whole message has arrived
-	copiedFirst   bool  // a payload has been copied out (slab.go)
-	gaveFirst     bool  // RecvMsg has returned a message
+	copiedFirst   bool  // a payload has been copied out (slab.go), or Config.LendFirstMessage (newStream)
+	gaveFirst     bool  // RecvMsg has returned a message, or Config.LendFirstMessage (newStream)
 	headersSet    bool  // headers are set (HEADERS, or the end without them)
 	assembly      []byte
 	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes

@@ -73,9 +73,9 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 	var sl *slab
 	if own != nil {
 		// Read into a buffer of its own: what copyInLocked makes of a
-		// large payload, without the copy. A stream's first payload is
-		// the application's to keep (copyInLocked): its buffer never
-		// goes back to the pool.
+		// large payload, without the copy. A stream's first payload
+		// (without Config.LendFirstMessage) is the application's to
+		// keep (copyInLocked): its buffer never goes back to the pool.
 		s.c.adopted = true
 		if s.copiedFirst {
 			own.refs = 1

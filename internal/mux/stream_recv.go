@@ -106,7 +106,7 @@ func (s *Stream) recv(done <-chan struct{}) ([]byte, error) {
 				s.uncharge()
 				if sl := s.asmSlab; sl != nil {
 					s.asmSlab = nil
-					if s.gaveFirst { // the first message is the caller's to keep
+					if s.gaveFirst { // else the first message, the caller's to keep (no LendFirstMessage)
 						sl.refs = 1
 						s.held = sl
 					}

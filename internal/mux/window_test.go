@@ -296,8 +296,8 @@ func TestSlowConsumerWindowDoesNotGrow(t *testing.T) {
 // TestTwo64KiBMessagesShareAWrite (issue 15): two queued messages of a
 // 64 KiB payload (each a full frame and a 4-byte tail) leave in one
 // WebSocket message, and a third starts the next: at a 128 KiB cut each
-// went alone, a write, a read and four allocations in gorilla/websocket
-// per message.
+// went alone, a write, a read and (at the time) four allocations in
+// gorilla/websocket per message.
 func TestTwo64KiBMessagesShareAWrite(t *testing.T) {
 	var buf []byte
 	msg := make([]byte, frame.MaxPayload+4)

@@ -413,8 +413,8 @@ var marshalOpts = proto.MarshalOptions{UseCachedSize: true}
 // over 128 KiB so that two messages of a 64 KiB payload (each a full frame
 // and a tail of a few bytes, 131,120 bytes together) share a write: at
 // 128 KiB each went alone, one write, one read and four allocations in
-// gorilla/websocket per message (5.4 instead of 7.3 allocations per message,
-// both ends, on the 64 KiB stream).
+// gorilla/websocket per message at the time (5.4 instead of 7.3 allocations
+// per message, both ends, on the 64 KiB stream).
 const maxWriteMessage = 129 << 10
 
 // maxSmallWriteMessage: a WebSocket message of small frames only ends

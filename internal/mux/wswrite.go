@@ -20,8 +20,9 @@ package mux
 // 6455 section 5.5.1). gorilla/websocket itself still writes a close
 // frame when its reader fails on a peer's protocol error or a message
 // over the read limit: the connection closes right after (closeWith first
-// marks the close frame sent; while a closed connection drains there is
-// no read limit, so only a protocol error can make gorilla write there),
+// marks the close frame sent, for every close it makes without a close
+// frame of its own; while a closed connection drains there is no read
+// limit, so only a protocol error can make gorilla write there),
 // and that frame lands between two of this writer's whole frames: each
 // frame is one system call, which the runtime does not interleave with
 // another on the same socket. A write refused because a close frame went
@@ -138,9 +139,7 @@ func (w *wsWriter) writeLocked(op int, p []byte, deadline time.Time) error {
 		// Small: one copy into a pooled buffer, one write(2), which
 		// costs less than a writev(2) of two pieces.
 		sl := slabPool.Get().(*slab)
-		b := append(append(sl.buf[:0], h...), p...)
-		_, err = w.conn.Write(b)
-		sl.buf = b[:0]
+		err = w.writeCopy(sl, h, p)
 		slabPool.Put(sl)
 	case w.vectored:
 		w.bufs = [2][]byte{h, p}
@@ -154,14 +153,21 @@ func (w *wsWriter) writeLocked(op int, p []byte, deadline time.Time) error {
 		if sl == nil {                           // past the pools' largest class
 			sl = &slab{buf: make([]byte, 0, len(h)+len(p))}
 		}
-		b := append(append(sl.buf[:0], h...), p...)
-		_, err = w.conn.Write(b)
-		sl.buf = b[:0]
+		err = w.writeCopy(sl, h, p)
 		putBig(sl)
 	}
 	if err != nil {
 		w.err = err
 	}
+	return err
+}
+
+// writeCopy writes h and p with one Write, copied one after the other
+// into sl's buffer.
+func (w *wsWriter) writeCopy(sl *slab, h, p []byte) error {
+	b := append(append(sl.buf[:0], h...), p...)
+	_, err := w.conn.Write(b)
+	sl.buf = b[:0]
 	return err
 }
 

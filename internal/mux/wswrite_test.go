@@ -115,7 +115,7 @@ func TestWSWriterFramesReadByGorilla(t *testing.T) {
 	}
 }
 
-// TestWSWriterControlFrames: a ping is answered, a close frame arrives with
+// TestWSWriterControlFrames: a ping arrives with its payload, a close frame arrives with
 // its code and text, and nothing is written after it.
 func TestWSWriterControlFrames(t *testing.T) {
 	cws, sws := wsSockets(t)
