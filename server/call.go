@@ -205,8 +205,10 @@ func (c *call) Receive(msg proto.Message) error {
 		return err
 	}
 	err = proto.Unmarshal(b, msg) // copies what msg keeps
-	if c.rs == nil {
-		c.s.ReleaseMsg() // b was lent (mux.Config.LendFirstMessage)
+	if c.rs == nil && c.s.Single() {
+		// b was lent (mux.Config.LendFirstMessage) and no receive will
+		// follow to give it back; a streaming request's next receive does.
+		c.s.ReleaseMsg()
 	}
 	if err != nil {
 		return tether.Errorf(tether.CodeInvalidArgument, "tether: unmarshal %s: %v", msg.ProtoReflect().Descriptor().FullName(), err)

@@ -211,6 +211,11 @@ func (s *Stream) ID() uint32 { return s.id }
 // streams), or nil.
 func (s *Stream) Route() any { return s.route }
 
+// Single reports whether the stream's procedure takes exactly one request
+// message (Config.Route's single; servers only). Set before Accept, read-only
+// after.
+func (s *Stream) Single() bool { return s.single }
+
 // Owner is the struct Config.NewStream gave the stream's memory in
 // (server streams), or nil.
 func (s *Stream) Owner() any { return s.owner }
