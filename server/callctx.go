@@ -41,13 +41,13 @@ var errDeadline = tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline e
 // the stream's end from the stream itself (mux.Stream.OnEnd), so that the
 // stream's own context is not made for it either. serveStream keeps it in
 // the call's struct, which is the stream's memory: a deadline costs the
-// call a timer and its function, and nothing more.
+// call a pooled timer (deadlineTimer), and nothing more.
 type callCtx struct {
 	parent     context.Context
-	deadline   time.Time   // zero: none
-	timer      *time.Timer // the deadline's, or nil
-	stopParent func() bool // watchParent's AfterFunc on parent, or nil
-	ended      atomic.Bool // err is set (read without mu)
+	deadline   time.Time      // zero: none
+	timer      *deadlineTimer // the deadline's, or nil
+	stopParent func() bool    // watchParent's AfterFunc on parent, or nil
+	ended      atomic.Bool    // err is set (read without mu)
 
 	mu          sync.Mutex
 	err, cause  error
@@ -66,11 +66,53 @@ func (c *callCtx) start(parent context.Context, timeout time.Duration, onDeadlin
 	c.parent = parent
 	if timeout > 0 {
 		c.deadline = time.Now().Add(timeout)
-		c.timer = time.AfterFunc(timeout, func() {
-			if c.end(context.DeadlineExceeded, errDeadline) && onDeadline != nil {
-				onDeadline.expired()
-			}
-		})
+		c.timer = armDeadline(c, onDeadline, timeout)
+	}
+}
+
+// A deadlineTimer ends a call's context when its deadline passes. Calls
+// with a deadline are the common case of a server under load, so the
+// timers are reused: a call takes one from deadlineTimers and gives it
+// back when it stops it before it fired. That saves the timer and its
+// function (two allocations a call), and the runtime's timer heap does not
+// fill with stopped timers, which it would clean by scanning the whole
+// heap, every connection's read deadline included.
+type deadlineTimer struct {
+	t          *time.Timer // runs fire; made once, re-armed with Reset
+	c          *callCtx
+	onDeadline expirer
+}
+
+var deadlineTimers sync.Pool // of *deadlineTimer, stopped before they fired
+
+// armDeadline returns a timer that ends c (and tells onDeadline) after
+// timeout.
+func armDeadline(c *callCtx, onDeadline expirer, timeout time.Duration) *deadlineTimer {
+	d, _ := deadlineTimers.Get().(*deadlineTimer)
+	if d == nil {
+		d = &deadlineTimer{c: c, onDeadline: onDeadline}
+		d.t = time.AfterFunc(timeout, d.fire)
+		return d
+	}
+	d.c, d.onDeadline = c, onDeadline
+	d.t.Reset(timeout)
+	return d
+}
+
+// fire runs on the timer's own goroutine when the deadline passes.
+func (d *deadlineTimer) fire() {
+	if d.c.end(context.DeadlineExceeded, errDeadline) && d.onDeadline != nil {
+		d.onDeadline.expired()
+	}
+}
+
+// stop stops the timer. One stopped before it fired goes back to the pool:
+// Stop returning true means fire will not run for this call. One that
+// fired is left to the collector (fire may still be running).
+func (d *deadlineTimer) stop() {
+	if d.t.Stop() {
+		d.c, d.onDeadline = nil, nil
+		deadlineTimers.Put(d)
 	}
 }
 
@@ -91,7 +133,8 @@ func (c *callCtx) stop() {
 		c.stopParent()
 	}
 	if c.timer != nil {
-		c.timer.Stop()
+		c.timer.stop()
+		c.timer = nil
 	}
 	c.end(context.Canceled, context.Canceled)
 }

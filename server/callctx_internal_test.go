@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -238,4 +239,65 @@ func newCallCtx(parent context.Context, timeout time.Duration, onDeadline expire
 	c.start(parent, timeout, onDeadline)
 	c.watchParent()
 	return c
+}
+
+// TestDeadlineTimerReused (issue 15): a call's deadline timer stopped
+// before it fired serves a later call. It then ends that call at that
+// call's deadline, and never the call it served before.
+func TestDeadlineTimerReused(t *testing.T) {
+	var firstExpired atomic.Bool
+	first := newCallCtx(context.Background(), 20*time.Millisecond, expireFunc(func() { firstExpired.Store(true) }))
+	timer := first.timer
+	first.stop() // before the deadline: the timer goes back to the pool
+	if err := first.Err(); err != context.Canceled {
+		t.Fatalf("first call after stop: Err() = %v, want context.Canceled", err)
+	}
+	// The pool may keep the timer or drop it (it drops a share under
+	// -race); calls take timers until one is the first call's.
+	expired := make(chan struct{}, 1)
+	var second *callCtx
+	for range 100 {
+		c := newCallCtx(context.Background(), 50*time.Millisecond, expireFunc(func() { expired <- struct{}{} }))
+		if c.timer == timer {
+			second = c
+			break
+		}
+		c.stop()
+	}
+	if second == nil {
+		t.Skip("the pool never gave the stopped timer back")
+	}
+	defer second.stop()
+	select {
+	case <-expired:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reused timer did not end the second call")
+	}
+	if err := second.Err(); err != context.DeadlineExceeded {
+		t.Errorf("second call: Err() = %v, want context.DeadlineExceeded", err)
+	}
+	if firstExpired.Load() {
+		t.Error("the reused timer told the first call's expirer")
+	}
+	if err := first.Err(); err != context.Canceled {
+		t.Errorf("first call: Err() = %v, want context.Canceled", err)
+	}
+}
+
+// TestDeadlineTimerThatFiredIsNotReused: a timer that fired is not given
+// back (its function may still run), and the next call's deadline is its
+// own.
+func TestDeadlineTimerThatFiredIsNotReused(t *testing.T) {
+	done := make(chan struct{})
+	c := newCallCtx(context.Background(), time.Millisecond, expireFunc(func() { close(done) }))
+	<-done
+	timer := c.timer
+	c.stop()
+	for range 100 {
+		n := newCallCtx(context.Background(), time.Hour, nil)
+		if n.timer == timer {
+			t.Fatal("a timer that fired was reused")
+		}
+		n.stop()
+	}
 }

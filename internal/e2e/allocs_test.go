@@ -51,11 +51,12 @@ const keyedAllocBudget = 34
 // stream (mux.Stream.OnEnd), makes its inner contexts on first use and lives
 // in the call's struct, and a unary call watches its context where it waits
 // (mux.Stream.RecvMsgCtx): the deadline costs the server's timer and its
-// function. 40 (36) with the client's per-call struct reused, 37 (32) with
+// function (a pooled timer since). 40 (36) with the client's per-call struct reused, 37 (32) with
 // the streams' channels made only when someone waits, 34 (29) with the
 // frames written by the connection itself, 34 (28) with the request lent,
-// 33 (27) with the response lent.
-const deadlineAllocBudget = 35
+// 33 (27) with the response lent, 32 (25) with the server's deadline
+// timers reused.
+const deadlineAllocBudget = 34
 
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation
 // budget, client and server in this process together (testing.AllocsPerRun
