@@ -22,12 +22,35 @@ import (
 // readerIdle is how long a reader goroutine waits for the next reader.
 const readerIdle = 20 * time.Millisecond
 
-// readers runs reader loops on reused goroutines.
-var readers = newWorkers(readerIdle, func(f func()) bool { f(); return true })
+// A readerJob is what a reader goroutine runs: the reader loop of c,
+// leaving the shared poller (Conn.unparked, with woke), or else f. A
+// struct, not a closure: a parked connection's reader starts again for
+// every call it serves, and a closure over c and woke would be an
+// allocation each time.
+type readerJob struct {
+	c    *Conn
+	woke bool
+	f    func()
+}
+
+// readers runs reader loops on reused goroutines. Made in init: a reader
+// loop can start another connection's (closeWith unparks).
+var readers *workers[readerJob]
+
+func init() { readers = newWorkers(readerIdle, runReader) }
+
+func runReader(j readerJob) bool {
+	if j.c != nil {
+		j.c.unparked(j.woke)
+	} else {
+		j.f()
+	}
+	return true
+}
 
 // goReader runs f, a reader loop, on an idle reader goroutine, whose stack
 // has already grown, or on a new one.
-func goReader(f func()) { readers.start(f) }
+func goReader(f func()) { readers.start(readerJob{f: f}) }
 
 // Go runs f on an idle reader goroutine, whose stack has already grown, or
 // on a new one, as goReader does: for the server's upgrade-only listener,
@@ -70,22 +93,42 @@ func (w *workers[T]) idleTime() time.Duration {
 	return w.idle
 }
 
-// loop runs j, then the jobs handed to it, until it has waited idleTime
-// for one or run says to end.
+// loop runs j, then the jobs handed to it, until it has waited at least
+// idleTime (at most twice that) for one, or run says to end.
+//
+// The idle timer is not moved after each job: it is re-armed only once it
+// has fired, if a job ran since it was armed. Moving a timer that is in the
+// runtime's heap (Reset) to a time that soon makes the runtime scan the
+// whole heap when that time comes: with a job every few microseconds and
+// a timer per connection in the heap (read deadlines, heartbeats), those
+// scans took 8% of the CPU of a server holding 10,000 connections
+// (docs/BENCHMARKS.md). A fired timer re-armed is added, not moved.
 func (w *workers[T]) loop(j T) {
 	var idle *time.Timer
+	var armed time.Duration // idle's duration
 	var zero T
+	ran := false // a job ran since idle was armed
 	for w.run(j) {
 		j = zero // nothing of the last job is kept while waiting
 		if d := w.idleTime(); idle == nil {
-			idle = time.NewTimer(d)
-		} else {
+			idle, armed = time.NewTimer(d), d
+		} else if d != armed { // the idle time changed (tests)
 			idle.Reset(d)
+			armed, ran = d, false
 		}
-		select {
-		case j = <-w.handoff:
-		case <-idle.C:
-			return
+		for {
+			select {
+			case j = <-w.handoff:
+				ran = true
+			case <-idle.C:
+				if !ran {
+					return
+				}
+				armed, ran = w.idleTime(), false
+				idle.Reset(armed)
+				continue
+			}
+			break
 		}
 	}
 	if idle != nil {

@@ -137,7 +137,7 @@ func (c *Conn) unparkLocked(woke bool) bool {
 	if poller.conns[c.parkFD] == c {
 		delete(poller.conns, c.parkFD)
 	}
-	goReader(func() { c.unparked(woke) })
+	readers.start(readerJob{c: c, woke: woke})
 	return true
 }
 

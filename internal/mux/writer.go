@@ -85,7 +85,8 @@ func (c *Conn) kickLocked() {
 	go c.writeLoop()
 }
 
-// writerLinger is how long a writer waits for more work before it exits.
+// writerLinger is how long a writer waits for more work before it exits
+// (at most twice that: writeLoop).
 const writerLinger = 100 * time.Millisecond
 
 // write appends frames built by fn to the writer's queue, waiting while the
@@ -280,6 +281,7 @@ func (c *Conn) writeUrgent(fn func([]byte) []byte) {
 func (c *Conn) writeLoop() {
 	defer c.wg.Done()
 	var linger *time.Timer
+	wrote := false // a batch was written since linger was armed
 	for {
 		// Let the goroutines that are ready to queue frames do so before
 		// taking the batch: under load more frames share a write (as
@@ -304,10 +306,14 @@ func (c *Conn) writeLoop() {
 				c.stopWriter()
 				return
 			}
+			// The linger timer is armed once and re-armed only after it
+			// fired with batches written meanwhile: the writer exits
+			// between writerLinger and twice that after its last batch.
+			// Moving it after every batch would make the runtime scan
+			// its whole timer heap every writerLinger (see
+			// workers.loop).
 			if linger == nil {
 				linger = time.NewTimer(writerLinger)
-			} else {
-				linger.Reset(writerLinger)
 			}
 			select {
 			case <-c.wnotify:
@@ -316,6 +322,11 @@ func (c *Conn) writeLoop() {
 				c.stopWriter()
 				return
 			case <-linger.C:
+				if wrote {
+					wrote = false
+					linger.Reset(writerLinger)
+					continue
+				}
 				c.wmu.Lock()
 				if c.wbusy || len(c.wbuf) == 0 && !c.wclosing {
 					// Idle (or an inline writer, which kicks when it
@@ -336,6 +347,7 @@ func (c *Conn) writeLoop() {
 		buf := c.takeLocked()
 		c.wmu.Unlock()
 		err := c.writeBatch(buf)
+		wrote = true
 		c.wmu.Lock()
 		c.putLocked(buf, err)
 		c.wmu.Unlock()
