@@ -609,6 +609,37 @@ func TestTrickledMessage(t *testing.T) {
 	w.untouched(t)
 }
 
+// TestStalledMessage: a message whose first bytes arrive with its frame's
+// header, and whose rest never comes, is cut off after MaxMessageReadTime,
+// not after the heartbeat's longer read deadline. The server sets the
+// message's deadline on the socket only when the message needs a read of
+// it (mux's lazy message deadline): this is that read.
+func TestStalledMessage(t *testing.T) {
+	const limit = 300 * time.Millisecond
+	srv, u := secServer(t, nil, server.WithMaxMessageReadTime(limit))
+	w := newSecWitness(t, u)
+	ws := secDial(t, u, nil)
+	defer ws.Close()
+	secEventually(t, 5*time.Second, secConnections(srv, 2)) // witness and ws
+	// One masked binary frame announcing 100 bytes; 10 of them sent.
+	hdr := []byte{0x82, 0x80 | 100, 1, 2, 3, 4}
+	start := time.Now()
+	if _, err := ws.UnderlyingConn().Write(append(hdr, make([]byte, 10)...)); err != nil {
+		t.Fatal(err)
+	}
+	code, text, err := secAwaitClose(ws, 10*time.Second)
+	took := time.Since(start)
+	if code != websocket.ClosePolicyViolation {
+		t.Fatalf("close code %d (%q), err %v; want 1008", code, text, err)
+	}
+	if took < limit-50*time.Millisecond || took > limit+time.Second {
+		t.Fatalf("closed %v after the message started; want about %v", took, limit)
+	}
+	t.Logf("stalled message: closed with 1008 %q after %v", text, took.Round(time.Millisecond))
+	secEventually(t, 5*time.Second, secConnections(srv, 1))
+	w.untouched(t)
+}
+
 // --- WebSocket message rules ---
 
 func TestOversizeMessage(t *testing.T) {

@@ -151,6 +151,12 @@ type Conn struct {
 	woke       bool          // the waiter woke with an error: read at once
 	parkReg    bool          // the socket is registered with the poller
 
+	// The read deadline of the message being read, set on the socket only
+	// when the message needs a read of it (socketRead). Reader goroutine.
+	lazyMsgDeadline bool      // the socket tells of its reads (watchReads)
+	msgDeadline     time.Time // the message's deadline, while msgPending
+	msgPending      bool      // msgDeadline is not yet the socket's
+
 	role Role // set by New, read-only afterwards
 
 	// Counters, updated atomically from any goroutine.
@@ -210,6 +216,7 @@ func New(ws *websocket.Conn, role Role, cfg Config) *Conn {
 	// the field (to re-arm it), and Reset orders this write before the
 	// timer's first run.
 	c.parkConn = parker(ws.NetConn()) // before the timer: ping reads it
+	c.lazyMsgDeadline = watchReads(ws.NetConn(), c)
 	c.pingTimer = time.AfterFunc(math.MaxInt64, c.ping)
 	c.armPing()
 	goReader(c.readLoop)

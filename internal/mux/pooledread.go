@@ -56,6 +56,9 @@ type pooledConn struct {
 	buf  *[]byte // borrowed, holding unread bytes buf[r:w]; nil when none
 	r, w int
 	br   *bufio.Reader // the WebSocket's read buffer, when HijackPooled made it
+	// owner is told before every read of the socket (Conn.socketRead),
+	// on the reader goroutine; nil until New sets it.
+	owner *Conn
 
 	// readSocket's results, and readSocket as a func value.
 	readFn func(fd uintptr) bool
@@ -98,6 +101,17 @@ func parker(conn net.Conn) *pooledConn {
 	return nil
 }
 
+// watchReads makes c the owner of conn if conn is a pooled connection,
+// and reports whether it is: c then learns of every read of the socket
+// (Conn.socketRead).
+func watchReads(conn net.Conn, c *Conn) bool {
+	pc, ok := conn.(*pooledConn)
+	if ok {
+		pc.owner = c
+	}
+	return ok
+}
+
 // quiet reports whether no byte already read waits to be consumed: none in
 // the WebSocket's read buffer, none borrowed. Bytes in the socket do not
 // count: waitReadable returns at once for them (one system call fewer when
@@ -132,6 +146,9 @@ func (c *pooledConn) Read(p []byte) (int, error) {
 	}
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if c.owner != nil {
+		c.owner.socketRead()
 	}
 	if len(p) >= pooledReadSize {
 		return c.TCPConn.Read(p)

@@ -25,3 +25,5 @@ func parker(net.Conn) *pooledConn { return nil }
 func (*pooledConn) quiet() bool { return false }
 
 func (*pooledConn) waitReadable() error { return nil }
+
+func watchReads(net.Conn, *Conn) bool { return false }

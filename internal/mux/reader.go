@@ -78,10 +78,11 @@ func (c *Conn) readLoop() {
 		c.inMessage.Store(true)
 		now := time.Now()
 		c.noteMessage(now)
-		c.setReadDeadline(now.Add(c.cfg.MaxMessageReadTime))
+		c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
 		var buf []byte
 		buf, direct, lookAhead, err = readMessage((*bp)[:0], r, direct[:0], lookAhead)
+		c.msgPending = false
 		c.inMessage.Store(false)
 		if c.isClosed() { // closed meanwhile: the rest is drained, not handled
 			readBuffers.Put(bp)
