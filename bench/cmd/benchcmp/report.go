@@ -111,6 +111,7 @@ func rows(e *env) []row {
 		{"bidi c=1: round trips/s", "bidi-c1", metric(mRate), fmtInt, +1},
 		{"bidi c=64, 1 conn: round trips/s", "bidi-c64", metric(mRate), fmtInt, +1},
 		{"bidi c=64, 1 conn: CPU µs/round trip (client+server)", "bidi-c64", cpu, fmt1, -1},
+		{"bidi c=64, 1 conn: read+write syscalls/round trip (client+server)", "bidi-c64", syscalls, fmt2, -1},
 		{"bidi c=64, 1 conn: connections the client opened", "bidi-c64", metric(mConns), fmtInt, 0},
 		{fmt.Sprintf("idle x%d: connections held by the server", e.idleConns), "idle", metric(mHeld), fmtInt, 0},
 		{fmt.Sprintf("idle x%d: server RSS/conn (KiB)", e.idleConns), "idle", kib(mRSSPer), fmt1, -1},
