@@ -8,6 +8,7 @@ import (
 
 	"github.com/tetherrpc/tether"
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
 )
 
 // writerRunning reports whether c's writer goroutine is running.
@@ -316,5 +317,49 @@ func TestMarshalPanicReleasesQueue(t *testing.T) {
 	}
 	if msg, err := u.RecvMsg(); err != nil || string(msg) != "hi" {
 		t.Fatalf("a call after the panic: %q, %v", msg, err)
+	}
+}
+
+// TestWriterExitsAfterFramesQueuedAtLinger (issue 15): the writer's linger
+// timer is re-armed only after it fired (writeLoop). When it fires as
+// frames are being queued, the writer writes them and must still exit once
+// idle again: a timer left fired and not re-armed would keep the writer
+// (and its buffers) for the connection's life.
+func TestWriterExitsAfterFramesQueuedAtLinger(t *testing.T) {
+	cc, _ := pair(t, Config{}, Config{})
+	ping := func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypePing, Payload: make([]byte, frame.PingPayloadSize)})
+	}
+	written := func() bool {
+		cc.wmu.Lock()
+		defer cc.wmu.Unlock()
+		return len(cc.wbuf) == 0 && !cc.wbusy
+	}
+	cc.writeUrgent(ping) // starts the writer, which writes and arms its timer
+	waitFor(t, 5*time.Second, "the writer to write the first PING", written)
+	cc.writeUrgent(ping) // a batch after the timer was armed: its first firing re-arms it
+	waitFor(t, 5*time.Second, "the writer to write the second PING", written)
+	// The second firing, with nothing written since the first, finds the
+	// queue held; a frame is queued before the writer can look at it.
+	time.Sleep(writerLinger * 3 / 2)
+	cc.wmu.Lock()
+	time.Sleep(writerLinger * 3 / 2)
+	cc.wbuf = ping(cc.wbuf)
+	cc.kickLocked()
+	cc.wmu.Unlock()
+	waitFor(t, 5*time.Second, "the writer to exit once idle again", func() bool { return !writerRunning(cc) })
+}
+
+// TestWriterLingers: a writer that wrote one batch exits between
+// writerLinger and twice that afterwards.
+func TestWriterLingers(t *testing.T) {
+	cc, _ := pair(t, Config{}, Config{})
+	start := time.Now()
+	cc.writeUrgent(func(b []byte) []byte {
+		return frame.Append(b, frame.Frame{Type: frame.TypePing, Payload: make([]byte, frame.PingPayloadSize)})
+	})
+	waitFor(t, 5*time.Second, "the writer to exit", func() bool { return !writerRunning(cc) })
+	if took := time.Since(start); took < writerLinger {
+		t.Errorf("the writer exited %v after its batch; want at least %v", took, writerLinger)
 	}
 }

@@ -313,7 +313,7 @@ func (c *Conn) writeLoop() {
 			// its whole timer heap every writerLinger (see
 			// workers.loop).
 			if linger == nil {
-				linger = time.NewTimer(writerLinger)
+				linger, wrote = time.NewTimer(writerLinger), false
 			}
 			select {
 			case <-c.wnotify:
@@ -322,25 +322,27 @@ func (c *Conn) writeLoop() {
 				c.stopWriter()
 				return
 			case <-linger.C:
-				if wrote {
-					wrote = false
-					linger.Reset(writerLinger)
-					continue
-				}
-				c.wmu.Lock()
-				if c.wbusy || len(c.wbuf) == 0 && !c.wclosing {
-					// Idle (or an inline writer, which kicks when it
-					// is done, holds the token): exit; the next frame
-					// starts a writer again. An idle connection
-					// releases its buffers.
-					c.wrunning = false
-					if !c.wbusy {
-						c.spare, c.wbuf = nil, nil
+				if !wrote {
+					c.wmu.Lock()
+					if c.wbusy || len(c.wbuf) == 0 && !c.wclosing {
+						// Idle (or an inline writer, which kicks
+						// when it is done, holds the token): exit;
+						// the next frame starts a writer again. An
+						// idle connection releases its buffers.
+						c.wrunning = false
+						if !c.wbusy {
+							c.spare, c.wbuf = nil, nil
+						}
+						c.wmu.Unlock()
+						return
 					}
 					c.wmu.Unlock()
-					return
 				}
-				c.wmu.Unlock()
+				// Work since the timer was armed, or frames queued
+				// meanwhile: the timer has fired and is re-armed, or
+				// the writer would never exit again.
+				wrote = false
+				linger.Reset(writerLinger)
 				continue
 			}
 		}
