@@ -17,8 +17,9 @@ func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(w).Hijack()
 }
 
-// pooledConn never parks here.
-type pooledConn struct{}
+// pooledConn never parks here, and no connection is one (PooledReads
+// wraps none); it is a net.Conn only for the writer's type switch.
+type pooledConn struct{ net.Conn }
 
 func parker(net.Conn) *pooledConn { return nil }
 
