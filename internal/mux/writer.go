@@ -17,7 +17,7 @@ package mux
 //
 //   - the writer goroutine: at most one runs (wrunning, under wmu);
 //     kickLocked starts one when frames are queued, and it exits after
-//     writerLinger without work, so an idle connection has only its reader
+//     writerLinger to twice that without work, so an idle connection has only its reader
 //     goroutine;
 //   - an application goroutine in writeAlone (a unary caller's Open, a
 //     handler's FinishWith) or in SendProto with a message that answers
@@ -62,8 +62,8 @@ func (c *Conn) QueuedBytes() int {
 }
 
 // kickLocked makes sure a writer will take the queue: it wakes the running
-// writer or starts one. The writer goroutine exits after writerLinger
-// without work, so an idle connection has only its reader goroutine. While
+// writer or starts one. The writer goroutine exits after writerLinger (to
+// twice that) without work, so an idle connection has only its reader goroutine. While
 // an inline writer holds the token it does nothing: the holder kicks when it
 // gives the token back. The caller holds wmu.
 func (c *Conn) kickLocked() {
