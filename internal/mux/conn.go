@@ -14,10 +14,10 @@ package mux
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
 //   - the writer goroutine (writer.go), started on demand by kickLocked and
-//     gone after writerLinger to twice that without work. It and the application
-//     goroutines that write their own frames inline (writer.go's
-//     writeInline) take turns writing data messages to the WebSocket,
-//     one at a time (the write token, wbusy).
+//     gone after writerLinger to twice that without work. It and the
+//     application goroutines that write their own frames inline
+//     (writer.go's writeInline) take turns writing data messages to the
+//     WebSocket, one at a time (the write token, wbusy).
 //   - the heartbeat timer (heartbeat.go), a time.AfterFunc running ping;
 //     it also starts a parked reader whose read deadline has passed.
 //   - the application's goroutines: callers of Open (open.go), Close,

@@ -17,8 +17,8 @@ package mux
 //
 //   - the writer goroutine: at most one runs (wrunning, under wmu);
 //     kickLocked starts one when frames are queued, and it exits after
-//     writerLinger to twice that without work, so an idle connection has only its reader
-//     goroutine;
+//     writerLinger to twice that without work, so an idle connection has
+//     only its reader goroutine;
 //   - an application goroutine in writeAlone (a unary caller's Open, a
 //     handler's FinishWith) or in SendProto with a message that answers
 //     one the peer sent (a bidi ping-pong; Stream.answering) whose frames
