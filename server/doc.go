@@ -30,8 +30,8 @@
 //
 // Each running call has a goroutine of its own; a handler that panics
 // fails only its call, with code internal. A handler goroutine whose call
-// ended waits 20 ms for the next call before it ends, so a busy server
-// neither starts a goroutine nor grows a fresh stack per call: state a
+// ended waits 20 to 40 ms for the next call before it ends, so a busy
+// server neither starts a goroutine nor grows a fresh stack per call: state a
 // handler leaves on its goroutine goes to the next call on it. Handlers
 // that set pprof labels use pprof.Do (which restores them), and a handler
 // that changes its OS thread (runtime.LockOSThread with setns, unshare or

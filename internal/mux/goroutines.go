@@ -10,9 +10,9 @@ package mux
 // upgrade request: together a fifth of a set-up's instructions in user
 // space (docs/BENCHMARKS.md, "Connection set-up, second pass"). A reader
 // goroutine whose loop has returned (the connection parked or ended)
-// instead waits readerIdle for the next reader to run, of any connection,
-// as the handler goroutines do (workers): a busy process starts and
-// grows few, an idle one keeps none after readerIdle.
+// instead waits readerIdle (to twice that) for the next reader to run, of
+// any connection, as the handler goroutines do (workers): a busy process
+// starts and grows few, an idle one keeps none after twice readerIdle.
 
 import (
 	"sync/atomic"
@@ -101,7 +101,7 @@ func (w *workers[T]) idleTime() time.Duration {
 // runtime's heap (Reset) to a time that soon makes the runtime scan the
 // whole heap when that time comes: with a job every few microseconds and
 // a timer per connection in the heap (read deadlines, heartbeats), those
-// scans took 8% of the CPU of a server holding 10,000 connections
+// scans took 6 to 8% of the CPU of a server holding 10,000 connections
 // (docs/BENCHMARKS.md). A fired timer re-armed is added, not moved.
 func (w *workers[T]) loop(j T) {
 	var idle *time.Timer

@@ -252,13 +252,14 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 
 // Handler goroutines (servers). Every stream's Accept runs on a goroutine
 // of its own, but not always a new one: once Accept returns, its goroutine
-// waits up to handlerIdle for the next stream of any connection of the
-// process (handlers) and ends only if none comes. A busy server then
-// neither starts a goroutine per call (an allocation) nor grows a new
+// waits handlerIdle (to twice that) for the next stream of any connection
+// of the process (handlers) and ends only if none comes. A busy server
+// then neither starts a goroutine per call (an allocation) nor grows a new
 // goroutine's stack again through the handler's call chain (13% of the
 // server's CPU at 64 unary calls in flight). An idle one keeps no
-// goroutine: the last ones end handlerIdle after their last call. The
-// reader never waits for a goroutine: when none is idle it starts one.
+// goroutine: the last ones end handlerIdle to twice that after their last
+// call. The reader never waits for a goroutine: when none is idle it
+// starts one.
 //
 // A handler that leaves state on its goroutine (pprof labels set with
 // SetGoroutineLabels, a LockOSThread without its unlock) leaves it to the
