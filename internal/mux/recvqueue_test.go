@@ -1,8 +1,12 @@
 package mux
 
 import (
+	"bytes"
 	"context"
 	"io"
+	"math/bits"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,9 +100,8 @@ func queuedMemory(s *Stream) (held, payload int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	slabs := map[*slab]bool{}
-	q := s.recvQ
-	for i := 0; i < q.n; i++ {
-		ch := q.buf[(q.head+i)&(len(q.buf)-1)]
+	q := &s.recvQ
+	q.each(func(ch chunk) bool {
 		payload += len(ch.b)
 		switch {
 		case ch.slab != nil:
@@ -109,8 +112,9 @@ func queuedMemory(s *Stream) (held, payload int) {
 		default:
 			held += cap(ch.b) + frame.HeaderSize // a frame keeping its read buffer starts after its header
 		}
-	}
-	return held + q.slots()*int(unsafe.Sizeof(chunk{})), payload
+		return true
+	})
+	return held + q.slots()*int(unsafe.Sizeof(qslot{})), payload
 }
 
 // TestQueuedMemoryWithinCredit: whatever the size of the messages a peer
@@ -151,7 +155,7 @@ func TestQueuedMemoryWithinCredit(t *testing.T) {
 			return s.recvWindow < size+FrameOverhead || s.finished
 		})
 		held, payload := queuedMemory(s)
-		limit := 2*DefaultStreamWindow + slabSize + DefaultStreamWindow/FrameOverhead*int(unsafe.Sizeof(chunk{}))
+		limit := 2*DefaultStreamWindow + slabSize + DefaultStreamWindow/FrameOverhead*int(unsafe.Sizeof(qslot{}))
 		t.Logf("%6d-byte messages: %7d payload bytes queued, %7d bytes held (limit %d)", size, payload, held, limit)
 		if held > limit {
 			t.Errorf("%d-byte messages: queue holds %d bytes for %d bytes of payload; want at most %d", size, held, payload, limit)
@@ -303,5 +307,189 @@ func TestRecvQueueRingsGoBackEmpty(t *testing.T) {
 	q.push(chunk{b: payload})
 	if c := q.pop(); &c.b[0] != &payload[0] {
 		t.Fatal("a reset queue does not work again")
+	}
+}
+
+// TestRecvQueueRuns (issue 15): small frames copied into a slab share a
+// slot (a run); whatever the mix of small frames, frames of their own and
+// empty ones, pushes and pops in any interleaving give back every frame in
+// order, with its bytes and its more flag, and each slab's references
+// count its frames still queued or held. A seeded random schedule, checked
+// against a plain slice.
+func TestRecvQueueRuns(t *testing.T) {
+	for seed := range int64(40) {
+		rng := rand.New(rand.NewPCG(uint64(seed), 0))
+		s := &Stream{copiedFirst: true}
+		var want []chunk // pushed, not yet popped: b is a private copy
+		var held *slab
+		maxSlots := 0
+		for step := range 2000 {
+			if rng.IntN(3) > 0 || len(want) == 0 {
+				// Push: mostly small frames, some of their own, some
+				// empty, in bursts that fill several slabs.
+				var p []byte
+				switch k := rng.IntN(20); {
+				case k == 0:
+					p = nil
+				case k == 1:
+					p = make([]byte, maxSmall+1+rng.IntN(100))
+				case k == 2:
+					p = make([]byte, maxSmall)
+				default:
+					p = make([]byte, 1+rng.IntN(1500))
+				}
+				for i := range p {
+					p[i] = byte(rng.Uint32())
+				}
+				more := rng.IntN(4) == 0
+				if s.smallLocked(len(p)) {
+					s.recvQ.pushSmall(s.slabForLocked(runHeader+len(p)), p, more)
+				} else {
+					s.recvQ.push(chunk{b: append([]byte(nil), p...), more: more})
+				}
+				want = append(want, chunk{b: p, more: more})
+			} else {
+				if held != nil {
+					s.releaseLocked(held)
+					held = nil
+				}
+				rest, whole := s.recvQ.messageRest()
+				wantRest, wantWhole := 0, false
+				for _, c := range want {
+					wantRest += len(c.b)
+					if !c.more {
+						wantWhole = true
+						break
+					}
+				}
+				if rest != wantRest || whole != wantWhole {
+					t.Fatalf("seed %d step %d: messageRest %d, %v; want %d, %v", seed, step, rest, whole, wantRest, wantWhole)
+				}
+				c := s.recvQ.pop()
+				w := want[0]
+				want = want[1:]
+				if !bytes.Equal(c.b, w.b) || c.more != w.more {
+					t.Fatalf("seed %d step %d: popped %d bytes (more %v); want %d bytes (more %v), or other bytes", seed, step, len(c.b), c.more, len(w.b), w.more)
+				}
+				if c.slab != nil && cap(c.b) != len(c.b) {
+					t.Fatalf("seed %d step %d: a frame in a slab has room past its end (cap %d, len %d)", seed, step, cap(c.b), len(c.b))
+				}
+				held = c.slab
+			}
+			if s.recvQ.len() != len(want) {
+				t.Fatalf("seed %d step %d: len %d; want %d", seed, step, s.recvQ.len(), len(want))
+			}
+			maxSlots = max(maxSlots, s.recvQ.slots())
+			if step%16 != 0 {
+				continue
+			}
+			// Each slab's references: its frames queued, plus the one
+			// held.
+			refs := map[*slab]int{}
+			s.recvQ.each(func(c chunk) bool {
+				if c.slab != nil {
+					refs[c.slab]++
+				}
+				return true
+			})
+			if held != nil {
+				refs[held]++
+			}
+			for sl, n := range refs {
+				if sl.refs != n {
+					t.Fatalf("seed %d step %d: a slab counts %d references; %d frames point into it", seed, step, sl.refs, n)
+				}
+			}
+		}
+		if maxSlots > 1<<10 {
+			t.Fatalf("seed %d: %d slots for at most 2000 frames", seed, maxSlots)
+		}
+	}
+}
+
+// TestRecvQueueSmallFramesShareSlots (issue 15): a stream's small frames
+// take a slot per slab, not one per frame: a window's worth of 64-byte
+// frames, queued while the consumer is away, held 16,384 slots (640 KiB of
+// pointers for the collector to scan) and now about one per 16 KiB slab.
+func TestRecvQueueSmallFramesShareSlots(t *testing.T) {
+	s := &Stream{copiedFirst: true}
+	p := make([]byte, 64)
+	const frames = DefaultStreamWindow / (64 + FrameOverhead)
+	for range frames {
+		s.recvQ.pushSmall(s.slabForLocked(runHeader+len(p)), p, false)
+	}
+	slabs := (frames*(runHeader+len(p)) + slabSize - 1) / slabSize
+	if got, bound := s.recvQ.slots(), 2*slabs; got > bound {
+		t.Fatalf("%d frames of %d bytes in %d slots; want at most %d (two per slab)", frames, len(p), got, bound)
+	}
+	for range frames {
+		if c := s.recvQ.pop(); len(c.b) != len(p) {
+			t.Fatalf("popped %d bytes; want %d", len(c.b), len(p))
+		}
+	}
+	if s.recvQ.len() != 0 {
+		t.Fatalf("%d frames left", s.recvQ.len())
+	}
+}
+
+// TestRecvQueueSlotsAgainstAdversary (issue 15): what a peer can make a
+// stream that does not read hold in queue slots, whatever frames it sends
+// within its credit. Empty frames cost the least credit (FrameOverhead
+// each) and took a slot each (4,096 slots, 160 KiB, for a 64 KiB window);
+// in runs they take one or two. The most slots come from alternating a
+// one-byte frame with one that keeps its own buffer (at least 2 KiB: half
+// the smallest read buffer), each starting a slot.
+func TestRecvQueueSlotsAgainstAdversary(t *testing.T) {
+	const window = InitialWindow // a handler that has not read has granted no more
+	// Each slot but the first is a frame of its own (at least 2,048 bytes
+	// of payload), one after such a frame, or one after a slab filled past
+	// slabSize-maxSmall.
+	// The ring is that rounded up to a power of two.
+	bound := 2*(window/(2048+FrameOverhead)) + window/(slabSize-maxSmall) + 3
+	bound = 1 << bits.Len(uint(bound-1))
+	for _, tc := range []struct {
+		name    string
+		message []int // payload sizes of the frames of one WebSocket message
+	}{
+		{"empty frames", make([]int, 256)},
+		{"one-byte frames", slices.Repeat([]int{1}, 256)},
+		{"a one-byte frame, a 2 KiB one", []int{1, 2048}},
+		{"a one-byte frame, a 4 KiB one", []int{1, 4 << 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			streams := make(chan *Stream, 1)
+			ws, _ := rawPeer(t, Config{Accept: func(s *Stream, _ *tetherv1.Open) {
+				streams <- s
+				<-s.Context().Done()
+			}})
+			open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/a/b"})
+			writeFrames(t, ws, frame.Frame{Type: frame.TypeOpen, StreamID: 1, Payload: open})
+			s := <-streams
+			credit, frames := window, 0
+			for done := false; !done; {
+				var fs []frame.Frame
+				for _, n := range tc.message {
+					if credit < n+FrameOverhead {
+						done = true
+						break
+					}
+					credit -= n + FrameOverhead
+					fs = append(fs, frame.Frame{Type: frame.TypeMessage, StreamID: 1, Payload: make([]byte, n)})
+				}
+				if len(fs) > 0 {
+					writeFrames(t, ws, fs...)
+					frames += len(fs)
+				}
+			}
+			waitFor(t, 10*time.Second, "the frames queued", func() bool {
+				live, _, _ := queueStats(s)
+				return live == frames
+			})
+			_, slots, _ := queueStats(s)
+			t.Logf("%d frames within a %d-byte window: %d slots (bound %d)", frames, window, slots, bound)
+			if slots > bound {
+				t.Fatalf("%d frames took %d slots; want at most %d", frames, slots, bound)
+			}
+		})
 	}
 }

@@ -3,8 +3,9 @@ package mux
 import "sync"
 
 // A slab holds the small frames a stream has queued, copied out of the
-// reader's message buffer one after another, so that receiving a stream of
-// small messages does not allocate per message. Frames are consumed in
+// reader's message buffer one after another, each behind its length (a
+// run: recvqueue.go, pushSmall), so that receiving a stream of small
+// messages neither allocates nor takes a queue slot per message. Frames are consumed in
 // order, so a slab is free again once its last frame has been taken and the
 // application has called RecvMsg again: it then goes back to slabPool. A
 // stream whose application waits on an empty queue holds no slab.
@@ -24,9 +25,10 @@ const slabSize = 16 << 10
 
 var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, slabSize)} }}
 
-// copyInLocked copies a small payload out of the reader's buffer and
-// returns the copy, and the slab it lives in (nil when it was allocated on
-// its own). s.mu is held.
+// copyInLocked copies a payload that is not small (pushSmall copies
+// those into the stream's slab) out of the reader's buffer, and returns the
+// copy, and the pooled buffer it lives in (nil when it was allocated on its
+// own). s.mu is held.
 //
 // Without Config.LendFirstMessage a stream's first payload is copied on
 // its own, exactly, and its caller may keep the message past the next
@@ -38,29 +40,35 @@ var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, sla
 // frame then becomes the buffer the message is assembled in
 // (assembleLocked).
 func (s *Stream) copyInLocked(p []byte, room int) ([]byte, *slab) {
-	if !s.copiedFirst || len(p) > slabSize/4 {
-		if s.copiedFirst && len(p) >= minBig {
-			// Within twice p, room or not (room is at most a quarter
-			// of p, and a new buffer is rounded up by less than a page).
-			if sl := getBigWithin(len(p)+min(room, len(p)/4), 2*len(p)); sl != nil {
-				sl.buf = append(sl.buf, p...)
-				sl.refs = 1
-				return sl.buf, sl
-			}
+	if s.copiedFirst && len(p) >= minBig {
+		// Within twice p, room or not (room is at most a quarter
+		// of p, and a new buffer is rounded up by less than a page).
+		if sl := getBigWithin(len(p)+min(room, len(p)/4), 2*len(p)); sl != nil {
+			sl.buf = append(sl.buf, p...)
+			sl.refs = 1
+			return sl.buf, sl
 		}
-		s.copiedFirst = true
-		return append([]byte(nil), p...), nil
 	}
+	s.copiedFirst = true
+	return append([]byte(nil), p...), nil
+}
+
+// smallLocked reports whether a payload of n bytes is copied into the
+// stream's slab (pushSmall) rather than on its own (copyInLocked). s.mu is
+// held.
+func (s *Stream) smallLocked(n int) bool { return s.copiedFirst && n <= maxSmall }
+
+// slabForLocked returns the stream's current slab, or a new one when it
+// has no room for n more bytes; the full one it replaces lives on in the
+// frames queued in it. s.mu is held.
+func (s *Stream) slabForLocked(n int) *slab {
 	sl := s.slab
-	if sl == nil || cap(sl.buf)-len(sl.buf) < len(p) {
+	if sl == nil || cap(sl.buf)-len(sl.buf) < n {
 		sl = slabPool.Get().(*slab)
 		sl.buf, sl.refs = sl.buf[:0], 0
-		s.slab = sl // a full slab it replaces lives on in its chunks
+		s.slab = sl
 	}
-	start := len(sl.buf)
-	sl.buf = append(sl.buf, p...)
-	sl.refs++
-	return sl.buf[start:len(sl.buf):len(sl.buf)], sl
+	return sl
 }
 
 // releaseLocked drops one reference to sl, taken by a chunk the receiver has

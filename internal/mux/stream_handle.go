@@ -71,6 +71,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 	}
 	payload := f.Payload
 	var sl *slab
+	queued := false // by pushSmall
 	if own != nil {
 		// Read into a buffer of its own: what copyInLocked makes of a
 		// large payload, without the copy. A stream's first payload
@@ -89,19 +90,26 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 		// buffer (bigbuf.go) too, so that the read buffer is reused:
 		// a donated one is replaced by a new one, grown again by
 		// doubling as the next message is read.
-		if len(payload) > 0 {
+		switch {
+		case s.smallLocked(len(payload)):
+			s.recvQ.pushSmall(s.slabForLocked(runHeader+len(payload)), payload, more)
+			queued = true
+		case len(payload) == 0:
+			payload = nil
+			s.copiedFirst = true // a first message, empty: nothing to keep
+		default:
 			room := 0
 			if more && s.partial == len(payload) {
 				room = adoptRoom // a message's first fragment
 			}
 			payload, sl = s.copyInLocked(payload, room)
-		} else {
-			payload = nil
 		}
 	} else {
 		s.c.donated = true // the frame keeps the buffer
 	}
-	s.recvQ.push(chunk{b: payload, more: more, slab: sl})
+	if !queued {
+		s.recvQ.push(chunk{b: payload, more: more, slab: sl})
+	}
 	if !s.headersSet { // a message before HEADERS: the headers are empty
 		s.headersSet = true
 		s.closeHeadersLocked()
