@@ -156,6 +156,7 @@ type Conn struct {
 	lazyMsgDeadline bool      // the socket tells of its reads (watchReads)
 	msgDeadline     time.Time // the message's deadline, while msgPending
 	msgPending      bool      // msgDeadline is not yet the socket's
+	yieldFirst      bool      // the last message was one stream's: yield before the next read of the socket (socketRead)
 
 	role Role // set by New, read-only afterwards
 
