@@ -63,6 +63,7 @@ func (c *Conn) readLoop() {
 			}
 		}
 		mt, r, err := c.ws.NextReader()
+		c.yieldFirst = false // the yield is for a read that starts a message (socketRead)
 		if c.isClosed() {
 			return
 		}

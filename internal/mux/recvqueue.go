@@ -41,8 +41,8 @@ const (
 	// run: a little-endian uint16 of the payload's length, with runMore.
 	runHeader = 2
 	runMore   = 1 << 15
-	// maxSmall is the largest payload copied into a slab (pushSmall):
-	// four fit, with their headers. Larger ones are copied on their own
+	// maxSmall is the largest payload copied into a slab (pushSmall),
+	// 4,094 bytes: four fit, with their headers. Larger ones are copied on their own
 	// (copyInLocked). It must fit a run header's length.
 	maxSmall = slabSize/4 - runHeader
 )
@@ -54,13 +54,18 @@ var (
 
 // recvQueue is a stream's queue of received frames: a ring of slots whose
 // count is a power of two, grown (doubled) only when it is full. Every
-// queued frame holds at least FrameOverhead of the peer's credit and takes
-// at most one slot, so the queue never holds more than
-// StreamWindow/FrameOverhead frames, and its slots never exceed that
-// rounded up to a power of two, whatever the consumer's pace against the
-// sender's. (A slice reset only when it ran empty grew by a slot per
-// message under a consumer slightly slower than its sender.) Small frames
-// share slots (qslot), so a stream of small messages holds a few.
+// queued frame holds at least FrameOverhead of the peer's credit, so the
+// queue never holds more than window/FrameOverhead frames. Small frames
+// share slots (qslot): a slot of its own goes only to a frame of at least
+// 2 KiB (one that keeps half or more of its read buffer, of 4 KiB at
+// least, or one over maxSmall) or to a stream's first message, and a run
+// starts only after such a slot or when its slab is full (12,289 bytes
+// used at least). So the slots in use never exceed 2*window/2064 +
+// window/12289 + 3, whatever the peer sends and the consumer's pace
+// against the sender's (TestRecvQueueSlotsAgainstAdversary), and the ring
+// that rounded up to a power of two. (A slice reset only when it ran
+// empty grew by a slot per message under a consumer slightly slower than
+// its sender.)
 //
 // Its first ring is the two slots in the queue itself (small), so that a
 // stream that never holds more than two slots at once (a unary call's
@@ -93,8 +98,8 @@ const (
 	// queued.
 	maxIdleQueueSlots = 64
 	// maxPooledRingShift: rings of up to 1<<maxPooledRingShift slots are
-	// pooled (a 256 KiB window of empty frames needs 1<<14); larger
-	// ones, which only windows of several MiB need, are not kept.
+	// pooled (a window grown to 4 MiB needs 1<<13 at most); larger ones,
+	// which only windows of tens of MiB need, are not kept.
 	maxPooledRingShift = 16
 )
 

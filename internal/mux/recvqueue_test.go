@@ -443,9 +443,9 @@ func TestRecvQueueSlotsAgainstAdversary(t *testing.T) {
 	const window = InitialWindow // a handler that has not read has granted no more
 	// Each slot but the first is a frame of its own (at least 2,048 bytes
 	// of payload), one after such a frame, or one after a slab filled past
-	// slabSize-maxSmall.
-	// The ring is that rounded up to a power of two.
-	bound := 2*(window/(2048+FrameOverhead)) + window/(slabSize-maxSmall) + 3
+	// slabSize-runHeader-maxSmall. The ring is that rounded up to a power
+	// of two.
+	bound := 2*(window/(2048+FrameOverhead)) + window/(slabSize-runHeader-maxSmall+1) + 3
 	bound = 1 << bits.Len(uint(bound-1))
 	for _, tc := range []struct {
 		name    string

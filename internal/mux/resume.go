@@ -154,15 +154,7 @@ func (s *Stream) handleWindowAck(n uint32, seq uint64) error {
 // does before it waits. Only the receiving goroutine calls it, as RecvMsg.
 func (s *Stream) TryRecvMsg() ([]byte, bool, error) {
 	s.mu.Lock()
-	ready := false
-	q := &s.recvQ
-	for i := range q.n {
-		if !q.buf[(q.head+i)&(len(q.buf)-1)].more {
-			ready = true
-			break
-		}
-	}
-	if !ready {
+	if _, whole := s.recvQ.messageRest(); !whole {
 		n, seq := s.ackIdleLocked()
 		s.mu.Unlock()
 		s.grant(n, seq)

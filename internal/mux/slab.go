@@ -19,8 +19,9 @@ type slab struct {
 	refs int // queued chunks pointing into buf, plus the message RecvMsg returned last
 }
 
-// slabSize is the capacity of a pooled slab. Frames larger than a slab's
-// free space are copied on their own.
+// slabSize is the capacity of a pooled slab. A small frame (maxSmall bytes
+// at most) that does not fit in a slab's free space starts a new slab;
+// larger frames are copied on their own (copyInLocked).
 const slabSize = 16 << 10
 
 var slabPool = sync.Pool{New: func() any { return &slab{buf: make([]byte, 0, slabSize)} }}

@@ -96,7 +96,12 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 			queued = true
 		case len(payload) == 0:
 			payload = nil
-			s.copiedFirst = true // a first message, empty: nothing to keep
+			if !more {
+				// A first message, empty: nothing of it to keep. (An
+				// empty first fragment is not: the message's next
+				// fragments are the caller's to keep.)
+				s.copiedFirst = true
+			}
 		default:
 			room := 0
 			if more && s.partial == len(payload) {
