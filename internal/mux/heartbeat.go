@@ -69,15 +69,16 @@ func (c *Conn) startMessageDeadline(t time.Time) {
 // the socket's, so that no read of the message goes on under the heartbeat
 // deadline. Reader goroutine.
 //
-// After a message whose frames were all one stream's (yieldFirst: a unary
-// call's request or response, a lone stream's batch) the reader first
-// yields its CPU to the goroutine those frames woke, which the runtime
-// queued to run next on it: the handler or caller then runs at once, and
-// the reader's read (nearly always finding nothing yet, then waiting in
-// the runtime's poller) comes after it or on the other CPU, instead of
-// before it. unary c=1's p50 fell 5 to 10% (docs/BENCHMARKS.md, "A lone
-// stream's reader yields"); after a message of many streams' frames (64
-// calls in flight) the yield cost more than it gave, so it is not made.
+// After a message whose frames were all one stream's, while no other
+// stream was open (yieldFirst: a lone unary call's request or response, a
+// lone stream's batch), the reader first yields its CPU to the goroutine
+// those frames woke, which the runtime queued to run next on it: the
+// handler or caller then runs at once, and the reader's read (nearly
+// always finding nothing yet, then waiting in the runtime's poller) comes
+// after it or on the other CPU, instead of before it. unary c=1's p50 fell
+// by about a tenth (docs/BENCHMARKS.md, "Receive-queue runs; a lone
+// stream's reader yields"); with more streams open (64 calls in flight)
+// the yield cost more than it gave, so it is not made.
 func (c *Conn) socketRead() {
 	if c.yieldFirst {
 		c.yieldFirst = false

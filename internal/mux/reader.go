@@ -161,7 +161,7 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
-		c.yieldFirst = oneStream && sid != 0
+		c.yieldFirst = oneStream && sid != 0 && c.loneStream
 		// Every payload read on its own has been adopted or put back:
 		// the slice must not keep them reachable while the reader waits
 		// for the next message.
