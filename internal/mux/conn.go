@@ -156,8 +156,6 @@ type Conn struct {
 	lazyMsgDeadline bool      // the socket tells of its reads (watchReads)
 	msgDeadline     time.Time // the message's deadline, while msgPending
 	msgPending      bool      // msgDeadline is not yet the socket's
-	yieldFirst      bool      // the last message was a lone stream's: yield before the next read of the socket (socketRead)
-	loneStream      bool      // the last lookup found at most one stream open
 
 	role Role // set by New, read-only afterwards
 
@@ -333,7 +331,6 @@ func (c *Conn) newStream(id uint32, into *Stream) *Stream {
 func (c *Conn) lookup(f frame.Frame) (*Stream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.loneStream = len(c.streams) <= 1 // the reader's: lookup is its alone
 	if s := c.streams[f.StreamID]; s != nil {
 		s.hold() // the caller drops it once it has handled f
 		return s, nil

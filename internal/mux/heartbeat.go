@@ -30,7 +30,6 @@ package mux
 import (
 	"encoding/binary"
 	"math/bits"
-	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -68,22 +67,7 @@ func (c *Conn) startMessageDeadline(t time.Time) {
 // (pooledConn.Read): inside a message, the message's deadline then becomes
 // the socket's, so that no read of the message goes on under the heartbeat
 // deadline. Reader goroutine.
-//
-// After a message whose frames were all one stream's, while no other
-// stream was open (yieldFirst: a lone unary call's request or response, a
-// lone stream's batch), the reader first yields its CPU to the goroutine
-// those frames woke, which the runtime queued to run next on it: the
-// handler or caller then runs at once, and the reader's read (nearly
-// always finding nothing yet, then waiting in the runtime's poller) comes
-// after it or on the other CPU, instead of before it. unary c=1's p50 fell
-// by about a tenth (docs/BENCHMARKS.md, "Receive-queue runs; a lone
-// stream's reader yields"); with more streams open (64 calls in flight)
-// the yield cost more than it gave, so it is not made.
 func (c *Conn) socketRead() {
-	if c.yieldFirst {
-		c.yieldFirst = false
-		runtime.Gosched()
-	}
 	if c.msgPending {
 		c.msgPending = false
 		c.setReadDeadline(c.msgDeadline)

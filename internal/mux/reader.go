@@ -57,13 +57,11 @@ func (c *Conn) readLoop() {
 			c.touch()
 			if c.shouldPark() {
 				parked = true
-				c.yieldFirst = false // ending lets the woken goroutine run
 				c.park()
 				return
 			}
 		}
 		mt, r, err := c.ws.NextReader()
-		c.yieldFirst = false // the yield is for a read that starts a message (socketRead)
 		if c.isClosed() {
 			return
 		}
@@ -120,8 +118,7 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
-		pos, next := 0, 0                 // pos: the next frame's header in buf; next: its entry in direct, if any
-		sid, oneStream := uint32(0), true // the stream of the message's frames, if they have one
+		pos, next := 0, 0 // pos: the next frame's header in buf; next: its entry in direct, if any
 		for pos < len(buf) {
 			var f frame.Frame
 			var own *slab
@@ -140,11 +137,6 @@ func (c *Conn) readLoop() {
 				pos = len(buf) - len(rest)
 			}
 			if err == nil {
-				if sid == 0 {
-					sid = f.StreamID
-				} else if f.StreamID != sid && f.StreamID != 0 {
-					oneStream = false
-				}
 				c.adopted = false
 				err = c.handle(f, cap(buf), own)
 				if own != nil && !c.adopted {
@@ -161,7 +153,6 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
-		c.yieldFirst = oneStream && sid != 0 && c.loneStream
 		// Every payload read on its own has been adopted or put back:
 		// the slice must not keep them reachable while the reader waits
 		// for the next message.
