@@ -42,8 +42,8 @@ const (
 	runHeader = 2
 	runMore   = 1 << 15
 	// maxSmall is the largest payload copied into a slab (pushSmall),
-	// 4,094 bytes: four fit, with their headers. Larger ones are copied on their own
-	// (copyInLocked). It must fit a run header's length.
+	// 4,094 bytes: four fit, with their headers. Larger ones are copied
+	// on their own (copyInLocked). It must fit a run header's length.
 	maxSmall = slabSize/4 - runHeader
 )
 
@@ -62,8 +62,9 @@ var (
 // starts only after such a slot or when its slab is full (12,289 bytes
 // used at least). So the slots in use never exceed 2*window/2064 +
 // window/12289 + 3, whatever the peer sends and the consumer's pace
-// against the sender's (TestRecvQueueSlotsAgainstAdversary), and the ring
-// that rounded up to a power of two. (A slice reset only when it ran
+// against the sender's (TestRecvQueueSlotsAgainstAdversary), and the
+// ring's size never exceeds that rounded up to a power of two. (A slice
+// reset only when it ran
 // empty grew by a slot per message under a consumer slightly slower than
 // its sender.)
 //

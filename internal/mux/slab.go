@@ -5,10 +5,11 @@ import "sync"
 // A slab holds the small frames a stream has queued, copied out of the
 // reader's message buffer one after another, each behind its length (a
 // run: recvqueue.go, pushSmall), so that receiving a stream of small
-// messages neither allocates nor takes a queue slot per message. Frames are consumed in
-// order, so a slab is free again once its last frame has been taken and the
-// application has called RecvMsg again: it then goes back to slabPool. A
-// stream whose application waits on an empty queue holds no slab.
+// messages neither allocates nor takes a queue slot per message. Frames
+// are consumed in order, so a slab is free again once its last frame has
+// been taken and the application has called RecvMsg again: it then goes
+// back to slabPool. A stream whose application waits on an empty queue
+// holds no slab.
 //
 // The receiver's RecvMsg returns a frame that points into a slab; the slab
 // counts it as a reference until the next RecvMsg, which is why RecvMsg's
