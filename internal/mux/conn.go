@@ -149,6 +149,7 @@ type Conn struct {
 	adopted    bool          // reader: a stream kept the payload buffer handle was given
 	quietGap   bool          // the last message came after a quiet spell
 	woke       bool          // the waiter woke with an error: read at once
+	lone       acceptJob     // reader: a lone stream's Accept, which the reader runs itself (handOff)
 	parkReg    bool          // the socket is registered with the poller
 
 	// The read deadline of the message being read, set on the socket only

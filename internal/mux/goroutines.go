@@ -23,13 +23,15 @@ import (
 const readerIdle = 20 * time.Millisecond
 
 // A readerJob is what a reader goroutine runs: the reader loop of c,
-// leaving the shared poller (Conn.unparked, with woke), or else f. A
+// leaving the shared poller (Conn.unparked, with woke) or going on from
+// another goroutine (cont), or else f. A
 // struct, not a closure: a parked connection's reader starts again for
 // every call it serves, and a closure over c and woke would be an
 // allocation each time.
 type readerJob struct {
 	c    *Conn
 	woke bool
+	cont bool // c's reader loop goes on where another goroutine left it (Conn.handOff)
 	f    func()
 }
 
@@ -40,7 +42,9 @@ var readers *workers[readerJob]
 func init() { readers = newWorkers(readerIdle, runReader) }
 
 func runReader(j readerJob) bool {
-	if j.c != nil {
+	if j.cont {
+		j.c.readLoop()
+	} else if j.c != nil {
 		j.c.unparked(j.woke)
 	} else {
 		j.f()

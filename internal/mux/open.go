@@ -223,6 +223,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	s.reqMD = md // the stream's context is made when first asked for (Stream.Context); closeWith cancels it (cancelContexts)
 	c.streams[f.StreamID] = s
 	c.running++
+	lone := c.running == 1
 	c.mu.Unlock()
 	// Outside c.mu: Route takes the server's lock, which is held elsewhere
 	// while connections' locks are taken. Only this goroutine reads
@@ -246,7 +247,15 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	// RecvMsg has to wait for the request (it has not all arrived).
 	s.recvWindow = InitialWindow
 	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
-	startHandler(acceptJob{c: c, s: s, open: open})
+	j := acceptJob{c: c, s: s, open: open}
+	if lone {
+		// The connection's only running stream: its Accept runs on this
+		// goroutine once the message's frames are handled, and another
+		// goroutine reads on (Conn.handOff).
+		c.lone = j
+		return nil
+	}
+	startHandler(j)
 	return nil
 }
 
@@ -261,9 +270,13 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 // call. The reader never waits for a goroutine: when none is idle it
 // starts one.
 //
+// The connection's only running stream is the exception: the reader runs
+// its Accept itself once the message is handled, and another reader
+// goroutine reads on (Conn.handOff, reader.go).
+//
 // A handler that leaves state on its goroutine (pprof labels set with
 // SetGoroutineLabels, a LockOSThread without its unlock) leaves it to the
-// next handler on that goroutine, as grpc-go's stream workers do.
+// next handler or reader on that goroutine, as grpc-go's stream workers do.
 
 // handlerIdle is how long a handler goroutine waits for the next stream.
 const handlerIdle = 20 * time.Millisecond

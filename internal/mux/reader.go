@@ -23,7 +23,9 @@ package mux
 // it is the last of the engine's goroutines to end. A server connection's
 // reader may instead park when the connection is idle (park.go): it ends,
 // and a waiter goroutine on a small stack runs readLoop again once bytes
-// arrive.
+// arrive. Or it hands off (handOff): it runs the Accept of the
+// connection's only running stream itself, and another goroutine runs
+// readLoop on from the next message.
 
 import (
 	"encoding/binary"
@@ -41,11 +43,15 @@ import (
 )
 
 func (c *Conn) readLoop() {
-	parked := false
+	parked := false            // the reader parked or handed off: another goroutine reads on
 	var direct []directPayload // large payloads of the current message (readMessage)
 	lookAhead := false         // the last message had a large MESSAGE frame
 	defer func() {
 		if !parked { // a parked reader's waiter runs the loop again (park.go)
+			if j := c.lone; j.c != nil { // the message was not handled to its end
+				c.lone = acceptJob{}
+				startHandler(j)
+			}
 			c.drain()
 			c.readerExit()
 		}
@@ -165,7 +171,30 @@ func (c *Conn) readLoop() {
 			*bp = buf[:0]
 			readBuffers.Put(bp)
 		}
+		if c.lone.c != nil {
+			parked = true
+			c.handOff()
+			return
+		}
 	}
+}
+
+// handOff runs the Accept of the connection's only running stream (lone,
+// set by handleOpen) on the reader goroutine, once the message that opened
+// it has been handled, and starts another reader goroutine, which reads on
+// from the next message (readerJob.cont). The call does not wait for a
+// handler goroutine to wake: a lone unary call's handler runs and writes
+// its response at once, while the reader that takes over wakes beside it.
+// With other streams running, the reader hands each stream to a handler
+// goroutine instead (startHandler), and reads on itself.
+//
+// From the start of the next reader the reader's fields are its own: this
+// goroutine is no longer the reader, and the handler on it may block.
+func (c *Conn) handOff() {
+	j := c.lone
+	c.lone = acceptJob{}
+	readers.start(readerJob{c: c, cont: true})
+	j.run()
 }
 
 // readBuffers holds the reader's message buffers between messages, so that
