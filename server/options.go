@@ -200,7 +200,8 @@ func WithMaxSendQueueBytes(n int) Option { return func(c *config) { c.mux.MaxQue
 // identity expires, the connection is closed with 1008 ("credentials
 // expired") and the client reconnects with fresh credentials. Under Serve's
 // upgrade-only listener it runs on a goroutine that is reused for later
-// connections, as handler goroutines are (see the package documentation):
+// connections' reading and calls, as handler goroutines are (see the
+// package documentation):
 // it must not leave pprof labels (use pprof.Do) or a locked OS thread
 // behind.
 func WithAuthenticator(a Authenticator) Option { return func(c *config) { c.authenticate = a } }

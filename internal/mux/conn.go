@@ -13,6 +13,9 @@ package mux
 //     handle, stream_handle.go, open.go's handleOpen, lifecycle.go's
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
+//     When an OPEN starts the connection's only running stream, the reader
+//     hands off (reader.go's handOff): another goroutine reads on from the
+//     next message, and this one runs the stream's Accept.
 //   - the writer goroutine (writer.go), started on demand by kickLocked and
 //     gone after writerLinger to twice that without work. It and the
 //     application goroutines that write their own frames inline
@@ -24,7 +27,8 @@ package mux
 //     Shutdown and GoAway (lifecycle.go); a stream's sending goroutine
 //     (stream_send.go, stream_end.go) and receiving goroutine
 //     (stream_recv.go); on a server, one handler goroutine per stream
-//     (Config.Accept), started by handleOpen.
+//     (Config.Accept), started by handleOpen, or the goroutine of the
+//     reader that read the OPEN of a lone stream (handOff).
 //
 // Locks, in the order they may be taken (a goroutine holding one may take
 // only those after it):

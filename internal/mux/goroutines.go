@@ -9,7 +9,8 @@ package mux
 // server's upgrade-only listener (Go) for the goroutine that reads the
 // upgrade request: together a fifth of a set-up's instructions in user
 // space (docs/BENCHMARKS.md, "Connection set-up, second pass"). A reader
-// goroutine whose loop has returned (the connection parked or ended)
+// goroutine whose loop has returned (the connection parked or ended, or the
+// reader handed off and the lone stream's Accept it then ran returned)
 // instead waits readerIdle (to twice that) for the next reader to run, of
 // any connection, as the handler goroutines do (workers): a busy process
 // starts and grows few, an idle one keeps none after twice readerIdle.

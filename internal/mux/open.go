@@ -11,9 +11,10 @@ package mux
 // handleOpen runs on the reader goroutine (servers). It checks the limits
 // and adds the stream to the table under mu, and releases mu before it
 // calls Config.Route (which may take the server's lock) and before
-// sendReset (wmu). It starts the handler's goroutine (Config.Accept),
-// which holds the stream's place in the running count until releaseRunning
-// (conn.go).
+// sendReset (wmu). It starts the handler's goroutine (Config.Accept), or,
+// for the connection's only running stream, leaves its Accept to the
+// reader at the message's end (Conn.handOff, reader.go). The stream holds
+// its place in the running count until releaseRunning (conn.go).
 
 import (
 	"context"
@@ -248,7 +249,7 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	s.recvWindow = InitialWindow
 	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
 	j := acceptJob{c: c, s: s, open: open}
-	if lone {
+	if lone && c.lone.c == nil { // (c.lone is empty: its stream would be running)
 		// The connection's only running stream: its Accept runs on this
 		// goroutine once the message's frames are handled, and another
 		// goroutine reads on (Conn.handOff).

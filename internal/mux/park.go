@@ -23,7 +23,8 @@ package mux
 //
 // All of it runs on the reader goroutine or its waiter, one after the
 // other: the fields (lastMsg, quietGap, woke, parkFD, parkReg) are theirs
-// (the poller's mutex orders a parked reader before the one it starts);
+// (the poller's mutex orders a parked reader before the one it starts,
+// and workers.start a reader that hands off before the one that reads on);
 // parkState is atomic.
 
 import "time"

@@ -185,8 +185,12 @@ func (c *Conn) readLoop() {
 // from the next message (readerJob.cont). The call does not wait for a
 // handler goroutine to wake: a lone unary call's handler runs and writes
 // its response at once, while the reader that takes over wakes beside it.
-// With other streams running, the reader hands each stream to a handler
-// goroutine instead (startHandler), and reads on itself.
+// A stream whose OPEN finds another running goroutine (handleOpen decides
+// when it handles the OPEN) goes to a handler goroutine instead
+// (startHandler), and the reader reads on itself; a message that ends in
+// an error starts the pending Accept on a handler goroutine too (readLoop's
+// defer). A lone stream's handler shows readLoop and handOff at the bottom
+// of its stack.
 //
 // From the start of the next reader the reader's fields are its own: this
 // goroutine is no longer the reader, and the handler on it may block.
