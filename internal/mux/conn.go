@@ -154,6 +154,7 @@ type Conn struct {
 	quietGap   bool          // the last message came after a quiet spell
 	woke       bool          // the waiter woke with an error: read at once
 	lone       acceptJob     // reader: a lone stream's Accept, which the reader runs itself (handOff)
+	touched    bool          // reader: handOff renewed the read deadline and did not park
 	parkReg    bool          // the socket is registered with the poller
 
 	// The read deadline of the message being read, set on the socket only

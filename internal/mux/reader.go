@@ -59,6 +59,8 @@ func (c *Conn) readLoop() {
 	for {
 		if c.woke {
 			c.woke = false
+		} else if c.touched {
+			c.touched = false // by handOff, which did not park
 		} else {
 			c.touch()
 			if c.shouldPark() {
@@ -181,23 +183,33 @@ func (c *Conn) readLoop() {
 
 // handOff runs the Accept of the connection's only running stream (lone,
 // set by handleOpen) on the reader goroutine, once the message that opened
-// it has been handled, and starts another reader goroutine, which reads on
-// from the next message (readerJob.cont). The call does not wait for a
-// handler goroutine to wake: a lone unary call's handler runs and writes
-// its response at once, while the reader that takes over wakes beside it.
-// A stream whose OPEN finds another running goroutine (handleOpen decides
+// it has been handled. The reading goes on without it: if the connection
+// would park now (park.go: a call after a quiet spell, as a push fleet's
+// connections make), it parks here, and no goroutine reads until bytes
+// arrive; else another reader goroutine reads on from the next message
+// (readerJob.cont). Either way the call does not wait for a handler
+// goroutine to wake: a lone unary call's handler runs and writes its
+// response at once, while the reader that takes over (if any) wakes beside
+// it. A stream whose OPEN finds another stream running (handleOpen decides
 // when it handles the OPEN) goes to a handler goroutine instead
 // (startHandler), and the reader reads on itself; a message that ends in
 // an error starts the pending Accept on a handler goroutine too (readLoop's
 // defer). A lone stream's handler shows readLoop and handOff at the bottom
 // of its stack.
 //
-// From the start of the next reader the reader's fields are its own: this
-// goroutine is no longer the reader, and the handler on it may block.
+// From the park, or the start of the next reader, the reader's fields are
+// no longer this goroutine's: it is no longer the reader, and the handler
+// on it may block.
 func (c *Conn) handOff() {
 	j := c.lone
 	c.lone = acceptJob{}
-	readers.start(readerJob{c: c, cont: true})
+	c.touch()
+	if c.shouldPark() {
+		c.park()
+	} else {
+		c.touched = true
+		readers.start(readerJob{c: c, cont: true})
+	}
 	j.run()
 }
 
