@@ -33,12 +33,12 @@
 // ended waits 20 to 40 ms for the next call before it ends, so a busy
 // server neither starts a goroutine nor grows a fresh stack per call: state a
 // handler leaves on its goroutine goes to the next call on it. A call
-// alone on its connection runs on the goroutine that read its request
-// (another one reads the connection on), so such state can also reach the
-// reading of any connection, and the goroutines started from it. Handlers
-// that set pprof labels use pprof.Do (which restores them), and a handler
-// that changes its OS thread (runtime.LockOSThread with setns, unshare or
-// thread-local C state) must restore it, or run that work on a goroutine
-// of its own that exits locked, which discards the thread. Shutdown drains
-// gracefully.
+// alone on its connection runs on the goroutine that read its request (the
+// connection parks, or another one reads it on), so such state can also
+// reach the reading of any connection, and the goroutines started from it.
+// Handlers that set pprof labels use pprof.Do (which restores them), and a
+// handler that changes its OS thread (runtime.LockOSThread with setns,
+// unshare or thread-local C state) must restore it, or run that work on a
+// goroutine of its own that exits locked, which discards the thread.
+// Shutdown drains gracefully.
 package server

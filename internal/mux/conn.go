@@ -14,8 +14,9 @@ package mux
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
 //     When an OPEN starts the connection's only running stream, the reader
-//     hands off (reader.go's handOff): another goroutine reads on from the
-//     next message, and this one runs the stream's Accept.
+//     hands off (reader.go's handOff): the connection parks, or another
+//     goroutine reads on from the next message, and this one runs the
+//     stream's Accept.
 //   - the writer goroutine (writer.go), started on demand by kickLocked and
 //     gone after writerLinger to twice that without work. It and the
 //     application goroutines that write their own frames inline

@@ -2,18 +2,23 @@ package mux
 
 import (
 	"context"
+	"errors"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
+	"github.com/tetherrpc/tether/internal/frame"
 )
 
-// TestLoneHandOffParks: handOff on a connection whose reader
-// parks (HijackPooled), which the commit's test (plain Upgrader) never
-// exercises.
-//   - The continuing reader keeps quietGap, so it parks while the lone
-//     Accept blocks.
+// TestLoneHandOffParks (issue 15): a lone stream's hand-off on a
+// connection whose reader parks (HijackPooled; pair's connections do not).
+//   - After a quiet spell, handOff parks the connection itself while the
+//     lone Accept blocks.
 //   - A later call is read by a reader that the poller starts, and runs on
 //     a handler goroutine.
 //   - Closing the connection while it is parked ends the blocked Accept
@@ -63,7 +68,7 @@ func TestLoneHandOffParks(t *testing.T) {
 	if e := <-events; e != "block" {
 		t.Fatalf("first Accept: %q", e)
 	}
-	waitFor(t, 10*time.Second, "the continuing reader to park while the lone Accept blocks", func() bool {
+	waitFor(t, 10*time.Second, "the connection to park while the lone Accept blocks", func() bool {
 		return sc.parks.Load() >= 1 && sc.parkState.Load() == 1
 	})
 	parks := sc.parks.Load()
@@ -96,5 +101,307 @@ func TestLoneHandOffParks(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := closes.Load(); n != 1 {
 		t.Fatalf("OnClose ran %d times", n)
+	}
+}
+
+// wsClientFrame is one masked binary WebSocket frame (a whole message) as a
+// client sends it, with a zero masking key (the payload goes as it is).
+func wsClientFrame(payload []byte) []byte {
+	b := []byte{0x82}
+	n := len(payload)
+	switch {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	case n < 1<<16:
+		b = append(b, 0x80|126, byte(n>>8), byte(n))
+	default:
+		panic("payload too long for this helper")
+	}
+	b = append(b, 0, 0, 0, 0)
+	return append(b, payload...)
+}
+
+// unaryFrames are a whole unary call's frames: OPEN, MESSAGE body,
+// HALF_CLOSE.
+func unaryFrames(id uint32, body string) []frame.Frame {
+	open, _ := proto.Marshal(&tetherv1.Open{Procedure: "/a/b"})
+	return []frame.Frame{
+		{Type: frame.TypeOpen, StreamID: id, Payload: open},
+		{Type: frame.TypeMessage, StreamID: id, Payload: []byte(body)},
+		{Type: frame.TypeHalfClose, StreamID: id},
+	}
+}
+
+func appendFrames(b []byte, fs []frame.Frame) []byte {
+	for _, f := range fs {
+		b = frame.Append(b, f)
+	}
+	return b
+}
+
+// TestHandOffDoesNotParkWhileBytesWait: after a quiet spell, two
+// WebSocket messages (two unary calls) arrive in one TCP segment. The first
+// call is lone, so handOff runs; the second message's bytes already wait in
+// the pooled read buffer, so handOff must not park (the poller would never
+// see the socket readable again: the bytes were read off it). With no
+// heartbeat (one hour), a wrong park leaves the second call unread for good.
+func TestHandOffDoesNotParkWhileBytesWait(t *testing.T) {
+	got := make(chan string, 4)
+	release := make(chan struct{})
+	scfg := Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			msg, err := s.RecvMsg()
+			if err != nil {
+				got <- "recv error: " + err.Error()
+				return
+			}
+			got <- string(msg)
+			if string(msg) == "one" { // keep the first stream running
+				select {
+				case <-release:
+				case <-s.Context().Done():
+				}
+			}
+			_ = s.Finish(nil, nil)
+		},
+	}
+	ws, sc := dialParking(t, scfg)
+	t.Cleanup(func() {
+		close(release)
+		ws.Close()
+		sc.Close()
+		<-sc.Done()
+	})
+	time.Sleep(2 * parkAfter)
+	var b []byte
+	b = append(b, wsClientFrame(appendFrames(nil, unaryFrames(1, "one")))...)
+	b = append(b, wsClientFrame(appendFrames(nil, unaryFrames(3, "two")))...)
+	if _, err := ws.NetConn().Write(b); err != nil { // one write: one segment on loopback
+		t.Fatal(err)
+	}
+	want := map[string]bool{"one": true, "two": true}
+	timeout := time.After(5 * time.Second)
+	for len(want) > 0 {
+		select {
+		case m := <-got:
+			if !want[m] {
+				t.Fatalf("unexpected Accept result %q", m)
+			}
+			delete(want, m)
+		case <-timeout:
+			t.Fatalf("Accepts still missing after 5 s: %v (parks %d, parkState %d): the connection parked while the second call's bytes waited in its buffer",
+				want, sc.parks.Load(), sc.parkState.Load())
+		}
+	}
+	t.Logf("parks: %d", sc.parks.Load())
+}
+
+// TestLoneCallRenewsDeadline: on a connection that does not park, handOff
+// renews the read deadline (touch) and the continuing reader does not
+// (touched). A peer that goes silent after a lone call is disconnected one
+// PingInterval+PingTimeout after the call: neither at the deadline set
+// before the call, nor at the message's 30 s read deadline.
+func TestLoneCallRenewsDeadline(t *testing.T) {
+	const interval, timeout = 100 * time.Millisecond, 150 * time.Millisecond
+	scfg := Config{
+		PingInterval: interval,
+		PingTimeout:  timeout,
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			_, _ = s.RecvMsg()
+			_ = s.Finish(nil, nil)
+		},
+	}
+	ws, sc := rawPeer(t, scfg)
+	time.Sleep(150 * time.Millisecond) // past half the first deadline
+	start := time.Now()
+	writeFrames(t, ws, unaryFrames(1, "x")...)
+	select {
+	case <-sc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a peer silent after a lone call was not disconnected within 5 s: the continuing reader reads under the message's deadline")
+	}
+	el := time.Since(start)
+	if el < interval+timeout-50*time.Millisecond {
+		t.Fatalf("closed %v after the call, before the deadline the call should have renewed (%v)", el, interval+timeout)
+	}
+	var ne interface{ Timeout() bool }
+	if err := sc.Err(); !strings.Contains(err.Error(), "timeout") && !errors.As(err, &ne) {
+		t.Fatalf("closed with %v, want a read timeout", err)
+	}
+	t.Logf("closed %v after the call", el)
+}
+
+// forceWaiterPark makes parkPolled fail for the test's duration, as on a
+// system without epoll: park starts a waiter goroutine (park.go).
+func forceWaiterPark(t *testing.T) {
+	poller.mu.Lock()
+	old := poller.epfd
+	poller.epfd = -1
+	poller.mu.Unlock()
+	t.Cleanup(func() {
+		poller.mu.Lock()
+		poller.epfd = old
+		poller.mu.Unlock()
+	})
+}
+
+func waiterGoroutines() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "mux.(*Conn).parked(") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHandOffParksOnWaiter: the fallback path (no poller). handOff
+// parks on a waiter goroutine while the lone Accept blocks; a later call is
+// read by the waiter's reader loop; closing the connection ends the blocked
+// Accept and OnClose runs once.
+func TestHandOffParksOnWaiter(t *testing.T) {
+	forceWaiterPark(t)
+	release := make(chan struct{})
+	events := make(chan string, 8)
+	var closes atomic.Int32
+	scfg := Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		OnClose:      func(error) { closes.Add(1) },
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			msg, err := s.RecvMsg()
+			if err != nil {
+				events <- "recv error"
+				return
+			}
+			events <- string(msg)
+			if string(msg) == "block" {
+				select {
+				case <-release:
+				case <-s.Context().Done():
+					events <- "canceled"
+					return
+				}
+			}
+			_ = s.FinishWith(nil, msg, nil, nil)
+		},
+	}
+	ws, sc := dialParking(t, scfg)
+	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
+	t.Cleanup(func() {
+		close(release)
+		cc.Close()
+		sc.Close()
+		<-cc.Done()
+		<-sc.Done()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	time.Sleep(2 * parkAfter)
+	if _, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("block"), true); err != nil {
+		t.Fatal(err)
+	}
+	if e := <-events; e != "block" {
+		t.Fatalf("first Accept: %q", e)
+	}
+	waitFor(t, 10*time.Second, "handOff to park on a waiter while the lone Accept blocks", func() bool {
+		return sc.parks.Load() >= 1 && sc.parkState.Load() == 0 && waiterGoroutines() == 1
+	})
+	parks := sc.parks.Load()
+
+	time.Sleep(2 * parkAfter)
+	s2, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("two"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := <-events; e != "two" {
+		t.Fatalf("second Accept: %q", e)
+	}
+	if m, err := s2.RecvMsg(); err != nil || string(m) != "two" {
+		t.Fatalf("second call: %q, %v", m, err)
+	}
+	waitFor(t, 10*time.Second, "the reader to park on a waiter again", func() bool {
+		return sc.parks.Load() > parks && waiterGoroutines() == 1
+	})
+	sc.Close()
+	if e := <-events; e != "canceled" {
+		t.Fatalf("after close: %q, want the blocked Accept canceled", e)
+	}
+	waitFor(t, 10*time.Second, "OnClose", func() bool { return closes.Load() == 1 })
+	waitFor(t, 10*time.Second, "the waiter to end", func() bool { return waiterGoroutines() == 0 })
+	time.Sleep(50 * time.Millisecond)
+	if n := closes.Load(); n != 1 {
+		t.Fatalf("OnClose ran %d times", n)
+	}
+}
+
+// TestWaiterLoneCallDeadline: on the fallback path, a peer silent after
+// a lone call (handOff parks on a waiter) is disconnected at the deadline
+// handOff set: the waiter's wait runs under it.
+func TestWaiterLoneCallDeadline(t *testing.T) {
+	forceWaiterPark(t)
+	const interval, timeout = 100 * time.Millisecond, 150 * time.Millisecond
+	scfg := Config{
+		PingInterval: interval,
+		PingTimeout:  timeout,
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			_, _ = s.RecvMsg()
+			_ = s.Finish(nil, nil)
+		},
+	}
+	ws, sc := dialParking(t, scfg)
+	defer ws.Close()
+	time.Sleep(150 * time.Millisecond)
+	start := time.Now()
+	writeFrames(t, ws, unaryFrames(1, "x")...)
+	waitFor(t, 5*time.Second, "park", func() bool { return sc.parks.Load() >= 1 || sc.isClosed() })
+	select {
+	case <-sc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a silent peer was not disconnected within 5 s of a lone call on the waiter path")
+	}
+	el := time.Since(start)
+	if el < interval+timeout-50*time.Millisecond {
+		t.Fatalf("closed %v after the call, before the deadline the call renewed (%v)", el, interval+timeout)
+	}
+	if sc.parks.Load() == 0 {
+		t.Fatal("never parked")
+	}
+	t.Logf("closed %v after the call, parks %d", el, sc.parks.Load())
+}
+
+// TestHandOffParksBeforeAccept: on a call after a quiet spell, the
+// connection is already parked when the lone Accept starts (handOff parks,
+// then runs it), instead of a continuing reader waking to park beside it.
+func TestHandOffParksBeforeAccept(t *testing.T) {
+	var scp atomic.Pointer[Conn]
+	seen := make(chan [2]uint32, 1)
+	scfg := Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			c := scp.Load()
+			seen <- [2]uint32{c.parks.Load(), c.parkState.Load()}
+			_, _ = s.RecvMsg()
+			_ = s.Finish(nil, nil)
+		},
+	}
+	ws, sc := dialParking(t, scfg)
+	scp.Store(sc)
+	defer func() { ws.Close(); sc.Close(); <-sc.Done() }()
+	time.Sleep(2 * parkAfter)
+	writeFrames(t, ws, unaryFrames(1, "x")...)
+	select {
+	case v := <-seen:
+		if v[0] != 1 || v[1] != 1 {
+			t.Fatalf("at the lone Accept's start: parks %d, parkState %d; want the connection parked already (1, 1)", v[0], v[1])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no Accept")
 	}
 }

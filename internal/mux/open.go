@@ -249,10 +249,12 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 	s.recvWindow = InitialWindow
 	s.deferredGrant = c.cfg.StreamWindow - InitialWindow
 	j := acceptJob{c: c, s: s, open: open}
-	if lone && c.lone.c == nil { // (c.lone is empty: its stream would be running)
+	// c.lone is empty here (a pending lone stream counts in running); the
+	// check only keeps one from ever being overwritten.
+	if lone && c.lone.c == nil {
 		// The connection's only running stream: its Accept runs on this
-		// goroutine once the message's frames are handled, and another
-		// goroutine reads on (Conn.handOff).
+		// goroutine once the message's frames are handled, and the
+		// connection parks or another goroutine reads on (Conn.handOff).
 		c.lone = j
 		return nil
 	}
@@ -272,8 +274,8 @@ func (c *Conn) handleOpen(f frame.Frame) error {
 // starts one.
 //
 // The connection's only running stream is the exception: the reader runs
-// its Accept itself once the message is handled, and another reader
-// goroutine reads on (Conn.handOff, reader.go).
+// its Accept itself once the message is handled, and the connection parks
+// or another reader goroutine reads on (Conn.handOff, reader.go).
 //
 // A handler that leaves state on its goroutine (pprof labels set with
 // SetGoroutineLabels, a LockOSThread without its unlock) leaves it to the

@@ -7,7 +7,8 @@ package mux
 // connection's reader, blocked in its read, would hold a grown stack for as
 // long as the connection stays idle. Instead, a reader that finds nothing
 // to read after a quiet spell (the message it just handled came parkAfter
-// or more after the one before) parks and ends. On Linux its socket joins
+// or more after the one before) parks and ends (or, having handed off,
+// runs a lone stream's Accept: reader.go's handOff). On Linux its socket joins
 // the process's shared poller (parkpoll_linux.go): no goroutine at all
 // while it is parked; when the socket is readable the poller starts a new
 // reader goroutine (unparked), on a fresh small stack; closeWith starts it

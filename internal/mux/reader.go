@@ -24,7 +24,8 @@ package mux
 // reader may instead park when the connection is idle (park.go): it ends,
 // and a waiter goroutine on a small stack runs readLoop again once bytes
 // arrive. Or it hands off (handOff): it runs the Accept of the
-// connection's only running stream itself, and another goroutine runs
+// connection's only running stream itself, after parking the connection
+// if it would park now, else starting another goroutine that runs
 // readLoop on from the next message.
 
 import (
@@ -43,7 +44,7 @@ import (
 )
 
 func (c *Conn) readLoop() {
-	parked := false            // the reader parked or handed off: another goroutine reads on
+	parked := false            // the reader parked or handed off: this goroutine reads no more
 	var direct []directPayload // large payloads of the current message (readMessage)
 	lookAhead := false         // the last message had a large MESSAGE frame
 	defer func() {
