@@ -16,14 +16,27 @@ import (
 )
 
 // TestLoneHandOffParks (issue 15): a lone stream's hand-off on a
-// connection whose reader parks (HijackPooled; pair's connections do not).
+// connection whose reader parks (HijackPooled; pair's connections do not),
+// in the shared poller and, where it cannot be used, on a waiter goroutine.
 //   - After a quiet spell, handOff parks the connection itself while the
 //     lone Accept blocks.
-//   - A later call is read by a reader that the poller starts, and runs on
-//     a handler goroutine.
+//   - A later call is read by the reader the poller (or the waiter)
+//     starts, and runs on a handler goroutine.
 //   - Closing the connection while it is parked ends the blocked Accept
 //     (its context is canceled), and OnClose runs exactly once.
 func TestLoneHandOffParks(t *testing.T) {
+	t.Run("poller", func(t *testing.T) {
+		testLoneHandOffParks(t, func(sc *Conn) bool { return sc.parkState.Load() == 1 })
+	})
+	t.Run("waiter", func(t *testing.T) {
+		forceWaiterPark(t)
+		testLoneHandOffParks(t, func(sc *Conn) bool { return sc.parkState.Load() == 0 && waiterGoroutines() == 1 })
+	})
+}
+
+// testLoneHandOffParks is TestLoneHandOffParks with parked, which reports
+// whether sc's reader is parked.
+func testLoneHandOffParks(t *testing.T, parked func(sc *Conn) bool) {
 	release := make(chan struct{})
 	events := make(chan string, 8)
 	var closes atomic.Int32
@@ -69,7 +82,7 @@ func TestLoneHandOffParks(t *testing.T) {
 		t.Fatalf("first Accept: %q", e)
 	}
 	waitFor(t, 10*time.Second, "the connection to park while the lone Accept blocks", func() bool {
-		return sc.parks.Load() >= 1 && sc.parkState.Load() == 1
+		return sc.parks.Load() >= 1 && parked(sc)
 	})
 	parks := sc.parks.Load()
 
@@ -85,7 +98,7 @@ func TestLoneHandOffParks(t *testing.T) {
 		t.Fatalf("second call: %q, %v", m, err)
 	}
 	waitFor(t, 10*time.Second, "the reader to park again", func() bool {
-		return sc.parks.Load() > parks && sc.parkState.Load() == 1
+		return sc.parks.Load() > parks && parked(sc)
 	})
 
 	// Closed while parked, with the lone Accept still blocked on the
@@ -257,87 +270,6 @@ func waiterGoroutines() int {
 		}
 	}
 	return n
-}
-
-// TestHandOffParksOnWaiter: the fallback path (no poller). handOff
-// parks on a waiter goroutine while the lone Accept blocks; a later call is
-// read by the waiter's reader loop; closing the connection ends the blocked
-// Accept and OnClose runs once.
-func TestHandOffParksOnWaiter(t *testing.T) {
-	forceWaiterPark(t)
-	release := make(chan struct{})
-	events := make(chan string, 8)
-	var closes atomic.Int32
-	scfg := Config{
-		PingInterval: time.Hour,
-		PingTimeout:  time.Hour,
-		OnClose:      func(error) { closes.Add(1) },
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			msg, err := s.RecvMsg()
-			if err != nil {
-				events <- "recv error"
-				return
-			}
-			events <- string(msg)
-			if string(msg) == "block" {
-				select {
-				case <-release:
-				case <-s.Context().Done():
-					events <- "canceled"
-					return
-				}
-			}
-			_ = s.FinishWith(nil, msg, nil, nil)
-		},
-	}
-	ws, sc := dialParking(t, scfg)
-	cc := New(ws, RoleClient, Config{PingInterval: time.Hour, PingTimeout: time.Hour})
-	t.Cleanup(func() {
-		close(release)
-		cc.Close()
-		sc.Close()
-		<-cc.Done()
-		<-sc.Done()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-
-	time.Sleep(2 * parkAfter)
-	if _, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("block"), true); err != nil {
-		t.Fatal(err)
-	}
-	if e := <-events; e != "block" {
-		t.Fatalf("first Accept: %q", e)
-	}
-	waitFor(t, 10*time.Second, "handOff to park on a waiter while the lone Accept blocks", func() bool {
-		return sc.parks.Load() >= 1 && sc.parkState.Load() == 0 && waiterGoroutines() == 1
-	})
-	parks := sc.parks.Load()
-
-	time.Sleep(2 * parkAfter)
-	s2, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("two"), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e := <-events; e != "two" {
-		t.Fatalf("second Accept: %q", e)
-	}
-	if m, err := s2.RecvMsg(); err != nil || string(m) != "two" {
-		t.Fatalf("second call: %q, %v", m, err)
-	}
-	waitFor(t, 10*time.Second, "the reader to park on a waiter again", func() bool {
-		return sc.parks.Load() > parks && waiterGoroutines() == 1
-	})
-	sc.Close()
-	if e := <-events; e != "canceled" {
-		t.Fatalf("after close: %q, want the blocked Accept canceled", e)
-	}
-	waitFor(t, 10*time.Second, "OnClose", func() bool { return closes.Load() == 1 })
-	waitFor(t, 10*time.Second, "the waiter to end", func() bool { return waiterGoroutines() == 0 })
-	time.Sleep(50 * time.Millisecond)
-	if n := closes.Load(); n != 1 {
-		t.Fatalf("OnClose ran %d times", n)
-	}
 }
 
 // TestWaiterLoneCallDeadline: on the fallback path, a peer silent after
