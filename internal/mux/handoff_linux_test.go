@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"google.golang.org/protobuf/proto"
 
 	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
@@ -211,41 +212,6 @@ func TestHandOffDoesNotParkWhileBytesWait(t *testing.T) {
 	t.Logf("parks: %d", sc.parks.Load())
 }
 
-// TestLoneCallRenewsDeadline: on a connection that does not park, handOff
-// renews the read deadline (touch) and the continuing reader does not
-// (touched). A peer that goes silent after a lone call is disconnected one
-// PingInterval+PingTimeout after the call: neither at the deadline set
-// before the call, nor at the message's 30 s read deadline.
-func TestLoneCallRenewsDeadline(t *testing.T) {
-	const interval, timeout = 100 * time.Millisecond, 150 * time.Millisecond
-	scfg := Config{
-		PingInterval: interval,
-		PingTimeout:  timeout,
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			_, _ = s.RecvMsg()
-			_ = s.Finish(nil, nil)
-		},
-	}
-	ws, sc := rawPeer(t, scfg)
-	time.Sleep(150 * time.Millisecond) // past half the first deadline
-	start := time.Now()
-	writeFrames(t, ws, unaryFrames(1, "x")...)
-	select {
-	case <-sc.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("a peer silent after a lone call was not disconnected within 5 s: the continuing reader reads under the message's deadline")
-	}
-	el := time.Since(start)
-	if el < interval+timeout-50*time.Millisecond {
-		t.Fatalf("closed %v after the call, before the deadline the call should have renewed (%v)", el, interval+timeout)
-	}
-	var ne interface{ Timeout() bool }
-	if err := sc.Err(); !strings.Contains(err.Error(), "timeout") && !errors.As(err, &ne) {
-		t.Fatalf("closed with %v, want a read timeout", err)
-	}
-	t.Logf("closed %v after the call", el)
-}
-
 // forceWaiterPark makes parkPolled fail for the test's duration, as on a
 // system without epoll: park starts a waiter goroutine (park.go).
 func forceWaiterPark(t *testing.T) {
@@ -272,11 +238,25 @@ func waiterGoroutines() int {
 	return n
 }
 
-// TestWaiterLoneCallDeadline: on the fallback path, a peer silent after
-// a lone call (handOff parks on a waiter) is disconnected at the deadline
-// handOff set: the waiter's wait runs under it.
-func TestWaiterLoneCallDeadline(t *testing.T) {
-	forceWaiterPark(t)
+// TestLoneCallRenewsDeadline: handOff renews the read deadline (touch),
+// and neither the continuing reader (touched: it does not renew it again)
+// nor a waiter the connection parked on reads past it. A peer that goes
+// silent after a lone call is disconnected one PingInterval+PingTimeout
+// after the call: neither at the deadline set before the call, nor at the
+// message's 30 s read deadline.
+func TestLoneCallRenewsDeadline(t *testing.T) {
+	t.Run("continuing reader", func(t *testing.T) {
+		testLoneCallDeadline(t, func(t *testing.T, scfg Config) (*websocket.Conn, *Conn) { return rawPeer(t, scfg) }, false)
+	})
+	t.Run("waiter", func(t *testing.T) {
+		forceWaiterPark(t)
+		testLoneCallDeadline(t, dialParking, true)
+	})
+}
+
+// testLoneCallDeadline is TestLoneCallRenewsDeadline on a connection dial
+// makes, whose reader parks after the call if park.
+func testLoneCallDeadline(t *testing.T, dial func(*testing.T, Config) (*websocket.Conn, *Conn), park bool) {
 	const interval, timeout = 100 * time.Millisecond, 150 * time.Millisecond
 	scfg := Config{
 		PingInterval: interval,
@@ -286,25 +266,27 @@ func TestWaiterLoneCallDeadline(t *testing.T) {
 			_ = s.Finish(nil, nil)
 		},
 	}
-	ws, sc := dialParking(t, scfg)
+	ws, sc := dial(t, scfg)
 	defer ws.Close()
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(150 * time.Millisecond) // past half the first deadline
 	start := time.Now()
 	writeFrames(t, ws, unaryFrames(1, "x")...)
-	waitFor(t, 5*time.Second, "park", func() bool { return sc.parks.Load() >= 1 || sc.isClosed() })
 	select {
 	case <-sc.Done():
 	case <-time.After(5 * time.Second):
-		t.Fatal("a silent peer was not disconnected within 5 s of a lone call on the waiter path")
+		t.Fatal("a peer silent after a lone call was not disconnected within 5 s")
 	}
 	el := time.Since(start)
 	if el < interval+timeout-50*time.Millisecond {
-		t.Fatalf("closed %v after the call, before the deadline the call renewed (%v)", el, interval+timeout)
+		t.Fatalf("closed %v after the call, before the deadline the call should have renewed (%v)", el, interval+timeout)
 	}
-	if sc.parks.Load() == 0 {
-		t.Fatal("never parked")
+	var ne interface{ Timeout() bool }
+	if err := sc.Err(); !strings.Contains(err.Error(), "timeout") && !errors.As(err, &ne) {
+		t.Fatalf("closed with %v, want a read timeout", err)
 	}
-	t.Logf("closed %v after the call, parks %d", el, sc.parks.Load())
+	if parks := sc.parks.Load(); park != (parks > 0) {
+		t.Fatalf("parked %d times; want parking %v", parks, park)
+	}
 }
 
 // TestHandOffParksBeforeAccept: on a call after a quiet spell, the
