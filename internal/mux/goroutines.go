@@ -25,10 +25,9 @@ const readerIdle = 20 * time.Millisecond
 
 // A readerJob is what a reader goroutine runs: the reader loop of c,
 // leaving the shared poller (Conn.unparked, with woke) or going on from
-// another goroutine (cont), or else f. A
-// struct, not a closure: a parked connection's reader starts again for
-// every call it serves, and a closure over c and woke would be an
-// allocation each time.
+// another goroutine (cont), or else f. A struct, not a closure: a parked
+// connection's reader starts again for every call it serves, and a closure
+// over c and woke would be an allocation each time.
 type readerJob struct {
 	c    *Conn
 	woke bool
