@@ -3,7 +3,6 @@ package mux
 import (
 	"context"
 	"errors"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -226,16 +225,9 @@ func forceWaiterPark(t *testing.T) {
 	})
 }
 
+// waiterGoroutines counts the waiters of parked readers (park.go).
 func waiterGoroutines() int {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "mux.(*Conn).parked(") {
-			n++
-		}
-	}
-	return n
+	return countGoroutines(func(stack string) bool { return strings.Contains(stack, "mux.(*Conn).parked(") })
 }
 
 // TestLoneCallRenewsDeadline: handOff renews the read deadline (touch),

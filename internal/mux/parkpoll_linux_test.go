@@ -13,14 +13,21 @@ import (
 // readerGoroutines counts the goroutines running a connection's reader
 // loop or a parked reader's waiter.
 func readerGoroutines() int {
+	return countGoroutines(func(stack string) bool {
+		if strings.Contains(stack, "mux.(*Conn).handOff") {
+			return false // a lone stream's Accept, on the goroutine that read its OPEN
+		}
+		return strings.Contains(stack, "mux.(*Conn).readLoop") || strings.Contains(stack, "mux.(*Conn).parked")
+	})
+}
+
+// countGoroutines counts the goroutines whose stack trace match accepts.
+func countGoroutines(match func(stack string) bool) int {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	n := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "mux.(*Conn).handOff") {
-			continue // a lone stream's Accept, on the goroutine that read its OPEN
-		}
-		if strings.Contains(g, "mux.(*Conn).readLoop") || strings.Contains(g, "mux.(*Conn).parked") {
+		if match(g) {
 			n++
 		}
 	}
