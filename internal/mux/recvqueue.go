@@ -64,9 +64,8 @@ var (
 // window/12289 + 3, whatever the peer sends and the consumer's pace
 // against the sender's (TestRecvQueueSlotsAgainstAdversary), and the
 // ring's size never exceeds that rounded up to a power of two. (A slice
-// reset only when it ran
-// empty grew by a slot per message under a consumer slightly slower than
-// its sender.)
+// reset only when it ran empty grew by a slot per message under a
+// consumer slightly slower than its sender.)
 //
 // Its first ring is the two slots in the queue itself (small), so that a
 // stream that never holds more than two slots at once (a unary call's
