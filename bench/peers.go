@@ -66,7 +66,8 @@ func Unsupported(system, kind string) string {
 // ConnCounter is implemented by the Conns that may open more than one
 // network connection (connect-http1's transport, drpc-tcp's pool).
 type ConnCounter interface {
-	// Dialed returns how many network connections the Conn has opened.
+	// Dialed returns how many network connections the Conn has opened
+	// and used.
 	Dialed() int64
 }
 
@@ -184,8 +185,11 @@ func DialConnect(ctx context.Context, baseURL string, h2c, wait bool) (Conn, err
 	c.tr = &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c.dials.Add(1)
-			return d.DialContext(ctx, network, addr)
+			nc, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &countedConn{Conn: nc, dials: &c.dials}, nil
 		},
 		Protocols:           &p,
 		MaxIdleConns:        1024,
@@ -202,7 +206,25 @@ func DialConnect(ctx context.Context, baseURL string, h2c, wait bool) (Conn, err
 	return c, nil
 }
 
+// Dialed counts the connections that carried a request. net/http's h2c
+// transport may dial a spare connection and close it unused (a call that
+// starts before the first connection is back in its idle pool: the spare
+// finds an HTTP/2 connection already pooled); counting dials would count it.
 func (c *connectConn) Dialed() int64 { return c.dials.Load() }
+
+// countedConn adds one to dials at its first Write.
+type countedConn struct {
+	net.Conn
+	dials *atomic.Int64
+	used  atomic.Bool
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	if !c.used.Load() && c.used.CompareAndSwap(false, true) {
+		c.dials.Add(1)
+	}
+	return c.Conn.Write(b)
+}
 
 func (c *connectConn) Unary(ctx context.Context, req *benchv1.Payload) (*benchv1.Payload, error) {
 	res, err := c.svc.Unary(ctx, connect.NewRequest(req))
