@@ -47,7 +47,10 @@ func (c *Conn) Open(ctx context.Context, open *tetherv1.Open, first []byte, clos
 // whether or not the call succeeds, and must not be given to OpenInto
 // again before that.
 func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, first []byte, closeSend bool) (s *Stream, sent bool, err error) {
-	size := proto.Size(open)
+	size, byHand := openSize(open)
+	if !byHand {
+		size = proto.Size(open)
+	}
 	if cost, limit := size+metadataCost(open.GetMetadata()), c.sendHeaderLimit(); cost > limit {
 		whose := "this client's"
 		if c.cfg.PeerMaxHeaderBytes > 0 {
@@ -112,7 +115,11 @@ func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, 
 		id := c.nextID
 		b = frame.AppendHeader(b, frame.TypeOpen, 0, id, size)
 		var merr error
-		b, merr = marshalOpts.MarshalAppend(b, open)
+		if byHand {
+			b = appendOpen(b, open)
+		} else {
+			b, merr = marshalOpts.MarshalAppend(b, open)
+		}
 		if merr != nil {
 			openErr = tether.Errorf(tether.CodeInternal, "tether: encode OPEN: %v", merr)
 			return b[:start]
