@@ -191,7 +191,7 @@ func run(t *testing.T, cfg runConfig) {
 		srv = &procServer{t: t, addr: addr, logPath: logPath, cacheKeys: cacheKeys}
 	} else {
 		var err error
-		if effLog, err = OpenEffectLog(logPath, 1); err != nil {
+		if effLog, err = OpenEffectLog(logPath); err != nil {
 			t.Fatal(err)
 		}
 		srv = &inprocServer{addr: addr, log: effLog, cacheKeys: cacheKeys}
@@ -438,10 +438,14 @@ func summary(ops []Op, replays []Replayed, effects []Effect, faults map[string]i
 		rep[r.Result+" "+r.Code]++
 	}
 	kinds := map[string]int{}
+	late := 0
 	for _, e := range effects {
 		kinds[e.Kind]++
+		if e.Late {
+			late++
+		}
 	}
-	fmt.Fprintf(&b, "\nreplays %v; effect log %v", rep, kinds)
+	fmt.Fprintf(&b, "\nreplays %v; effect log %v; %d lines written late by the handlers of a stopped server", rep, kinds, late)
 	return b.String()
 }
 
@@ -593,8 +597,7 @@ func (s *inprocServer) start(epoch int) error {
 	if err != nil {
 		return err
 	}
-	s.log.SetEpoch(epoch)
-	s.srv = NewServer(s.log, s.cacheKeys, discard())
+	s.srv = NewServer(s.log, epoch, s.cacheKeys, discard())
 	hs := &http.Server{Handler: s.srv}
 	s.hs = hs
 	go func() { _ = hs.Serve(ln) }()
@@ -707,13 +710,13 @@ func (s *procServer) stats() (server.Stats, error) {
 // with the effect log at CHAOS_LOG until SIGTERM (graceful) or SIGKILL.
 func serverMain() int {
 	epoch, _ := strconv.Atoi(os.Getenv("CHAOS_EPOCH"))
-	log, err := OpenEffectLog(os.Getenv("CHAOS_LOG"), epoch)
+	log, err := OpenEffectLog(os.Getenv("CHAOS_LOG"))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	cacheKeys, _ := strconv.Atoi(os.Getenv("CHAOS_CACHE_KEYS"))
-	srv := NewServer(log, cacheKeys, discard())
+	srv := NewServer(log, epoch, cacheKeys, discard())
 	mux := http.NewServeMux()
 	mux.HandleFunc("/chaos/stats", func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(srv.Stats())

@@ -14,7 +14,11 @@
 // (EffectLog, an append-only file), so effects are exactly-once across
 // restarts and SIGKILL; a handler run that finds its key already applied is
 // logged as a rerun, which shows whether the idempotency interceptor let a
-// repeat through.
+// repeat through. Each line carries the server incarnation (epoch) whose
+// handler wrote it: a handler of a server closed in process may finish
+// after the next one started (Close cancels the handlers' contexts but does
+// not wait for them), and its effect belongs to the closed server's cache,
+// not the new one's (Effect.Late marks such lines).
 //
 // Every operation is recorded as invoke -> ok / fail(code) / parked(dead
 // letter id) with its key (Op). Client-side faults are drawn per operation

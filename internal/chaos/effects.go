@@ -29,9 +29,13 @@ type Effect struct {
 	Key       string `json:"key"`
 	Principal string `json:"principal,omitempty"`
 	// Epoch numbers the server incarnation (process or in-process restart)
-	// that wrote the line: each has a fresh idempotency cache.
+	// whose handler wrote the line: each has a fresh idempotency cache.
 	Epoch  int   `json:"epoch"`
 	Amount int64 `json:"amount,omitempty"`
+	// Late: the line was written by a handler of an in-process server
+	// after it was stopped and a newer one had started (Close cancels a
+	// handler's context but does not wait for it to return).
+	Late bool `json:"late,omitempty"`
 }
 
 // EffectLog is the ledger's durable state: an append-only file with one JSON
@@ -43,17 +47,23 @@ type Effect struct {
 type EffectLog struct {
 	mu       sync.Mutex
 	f        *os.File
-	epoch    int
+	latest   int              // the newest incarnation started (Started)
 	applied  map[string]bool  // method + "\x00" + key
 	balances map[string]int64 // account -> balance
 	effects  int64
-	running  map[string]int
+	running  map[runKey]int
+}
+
+// runKey is a handler run in progress: its incarnation's and its key's.
+type runKey struct {
+	epoch int
+	id    string
 }
 
 // OpenEffectLog opens (or creates) the log at path and rebuilds the set of
-// applied keys from it. epoch is written on every new line.
-func OpenEffectLog(path string, epoch int) (*EffectLog, error) {
-	l := &EffectLog{epoch: epoch, applied: map[string]bool{}, balances: map[string]int64{}, running: map[string]int{}}
+// applied keys from it.
+func OpenEffectLog(path string) (*EffectLog, error) {
+	l := &EffectLog{applied: map[string]bool{}, balances: map[string]int64{}, running: map[runKey]int{}}
 	old, err := ReadEffects(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
@@ -72,10 +82,11 @@ func OpenEffectLog(path string, epoch int) (*EffectLog, error) {
 	return l, nil
 }
 
-// SetEpoch changes the epoch written on new lines (an in-process restart).
-func (l *EffectLog) SetEpoch(epoch int) {
+// Started records that incarnation epoch started: lines of older ones
+// written from now on are late (Effect.Late).
+func (l *EffectLog) Started(epoch int) {
 	l.mu.Lock()
-	l.epoch = epoch
+	l.latest = max(l.latest, epoch)
 	l.mu.Unlock()
 }
 
@@ -86,21 +97,22 @@ func (l *EffectLog) Close() error {
 	return l.f.Close()
 }
 
-// Begin marks a handler run of (method, key) as in progress and returns the
-// function that ends it. A second run that begins while one is in progress
-// is logged as EffectConcurrent.
-func (l *EffectLog) Begin(method, key, principal string) (end func()) {
-	id := method + "\x00" + key
+// Begin marks a handler run of (method, key) in incarnation epoch as in
+// progress and returns the function that ends it. A second run that begins
+// in the same incarnation while one is in progress is logged as
+// EffectConcurrent (runs in two incarnations have two caches).
+func (l *EffectLog) Begin(epoch int, method, key, principal string) (end func()) {
+	rk := runKey{epoch, method + "\x00" + key}
 	l.mu.Lock()
-	l.running[id]++
-	if l.running[id] > 1 {
-		l.write(Effect{Kind: EffectConcurrent, Method: method, Key: key, Principal: principal, Epoch: l.epoch})
+	l.running[rk]++
+	if l.running[rk] > 1 {
+		l.write(Effect{Kind: EffectConcurrent, Method: method, Key: key, Principal: principal, Epoch: epoch, Late: epoch < l.latest})
 	}
 	l.mu.Unlock()
 	return func() {
 		l.mu.Lock()
-		if l.running[id]--; l.running[id] == 0 {
-			delete(l.running, id)
+		if l.running[rk]--; l.running[rk] == 0 {
+			delete(l.running, rk)
 		}
 		l.mu.Unlock()
 	}
@@ -108,12 +120,13 @@ func (l *EffectLog) Begin(method, key, principal string) (end func()) {
 
 // Apply applies the effect of (method, key) unless it was applied before:
 // then it logs a rerun and changes nothing. It reports whether the effect
-// was applied now, and the account's balance.
-func (l *EffectLog) Apply(method, key, principal, account string, amount int64) (applied bool, balance int64, err error) {
+// was applied now, and the account's balance. epoch is the incarnation
+// whose handler calls it.
+func (l *EffectLog) Apply(epoch int, method, key, principal, account string, amount int64) (applied bool, balance int64, err error) {
 	id := method + "\x00" + key
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e := Effect{Kind: EffectApply, Method: method, Key: key, Principal: principal, Epoch: l.epoch, Amount: amount}
+	e := Effect{Kind: EffectApply, Method: method, Key: key, Principal: principal, Epoch: epoch, Amount: amount, Late: epoch < l.latest}
 	if l.applied[id] {
 		e.Kind = EffectRerun
 		return false, l.balances[account], l.write(e)

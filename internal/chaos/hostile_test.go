@@ -18,12 +18,12 @@ import (
 // applied (issue 10 item 10: a HALF_CLOSE in the middle of a fragmented
 // message is taken as a clean end of the requests).
 func TestHostileAttacks(t *testing.T) {
-	log, err := OpenEffectLog(filepath.Join(t.TempDir(), "effects.log"), 1)
+	log, err := OpenEffectLog(filepath.Join(t.TempDir(), "effects.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer log.Close()
-	srv := NewServer(log, 0, discard())
+	srv := NewServer(log, 1, 0, discard())
 	hs := httptest.NewServer(srv)
 	defer hs.Close()
 	defer srv.Close()

@@ -35,6 +35,10 @@ const (
 type Ledger struct {
 	chaosv1.UnimplementedChaosLedgerServiceHandler
 	Log *EffectLog
+	// Epoch is the server incarnation the ledger serves: its handlers'
+	// effects carry it, even those that finish after a newer incarnation
+	// started.
+	Epoch int
 }
 
 // callKey returns the call's idempotency key and principal.
@@ -77,7 +81,7 @@ func (l *Ledger) apply(method, key, principal, account string, amount int64) (in
 	if key == "" {
 		return 0, tether.Errorf(tether.CodeInvalidArgument, "chaos: %s without an idempotency key", method)
 	}
-	_, bal, err := l.Log.Apply(method, key, principal, account, amount)
+	_, bal, err := l.Log.Apply(l.Epoch, method, key, principal, account, amount)
 	if err != nil {
 		return 0, tether.Errorf(tether.CodeInternal, "chaos: effect log: %v", err)
 	}
@@ -87,7 +91,7 @@ func (l *Ledger) apply(method, key, principal, account string, amount int64) (in
 // Credit adds the amount to the account once per idempotency key.
 func (l *Ledger) Credit(ctx context.Context, req *chaosv1.CreditRequest) (*chaosv1.CreditResponse, error) {
 	key, principal := callKey(ctx)
-	defer l.Log.Begin(MethodCredit, key, principal)()
+	defer l.Log.Begin(l.Epoch, MethodCredit, key, principal)()
 	if err := before(ctx, req.GetFault()); err != nil {
 		return nil, err
 	}
@@ -108,7 +112,7 @@ func (l *Ledger) Put(ctx context.Context, req *chaosv1.PutRequest) (*chaosv1.Put
 	if req.GetId() == "" {
 		return nil, tether.Errorf(tether.CodeInvalidArgument, "chaos: id is required")
 	}
-	created, _, err := l.Log.Apply(MethodPut, req.GetId(), principal, req.GetAccount(), req.GetAmount())
+	created, _, err := l.Log.Apply(l.Epoch, MethodPut, req.GetId(), principal, req.GetAccount(), req.GetAmount())
 	if err != nil {
 		return nil, tether.Errorf(tether.CodeInternal, "chaos: effect log: %v", err)
 	}
@@ -140,7 +144,7 @@ func (l *Ledger) Watch(ctx context.Context, req *chaosv1.WatchRequest, stream *s
 // Batch applies the sum of its requests as one effect, once per call key.
 func (l *Ledger) Batch(ctx context.Context, stream *server.ClientStream[chaosv1.BatchRequest]) (*chaosv1.BatchResponse, error) {
 	key, principal := callKey(ctx)
-	defer l.Log.Begin(MethodBatch, key, principal)()
+	defer l.Log.Begin(l.Epoch, MethodBatch, key, principal)()
 	var total int64
 	var n uint32
 	var account string
@@ -176,7 +180,7 @@ func TransferKey(callKey string, seq uint32) string { return fmt.Sprintf("%s/%d"
 // the request's sequence number, then acknowledges it.
 func (l *Ledger) Transfer(ctx context.Context, stream *server.BidiStream[chaosv1.TransferRequest, chaosv1.TransferResponse]) error {
 	key, principal := callKey(ctx)
-	defer l.Log.Begin(MethodTransfer, key, principal)()
+	defer l.Log.Begin(l.Epoch, MethodTransfer, key, principal)()
 	for {
 		req, err := stream.Receive()
 		if errors.Is(err, io.EOF) {
@@ -210,7 +214,8 @@ func Token(name string) string { return "chaos-" + name }
 // 1 s TTL), so that eviction happens under load, also of keys whose first
 // call is still running; zero keeps the defaults (100,000 keys, 64 MiB, 10
 // minutes), which a test run never fills.
-func NewServer(log *EffectLog, smallCache int, logger *slog.Logger) *server.Server {
+func NewServer(log *EffectLog, epoch, smallCache int, logger *slog.Logger) *server.Server {
+	log.Started(epoch)
 	var idemOpts []idempotency.Option
 	if smallCache > 0 {
 		idemOpts = append(idemOpts, idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache*256), idempotency.WithTTL(time.Second))
@@ -228,6 +233,6 @@ func NewServer(log *EffectLog, smallCache int, logger *slog.Logger) *server.Serv
 			return server.Identity{Principal: name}, nil
 		})),
 	)
-	chaosv1.RegisterChaosLedgerServiceHandler(srv, &Ledger{Log: log})
+	chaosv1.RegisterChaosLedgerServiceHandler(srv, &Ledger{Log: log, Epoch: epoch})
 	return srv
 }
