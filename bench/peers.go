@@ -67,12 +67,12 @@ func Unsupported(system, kind string) string {
 // network connection (connect-http1's transport, drpc-tcp's pool).
 type ConnCounter interface {
 	// Dialed returns how many network connections the Conn has opened
-	// and used.
+	// and written to.
 	Dialed() int64
 }
 
-// Dialed returns how many network connections c has opened: what its
-// ConnCounter says, else 1.
+// Dialed returns how many network connections c has opened and written
+// to: what its ConnCounter says, else 1.
 func Dialed(c Conn) int64 {
 	if cc, ok := c.(ConnCounter); ok {
 		return cc.Dialed()
@@ -206,8 +206,9 @@ func DialConnect(ctx context.Context, baseURL string, h2c, wait bool) (Conn, err
 	return c, nil
 }
 
-// Dialed counts the connections that carried a request. net/http's h2c
-// transport may dial a spare connection and close it unused (a call that
+// Dialed counts the connections that were written to: a request over
+// HTTP/1.1, the HTTP/2 preface over h2c. net/http's h2c transport may dial
+// a spare connection and close it without writing to it (a call that
 // starts before the first connection is back in its idle pool: the spare
 // finds an HTTP/2 connection already pooled); counting dials would count it.
 func (c *connectConn) Dialed() int64 { return c.dials.Load() }

@@ -117,6 +117,13 @@ func (c *Conn) OpenInto(ctx context.Context, into *Stream, open *tetherv1.Open, 
 		var merr error
 		if byHand {
 			b = appendOpen(b, open)
+			if len(b)-start-frame.HeaderSize != size {
+				// open changed since openSize (a caller's bug): the
+				// frame would lie about its length and break the
+				// connection for every stream on it.
+				openErr = tether.Errorf(tether.CodeInternal, "tether: encode OPEN: the Open changed while it was sent")
+				return b[:start]
+			}
 		} else {
 			b, merr = marshalOpts.MarshalAppend(b, open)
 		}

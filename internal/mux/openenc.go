@@ -6,7 +6,7 @@ package mux
 // entries (the inline idempotency key among them) and a timeout.
 // proto.Size and proto.MarshalAppend walk it through the generated message's
 // tables, validate every string and, for the entries, call back through the
-// same machinery per element: together a tenth of the client's CPU at 64
+// same machinery per element: together 12% of the client's CPU at 64
 // unary calls in flight (docs/BENCHMARKS.md). openSize and appendOpen write
 // the same bytes directly, for every Open without a Resume and without
 // unknown fields; anything else, and every Open with a string that is not
@@ -32,8 +32,11 @@ const (
 // openSize returns the size of open's encoding, and whether appendOpen can
 // write it: open has no Resume, no unknown fields (nor have its entries),
 // and every string is valid UTF-8. When it cannot, the caller uses proto.
+// The fields it knows are those of tether.v1.Open and MetadataEntry today:
+// TestOpenEncodingEveryField walks their descriptors and fails when a field
+// is added that the hand encoder would leave out.
 func openSize(open *tetherv1.Open) (int, bool) {
-	if open.Resume != nil || len(open.ProtoReflect().GetUnknown()) > 0 {
+	if open == nil || open.Resume != nil || len(open.ProtoReflect().GetUnknown()) > 0 {
 		return 0, false
 	}
 	n := 0
