@@ -66,7 +66,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close closes every connection at once; calls in flight fail with
 // unavailable and their handlers' contexts are canceled. It waits for the
-// connections' goroutines to end.
+// connections' own goroutines (readers, writers) to end, not for the
+// handlers: a handler that does not watch its context may still run, and
+// finish its work, after Close returns (as with net/http's Server.Close and
+// grpc-go's Stop without WaitForHandlers). Shutdown waits for the calls.
 func (s *Server) Close() error {
 	conns := s.startDrain(closedCtx, "server closed")
 	for _, c := range conns {

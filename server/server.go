@@ -33,7 +33,7 @@ type Server struct {
 	handlers map[string]*Handler
 	conns    map[*mux.Conn]struct{}
 	draining bool
-	wg       sync.WaitGroup // connections and handlers
+	wg       sync.WaitGroup // admitted upgrades and connections (until OnClose), not handlers
 	counters counters
 	pending  int             // upgrades admitted, not yet registered
 	drainCtx context.Context // Shutdown's context, for connections that race it

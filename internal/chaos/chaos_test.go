@@ -445,7 +445,7 @@ func summary(ops []Op, replays []Replayed, effects []Effect, faults map[string]i
 			late++
 		}
 	}
-	fmt.Fprintf(&b, "\nreplays %v; effect log %v; %d lines written late by the handlers of a stopped server", rep, kinds, late)
+	fmt.Fprintf(&b, "\nreplays %v; effect log %v; %d lines written by the handlers of a stopped in-process server", rep, kinds, late)
 	return b.String()
 }
 
@@ -587,6 +587,7 @@ type inprocServer struct {
 	addr      string
 	log       *EffectLog
 	cacheKeys int
+	epoch     int // the running server's
 
 	srv *server.Server
 	hs  *http.Server
@@ -597,6 +598,7 @@ func (s *inprocServer) start(epoch int) error {
 	if err != nil {
 		return err
 	}
+	s.epoch = epoch
 	s.srv = NewServer(s.log, epoch, s.cacheKeys, discard())
 	hs := &http.Server{Handler: s.srv}
 	s.hs = hs
@@ -613,6 +615,9 @@ func (s *inprocServer) stop(graceful bool) {
 		_ = s.srv.Shutdown(ctx)
 		cancel()
 	}
+	// From here the server's handlers may outlive it (Close does not wait
+	// for them): what they write is late.
+	s.log.Stopped(s.epoch)
 	_ = s.hs.Close()
 	_ = s.srv.Close()
 	s.srv, s.hs = nil, nil

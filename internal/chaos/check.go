@@ -48,18 +48,17 @@ type CheckConfig struct {
 //     healthy server, ends with an answer (not a timeout) and parks no new
 //     copy;
 //   - no effect without a call;
-//   - the idempotency interceptor never lets two runs of one key overlap,
-//     and, with NoEviction, never lets a key run twice in one server
-//     process (epoch) for one principal.
+//   - the idempotency interceptor never lets two runs of one key overlap in
+//     one server incarnation, and, with NoEviction, never lets a key run
+//     twice in one incarnation (epoch) for one principal, whichever
+//     incarnation applied it (each has its own cache).
 func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []string {
 	var v []string
 	type id struct{ method, key string }
 	applied := map[id]int{}
-	appliedEpoch := map[id]int{}
 	for _, e := range effects {
 		if e.Kind == EffectApply {
 			applied[id{e.Method, e.Key}]++
-			appliedEpoch[id{e.Method, e.Key}] = e.Epoch
 		}
 	}
 	for k, n := range applied {
@@ -180,9 +179,21 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 		epoch     int
 		principal string
 	}
+	// Runs of a Credit handler that reached the effect log (an apply or a
+	// rerun), per server incarnation: with no eviction, one cache lets a
+	// key run once, whichever incarnation applied it.
+	runs := map[rk]int{}
 	seen := map[rk]bool{}
 	for _, e := range effects {
 		k := id{e.Method, e.Key}
+		if e.Method == MethodCredit && (e.Kind == EffectApply || e.Kind == EffectRerun) {
+			r := rk{k, e.Epoch, e.Principal}
+			runs[r]++
+			if cfg.NoEviction && runs[r] > 1 && !seen[r] && (wants[k] == nil || !wants[k].panicAfter) {
+				seen[r] = true
+				v = append(v, fmt.Sprintf("credit %s: the handler ran again in the server process (epoch %d, principal %s) that had already run it, with no eviction: the idempotency cache let a repeat through", e.Key, e.Epoch, e.Principal))
+			}
+		}
 		switch e.Kind {
 		case EffectConcurrent:
 			if e.Method == MethodCredit || e.Method == MethodBatch || e.Method == MethodTransfer {
@@ -195,12 +206,6 @@ func Check(cfg CheckConfig, ops []Op, replays []Replayed, effects []Effect) []st
 					continue
 				}
 				v = append(v, fmt.Sprintf("%s %s: a stream was delivered to the handler twice (epoch %d)", e.Method, e.Key, e.Epoch))
-			case MethodCredit:
-				r := rk{k, e.Epoch, e.Principal}
-				if cfg.NoEviction && appliedEpoch[k] == e.Epoch && !seen[r] && (wants[k] == nil || !wants[k].panicAfter) {
-					seen[r] = true
-					v = append(v, fmt.Sprintf("credit %s: the handler ran again in the server process (epoch %d, principal %s) that had already applied it, with no eviction: the idempotency cache let a repeat through", e.Key, e.Epoch, e.Principal))
-				}
 			}
 		}
 	}

@@ -33,8 +33,8 @@ type Effect struct {
 	Epoch  int   `json:"epoch"`
 	Amount int64 `json:"amount,omitempty"`
 	// Late: the line was written by a handler of an in-process server
-	// after it was stopped and a newer one had started (Close cancels a
-	// handler's context but does not wait for it to return).
+	// after that server was stopped (Close cancels a handler's context but
+	// does not wait for it to return).
 	Late bool `json:"late,omitempty"`
 }
 
@@ -48,6 +48,7 @@ type EffectLog struct {
 	mu       sync.Mutex
 	f        *os.File
 	latest   int              // the newest incarnation started (Started)
+	stopped  int              // the newest incarnation stopped (Stopped)
 	applied  map[string]bool  // method + "\x00" + key
 	balances map[string]int64 // account -> balance
 	effects  int64
@@ -90,6 +91,20 @@ func (l *EffectLog) Started(epoch int) {
 	l.mu.Unlock()
 }
 
+// Stopped records that incarnation epoch (and every older one) was
+// stopped: its lines written from now on are late too.
+func (l *EffectLog) Stopped(epoch int) {
+	l.mu.Lock()
+	l.stopped = max(l.stopped, epoch)
+	l.mu.Unlock()
+}
+
+// lateLocked reports whether a line of incarnation epoch written now is
+// late: a newer incarnation started, or this one was stopped. l.mu is held.
+func (l *EffectLog) lateLocked(epoch int) bool {
+	return epoch < l.latest || epoch <= l.stopped
+}
+
 // Close closes the file.
 func (l *EffectLog) Close() error {
 	l.mu.Lock()
@@ -106,7 +121,7 @@ func (l *EffectLog) Begin(epoch int, method, key, principal string) (end func())
 	l.mu.Lock()
 	l.running[rk]++
 	if l.running[rk] > 1 {
-		l.write(Effect{Kind: EffectConcurrent, Method: method, Key: key, Principal: principal, Epoch: epoch, Late: epoch < l.latest})
+		l.write(Effect{Kind: EffectConcurrent, Method: method, Key: key, Principal: principal, Epoch: epoch, Late: l.lateLocked(epoch)})
 	}
 	l.mu.Unlock()
 	return func() {
@@ -126,7 +141,7 @@ func (l *EffectLog) Apply(epoch int, method, key, principal, account string, amo
 	id := method + "\x00" + key
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e := Effect{Kind: EffectApply, Method: method, Key: key, Principal: principal, Epoch: epoch, Amount: amount, Late: epoch < l.latest}
+	e := Effect{Kind: EffectApply, Method: method, Key: key, Principal: principal, Epoch: epoch, Amount: amount, Late: l.lateLocked(epoch)}
 	if l.applied[id] {
 		e.Kind = EffectRerun
 		return false, l.balances[account], l.write(e)

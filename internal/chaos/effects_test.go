@@ -27,8 +27,14 @@ func TestEffectLogIncarnations(t *testing.T) {
 	}
 	endOld()
 	endNew()
-	endA := l.Begin(2, MethodCredit, "j", "p0")
-	endB := l.Begin(2, MethodCredit, "j", "p0")
+	l.Stopped(2) // its handlers' lines are late from now on
+	endLate := l.Begin(2, MethodCredit, "m", "p0")
+	endLateB := l.Begin(2, MethodCredit, "m", "p0")
+	endLate()
+	endLateB()
+	l.Started(3)
+	endA := l.Begin(3, MethodCredit, "j", "p0")
+	endB := l.Begin(3, MethodCredit, "j", "p0")
 	endA()
 	endB()
 	if err := l.Close(); err != nil {
@@ -41,7 +47,8 @@ func TestEffectLogIncarnations(t *testing.T) {
 	want := []Effect{
 		{Kind: EffectApply, Method: MethodCredit, Key: "k", Principal: "p0", Epoch: 2, Amount: 5},
 		{Kind: EffectRerun, Method: MethodCredit, Key: "k", Principal: "p0", Epoch: 1, Amount: 5, Late: true},
-		{Kind: EffectConcurrent, Method: MethodCredit, Key: "j", Principal: "p0", Epoch: 2},
+		{Kind: EffectConcurrent, Method: MethodCredit, Key: "m", Principal: "p0", Epoch: 2, Late: true},
+		{Kind: EffectConcurrent, Method: MethodCredit, Key: "j", Principal: "p0", Epoch: 3},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("log: %+v\nwant %+v", got, want)

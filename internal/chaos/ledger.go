@@ -216,7 +216,10 @@ func Token(name string) string { return "chaos-" + name }
 // minutes), which a test run never fills.
 func NewServer(log *EffectLog, epoch, smallCache int, logger *slog.Logger) *server.Server {
 	log.Started(epoch)
-	var idemOpts []idempotency.Option
+	// The big cache never forgets a key within a run (CheckConfig's
+	// NoEviction): not by size, and not by age either (the default TTL,
+	// 10 minutes, is shorter than a long run's load and replays).
+	idemOpts := []idempotency.Option{idempotency.WithTTL(24 * time.Hour)}
 	if smallCache > 0 {
 		idemOpts = append(idemOpts, idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache*256), idempotency.WithTTL(time.Second))
 	}
