@@ -182,31 +182,31 @@ func TestOpenEncodingEveryField(t *testing.T) {
 			t.Errorf("%s: openSize = %d, proto = %d", name, size, len(want))
 		}
 	}
-	open := (&tetherv1.Open{}).ProtoReflect()
-	fields := open.Descriptor().Fields()
-	for i := range fields.Len() {
-		fd := fields.Get(i)
-		for _, zero := range []bool{false, true} {
-			if zero && !fd.HasPresence() {
-				continue
+	// eachField calls f for every field, and again with the zero value
+	// for a field with presence.
+	eachField := func(fields protoreflect.FieldDescriptors, f func(i int, name string, zero bool)) {
+		for i := range fields.Len() {
+			fd := fields.Get(i)
+			for _, zero := range []bool{false, true} {
+				if zero && !fd.HasPresence() {
+					continue
+				}
+				f(i, string(fd.Name())+map[bool]string{true: " (zero, present)"}[zero], zero)
 			}
-			m := &tetherv1.Open{}
-			fillFields(m.ProtoReflect(), fields, i, zero)
-			check(string(fd.Name())+map[bool]string{true: " (zero, present)"}[zero], m)
 		}
 	}
+	fields := (&tetherv1.Open{}).ProtoReflect().Descriptor().Fields()
+	eachField(fields, func(i int, name string, zero bool) {
+		m := &tetherv1.Open{}
+		fillFields(m.ProtoReflect(), fields, i, zero)
+		check(name, m)
+	})
 	entry := (&tetherv1.MetadataEntry{}).ProtoReflect().Descriptor().Fields()
-	for i := range entry.Len() {
-		fd := entry.Get(i)
-		for _, zero := range []bool{false, true} {
-			if zero && !fd.HasPresence() {
-				continue
-			}
-			e := &tetherv1.MetadataEntry{}
-			fillFields(e.ProtoReflect(), entry, i, zero)
-			check("metadata."+string(fd.Name()), &tetherv1.Open{Metadata: []*tetherv1.MetadataEntry{e}})
-		}
-	}
+	eachField(entry, func(i int, name string, zero bool) {
+		e := &tetherv1.MetadataEntry{}
+		fillFields(e.ProtoReflect(), entry, i, zero)
+		check("metadata."+name, &tetherv1.Open{Metadata: []*tetherv1.MetadataEntry{e}})
+	})
 	// Everything at once.
 	all := &tetherv1.Open{}
 	fillFields(all.ProtoReflect(), fields, -1, false)
