@@ -207,21 +207,21 @@ func (l *Ledger) Transfer(ctx context.Context, stream *server.BidiStream[chaosv1
 // authenticator accepts "chaos-<name>" and names the principal <name>.
 func Token(name string) string { return "chaos-" + name }
 
-// NewServer returns a tether server for the ledger with a fresh idempotency
-// cache (as a new process would have), bearer-token authentication and a
-// 1 MiB message limit. smallCache, when not zero, bounds the cache tightly
-// (that many keys, 256 bytes a key, which is less than a key costs, and a
-// 1 s TTL), so that eviction happens under load, also of keys whose first
-// call is still running; zero keeps the defaults (100,000 keys, 64 MiB, 10
-// minutes), which a test run never fills.
+// NewServer returns a tether server for the ledger of incarnation epoch,
+// with a fresh idempotency cache (as a new process would have),
+// bearer-token authentication and a 1 MiB message limit. smallCache, when
+// not zero, bounds the cache tightly (that many keys, 256 bytes a key,
+// which is less than a key costs, and a 1 s TTL), so that eviction happens
+// under load, also of keys whose first call is still running; zero keeps
+// the default bounds (100,000 keys, 64 MiB), which a test run never fills,
+// with a 24-hour TTL instead of 10 minutes, so that no key is forgotten by
+// age during a long run's load and replays either (CheckConfig's
+// NoEviction).
 func NewServer(log *EffectLog, epoch, smallCache int, logger *slog.Logger) *server.Server {
 	log.Started(epoch)
-	// The big cache never forgets a key within a run (CheckConfig's
-	// NoEviction): not by size, and not by age either (the default TTL,
-	// 10 minutes, is shorter than a long run's load and replays).
 	idemOpts := []idempotency.Option{idempotency.WithTTL(24 * time.Hour)}
 	if smallCache > 0 {
-		idemOpts = append(idemOpts, idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache*256), idempotency.WithTTL(time.Second))
+		idemOpts = []idempotency.Option{idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache*256), idempotency.WithTTL(time.Second)}
 	}
 	srv := server.New(
 		server.WithLogger(logger),
