@@ -221,7 +221,7 @@ func NewServer(log *EffectLog, epoch, smallCache int, logger *slog.Logger) *serv
 	log.Started(epoch)
 	idemOpts := []idempotency.Option{idempotency.WithTTL(24 * time.Hour)}
 	if smallCache > 0 {
-		idemOpts = []idempotency.Option{idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache*256), idempotency.WithTTL(time.Second)}
+		idemOpts = []idempotency.Option{idempotency.WithMaxEntries(smallCache), idempotency.WithMaxBytes(smallCache * 256), idempotency.WithTTL(time.Second)}
 	}
 	srv := server.New(
 		server.WithLogger(logger),
