@@ -55,7 +55,8 @@ type Cluster struct {
 
 // StartCluster runs n nodes with JetStream (named n1, n2, ...) in one
 // cluster, each with its files under dir/<name>, and waits until JetStream
-// has a meta leader.
+// has a meta leader that has heard from every node: a stream or bucket
+// with n replicas can be placed as soon as it returns.
 func StartCluster(n int, dir string) (*Cluster, error) {
 	// Every node routes to every other, so the cluster ports are chosen
 	// first (free ports on 127.0.0.1).
@@ -98,7 +99,7 @@ func StartCluster(n int, dir string) (*Cluster, error) {
 	for !c.ready() {
 		if time.Now().After(deadline) {
 			c.Shutdown()
-			return nil, errors.New("natsembed: the cluster elected no JetStream meta leader")
+			return nil, errors.New("natsembed: the cluster elected no JetStream meta leader that sees every node")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -118,15 +119,19 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// ready reports whether every node is routed to the others and JetStream
-// is ready to serve.
+// ready reports whether every node is routed to the others, JetStream is
+// ready to serve, and the meta leader has every node's statistics. Until a
+// node's statistics reach the leader, the leader counts it offline and
+// refuses to place replicas on it ("no suitable peers for placement, peer
+// offline"): on a loaded machine that takes a while after the election.
 func (c *Cluster) ready() bool {
 	for _, s := range c.Nodes {
 		if s.NumRoutes() < len(c.Nodes)-1 || !s.JetStreamIsCurrent() {
 			return false
 		}
 	}
-	return c.leader() != nil
+	l := c.leader()
+	return l != nil && len(l.JetStreamClusterPeers()) == len(c.Nodes)
 }
 
 func (c *Cluster) leader() *server.Server {
