@@ -157,7 +157,8 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 // handshake, so the server does not send more.
 func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeaderBytes = n } }
 
-// WithWriteTimeout bounds one socket write (default 10s).
+// WithWriteTimeout bounds one socket write (default 10s; the deadline is
+// renewed lazily, so a write may go on up to 1/32 longer).
 func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.mux.WriteTimeout = d } }
 
 // WithBackoff sets the reconnection backoff. Zero fields keep their defaults.

@@ -141,8 +141,9 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }
 
-// WithWriteTimeout bounds one socket write (default 10s); a client that does
-// not read for that long is disconnected.
+// WithWriteTimeout bounds one socket write (default 10s; the deadline is
+// renewed lazily, so a write may go on up to 1/32 longer); a client that
+// does not read for that long is disconnected.
 func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.mux.WriteTimeout = d } }
 
 // WithHandshakeTimeout bounds the WebSocket upgrade (default 10s).

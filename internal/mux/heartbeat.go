@@ -25,7 +25,10 @@ package mux
 // gorilla's ping and pong handlers, which run inside the reader's reads)
 // and renews the read deadline; setReadDeadline never moves it past a
 // lingering close's deadline (lingerUntil, set by linger on the goroutine
-// that closes). No other lock is taken.
+// that closes). No other lock is taken. The socket's deadline is moved
+// only when it falls behind by more than deadlineSlack: a busy
+// connection's reader changes it a few times a second, not once per
+// message.
 
 import (
 	"encoding/binary"
@@ -38,14 +41,32 @@ import (
 
 // touch renews the read deadline after traffic. Inside a message the
 // message's own deadline stands: pongs between fragments do not extend it.
+//
+// The deadline a connection owes its peer is PingInterval + PingTimeout
+// from now. Setting it on the socket takes the socket's and its timer's
+// locks (a few hundred ns, on the reader's path for every message), so
+// touch sets it deadlineSlack further and leaves it while it is no more
+// than that ahead of what is owed: a silent peer is dropped between
+// PingInterval + PingTimeout and deadlineSlack later.
 func (c *Conn) touch() {
 	if c.inMessage.Load() {
 		return
 	}
-	now := time.Now()
-	c.lastRecv.Store(nanotime(now))
-	c.setReadDeadline(now.Add(c.cfg.PingInterval + c.cfg.PingTimeout))
+	now := monotime()
+	c.lastRecv.Store(now)
+	d := c.cfg.PingInterval + c.cfg.PingTimeout
+	owed := now + int64(d)
+	if ahead := c.readBy.Load() - owed; ahead >= 0 && ahead <= int64(deadlineSlack(d)) {
+		return
+	}
+	c.setReadDeadline(owed + int64(deadlineSlack(d)))
 }
+
+// deadlineSlack is how much later than d a deadline renewed lazily may
+// pass: 1/32 of it. A silent peer is dropped up to 625 ms after
+// PingInterval + PingTimeout (touch), a blocked write fails up to 312 ms
+// after WriteTimeout (writeBatch), by default.
+func deadlineSlack(d time.Duration) time.Duration { return d / 32 }
 
 // startMessageDeadline gives the message whose first frame was just read
 // until t to arrive whole (Config.MaxMessageReadTime). On a connection that
@@ -55,7 +76,7 @@ func (c *Conn) touch() {
 // socket's deadline (touch's) instead of two. Each change takes the
 // socket's and its timer's locks: 3% of the CPU of a server answering
 // 10,000 connections a call a second each, 1.3% with this.
-func (c *Conn) startMessageDeadline(t time.Time) {
+func (c *Conn) startMessageDeadline(t int64) {
 	if c.lazyMsgDeadline {
 		c.msgDeadline, c.msgPending = t, true
 		return
@@ -74,11 +95,16 @@ func (c *Conn) socketRead() {
 	}
 }
 
-// setReadDeadline sets the read deadline, never past a lingering close's.
-func (c *Conn) setReadDeadline(t time.Time) {
-	_ = c.ws.SetReadDeadline(t)
-	if l := c.lingerUntil.Load(); l != 0 && t.UnixNano() > l {
-		_ = c.ws.SetReadDeadline(time.Unix(0, l))
+// setReadDeadline sets the read deadline (nanotime), never past a
+// lingering close's, and records it in readBy. linger, on another
+// goroutine, may set an earlier one without recording it.
+func (c *Conn) setReadDeadline(t int64) {
+	c.readMoves.Add(1)
+	c.readBy.Store(t)
+	_ = c.ws.SetReadDeadline(clockTime(t))
+	if l := c.lingerUntil.Load(); l != 0 && t > l {
+		c.readBy.Store(l)
+		_ = c.ws.SetReadDeadline(clockTime(l))
 	}
 }
 
@@ -148,6 +174,14 @@ var clockBase = time.Now()
 // connection clock.
 func nanotime(t time.Time) int64 { return int64(t.Sub(clockBase)) }
 
+// monotime is now on the connection clock: nanotime(time.Now()) without
+// the wall clock's reading, half the cost of time.Now.
+func monotime() int64 { return int64(time.Since(clockBase)) }
+
+// clockTime is the time.Time of t, a reading of the connection clock, for
+// the socket's deadlines.
+func clockTime(t int64) time.Time { return clockBase.Add(time.Duration(t)) }
+
 // pingCheck is how long the connection may go without messages both ways
 // before a PING is sent: a client's 7/8 of its PingInterval, a server's the
 // whole interval (see the file comment).
@@ -167,9 +201,10 @@ func (c *Conn) armPing() {
 	c.pingTimer.Reset(c.untilDeadline(now, d))
 }
 
-// readDeadline is the read deadline touch last set (nanotime).
+// readDeadline is the socket's read deadline as the reader last set it
+// (nanotime).
 func (c *Conn) readDeadline() int64 {
-	return c.lastRecv.Load() + int64(c.cfg.PingInterval+c.cfg.PingTimeout)
+	return c.readBy.Load()
 }
 
 // untilDeadline shortens the heartbeat timer's delay d so that, on a
@@ -177,7 +212,7 @@ func (c *Conn) readDeadline() int64 {
 // (ping then starts a parked reader). Touched since, the deadline has
 // moved, and ping re-arms the timer.
 func (c *Conn) untilDeadline(now time.Time, d time.Duration) time.Duration {
-	if c.parkConn == nil || c.lastRecv.Load() == 0 {
+	if c.parkConn == nil || c.readBy.Load() == 0 {
 		return d
 	}
 	if until := time.Duration(c.readDeadline() - nanotime(now)); until > 0 && until < d {

@@ -260,7 +260,7 @@ const closeLinger = time.Second
 // closes after closeLinger.
 func (c *Conn) linger() {
 	until := time.Now().Add(closeLinger)
-	c.lingerUntil.Store(until.UnixNano())
+	c.lingerUntil.Store(nanotime(until))
 	_ = c.ws.SetReadDeadline(until)
 	if c.role == RoleServer {
 		halfClose(c.ws)

@@ -85,9 +85,9 @@ func (c *Conn) readLoop() {
 			return
 		}
 		c.inMessage.Store(true)
-		now := time.Now()
+		now := monotime()
 		c.noteMessage(now)
-		c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))
+		c.startMessageDeadline(now + int64(c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
 		var buf []byte
 		buf, direct, lookAhead, err = readMessage((*bp)[:0], r, direct[:0], lookAhead)
