@@ -3,7 +3,8 @@
 # docs/BENCHMARKS.md measures a change ("alternating pairs"): one benchcmp
 # run of revision A, then one of revision B, ROUNDS times, each against a
 # fresh server, and for every row of benchcmp's table both medians and in
-# how many pairs B's value was lower. On these shared VMs the machine's
+# how many pairs B's value was lower (the order in a round alternates: A
+# first in odd rounds, B first in even ones). On these shared VMs the machine's
 # state drifts by more than most changes gain, so a change is judged by its
 # pairs, not by one run of each.
 #
@@ -40,7 +41,12 @@ build "$b" B
 
 : >"$out"
 for i in $(seq "$rounds"); do
-	for side in A B; do
+	# The run second in a round does worse on these VMs whichever build it
+	# is (session 17: 8 rounds each way, the first run's CPU per call lower
+	# in 6 of 8 pairs both times), so the order alternates: A B, B A, ...
+	order="A B"
+	if [ $((i % 2)) -eq 0 ]; then order="B A"; fi
+	for side in $order; do
 		"$tmp/bc-$side" -run "$re" -systems tether -count 1 -v=false |
 			grep '^| ' | grep -v '^| scenario\|^|---\|^| target\|^| raw' |
 			awk -F'|' -v s="$side" -v r="$i" '{gsub(/^ +| +$/, "", $2); gsub(/^ +| +$/, "", $3); print s "\t" r "\t" $2 "\t" $3}' >>"$out"
