@@ -39,6 +39,8 @@ type Ledger struct {
 	// effects carry it, even those that finish after a newer incarnation
 	// started.
 	Epoch int
+
+	hold func() // tests: Credit runs it between its fault's sleep and the effect
 }
 
 // callKey returns the call's idempotency key and principal.
@@ -94,6 +96,9 @@ func (l *Ledger) Credit(ctx context.Context, req *chaosv1.CreditRequest) (*chaos
 	defer l.Log.Begin(l.Epoch, MethodCredit, key, principal)()
 	if err := before(ctx, req.GetFault()); err != nil {
 		return nil, err
+	}
+	if l.hold != nil {
+		l.hold()
 	}
 	bal, err := l.apply(MethodCredit, key, principal, req.GetAccount(), req.GetAmount())
 	if err != nil {
@@ -218,6 +223,11 @@ func Token(name string) string { return "chaos-" + name }
 // age during a long run's load and replays either (CheckConfig's
 // NoEviction).
 func NewServer(log *EffectLog, epoch, smallCache int, logger *slog.Logger) *server.Server {
+	return newServer(&Ledger{Log: log, Epoch: epoch}, smallCache, logger)
+}
+
+func newServer(ledger *Ledger, smallCache int, logger *slog.Logger) *server.Server {
+	log, epoch := ledger.Log, ledger.Epoch
 	log.Started(epoch)
 	idemOpts := []idempotency.Option{idempotency.WithTTL(24 * time.Hour)}
 	if smallCache > 0 {
@@ -236,6 +246,6 @@ func NewServer(log *EffectLog, epoch, smallCache int, logger *slog.Logger) *serv
 			return server.Identity{Principal: name}, nil
 		})),
 	)
-	chaosv1.RegisterChaosLedgerServiceHandler(srv, &Ledger{Log: log, Epoch: epoch})
+	chaosv1.RegisterChaosLedgerServiceHandler(srv, ledger)
 	return srv
 }
