@@ -146,6 +146,8 @@ func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
 // WithHeartbeat sets how often the client pings the server and how long past
 // that a silent server is given before the connection is declared dead, its
 // calls fail with unavailable and the client reconnects (defaults 10s, 10s).
+// The read deadline is renewed lazily: a silent server is found up to 1/32 of
+// interval+timeout later, never sooner.
 func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }

@@ -136,7 +136,8 @@ func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeader
 
 // WithHeartbeat sets how often the server pings each client and how long past
 // that a silent client is given before its connection is closed and its calls
-// canceled (defaults 10s and 10s).
+// canceled (defaults 10s and 10s). The read deadline is renewed lazily: a
+// silent client is dropped up to 1/32 of interval+timeout later, never sooner.
 func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }

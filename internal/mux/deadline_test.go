@@ -4,7 +4,11 @@ package mux
 
 import (
 	"context"
+	"errors"
+	"io"
+	"math"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,25 +25,7 @@ import (
 // a second read (startMessageDeadline).
 func TestDeadlinesMovedLazily(t *testing.T) {
 	scfg := Config{Accept: func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) }}
-	url, conns := parkingServer(t, scfg)
-	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return PooledReads(conn), nil
-	}}
-	ws, _, err := d.Dial(url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, sc := New(ws, RoleClient, Config{}), <-conns
-	t.Cleanup(func() {
-		cc.Close()
-		sc.Close()
-		<-cc.Done()
-		<-sc.Done()
-	})
+	cc, sc := pooledPair(t, scfg, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	call := func() {
@@ -75,39 +61,111 @@ func TestDeadlinesMovedLazily(t *testing.T) {
 	}
 }
 
-// Traffic that goes on for many read timeouts keeps the connection open:
-// the lazily moved deadline still moves. Heartbeats are the only traffic
-// here, every 20 ms against a deadline of 80 ms (2.5 ms of slack).
+// pooledPair is pair with the connections made as packages server and
+// client make them (HijackPooled, PooledReads): their message deadlines
+// are set only when a message needs a second read of the socket
+// (startMessageDeadline), so the heartbeat's deadline is the only one most
+// messages touch.
+func pooledPair(t *testing.T, scfg, ccfg Config) (cc, sc *Conn) {
+	t.Helper()
+	url, conns := parkingServer(t, scfg)
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return PooledReads(conn), nil
+	}}
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, sc = New(ws, RoleClient, ccfg), <-conns
+	t.Cleanup(func() {
+		cc.Close()
+		sc.Close()
+		<-cc.Done()
+		<-sc.Done()
+	})
+	return cc, sc
+}
+
+// Traffic that goes on for several read timeouts keeps the connection
+// open: the lazily moved deadline still moves, at most once per slack.
+// Heartbeats are the only traffic, every 20 ms or so, against a deadline
+// of 1.02 s with 32 ms of slack.
 func TestLazyDeadlineFollowsTraffic(t *testing.T) {
-	cfg := Config{PingInterval: 20 * time.Millisecond, PingTimeout: 60 * time.Millisecond, MaxPingRate: 1000}
-	cc, sc := pair(t, cfg, cfg)
-	time.Sleep(time.Second) // 12 read timeouts
+	cfg := Config{PingInterval: 20 * time.Millisecond, PingTimeout: time.Second, MaxPingRate: 1000}
+	cc, sc := pooledPair(t, cfg, cfg)
+	moves, start := sc.readMoves.Load(), time.Now()
+	time.Sleep(3 * time.Second) // about 3 read deadlines
 	for i, c := range []*Conn{cc, sc} {
 		if err := c.Err(); err != nil {
 			t.Fatalf("%s closed under steady heartbeats: %v", [2]string{"client", "server"}[i], err)
 		}
 	}
-	if n := sc.readMoves.Load(); n < 10 {
-		t.Fatalf("server's read deadline moved %d times in 1 s of heartbeats, want it to follow them", n)
+	n, elapsed := sc.readMoves.Load()-moves, time.Since(start)
+	bound := uint32(2 + elapsed/deadlineSlack(cfg.PingInterval+cfg.PingTimeout))
+	t.Logf("server: read deadline moved %d times in %v (at most %d)", n, elapsed, bound)
+	if n < 2 || n > bound {
+		t.Fatalf("the read deadline moved %d times in %v of traffic, want 2 to %d", n, elapsed, bound)
 	}
 }
 
-// A peer that goes silent is dropped after PingInterval + PingTimeout,
-// and no later than the slack after it.
+// A peer that goes silent is dropped by the read deadline, never sooner
+// than PingInterval + PingTimeout after its last message, also when the
+// messages before it came within the slack (so that their touches left
+// the deadline where the first one set it).
 func TestLazyDeadlineDropsSilentPeer(t *testing.T) {
 	scfg := Config{PingInterval: 100 * time.Millisecond, PingTimeout: 540 * time.Millisecond}
-	ws, sc := rawPeer(t, scfg)
+	ws, sc := dialParking(t, scfg) // pooled reads: lazy message deadlines
 	defer ws.Close()
-	writeFrames(t, ws) // an empty message: traffic, then silence
-	start := time.Now()
+	writeFrames(t, ws) // empty messages: traffic, then silence
+	moves := sc.readMoves.Load()
+	var last time.Time
+	for range 4 {
+		last = time.Now()
+		writeFrames(t, ws)
+	}
 	select {
 	case <-sc.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("a silent peer was not dropped")
 	}
-	d := scfg.PingInterval + scfg.PingTimeout
-	if got := time.Since(start); got < d-50*time.Millisecond {
-		t.Fatalf("dropped after %v of silence, before the deadline (%v)", got, d)
+	got, d := time.Since(last), scfg.PingInterval+scfg.PingTimeout
+	t.Logf("dropped %v after the last message (deadline %v, slack %v); the deadline moved %d times for the last 4 messages",
+		got, d, deadlineSlack(d), sc.readMoves.Load()-moves)
+	if got < d {
+		t.Fatalf("dropped %v after the last message, before the deadline (%v)", got, d)
 	}
-	t.Logf("dropped after %v of silence (deadline %v, slack %v)", time.Since(start), d, deadlineSlack(d))
+	if err := sc.Err(); err == nil || !strings.Contains(err.Error(), "i/o timeout") {
+		t.Fatalf("closed with %v, want a read timeout", err)
+	}
+}
+
+// Timeouts of math.MaxInt64, the usual way to say "none", do not wrap
+// into deadlines in the past.
+func TestHugeTimeouts(t *testing.T) {
+	huge := time.Duration(math.MaxInt64)
+	scfg := Config{WriteTimeout: huge, MaxMessageReadTime: huge, PingTimeout: huge,
+		Accept: func(s *Stream, _ *tetherv1.Open) { _ = s.Finish(nil, nil) }}
+	ccfg := Config{WriteTimeout: huge, MaxMessageReadTime: huge, PingTimeout: huge}
+	cc, sc := pair(t, scfg, ccfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	big := make([]byte, 200<<10) // more than one read of the socket, within the stream window
+	for range 3 {
+		s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, big, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
+			t.Fatalf("call ended with %v, want io.EOF", err)
+		}
+	}
+	for i, c := range []*Conn{cc, sc} {
+		if err := c.Err(); err != nil {
+			t.Fatalf("%s closed: %v", [2]string{"client", "server"}[i], err)
+		}
+	}
 }

@@ -25,13 +25,17 @@ package mux
 // gorilla's ping and pong handlers, which run inside the reader's reads)
 // and renews the read deadline; setReadDeadline never moves it past a
 // lingering close's deadline (lingerUntil, set by linger on the goroutine
-// that closes). No other lock is taken. The socket's deadline is moved
-// only when it falls behind by more than deadlineSlack: a busy
-// connection's reader changes it a few times a second, not once per
-// message.
+// that closes). No other lock is taken. touch moves the socket's deadline
+// only when it falls short of what is owed (or lies more than deadlineSlack
+// beyond it): on a connection whose message deadlines are set only when a
+// message needs a second read (pooled reads: plain TCP on unix), a busy
+// reader moves it a few times a second, not once per message. Elsewhere
+// (TLS) each message still sets its own deadline, which the next touch
+// moves back.
 
 import (
 	"encoding/binary"
+	"math"
 	"math/bits"
 	"sync/atomic"
 	"time"
@@ -54,12 +58,22 @@ func (c *Conn) touch() {
 	}
 	now := monotime()
 	c.lastRecv.Store(now)
-	d := c.cfg.PingInterval + c.cfg.PingTimeout
-	owed := now + int64(d)
+	d := time.Duration(later(int64(c.cfg.PingInterval), c.cfg.PingTimeout))
+	owed := later(now, d)
 	if ahead := c.readBy.Load() - owed; ahead >= 0 && ahead <= int64(deadlineSlack(d)) {
 		return
 	}
-	c.setReadDeadline(owed + int64(deadlineSlack(d)))
+	c.setReadDeadline(later(owed, deadlineSlack(d)))
+}
+
+// later is t + d (d >= 0) on the connection clock, saturating instead of
+// wrapping: a timeout of math.MaxInt64, the usual "no timeout", must not
+// become a deadline in the past.
+func later(t int64, d time.Duration) int64 {
+	if s := t + int64(d); s >= t {
+		return s
+	}
+	return math.MaxInt64
 }
 
 // deadlineSlack is how much later than d a deadline renewed lazily may
@@ -126,7 +140,7 @@ func (c *Conn) ping() {
 		return
 	}
 	check := c.pingCheck()
-	if next := min(c.lastSent.Load(), c.lastRecv.Load()) + int64(check); next > nanotime(now) {
+	if next := later(min(c.lastSent.Load(), c.lastRecv.Load()), check); next > nanotime(now) {
 		// Messages went both ways within the interval: no PING needed
 		// until they are an interval old.
 		c.pingDue.Store(next)
@@ -179,8 +193,13 @@ func nanotime(t time.Time) int64 { return int64(t.Sub(clockBase)) }
 func monotime() int64 { return int64(time.Since(clockBase)) }
 
 // clockTime is the time.Time of t, a reading of the connection clock, for
-// the socket's deadlines.
-func clockTime(t int64) time.Time { return clockBase.Add(time.Duration(t)) }
+// the socket's deadlines: now plus what is left until t, so that its wall
+// clock reading is right for a net.Conn that reads the wall clock even
+// after the wall clock stepped (it is called only when a deadline moves).
+func clockTime(t int64) time.Time {
+	now := time.Now()
+	return now.Add(time.Duration(t - nanotime(now)))
+}
 
 // pingCheck is how long the connection may go without messages both ways
 // before a PING is sent: a client's 7/8 of its PingInterval, a server's the

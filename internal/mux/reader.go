@@ -87,7 +87,7 @@ func (c *Conn) readLoop() {
 		c.inMessage.Store(true)
 		now := monotime()
 		c.noteMessage(now)
-		c.startMessageDeadline(now + int64(c.cfg.MaxMessageReadTime))
+		c.startMessageDeadline(later(now, c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
 		var buf []byte
 		buf, direct, lookAhead, err = readMessage((*bp)[:0], r, direct[:0], lookAhead)

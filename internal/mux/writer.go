@@ -375,7 +375,7 @@ func (c *Conn) writeBatch(buf []byte) error {
 	for len(buf) > 0 {
 		n := c.cutMessage(buf)
 		begin := monotime()
-		err := c.wsw.writeData(buf[:n], begin+int64(c.cfg.WriteTimeout), deadlineSlack(c.cfg.WriteTimeout))
+		err := c.wsw.writeData(buf[:n], later(begin, c.cfg.WriteTimeout), deadlineSlack(c.cfg.WriteTimeout))
 		// Only the token's holder writes wslow; write reads it under wmu
 		// too, after the holder has given the token back or before it
 		// took it.

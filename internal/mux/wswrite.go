@@ -56,8 +56,10 @@ type wsWriter struct {
 	// lock by writeControl, or without it by closeWith.
 	closeSent atomic.Bool
 
-	// deadline is the socket's write deadline as last set (nanotime; 0:
-	// none), under lock; moves counts the times it was set, for tests.
+	// deadline is the socket's write deadline as this writer last set it
+	// (nanotime; 0: none), under lock; moves counts the times it was set,
+	// for tests. gorilla/websocket sets another when it writes a close
+	// frame itself on a peer's protocol error; the connection then closes.
 	deadline int64
 	moves    atomic.Uint32
 	// Guarded by lock.
@@ -140,11 +142,12 @@ func (w *wsWriter) writeLocked(op int, p []byte, deadline int64, slack time.Dura
 	}
 	h := w.header(op, p)
 	if ahead := w.deadline - deadline; ahead < 0 || ahead > int64(slack) {
-		if err := w.conn.SetWriteDeadline(clockTime(deadline + int64(slack))); err != nil {
+		by := later(deadline, slack)
+		if err := w.conn.SetWriteDeadline(clockTime(by)); err != nil {
 			w.err = err
 			return err
 		}
-		w.deadline = deadline + int64(slack)
+		w.deadline = by
 		w.moves.Add(1)
 	}
 	var err error
