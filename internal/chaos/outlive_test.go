@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,9 @@ func TestHandlerOutlivesItsServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	entered, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	defer free() // a failure below must not leave the handler held (goleak)
 	old := &Ledger{Log: log, Epoch: 1, hold: func() { close(entered); <-release }}
 	addr1, stop1 := serveLedger(t, old)
 	cli1 := ledgerClient(t, addr1)
@@ -40,7 +44,13 @@ func TestHandlerOutlivesItsServer(t *testing.T) {
 		_, err := cli1.Credit(ctx, &chaosv1.CreditRequest{Account: "a", Amount: 5}, client.WithIdempotencyKey(key), client.WithoutRetries())
 		first <- err
 	}()
-	<-entered
+	select {
+	case <-entered:
+	case err := <-first:
+		t.Fatalf("the call ended before its handler was held: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler was not reached within 10 s")
+	}
 	log.Stopped(1) // as inprocServer.stop: from here its handlers are late
 	stop1()
 	if err := <-first; tether.CodeOf(err) != tether.CodeUnavailable {
@@ -53,7 +63,7 @@ func TestHandlerOutlivesItsServer(t *testing.T) {
 	if _, err := cli2.Credit(ctx, &chaosv1.CreditRequest{Account: "a", Amount: 5}, client.WithIdempotencyKey(key)); err != nil {
 		t.Fatal(err)
 	}
-	close(release) // the old handler applies now, after the new server did
+	free() // the old handler applies now, after the new server did
 	var effects []Effect
 	waitFor(t, func() bool { // the log's lines are written unbuffered
 		effects, err = ReadEffects(path)

@@ -55,8 +55,10 @@ type Cluster struct {
 
 // StartCluster runs n nodes with JetStream (named n1, n2, ...) in one
 // cluster, each with its files under dir/<name>, and waits until JetStream
-// has a meta leader that has heard from every node: a stream or bucket
-// with n replicas can be placed as soon as it returns.
+// has a meta leader that has heard from every node, so that a stream or
+// bucket with n replicas can be placed when it returns (unless the
+// leadership moves meanwhile to a node that has not: a fresh cluster's
+// rarely does).
 func StartCluster(n int, dir string) (*Cluster, error) {
 	// Every node routes to every other, so the cluster ports are chosen
 	// first (free ports on 127.0.0.1).
