@@ -146,8 +146,6 @@ func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
 // WithHeartbeat sets how often the client pings the server and how long past
 // that a silent server is given before the connection is declared dead, its
 // calls fail with unavailable and the client reconnects (defaults 10s, 10s).
-// The read deadline is renewed lazily: a silent server is found up to 1/32 of
-// interval+timeout later, never sooner.
 func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }
@@ -159,8 +157,7 @@ func WithHeartbeat(interval, timeout time.Duration) Option {
 // handshake, so the server does not send more.
 func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeaderBytes = n } }
 
-// WithWriteTimeout bounds one socket write (default 10s; the deadline is
-// renewed lazily, so a write may go on up to 1/32 longer).
+// WithWriteTimeout bounds one socket write (default 10s).
 func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.mux.WriteTimeout = d } }
 
 // WithBackoff sets the reconnection backoff. Zero fields keep their defaults.

@@ -136,15 +136,13 @@ func WithMaxHeaderBytes(n int) Option { return func(c *config) { c.mux.MaxHeader
 
 // WithHeartbeat sets how often the server pings each client and how long past
 // that a silent client is given before its connection is closed and its calls
-// canceled (defaults 10s and 10s). The read deadline is renewed lazily: a
-// silent client is dropped up to 1/32 of interval+timeout later, never sooner.
+// canceled (defaults 10s and 10s).
 func WithHeartbeat(interval, timeout time.Duration) Option {
 	return func(c *config) { c.mux.PingInterval, c.mux.PingTimeout = interval, timeout }
 }
 
-// WithWriteTimeout bounds one socket write (default 10s; the deadline is
-// renewed lazily, so a write may go on up to 1/32 longer); a client that
-// does not read for that long is disconnected.
+// WithWriteTimeout bounds one socket write (default 10s); a client that does
+// not read for that long is disconnected.
 func WithWriteTimeout(d time.Duration) Option { return func(c *config) { c.mux.WriteTimeout = d } }
 
 // WithHandshakeTimeout bounds the WebSocket upgrade (default 10s).

@@ -94,8 +94,7 @@ type Conn struct {
 	// read by the heartbeat timer.
 	pingDue  atomic.Int64 // when the next check is due (nanotime), for Heartbeats: ping
 	lastSent atomic.Int64 // when a message was last written (nanotime): writeBatch
-	lastRecv atomic.Int64 // when traffic was last received (nanotime): touch
-	readBy   atomic.Int64 // the socket's read deadline as the reader last set it (nanotime): setReadDeadline
+	lastRecv atomic.Int64 // when the read deadline was last renewed (nanotime): touch
 
 	// The stream table and the drain state (this file, open.go,
 	// lifecycle.go), guarded by mu; any goroutine.
@@ -137,18 +136,17 @@ type Conn struct {
 	closed      chan struct{}
 	err         error
 	wg          sync.WaitGroup // the writer goroutine, waited for by readerExit
-	lingerUntil atomic.Int64   // after a close frame was sent: read deadline (nanotime) of the drain
+	lingerUntil atomic.Int64   // after a close frame was sent: read deadline (Unix ns) of the drain
 
 	// The reader goroutine's own (reader.go), and its waiter's when it
 	// parks (park.go).
 	inMessage  atomic.Bool   // reader is inside a WebSocket message
 	parks      atomic.Uint32 // times the reader parked, for tests
-	readMoves  atomic.Uint32 // times the reader set the socket's read deadline, for tests
 	parkState  atomic.Uint32 // 1: parked in the shared poller (parkpoll_linux.go)
 	parkFD     int32         // the socket's descriptor, as the poller knows it
 	parkGen    int32         // the poller's generation of the last registration (poller's mu)
 	parkConn   *pooledConn   // set by New when the reader can park
-	lastMsg    int64         // when the last message arrived (nanotime)
+	lastMsg    int64         // when the last message arrived (Unix ns)
 	lastPingIn int64         // when the last PING arrived (nanotime), for pingAloneGap
 	pingLimit  tokenBucket   // PINGs received (limits.go)
 	idleLimit  tokenBucket   // frames without application data received (limits.go)
@@ -162,9 +160,9 @@ type Conn struct {
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.
-	lazyMsgDeadline bool  // the socket tells of its reads (watchReads)
-	msgDeadline     int64 // the message's deadline (nanotime), while msgPending
-	msgPending      bool  // msgDeadline is not yet the socket's
+	lazyMsgDeadline bool      // the socket tells of its reads (watchReads)
+	msgDeadline     time.Time // the message's deadline, while msgPending
+	msgPending      bool      // msgDeadline is not yet the socket's
 
 	role Role // set by New, read-only afterwards
 

@@ -25,13 +25,7 @@ package mux
 // gorilla's ping and pong handlers, which run inside the reader's reads)
 // and renews the read deadline; setReadDeadline never moves it past a
 // lingering close's deadline (lingerUntil, set by linger on the goroutine
-// that closes). No other lock is taken. touch moves the socket's deadline
-// only when it falls short of what is owed (or lies more than deadlineSlack
-// beyond it): on a connection whose message deadlines are set only when a
-// message needs a second read (pooled reads: plain TCP on unix), a busy
-// reader moves it a few times a second, not once per message. Elsewhere
-// (TLS) each message still sets its own deadline, which the next touch
-// moves back.
+// that closes). No other lock is taken.
 
 import (
 	"encoding/binary"
@@ -45,42 +39,29 @@ import (
 
 // touch renews the read deadline after traffic. Inside a message the
 // message's own deadline stands: pongs between fragments do not extend it.
-//
-// The deadline a connection owes its peer is PingInterval + PingTimeout
-// from now. Setting it on the socket takes the socket's and its timer's
-// locks (a few hundred ns, on the reader's path for every message), so
-// touch sets it deadlineSlack further and leaves it while it is no more
-// than that ahead of what is owed: a silent peer is dropped between
-// PingInterval + PingTimeout and deadlineSlack later.
 func (c *Conn) touch() {
 	if c.inMessage.Load() {
 		return
 	}
-	now := monotime()
-	c.lastRecv.Store(now)
-	d := time.Duration(later(int64(c.cfg.PingInterval), c.cfg.PingTimeout))
-	owed := later(now, d)
-	if ahead := c.readBy.Load() - owed; ahead >= 0 && ahead <= int64(deadlineSlack(d)) {
-		return
-	}
-	c.setReadDeadline(later(owed, deadlineSlack(d)))
+	now := time.Now()
+	c.lastRecv.Store(nanotime(now))
+	c.setReadDeadline(now.Add(c.silence()))
 }
 
-// later is t + d (d >= 0) on the connection clock, saturating instead of
-// wrapping: a timeout of math.MaxInt64, the usual "no timeout", must not
-// become a deadline in the past.
+// silence is how long the peer may stay silent: PingInterval +
+// PingTimeout, saturating, so that a timeout of math.MaxInt64 (the usual
+// "none") does not wrap into a deadline in the past.
+func (c *Conn) silence() time.Duration {
+	return time.Duration(later(int64(c.cfg.PingInterval), c.cfg.PingTimeout))
+}
+
+// later is t + d (d >= 0), saturating instead of wrapping.
 func later(t int64, d time.Duration) int64 {
 	if s := t + int64(d); s >= t {
 		return s
 	}
 	return math.MaxInt64
 }
-
-// deadlineSlack is how much later than d a deadline renewed lazily may
-// pass: 1/32 of it. A silent peer is dropped up to 625 ms after
-// PingInterval + PingTimeout (touch), a blocked write fails up to 312 ms
-// after WriteTimeout (writeBatch), by default.
-func deadlineSlack(d time.Duration) time.Duration { return d / 32 }
 
 // startMessageDeadline gives the message whose first frame was just read
 // until t to arrive whole (Config.MaxMessageReadTime). On a connection that
@@ -90,7 +71,7 @@ func deadlineSlack(d time.Duration) time.Duration { return d / 32 }
 // socket's deadline (touch's) instead of two. Each change takes the
 // socket's and its timer's locks: 3% of the CPU of a server answering
 // 10,000 connections a call a second each, 1.3% with this.
-func (c *Conn) startMessageDeadline(t int64) {
+func (c *Conn) startMessageDeadline(t time.Time) {
 	if c.lazyMsgDeadline {
 		c.msgDeadline, c.msgPending = t, true
 		return
@@ -109,16 +90,11 @@ func (c *Conn) socketRead() {
 	}
 }
 
-// setReadDeadline sets the read deadline (nanotime), never past a
-// lingering close's, and records it in readBy. linger, on another
-// goroutine, may set an earlier one without recording it.
-func (c *Conn) setReadDeadline(t int64) {
-	c.readMoves.Add(1)
-	c.readBy.Store(t)
-	_ = c.ws.SetReadDeadline(clockTime(t))
-	if l := c.lingerUntil.Load(); l != 0 && t > l {
-		c.readBy.Store(l)
-		_ = c.ws.SetReadDeadline(clockTime(l))
+// setReadDeadline sets the read deadline, never past a lingering close's.
+func (c *Conn) setReadDeadline(t time.Time) {
+	_ = c.ws.SetReadDeadline(t)
+	if l := c.lingerUntil.Load(); l != 0 && t.UnixNano() > l {
+		_ = c.ws.SetReadDeadline(time.Unix(0, l))
 	}
 }
 
@@ -188,19 +164,6 @@ var clockBase = time.Now()
 // connection clock.
 func nanotime(t time.Time) int64 { return int64(t.Sub(clockBase)) }
 
-// monotime is now on the connection clock: nanotime(time.Now()) without
-// the wall clock's reading, half the cost of time.Now.
-func monotime() int64 { return int64(time.Since(clockBase)) }
-
-// clockTime is the time.Time of t, a reading of the connection clock, for
-// the socket's deadlines: now plus what is left until t, so that its wall
-// clock reading is right for a net.Conn that reads the wall clock even
-// after the wall clock stepped (it is called only when a deadline moves).
-func clockTime(t int64) time.Time {
-	now := time.Now()
-	return now.Add(time.Duration(t - nanotime(now)))
-}
-
 // pingCheck is how long the connection may go without messages both ways
 // before a PING is sent: a client's 7/8 of its PingInterval, a server's the
 // whole interval (see the file comment).
@@ -220,10 +183,9 @@ func (c *Conn) armPing() {
 	c.pingTimer.Reset(c.untilDeadline(now, d))
 }
 
-// readDeadline is the socket's read deadline as the reader last set it
-// (nanotime).
+// readDeadline is the read deadline touch last set (nanotime).
 func (c *Conn) readDeadline() int64 {
-	return c.readBy.Load()
+	return later(c.lastRecv.Load(), c.silence())
 }
 
 // untilDeadline shortens the heartbeat timer's delay d so that, on a
@@ -231,7 +193,7 @@ func (c *Conn) readDeadline() int64 {
 // (ping then starts a parked reader). Touched since, the deadline has
 // moved, and ping re-arms the timer.
 func (c *Conn) untilDeadline(now time.Time, d time.Duration) time.Duration {
-	if c.parkConn == nil || c.readBy.Load() == 0 {
+	if c.parkConn == nil || c.lastRecv.Load() == 0 {
 		return d
 	}
 	if until := time.Duration(c.readDeadline() - nanotime(now)); until > 0 && until < d {

@@ -260,7 +260,7 @@ const closeLinger = time.Second
 // closes after closeLinger.
 func (c *Conn) linger() {
 	until := time.Now().Add(closeLinger)
-	c.lingerUntil.Store(nanotime(until))
+	c.lingerUntil.Store(until.UnixNano())
 	_ = c.ws.SetReadDeadline(until)
 	if c.role == RoleServer {
 		halfClose(c.ws)

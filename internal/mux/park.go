@@ -41,10 +41,11 @@ func (c *Conn) shouldPark() bool {
 	return c.parkConn != nil && c.quietGap && !c.isClosed() && c.lingerUntil.Load() == 0 && c.parkConn.quiet()
 }
 
-// noteMessage records the arrival of a message at now (nanotime).
-func (c *Conn) noteMessage(now int64) {
-	c.quietGap = c.lastMsg == 0 || time.Duration(now-c.lastMsg) >= parkAfter
-	c.lastMsg = now
+// noteMessage records the arrival of a message at now.
+func (c *Conn) noteMessage(now time.Time) {
+	t := now.UnixNano()
+	c.quietGap = c.lastMsg == 0 || time.Duration(t-c.lastMsg) >= parkAfter
+	c.lastMsg = t
 }
 
 // park parks the reader, which returns afterwards: in the shared poller

@@ -145,7 +145,7 @@ func TestParkedReaderHeartbeatRearmed(t *testing.T) {
 	defer ws.Close()
 	writeFrames(t, ws)
 	waitFor(t, 10*time.Second, "park", func() bool { return sc.parkState.Load() == 1 })
-	sc.readBy.Store(sc.readBy.Load() - int64(time.Hour)) // ping sees the deadline passed before the socket does
+	sc.lastRecv.Store(sc.lastRecv.Load() - int64(time.Hour)) // ping sees the deadline passed before the socket does
 	waitFor(t, 10*time.Second, "ping to unpark", func() bool { return sc.parkState.Load() == 0 })
 	writeFrames(t, ws) // before the socket's deadline: the woken read succeeds
 	waitFor(t, 10*time.Second, "park again", func() bool { return sc.parks.Load() >= 2 && sc.parkState.Load() == 1 })

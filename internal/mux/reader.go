@@ -85,9 +85,9 @@ func (c *Conn) readLoop() {
 			return
 		}
 		c.inMessage.Store(true)
-		now := monotime()
+		now := time.Now()
 		c.noteMessage(now)
-		c.startMessageDeadline(later(now, c.cfg.MaxMessageReadTime))
+		c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))
 		bp := readBuffers.Get().(*[]byte)
 		var buf []byte
 		buf, direct, lookAhead, err = readMessage((*bp)[:0], r, direct[:0], lookAhead)

@@ -374,17 +374,17 @@ func (c *Conn) stopWriter() {
 func (c *Conn) writeBatch(buf []byte) error {
 	for len(buf) > 0 {
 		n := c.cutMessage(buf)
-		begin := monotime()
-		err := c.wsw.writeData(buf[:n], later(begin, c.cfg.WriteTimeout), deadlineSlack(c.cfg.WriteTimeout))
+		begin := time.Now()
+		err := c.wsw.writeData(buf[:n], begin.Add(c.cfg.WriteTimeout))
 		// Only the token's holder writes wslow; write reads it under wmu
 		// too, after the holder has given the token back or before it
 		// took it.
-		c.wslow = time.Duration(monotime()-begin) > slowWrite
+		c.wslow = time.Since(begin) > slowWrite
 		if err != nil {
 			return err
 		}
 		c.bytesOut.Add(uint64(n))
-		c.lastSent.Store(begin)
+		c.lastSent.Store(nanotime(begin))
 		buf = buf[n:]
 	}
 	return nil

@@ -56,12 +56,6 @@ type wsWriter struct {
 	// lock by writeControl, or without it by closeWith.
 	closeSent atomic.Bool
 
-	// deadline is the socket's write deadline as this writer last set it
-	// (nanotime; 0: none), under lock; moves counts the times it was set,
-	// for tests. gorilla/websocket sets another when it writes a close
-	// frame itself on a peer's protocol error; the connection then closes.
-	deadline int64
-	moves    atomic.Uint32
 	// Guarded by lock.
 	err  error // the first failed write's: every later write fails with it
 	hdr  [maxFrameHeader]byte
@@ -82,12 +76,11 @@ func newWSWriter(conn net.Conn, client bool) *wsWriter {
 // writeData writes p as one binary message, waiting for the lock as long
 // as it takes (the write token's holder is the only data writer; a
 // control write holds the lock for at most its own deadline). A client's p
-// is masked in place. The write must be done by deadline (nanotime), or
-// at most slack later (writeLocked).
-func (w *wsWriter) writeData(p []byte, deadline int64, slack time.Duration) error {
+// is masked in place.
+func (w *wsWriter) writeData(p []byte, deadline time.Time) error {
 	<-w.lock
 	defer w.unlock()
-	return w.writeLocked(websocket.BinaryMessage, p, deadline, slack)
+	return w.writeLocked(websocket.BinaryMessage, p, deadline)
 }
 
 func (w *wsWriter) unlock() { w.lock <- struct{}{} }
@@ -120,20 +113,15 @@ func (w *wsWriter) writeControl(op int, p []byte, deadline time.Time) error {
 	if !time.Now().Before(deadline) {
 		return os.ErrDeadlineExceeded
 	}
-	err := w.writeLocked(op, p, nanotime(deadline), 0)
+	err := w.writeLocked(op, p, deadline)
 	if op == websocket.CloseMessage && err == nil {
 		w.closeSent.Store(true)
 	}
 	return err
 }
 
-// writeLocked writes one frame of type op, to be done by deadline
-// (nanotime). The socket's deadline is left as it is when it is no more
-// than slack past deadline, and else set slack past it: setting it takes
-// the socket's and its timer's locks (a few hundred ns), and a busy
-// writer with a slack changes it a few times a second instead of once per
-// write. The caller holds the lock.
-func (w *wsWriter) writeLocked(op int, p []byte, deadline int64, slack time.Duration) error {
+// writeLocked writes one frame of type op. The caller holds the lock.
+func (w *wsWriter) writeLocked(op int, p []byte, deadline time.Time) error {
 	if w.err != nil {
 		return w.err
 	}
@@ -141,14 +129,9 @@ func (w *wsWriter) writeLocked(op int, p []byte, deadline int64, slack time.Dura
 		return websocket.ErrCloseSent
 	}
 	h := w.header(op, p)
-	if ahead := w.deadline - deadline; ahead < 0 || ahead > int64(slack) {
-		by := later(deadline, slack)
-		if err := w.conn.SetWriteDeadline(clockTime(by)); err != nil {
-			w.err = err
-			return err
-		}
-		w.deadline = by
-		w.moves.Add(1)
+	if err := w.conn.SetWriteDeadline(deadline); err != nil {
+		w.err = err
+		return err
 	}
 	var err error
 	switch {

@@ -92,7 +92,7 @@ func TestWSWriterFramesReadByGorilla(t *testing.T) {
 				for _, p := range want {
 					// writeData masks a client's payload in place: send a
 					// copy, as the writer's batch is its own.
-					if err := w.writeData(bytes.Clone(p), nanotime(time.Now().Add(5*time.Second)), 0); err != nil {
+					if err := w.writeData(bytes.Clone(p), time.Now().Add(5*time.Second)); err != nil {
 						sent <- err
 						return
 					}
@@ -132,7 +132,7 @@ func TestWSWriterControlFrames(t *testing.T) {
 	if err := w.writeControl(websocket.CloseMessage, closeMessage(4000, "bye"), deadline); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.writeData([]byte("late"), nanotime(deadline), 0); !errors.Is(err, websocket.ErrCloseSent) {
+	if err := w.writeData([]byte("late"), deadline); !errors.Is(err, websocket.ErrCloseSent) {
 		t.Fatalf("a data frame after the close frame: %v, want ErrCloseSent", err)
 	}
 	if err := w.writeControl(websocket.PongMessage, nil, deadline); !errors.Is(err, websocket.ErrCloseSent) {
@@ -175,7 +175,7 @@ func TestWSWriterFailsForGood(t *testing.T) {
 	cws, _ := wsSockets(t)
 	w := newWSWriter(cws.NetConn(), true)
 	cws.NetConn().Close()
-	err := w.writeData([]byte("x"), nanotime(time.Now().Add(time.Second)), 0)
+	err := w.writeData([]byte("x"), time.Now().Add(time.Second))
 	if err == nil {
 		t.Fatal("a write on a closed socket succeeded")
 	}
