@@ -111,14 +111,15 @@ func serveLedger(t *testing.T, ledger *Ledger) (addr string, stop func()) {
 	srv := newServer(ledger, 0, discard())
 	hs := &http.Server{Handler: srv}
 	go func() { _ = hs.Serve(ln) }()
-	stopped := false
-	return ln.Addr().String(), func() {
-		if !stopped {
-			stopped = true
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
 			_ = hs.Close()
 			_ = srv.Close()
-		}
+		})
 	}
+	t.Cleanup(stop) // a failure before the test stops it leaves no server (goleak)
+	return ln.Addr().String(), stop
 }
 
 func ledgerClient(t *testing.T, addr string) chaosv1.ChaosLedgerServiceClient {
