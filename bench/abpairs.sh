@@ -41,9 +41,10 @@ build "$b" B
 
 : >"$out"
 for i in $(seq "$rounds"); do
-	# The run second in a round does worse on these VMs whichever build it
-	# is (session 17: 8 rounds each way, the first run's CPU per call lower
-	# in 6 of 8 pairs both times), so the order alternates: A B, B A, ...
+	# The order alternates (A B, B A, ...): in two 8-round series the run
+	# first in a round had the lower CPU per call in 6 of 8 pairs whichever
+	# build it was. Later series did not confirm it; alternating costs
+	# nothing.
 	order="A B"
 	if [ $((i % 2)) -eq 0 ]; then order="B A"; fi
 	for side in $order; do
