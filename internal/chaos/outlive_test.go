@@ -58,7 +58,6 @@ func TestHandlerOutlivesItsServer(t *testing.T) {
 	}
 
 	addr2, stop2 := serveLedger(t, &Ledger{Log: log, Epoch: 2})
-	defer stop2()
 	cli2 := ledgerClient(t, addr2)
 	if _, err := cli2.Credit(ctx, &chaosv1.CreditRequest{Account: "a", Amount: 5}, client.WithIdempotencyKey(key)); err != nil {
 		t.Fatal(err)
