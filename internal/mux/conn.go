@@ -14,9 +14,11 @@ package mux
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the
 //     connection when it returns (lifecycle.go's drain and readerExit).
 //     When an OPEN starts the connection's only running stream, the reader
-//     hands off (reader.go's handOff): the connection parks, or another
-//     goroutine reads on from the next message, and this one runs the
-//     stream's Accept.
+//     hands off (reader.go's handOff) and runs the stream's Accept: the
+//     connection parks; or, where it can park in the shared poller, it
+//     lends its socket to the poller for as long as Accept runs (park.go's
+//     lendToPoller) and reads on itself afterwards if nothing arrived meanwhile;
+//     or another goroutine reads on from the next message.
 //   - the writer goroutine (writer.go), started on demand by kickLocked and
 //     gone after writerLinger to twice that without work. It and the
 //     application goroutines that write their own frames inline
@@ -156,6 +158,7 @@ type Conn struct {
 	woke       bool          // the waiter woke with an error: read at once
 	lone       acceptJob     // reader: a lone stream's Accept, which the reader runs itself (handOff)
 	touched    bool          // reader: handOff renewed the read deadline and did not park
+	lastLone   bool          // reader: the last message ended in handOff (a lone stream's Accept)
 	parkReg    bool          // the socket is registered with the poller
 
 	// The read deadline of the message being read, set on the socket only

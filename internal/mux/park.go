@@ -27,6 +27,13 @@ package mux
 // (the poller's mutex orders a parked reader before the one it starts,
 // and workers.start a reader that hands off before the one that reads on);
 // parkState is atomic.
+//
+// A reader that runs a lone stream's Accept (reader.go's handOff) on a
+// connection whose last message did the same, calls one at a time, lends its
+// socket to the shared poller for as long as Accept runs (lendToPoller),
+// without the quiet spell: it takes the socket back afterwards
+// (reclaimFromPoller) unless bytes came and the poller started a reader
+// meanwhile.
 
 import "time"
 
@@ -76,4 +83,26 @@ func (c *Conn) parked() {
 	}
 	c.quietGap = false // read a message before parking again
 	c.readLoop()
+}
+
+// lendToPoller parks the reader in the shared poller while the reader
+// goroutine runs a lone stream's Accept (handOff), instead of waking another
+// goroutine to read on: if bytes arrive meanwhile, the poller starts a reader
+// as for a parked connection; if none do, reclaimFromPoller takes the reading
+// back once Accept returns. It reports false, and handOff starts a reader
+// goroutine, where the connection cannot park in the poller, or where a
+// stream that another OPEN of the same message started runs beside the lone
+// one. Reader goroutine only.
+func (c *Conn) lendToPoller() bool {
+	if c.parkConn == nil || c.isClosed() || c.lingerUntil.Load() != 0 || !c.parkConn.quiet() {
+		return false
+	}
+	c.mu.Lock()
+	alone := c.running == 1
+	c.mu.Unlock()
+	if !alone {
+		return false
+	}
+	c.touched = true // handOff renewed the read deadline: the next reader reads at once
+	return c.parkPolled()
 }

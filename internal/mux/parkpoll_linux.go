@@ -49,8 +49,8 @@ var poller struct {
 
 // parkPolled registers c's socket with the shared poller, which starts c's
 // reader when the socket is readable. It reports false if it could not (the
-// caller then parks the reader on a waiter goroutine). Reader goroutine
-// only.
+// caller then parks the reader on a waiter goroutine, or lendToPoller's
+// caller starts a reader goroutine). Reader goroutine only.
 func (c *Conn) parkPolled() bool {
 	pc := c.parkConn
 	poller.mu.Lock()
@@ -139,6 +139,33 @@ func (c *Conn) unparkLocked(woke bool) bool {
 	}
 	readers.start(readerJob{c: c, woke: woke})
 	return true
+}
+
+// reclaimFromPoller makes the caller c's reader again if c is still parked in
+// the poller (lendToPoller), and reports whether it did: its socket leaves the
+// poller, and the caller reads on. Else whoever unparked c started its reader.
+func (c *Conn) reclaimFromPoller() bool {
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	if !c.parkState.CompareAndSwap(1, 0) {
+		return false
+	}
+	if poller.conns[c.parkFD] == c {
+		delete(poller.conns, c.parkFD)
+	}
+	poller.ctl = c
+	_ = c.parkConn.raw.Control(unregisterParked)
+	poller.ctl = nil
+	return true
+}
+
+// unregisterParked removes the socket fd of poller.ctl from the poller.
+// Should that fail, the registration stays: an event it reports finds no
+// connection in conns, and the next park modifies it. Poller's mu held.
+func unregisterParked(fd uintptr) {
+	if syscall.EpollCtl(poller.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) == nil {
+		poller.ctl.parkReg = false
+	}
 }
 
 // pollLoop waits for the sockets of parked connections and starts their

@@ -8,3 +8,6 @@ func (c *Conn) parkPolled() bool { return false }
 
 // unpark reports false: no reader is parked in a poller here.
 func (c *Conn) unpark(bool) bool { return false }
+
+// reclaimFromPoller reports false: nothing is parked in a poller here.
+func (c *Conn) reclaimFromPoller() bool { return false }

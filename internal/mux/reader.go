@@ -18,15 +18,16 @@ package mux
 // Locks: mu (lookup, handleOpen, handleGoAway) and a stream's mu, each
 // alone and briefly; wmu only through writeUrgent.
 //
-// When readLoop returns (the connection closed, or a read failed), drain
-// and readerExit (lifecycle.go) finish the connection on this goroutine:
-// it is the last of the engine's goroutines to end. A server connection's
-// reader may instead park when the connection is idle (park.go): it ends,
-// and a waiter goroutine on a small stack runs readLoop again once bytes
-// arrive. Or it hands off (handOff): it runs the Accept of the
-// connection's only running stream itself, after parking the connection
-// if it would park now, else starting another goroutine that runs
-// readLoop on from the next message.
+// When readLoop returns (the connection closed, or a read failed), drain and
+// readerExit (lifecycle.go) finish the connection on this goroutine: it is the
+// last of the engine's goroutines to end. A server connection's reader may
+// instead park when the connection is idle (park.go): it ends, and a waiter
+// goroutine on a small stack runs readLoop again once bytes arrive. Or it
+// hands off (handOff): it runs the Accept of the connection's only running
+// stream itself, after parking the connection if it would park now, else
+// lending the socket to the shared poller while Accept runs (reading on itself
+// afterwards, if nothing arrived meanwhile), else starting another goroutine
+// that runs readLoop on from the next message.
 
 import (
 	"encoding/binary"
@@ -174,44 +175,68 @@ func (c *Conn) readLoop() {
 			*bp = buf[:0]
 			readBuffers.Put(bp)
 		}
-		if c.lone.c != nil {
+		if c.lone.c == nil {
+			c.lastLone = false
+		} else if !c.handOff() {
 			parked = true
-			c.handOff()
 			return
 		}
 	}
 }
 
-// handOff runs the Accept of the connection's only running stream (lone,
-// set by handleOpen) on the reader goroutine, once the message that opened
-// it has been handled. The reading goes on without it: if the connection
-// would park now (park.go: a call after a quiet spell, as a push fleet's
-// connections make), it parks here, and no goroutine reads until bytes
-// arrive; else another reader goroutine reads on from the next message
-// (readerJob.cont). Either way the call does not wait for a handler
-// goroutine to wake: a lone unary call's handler runs and writes its
-// response at once, while the reader that takes over (if any) wakes beside
-// it. A stream whose OPEN finds another stream running (handleOpen decides
-// when it handles the OPEN) goes to a handler goroutine instead
-// (startHandler), and the reader reads on itself; a message that ends in
-// an error starts the pending Accept on a handler goroutine too (readLoop's
-// defer). A lone stream's handler shows readLoop and handOff at the bottom
-// of its stack.
+// handOff runs the Accept of the connection's only running stream (lone, set
+// by handleOpen) on the reader goroutine, once the message that opened it has
+// been handled, and reports whether this goroutine is the reader again
+// afterwards. The reading goes on without it:
 //
-// From the park, or the start of the next reader, the reader's fields are
-// no longer this goroutine's: it is no longer the reader, and the handler
-// on it may block.
-func (c *Conn) handOff() {
+//   - If the connection would park now (park.go: a call after a quiet spell,
+//     as a push fleet's connections make), it parks here, and no goroutine
+//     reads until bytes arrive.
+//   - Else, if the connection's last message ended here too, the stream is
+//     still the only one running, and the connection can park in the shared
+//     poller, its socket waits there while Accept runs (lendToPoller): bytes
+//     that arrive meanwhile start a reader as for a parked connection; if
+//     none did, this goroutine takes the reading back when Accept returns
+//     (reclaimFromPoller) and reads on. Unary calls one at a time then wake
+//     no goroutine at all: waking one made the runtime wake a thread for it
+//     too, about 2 of the server's 3.8 context switches per call
+//     (docs/BENCHMARKS.md, sixteenth pass). The two conditions keep it to
+//     that traffic: with many calls in flight, a lone call is a moment when
+//     the pipeline has drained, and the next calls' bytes would wait for
+//     Accept or for the poller instead of a reader already waiting for
+//     them (unary calls at 64 in flight lost 10% without them).
+//   - Else another reader goroutine reads on from the next message
+//     (readerJob.cont).
+//
+// In every case the call does not wait for a handler goroutine to wake: a
+// lone unary call's handler runs and writes its response at once. A stream
+// whose OPEN finds another stream running (handleOpen decides when it
+// handles the OPEN) goes to a handler goroutine instead (startHandler), and
+// the reader reads on itself; a message that ends in an error starts the
+// pending Accept on a handler goroutine too (readLoop's defer). A lone
+// stream's handler shows readLoop and handOff at the bottom of its stack.
+//
+// From the park, the lending, or the start of the next reader, the reader's
+// fields are no longer this goroutine's (until reclaimFromPoller gives them
+// back): it is no longer the reader, and the handler on it may block.
+func (c *Conn) handOff() (reads bool) {
 	j := c.lone
 	c.lone = acceptJob{}
 	c.touch()
-	if c.shouldPark() {
+	lend := c.lastLone
+	c.lastLone = true
+	switch {
+	case c.shouldPark():
 		c.park()
-	} else {
+	case lend && c.lendToPoller():
+		j.run()
+		return c.reclaimFromPoller()
+	default:
 		c.touched = true
 		readers.start(readerJob{c: c, cont: true})
 	}
 	j.run()
+	return false
 }
 
 // readBuffers holds the reader's message buffers between messages, so that
