@@ -99,12 +99,23 @@ func main() {
 	flag.DurationVar(&e.fleet.duration, "fleet-duration", 5*time.Second, "timed run of the push-fleet scenario")
 	flag.StringVar(&e.profileDir, "profile", "", "write CPU and allocation profiles of client and server for each timed run into `dir`")
 	jsonOut := flag.String("json", "", "also write the raw results as JSON to `file`")
+	loop := flag.String("loop", "", "make -loop-calls unary calls of -loop-system at `target` and exit (bench/percall.sh)")
+	loopSystem := flag.String("loop-system", bench.Tether, "the RPC system of -loop")
+	loopCalls := flag.Int("loop-calls", 50000, "calls -loop makes")
+	loopConc := flag.Int("loop-concurrency", 1, "calls -loop has in flight at a time")
 	flag.BoolVar(&e.verbose, "v", true, "report progress on stderr")
 	flag.Parse()
 
 	if *fleetClient != "" {
 		if err := runFleetClient(*fleetClient, strings.Split(*fleetTargets, ","), e.fleet); err != nil {
 			fmt.Fprintln(os.Stderr, "benchcmp fleet client:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *loop != "" {
+		if err := runLoop(*loopSystem, *loop, *loopCalls, max(*loopConc, 1)); err != nil {
+			fmt.Fprintln(os.Stderr, "benchcmp -loop:", err)
 			os.Exit(1)
 		}
 		return
