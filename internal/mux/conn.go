@@ -15,10 +15,12 @@ package mux
 //     connection when it returns (lifecycle.go's drain and readerExit).
 //     When an OPEN starts the connection's only running stream, the reader
 //     hands off (reader.go's handOff) and runs the stream's Accept: the
-//     connection parks; or, where it can park in the shared poller, it
-//     lends its socket to the poller for as long as Accept runs (park.go's
-//     lendToPoller) and reads on itself afterwards if nothing arrived meanwhile;
-//     or another goroutine reads on from the next message.
+//     connection parks; or, on calls made one at a time (the last message
+//     was a lone stream's OPEN too, and no other stream started beside
+//     this one) where it can park in the shared poller, it lends its socket
+//     to the poller for as long as Accept runs (park.go's lendToPoller) and
+//     reads on itself afterwards if nothing arrived meanwhile; or another
+//     goroutine reads on from the next message.
 //   - the writer goroutine (writer.go), started on demand by kickLocked and
 //     gone after writerLinger to twice that without work. It and the
 //     application goroutines that write their own frames inline
@@ -157,7 +159,7 @@ type Conn struct {
 	quietGap   bool          // the last message came after a quiet spell
 	woke       bool          // the waiter woke with an error: read at once
 	lone       acceptJob     // reader: a lone stream's Accept, which the reader runs itself (handOff)
-	touched    bool          // reader: handOff renewed the read deadline and did not park
+	touched    bool          // reader: handOff renewed the read deadline, which the next reader (continuing, or started for a lent socket's bytes) need not renew
 	lastLone   bool          // reader: the last message ended in handOff (a lone stream's Accept)
 	parkReg    bool          // the socket is registered with the poller
 

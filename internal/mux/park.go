@@ -89,20 +89,21 @@ func (c *Conn) parked() {
 // goroutine runs a lone stream's Accept (handOff), instead of waking another
 // goroutine to read on: if bytes arrive meanwhile, the poller starts a reader
 // as for a parked connection; if none do, reclaimFromPoller takes the reading
-// back once Accept returns. It reports false, and handOff starts a reader
-// goroutine, where the connection cannot park in the poller, or where a
-// stream that another OPEN of the same message started runs beside the lone
-// one. Reader goroutine only.
-func (c *Conn) lendToPoller() bool {
+// back once Accept returns, given the registration's generation lendToPoller
+// returns. It reports false, and handOff starts a reader goroutine, where the
+// connection cannot park in the poller, or where a stream that another OPEN
+// of the same message started runs beside the lone one. Reader goroutine
+// only.
+func (c *Conn) lendToPoller() (gen int32, ok bool) {
 	if c.parkConn == nil || c.isClosed() || c.lingerUntil.Load() != 0 || !c.parkConn.quiet() {
-		return false
+		return 0, false
 	}
 	c.mu.Lock()
 	alone := c.running == 1
 	c.mu.Unlock()
 	if !alone {
-		return false
+		return 0, false
 	}
 	c.touched = true // handOff renewed the read deadline: the next reader reads at once
-	return c.parkPolled()
+	return c.pollPark()
 }

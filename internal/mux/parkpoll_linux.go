@@ -52,6 +52,13 @@ var poller struct {
 // caller then parks the reader on a waiter goroutine, or lendToPoller's
 // caller starts a reader goroutine). Reader goroutine only.
 func (c *Conn) parkPolled() bool {
+	_, ok := c.pollPark()
+	return ok
+}
+
+// pollPark is parkPolled, and also returns the registration's generation
+// (reclaimFromPoller).
+func (c *Conn) pollPark() (gen int32, ok bool) {
 	pc := c.parkConn
 	poller.mu.Lock()
 	defer poller.mu.Unlock()
@@ -69,7 +76,7 @@ func (c *Conn) parkPolled() bool {
 		}
 	}
 	if poller.epfd < 0 {
-		return false
+		return 0, false
 	}
 	// Registered under mu: the reader that pollLoop starts (after taking
 	// mu) sees everything this reader wrote before parking.
@@ -80,13 +87,13 @@ func (c *Conn) parkPolled() bool {
 	err := pc.raw.Control(registerParked)
 	poller.ctl = nil
 	if err != nil || poller.ctlErr != nil {
-		return false
+		return 0, false
 	}
 	c.parkReg = true
 	if c.isClosed() {
 		// closeWith got here first (it unparks under mu): it found
 		// nothing to wake. The waiter meets the close or the linger.
-		return false
+		return 0, false
 	}
 	poller.conns[c.parkFD] = c
 	c.parkState.Store(1)
@@ -94,7 +101,7 @@ func (c *Conn) parkPolled() bool {
 		poller.running = true
 		go pollLoop()
 	}
-	return true
+	return c.parkGen, true
 }
 
 // registerParked registers the socket fd of poller.ctl with the poller,
@@ -142,12 +149,15 @@ func (c *Conn) unparkLocked(woke bool) bool {
 }
 
 // reclaimFromPoller makes the caller c's reader again if c is still parked in
-// the poller (lendToPoller), and reports whether it did: its socket leaves the
-// poller, and the caller reads on. Else whoever unparked c started its reader.
-func (c *Conn) reclaimFromPoller() bool {
+// the poller by the caller's own lendToPoller, registration gen, and reports
+// whether it did: its socket leaves the poller, and the caller reads on. Else
+// whoever unparked c started its reader; and if that reader has parked c
+// again since (a later registration), the park is not the caller's to take:
+// taking it would renew the read deadline with no byte from the peer.
+func (c *Conn) reclaimFromPoller(gen int32) bool {
 	poller.mu.Lock()
 	defer poller.mu.Unlock()
-	if !c.parkState.CompareAndSwap(1, 0) {
+	if c.parkGen != gen || !c.parkState.CompareAndSwap(1, 0) {
 		return false
 	}
 	if poller.conns[c.parkFD] == c {
