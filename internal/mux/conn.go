@@ -161,7 +161,9 @@ type Conn struct {
 	lone       acceptJob     // reader: a lone stream's Accept, which the reader runs itself (handOff)
 	touched    bool          // reader: handOff renewed the read deadline, which the next reader (continuing, or started for a lent socket's bytes) need not renew
 	lastLone   bool          // reader: the last message ended in handOff (a lone stream's Accept)
+	lendID     uint64        // reader: this connection in lastLender (park.go), given at its first lendToPoller
 	parkReg    bool          // the socket is registered with the poller
+	lent       bool          // the socket is parked in the poller by lendToPoller (poller's mu)
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.

@@ -10,7 +10,7 @@ func (c *Conn) parkPolled() bool { return false }
 func (c *Conn) unpark(bool) bool { return false }
 
 // pollPark reports false: without epoll, nothing parks in a poller here.
-func (c *Conn) pollPark() (int32, bool) { return 0, false }
+func (c *Conn) pollPark(bool) (int32, bool) { return 0, false }
 
 // reclaimFromPoller reports false: nothing is parked in a poller here.
 func (c *Conn) reclaimFromPoller(int32) bool { return false }

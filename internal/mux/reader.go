@@ -202,18 +202,23 @@ func (c *Conn) readLoop() {
 //     as a push fleet's connections make), it parks here, and no goroutine
 //     reads until bytes arrive.
 //   - Else, if the connection's last message ended here too, the stream is
-//     still the only one running, and the connection can park in the shared
-//     poller, its socket waits there while Accept runs (lendToPoller): bytes
+//     still the only one running, no other connection lent its socket in the
+//     last lendApart, fewer than GOMAXPROCS-1 sockets are lent, and the
+//     connection can park in the shared poller, its socket waits there while
+//     Accept runs (lendToPoller): bytes
 //     that arrive meanwhile start a reader as for a parked connection; if
 //     none did, this goroutine takes the reading back when Accept returns
 //     (reclaimFromPoller) and reads on. Unary calls one at a time then wake
 //     no goroutine at all: waking one made the runtime wake a thread for it
 //     too, about 2 of the server's 3.8 context switches per call
-//     (docs/BENCHMARKS.md, sixteenth pass). The two conditions keep it to
+//     (docs/BENCHMARKS.md, sixteenth pass). The conditions keep it to
 //     that traffic: with many calls in flight, a lone call is a moment when
 //     the pipeline has drained, and the next calls' bytes would wait for
 //     Accept or for the poller instead of a reader already waiting for
-//     them (unary calls at 64 in flight lost 10 to 20% without them).
+//     them (unary calls at 64 in flight lost 10 to 20% without the first
+//     two); with many connections making calls, the Ps are busy and a
+//     goroutine's wake-up costs no thread's, so the lend's two epoll_ctl
+//     calls would cost more than they save.
 //   - Else another reader goroutine reads on from the next message
 //     (readerJob.cont).
 //
