@@ -6,9 +6,10 @@
 # one connection. Used in docs/BENCHMARKS.md's sixteenth pass: where a
 # call's time goes between goroutines, which a CPU profile spreads thin.
 #
-#   ./bench/percall.sh [SYSTEM] [CONCURRENCY] [CALLS]
-#   ./bench/percall.sh tether 1 50000      # the defaults
+#   ./bench/percall.sh [SYSTEM] [CONCURRENCY] [CALLS] [CONNS]
+#   ./bench/percall.sh tether 1 50000 1    # the defaults
 #   ./bench/percall.sh raw-ws 1 50000      # the raw gorilla echo, for scale
+#   ./bench/percall.sh tether 64 100000 64 # 64 connections, one call at a time each
 #
 # SYSTEM is one of benchcmp's (tether, grpc-go, ..., raw-ws). The server is
 # benchcmp's child (-serve), the client benchcmp -loop, each in its own
@@ -19,6 +20,7 @@ set -euo pipefail
 sys=${1:-tether}
 conc=${2:-1}
 calls=${3:-50000}
+conns=${4:-1}
 command -v perf >/dev/null || { echo "percall.sh: needs perf (apt-get install linux-perf)" >&2; exit 2; }
 dir=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
@@ -42,7 +44,7 @@ target=$(sed -n 's/.*"targets":\["\([^"]*\)".*/\1/p' "$tmp/child")
 perf stat -x, -e "$ev" -p "$srv" -o "$tmp/srv.txt" 3>&- &
 perfsrv=$!
 sleep 0.3
-perf stat -x, -e "$ev" -o "$tmp/cli.txt" 3>&- "$bc" -loop "$target" -loop-system "$sys" -loop-calls "$calls" -loop-concurrency "$conc"
+perf stat -x, -e "$ev" -o "$tmp/cli.txt" 3>&- "$bc" -loop "$target" -loop-system "$sys" -loop-calls "$calls" -loop-concurrency "$conc" -loop-conns "$conns"
 kill -INT "$perfsrv"
 wait "$perfsrv" 2>/dev/null || true
 

@@ -12,20 +12,28 @@ import (
 )
 
 // runLoop is the -loop mode: calls unary calls of system against target
-// over one connection, concurrency at a time, and prints the time per call.
+// over conns connections, concurrency at a time (spread evenly over the
+// connections), and prints the time per call.
 // It runs nothing else (no warm-up, no stats), so that a count taken of the
 // whole process (bench/percall.sh runs it under perf stat) is the calls'.
 // Dialing and closing are in the count: a few system calls in all.
-func runLoop(system, target string, calls, concurrency int) error {
+func runLoop(system, target string, calls, concurrency, conns int) error {
 	ctx := context.Background()
 	if system == bench.Raw {
+		if conns != 1 {
+			return fmt.Errorf("the raw echo runs on one connection")
+		}
 		return rawLoop(ctx, target, calls, concurrency)
 	}
-	c, err := bench.Dial(ctx, system, target, true)
-	if err != nil {
-		return err
+	cs := make([]bench.Conn, min(conns, concurrency))
+	for i := range cs {
+		c, err := bench.Dial(ctx, system, target, true)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		cs[i] = c
 	}
-	defer c.Close()
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -37,6 +45,7 @@ func runLoop(system, target string, calls, concurrency int) error {
 		if w < calls%concurrency {
 			n++
 		}
+		c := cs[w%len(cs)]
 		wg.Go(func() {
 			req := payload(bench.PayloadSize)
 			for range n {
@@ -55,7 +64,7 @@ func runLoop(system, target string, calls, concurrency int) error {
 	if first != nil {
 		return first
 	}
-	report(fmt.Sprintf("unary calls of %s, %d at a time", system, concurrency), calls, time.Since(t0))
+	report(fmt.Sprintf("unary calls of %s, %d at a time over %d connections", system, concurrency, len(cs)), calls, time.Since(t0))
 	return nil
 }
 

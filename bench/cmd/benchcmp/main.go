@@ -37,6 +37,8 @@
 // server, and -idle-conns 10000 for the large idle test. A scenario a
 // system's protocol cannot run (bidi over connect-go's HTTP/1.1) is
 // reported as n/a with the reason. docs/BENCHMARKS.md has the results.
+// -loop TARGET makes unary calls against a server and nothing else, for
+// counting what a call costs under perf stat (bench/percall.sh).
 package main
 
 import (
@@ -103,6 +105,7 @@ func main() {
 	loopSystem := flag.String("loop-system", bench.Tether, "the RPC system of -loop")
 	loopCalls := flag.Int("loop-calls", 50000, "calls -loop makes")
 	loopConc := flag.Int("loop-concurrency", 1, "calls -loop has in flight at a time")
+	loopConns := flag.Int("loop-conns", 1, "connections -loop spreads its calls over")
 	flag.BoolVar(&e.verbose, "v", true, "report progress on stderr")
 	flag.Parse()
 
@@ -114,7 +117,7 @@ func main() {
 		return
 	}
 	if *loop != "" {
-		if err := runLoop(*loopSystem, *loop, *loopCalls, max(*loopConc, 1)); err != nil {
+		if err := runLoop(*loopSystem, *loop, *loopCalls, max(*loopConc, 1), max(*loopConns, 1)); err != nil {
 			fmt.Fprintln(os.Stderr, "benchcmp -loop:", err)
 			os.Exit(1)
 		}
