@@ -17,7 +17,8 @@ package mux
 //     hands off (reader.go's handOff) and runs the stream's Accept: the
 //     connection parks; or, on calls made one at a time (the last message
 //     was a lone stream's OPEN too, and no other stream started beside
-//     this one) where it can park in the shared poller, it lends its socket
+//     this one, no other connection lent in the last 100 µs, and GOMAXPROCS
+//     is above 1) where it can park in the shared poller, it lends its socket
 //     to the poller for as long as Accept runs (park.go's lendToPoller) and
 //     reads on itself afterwards if nothing arrived meanwhile; or another
 //     goroutine reads on from the next message.
@@ -150,7 +151,7 @@ type Conn struct {
 	parkFD     int32         // the socket's descriptor, as the poller knows it
 	parkGen    int32         // the poller's generation of the last registration (poller's mu)
 	parkConn   *pooledConn   // set by New when the reader can park
-	lastMsg    int64         // when the last message arrived (Unix ns)
+	lastMsg    int64         // when the last message arrived (nanotime)
 	lastPingIn int64         // when the last PING arrived (nanotime), for pingAloneGap
 	pingLimit  tokenBucket   // PINGs received (limits.go)
 	idleLimit  tokenBucket   // frames without application data received (limits.go)
@@ -163,7 +164,6 @@ type Conn struct {
 	lastLone   bool          // reader: the last message ended in handOff (a lone stream's Accept)
 	lendID     uint64        // reader: this connection in lastLender (park.go), given at its first lendToPoller
 	parkReg    bool          // the socket is registered with the poller
-	lent       bool          // the socket is parked in the poller by lendToPoller (poller's mu)
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.

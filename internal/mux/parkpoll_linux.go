@@ -40,14 +40,11 @@ var poller struct {
 	ctl     *Conn // the connection parkPolled registers (registerParked)
 	ctlErr  error // registerParked's result
 	running bool  // pollLoop runs
-	// Lent sockets (lendToPoller) at the moment, and how many there may
-	// be: GOMAXPROCS - 1, read again every 1,024 registrations
-	// (GOMAXPROCS takes the scheduler's lock). Lending saves a thread's
-	// wake-up only while a P is idle; when as many lone handlers run as
-	// there are Ps to spare, a reader goroutine wakes at no such cost,
-	// and the lend's two epoll_ctl calls would be the dearer (64
-	// connections with a call at a time each: 4 to 12% fewer calls/s).
-	lent, maxLent int
+	// GOMAXPROCS, read again every 1,024 registrations (it takes the
+	// scheduler's lock). With one P nothing lends (lendToPoller): no P is
+	// ever idle, so a reader goroutine's wake-up never wakes a thread,
+	// which is all lending saves.
+	procs int
 	// The epoll descriptor as a file of the runtime's poller, which
 	// tells pollLoop when it has events: pollLoop waits without blocking
 	// a thread in epoll_wait (a goroutine blocked in a system call keeps
@@ -66,8 +63,7 @@ func (c *Conn) parkPolled() bool {
 }
 
 // pollPark is parkPolled, and also returns the registration's generation
-// (reclaimFromPoller). With lend (lendToPoller), it reports false while
-// maxLent sockets are lent.
+// (reclaimFromPoller). With lend (lendToPoller), it reports false with one P.
 func (c *Conn) pollPark(lend bool) (gen int32, ok bool) {
 	pc := c.parkConn
 	poller.mu.Lock()
@@ -88,10 +84,10 @@ func (c *Conn) pollPark(lend bool) (gen int32, ok bool) {
 	if poller.epfd < 0 {
 		return 0, false
 	}
-	if poller.gen&1023 == 0 {
-		poller.maxLent = runtime.GOMAXPROCS(0) - 1
+	if poller.gen&1023 == 0 || poller.procs == 0 {
+		poller.procs = runtime.GOMAXPROCS(0)
 	}
-	if lend && poller.lent >= poller.maxLent {
+	if lend && poller.procs < 2 {
 		return 0, false
 	}
 	// Registered under mu: the reader that pollLoop starts (after taking
@@ -113,10 +109,6 @@ func (c *Conn) pollPark(lend bool) (gen int32, ok bool) {
 	}
 	poller.conns[c.parkFD] = c
 	c.parkState.Store(1)
-	if lend {
-		c.lent = true
-		poller.lent++
-	}
 	if !poller.running {
 		poller.running = true
 		go pollLoop()
@@ -164,7 +156,6 @@ func (c *Conn) unparkLocked(woke bool) bool {
 	if poller.conns[c.parkFD] == c {
 		delete(poller.conns, c.parkFD)
 	}
-	c.unlendLocked()
 	readers.start(readerJob{c: c, woke: woke})
 	return true
 }
@@ -181,7 +172,6 @@ func (c *Conn) reclaimFromPoller(gen int32) bool {
 	if c.parkGen != gen || !c.parkState.CompareAndSwap(1, 0) {
 		return false
 	}
-	c.unlendLocked()
 	if poller.conns[c.parkFD] == c {
 		delete(poller.conns, c.parkFD)
 	}
@@ -189,15 +179,6 @@ func (c *Conn) reclaimFromPoller(gen int32) bool {
 	_ = c.parkConn.raw.Control(unregisterParked)
 	poller.ctl = nil
 	return true
-}
-
-// unlendLocked counts c's socket as lent no more, if it was (c leaves the
-// poller). Poller's mu held.
-func (c *Conn) unlendLocked() {
-	if c.lent {
-		c.lent = false
-		poller.lent--
-	}
 }
 
 // unregisterParked removes the socket fd of poller.ctl from the poller.

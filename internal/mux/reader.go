@@ -203,8 +203,8 @@ func (c *Conn) readLoop() {
 //     reads until bytes arrive.
 //   - Else, if the connection's last message ended here too, the stream is
 //     still the only one running, no other connection lent its socket in the
-//     last lendApart, fewer than GOMAXPROCS-1 sockets are lent, and the
-//     connection can park in the shared poller, its socket waits there while
+//     last lendApart, GOMAXPROCS is above 1, and the connection can park in
+//     the shared poller, its socket waits there while
 //     Accept runs (lendToPoller): bytes
 //     that arrive meanwhile start a reader as for a parked connection; if
 //     none did, this goroutine takes the reading back when Accept returns
