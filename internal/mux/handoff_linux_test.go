@@ -263,21 +263,29 @@ func testLoneCallDeadline(t *testing.T, dial func(*testing.T, Config) (*websocke
 	time.Sleep(150 * time.Millisecond) // past half the first deadline
 	start := time.Now()
 	writeFrames(t, ws, unaryFrames(1, "x")...)
+	awaitDeadlineClose(t, sc, start, interval+timeout)
+	if parks := sc.parks.Load(); park != (parks > 0) {
+		t.Fatalf("parked %d times; want parking %v", parks, park)
+	}
+}
+
+// awaitDeadlineClose waits for sc, whose peer went silent after a call made
+// at start, to close, and checks that it closed for a read timeout, and no
+// sooner than silence (PingInterval+PingTimeout) after the call, the
+// deadline the call should have renewed.
+func awaitDeadlineClose(t *testing.T, sc *Conn, start time.Time, silence time.Duration) {
+	t.Helper()
 	select {
 	case <-sc.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("a peer silent after a lone call was not disconnected within 5 s")
 	}
-	el := time.Since(start)
-	if el < interval+timeout-50*time.Millisecond {
-		t.Fatalf("closed %v after the call, before the deadline the call should have renewed (%v)", el, interval+timeout)
+	if el := time.Since(start); el < silence-50*time.Millisecond {
+		t.Fatalf("closed %v after the call, before the deadline the call should have renewed (%v)", el, silence)
 	}
 	var ne interface{ Timeout() bool }
 	if err := sc.Err(); !strings.Contains(err.Error(), "timeout") && !errors.As(err, &ne) {
 		t.Fatalf("closed with %v, want a read timeout", err)
-	}
-	if parks := sc.parks.Load(); park != (parks > 0) {
-		t.Fatalf("parked %d times; want parking %v", parks, park)
 	}
 }
 
