@@ -131,8 +131,13 @@ func (c *Conn) lendToPoller() (gen int32, ok bool) {
 	if !alone {
 		return 0, false
 	}
-	lastLender.Store(c.lendID)
-	lastLendAt.Store(c.lastMsg)
+	// Read before the socket is lent: from then on the reader's fields may
+	// be the next reader's.
+	id, at := c.lendID, c.lastMsg
 	c.touched = true // handOff renewed the read deadline: the next reader reads at once
-	return c.pollPark(true)
+	if gen, ok = c.pollPark(true); ok {
+		lastLender.Store(id) // only a lend that happened holds the others back
+		lastLendAt.Store(at)
+	}
+	return gen, ok
 }

@@ -204,11 +204,10 @@ func (c *Conn) readLoop() {
 //   - Else, if the connection's last message ended here too, the stream is
 //     still the only one running, no other connection lent its socket in the
 //     last lendApart, GOMAXPROCS is above 1, and the connection can park in
-//     the shared poller, its socket waits there while
-//     Accept runs (lendToPoller): bytes
-//     that arrive meanwhile start a reader as for a parked connection; if
-//     none did, this goroutine takes the reading back when Accept returns
-//     (reclaimFromPoller) and reads on. Unary calls one at a time then wake
+//     the shared poller, its socket waits there while Accept runs
+//     (lendToPoller): bytes that arrive meanwhile start a reader as for a
+//     parked connection; if none did, this goroutine takes the reading back
+//     when Accept returns (reclaimFromPoller) and reads on. Unary calls one at a time then wake
 //     no goroutine at all: waking one made the runtime wake a thread for it
 //     too, about 2 of the server's 3.8 context switches per call
 //     (docs/BENCHMARKS.md, sixteenth pass). The conditions keep it to
