@@ -48,6 +48,21 @@ func PooledReads(conn net.Conn) net.Conn {
 	return pc
 }
 
+// TrackedReads is PooledReads for the TCP connection of a client's plain
+// WebSocket (ws://, no TLS under gorilla/websocket's reads), dialed and not
+// yet upgraded: its reads also never go past the end of the handshake's HTTP
+// response or of the WebSocket frame being read (frametrack.go), so that the
+// reader can see that gorilla's read buffer is empty and can park, as a
+// server's does (park.go), and a unary caller can read its own reply
+// (callerread.go).
+func TrackedReads(conn net.Conn) net.Conn {
+	c := PooledReads(conn)
+	if pc, ok := c.(*pooledConn); ok {
+		pc.track = newFrameTracker()
+	}
+	return c
+}
+
 // pooledConn is a TCP connection whose reads borrow pooled buffers. Every
 // other method is the TCPConn's (CloseWrite, deadlines, writes).
 type pooledConn struct {
@@ -56,6 +71,12 @@ type pooledConn struct {
 	buf  *[]byte // borrowed, holding unread bytes buf[r:w]; nil when none
 	r, w int
 	br   *bufio.Reader // the WebSocket's read buffer, when HijackPooled made it
+	// track follows the frames read, when TrackedReads made the
+	// connection: no Read goes past the end of a frame.
+	track *frameTracker
+	// rerr0 is the error of a read that fill made, returned by the next
+	// Read.
+	rerr0 error
 	// owner is told before every read of the socket (Conn.socketRead),
 	// on the reader goroutine; nil until New sets it.
 	owner *Conn
@@ -92,10 +113,10 @@ func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 	return conn, bufio.NewReadWriter(br, brw.Writer), nil
 }
 
-// parker returns ws's connection if its reader can park: HijackPooled made
-// it. Nil otherwise.
+// parker returns ws's connection if its reader can park: HijackPooled or
+// TrackedReads made it. Nil otherwise.
 func parker(conn net.Conn) *pooledConn {
-	if pc, ok := conn.(*pooledConn); ok && pc.br != nil {
+	if pc, ok := conn.(*pooledConn); ok && (pc.br != nil || pc.track != nil) {
 		return pc
 	}
 	return nil
@@ -115,9 +136,63 @@ func watchReads(conn net.Conn, c *Conn) bool {
 // quiet reports whether no byte already read waits to be consumed: none in
 // the WebSocket's read buffer, none borrowed. Bytes in the socket do not
 // count: waitReadable returns at once for them (one system call fewer when
-// there are none, the usual case). Reader goroutine only.
+// there are none, the usual case). Reader goroutine only, between messages:
+// a tracked connection's reader has then read its bytes to a frame's end,
+// and gorilla's buffer holds none (frametrack.go).
 func (c *pooledConn) quiet() bool {
-	return c.buf == nil && c.br.Buffered() == 0
+	if c.buf != nil || c.rerr0 != nil {
+		return false
+	}
+	if c.br != nil {
+		return c.br.Buffered() == 0
+	}
+	return c.track.atFrameStart()
+}
+
+// fill waits, holding no buffer, until the socket has bytes, unless some
+// already wait, and reads what is there into a pooled buffer; Read then
+// returns those bytes. An error or the end of the stream is kept for Read
+// to return, except a passed deadline or a closed socket, which its read
+// meets itself. Between messages only, on a tracked connection (the
+// caller's read, callerread.go).
+func (c *pooledConn) fill() error {
+	if c.buf != nil {
+		return nil
+	}
+	if c.rerr0 != nil {
+		return c.rerr0
+	}
+	err := c.raw.Read(c.readFn)
+	bp, n, rerr := c.rbp, c.rn, c.rerr
+	c.rbp, c.rerr = nil, nil
+	if err == nil && rerr == nil && n > 0 {
+		c.buf, c.r, c.w = bp, 0, n
+		return nil
+	}
+	if bp != nil {
+		pooledReadBuffers.Put(bp)
+	}
+	if err != nil {
+		return err
+	}
+	c.rerr0 = io.EOF
+	if rerr != nil {
+		c.rerr0 = c.readError(rerr)
+	}
+	return c.rerr0
+}
+
+// buffered returns the bytes read and not yet consumed.
+func (c *pooledConn) buffered() []byte {
+	if c.buf == nil {
+		return nil
+	}
+	return (*c.buf)[c.r:c.w]
+}
+
+// readError is the error Read returns for rerr, a read system call's.
+func (c *pooledConn) readError(rerr error) error {
+	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
 }
 
 // waitReadable waits, holding no buffer, until the socket has bytes (or
@@ -136,7 +211,11 @@ func (c *pooledConn) waitReadable() error {
 // Read deadlines apply as to the TCPConn.
 func (c *pooledConn) Read(p []byte) (int, error) {
 	if c.buf != nil {
-		n := copy(p, (*c.buf)[c.r:c.w])
+		b := (*c.buf)[c.r:c.w]
+		if c.track != nil {
+			b = b[:c.track.consume(b[:min(len(b), len(p))])]
+		}
+		n := copy(p, b)
 		c.r += n
 		if c.r == c.w {
 			pooledReadBuffers.Put(c.buf)
@@ -147,18 +226,32 @@ func (c *pooledConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if err := c.rerr0; err != nil {
+		if err != io.EOF {
+			c.rerr0 = io.EOF // as a second read after a failed one would say
+		}
+		return 0, err
+	}
 	if c.owner != nil {
 		c.owner.socketRead()
 	}
 	if len(p) >= pooledReadSize {
-		return c.TCPConn.Read(p)
+		if c.track == nil {
+			return c.TCPConn.Read(p)
+		}
+		if c.track.state == trackPayload {
+			// Straight into p, but not past the frame's end.
+			n, err := c.TCPConn.Read(p[:min(uint64(len(p)), c.track.rem)])
+			c.track.consume(p[:n])
+			return n, err
+		}
 	}
 	err := c.raw.Read(c.readFn)
 	bp, n, rerr := c.rbp, c.rn, c.rerr
 	c.rbp, c.rerr = nil, nil
 	empty := err == nil && rerr == nil && n <= 0
 	if err == nil && rerr != nil {
-		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		err = c.readError(rerr)
 	}
 	if err != nil {
 		var oe *net.OpError
@@ -175,7 +268,11 @@ func (c *pooledConn) Read(p []byte) (int, error) {
 		}
 		return 0, err
 	}
-	m := copy(p, (*bp)[:n])
+	b := (*bp)[:n]
+	if c.track != nil {
+		b = b[:c.track.consume(b[:min(n, len(p))])]
+	}
+	m := copy(p, b)
 	if m < n {
 		c.buf, c.r, c.w = bp, m, n
 	} else {

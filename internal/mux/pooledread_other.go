@@ -12,6 +12,9 @@ import (
 // reads of unix systems (pooledread.go).
 func PooledReads(conn net.Conn) net.Conn { return conn }
 
+// TrackedReads returns conn unchanged, as PooledReads does.
+func TrackedReads(conn net.Conn) net.Conn { return conn }
+
 // HijackPooled hijacks w's connection as net/http gives it.
 func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(w).Hijack()
@@ -19,7 +22,10 @@ func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 
 // pooledConn never parks here, and no connection is one (PooledReads
 // wraps none); it is a net.Conn only for the writer's type switch.
-type pooledConn struct{ net.Conn }
+type pooledConn struct {
+	net.Conn
+	track *frameTracker
+}
 
 func parker(net.Conn) *pooledConn { return nil }
 
