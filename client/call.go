@@ -226,11 +226,11 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 			return nil, s.failed(err)
 		}
 	}
-	msg, err := s.recvWaiting()
+	msg, err := s.recvReply()
 	if err == nil {
 		c.markServed(s.conn)
 		decErr = decodeResponse(msg, res, co)
-		_, err = s.recvWaiting()
+		_, err = s.recvReply()
 		if err == nil {
 			err = tether.Errorf(tether.CodeUnimplemented, "tether: server sent more than one response to a unary call")
 			s.st.Reset(err)
@@ -361,6 +361,17 @@ func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 // call's error, as the watch would have, and returns that error.
 func (s *clientStream) recvWaiting() ([]byte, error) {
 	msg, err := s.st.RecvMsgCtx(s.ctx)
+	if err == mux.ErrWaitCanceled {
+		return nil, s.ended()
+	}
+	return msg, err
+}
+
+// recvReply is recvWaiting for a unary call's reply and end: while no
+// goroutine reads the connection, the caller may read it itself
+// (mux.Stream.RecvReply).
+func (s *clientStream) recvReply() ([]byte, error) {
+	msg, err := s.st.RecvReply(s.ctx)
 	if err == mux.ErrWaitCanceled {
 		return nil, s.ended()
 	}

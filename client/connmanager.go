@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -258,6 +259,10 @@ func (c *sub) dial() (*mux.Conn, error) {
 	// connection holds no read buffer.
 	dialer := c.dialer
 	dialer.ReadBufferSize = mux.ReadBufferSize
+	// Over ws://, gorilla reads the TCP connection itself: its reads can
+	// follow the frames (mux.TrackedReads), so that the connection's reader
+	// can step aside and a unary caller read its own reply.
+	plain := len(c.ep.dialURL) > 3 && strings.EqualFold(c.ep.dialURL[:3], "ws:")
 	dialTo := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var conn net.Conn
 		var err error
@@ -268,6 +273,9 @@ func (c *sub) dial() (*mux.Conn, error) {
 		}
 		if err != nil {
 			return nil, err
+		}
+		if plain {
+			return mux.TrackedReads(conn), nil
 		}
 		return mux.PooledReads(conn), nil
 	}

@@ -162,8 +162,17 @@ type Conn struct {
 	lone       acceptJob     // reader: a lone stream's Accept, which the reader runs itself (handOff)
 	touched    bool          // reader: handOff renewed the read deadline, which the next reader (continuing, or started for a lent socket's bytes) need not renew
 	lastLone   bool          // reader: the last message ended in handOff (a lone stream's Accept)
-	lendID     uint64        // reader: this connection in lastLender (park.go), given at its first lendToPoller
+	lendID     uint64        // reader: this connection in lendGates (park.go), given at its first mayLend
 	parkReg    bool          // the socket is registered with the poller
+
+	// A unary caller reading its own reply (callerread_linux.go): its wait
+	// for the socket is cut (cutCaller) while cutArmed, which cutMu
+	// guards; cutDone tells it that the cut came.
+	cutMu    sync.Mutex
+	cutArmed bool
+	cutDone  bool
+	cutFn    func()        // cutCaller, for context.AfterFunc; the reader's
+	ownReads atomic.Uint32 // messages read by unary callers (readFor), for tests
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.

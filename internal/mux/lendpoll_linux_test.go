@@ -449,7 +449,8 @@ func TestReclaimDoesNotRenewDeadline(t *testing.T) {
 // is past; the last lender itself is not held back.
 func TestLendApart(t *testing.T) {
 	needLending(t)
-	t.Cleanup(func() { lastLender.Store(0); lastLendAt.Store(0) })
+	g := &lendGates[RoleServer]
+	t.Cleanup(func() { g.lender.Store(0); g.at.Store(0) })
 	seen := make(chan [2]uint32, 4)
 	var scp atomic.Pointer[Conn]
 	scfg := Config{
@@ -480,16 +481,16 @@ func TestLendApart(t *testing.T) {
 	<-seen
 	// Another connection lent "just now" (a stamp ahead on the monotonic
 	// clock stands for it).
-	lastLender.Store(^uint64(0))
-	lastLendAt.Store(nanotime(time.Now()) + int64(time.Hour))
+	g.lender.Store(^uint64(0))
+	g.at.Store(nanotime(time.Now()) + int64(time.Hour))
 	if lent("held back") {
 		t.Fatal("lent although another connection lent within lendApart")
 	}
-	lastLendAt.Store(0) // long ago
+	g.at.Store(0) // long ago
 	if !lent("lends") {
 		t.Fatal("not lent once lendApart had passed")
 	}
-	lastLendAt.Store(nanotime(time.Now()) + int64(time.Hour)) // this connection's own lend, "just now"
+	g.at.Store(nanotime(time.Now()) + int64(time.Hour)) // this connection's own lend, "just now"
 	if !lent("own") {
 		t.Fatal("the last lender was held back by its own lend")
 	}

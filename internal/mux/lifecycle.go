@@ -181,6 +181,9 @@ func (c *Conn) closeWith(err error, code int, text string) {
 		// close (it leaves the poller's set when closed): start it, to
 		// drain and close as a blocked reader would.
 		c.unpark(true)
+		// So would a unary caller reading its own reply (readFor), which
+		// waits for the socket, not for its stream's end.
+		c.cutCaller()
 		c.mu.Lock()
 		streams := c.streams
 		c.streams = map[uint32]*Stream{}

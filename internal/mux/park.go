@@ -89,20 +89,23 @@ func (c *Conn) parked() {
 	c.readLoop()
 }
 
-// lendApart: a connection lends only if no other one lent less than this
-// before (lastLender, the lendID of the last to lend; lastLendAt, when its
-// message came). Many connections that each make a call at a time keep the
-// Ps busy: waking a reader goroutine then wakes no thread, and the lend's
-// two epoll_ctl calls (under the poller's lock) would be the dearer (64
-// such connections: 1.4 to 14% fewer calls/s when every lone call lent).
-// Times are nanotime's (the monotonic clock), so that a step of the wall
-// clock does not stop lending.
+// lendApart: a connection lends only if no other one of its role lent less
+// than lendApart before (lendGates). Many connections that each make a call at
+// a time keep the Ps busy: waking a reader goroutine then wakes no thread,
+// and the lend's two epoll_ctl calls (under the poller's lock) would be the
+// dearer (64 such server connections: 1.4 to 14% fewer calls/s when every
+// lone call lent). Times are nanotime's (the monotonic clock), so that a step
+// of the wall clock does not stop lending. Servers lend for a lone Accept
+// (lendToPoller), clients for a unary caller (callerread_linux.go's
+// stepAside and handBack); a process that serves and calls gates each apart.
 const lendApart = 100 * time.Microsecond
 
 var (
-	lendIDs    atomic.Uint64 // the last lendID given
-	lastLender atomic.Uint64
-	lastLendAt atomic.Int64
+	lendIDs   atomic.Uint64 // the last lendID given
+	lendGates [2]struct {   // by Role
+		lender atomic.Uint64 // the lendID of the last to lend
+		at     atomic.Int64  // when the message it lent after came
+	}
 )
 
 // lendToPoller parks the reader in the shared poller while the reader
@@ -119,10 +122,7 @@ func (c *Conn) lendToPoller() (gen int32, ok bool) {
 	if c.parkConn == nil || c.isClosed() || c.lingerUntil.Load() != 0 || !c.parkConn.quiet() {
 		return 0, false
 	}
-	if c.lendID == 0 {
-		c.lendID = lendIDs.Add(1)
-	}
-	if o := lastLender.Load(); o != c.lendID && c.lastMsg-lastLendAt.Load() < int64(lendApart) {
+	if !c.mayLend() {
 		return 0, false
 	}
 	c.mu.Lock()
@@ -136,8 +136,25 @@ func (c *Conn) lendToPoller() (gen int32, ok bool) {
 	id, at := c.lendID, c.lastMsg
 	c.touched = true // handOff renewed the read deadline: the next reader reads at once
 	if gen, ok = c.pollPark(true); ok {
-		lastLender.Store(id) // only a lend that happened holds the others back
-		lastLendAt.Store(at)
+		c.lent(id, at) // only a lend that happened holds the others back
 	}
 	return gen, ok
+}
+
+// mayLend reports whether no other connection of c's role lent its socket
+// less than lendApart before the message c's reader last read. Reader only.
+func (c *Conn) mayLend() bool {
+	if c.lendID == 0 {
+		c.lendID = lendIDs.Add(1)
+	}
+	g := &lendGates[c.role]
+	return g.lender.Load() == c.lendID || c.lastMsg-g.at.Load() >= int64(lendApart)
+}
+
+// lent records that connection id, of c's role, lent its socket after the
+// message that came at at (nanotime). Any goroutine: it reads only c.role.
+func (c *Conn) lent(id uint64, at int64) {
+	g := &lendGates[c.role]
+	g.lender.Store(id)
+	g.at.Store(at)
 }

@@ -169,7 +169,21 @@ func (c *Conn) unparkLocked(woke bool) bool {
 func (c *Conn) reclaimFromPoller(gen int32) bool {
 	poller.mu.Lock()
 	defer poller.mu.Unlock()
-	if c.parkGen != gen || !c.parkState.CompareAndSwap(1, 0) {
+	return c.parkGen == gen && c.unparkTakeLocked()
+}
+
+// takeFromPoller makes the caller c's reader if c is parked in the poller,
+// and reports whether it did: its socket leaves the poller. A unary caller
+// reading its own reply (readFor) takes any park: it renews no deadline.
+func (c *Conn) takeFromPoller() bool {
+	poller.mu.Lock()
+	defer poller.mu.Unlock()
+	return c.unparkTakeLocked()
+}
+
+// unparkTakeLocked is takeFromPoller with the poller's mu held.
+func (c *Conn) unparkTakeLocked() bool {
+	if !c.parkState.CompareAndSwap(1, 0) {
 		return false
 	}
 	if poller.conns[c.parkFD] == c {

@@ -45,17 +45,12 @@ import (
 )
 
 func (c *Conn) readLoop() {
-	parked := false            // the reader parked or handed off: this goroutine is not the reader (until a reclaim)
-	var direct []directPayload // large payloads of the current message (readMessage)
-	lookAhead := false         // the last message had a large MESSAGE frame
+	parked := false // the reader parked or handed off: this goroutine is not the reader (until a reclaim)
+	var rs readState
+	read := false // this goroutine has read a message: it may step aside
 	defer func() {
 		if !parked { // a parked reader's waiter runs the loop again (park.go)
-			if j := c.lone; j.c != nil { // the message was not handled to its end
-				c.lone = acceptJob{}
-				startHandler(j)
-			}
-			c.drain()
-			c.readerExit()
+			c.readerEnd()
 		}
 	}()
 	for {
@@ -73,111 +68,15 @@ func (c *Conn) readLoop() {
 				c.park()
 				return
 			}
-		}
-		mt, r, err := c.ws.NextReader()
-		if c.isClosed() {
-			return
-		}
-		if err != nil {
-			var fe *floodError
-			if errors.As(err, &fe) {
-				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
-				return
-			}
-			c.logPeerProtocolError(err)
-			c.closeWith(readError(err), readCloseCode(err), "")
-			return
-		}
-		c.inMessage.Store(true)
-		now := time.Now()
-		c.noteMessage(now)
-		c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))
-		bp := readBuffers.Get().(*[]byte)
-		var buf []byte
-		buf, direct, lookAhead, err = readMessage((*bp)[:0], r, direct[:0], lookAhead)
-		c.msgPending = false
-		c.inMessage.Store(false)
-		if c.isClosed() { // closed meanwhile: the rest is drained, not handled
-			readBuffers.Put(bp)
-			return
-		}
-		if err != nil {
-			var fe *floodError
-			if errors.As(err, &fe) { // a ping flood between fragments
-				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
-				return
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message not complete after %v", c.cfg.MaxMessageReadTime), websocket.ClosePolicyViolation, "message read too slowly")
-				return
-			}
-			c.logPeerProtocolError(err)
-			c.closeWith(readError(err), readCloseCode(err), "")
-			return
-		}
-		if mt != websocket.BinaryMessage {
-			c.closeWith(protoErrf("text WebSocket message"), websocket.CloseUnsupportedData, "tether uses binary messages only")
-			return
-		}
-		msgLen := len(buf)
-		for _, d := range direct {
-			msgLen += len(d.sl.buf)
-		}
-		c.bytesIn.Add(uint64(msgLen))
-		if msgLen == 0 {
-			if err := c.idleFrame("empty messages"); err != nil {
-				c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+			if read && c.stepAside() {
+				parked = true
 				return
 			}
 		}
-		pos, next := 0, 0 // pos: the next frame's header in buf; next: its entry in direct, if any
-		for pos < len(buf) {
-			var f frame.Frame
-			var own *slab
-			var err error
-			if next < len(direct) && direct[next].off == pos {
-				// Checked by readMessage: a MESSAGE frame with a
-				// stream id and no unknown flag.
-				h := buf[pos : pos+frame.HeaderSize]
-				own = direct[next].sl
-				f = frame.Frame{Type: frame.TypeMessage, Flags: h[1], StreamID: binary.BigEndian.Uint32(h[2:6]), Payload: own.buf}
-				next++
-				pos += frame.HeaderSize
-			} else {
-				var rest []byte
-				f, rest, err = frame.Parse(buf[pos:])
-				pos = len(buf) - len(rest)
-			}
-			if err == nil {
-				c.adopted = false
-				err = c.handle(f, cap(buf), own)
-				if own != nil && !c.adopted {
-					putBig(own)
-				}
-			}
-			if err != nil {
-				code := websocket.CloseProtocolError
-				var fe *floodError
-				if errors.As(err, &fe) {
-					code = websocket.ClosePolicyViolation
-				}
-				c.closeWith(tether.NewError(tether.CodeInternal, err), code, err.Error())
-				return
-			}
+		if !c.readOne(&rs) {
+			return
 		}
-		// Every payload read on its own has been adopted or put back:
-		// the slice must not keep them reachable while the reader waits
-		// for the next message.
-		clear(direct)
-		// The buffer goes back to the pool unless a stream kept a frame
-		// of it (handleMessage aliases large frames instead of copying).
-		if c.donated {
-			c.donated = false
-		} else if cap(buf) <= 2*MaxWebSocketMessage {
-			*bp = buf[:0]
-			readBuffers.Put(bp)
-		}
+		read = true
 		if c.lone.c == nil {
 			c.lastLone = false
 		} else {
@@ -191,6 +90,137 @@ func (c *Conn) readLoop() {
 			parked = false // reclaimed: the reader again
 		}
 	}
+}
+
+// readState is what a reader keeps from one message to the next.
+type readState struct {
+	direct    []directPayload // large payloads of the current message (readMessage)
+	lookAhead bool            // the last message had a large MESSAGE frame
+}
+
+// readOne reads the next message and handles its frames, and reports false
+// if the connection closed or failed meanwhile (the reader then ends it:
+// readerEnd). Whoever is the reader: the reader goroutine, or a unary caller
+// reading its own reply (callerread.go).
+func (c *Conn) readOne(rs *readState) bool {
+	mt, r, err := c.ws.NextReader()
+	if c.isClosed() {
+		return false
+	}
+	if err != nil {
+		var fe *floodError
+		if errors.As(err, &fe) {
+			c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+			return false
+		}
+		c.logPeerProtocolError(err)
+		c.closeWith(readError(err), readCloseCode(err), "")
+		return false
+	}
+	c.inMessage.Store(true)
+	now := time.Now()
+	c.noteMessage(now)
+	c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))
+	bp := readBuffers.Get().(*[]byte)
+	var buf []byte
+	buf, rs.direct, rs.lookAhead, err = readMessage((*bp)[:0], r, rs.direct[:0], rs.lookAhead)
+	c.msgPending = false
+	c.inMessage.Store(false)
+	if c.isClosed() { // closed meanwhile: the rest is drained, not handled
+		readBuffers.Put(bp)
+		return false
+	}
+	if err != nil {
+		var fe *floodError
+		if errors.As(err, &fe) { // a ping flood between fragments
+			c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+			return false
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.closeWith(tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message not complete after %v", c.cfg.MaxMessageReadTime), websocket.ClosePolicyViolation, "message read too slowly")
+			return false
+		}
+		c.logPeerProtocolError(err)
+		c.closeWith(readError(err), readCloseCode(err), "")
+		return false
+	}
+	if mt != websocket.BinaryMessage {
+		c.closeWith(protoErrf("text WebSocket message"), websocket.CloseUnsupportedData, "tether uses binary messages only")
+		return false
+	}
+	msgLen := len(buf)
+	for _, d := range rs.direct {
+		msgLen += len(d.sl.buf)
+	}
+	c.bytesIn.Add(uint64(msgLen))
+	if msgLen == 0 {
+		if err := c.idleFrame("empty messages"); err != nil {
+			c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
+			return false
+		}
+	}
+	pos, next := 0, 0 // pos: the next frame's header in buf; next: its entry in direct, if any
+	for pos < len(buf) {
+		var f frame.Frame
+		var own *slab
+		var err error
+		if next < len(rs.direct) && rs.direct[next].off == pos {
+			// Checked by readMessage: a MESSAGE frame with a
+			// stream id and no unknown flag.
+			h := buf[pos : pos+frame.HeaderSize]
+			own = rs.direct[next].sl
+			f = frame.Frame{Type: frame.TypeMessage, Flags: h[1], StreamID: binary.BigEndian.Uint32(h[2:6]), Payload: own.buf}
+			next++
+			pos += frame.HeaderSize
+		} else {
+			var rest []byte
+			f, rest, err = frame.Parse(buf[pos:])
+			pos = len(buf) - len(rest)
+		}
+		if err == nil {
+			c.adopted = false
+			err = c.handle(f, cap(buf), own)
+			if own != nil && !c.adopted {
+				putBig(own)
+			}
+		}
+		if err != nil {
+			code := websocket.CloseProtocolError
+			var fe *floodError
+			if errors.As(err, &fe) {
+				code = websocket.ClosePolicyViolation
+			}
+			c.closeWith(tether.NewError(tether.CodeInternal, err), code, err.Error())
+			return false
+		}
+	}
+	// Every payload read on its own has been adopted or put back:
+	// the slice must not keep them reachable while the reader waits
+	// for the next message.
+	clear(rs.direct)
+	// The buffer goes back to the pool unless a stream kept a frame
+	// of it (handleMessage aliases large frames instead of copying).
+	if c.donated {
+		c.donated = false
+	} else if cap(buf) <= 2*MaxWebSocketMessage {
+		*bp = buf[:0]
+		readBuffers.Put(bp)
+	}
+	return true
+}
+
+// readerEnd ends the connection on the goroutine of its last reader, whose
+// read failed or met the close: a lone stream's Accept that its message did
+// not reach is started, what the peer still sends is drained, and
+// readerExit runs.
+func (c *Conn) readerEnd() {
+	if j := c.lone; j.c != nil { // the message was not handled to its end
+		c.lone = acceptJob{}
+		startHandler(j)
+	}
+	c.drain()
+	c.readerExit()
 }
 
 // handOff runs the Accept of the connection's only running stream (lone, set

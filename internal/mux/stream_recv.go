@@ -28,7 +28,7 @@ import (
 // error. Fragments are assembled here, in the receiving goroutine, and their
 // credit is granted back as they are taken, so messages larger than the
 // window flow.
-func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil) }
+func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil, false) }
 
 // ReleaseMsg says that the caller is done with the message RecvMsg
 // returned last: its memory may be reused at once, rather than at the next
@@ -52,11 +52,24 @@ var ErrWaitCanceled = errors.New("tether: wait for a message canceled")
 // call), which can then reset the stream itself instead of watching ctx
 // with a context.AfterFunc (three allocations per call). A message already
 // queued is returned even if ctx has ended.
-func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv(ctx.Done()) }
+func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv(ctx, false) }
 
-// recv is RecvMsg, which also stops waiting when done is closed (never if
-// nil).
-func (s *Stream) recv(done <-chan struct{}) ([]byte, error) {
+// RecvReply is RecvMsgCtx for a client's unary call, whose caller waits for
+// nothing but its reply and the stream's end: while the reply has not come,
+// the stream is the connection's only one and no goroutine reads the
+// connection, the caller reads it itself (callerread_linux.go) instead of
+// being woken by a reader goroutine. Nothing but ctx and the connection's
+// close may end its wait: the stream is not reset by another goroutine
+// meanwhile.
+func (s *Stream) RecvReply(ctx context.Context) ([]byte, error) { return s.recv(ctx, true) }
+
+// recv is RecvMsg, which also stops waiting when ctx ends (never if nil),
+// and, with reply, may read the connection (RecvReply).
+func (s *Stream) recv(ctx context.Context, reply bool) ([]byte, error) {
+	var done <-chan struct{}
+	if ctx != nil {
+		done = ctx.Done()
+	}
 	if s.deferredGrant > 0 && !s.single {
 		s.mu.Lock()
 		n := s.takeDeferredLocked()
@@ -140,6 +153,13 @@ func (s *Stream) recv(done <-chan struct{}) ([]byte, error) {
 		// for more: the sender's replay buffer may be full of it.
 		n, seq := s.ackIdleLocked()
 		n += s.growLocked()
+		if reply && s.c.parkState.Load() == 1 {
+			reply = false // once per receive: else it waits below
+			s.mu.Unlock()
+			s.grant(n, seq)
+			s.c.readFor(s, ctx)
+			continue
+		}
 		wake := s.recvWakeLocked()
 		s.mu.Unlock()
 		s.grant(n, seq)

@@ -1,0 +1,186 @@
+//go:build linux
+
+package mux
+
+// A unary caller reads its own reply (Linux).
+//
+// A unary call made one at a time used to end with a hand-off: the client's
+// reader goroutine read the reply and woke the caller. With a P idle, the
+// runtime wakes a thread for every such wake-up, and the thread finds
+// nothing to run: a client ran 3.7 context switches and 1.9 futex calls per
+// call, against the raw echo's 1.5 and 0.3, and its calls took 48 µs at
+// GOMAXPROCS=1 against 69 µs at 2 (docs/BENCHMARKS.md, seventeenth pass).
+//
+// Instead, no goroutine reads a client connection that has no stream: its
+// reader, finding the stream table empty after a message and no byte read
+// waiting (quiet, which a client connection can tell from its tracked reads:
+// frametrack.go), puts the socket in the shared poller and ends
+// (stepAside), as a parked server reader does. A unary caller that finds
+// its reply not yet there, the connection's only stream, and the socket in
+// the poller takes the socket out (takeFromPoller) and is the connection's
+// reader until its reply has come (readFor): it waits for the socket itself
+// (the runtime's poller wakes it directly, as it wakes a raw echo's caller),
+// reads and handles the messages that arrive (other streams' frames, PINGs,
+// a GOAWAY) as the reader would, and once its reply is queued puts the
+// socket back in the poller (handBack). Bytes that come while no one reads
+// start a reader goroutine from the poller, as for a parked connection.
+//
+// The caller reads a message only once all of it is in the buffer it read
+// the socket into (frameTracker.messageEnd): it never waits inside a
+// message, where stopping would break gorilla/websocket's reader. What is
+// left, part of a message, it hands to a reader goroutine, and waits on its
+// queue as any receiver does. Its wait for the socket stops when its
+// context ends or the connection closes: cutCaller, from a
+// context.AfterFunc or closeWith, moves the socket's read deadline to the
+// past; the caller then restores the heartbeat's deadline and hands the
+// socket back. A read deadline that passes, the peer's FIN or a failed
+// read start a reader goroutine that meets it at once (woke), as the
+// heartbeat timer does for a parked reader.
+
+import (
+	"context"
+	"time"
+)
+
+// stepAside puts the socket of a client connection with no stream in the
+// shared poller, where a unary caller can take it (readFor), and reports
+// whether it did: the reader goroutine then ends. Only where the reads are
+// tracked, no byte read waits, and GOMAXPROCS is above 1 (pollPark's lend:
+// with one P a wake-up wakes no thread, which is what this saves). Reader
+// goroutine, at a message's end.
+func (c *Conn) stepAside() bool {
+	pc := c.parkConn
+	if c.role != RoleClient || pc == nil || pc.track == nil || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() {
+		return false
+	}
+	c.mu.Lock()
+	idle := len(c.streams) == 0
+	c.mu.Unlock()
+	if !idle || !c.mayLend() {
+		return false
+	}
+	id, at := c.lendID, c.lastMsg // the reader's fields are not its own once parked
+	_, ok := c.pollPark(true)
+	if ok {
+		c.lent(id, at)
+	}
+	return ok
+}
+
+// readFor makes the goroutine of s's receiver, a unary caller whose reply
+// has not come, the connection's reader until it has, if s is the
+// connection's only stream and its socket waits in the shared poller (see
+// the file comment). It returns when the reply or the stream's end is
+// queued, or it has handed the reading on (ctx ended, the connection closed
+// or failed, part of a message arrived); the caller then looks at its queue
+// again.
+func (c *Conn) readFor(s *Stream, ctx context.Context) {
+	pc := c.parkConn
+	if c.role != RoleClient || pc == nil || pc.track == nil || ctx.Err() != nil {
+		return
+	}
+	c.mu.Lock()
+	alone := len(c.streams) == 1 && c.streams[s.id] == s
+	c.mu.Unlock()
+	if !alone || !c.takeFromPoller() {
+		return
+	}
+	// The reader from here on: the reader's fields are this goroutine's.
+	c.woke, c.touched = false, false
+	if c.cutFn == nil {
+		c.cutFn = c.cutCaller // once: a method value per call would allocate
+	}
+	c.cutMu.Lock()
+	c.cutArmed, c.cutDone = true, false
+	c.cutMu.Unlock()
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, c.cutFn) // at once if ctx has ended
+	}
+	if c.isClosed() { // closeWith may have looked for a caller to cut before this one armed
+		c.disarm(stop)
+		c.handBack()
+		return
+	}
+	var rs readState
+	for !s.replied() {
+		// (Checked first too: the reader that stepped aside may have
+		// queued the reply after this goroutine looked.)
+		if err := pc.fill(); err != nil {
+			if c.disarm(stop) {
+				c.handBack() // ctx ended, or the connection closed
+			} else {
+				readers.start(readerJob{c: c, woke: true}) // it meets the error at once
+			}
+			return
+		}
+		if !pc.track.messageEnd(pc.buffered()) {
+			c.disarm(stop)
+			readers.start(readerJob{c: c, cont: true}) // it reads the message as it comes
+			return
+		}
+		if !c.readOne(&rs) {
+			c.disarm(stop)
+			goReader(c.readerEnd)
+			return
+		}
+		c.ownReads.Add(1)
+		c.touch()
+		if ctx.Err() != nil || c.isClosed() {
+			// A cut that came before touch was undone by it: ctx or
+			// the close tells of it.
+			break
+		}
+	}
+	c.disarm(stop)
+	c.handBack()
+}
+
+// replied reports whether a message or the end of s is queued.
+func (s *Stream) replied() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.recvQ.len() > 0 || s.recvEnd != nil
+}
+
+// handBack ends a caller's reading (readFor): the socket goes back to the
+// shared poller if no byte read waits, else a reader goroutine reads on.
+func (c *Conn) handBack() {
+	if c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
+		id, at := c.lendID, c.lastMsg
+		if _, ok := c.pollPark(false); ok {
+			c.lent(id, at)
+			return
+		}
+	}
+	readers.start(readerJob{c: c, cont: true})
+}
+
+// cutCaller stops the wait of a caller reading the connection (readFor), if
+// one is armed: its socket's read deadline moves to the past. Run by the
+// caller's context.AfterFunc, and by closeWith.
+func (c *Conn) cutCaller() {
+	c.cutMu.Lock()
+	defer c.cutMu.Unlock()
+	if c.cutArmed {
+		c.cutArmed, c.cutDone = false, true
+		_ = c.parkConn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// disarm ends the cut of a caller's wait (stop, its AfterFunc's, may be
+// nil) and reports whether the cut came: the read deadline is then the
+// heartbeat's again (touch's, or the lingering close's).
+func (c *Conn) disarm(stop func() bool) (cut bool) {
+	if stop != nil {
+		stop()
+	}
+	c.cutMu.Lock()
+	cut = c.cutDone
+	c.cutArmed, c.cutDone = false, false
+	c.cutMu.Unlock()
+	if cut {
+		c.setReadDeadline(clockBase.Add(time.Duration(c.readDeadline())))
+	}
+	return cut
+}
