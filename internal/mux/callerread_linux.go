@@ -44,19 +44,21 @@ import (
 
 // stepAside puts the socket of a client connection with no stream in the
 // shared poller, where a unary caller can take it (readFor), and reports
-// whether it did: the reader goroutine then ends. Only where the reads are
-// tracked, no byte read waits, and GOMAXPROCS is above 1 (pollPark's lend:
-// with one P a wake-up wakes no thread, which is what this saves). Reader
-// goroutine, at a message's end.
+// whether it did: the reader goroutine then ends. Only when the message
+// before also left the connection without a stream (calls made one at a
+// time: with many in flight, an empty table is a moment when the pipeline
+// has drained, and the next replies would wait for the poller instead of a
+// reader already waiting for them), the reads are tracked, no byte read
+// waits, no other client connection lent in the last lendApart, and
+// GOMAXPROCS is above 1 (pollPark's lend: with one P a wake-up wakes no
+// thread, which is what this saves). Reader goroutine, at a message's end.
 func (c *Conn) stepAside() bool {
 	pc := c.parkConn
-	if c.role != RoleClient || pc == nil || pc.track == nil || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() {
+	if c.role != RoleClient || pc == nil || pc.track == nil {
 		return false
 	}
-	c.mu.Lock()
-	idle := len(c.streams) == 0
-	c.mu.Unlock()
-	if !idle || !c.mayLend() {
+	idle, was := c.noteIdle()
+	if !idle || !was || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() || !c.mayLend() {
 		return false
 	}
 	id, at := c.lendID, c.lastMsg // the reader's fields are not its own once parked
@@ -143,10 +145,23 @@ func (s *Stream) replied() bool {
 	return s.recvQ.len() > 0 || s.recvEnd != nil
 }
 
+// noteIdle reports whether the connection has no stream now, and whether it
+// had none after the message before (lastIdle), which it updates. Reader.
+func (c *Conn) noteIdle() (idle, was bool) {
+	c.mu.Lock()
+	idle = len(c.streams) == 0
+	c.mu.Unlock()
+	was, c.lastIdle = c.lastIdle, idle
+	return idle, was
+}
+
 // handBack ends a caller's reading (readFor): the socket goes back to the
-// shared poller if no byte read waits, else a reader goroutine reads on.
+// shared poller if the connection has no stream left (other streams' replies
+// are better read by a reader goroutine already waiting for them), no byte
+// read waits and no other client connection lent in the last lendApart; else
+// a reader goroutine reads on.
 func (c *Conn) handBack() {
-	if c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
+	if idle, _ := c.noteIdle(); idle && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
 		id, at := c.lendID, c.lastMsg
 		if _, ok := c.pollPark(false); ok {
 			c.lent(id, at)

@@ -173,6 +173,7 @@ type Conn struct {
 	cutDone  bool
 	cutFn    func()        // cutCaller, for context.AfterFunc; the reader's
 	ownReads atomic.Uint32 // messages read by unary callers (readFor), for tests
+	lastIdle bool          // reader: the last message left the connection without a stream (stepAside)
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.
