@@ -19,8 +19,9 @@ package mux
 // fresh small stack waits for the socket to become readable holding no
 // buffer (pooledConn.waitReadable, under the same read deadline the reader
 // would have had) and then runs the reader loop itself.
-// Only server connections upgraded through HijackPooled park (the reader
-// must see that the WebSocket's read buffer is empty: parker).
+// Only server connections upgraded through HijackPooled and client
+// connections dialed through TrackedReads park (the reader must see that the
+// WebSocket's read buffer is empty: parker).
 //
 // All of it runs on the reader goroutine or its waiter, one after the
 // other: the fields (lastMsg, quietGap, woke, parkFD, parkReg) are theirs

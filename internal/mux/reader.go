@@ -19,10 +19,13 @@ package mux
 // alone and briefly; wmu only through writeUrgent.
 //
 // When readLoop returns (the connection closed, or a read failed), drain and
-// readerExit (lifecycle.go) finish the connection on this goroutine: it is the
-// last of the engine's goroutines to end. A server connection's reader may
+// readerExit (lifecycle.go: readerEnd) finish the connection on this
+// goroutine: it is the last of the engine's goroutines to end. A reader may
 // instead park when the connection is idle (park.go): it ends, and a waiter
-// goroutine on a small stack runs readLoop again once bytes arrive. Or it
+// goroutine on a small stack runs readLoop again once bytes arrive. A
+// client's reader may step aside for a unary caller, who then reads
+// (readOne) on its own goroutine until its reply has come
+// (callerread_linux.go). Or it
 // hands off (handOff): it runs the Accept of the connection's only running
 // stream itself, after parking the connection if it would park now, else
 // lending the socket to the shared poller while Accept runs (reading on itself
