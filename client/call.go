@@ -251,7 +251,7 @@ func (c *Client) unaryAttempt(ctx context.Context, co *callOptions, call *Call, 
 // openStream opens a stream for a call on the ready connection, with the
 // call's metadata and deadline, and resets it when ctx ends, through a
 // context.AfterFunc if watch: a caller that always waits in a method that
-// watches ctx (a unary call: SendMsg, CloseSend, recvWaiting) passes false.
+// watches ctx (a unary call: SendMsg, CloseSend, recvReply) passes false.
 //
 // first, when not nil, is sent with the OPEN if it fits (then closeSend also
 // half-closes); sent reports whether it was.
@@ -326,7 +326,7 @@ func insertSorted(md []*tetherv1.MetadataEntry, e *tetherv1.MetadataEntry) []*te
 // Once the caller's context has ended, every method returns the context's
 // error (canceled or deadline_exceeded) and nothing but the RESET leaves for
 // the stream. The RESET is sent by a context.AfterFunc goroutine (a unary
-// call instead watches ctx where it waits: recvWaiting), which may
+// call instead watches ctx where it waits: recvReply), which may
 // not have run yet when the caller, having called cancel, calls the next
 // method: so each method first checks ctx itself and, if it has ended,
 // resets the stream synchronously before anything else is queued (the

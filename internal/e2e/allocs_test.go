@@ -55,7 +55,9 @@ const keyedAllocBudget = 34
 // the streams' channels made only when someone waits, 34 (29) with the
 // frames written by the connection itself, 34 (28) with the request lent,
 // 33 (27) with the response lent, 32 (25) with the server's deadline
-// timers reused.
+// timers reused, 33 (26) with the caller reading its own reply (a
+// context.AfterFunc on its context while it waits for the socket, less the
+// stream's wake channel, which it no longer makes).
 const deadlineAllocBudget = 34
 
 // TestUnaryAllocations (issue 15): a unary call stays within its allocation

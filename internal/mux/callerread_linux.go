@@ -109,16 +109,19 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 		// (Checked first too: the reader that stepped aside may have
 		// queued the reply after this goroutine looked.)
 		if err := pc.fill(); err != nil {
-			if c.disarm(stop) {
+			if c.disarm(stop) && nanotime(time.Now()) < c.readDeadline() {
 				c.handBack() // ctx ended, or the connection closed
 			} else {
-				readers.start(readerJob{c: c, woke: true}) // it meets the error at once
+				// The read deadline passed (with or without a cut),
+				// the peer's FIN came or the read failed: a reader meets
+				// it at once, as the heartbeat timer starts a parked one.
+				readers.start(readerJob{c: c, woke: true})
 			}
 			return
 		}
 		if !pc.track.messageEnd(pc.buffered()) {
 			c.disarm(stop)
-			readers.start(readerJob{c: c, cont: true}) // it reads the message as it comes
+			c.readOn() // it reads the message as it comes
 			return
 		}
 		if !c.readOne(&rs) {
@@ -128,9 +131,11 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 		}
 		c.ownReads.Add(1)
 		c.touch()
-		if ctx.Err() != nil || c.isClosed() {
-			// A cut that came before touch was undone by it: ctx or
-			// the close tells of it.
+		if ctx.Err() != nil || c.isClosed() || c.wasCut() {
+			// A cut that came before touch was undone by it: ctx, the
+			// close or cutDone tells of it (cutDone also of a cut by
+			// an earlier caller's AfterFunc that ran late, which costs
+			// this caller its read, not its own cut).
 			break
 		}
 	}
@@ -163,29 +168,47 @@ func (c *Conn) noteIdle() (idle, was bool) {
 func (c *Conn) handBack() {
 	if idle, _ := c.noteIdle(); idle && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
 		id, at := c.lendID, c.lastMsg
-		if _, ok := c.pollPark(false); ok {
+		if _, ok := c.pollPark(true); ok {
 			c.lent(id, at)
 			return
 		}
 	}
+	c.readOn()
+}
+
+// readOn starts a reader goroutine that reads on from where the caller
+// stopped, without renewing the read deadline first (touched, as handOff
+// does): the caller renewed it after each message it read, and nothing came
+// since (a cut caller must not keep a silent peer alive).
+func (c *Conn) readOn() {
+	c.touched = true
 	readers.start(readerJob{c: c, cont: true})
 }
 
 // cutCaller stops the wait of a caller reading the connection (readFor), if
 // one is armed: its socket's read deadline moves to the past. Run by the
-// caller's context.AfterFunc, and by closeWith.
+// caller's context.AfterFunc, and by closeWith. The arm stays until the
+// caller disarms: a second cut moves the deadline to the past again, after
+// closeWith's linger has moved it to the future.
 func (c *Conn) cutCaller() {
 	c.cutMu.Lock()
 	defer c.cutMu.Unlock()
 	if c.cutArmed {
-		c.cutArmed, c.cutDone = false, true
+		c.cutDone = true
 		_ = c.parkConn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
+// wasCut reports whether a cut came for the caller now reading.
+func (c *Conn) wasCut() bool {
+	c.cutMu.Lock()
+	defer c.cutMu.Unlock()
+	return c.cutDone
+}
+
 // disarm ends the cut of a caller's wait (stop, its AfterFunc's, may be
 // nil) and reports whether the cut came: the read deadline is then the
-// heartbeat's again (touch's, or the lingering close's).
+// heartbeat's again (setReadDeadline: never past a lingering close's).
 func (c *Conn) disarm(stop func() bool) (cut bool) {
 	if stop != nil {
 		stop()

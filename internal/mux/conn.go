@@ -22,7 +22,7 @@ package mux
 //     hands off (reader.go's handOff) and runs the stream's Accept: the
 //     connection parks; or, on calls made one at a time (the last message
 //     was a lone stream's OPEN too, and no other stream started beside
-//     this one, no other connection lent in the last 100 µs, and GOMAXPROCS
+//     this one, no other server connection lent in the last 100 µs, and GOMAXPROCS
 //     is above 1) where it can park in the shared poller, it lends its socket
 //     to the poller for as long as Accept runs (park.go's lendToPoller) and
 //     reads on itself afterwards if nothing arrived meanwhile; or another

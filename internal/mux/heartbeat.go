@@ -21,8 +21,9 @@ package mux
 // connection has no stream (writeHeartbeat); otherwise they are queued
 // with writeUrgent (wmu).
 //
-// touch runs on the reader goroutine (before each message, and in
-// gorilla's ping and pong handlers, which run inside the reader's reads)
+// touch runs on the reader (before each message, and in gorilla's ping and
+// pong handlers, which run inside the reader's reads; the reader goroutine,
+// or a unary caller reading its own reply: callerread_linux.go)
 // and renews the read deadline; setReadDeadline never moves it past a
 // lingering close's deadline (lingerUntil, set by linger on the goroutine
 // that closes). No other lock is taken.

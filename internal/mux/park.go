@@ -24,10 +24,11 @@ package mux
 // WebSocket's read buffer is empty: parker).
 //
 // All of it runs on the reader goroutine or its waiter, one after the
-// other: the fields (lastMsg, quietGap, woke, parkFD, parkReg) are theirs
-// (the poller's mutex orders a parked reader before the one it starts,
-// and workers.start a reader that hands off before the one that reads on);
-// parkState is atomic.
+// other, or on a unary caller that took the reading (callerread_linux.go):
+// the fields (lastMsg, quietGap, woke, parkFD, parkReg) are theirs (the
+// poller's mutex orders a parked reader before the one it starts, or before
+// the caller that takes its socket, and workers.start a reader that hands
+// off before the one that reads on); parkState is atomic.
 //
 // A reader that runs a lone stream's Accept (reader.go's handOff) on a
 // connection whose last message did the same, calls one at a time, lends its

@@ -11,8 +11,11 @@ package mux
 // to be readable with no buffer (syscall.RawConn.Read, the runtime's
 // poller), reads what is there into a pooled buffer, and gives the buffer
 // back once gorilla has taken every byte. gorilla's own buffer can then be
-// the smallest it accepts (ReadBufferSize). Only the reader goroutine reads
-// (gorilla allows one reader), so the fields need no lock.
+// the smallest it accepts (ReadBufferSize). Only the connection's reader
+// reads (gorilla allows one reader): its reader goroutine, or a unary caller
+// that took the reading (callerread_linux.go), one after the other, handed
+// over under the poller's mutex or by starting a goroutine, so the fields
+// need no lock.
 
 import (
 	"bufio"
@@ -54,7 +57,7 @@ func PooledReads(conn net.Conn) net.Conn {
 // response or of the WebSocket frame being read (frametrack.go), so that the
 // reader can see that gorilla's read buffer is empty and can park, as a
 // server's does (park.go), and a unary caller can read its own reply
-// (callerread.go).
+// (callerread_linux.go).
 func TrackedReads(conn net.Conn) net.Conn {
 	c := PooledReads(conn)
 	if pc, ok := c.(*pooledConn); ok {
@@ -113,11 +116,22 @@ func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 	return conn, bufio.NewReadWriter(br, brw.Writer), nil
 }
 
-// parker returns ws's connection if its reader can park: HijackPooled or
-// TrackedReads made it. Nil otherwise.
+// parker returns ws's connection if its reader can park: HijackPooled made
+// it, or TrackedReads did and its tracker stands at a frame's start after
+// the handshake (one that ended its head with bare line feeds, which Go's
+// HTTP reader accepts, would leave it lost in the response: tracking stops).
+// Nil otherwise.
 func parker(conn net.Conn) *pooledConn {
-	if pc, ok := conn.(*pooledConn); ok && (pc.br != nil || pc.track != nil) {
+	pc, ok := conn.(*pooledConn)
+	switch {
+	case !ok:
+		return nil
+	case pc.br != nil:
 		return pc
+	case pc.track != nil && pc.track.atFrameStart():
+		return pc
+	case pc.track != nil:
+		pc.track.state = trackOff
 	}
 	return nil
 }
@@ -154,7 +168,7 @@ func (c *pooledConn) quiet() bool {
 // returns those bytes. An error or the end of the stream is kept for Read
 // to return, except a passed deadline or a closed socket, which its read
 // meets itself. Between messages only, on a tracked connection (the
-// caller's read, callerread.go).
+// caller's read, callerread_linux.go).
 func (c *pooledConn) fill() error {
 	if c.buf != nil {
 		return nil

@@ -22,10 +22,7 @@ func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 
 // pooledConn never parks here, and no connection is one (PooledReads
 // wraps none); it is a net.Conn only for the writer's type switch.
-type pooledConn struct {
-	net.Conn
-	track *frameTracker
-}
+type pooledConn struct{ net.Conn }
 
 func parker(net.Conn) *pooledConn { return nil }
 

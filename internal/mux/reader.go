@@ -2,14 +2,17 @@ package mux
 
 // The reader goroutine.
 //
-// readLoop, started by New, is the connection's only reader of the
-// WebSocket (gorilla/websocket allows one), and everything in this file
-// runs on it: reading a message into a pooled buffer, parsing its frames
-// and dispatching each (handle), which calls the stream's handlers
+// readLoop, started by New, is the connection's reader of the WebSocket
+// (gorilla/websocket allows one), and everything in this file runs on it:
+// reading a message into a pooled buffer, parsing its frames and
+// dispatching each (readOne, handle), which calls the stream's handlers
 // (stream_handle.go), handleOpen (open.go) and handleGoAway
 // (lifecycle.go). gorilla's ping and pong handlers, set in New, run on it
 // too, inside its reads. It owns inMessage (also read by touch), donated
-// and the read buffers.
+// and the read buffers. On a client, a unary caller waiting for its reply
+// may be the reader instead (callerread_linux.go's readFor), one at a time:
+// it takes the reading from the shared poller and runs readOne and
+// readerEnd itself.
 //
 // It never blocks on a stream's consumer: handlers append to bounded
 // per-stream queues and wake the consumer. Control frames it sends (PING
@@ -104,7 +107,7 @@ type readState struct {
 // readOne reads the next message and handles its frames, and reports false
 // if the connection closed or failed meanwhile (the reader then ends it:
 // readerEnd). Whoever is the reader: the reader goroutine, or a unary caller
-// reading its own reply (callerread.go).
+// reading its own reply (callerread_linux.go).
 func (c *Conn) readOne(rs *readState) bool {
 	mt, r, err := c.ws.NextReader()
 	if c.isClosed() {
@@ -235,8 +238,8 @@ func (c *Conn) readerEnd() {
 //     as a push fleet's connections make), it parks here, and no goroutine
 //     reads until bytes arrive.
 //   - Else, if the connection's last message ended here too, the stream is
-//     still the only one running, no other connection lent its socket in the
-//     last lendApart, GOMAXPROCS is above 1, and the connection can park in
+//     still the only one running, no other connection of its role lent its
+//     socket in the last lendApart, GOMAXPROCS is above 1, and the connection can park in
 //     the shared poller, its socket waits there while Accept runs
 //     (lendToPoller): bytes that arrive meanwhile start a reader as for a
 //     parked connection; if none did, this goroutine takes the reading back
