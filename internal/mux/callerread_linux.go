@@ -11,9 +11,10 @@ package mux
 // call, against the raw echo's 1.5 and 0.3, and its calls took 48 µs at
 // GOMAXPROCS=1 against 69 µs at 2 (docs/BENCHMARKS.md, seventeenth pass).
 //
-// Instead, no goroutine reads a client connection that has no stream: its
-// reader, finding the stream table empty after a message and no byte read
-// waiting (quiet, which a client connection can tell from its tracked reads:
+// Instead, no goroutine reads a client connection between calls made one
+// after another: its reader, finding the stream table empty after two
+// messages in a row, less than parkAfter apart, and no byte read waiting
+// (quiet, which a client connection can tell from its tracked reads:
 // frametrack.go), puts the socket in the shared poller and ends
 // (stepAside), as a parked server reader does. A unary caller that finds
 // its reply not yet there, the connection's only stream, and the socket in
@@ -44,11 +45,15 @@ import (
 
 // stepAside puts the socket of a client connection with no stream in the
 // shared poller, where a unary caller can take it (readFor), and reports
-// whether it did: the reader goroutine then ends. Only when the message
-// before also left the connection without a stream (calls made one at a
-// time: with many in flight, an empty table is a moment when the pipeline
-// has drained, and the next replies would wait for the poller instead of a
-// reader already waiting for them), the reads are tracked, no byte read
+// whether it did: the reader goroutine then ends. Only for calls made one
+// after another: the message before also left the connection without a
+// stream (with many calls in flight, an empty table is a moment when the
+// pipeline has drained, and the next replies would wait for the poller
+// instead of a reader already waiting for them), and it came less than
+// parkAfter after the one before it (calls made now and then, as a push
+// fleet's, gain nothing: their wake-ups find the Ps busy or the thread
+// asleep anyway, and the take and hand-back cost two epoll_ctl and the
+// poller's lock each). Also only where the reads are tracked, no byte read
 // waits, no other client connection lent in the last lendApart, and
 // GOMAXPROCS is above 1 (pollPark's lend: with one P a wake-up wakes no
 // thread, which is what this saves). Reader goroutine, at a message's end.
@@ -58,7 +63,7 @@ func (c *Conn) stepAside() bool {
 		return false
 	}
 	idle, was := c.noteIdle()
-	if !idle || !was || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() || !c.mayLend() {
+	if !idle || !was || c.quietGap || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() || !c.mayLend() {
 		return false
 	}
 	id, at := c.lendID, c.lastMsg // the reader's fields are not its own once parked

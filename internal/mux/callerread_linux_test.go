@@ -60,6 +60,23 @@ func trackedClient(t *testing.T, url string, ccfg Config) *Conn {
 	return cc
 }
 
+// stepAsideWarmUp makes calls one after another on cc until its reader has
+// stepped aside into the shared poller (stepAside: two replies in a row,
+// less than parkAfter apart, each leaving no stream), and fails the test if
+// it never does.
+func stepAsideWarmUp(t *testing.T, cc *Conn) {
+	t.Helper()
+	for range 100 {
+		if cc.parkState.Load() == 1 {
+			return
+		}
+		if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+}
+
 // echoServer serves calls that answer their request (after delay, if any),
 // without heartbeats, and returns its URL.
 func echoServer(t *testing.T, delay func(body string) time.Duration) string {
@@ -194,10 +211,7 @@ func TestCallerReadCanceled(t *testing.T) {
 		return 0
 	})
 	cc := trackedClient(t, url, Config{PingInterval: 300 * time.Millisecond, PingTimeout: 300 * time.Millisecond})
-	if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+	stepAsideWarmUp(t, cc)
 	for range 3 {
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(50*time.Millisecond, cancel)
@@ -237,10 +251,7 @@ func TestCallerReadConnectionCloses(t *testing.T) {
 		return 0
 	})
 	cc := trackedClient(t, url, Config{})
-	if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+	stepAsideWarmUp(t, cc)
 	reads := cc.ownReads.Load()
 	time.AfterFunc(100*time.Millisecond, func() { cc.closeWith(errors.New("closed by the test"), websocket.CloseGoingAway, "") })
 	t0 := time.Now()
@@ -269,10 +280,7 @@ func TestCallerReadDeadline(t *testing.T) {
 	}
 	t.Cleanup(func() { px.Close() })
 	cc := trackedClient(t, "ws://"+px.Addr(), Config{PingInterval: 200 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
-	if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+	stepAsideWarmUp(t, cc)
 	px.Stall()
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -463,13 +471,7 @@ func TestCallerCanceledWithoutHeartbeat(t *testing.T) {
 		return 0
 	})
 	cc := trackedClient(t, url, Config{}) // PingInterval: an hour
-	if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil { // two messages that left no stream: stepAside
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+	stepAsideWarmUp(t, cc)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	res := callAsync(ctx, cc, "slow")
@@ -505,12 +507,7 @@ func TestCallerCutByCloseWithoutEcho(t *testing.T) {
 	}
 	t.Cleanup(func() { px.Close() })
 	cc := trackedClient(t, "ws://"+px.Addr(), Config{})
-	for range 2 {
-		if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+	stepAsideWarmUp(t, cc)
 	res := callAsync(context.Background(), cc, "slow")
 	waitFor(t, 5*time.Second, "the caller to read the connection", func() bool { return callerArmed(cc) })
 	px.Stall() // no close frame comes back to wake the caller
@@ -575,12 +572,7 @@ func TestStaleCutKeepsCallerCancelable(t *testing.T) {
 		<-sc.Done()
 	})
 	t.Cleanup(rel) // runs first
-	for range 2 {
-		if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+	stepAsideWarmUp(t, cc)
 	// The stale cut: cutCaller, as the late AfterFunc runs it, from inside
 	// the next caller's readOne (gorilla's pong handler).
 	cc.ws.SetPongHandler(func(string) error { cc.cutCaller(); return nil })
@@ -609,18 +601,18 @@ func TestStaleCutKeepsCallerCancelable(t *testing.T) {
 	}
 }
 
-// TestCanceledCallsDoNotRenewDeadline (finding 1): once the peer goes
-// silent (a stalled proxy: no FIN, no RST), the connection closes within
-// about the heartbeat's silence (PingInterval + PingTimeout = 400 ms here)
-// although the application keeps making calls that time out. A canceled
-// caller's handBack that starts a reader goroutine (readerJob.cont) lets
-// that reader's first loop touch() the deadline with nothing received; the
-// reader then parks again (quietGap), the next call takes the socket, and
-// so on: the deadline never comes.
+// TestCanceledCallsDoNotRenewDeadline: once the peer goes silent (a stalled
+// proxy: no FIN, no RST), the connection closes within about the
+// heartbeat's silence (PingInterval + PingTimeout = 400 ms here) although the
+// application keeps making calls that time out. A canceled caller's
+// handBack that starts a reader goroutine (readOn) must not let it renew the
+// read deadline with nothing received: when clients parked after quiet
+// spells, each later call took the socket again and the deadline never came
+// (found by review); now it would be one renewal.
 //
-// alone: handBack falls back to a reader goroutine after every cut (a
-// stream is left: the caller's own). beside_a_busy_one: also once another
-// client connection lent after this one's last message (mayLend).
+// alone: handBack starts a reader goroutine after every cut (a stream is
+// left: the caller's own). beside_a_busy_one: also once another client
+// connection lent after this one's last message (mayLend).
 func TestCanceledCallsDoNotRenewDeadline(t *testing.T) {
 	for _, busy := range []bool{false, true} {
 		name := "alone"
@@ -636,13 +628,7 @@ func TestCanceledCallsDoNotRenewDeadline(t *testing.T) {
 			}
 			t.Cleanup(func() { px.Close() })
 			cc := trackedClient(t, "ws://"+px.Addr(), Config{PingInterval: 200 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
-			for range 3 { // calls one at a time, after quiet spells
-				if _, err := unaryCall(context.Background(), cc, "warm-up"); err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
+			stepAsideWarmUp(t, cc)
 			if busy {
 				other := trackedClient(t, url, Config{})
 				stop := make(chan struct{})

@@ -5,12 +5,12 @@ package mux
 // The goroutines of a connection, and the files whose state each owns:
 //
 //   - the reader goroutine (reader.go), started by New: the only one that
-//     reads from the WebSocket. On an idle connection (a server's, or a
-//     client's whose reads are tracked: TrackedReads) it parks (park.go)
-//     and ends: on Linux the process's shared poller (parkpoll_linux.go)
-//     starts a new one when bytes arrive, elsewhere a waiter goroutine on a
-//     small stack takes its place until they do. On Linux a client's reader
-//     also steps aside into the poller when calls are made one at a time
+//     reads from the WebSocket. On an idle server connection it parks
+//     (park.go) and ends: on Linux the process's shared poller
+//     (parkpoll_linux.go) starts a new one when bytes arrive, elsewhere a
+//     waiter goroutine on a small stack takes its place until they do. On
+//     Linux a client's reader (its reads tracked: TrackedReads) steps aside
+//     into the poller when calls are made one after another
 //     (callerread_linux.go's stepAside), and a unary caller waiting for its
 //     reply takes the socket and is the reader until the reply has come
 //     (readFor), running readOne as the reader goroutine does.
