@@ -112,6 +112,17 @@ func echoServer(t *testing.T, delay func(body string) time.Duration) string {
 	return url
 }
 
+// slowEchoServer is echoServer whose calls of body "slow" wait d before
+// they answer.
+func slowEchoServer(t *testing.T, d time.Duration) string {
+	return echoServer(t, func(body string) time.Duration {
+		if body == "slow" {
+			return d
+		}
+		return 0
+	})
+}
+
 // unaryCall makes a unary call of body on cc as package client does
 // (RecvReply for the reply and the end) and returns the reply.
 func unaryCall(ctx context.Context, cc *Conn, body string) (string, error) {
@@ -204,12 +215,7 @@ func TestCallerReadsManyConnections(t *testing.T) {
 // again, not the past the cut left.
 func TestCallerReadCanceled(t *testing.T) {
 	needLending(t)
-	url := echoServer(t, func(body string) time.Duration {
-		if body == "slow" {
-			return 2 * time.Second
-		}
-		return 0
-	})
+	url := slowEchoServer(t, 2*time.Second)
 	cc := trackedClient(t, url, Config{PingInterval: 300 * time.Millisecond, PingTimeout: 300 * time.Millisecond})
 	stepAsideWarmUp(t, cc)
 	for range 3 {
@@ -244,12 +250,7 @@ func TestCallerReadCanceled(t *testing.T) {
 // peer's close frame or the linger's deadline ends the drain.
 func TestCallerReadConnectionCloses(t *testing.T) {
 	needLending(t)
-	url := echoServer(t, func(body string) time.Duration {
-		if body == "slow" {
-			return 3 * time.Second
-		}
-		return 0
-	})
+	url := slowEchoServer(t, 3*time.Second)
 	cc := trackedClient(t, url, Config{})
 	stepAsideWarmUp(t, cc)
 	reads := cc.ownReads.Load()
@@ -267,20 +268,29 @@ func TestCallerReadConnectionCloses(t *testing.T) {
 	}
 }
 
+// proxiedClient connects a client with 200 ms heartbeats to an echoServer
+// at url through a proxy that can stall the link, and makes calls until
+// its reader has stepped aside.
+func proxiedClient(t *testing.T) (cc *Conn, px *faultproxy.Proxy, url string) {
+	t.Helper()
+	url = echoServer(t, nil)
+	px, err := faultproxy.New(strings.TrimPrefix(url, "ws://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	cc = trackedClient(t, "ws://"+px.Addr(), Config{PingInterval: 200 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
+	stepAsideWarmUp(t, cc)
+	return cc, px, url
+}
+
 // TestCallerReadDeadline: a caller waiting for the socket meets the
 // heartbeat's read deadline as the reader would: once the link goes silent
 // (a proxy stalls it), the connection closes within the silence, and the
 // call fails.
 func TestCallerReadDeadline(t *testing.T) {
 	needLending(t)
-	url := echoServer(t, nil)
-	px, err := faultproxy.New(strings.TrimPrefix(url, "ws://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { px.Close() })
-	cc := trackedClient(t, "ws://"+px.Addr(), Config{PingInterval: 200 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
-	stepAsideWarmUp(t, cc)
+	cc, px, _ := proxiedClient(t)
 	px.Stall()
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -464,12 +474,7 @@ func callerArmed(cc *Conn) bool {
 // answers to the client's PINGs would wake it within its bound anyway).
 func TestCallerCanceledWithoutHeartbeat(t *testing.T) {
 	needLending(t)
-	url := echoServer(t, func(body string) time.Duration {
-		if body == "slow" {
-			return 3 * time.Second
-		}
-		return 0
-	})
+	url := slowEchoServer(t, 3*time.Second)
 	cc := trackedClient(t, url, Config{}) // PingInterval: an hour
 	stepAsideWarmUp(t, cc)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -495,12 +500,7 @@ func TestCallerCanceledWithoutHeartbeat(t *testing.T) {
 // wake it anyway).
 func TestCallerCutByCloseWithoutEcho(t *testing.T) {
 	needLending(t)
-	url := echoServer(t, func(body string) time.Duration {
-		if body == "slow" {
-			return 3 * time.Second
-		}
-		return 0
-	})
+	url := slowEchoServer(t, 3*time.Second)
 	px, err := faultproxy.New(strings.TrimPrefix(url, "ws://"))
 	if err != nil {
 		t.Fatal(err)
@@ -537,13 +537,14 @@ func writeBetweenBatches(t *testing.T, sc *Conn, b []byte) {
 	}
 }
 
-// TestStaleCutKeepsCallerCancelable (finding 2): the context.AfterFunc of
-// an earlier call, started when that call's context ended and run only
-// after its disarm, finds the next caller armed and cuts it while the next
-// caller is handling a message (here, deterministically, from the pong
-// handler, inside readOne). touch then moves the deadline back, ctx.Err()
-// and isClosed() say nothing, and cutArmed is false: the next caller's own
-// context can no longer cut its wait.
+// TestStaleCutKeepsCallerCancelable: the context.AfterFunc of an earlier
+// call, started when that call's context ended and run only after its
+// disarm, finds the next caller armed and cuts it while the next caller is
+// handling a message (here, deterministically, from the pong handler,
+// inside readOne). touch then moves the deadline back and ctx.Err() and
+// isClosed() say nothing; when the cut also disarmed, the next caller's own
+// context could no longer cut its wait (found by review). The caller must
+// stop reading after such a cut (wasCut), and its cancel must still work.
 func TestStaleCutKeepsCallerCancelable(t *testing.T) {
 	needLending(t)
 	release := make(chan struct{})
@@ -621,14 +622,7 @@ func TestCanceledCallsDoNotRenewDeadline(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			needLending(t)
-			url := echoServer(t, nil)
-			px, err := faultproxy.New(strings.TrimPrefix(url, "ws://"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { px.Close() })
-			cc := trackedClient(t, "ws://"+px.Addr(), Config{PingInterval: 200 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
-			stepAsideWarmUp(t, cc)
+			cc, px, url := proxiedClient(t)
 			if busy {
 				other := trackedClient(t, url, Config{})
 				stop := make(chan struct{})
