@@ -167,11 +167,13 @@ func (c *Conn) noteIdle() (idle, was bool) {
 
 // handBack ends a caller's reading (readFor): the socket goes back to the
 // shared poller if the connection has no stream left (other streams' replies
-// are better read by a reader goroutine already waiting for them), no byte
-// read waits and no other client connection lent in the last lendApart; else
-// a reader goroutine reads on.
+// are better read by a reader goroutine already waiting for them), the reply
+// came less than parkAfter after the message before (as stepAside asks:
+// calls made now and then do not keep taking the socket), no byte read waits
+// and no other client connection lent in the last lendApart; else a reader
+// goroutine reads on.
 func (c *Conn) handBack() {
-	if idle, _ := c.noteIdle(); idle && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
+	if idle, _ := c.noteIdle(); idle && !c.quietGap && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
 		id, at := c.lendID, c.lastMsg
 		if _, ok := c.pollPark(true); ok {
 			c.lent(id, at)

@@ -689,3 +689,26 @@ func TestTrackedReadsBareLineFeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestSpacedCallsDoNotTakeTheSocket: once calls are made now and then (30 ms
+// apart, past parkAfter), their callers stop taking the socket: a reply that
+// came after a quiet spell is not handed back to the poller, and a reader
+// goroutine reads the next one (found by review: handBack lacked stepAside's
+// quiet-spell gate, so one burst of calls made every later call pay for the
+// take and the hand-back).
+func TestSpacedCallsDoNotTakeTheSocket(t *testing.T) {
+	needLending(t)
+	cc := trackedClient(t, echoServer(t, nil), Config{})
+	stepAsideWarmUp(t, cc)
+	before := cc.ownReads.Load()
+	const n = 20
+	for range n {
+		time.Sleep(30 * time.Millisecond)
+		if _, err := unaryCall(context.Background(), cc, "spaced"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reads := cc.ownReads.Load() - before; reads > 2 {
+		t.Errorf("callers took the socket for %d of %d calls made 30 ms apart", reads, n)
+	}
+}
