@@ -62,8 +62,8 @@ func (c *Conn) stepAside() bool {
 	if c.role != RoleClient || pc == nil || pc.track == nil {
 		return false
 	}
-	idle, was := c.noteIdle()
-	if !idle || !was || c.quietGap || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() || !c.mayLend() {
+	ready, was := c.noteReady()
+	if !ready || !was || c.quietGap || c.isClosed() || c.lingerUntil.Load() != 0 || !pc.quiet() || !c.mayLend() {
 		return false
 	}
 	id, at := c.lendID, c.lastMsg // the reader's fields are not its own once parked
@@ -83,7 +83,7 @@ func (c *Conn) stepAside() bool {
 // again.
 func (c *Conn) readFor(s *Stream, ctx context.Context) {
 	pc := c.parkConn
-	if c.role != RoleClient || pc == nil || pc.track == nil || ctx.Err() != nil {
+	if c.role != RoleClient || pc == nil || pc.track == nil || ctx != nil && ctx.Err() != nil {
 		return
 	}
 	c.mu.Lock()
@@ -100,8 +100,9 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 	c.cutMu.Lock()
 	c.cutArmed, c.cutDone = true, false
 	c.cutMu.Unlock()
+	c.readingFor.Store(s) // a Reset of s from now on cuts the wait (cutReceiver)
 	var stop func() bool
-	if ctx.Done() != nil {
+	if ctx != nil && ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.cutFn) // at once if ctx has ended
 	}
 	if c.isClosed() { // closeWith may have looked for a caller to cut before this one armed
@@ -129,14 +130,17 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 			c.readOn() // it reads the message as it comes
 			return
 		}
-		if !c.readOne(&rs) {
+		c.inReadOne.Store(true)
+		ok := c.readOne(&rs)
+		c.inReadOne.Store(false)
+		if !ok {
 			c.disarm(stop)
 			goReader(c.readerEnd)
 			return
 		}
 		c.ownReads.Add(1)
 		c.touch()
-		if ctx.Err() != nil || c.isClosed() || c.wasCut() {
+		if ctx != nil && ctx.Err() != nil || c.isClosed() || c.wasCut() {
 			// A cut that came before touch was undone by it: ctx, the
 			// close or cutDone tells of it (cutDone also of a cut by
 			// an earlier caller's AfterFunc that ran late, which costs
@@ -155,14 +159,28 @@ func (s *Stream) replied() bool {
 	return s.recvQ.len() > 0 || s.recvEnd != nil
 }
 
-// noteIdle reports whether the connection has no stream now, and whether it
-// had none after the message before (lastIdle), which it updates. Reader.
-func (c *Conn) noteIdle() (idle, was bool) {
+// noteReady reports whether the message just handled left the connection
+// ready for a receiver's own read: with no stream (calls made one after
+// another), or with one only, whose receiver waited for the message and got
+// it whole (fed: a stream's messages answered one at a time); and whether
+// the message before did too (lastReady), which it updates. Reader.
+func (c *Conn) noteReady() (ready, was bool) {
 	c.mu.Lock()
-	idle = len(c.streams) == 0
+	n := len(c.streams)
+	ready = n == 0 || n == 1 && c.fed != nil && c.streams[c.fed.id] == c.fed
 	c.mu.Unlock()
-	was, c.lastIdle = c.lastIdle, idle
-	return idle, was
+	was, c.lastReady = c.lastReady, ready
+	return ready, was
+}
+
+// cutReceiver cuts the wait of s's receiver if it is reading the connection
+// (readFor): another goroutine reset s (terminate). Not while the receiver
+// handles a message it read (it may be the one resetting s; it looks at its
+// queue when done).
+func (c *Conn) cutReceiver(s *Stream) {
+	if c.readingFor.Load() == s && !c.inReadOne.Load() {
+		c.cutCaller()
+	}
 }
 
 // handBack ends a caller's reading (readFor): the socket goes back to the
@@ -173,7 +191,7 @@ func (c *Conn) noteIdle() (idle, was bool) {
 // and no other client connection lent in the last lendApart; else a reader
 // goroutine reads on.
 func (c *Conn) handBack() {
-	if idle, _ := c.noteIdle(); idle && !c.quietGap && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
+	if ready, _ := c.noteReady(); ready && !c.quietGap && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
 		id, at := c.lendID, c.lastMsg
 		if _, ok := c.pollPark(true); ok {
 			c.lent(id, at)
@@ -220,6 +238,7 @@ func (c *Conn) disarm(stop func() bool) (cut bool) {
 	if stop != nil {
 		stop()
 	}
+	c.readingFor.Store(nil)
 	c.cutMu.Lock()
 	cut = c.cutDone
 	c.cutArmed, c.cutDone = false, false

@@ -13,3 +13,6 @@ func (c *Conn) readFor(*Stream, context.Context) {}
 
 // cutCaller does nothing: no caller reads the connection here.
 func (c *Conn) cutCaller() {}
+
+// cutReceiver does nothing: no receiver reads the connection here.
+func (c *Conn) cutReceiver(*Stream) {}

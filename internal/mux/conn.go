@@ -170,15 +170,18 @@ type Conn struct {
 	lendID     uint64        // reader: this connection in lendGates (park.go), given at its first mayLend
 	parkReg    bool          // the socket is registered with the poller
 
-	// A unary caller reading its own reply (callerread_linux.go): its wait
-	// for the socket is cut (cutCaller) while cutArmed, which cutMu
+	// A receiver reading the connection itself (callerread_linux.go): its
+	// wait for the socket is cut (cutCaller) while cutArmed, which cutMu
 	// guards; cutDone tells it that the cut came.
-	cutMu    sync.Mutex
-	cutArmed bool
-	cutDone  bool
-	cutFn    func()        // cutCaller, for context.AfterFunc; the reader's
-	ownReads atomic.Uint32 // messages read by unary callers (readFor), for tests
-	lastIdle bool          // reader: the last message left the connection without a stream (stepAside)
+	cutMu      sync.Mutex
+	cutArmed   bool
+	cutDone    bool
+	cutFn      func()                 // cutCaller, for context.AfterFunc; the reader's
+	ownReads   atomic.Uint32          // messages read by receivers (readFor), for tests
+	readingFor atomic.Pointer[Stream] // the stream whose receiver reads the connection, while armed
+	inReadOne  atomic.Bool            // that receiver is handling a message (readOne): a reset then needs no cut
+	fed        *Stream                // reader: the stream whose waiting receiver the message being handled gave a whole message (stepAside)
+	lastReady  bool                   // reader: the last message left the connection ready for a receiver's read (noteReady)
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.

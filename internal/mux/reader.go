@@ -124,6 +124,7 @@ func (c *Conn) readOne(rs *readState) bool {
 		return false
 	}
 	c.inMessage.Store(true)
+	c.fed = nil
 	now := time.Now()
 	c.noteMessage(now)
 	c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))

@@ -105,6 +105,9 @@ type Stream struct {
 	// when it must wait, read under mu by whoever queues a frame or ends
 	// the stream. A recycled stream keeps it (Clear).
 	recvNotify chan struct{}
+	// waiting: the receiver waits on recvNotify for a message (recv); the
+	// reader clears it when it queues a whole one (Conn.fed).
+	waiting bool
 
 	// Resumable streams only (resume.go).
 	seq       uint64              // messages consumed (RecvMsg) counted from the stream's base

@@ -254,6 +254,7 @@ func (s *Stream) terminate(err error, local bool) bool {
 		onEnd.StreamEnded(err)
 	}
 	s.c.remove(s)
+	s.c.cutReceiver(s) // a receiver reading the connection waits no longer
 	notify(recv)
 	notify(wake)
 	return true

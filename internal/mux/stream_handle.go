@@ -65,6 +65,12 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 	if !more {
 		s.partial = 0
 		s.gotMessage = true
+		if s.waiting || s.c.readingFor.Load() == s {
+			// Its receiver waits for it (or reads for it): the reader
+			// may step aside for the next one (stepAside).
+			s.waiting = false
+			s.c.fed = s
+		}
 		if !s.answering.Load() {
 			s.answering.Store(true)
 		}

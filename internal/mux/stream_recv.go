@@ -28,7 +28,12 @@ import (
 // error. Fragments are assembled here, in the receiving goroutine, and their
 // credit is granted back as they are taken, so messages larger than the
 // window flow.
-func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil, false) }
+func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil, s.mayRead()) }
+
+// mayRead reports whether s's receiver may read the connection itself while
+// it waits (callerread_linux.go): a client's, on a stream that does not
+// resume (a resumable stream's attachments change connections).
+func (s *Stream) mayRead() bool { return s.c.role == RoleClient && !s.resumable }
 
 // ReleaseMsg says that the caller is done with the message RecvMsg
 // returned last: its memory may be reused at once, rather than at the next
@@ -58,14 +63,13 @@ func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv
 // nothing but its reply and the stream's end: while the reply has not come,
 // the stream is the connection's only one and no goroutine reads the
 // connection, the caller reads it itself (callerread_linux.go) instead of
-// being woken by a reader goroutine. Nothing but ctx and the connection's
-// close may end its wait: the stream is not reset by another goroutine
-// meanwhile.
+// being woken by a reader goroutine. A client's RecvMsg does the same; its
+// wait ends too when another goroutine resets the stream (Reset cuts it).
 func (s *Stream) RecvReply(ctx context.Context) ([]byte, error) { return s.recv(ctx, true) }
 
 // recv is RecvMsg, which also stops waiting when ctx ends (never if nil),
-// and, with reply, may read the connection (RecvReply).
-func (s *Stream) recv(ctx context.Context, reply bool) ([]byte, error) {
+// and, with read, may read the connection itself (RecvReply).
+func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 	var done <-chan struct{}
 	if ctx != nil {
 		done = ctx.Done()
@@ -79,6 +83,7 @@ func (s *Stream) recv(ctx context.Context, reply bool) ([]byte, error) {
 	}
 	for {
 		s.mu.Lock()
+		s.waiting = false
 		if s.held != nil {
 			// The caller is done with the last message (see above): its
 			// slab reference goes now, so a stream waiting on an empty
@@ -153,14 +158,15 @@ func (s *Stream) recv(ctx context.Context, reply bool) ([]byte, error) {
 		// for more: the sender's replay buffer may be full of it.
 		n, seq := s.ackIdleLocked()
 		n += s.growLocked()
-		if reply && s.c.parkState.Load() == 1 {
-			reply = false // once per receive: else it waits below
+		if read && s.c.parkState.Load() == 1 {
+			read = false // once per receive: else it waits below
 			s.mu.Unlock()
 			s.grant(n, seq)
 			s.c.readFor(s, ctx)
 			continue
 		}
 		wake := s.recvWakeLocked()
+		s.waiting = true
 		s.mu.Unlock()
 		s.grant(n, seq)
 		if done == nil { // RecvMsg: a plain receive, cheaper than a select
