@@ -92,6 +92,7 @@ type Stream struct {
 	copiedFirst   bool  // a payload has been copied out (slab.go), or Config.LendFirstMessage (newStream)
 	gaveFirst     bool  // RecvMsg has returned a message, or Config.LendFirstMessage (newStream)
 	headersSet    bool  // headers are set (HEADERS, or the end without them)
+	waiting       bool  // the receiver waits on recvNotify for a message (recv); the reader clears it when it queues a whole one (Conn.fed)
 	assembly      []byte
 	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)
@@ -105,9 +106,6 @@ type Stream struct {
 	// when it must wait, read under mu by whoever queues a frame or ends
 	// the stream. A recycled stream keeps it (Clear).
 	recvNotify chan struct{}
-	// waiting: the receiver waits on recvNotify for a message (recv); the
-	// reader clears it when it queues a whole one (Conn.fed).
-	waiting bool
 
 	// Resumable streams only (resume.go).
 	seq       uint64              // messages consumed (RecvMsg) counted from the stream's base
