@@ -59,7 +59,7 @@ import (
 // thread, which is what this saves). Reader goroutine, at a message's end.
 func (c *Conn) stepAside() bool {
 	pc := c.parkConn
-	if c.role != RoleClient || pc == nil || pc.track == nil {
+	if pc == nil || pc.track == nil {
 		return false
 	}
 	ready, was := c.noteReady()
@@ -83,7 +83,7 @@ func (c *Conn) stepAside() bool {
 // again.
 func (c *Conn) readFor(s *Stream, ctx context.Context) {
 	pc := c.parkConn
-	if c.role != RoleClient || pc == nil || pc.track == nil || ctx != nil && ctx.Err() != nil {
+	if pc == nil || pc.track == nil || ctx != nil && ctx.Err() != nil {
 		return
 	}
 	c.mu.Lock()
@@ -133,6 +133,14 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 		c.inReadOne.Store(true)
 		ok := c.readOne(&rs)
 		c.inReadOne.Store(false)
+		if j := c.lone; j.c != nil {
+			// A server's OPEN that started the connection's only running
+			// stream (which this receiver's is not, then): its Accept
+			// goes to a handler goroutine, not to this one (handOff).
+			c.lone = acceptJob{}
+			startHandler(j)
+		}
+		c.lastLone = false
 		if !ok {
 			c.disarm(stop)
 			goReader(c.readerEnd)

@@ -1,6 +1,6 @@
 package mux
 
-// Following the WebSocket frames a client connection reads.
+// Following the WebSocket frames a connection reads.
 //
 // A server connection's reader can see that no byte it has read waits to be
 // consumed, which it must know to park (park.go): HijackPooled makes the
@@ -10,14 +10,19 @@ package mux
 // handshake's HTTP response or of the frame being read: gorilla's buffer,
 // which it fills only through Read, then holds bytes of one frame at most,
 // and none once gorilla has read a message to its end. The frameTracker
-// follows the frames as their bytes pass to find those ends.
+// follows the frames as their bytes pass to find those ends. A server's
+// connection (HijackPooled) is tracked the same way from the first frame on,
+// so that a receiver can tell that a whole message waits before it reads one
+// (messageEnd: callerread_linux.go).
 //
 // Server-to-client frames are unmasked (RFC 6455, section 5.1): a header is
-// 2, 4 or 10 bytes. Anything else (a masked frame, a reserved bit or opcode,
-// a control frame that is fragmented or too long: what gorilla rejects, or
-// the text of a proxy's response read as a frame) stops the tracking for
-// good: Read then returns what it has, as an untracked connection does, and
-// the connection is never quiet, so its reader never parks.
+// 2, 4 or 10 bytes; client-to-server frames are masked, and their headers 4
+// bytes longer. Anything else (a frame masked the wrong way, a reserved bit
+// or opcode, a control frame that is fragmented or too long: what gorilla
+// rejects, or the text of a proxy's response read as a frame) stops the
+// tracking for good: Read then returns what it has, as an untracked
+// connection does, and a client connection is never quiet, so its reader
+// never parks.
 
 // The frameTracker's states.
 const (
@@ -27,18 +32,26 @@ const (
 	trackOff            // lost: not following any more
 )
 
-// A frameTracker follows the frames of the bytes a client connection reads.
-// Only the reader reads, so it needs no lock.
+// A frameTracker follows the frames of the bytes a connection reads. Only
+// the reader reads, so it needs no lock.
 type frameTracker struct {
-	state uint8
-	n     uint8    // trackHTTP: bytes of "\r\n\r\n" matched; trackHeader: header bytes seen
-	need  uint8    // trackHeader: the header's length, once its second byte is seen (2 before)
-	hdr   [10]byte // the header's bytes; the last frame's first byte stays in hdr[0] after it ends
-	rem   uint64   // trackPayload: payload bytes left
+	state  uint8
+	n      uint8    // trackHTTP: bytes of "\r\n\r\n" matched; trackHeader: header bytes seen
+	need   uint8    // trackHeader: the header's length, once its second byte is seen (2 before)
+	masked bool     // the frames are a client's: masked, their headers 4 bytes longer
+	hdr    [14]byte // the header's bytes; the last frame's first byte stays in hdr[0] after it ends
+	rem    uint64   // trackPayload: payload bytes left
 }
 
-// newFrameTracker returns a tracker at the start of the handshake's response.
+// newFrameTracker returns a client's tracker, at the start of the
+// handshake's response.
 func newFrameTracker() *frameTracker { return &frameTracker{state: trackHTTP, need: 2} }
+
+// newServerTracker returns a server's tracker, at the start of the client's
+// first frame (the upgrade request was read before).
+func newServerTracker() *frameTracker {
+	return &frameTracker{state: trackHeader, need: 2, masked: true}
+}
 
 // consume follows b, the next bytes read, as far as the end of the HTTP
 // response or of the frame they are in, and returns how many bytes of b that
@@ -75,6 +88,9 @@ func (t *frameTracker) consume(b []byte) int {
 				case 127:
 					t.need = 10
 				}
+				if t.masked {
+					t.need += 4 // the masking key
+				}
 			}
 			if t.n < t.need {
 				continue
@@ -106,12 +122,12 @@ func (t *frameTracker) consume(b []byte) int {
 }
 
 // header checks the header in hdr and returns its payload length, or false
-// for a header that a server must not send.
+// for a header that the peer must not send.
 func (t *frameTracker) header() (uint64, bool) {
 	b0, b1 := t.hdr[0], t.hdr[1]
 	op := b0 & 0x0f
-	if b0&0x70 != 0 || b1&0x80 != 0 || (op > 2 && op < 8) || op > 10 {
-		return 0, false // a reserved bit, a mask, a reserved opcode
+	if b0&0x70 != 0 || (b1&0x80 != 0) != t.masked || (op > 2 && op < 8) || op > 10 {
+		return 0, false // a reserved bit, a mask where none belongs or none where one does, a reserved opcode
 	}
 	var n uint64
 	switch l := b1 & 0x7f; l {

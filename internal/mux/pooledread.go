@@ -112,6 +112,9 @@ func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {
 	br := bufio.NewReaderSize(conn, parkReadBufferSize)
 	if pc, ok := conn.(*pooledConn); ok {
 		pc.br = br
+		// Its reads stop at each frame's end too, so that a receiver can
+		// tell a whole message waits before reading it (readFor).
+		pc.track = newServerTracker()
 	}
 	return conn, bufio.NewReadWriter(br, brw.Writer), nil
 }

@@ -31,9 +31,9 @@ import (
 func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil, s.mayRead()) }
 
 // mayRead reports whether s's receiver may read the connection itself while
-// it waits (callerread_linux.go): a client's, on a stream that does not
-// resume (a resumable stream's attachments change connections).
-func (s *Stream) mayRead() bool { return s.c.role == RoleClient && !s.resumable }
+// it waits (callerread_linux.go): on a stream that does not resume (a
+// resumable stream's attachments change connections).
+func (s *Stream) mayRead() bool { return !s.resumable }
 
 // ReleaseMsg says that the caller is done with the message RecvMsg
 // returned last: its memory may be reused at once, rather than at the next
