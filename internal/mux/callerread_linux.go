@@ -168,18 +168,29 @@ func (s *Stream) replied() bool {
 }
 
 // noteReady reports whether the message just handled left the connection
-// ready for a receiver's own read: with no stream (calls made one after
-// another), or with one only, whose receiver waited for the message and got
-// it whole (fed: a stream's messages answered one at a time); and whether
-// the message before did too (lastReady), which it updates. Reader.
+// ready for a receiver's own read: a client's with no stream (calls made one
+// after another), or any with one only, whose receiver waited for the
+// message and got it whole (fed: a stream's messages answered one at a
+// time), the message small enough to be read whole at once; and whether the
+// message before did too (lastReady), which it updates. (A server's
+// connection with no stream has no receiver to read it: its next OPEN is
+// best read by a reader already waiting.) Reader.
 func (c *Conn) noteReady() (ready, was bool) {
 	c.mu.Lock()
 	n := len(c.streams)
-	ready = n == 0 || n == 1 && c.fed != nil && c.streams[c.fed.id] == c.fed
+	fed := n == 1 && c.fed != nil && c.streams[c.fed.id] == c.fed
 	c.mu.Unlock()
+	// A message too large for one read (pooledReadSize) is never whole in
+	// the receiver's buffer: it would only take the socket to hand it on.
+	ready = (fed || n == 0 && c.role == RoleClient) && c.lastMsgLen <= maxOwnRead
 	was, c.lastReady = c.lastReady, ready
 	return ready, was
 }
+
+// maxOwnRead is the largest message a receiver reading the connection
+// itself can find whole in its buffer (a pooled read's, less the largest
+// frame header).
+const maxOwnRead = pooledReadSize - 14
 
 // cutReceiver cuts the wait of s's receiver if it is reading the connection
 // (readFor): another goroutine reset s (terminate). Not while the receiver

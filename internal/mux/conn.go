@@ -182,6 +182,7 @@ type Conn struct {
 	inReadOne  atomic.Bool            // that receiver is handling a message (readOne): a reset then needs no cut
 	fed        *Stream                // reader: the stream whose waiting receiver the message being handled gave a whole message (stepAside)
 	lastReady  bool                   // reader: the last message left the connection ready for a receiver's read (noteReady)
+	lastMsgLen int                    // reader: the size of the last message read
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.

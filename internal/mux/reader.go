@@ -161,6 +161,7 @@ func (c *Conn) readOne(rs *readState) bool {
 		msgLen += len(d.sl.buf)
 	}
 	c.bytesIn.Add(uint64(msgLen))
+	c.lastMsgLen = msgLen
 	if msgLen == 0 {
 		if err := c.idleFrame("empty messages"); err != nil {
 			c.closeWith(tether.NewError(tether.CodeResourceExhausted, err), websocket.ClosePolicyViolation, err.Error())
