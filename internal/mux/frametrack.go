@@ -91,6 +91,10 @@ func (t *frameTracker) consume(b []byte) int {
 				if t.masked {
 					t.need += 4 // the masking key
 				}
+				if (t.hdr[1]&0x80 != 0) != t.masked {
+					t.state = trackOff // a mask where none belongs, or none where one does
+					return len(b)
+				}
 			}
 			if t.n < t.need {
 				continue

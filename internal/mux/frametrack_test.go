@@ -26,6 +26,19 @@ func wsFrame(fin bool, op byte, payload []byte) []byte {
 	return append(h, payload...)
 }
 
+// wsMaskedFrame is a client-to-server WebSocket frame: masked (with key),
+// with the shortest length encoding.
+func wsMaskedFrame(fin bool, op byte, payload []byte, key [4]byte) []byte {
+	h := wsFrame(fin, op, make([]byte, len(payload)))
+	h = h[:len(h)-len(payload)] // the header alone
+	h[1] |= 0x80
+	f := append(h, key[:]...)
+	for i, c := range payload {
+		f = append(f, c^key[i%4])
+	}
+	return f
+}
+
 const handshake = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 
 // trackEnds feeds b to a new tracker in chunks of at most chunk bytes, as
@@ -33,7 +46,11 @@ const handshake = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nCon
 // the offsets at which the tracker stood at a frame's start, and whether it
 // was still following at the end.
 func trackEnds(b []byte, chunk int) (ends []int, on bool) {
-	t := newFrameTracker()
+	return trackEndsWith(newFrameTracker(), b, chunk)
+}
+
+// trackEndsWith is trackEnds with the tracker t (a server's, say).
+func trackEndsWith(t *frameTracker, b []byte, chunk int) (ends []int, on bool) {
 	pos := 0
 	for pos < len(b) {
 		k := t.consume(b[pos:min(len(b), pos+chunk)])
@@ -140,7 +157,27 @@ func FuzzFrameTracker(f *testing.F) {
 	f.Add(slices.Concat(wsFrame(false, 2, []byte("a")), wsFrame(true, 9, nil), wsFrame(true, 0, bytes.Repeat([]byte{7}, 200))), uint8(1))
 	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0}, uint8(9))
 	f.Add([]byte{0x88, 0x81, 0, 0, 0, 0}, uint8(2))
+	f.Add(slices.Concat(wsMaskedFrame(false, 2, []byte("a"), [4]byte{9, 8, 7, 6}), wsMaskedFrame(true, 0, bytes.Repeat([]byte{7}, 300), [4]byte{1, 1, 1, 1})), uint8(5))
 	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
+		// A server's tracker, on the same bytes: the same ends from one
+		// read size to another, and messageEnd agreeing with them.
+		sByByte, son1 := trackEndsWith(newServerTracker(), data, 1)
+		sByChunk, son2 := trackEndsWith(newServerTracker(), data, int(chunk)%64+1)
+		if !slices.Equal(sByByte, sByChunk) || son1 != son2 {
+			t.Fatalf("server: ends %v (following %v) by byte, %v (%v) by chunks", sByByte, son1, sByChunk, son2)
+		}
+		swant, sprev := false, 0
+		for _, end := range sByByte {
+			b0 := data[sprev]
+			if op := b0 & 0x0f; (op < 8 && b0&0x80 != 0) || op == 8 {
+				swant = true
+				break
+			}
+			sprev = end
+		}
+		if got := newServerTracker().messageEnd(data); got != swant {
+			t.Fatalf("server: messageEnd %v, want %v (ends %v)", got, swant, sByByte)
+		}
 		stream := append([]byte(handshake), data...)
 		byByte, on1 := trackEnds(stream, 1)
 		byChunk, on2 := trackEnds(stream, int(chunk)%64+1)
@@ -164,4 +201,45 @@ func FuzzFrameTracker(f *testing.F) {
 			t.Fatalf("messageEnd %v, want %v (ends %v)", got, want, byByte)
 		}
 	})
+}
+
+// TestServerTrackerEnds: a server's tracker follows the client's masked
+// frames (each length encoding, with the masking key) from the first frame,
+// and stops at the end of each whatever the size of the reads.
+func TestServerTrackerEnds(t *testing.T) {
+	key := [4]byte{1, 2, 3, 4}
+	frames := [][]byte{
+		wsMaskedFrame(true, 2, []byte("hello"), key),
+		wsMaskedFrame(true, 2, nil, key),
+		wsMaskedFrame(false, 2, bytes.Repeat([]byte{1}, 126), key),
+		wsMaskedFrame(true, 10, []byte("pong"), key),
+		wsMaskedFrame(true, 0, bytes.Repeat([]byte{3}, 70000), key),
+		wsMaskedFrame(true, 8, []byte{3, 232}, key),
+	}
+	var stream []byte
+	var want []int
+	for _, f := range frames {
+		stream = append(stream, f...)
+		want = append(want, len(stream))
+	}
+	for _, chunk := range []int{1, 2, 3, 7, 128, 4096, len(stream)} {
+		ends, on := trackEndsWith(newServerTracker(), stream, chunk)
+		if !on || !slices.Equal(ends, want) {
+			t.Fatalf("reads of %d: ends %v (following %v), want %v", chunk, ends, on, want)
+		}
+	}
+	at := newServerTracker()
+	whole := slices.Concat(wsMaskedFrame(false, 2, []byte("ab"), key), wsMaskedFrame(true, 9, nil, key), wsMaskedFrame(true, 0, []byte("cd"), key))
+	for i := range len(whole) {
+		if at.messageEnd(whole[:i]) {
+			t.Fatalf("a message claimed whole in its first %d of %d bytes", i, len(whole))
+		}
+	}
+	if !at.messageEnd(whole) {
+		t.Fatal("a whole masked message not found")
+	}
+	// An unmasked frame is one a client must not send: tracking stops.
+	if _, on := trackEndsWith(newServerTracker(), append(wsMaskedFrame(true, 2, []byte("ok"), key), wsFrame(true, 2, []byte("x"))...), 1); on {
+		t.Fatal("a server's tracker follows an unmasked frame")
+	}
 }

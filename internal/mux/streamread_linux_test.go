@@ -17,11 +17,23 @@ import (
 // ends, and returns its URL.
 func streamEchoServer(t *testing.T) string {
 	t.Helper()
+	url, _ := streamEchoServerConns(t, nil)
+	return url
+}
+
+// streamEchoServerConns is streamEchoServer that also hands each server
+// connection to conns (if not nil), and each stream its handler runs to
+// streams (if not nil), as they come.
+func streamEchoServerConns(t *testing.T, streams chan<- *Stream) (string, <-chan *Conn) {
+	t.Helper()
 	done := make(chan struct{})
 	url, conns := parkingServer(t, Config{
 		PingInterval: time.Hour,
 		PingTimeout:  time.Hour,
 		Accept: func(s *Stream, _ *tetherv1.Open) {
+			if streams != nil {
+				streams <- s
+			}
 			for {
 				msg, err := s.RecvMsg()
 				if errors.Is(err, io.EOF) {
@@ -41,17 +53,22 @@ func streamEchoServer(t *testing.T) string {
 			}
 		},
 	})
+	out := make(chan *Conn, 16)
 	go func() {
 		for {
 			select {
-			case <-conns:
+			case c := <-conns:
+				select {
+				case out <- c:
+				default:
+				}
 			case <-done:
 				return
 			}
 		}
 	}()
 	t.Cleanup(func() { close(done) })
-	return url
+	return url, out
 }
 
 // pingPong sends body on s and returns what comes back.
@@ -188,5 +205,169 @@ func TestStreamReceiverConnectionCloses(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("RecvMsg still waits 5 s after the connection closed")
+	}
+}
+
+// warmedBoth opens a stream on cc and makes round trips on it, a
+// millisecond apart, until the handler on sc, cc's server side, reads the
+// connection itself waiting for the next message, and fails the test if it
+// never does.
+func warmedBoth(t *testing.T, cc, sc *Conn) *Stream {
+	t.Helper()
+	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		pingPong(t, s, "warm-up")
+		time.Sleep(time.Millisecond) // the handler's next RecvMsg
+		if callerArmed(sc) && sc.readingFor.Load() != nil {
+			return s
+		}
+		if i == 200 {
+			t.Fatal("the handler never read the connection itself")
+		}
+	}
+}
+
+// TestHandlerReadsItself (issue 15): on a server connection whose only
+// stream's messages are answered one at a time, the reader steps aside
+// after feeding the waiting handler, and the handler's next RecvMsg reads
+// the connection itself (its reads follow the client's masked frames).
+func TestHandlerReadsItself(t *testing.T) {
+	needLending(t)
+	url, conns := streamEchoServerConns(t, nil)
+	cc := trackedClient(t, url, Config{})
+	sc := <-conns
+	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 300 {
+		pingPong(t, s, fmt.Sprintf("m%d", i))
+	}
+	if n := sc.ownReads.Load(); n == 0 {
+		t.Fatal("the handler read no message itself in 300 round trips")
+	} else {
+		t.Logf("%d of 300 messages read by the handler itself, %d by the client's receiver", n, cc.ownReads.Load())
+	}
+	if err := s.CloseSend(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after CloseSend: %v, want io.EOF", err)
+	}
+	if got, err := unaryCall(context.Background(), cc, "after"); err != nil || got != "after" {
+		t.Fatalf("call after the stream: %q, %v", got, err)
+	}
+}
+
+// TestHandlerCutByReset: a handler reading the connection itself for a
+// message that does not come returns from RecvMsg at once when another
+// goroutine of the server resets its stream (a deadline, a shutdown's
+// cancel), and the client learns of the reset.
+func TestHandlerCutByReset(t *testing.T) {
+	needLending(t)
+	streams := make(chan *Stream, 4)
+	done := make(chan struct{})
+	defer close(done)
+	recvErr := make(chan error, 1)
+	url, conns := parkingServer(t, Config{
+		PingInterval: time.Hour,
+		PingTimeout:  time.Hour,
+		Accept: func(s *Stream, _ *tetherv1.Open) {
+			streams <- s
+			for {
+				msg, err := s.RecvMsg()
+				if errors.Is(err, io.EOF) { // the unary call after the reset
+					_ = s.FinishWith(nil, nil, nil, nil)
+					return
+				}
+				if err != nil {
+					recvErr <- err
+					return
+				}
+				if err := s.SendMsg(context.Background(), msg); err != nil {
+					return
+				}
+			}
+		},
+	})
+	cc := trackedClient(t, url, Config{})
+	sc := <-conns
+	cs := warmedBoth(t, cc, sc)
+	ss := <-streams
+	if sc.readingFor.Load() != ss {
+		t.Fatal("another stream's receiver reads the connection")
+	}
+	time.Sleep(20 * time.Millisecond)
+	t0 := time.Now()
+	ss.Reset(tether.Errorf(tether.CodeDeadlineExceeded, "too late"))
+	select {
+	case err := <-recvErr:
+		if tether.CodeOf(err) != tether.CodeDeadlineExceeded {
+			t.Fatalf("handler's RecvMsg after Reset: %v", err)
+		}
+		if d := time.Since(t0); d > 500*time.Millisecond {
+			t.Fatalf("the handler's RecvMsg returned %v after the Reset", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's RecvMsg still waits 5 s after its stream was reset")
+	}
+	if _, err := cs.RecvMsg(); tether.CodeOf(err) != tether.CodeDeadlineExceeded {
+		t.Fatalf("client's RecvMsg after the server's reset: %v", err)
+	}
+	if got, err := unaryCall(context.Background(), cc, "next"); err != nil || got != "next" {
+		t.Fatalf("call after the reset: %q, %v", got, err)
+	}
+}
+
+// TestHandlerReadingSeesNewStreams: while a handler reads the connection
+// itself, an OPEN of another stream starts that stream's handler on a
+// goroutine of its own (not on the reading handler), and both are served.
+func TestHandlerReadingSeesNewStreams(t *testing.T) {
+	needLending(t)
+	url, conns := streamEchoServerConns(t, nil)
+	cc := trackedClient(t, url, Config{})
+	sc := <-conns
+	s1 := warmedBoth(t, cc, sc)
+	s2, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		pingPong(t, s2, fmt.Sprintf("two-%d", i))
+		pingPong(t, s1, fmt.Sprintf("one-%d", i))
+	}
+	for _, s := range []*Stream{s1, s2} {
+		if err := s.CloseSend(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RecvMsg(); !errors.Is(err, io.EOF) {
+			t.Fatalf("after CloseSend: %v, want io.EOF", err)
+		}
+	}
+}
+
+// TestHandlerReadingConnectionCloses: a handler reading the connection
+// itself returns from RecvMsg when the server closes the connection.
+func TestHandlerReadingConnectionCloses(t *testing.T) {
+	needLending(t)
+	streams := make(chan *Stream, 1)
+	url, conns := streamEchoServerConns(t, streams)
+	cc := trackedClient(t, url, Config{})
+	sc := <-conns
+	warmedBoth(t, cc, sc)
+	ss := <-streams
+	sc.Close()
+	select {
+	case <-ss.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler's stream still open 5 s after the close")
+	}
+	select {
+	case <-sc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection not done 5 s after its close")
 	}
 }
