@@ -178,7 +178,7 @@ func (s *Stream) replied() bool {
 func (c *Conn) noteReady() (ready, was bool) {
 	c.mu.Lock()
 	n := len(c.streams)
-	fed := n == 1 && c.fed != nil && c.streams[c.fed.id] == c.fed
+	fed := n == 1 && c.fed != nil && c.streams[c.fedID] == c.fed
 	c.mu.Unlock()
 	// A message too large for one read (pooledReadSize) is never whole in
 	// the receiver's buffer: it would only take the socket to hand it on.

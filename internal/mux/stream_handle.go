@@ -69,7 +69,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 			// Its receiver waits for it (or reads for it): the reader
 			// may step aside for the next one (stepAside).
 			s.waiting = false
-			s.c.fed = s
+			s.c.fed, s.c.fedID = s, s.id
 		}
 		if !s.answering.Load() {
 			s.answering.Store(true)
