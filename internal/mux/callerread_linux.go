@@ -2,7 +2,7 @@
 
 package mux
 
-// A unary caller reads its own reply (Linux).
+// A receiver reads for itself (Linux).
 //
 // A unary call made one at a time used to end with a hand-off: the client's
 // reader goroutine read the reply and woke the caller. With a P idle, the
@@ -10,53 +10,64 @@ package mux
 // nothing to run: a client ran 3.7 context switches and 1.9 futex calls per
 // call, against the raw echo's 1.5 and 0.3, and its calls took 48 µs at
 // GOMAXPROCS=1 against 69 µs at 2 (docs/BENCHMARKS.md, seventeenth pass).
+// A stream whose messages are answered one at a time (a bidi ping-pong)
+// paid the same hand-off on both sides for every message: the reader woke
+// the client's receiver, and on the server the handler waiting in RecvMsg
+// (eighteenth pass).
 //
-// Instead, no goroutine reads a client connection between calls made one
-// after another: its reader, finding the stream table empty after two
-// messages in a row, less than parkAfter apart, and no byte read waiting
-// (quiet, which a client connection can tell from its tracked reads:
-// frametrack.go), puts the socket in the shared poller and ends
-// (stepAside), as a parked server reader does. A unary caller that finds
-// its reply not yet there, the connection's only stream, and the socket in
-// the poller takes the socket out (takeFromPoller) and is the connection's
-// reader until its reply has come (readFor): it waits for the socket itself
-// (the runtime's poller wakes it directly, as it wakes a raw echo's caller),
-// reads and handles the messages that arrive (other streams' frames, PINGs,
-// a GOAWAY) as the reader would, and once its reply is queued puts the
-// socket back in the poller (handBack). Bytes that come while no one reads
-// start a reader goroutine from the poller, as for a parked connection.
+// Instead, no goroutine reads a connection between such messages: its
+// reader, after two messages in a row, less than parkAfter apart, that each
+// left it ready for a receiver's own read (noteReady: a client's with no
+// stream, after calls made one after another; or either side's with one
+// stream only, whose receiver waited for the small message and got it
+// whole), and no byte read waiting (quiet, which the connection can tell
+// from its tracked reads: frametrack.go), puts the socket in the shared
+// poller and ends (stepAside), as a parked server reader does. A receiver
+// that finds its queue empty, its stream the connection's only one, and the
+// socket in the poller (a unary caller waiting for its reply, a stream's
+// RecvMsg, a handler's) takes the socket out (takeFromPoller) and is the
+// connection's reader until its message or its stream's end has come
+// (readFor): it waits for the socket itself (the runtime's poller wakes it
+// directly, as it wakes a raw echo's caller), reads and handles the
+// messages that arrive (other streams' frames, a new stream's OPEN, whose
+// Accept goes to a handler goroutine, PINGs, a GOAWAY) as the reader would,
+// and once its message is queued puts the socket back in the poller
+// (handBack). Bytes that come while no one reads start a reader goroutine
+// from the poller, as for a parked connection.
 //
-// The caller reads a message only once all of it is in the buffer it read
+// The receiver reads a message only once all of it is in the buffer it read
 // the socket into (frameTracker.messageEnd): it never waits inside a
 // message, where stopping would break gorilla/websocket's reader. What is
 // left, part of a message, it hands to a reader goroutine, and waits on its
 // queue as any receiver does. Its wait for the socket stops when its
-// context ends or the connection closes: cutCaller, from a
-// context.AfterFunc or closeWith, moves the socket's read deadline to the
-// past; the caller then restores the heartbeat's deadline and hands the
-// socket back. A read deadline that passes, the peer's FIN or a failed
-// read start a reader goroutine that meets it at once (woke), as the
-// heartbeat timer does for a parked reader.
+// context ends, another goroutine resets its stream (cutReceiver), or the
+// connection closes: cutCaller, from a context.AfterFunc, the stream's
+// terminate or closeWith, moves the socket's read deadline to the past; the
+// receiver then restores the heartbeat's deadline and hands the socket back.
+// A read deadline that passes, the peer's FIN or a failed read start a
+// reader goroutine that meets it at once (woke), as the heartbeat timer does
+// for a parked reader.
 
 import (
 	"context"
 	"time"
 )
 
-// stepAside puts the socket of a client connection with no stream in the
-// shared poller, where a unary caller can take it (readFor), and reports
-// whether it did: the reader goroutine then ends. Only for calls made one
-// after another: the message before also left the connection without a
-// stream (with many calls in flight, an empty table is a moment when the
-// pipeline has drained, and the next replies would wait for the poller
-// instead of a reader already waiting for them), and it came less than
-// parkAfter after the one before it (calls made now and then, as a push
-// fleet's, gain nothing: their wake-ups find the Ps busy or the thread
-// asleep anyway, and the take and hand-back cost two epoll_ctl and the
-// poller's lock each). Also only where the reads are tracked, no byte read
-// waits, no other client connection lent in the last lendApart, and
-// GOMAXPROCS is above 1 (pollPark's lend: with one P a wake-up wakes no
-// thread, which is what this saves). Reader goroutine, at a message's end.
+// stepAside puts the socket of a connection ready for a receiver's own read
+// (noteReady) in the shared poller, where the receiver can take it
+// (readFor), and reports whether it did: the reader goroutine then ends.
+// Only for messages answered one at a time: the message before also left
+// the connection ready (with many calls in flight, an empty table is a
+// moment when the pipeline has drained, and the next replies would wait for
+// the poller instead of a reader already waiting for them; an upload's
+// WINDOW frames feed no receiver), and it came less than parkAfter after
+// the one before it (calls made now and then, as a push fleet's, gain
+// nothing: their wake-ups find the Ps busy or the thread asleep anyway, and
+// the take and hand-back cost two epoll_ctl and the poller's lock each).
+// Also only where the reads are tracked, no byte read waits, no other
+// connection of its role lent in the last lendApart, and GOMAXPROCS is
+// above 1 (pollPark's lend: with one P a wake-up wakes no thread, which is
+// what this saves). Reader goroutine, at a message's end.
 func (c *Conn) stepAside() bool {
 	pc := c.parkConn
 	if pc == nil || pc.track == nil {
@@ -74,13 +85,13 @@ func (c *Conn) stepAside() bool {
 	return ok
 }
 
-// readFor makes the goroutine of s's receiver, a unary caller whose reply
-// has not come, the connection's reader until it has, if s is the
-// connection's only stream and its socket waits in the shared poller (see
-// the file comment). It returns when the reply or the stream's end is
-// queued, or it has handed the reading on (ctx ended, the connection closed
-// or failed, part of a message arrived); the caller then looks at its queue
-// again.
+// readFor makes the goroutine of s's receiver, waiting for a message (a
+// unary caller's reply), the connection's reader until one has come, if s
+// is the connection's only stream and its socket waits in the shared poller
+// (see the file comment). It returns when a message or the stream's end is
+// queued, or it has handed the reading on (ctx ended, the stream was reset,
+// the connection closed or failed, part of a message arrived); the receiver
+// then looks at its queue again. ctx may be nil (RecvMsg).
 func (c *Conn) readFor(s *Stream, ctx context.Context) {
 	pc := c.parkConn
 	if pc == nil || pc.track == nil || ctx != nil && ctx.Err() != nil {
@@ -202,13 +213,13 @@ func (c *Conn) cutReceiver(s *Stream) {
 	}
 }
 
-// handBack ends a caller's reading (readFor): the socket goes back to the
-// shared poller if the connection has no stream left (other streams' replies
-// are better read by a reader goroutine already waiting for them), the reply
-// came less than parkAfter after the message before (as stepAside asks:
-// calls made now and then do not keep taking the socket), no byte read waits
-// and no other client connection lent in the last lendApart; else a reader
-// goroutine reads on.
+// handBack ends a receiver's reading (readFor): the socket goes back to the
+// shared poller if the connection is ready for a receiver's read again
+// (noteReady: other streams' messages are better read by a reader goroutine
+// already waiting for them), the message came less than parkAfter after the
+// one before (as stepAside asks: calls made now and then do not keep taking
+// the socket), no byte read waits and no other connection of its role lent
+// in the last lendApart; else a reader goroutine reads on.
 func (c *Conn) handBack() {
 	if ready, _ := c.noteReady(); ready && !c.quietGap && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
 		id, at := c.lendID, c.lastMsg
@@ -229,9 +240,10 @@ func (c *Conn) readOn() {
 	readers.start(readerJob{c: c, cont: true})
 }
 
-// cutCaller stops the wait of a caller reading the connection (readFor), if
-// one is armed: its socket's read deadline moves to the past. Run by the
-// caller's context.AfterFunc, and by closeWith. The arm stays until the
+// cutCaller stops the wait of a receiver reading the connection (readFor),
+// if one is armed: its socket's read deadline moves to the past. Run by the
+// receiver's context.AfterFunc, by closeWith, and by cutReceiver when
+// another goroutine resets the receiver's stream. The arm stays until the
 // caller disarms: a second cut moves the deadline to the past again, after
 // closeWith's linger has moved it to the future.
 func (c *Conn) cutCaller() {

@@ -22,10 +22,12 @@ package mux
 // Only server connections park (upgraded through HijackPooled: the reader
 // must see that the WebSocket's read buffer is empty, parker); a client's
 // reader, dialed through TrackedReads, steps aside into the same poller for
-// calls made one after another instead (callerread_linux.go).
+// calls made one after another instead, and a reader of either side for a
+// receiver waiting for the next of a stream's messages answered one at a
+// time (callerread_linux.go).
 //
 // All of it runs on the reader goroutine or its waiter, one after the
-// other, or on a unary caller that took the reading (callerread_linux.go):
+// other, or on a receiver that took the reading (callerread_linux.go):
 // the fields (lastMsg, quietGap, woke, parkFD, parkReg) are theirs (the
 // poller's mutex orders a parked reader before the one it starts, or before
 // the caller that takes its socket, and workers.start a reader that hands

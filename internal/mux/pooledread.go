@@ -100,7 +100,9 @@ const parkReadBufferSize = 257
 // (websocket.Upgrader with ReadBufferSize 0, through an http.Hijacker that
 // calls it): the connection is wrapped by PooledReads, and its read buffer
 // is a small one that the connection knows, so that the reader goroutine
-// of an idle connection can park (Conn.park). If net/http already buffered
+// of an idle connection can park (Conn.park); its reads follow the client's
+// frames (frametrack.go), so that a handler can tell a whole message waits
+// before it reads one itself (callerread_linux.go). If net/http already buffered
 // bytes of the client, its own reader is returned and the upgrader refuses
 // the connection, as it would have.
 func HijackPooled(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter, error) {

@@ -9,10 +9,10 @@ package mux
 // (stream_handle.go), handleOpen (open.go) and handleGoAway
 // (lifecycle.go). gorilla's ping and pong handlers, set in New, run on it
 // too, inside its reads. It owns inMessage (also read by touch), donated
-// and the read buffers. On a client, a unary caller waiting for its reply
-// may be the reader instead (callerread_linux.go's readFor), one at a time:
-// it takes the reading from the shared poller and runs readOne and
-// readerEnd itself.
+// and the read buffers. A receiver waiting for a message (a unary caller, a
+// stream's RecvMsg, a server's handler) may be the reader instead
+// (callerread_linux.go's readFor), one at a time: it takes the reading from
+// the shared poller and runs readOne and readerEnd itself.
 //
 // It never blocks on a stream's consumer: handlers append to bounded
 // per-stream queues and wake the consumer. Control frames it sends (PING
@@ -26,9 +26,8 @@ package mux
 // goroutine: it is the last of the engine's goroutines to end. A reader may
 // instead park when the connection is idle (park.go): it ends, and a waiter
 // goroutine on a small stack runs readLoop again once bytes arrive. A
-// client's reader may step aside for a unary caller, who then reads
-// (readOne) on its own goroutine until its reply has come
-// (callerread_linux.go). Or it
+// reader may step aside for a receiver, who then reads (readOne) on its
+// own goroutine until its message has come (callerread_linux.go). Or it
 // hands off (handOff): it runs the Accept of the connection's only running
 // stream itself, after parking the connection if it would park now, else
 // lending the socket to the shared poller while Accept runs (reading on itself

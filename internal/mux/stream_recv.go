@@ -27,7 +27,10 @@ import (
 // it returns io.EOF (a half-close, or an END with status OK) or the call's
 // error. Fragments are assembled here, in the receiving goroutine, and their
 // credit is granted back as they are taken, so messages larger than the
-// window flow.
+// window flow. While it waits with the stream the connection's only one and
+// no goroutine reading the connection, the receiver reads it itself
+// (callerread_linux.go); a Reset from another goroutine or the connection's
+// close ends that wait as they end any other.
 func (s *Stream) RecvMsg() ([]byte, error) { return s.recv(nil, s.mayRead()) }
 
 // mayRead reports whether s's receiver may read the connection itself while
