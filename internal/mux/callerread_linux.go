@@ -70,7 +70,7 @@ import (
 // what this saves). Reader goroutine, at a message's end.
 func (c *Conn) stepAside() bool {
 	pc := c.parkConn
-	if pc == nil || pc.track == nil {
+	if pc == nil || pc.track == nil || pc.track.state == trackOff {
 		return false
 	}
 	ready, was := c.noteReady()
@@ -219,7 +219,9 @@ func (c *Conn) cutReceiver(s *Stream) {
 // already waiting for them), the message came less than parkAfter after the
 // one before (as stepAside asks: calls made now and then do not keep taking
 // the socket), no byte read waits and no other connection of its role lent
-// in the last lendApart; else a reader goroutine reads on.
+// in the last lendApart; a server's connection parks if its reader would
+// (shouldPark: the message came after a quiet spell); else a reader
+// goroutine reads on.
 func (c *Conn) handBack() {
 	if ready, _ := c.noteReady(); ready && !c.quietGap && c.parkConn.quiet() && !c.isClosed() && c.lingerUntil.Load() == 0 && c.mayLend() {
 		id, at := c.lendID, c.lastMsg
@@ -227,6 +229,14 @@ func (c *Conn) handBack() {
 			c.lent(id, at)
 			return
 		}
+	}
+	if c.shouldPark() {
+		// A server's message that came after a quiet spell: the
+		// connection parks, as its reader would have at the top of its
+		// loop, rather than a reader goroutine blocking through the next
+		// spell (readOn's reader renews no deadline, so it would not ask).
+		c.park()
+		return
 	}
 	c.readOn()
 }

@@ -9,11 +9,13 @@ package mux
 //     (park.go) and ends: on Linux the process's shared poller
 //     (parkpoll_linux.go) starts a new one when bytes arrive, elsewhere a
 //     waiter goroutine on a small stack takes its place until they do. On
-//     Linux a client's reader (its reads tracked: TrackedReads) steps aside
-//     into the poller when calls are made one after another
-//     (callerread_linux.go's stepAside), and a unary caller waiting for its
-//     reply takes the socket and is the reader until the reply has come
-//     (readFor), running readOne as the reader goroutine does.
+//     Linux a reader whose reads are tracked (a client's: TrackedReads; a
+//     server's: HijackPooled) steps aside into the poller when a client's
+//     calls are made one after another, or a lone stream's messages are
+//     answered one at a time (callerread_linux.go's stepAside), and a
+//     receiver waiting for its message (a unary caller, a stream's RecvMsg,
+//     a handler's) takes the socket and is the reader until the message has
+//     come (readFor), running readOne as the reader goroutine does.
 //     It runs the frame handlers (reader.go's
 //     handle, stream_handle.go, open.go's handleOpen, lifecycle.go's
 //     handleGoAway) and gorilla's ping and pong handlers, and ends the

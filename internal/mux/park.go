@@ -105,8 +105,9 @@ func (c *Conn) parked() {
 // dearer (64 such server connections: 1.4 to 14% fewer calls/s when every
 // lone call lent). Times are nanotime's (the monotonic clock), so that a step
 // of the wall clock does not stop lending. Servers lend for a lone Accept
-// (lendToPoller), clients for a unary caller (callerread_linux.go's
-// stepAside and handBack); a process that serves and calls gates each apart.
+// (lendToPoller), either side for a receiver that reads for itself
+// (callerread_linux.go's stepAside and handBack); a process that serves and
+// calls gates each apart.
 const lendApart = 100 * time.Microsecond
 
 var (

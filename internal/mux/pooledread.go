@@ -12,7 +12,7 @@ package mux
 // poller), reads what is there into a pooled buffer, and gives the buffer
 // back once gorilla has taken every byte. gorilla's own buffer can then be
 // the smallest it accepts (ReadBufferSize). Only the connection's reader
-// reads (gorilla allows one reader): its reader goroutine, or a unary caller
+// reads (gorilla allows one reader): its reader goroutine, or a receiver
 // that took the reading (callerread_linux.go), one after the other, handed
 // over under the poller's mutex or by starting a goroutine, so the fields
 // need no lock.

@@ -105,8 +105,8 @@ type readState struct {
 
 // readOne reads the next message and handles its frames, and reports false
 // if the connection closed or failed meanwhile (the reader then ends it:
-// readerEnd). Whoever is the reader: the reader goroutine, or a unary caller
-// reading its own reply (callerread_linux.go).
+// readerEnd). Whoever is the reader: the reader goroutine, or a receiver
+// reading for itself (callerread_linux.go).
 func (c *Conn) readOne(rs *readState) bool {
 	mt, r, err := c.ws.NextReader()
 	if c.isClosed() {

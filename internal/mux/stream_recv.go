@@ -66,8 +66,9 @@ func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv
 // nothing but its reply and the stream's end: while the reply has not come,
 // the stream is the connection's only one and no goroutine reads the
 // connection, the caller reads it itself (callerread_linux.go) instead of
-// being woken by a reader goroutine. A client's RecvMsg does the same; its
-// wait ends too when another goroutine resets the stream (Reset cuts it).
+// being woken by a reader goroutine. RecvMsg does the same (on either side,
+// on a stream that does not resume); its wait ends too when another
+// goroutine resets the stream (Reset cuts it).
 func (s *Stream) RecvReply(ctx context.Context) ([]byte, error) { return s.recv(ctx, true) }
 
 // recv is RecvMsg, which also stops waiting when ctx ends (never if nil),
@@ -77,6 +78,10 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 	if ctx != nil {
 		done = ctx.Done()
 	}
+	// Only a receiver that may read the connection itself counts as
+	// waiting (Conn.fed): for one that never takes the socket, the reader
+	// would step aside for nothing.
+	waits := read
 	if s.deferredGrant > 0 && !s.single {
 		s.mu.Lock()
 		n := s.takeDeferredLocked()
@@ -169,7 +174,7 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 			continue
 		}
 		wake := s.recvWakeLocked()
-		s.waiting = true
+		s.waiting = waits
 		s.mu.Unlock()
 		s.grant(n, seq)
 		if done == nil { // RecvMsg: a plain receive, cheaper than a select

@@ -371,3 +371,71 @@ func TestHandlerReadingConnectionCloses(t *testing.T) {
 		t.Fatal("the connection not done 5 s after its close")
 	}
 }
+
+// TestQuietSpellsParkAfterHandlerReads (review): a stream whose messages come
+// more than parkAfter apart. The server's connection parks in every gap, as
+// it did before handlers read for themselves: in the gaps after a message
+// its handler read (handBack), too. Count the gaps in which it has neither
+// its socket in the poller (parkState 1) nor a handler reading it
+// (readingFor): a reader goroutine then blocks in readOne through the gap.
+func TestQuietSpellsParkAfterHandlerReads(t *testing.T) {
+	needLending(t)
+	url, conns := streamEchoServerConns(t, nil)
+	cc := trackedClient(t, url, Config{})
+	sc := <-conns
+	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parked, handler, blocked := 0, 0, 0
+	for i := range 40 {
+		pingPong(t, s, fmt.Sprintf("m%d", i))
+		time.Sleep(25 * time.Millisecond) // > parkAfter (10 ms)
+		switch {
+		case sc.parkState.Load() == 1:
+			parked++
+		case sc.readingFor.Load() != nil:
+			handler++
+		default:
+			blocked++
+		}
+	}
+	t.Logf("gaps: %d parked in the poller, %d read by the handler, %d with a reader goroutine blocked", parked, handler, blocked)
+	if blocked > 4 {
+		t.Errorf("%d of 40 idle gaps kept a reader goroutine blocked instead of parking", blocked)
+	}
+}
+
+// TestResumableStreamsDoNotStepAside (review): a resumable stream's receiver
+// never reads the connection itself (mayRead), so it must not count as
+// waiting (Conn.fed): the reader would step aside for it, and every step
+// aside cost a poller registration and a new reader goroutine, for nothing.
+func TestResumableStreamsDoNotStepAside(t *testing.T) {
+	needLending(t)
+	url, conns := streamEchoServerConns(t, nil)
+	cc := trackedClient(t, url, Config{})
+	sc := <-conns
+	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi", Resume: &tetherv1.Resume{Token: []byte("0123456789abcdef")}}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.resumable {
+		t.Fatal("client stream not resumable")
+	}
+	pingPong(t, s, "warm")
+	poller.mu.Lock()
+	g0 := poller.gen
+	poller.mu.Unlock()
+	c0, s0 := cc.ownReads.Load(), sc.ownReads.Load()
+	const n = 300
+	for i := range n {
+		pingPong(t, s, fmt.Sprintf("m%d", i))
+	}
+	poller.mu.Lock()
+	g1 := poller.gen
+	poller.mu.Unlock()
+	t.Logf("%d round trips on a resumable stream: %d poller registrations, own reads client %d server %d", n, g1-g0, cc.ownReads.Load()-c0, sc.ownReads.Load()-s0)
+	if g1-g0 > n/10 {
+		t.Errorf("%d poller registrations in %d round trips of a stream whose receivers never read the connection", g1-g0, n)
+	}
+}
