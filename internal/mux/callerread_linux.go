@@ -181,7 +181,7 @@ func (s *Stream) replied() bool {
 // noteReady reports whether the message just handled left the connection
 // ready for a receiver's own read: a client's with no stream (calls made one
 // after another), or any with one only, whose receiver waited for the
-// message and got it whole (fed: a stream's messages answered one at a
+// message and got it whole (Stream.fed: a stream's messages answered one at a
 // time), the message small enough to be read whole at once; and whether the
 // message before did too (lastReady), which it updates. (A server's
 // connection with no stream has no receiver to read it: its next OPEN is
@@ -189,7 +189,14 @@ func (s *Stream) replied() bool {
 func (c *Conn) noteReady() (ready, was bool) {
 	c.mu.Lock()
 	n := len(c.streams)
-	fed := n == 1 && c.fed != nil && c.streams[c.fedID] == c.fed
+	fed := false
+	if n == 1 {
+		for _, s := range c.streams {
+			// In the table, under mu: not recycled meanwhile. The
+			// mark is taken: a later message must feed it again.
+			fed, s.fed = s.fed, false
+		}
+	}
 	c.mu.Unlock()
 	// A message too large for one read (pooledReadSize) is never whole in
 	// the receiver's buffer: it would only take the socket to hand it on.

@@ -182,8 +182,6 @@ type Conn struct {
 	ownReads   atomic.Uint32          // messages read by receivers (readFor), for tests
 	readingFor atomic.Pointer[Stream] // the stream whose receiver reads the connection, while armed
 	inReadOne  atomic.Bool            // that receiver is handling a message (readOne): a reset then needs no cut
-	fed        *Stream                // reader: the stream whose waiting receiver the message being handled gave a whole message (stepAside)
-	fedID      uint32                 // reader: fed's id (fed may be recycled and cleared once it ends: only compared)
 	lastReady  bool                   // reader: the last message left the connection ready for a receiver's read (noteReady)
 	lastMsgLen int                    // reader: the size of the last message read
 

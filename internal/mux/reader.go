@@ -123,7 +123,6 @@ func (c *Conn) readOne(rs *readState) bool {
 		return false
 	}
 	c.inMessage.Store(true)
-	c.fed = nil
 	now := time.Now()
 	c.noteMessage(now)
 	c.startMessageDeadline(now.Add(c.cfg.MaxMessageReadTime))

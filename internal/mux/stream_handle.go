@@ -68,8 +68,11 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 		if s.waiting || s.c.readingFor.Load() == s {
 			// Its receiver waits for it (or reads for it): the reader
 			// may step aside for the next one (stepAside).
+			// (Marked on the stream, not the connection: a field
+			// of the connection written per message would move its
+			// cache line between the CPUs of many streams' receivers.)
 			s.waiting = false
-			s.c.fed, s.c.fedID = s, s.id
+			s.fed = true
 		}
 		if !s.answering.Load() {
 			s.answering.Store(true)

@@ -79,7 +79,7 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 		done = ctx.Done()
 	}
 	// Only a receiver that may read the connection itself counts as
-	// waiting (Conn.fed): for one that never takes the socket, the reader
+	// waiting (Stream.fed): for one that never takes the socket, the reader
 	// would step aside for nothing.
 	waits := read
 	if s.deferredGrant > 0 && !s.single {
