@@ -92,8 +92,7 @@ type Stream struct {
 	copiedFirst   bool  // a payload has been copied out (slab.go), or Config.LendFirstMessage (newStream)
 	gaveFirst     bool  // RecvMsg has returned a message, or Config.LendFirstMessage (newStream)
 	headersSet    bool  // headers are set (HEADERS, or the end without them)
-	waiting       bool  // the receiver waits on recvNotify for a message (recv); the reader clears it when it queues a whole one (fed)
-	fed           bool  // reader: a whole message went to the waiting receiver since noteReady last looked (stepAside)
+	fed           bool  // reader: a whole message went to a receiver that had taken every one before, since noteReady last looked (stepAside)
 	assembly      []byte
 	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)

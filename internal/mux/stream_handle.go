@@ -65,13 +65,14 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 	if !more {
 		s.partial = 0
 		s.gotMessage = true
-		if s.waiting || s.c.readingFor.Load() == s {
-			// Its receiver waits for it (or reads for it): the reader
-			// may step aside for the next one (stepAside).
-			// (Marked on the stream, not the connection: a field
-			// of the connection written per message would move its
-			// cache line between the CPUs of many streams' receivers.)
-			s.waiting = false
+		if !s.resumable && s.recvQ.len() == 0 && (s.recvNotify != nil || s.c.readingFor.Load() == s) {
+			// A whole message for a receiver that took every one
+			// before and has waited for one (or reads for it): the
+			// reader may step aside for the next (stepAside). A
+			// resumable stream's receiver never reads for itself
+			// (mayRead). Told by the reader alone: a flag the receiver
+			// set on every wait cost bidi c=64 about a tenth of its
+			// round trips (docs/BENCHMARKS.md, eighteenth pass).
 			s.fed = true
 		}
 		if !s.answering.Load() {

@@ -78,10 +78,6 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 	if ctx != nil {
 		done = ctx.Done()
 	}
-	// Only a receiver that may read the connection itself counts as
-	// waiting (Stream.fed): for one that never takes the socket, the reader
-	// would step aside for nothing.
-	waits := read
 	if s.deferredGrant > 0 && !s.single {
 		s.mu.Lock()
 		n := s.takeDeferredLocked()
@@ -91,7 +87,6 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 	}
 	for {
 		s.mu.Lock()
-		s.waiting = false
 		if s.held != nil {
 			// The caller is done with the last message (see above): its
 			// slab reference goes now, so a stream waiting on an empty
@@ -174,7 +169,6 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 			continue
 		}
 		wake := s.recvWakeLocked()
-		s.waiting = waits
 		s.mu.Unlock()
 		s.grant(n, seq)
 		if done == nil { // RecvMsg: a plain receive, cheaper than a select
