@@ -91,10 +91,7 @@ func TestStreamReceiverReadsItself(t *testing.T) {
 	needLending(t)
 	cc := trackedClient(t, streamEchoServer(t), Config{})
 	ctx := context.Background()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openBidi(t, cc)
 	for i := range 300 {
 		pingPong(t, s, fmt.Sprintf("m%d", i))
 	}
@@ -129,10 +126,7 @@ func readerOfStream(t *testing.T, cc *Conn, s *Stream) {
 // connection's reader has stepped aside, failing the test if it never does.
 func warmedStream(t *testing.T, cc *Conn) *Stream {
 	t.Helper()
-	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openBidi(t, cc)
 	for i := 0; cc.parkState.Load() != 1; i++ {
 		if i == 200 {
 			t.Fatal("the reader never stepped aside")
@@ -208,16 +202,32 @@ func TestStreamReceiverConnectionCloses(t *testing.T) {
 	}
 }
 
+// echoPair dials a streamEchoServer and returns the client connection and
+// the server's.
+func echoPair(t *testing.T) (cc, sc *Conn) {
+	t.Helper()
+	url, conns := streamEchoServerConns(t, nil)
+	cc = trackedClient(t, url, Config{})
+	return cc, <-conns
+}
+
+// openBidi opens a stream on cc, for a streamEchoServer.
+func openBidi(t *testing.T, cc *Conn) *Stream {
+	t.Helper()
+	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // warmedBoth opens a stream on cc and makes round trips on it, a
 // millisecond apart, until the handler on sc, cc's server side, reads the
 // connection itself waiting for the next message, and fails the test if it
 // never does.
 func warmedBoth(t *testing.T, cc, sc *Conn) *Stream {
 	t.Helper()
-	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openBidi(t, cc)
 	for i := 0; ; i++ {
 		pingPong(t, s, "warm-up")
 		time.Sleep(time.Millisecond) // the handler's next RecvMsg
@@ -236,13 +246,8 @@ func warmedBoth(t *testing.T, cc, sc *Conn) *Stream {
 // the connection itself (its reads follow the client's masked frames).
 func TestHandlerReadsItself(t *testing.T) {
 	needLending(t)
-	url, conns := streamEchoServerConns(t, nil)
-	cc := trackedClient(t, url, Config{})
-	sc := <-conns
-	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sc := echoPair(t)
+	s := openBidi(t, cc)
 	for i := range 300 {
 		pingPong(t, s, fmt.Sprintf("m%d", i))
 	}
@@ -331,10 +336,7 @@ func TestHandlerReadingSeesNewStreams(t *testing.T) {
 	cc := trackedClient(t, url, Config{})
 	sc := <-conns
 	s1 := warmedBoth(t, cc, sc)
-	s2, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s2 := openBidi(t, cc)
 	for i := range 20 {
 		pingPong(t, s2, fmt.Sprintf("two-%d", i))
 		pingPong(t, s1, fmt.Sprintf("one-%d", i))
@@ -380,13 +382,8 @@ func TestHandlerReadingConnectionCloses(t *testing.T) {
 // (readingFor): a reader goroutine then blocks in readOne through the gap.
 func TestQuietSpellsParkAfterHandlerReads(t *testing.T) {
 	needLending(t)
-	url, conns := streamEchoServerConns(t, nil)
-	cc := trackedClient(t, url, Config{})
-	sc := <-conns
-	s, _, err := cc.Open(context.Background(), &tetherv1.Open{Procedure: "/a/bidi"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sc := echoPair(t)
+	s := openBidi(t, cc)
 	parked, handler, blocked := 0, 0, 0
 	for i := range 40 {
 		pingPong(t, s, fmt.Sprintf("m%d", i))
