@@ -356,20 +356,11 @@ func neverStop() bool { return false }
 
 func (s *clientStream) release() { s.once.Do(func() { s.stop() }) }
 
-// recvWaiting is RecvMsg for a stream opened without a watch on ctx
-// (openStream): when ctx ends while it waits, it resets the stream with the
-// call's error, as the watch would have, and returns that error.
-func (s *clientStream) recvWaiting() ([]byte, error) {
-	msg, err := s.st.RecvMsgCtx(s.ctx)
-	if err == mux.ErrWaitCanceled {
-		return nil, s.ended()
-	}
-	return msg, err
-}
-
-// recvReply is recvWaiting for a unary call's reply and end: while no
-// goroutine reads the connection, the caller may read it itself
-// (mux.Stream.RecvReply).
+// recvReply is RecvMsg for a unary call's reply and end, on a stream opened
+// without a watch on ctx (openStream): when ctx ends while it waits, it
+// resets the stream with the call's error, as the watch would have, and
+// returns that error; while no goroutine reads the connection, the caller
+// may read it itself (mux.Stream.RecvReply).
 func (s *clientStream) recvReply() ([]byte, error) {
 	msg, err := s.st.RecvReply(s.ctx)
 	if err == mux.ErrWaitCanceled {

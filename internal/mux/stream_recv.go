@@ -56,11 +56,12 @@ func (s *Stream) ReleaseMsg() {
 var ErrWaitCanceled = errors.New("tether: wait for a message canceled")
 
 // RecvMsgCtx is RecvMsg that stops waiting when ctx ends, returning
-// ErrWaitCanceled: for a caller that waits in it anyway (a client's unary
-// call), which can then reset the stream itself instead of watching ctx
-// with a context.AfterFunc (three allocations per call). A message already
-// queued is returned even if ctx has ended.
-func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv(ctx, false) }
+// ErrWaitCanceled: for a caller that waits in it anyway, which can then
+// reset the stream itself instead of watching ctx with a context.AfterFunc
+// (three allocations per call). A message already queued is returned even
+// if ctx has ended. Like RecvMsg, it may read the connection itself while
+// it waits.
+func (s *Stream) RecvMsgCtx(ctx context.Context) ([]byte, error) { return s.recv(ctx, s.mayRead()) }
 
 // RecvReply is RecvMsgCtx for a client's unary call, whose caller waits for
 // nothing but its reply and the stream's end: while the reply has not come,
