@@ -77,27 +77,30 @@ func stepAsideWarmUp(t *testing.T, cc *Conn) {
 	waitFor(t, 5*time.Second, "the reader to step aside", func() bool { return cc.parkState.Load() == 1 })
 }
 
+// quietServer is a parkingServer whose connections send no heartbeat (an
+// hour's interval) and run accept for each stream.
+func quietServer(t *testing.T, accept func(*Stream, *tetherv1.Open)) (string, chan *Conn) {
+	t.Helper()
+	return parkingServer(t, Config{PingInterval: time.Hour, PingTimeout: time.Hour, Accept: accept})
+}
+
 // echoServer serves calls that answer their request (after delay, if any),
 // without heartbeats, and returns its URL.
 func echoServer(t *testing.T, delay func(body string) time.Duration) string {
 	t.Helper()
 	done := make(chan struct{})
-	url, conns := parkingServer(t, Config{
-		PingInterval: time.Hour,
-		PingTimeout:  time.Hour,
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			msg, err := s.RecvMsg()
-			if err != nil {
-				return
+	url, conns := quietServer(t, func(s *Stream, _ *tetherv1.Open) {
+		msg, err := s.RecvMsg()
+		if err != nil {
+			return
+		}
+		if delay != nil {
+			select {
+			case <-time.After(delay(string(msg))):
+			case <-done: // the test is over
 			}
-			if delay != nil {
-				select {
-				case <-time.After(delay(string(msg))):
-				case <-done: // the test is over
-				}
-			}
-			_ = s.FinishWith(nil, msg, nil, nil)
-		},
+		}
+		_ = s.FinishWith(nil, msg, nil, nil)
 	})
 	go func() {
 		for {
@@ -551,20 +554,16 @@ func TestStaleCutKeepsCallerCancelable(t *testing.T) {
 	var once sync.Once
 	rel := func() { once.Do(func() { close(release) }) }
 	got := make(chan struct{}, 1)
-	url, conns := parkingServer(t, Config{
-		PingInterval: time.Hour,
-		PingTimeout:  time.Hour,
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			msg, err := s.RecvMsg()
-			if err != nil {
-				return
-			}
-			if string(msg) == "slow" {
-				got <- struct{}{}
-				<-release
-			}
-			_ = s.FinishWith(nil, msg, nil, nil)
-		},
+	url, conns := quietServer(t, func(s *Stream, _ *tetherv1.Open) {
+		msg, err := s.RecvMsg()
+		if err != nil {
+			return
+		}
+		if string(msg) == "slow" {
+			got <- struct{}{}
+			<-release
+		}
+		_ = s.FinishWith(nil, msg, nil, nil)
 	})
 	cc := trackedClient(t, url, Config{})
 	sc := <-conns

@@ -27,31 +27,27 @@ func streamEchoServer(t *testing.T) string {
 func streamEchoServerConns(t *testing.T, streams chan<- *Stream) (string, <-chan *Conn) {
 	t.Helper()
 	done := make(chan struct{})
-	url, conns := parkingServer(t, Config{
-		PingInterval: time.Hour,
-		PingTimeout:  time.Hour,
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			if streams != nil {
-				streams <- s
+	url, conns := quietServer(t, func(s *Stream, _ *tetherv1.Open) {
+		if streams != nil {
+			streams <- s
+		}
+		for {
+			msg, err := s.RecvMsg()
+			if errors.Is(err, io.EOF) {
+				_ = s.FinishWith(nil, nil, nil, nil)
+				return
 			}
-			for {
-				msg, err := s.RecvMsg()
-				if errors.Is(err, io.EOF) {
-					_ = s.FinishWith(nil, nil, nil, nil)
-					return
-				}
-				if err != nil {
-					return
-				}
-				if string(msg) == "hold" {
-					<-done
-					return
-				}
-				if err := s.SendMsg(context.Background(), msg); err != nil {
-					return
-				}
+			if err != nil {
+				return
 			}
-		},
+			if string(msg) == "hold" {
+				<-done
+				return
+			}
+			if err := s.SendMsg(context.Background(), msg); err != nil {
+				return
+			}
+		}
 	})
 	out := make(chan *Conn, 16)
 	go func() {
@@ -69,6 +65,14 @@ func streamEchoServerConns(t *testing.T, streams chan<- *Stream) (string, <-chan
 	}()
 	t.Cleanup(func() { close(done) })
 	return url, out
+}
+
+// pingPongs makes n round trips of distinct messages on s.
+func pingPongs(t *testing.T, s *Stream, n int) {
+	t.Helper()
+	for i := range n {
+		pingPong(t, s, fmt.Sprintf("m%d", i))
+	}
 }
 
 // pingPong sends body on s and returns what comes back.
@@ -92,9 +96,7 @@ func TestStreamReceiverReadsItself(t *testing.T) {
 	cc := trackedClient(t, streamEchoServer(t), Config{})
 	ctx := context.Background()
 	s := openBidi(t, cc)
-	for i := range 300 {
-		pingPong(t, s, fmt.Sprintf("m%d", i))
-	}
+	pingPongs(t, s, 300)
 	if n := cc.ownReads.Load(); n == 0 {
 		t.Fatalf("the receiver read no message itself in 300 round trips")
 	} else {
@@ -248,9 +250,7 @@ func TestHandlerReadsItself(t *testing.T) {
 	needLending(t)
 	cc, sc := echoPair(t)
 	s := openBidi(t, cc)
-	for i := range 300 {
-		pingPong(t, s, fmt.Sprintf("m%d", i))
-	}
+	pingPongs(t, s, 300)
 	if n := sc.ownReads.Load(); n == 0 {
 		t.Fatal("the handler read no message itself in 300 round trips")
 	} else {
@@ -277,26 +277,22 @@ func TestHandlerCutByReset(t *testing.T) {
 	done := make(chan struct{})
 	defer close(done)
 	recvErr := make(chan error, 1)
-	url, conns := parkingServer(t, Config{
-		PingInterval: time.Hour,
-		PingTimeout:  time.Hour,
-		Accept: func(s *Stream, _ *tetherv1.Open) {
-			streams <- s
-			for {
-				msg, err := s.RecvMsg()
-				if errors.Is(err, io.EOF) { // the unary call after the reset
-					_ = s.FinishWith(nil, nil, nil, nil)
-					return
-				}
-				if err != nil {
-					recvErr <- err
-					return
-				}
-				if err := s.SendMsg(context.Background(), msg); err != nil {
-					return
-				}
+	url, conns := quietServer(t, func(s *Stream, _ *tetherv1.Open) {
+		streams <- s
+		for {
+			msg, err := s.RecvMsg()
+			if errors.Is(err, io.EOF) { // the unary call after the reset
+				_ = s.FinishWith(nil, nil, nil, nil)
+				return
 			}
-		},
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if err := s.SendMsg(context.Background(), msg); err != nil {
+				return
+			}
+		}
 	})
 	cc := trackedClient(t, url, Config{})
 	sc := <-conns
