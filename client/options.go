@@ -126,14 +126,15 @@ func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxParti
 // WithStreamWindow sets the flow-control window granted to the server per
 // stream (default 1 MiB, DefaultStreamWindow; minimum 64 KiB): what one
 // stream can make the client buffer. A stream whose consumer keeps up with
-// the server may grow it to 4 × that, within 4 MiB of growth per connection
+// the server may grow it, within 4 MiB of growth per connection
 // (WithWindowGrowth; docs/PROTOCOL.md, section 7). Zero or less keeps the
 // default.
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithWindowGrowth bounds how far a stream's flow-control window may grow
-// while its consumer keeps up with the server (maxStreamWindow, default 4 ×
-// the stream window; the stream window itself turns growth off) and, per
+// while its consumer keeps up with the server (maxStreamWindow, default the
+// stream window plus maxPerConnection; the stream window itself turns growth
+// off) and, per
 // connection, the sum of what the streams' windows have grown
 // (maxPerConnection, default 4 MiB): what growth can add to the memory the
 // server makes the client hold. Zero or less keeps a default. A

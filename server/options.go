@@ -111,13 +111,15 @@ func WithMaxConcurrentStreams(n int) Option {
 // WithStreamWindow sets the flow-control window granted to the client per
 // stream (default 256 KiB, minimum 64 KiB). It bounds what one stream can
 // make the server buffer; a stream whose handler keeps up with the client
-// may grow it to 4 × that, within 4 MiB of growth per connection
-// (WithWindowGrowth; docs/PROTOCOL.md, section 7).
+// may grow it, within 4 MiB of growth per connection, and the connection's
+// later streams start with the growth its streams reached, within the same
+// 4 MiB (WithWindowGrowth; docs/PROTOCOL.md, section 7).
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithWindowGrowth bounds how far a stream's flow-control window may grow
-// while its consumer keeps up with the client (maxStreamWindow, default 4 ×
-// the stream window; the stream window itself turns growth off) and, per
+// while its consumer keeps up with the client (maxStreamWindow, default the
+// stream window plus maxPerConnection; the stream window itself turns growth
+// off) and, per
 // connection, the sum of what the streams' windows have grown
 // (maxPerConnection, default 4 MiB): what growth can add to the memory the
 // client makes the server hold. Zero or less keeps a default.

@@ -141,8 +141,9 @@ type Config struct {
 	// MaxStreamWindow is how far a stream's receive window may grow while
 	// its consumer keeps up with the sender (it waits on an empty queue
 	// after consuming a whole window): the window doubles up to it.
-	// Default: 4 × StreamWindow (1 MiB); never less than StreamWindow,
-	// which turns growth off.
+	// Default: StreamWindow + MaxWindowGrowth (one stream may take the
+	// connection's whole budget for growth: 4.25 MiB by the server's
+	// defaults); never less than StreamWindow, which turns growth off.
 	MaxStreamWindow int
 	// MaxWindowGrowth bounds, per connection, the sum of what the streams'
 	// receive windows have grown beyond StreamWindow (MaxStreamWindow):
@@ -251,9 +252,9 @@ func (c *Config) withDefaults() {
 	}
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
-	orDefault(&c.MaxStreamWindow, 4*c.StreamWindow)
-	c.MaxStreamWindow = min(max(c.MaxStreamWindow, c.StreamWindow), 1<<30)
 	orDefault(&c.MaxWindowGrowth, DefaultMaxWindowGrowth)
+	orDefault(&c.MaxStreamWindow, c.StreamWindow+min(c.MaxWindowGrowth, 1<<30))
+	c.MaxStreamWindow = min(max(c.MaxStreamWindow, c.StreamWindow), 1<<30)
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
 	orDefault(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
 	orDefault(&c.PingInterval, DefaultPingInterval)

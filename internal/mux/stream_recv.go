@@ -82,6 +82,9 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 	if s.deferredGrant > 0 && !s.single {
 		s.mu.Lock()
 		n := s.takeDeferredLocked()
+		if n > 0 {
+			n += s.takeLearnedLocked()
+		}
 		seq := s.ackLocked(n)
 		s.mu.Unlock()
 		s.grant(n, seq)
@@ -353,7 +356,9 @@ func (s *Stream) uncharge() {
 // behind never finds its queue empty, so its window does not grow; one
 // that stops reading after its window grew holds at most the grown window,
 // which the connection's budget bounds. A procedure that takes one request
-// does not grow its window. s.mu is held.
+// does not grow its window. The connection remembers the most a stream has
+// grown (learnedGrowth) for its later streams (takeLearnedLocked). s.mu is
+// held.
 func (s *Stream) growLocked() int {
 	w := s.c.cfg.StreamWindow + s.grown
 	if s.drained < w || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
@@ -367,7 +372,40 @@ func (s *Stream) growLocked() int {
 	s.grown += n
 	s.drained = 0
 	s.recvWindow += n
+	for l := s.c.learnedGrowth.Load(); int64(s.grown) > l && !s.c.learnedGrowth.CompareAndSwap(l, int64(s.grown)); l = s.c.learnedGrowth.Load() {
+	}
 	return n
+}
+
+// takeLearnedLocked returns the growth a server stream's window starts with
+// when its handler first receives (with the deferred grant): as much as any
+// stream of the connection has grown before (learnedGrowth), within what
+// Config.MaxWindowGrowth has left, charged to it as growth is. A connection
+// whose uploads have shown that the window, not the consumer, holds them
+// back does not make each new upload find that out again, doubling from
+// StreamWindow a whole window at a time: at 64 KiB messages, streams of
+// 200 messages spent a third of their bytes growing (docs/BENCHMARKS.md,
+// nineteenth pass). The bound on what a peer can make this side hold is
+// unchanged: StreamWindow per stream, MaxWindowGrowth per connection. s.mu
+// is held.
+func (s *Stream) takeLearnedLocked() int {
+	l := int(s.c.learnedGrowth.Load())
+	if l == 0 || s.single || s.recvEnd != nil || s.finished {
+		return 0
+	}
+	budget := int64(s.c.cfg.MaxWindowGrowth)
+	for {
+		used := s.c.windowGrowth.Load()
+		n := min(int64(l), budget-used)
+		if n <= 0 {
+			return 0
+		}
+		if s.c.windowGrowth.CompareAndSwap(used, used+n) {
+			s.grown += int(n)
+			s.recvWindow += int(n)
+			return int(n)
+		}
+	}
 }
 
 // releaseGrowthLocked gives the stream's window growth back to the

@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"io"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -163,12 +164,14 @@ func streamGrowth(s *Stream) int {
 
 // TestWindowGrowsWhileConsumerKeepsUp (issue 15): a stream whose consumer
 // drains a whole window and then waits on an empty queue doubles its
-// receive window, up to MaxStreamWindow (4 × StreamWindow by default), so
-// that a fast stream has more than four 64 KiB messages in flight; the
-// growth is charged to the connection and given back when the stream ends.
+// receive window, up to MaxStreamWindow (here 4 × StreamWindow: a budget of
+// 3 × StreamWindow for growth, and MaxStreamWindow's default is
+// StreamWindow + MaxWindowGrowth), so that a fast stream has more than four
+// 64 KiB messages in flight; the growth is charged to the connection and
+// given back when the stream ends.
 func TestWindowGrowsWhileConsumerKeepsUp(t *testing.T) {
 	next := make(chan struct{})
-	cc := burstServer(t, Config{}, 5, 64<<10, next)
+	cc := burstServer(t, Config{MaxWindowGrowth: 3 * DefaultStreamWindow}, 5, 64<<10, next)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, []byte("go"), true)
@@ -204,6 +207,166 @@ func TestWindowGrowsWhileConsumerKeepsUp(t *testing.T) {
 	if g := cc.windowGrowth.Load(); g != 0 {
 		t.Fatalf("connection's window growth %d after the stream ended; want 0", g)
 	}
+}
+
+// TestMaxStreamWindowDefault (issue 15, nineteenth pass): one stream's
+// window may grow by the connection's whole budget, unless MaxStreamWindow
+// says less; it is never below StreamWindow.
+func TestMaxStreamWindowDefault(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want int
+	}{
+		{Config{}, DefaultStreamWindow + DefaultMaxWindowGrowth},
+		{Config{StreamWindow: 1 << 20}, 1<<20 + DefaultMaxWindowGrowth},
+		{Config{MaxWindowGrowth: 1 << 20}, DefaultStreamWindow + 1<<20},
+		{Config{MaxStreamWindow: 512 << 10}, 512 << 10},
+		{Config{StreamWindow: 1 << 20, MaxStreamWindow: 512 << 10}, 1 << 20},
+		{Config{MaxWindowGrowth: math.MaxInt}, 1 << 30},
+	} {
+		c := tc.cfg
+		c.withDefaults()
+		if c.MaxStreamWindow != tc.want {
+			t.Errorf("%+v: MaxStreamWindow %d; want %d", tc.cfg, c.MaxStreamWindow, tc.want)
+		}
+	}
+}
+
+// uploadServer is a server whose handler reads every message of each
+// stream to its end, giving the test each stream as it starts.
+func uploadServer(t *testing.T, scfg Config) (cc, sc *Conn, streams chan *Stream) {
+	t.Helper()
+	streams = make(chan *Stream, 8)
+	scfg.Accept = func(s *Stream, _ *tetherv1.Open) {
+		streams <- s
+		for {
+			if _, err := s.RecvMsg(); err != nil {
+				break
+			}
+		}
+		_ = s.Finish(nil, nil)
+	}
+	cc, sc = pair(t, scfg, Config{})
+	return cc, sc, streams
+}
+
+// openGranted opens a stream on cc, waits for the server's first WINDOW
+// (its handler's first receive) and returns the stream and the credit it
+// then has.
+func openGranted(t *testing.T, ctx context.Context, cc *Conn) (*Stream, int) {
+	t.Helper()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	credit := 0
+	waitFor(t, 30*time.Second, "the server's first WINDOW", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		credit = s.sendCredit
+		return credit > InitialWindow
+	})
+	return s, credit
+}
+
+// endUpload half-closes s and waits for the server's END.
+func endUpload(t *testing.T, ctx context.Context, s *Stream) {
+	t.Helper()
+	if err := s.CloseSend(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RecvMsg(); err != io.EOF {
+		t.Fatalf("upload ended with %v; want io.EOF", err)
+	}
+}
+
+// TestNewStreamsStartWithLearnedGrowth (issue 15, nineteenth pass): once a
+// stream's window has grown on a server connection, the connection's next
+// streams start with that growth at their handler's first receive, within
+// what the connection's budget has left, charged to it and given back when
+// they end; the learned growth does not wear off when the stream that grew
+// ends.
+func TestNewStreamsStartWithLearnedGrowth(t *testing.T) {
+	const budget = 3 * DefaultStreamWindow // the first stream grows to 4 × StreamWindow
+	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// A first upload whose handler keeps up: bursts with pauses, until its
+	// window has grown by the whole budget.
+	s1, credit := openGranted(t, ctx, cc)
+	if credit != DefaultStreamWindow {
+		t.Fatalf("first stream's credit %d after the first WINDOW; want %d", credit, DefaultStreamWindow)
+	}
+	ss1 := <-streams
+	msg := make([]byte, 64<<10)
+	for i := 0; i < 40 && streamGrowth(ss1) < budget; i++ {
+		for range 5 {
+			if err := s1.SendMsg(ctx, msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := streamGrowth(ss1); g != budget {
+		t.Fatalf("first stream grew by %d; want %d", g, budget)
+	}
+	endUpload(t, ctx, s1)
+	waitFor(t, 30*time.Second, "the first stream's growth back", func() bool { return sc.windowGrowth.Load() == 0 })
+	if l := sc.learnedGrowth.Load(); l != budget {
+		t.Fatalf("learned growth %d; want %d", l, budget)
+	}
+
+	// The next stream starts with the learned growth.
+	s2, credit := openGranted(t, ctx, cc)
+	ss2 := <-streams
+	if credit != DefaultStreamWindow+budget {
+		t.Fatalf("second stream's credit %d after the first WINDOW; want %d (the window and the learned growth)", credit, DefaultStreamWindow+budget)
+	}
+	if g, c := streamGrowth(ss2), sc.windowGrowth.Load(); g != budget || c != budget {
+		t.Fatalf("second stream starts with growth %d, the connection counts %d; want %d, %d", g, c, budget, budget)
+	}
+	// Its window is used as any: a whole grown window in one go.
+	for range (DefaultStreamWindow + budget) / (64<<10 + 64) {
+		if err := s2.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// While it holds the budget, a third starts without growth.
+	s3, credit := openGranted(t, ctx, cc)
+	ss3 := <-streams
+	if credit != DefaultStreamWindow || streamGrowth(ss3) != 0 {
+		t.Fatalf("third stream's credit %d, growth %d, with the budget taken; want %d, 0", credit, streamGrowth(ss3), DefaultStreamWindow)
+	}
+	endUpload(t, ctx, s2)
+	endUpload(t, ctx, s3)
+	waitFor(t, 30*time.Second, "the streams' growth back", func() bool { return sc.windowGrowth.Load() == 0 })
+	if l := sc.learnedGrowth.Load(); l != budget {
+		t.Fatalf("learned growth %d after the streams ended; want %d", l, budget)
+	}
+}
+
+// TestLearnedGrowthPartOfBudget (issue 15, nineteenth pass): a new stream
+// takes of the learned growth only what the connection's budget has left.
+func TestLearnedGrowthPartOfBudget(t *testing.T) {
+	const budget = 3 * DefaultStreamWindow
+	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sc.learnedGrowth.Store(budget)
+	sc.windowGrowth.Store(DefaultStreamWindow) // another stream's growth
+	s, credit := openGranted(t, ctx, cc)
+	ss := <-streams
+	if want := DefaultStreamWindow + budget - DefaultStreamWindow; credit != want || streamGrowth(ss) != budget-DefaultStreamWindow {
+		t.Fatalf("credit %d, growth %d with a third of the budget taken; want %d, %d", credit, streamGrowth(ss), want, budget-DefaultStreamWindow)
+	}
+	if g := sc.windowGrowth.Load(); g != budget {
+		t.Fatalf("connection's growth %d; want the whole budget, %d", g, budget)
+	}
+	endUpload(t, ctx, s)
+	waitFor(t, 30*time.Second, "the stream's growth back", func() bool { return sc.windowGrowth.Load() == DefaultStreamWindow })
+	sc.windowGrowth.Store(0)
 }
 
 // TestWindowGrowthBoundedPerConnection (issue 15): the windows of all the
