@@ -111,9 +111,9 @@ func WithMaxConcurrentStreams(n int) Option {
 // WithStreamWindow sets the flow-control window granted to the client per
 // stream (default 256 KiB, minimum 64 KiB). It bounds what one stream can
 // make the server buffer; a stream whose handler keeps up with the client
-// may grow it, within 4 MiB of growth per connection, and the connection's
-// later streams start with the growth its streams reached, within the same
-// 4 MiB (WithWindowGrowth; docs/PROTOCOL.md, section 7).
+// may grow it, within 4 MiB of growth per connection, its first growth
+// straight to the most the connection's streams grew (WithWindowGrowth;
+// docs/PROTOCOL.md, section 7).
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithWindowGrowth bounds how far a stream's flow-control window may grow

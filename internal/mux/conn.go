@@ -197,7 +197,7 @@ type Conn struct {
 	bytesIn, bytesOut atomic.Uint64
 	partialBytes      atomic.Int64 // capacity of the buffers of messages being assembled (Stream.assembleLocked)
 	windowGrowth      atomic.Int64 // receive windows grown beyond StreamWindow, all streams (Stream.growLocked)
-	learnedGrowth     atomic.Int64 // the most one stream's receive window has grown beyond StreamWindow (Stream.growLocked); a server's next streams start with it (Stream.takeLearnedLocked)
+	learnedGrowth     atomic.Int64 // the most one stream's receive window has grown beyond StreamWindow: a stream's first growth goes straight to it (Stream.growLocked)
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,

@@ -280,34 +280,45 @@ func endUpload(t *testing.T, ctx context.Context, s *Stream) {
 	}
 }
 
-// TestNewStreamsStartWithLearnedGrowth (issue 15, nineteenth pass): once a
-// stream's window has grown on a server connection, the connection's next
-// streams start with that growth at their handler's first receive, within
-// what the connection's budget has left, charged to it and given back when
-// they end; the learned growth does not wear off when the stream that grew
-// ends.
-func TestNewStreamsStartWithLearnedGrowth(t *testing.T) {
-	const budget = 3 * DefaultStreamWindow // the first stream grows to 4 × StreamWindow
-	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-
-	// A first upload whose handler keeps up: bursts with pauses, until its
-	// window has grown by the whole budget.
-	s1, credit := openGranted(t, ctx, cc)
-	if credit != DefaultStreamWindow {
-		t.Fatalf("first stream's credit %d after the first WINDOW; want %d", credit, DefaultStreamWindow)
-	}
-	ss1 := <-streams
+// burst sends bursts of five 64 KiB messages on s, each followed by a pause
+// in which the handler of ss (s's stream on the server) finds its queue
+// empty, until ss has grown by want or rounds bursts have gone.
+func burst(t *testing.T, ctx context.Context, s, ss *Stream, want, rounds int) {
+	t.Helper()
 	msg := make([]byte, 64<<10)
-	for i := 0; i < 40 && streamGrowth(ss1) < budget; i++ {
+	for i := 0; i < rounds && streamGrowth(ss) < want; i++ {
 		for range 5 {
-			if err := s1.SendMsg(ctx, msg); err != nil {
+			if err := s.SendMsg(ctx, msg); err != nil {
 				t.Fatal(err)
 			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestFirstGrowthJumpsToLearned (issue 15, nineteenth pass): once a stream's
+// window has grown on a connection, a later stream's first growth goes
+// straight to that growth instead of doubling, within what the
+// connection's budget has left; the learned growth does not wear off when
+// the stream that grew ends.
+func TestFirstGrowthJumpsToLearned(t *testing.T) {
+	const budget = 3 * DefaultStreamWindow // the first stream grows to 4 × StreamWindow
+	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// A first upload whose handler keeps up grows by doubling, to the
+	// whole budget.
+	s1, credit := openGranted(t, ctx, cc)
+	if credit != DefaultStreamWindow {
+		t.Fatalf("first stream's credit %d after the first WINDOW; want %d", credit, DefaultStreamWindow)
+	}
+	ss1 := <-streams
+	burst(t, ctx, s1, ss1, DefaultStreamWindow, 40)
+	if g := streamGrowth(ss1); g != DefaultStreamWindow {
+		t.Fatalf("first stream's first growth %d; want %d (doubling)", g, DefaultStreamWindow)
+	}
+	burst(t, ctx, s1, ss1, budget, 40)
 	if g := streamGrowth(ss1); g != budget {
 		t.Fatalf("first stream grew by %d; want %d", g, budget)
 	}
@@ -317,27 +328,24 @@ func TestNewStreamsStartWithLearnedGrowth(t *testing.T) {
 		t.Fatalf("learned growth %d; want %d", l, budget)
 	}
 
-	// The next stream starts with the learned growth.
+	// The next stream starts with StreamWindow, and its first growth
+	// takes the learned growth at once.
 	s2, credit := openGranted(t, ctx, cc)
 	ss2 := <-streams
-	if credit != DefaultStreamWindow+budget {
-		t.Fatalf("second stream's credit %d after the first WINDOW; want %d (the window and the learned growth)", credit, DefaultStreamWindow+budget)
+	if credit != DefaultStreamWindow || streamGrowth(ss2) != 0 {
+		t.Fatalf("second stream's credit %d, growth %d before it consumed a window; want %d, 0", credit, streamGrowth(ss2), DefaultStreamWindow)
 	}
+	burst(t, ctx, s2, ss2, 1, 40)
 	if g, c := streamGrowth(ss2), sc.windowGrowth.Load(); g != budget || c != budget {
-		t.Fatalf("second stream starts with growth %d, the connection counts %d; want %d, %d", g, c, budget, budget)
-	}
-	// Its window is used as any: a whole grown window in one go.
-	for range (DefaultStreamWindow + budget) / (64<<10 + 64) {
-		if err := s2.SendMsg(ctx, msg); err != nil {
-			t.Fatal(err)
-		}
+		t.Fatalf("second stream's first growth %d, the connection counts %d; want %d, %d", g, c, budget, budget)
 	}
 
-	// While it holds the budget, a third starts without growth.
-	s3, credit := openGranted(t, ctx, cc)
+	// While it holds the budget, a third cannot grow.
+	s3, _ := openGranted(t, ctx, cc)
 	ss3 := <-streams
-	if credit != DefaultStreamWindow || streamGrowth(ss3) != 0 {
-		t.Fatalf("third stream's credit %d, growth %d, with the budget taken; want %d, 0", credit, streamGrowth(ss3), DefaultStreamWindow)
+	burst(t, ctx, s3, ss3, 1, 4)
+	if g := streamGrowth(ss3); g != 0 {
+		t.Fatalf("third stream grew by %d with the budget taken", g)
 	}
 	endUpload(t, ctx, s2)
 	endUpload(t, ctx, s3)
@@ -347,26 +355,73 @@ func TestNewStreamsStartWithLearnedGrowth(t *testing.T) {
 	}
 }
 
-// TestLearnedGrowthPartOfBudget (issue 15, nineteenth pass): a new stream
-// takes of the learned growth only what the connection's budget has left.
-func TestLearnedGrowthPartOfBudget(t *testing.T) {
+// TestIdleStreamTakesNoLearnedGrowth (issue 15, nineteenth pass, from the
+// review of a first engine that gave the learned growth at a stream's first
+// receive): a stream that idles after its first message takes none of the
+// budget, so a later upload still grows to the learned growth at once.
+func TestIdleStreamTakesNoLearnedGrowth(t *testing.T) {
 	const budget = 3 * DefaultStreamWindow
 	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sc.learnedGrowth.Store(budget)
-	sc.windowGrowth.Store(DefaultStreamWindow) // another stream's growth
-	s, credit := openGranted(t, ctx, cc)
-	ss := <-streams
-	if want := DefaultStreamWindow + budget - DefaultStreamWindow; credit != want || streamGrowth(ss) != budget-DefaultStreamWindow {
-		t.Fatalf("credit %d, growth %d with a third of the budget taken; want %d, %d", credit, streamGrowth(ss), want, budget-DefaultStreamWindow)
+	s1, _ := openGranted(t, ctx, cc)
+	ss1 := <-streams
+	burst(t, ctx, s1, ss1, budget, 40)
+	endUpload(t, ctx, s1)
+	waitFor(t, 30*time.Second, "growth back", func() bool { return sc.windowGrowth.Load() == 0 })
+
+	// A subscription or a chat: one small message, then nothing.
+	idle, _ := openGranted(t, ctx, cc)
+	ssIdle := <-streams
+	if err := idle.SendMsg(ctx, []byte("hello")); err != nil {
+		t.Fatal(err)
 	}
-	if g := sc.windowGrowth.Load(); g != budget {
-		t.Fatalf("connection's growth %d; want the whole budget, %d", g, budget)
+	waitFor(t, 30*time.Second, "the idle stream's message taken", func() bool {
+		ssIdle.mu.Lock()
+		defer ssIdle.mu.Unlock()
+		return ssIdle.drained > 0
+	})
+	if g, c := streamGrowth(ssIdle), sc.windowGrowth.Load(); g != 0 || c != 0 {
+		t.Fatalf("idle stream holds growth %d, the connection counts %d; want 0, 0", g, c)
 	}
-	endUpload(t, ctx, s)
-	waitFor(t, 30*time.Second, "the stream's growth back", func() bool { return sc.windowGrowth.Load() == DefaultStreamWindow })
-	sc.windowGrowth.Store(0)
+
+	s3, _ := openGranted(t, ctx, cc)
+	ss3 := <-streams
+	burst(t, ctx, s3, ss3, 1, 40)
+	if g := streamGrowth(ss3); g != budget {
+		t.Fatalf("an upload beside the idle stream grew by %d at its first growth; want %d", g, budget)
+	}
+	endUpload(t, ctx, s3)
+	endUpload(t, ctx, idle)
+	waitFor(t, 30*time.Second, "growth back", func() bool { return sc.windowGrowth.Load() == 0 })
+}
+
+// TestLearnedGrowthPartOfBudget (issue 15, nineteenth pass): a first growth
+// takes of the learned growth what the connection's budget has left, and
+// nothing when that is less than doubling.
+func TestLearnedGrowthPartOfBudget(t *testing.T) {
+	const budget = 3 * DefaultStreamWindow
+	for _, tc := range []struct {
+		others, want int // growth of other streams; this stream's first growth
+	}{
+		{DefaultStreamWindow, budget - DefaultStreamWindow},
+		{budget - DefaultStreamWindow/2, 0},
+	} {
+		cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		sc.learnedGrowth.Store(budget)
+		sc.windowGrowth.Store(int64(tc.others))
+		s, _ := openGranted(t, ctx, cc)
+		ss := <-streams
+		burst(t, ctx, s, ss, 1, 4)
+		if g, c := streamGrowth(ss), sc.windowGrowth.Load(); g != tc.want || c != int64(tc.others+tc.want) {
+			t.Errorf("with %d of %d taken: first growth %d, connection %d; want %d, %d", tc.others, budget, g, c, tc.want, tc.others+tc.want)
+		}
+		endUpload(t, ctx, s)
+		waitFor(t, 30*time.Second, "the stream's growth back", func() bool { return sc.windowGrowth.Load() == int64(tc.others) })
+		sc.windowGrowth.Store(0)
+		cancel()
+	}
 }
 
 // TestWindowGrowthBoundedPerConnection (issue 15): the windows of all the
