@@ -140,8 +140,9 @@ type Config struct {
 	StreamWindow int
 	// MaxStreamWindow is how far a stream's receive window may grow while
 	// its consumer keeps up with the sender (it waits on an empty queue
-	// after consuming a whole window): the window doubles up to it.
-	// Default: StreamWindow + MaxWindowGrowth (one stream may take the
+	// after consuming a whole window): the window doubles up to it (its
+	// first growth goes straight to the most the connection's streams
+	// grew). Default: StreamWindow + MaxWindowGrowth (one stream may take the
 	// connection's whole budget for growth: 4.25 MiB by the server's
 	// defaults); never less than StreamWindow, which turns growth off.
 	MaxStreamWindow int
@@ -253,7 +254,7 @@ func (c *Config) withDefaults() {
 	orDefault(&c.StreamWindow, DefaultStreamWindow)
 	c.StreamWindow = min(max(c.StreamWindow, InitialWindow), 1<<30)
 	orDefault(&c.MaxWindowGrowth, DefaultMaxWindowGrowth)
-	orDefault(&c.MaxStreamWindow, c.StreamWindow+min(c.MaxWindowGrowth, 1<<30))
+	orDefault(&c.MaxStreamWindow, c.StreamWindow+min(c.MaxWindowGrowth, 1<<30-c.StreamWindow)) // no overflow where int has 32 bits
 	c.MaxStreamWindow = min(max(c.MaxStreamWindow, c.StreamWindow), 1<<30)
 	orDefault(&c.MaxConcurrentStreams, DefaultMaxConcurrentStreams)
 	orDefault(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
