@@ -139,8 +139,9 @@ type Config struct {
 	// StreamWindow is the receive window granted to the peer per stream.
 	StreamWindow int
 	// MaxStreamWindow is how far a stream's receive window may grow while
-	// its consumer keeps up with the sender (it waits on an empty queue
-	// after consuming a whole window): the window doubles up to it (its
+	// its consumer keeps up with a sender that runs into its credit (it
+	// waits on an empty queue after consuming a whole window, and the
+	// sender had half the window in flight at once): the window doubles up to it (its
 	// first growth goes straight to the most the connection's streams
 	// grew). Default: StreamWindow + MaxWindowGrowth (one stream may take the
 	// connection's whole budget for growth: 4.25 MiB by the server's

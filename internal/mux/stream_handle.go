@@ -39,6 +39,9 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 		s.mu.Unlock()
 		return protoErrf("stream %d: peer sent %d bytes beyond its flow-control window", s.id, over)
 	}
+	if 2*s.recvWindow <= s.c.cfg.StreamWindow+s.grown-s.deferredGrant {
+		s.filled = true // the window, not the sender, may be what limits it (growLocked)
+	}
 	if s.recvEnd != nil || s.finished {
 		afterHalfClose := s.c.role == RoleServer && !s.finished
 		s.mu.Unlock()

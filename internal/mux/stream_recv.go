@@ -342,9 +342,15 @@ func (s *Stream) uncharge() {
 
 // growLocked grows the stream's receive window, and returns the credit to
 // grant for it, when its consumer waits on an empty queue after consuming
-// at least a whole window since the window last grew: the consumer keeps up
-// with the sender, so the window, not the consumer, is what holds the
-// stream back, and each WINDOW's round trip left the two ends taking turns.
+// at least a whole window since the window last grew, and the sender had
+// used at least half the window at once meanwhile (filled): the consumer
+// keeps up with a sender that runs into its credit, so the window, not the
+// consumer nor the sender's pace, is what holds the stream back, and each
+// WINDOW's round trip left the two ends taking turns. A stream whose
+// messages trickle in (a chat, a subscription, a ping-pong) never grows,
+// however much it consumes over its life (it did before the nineteenth
+// pass, and a review found that with the learned growth below one such
+// stream could hold the connection's whole budget).
 // The window doubles, up to Config.MaxStreamWindow, while the growth of all
 // the connection's streams stays within Config.MaxWindowGrowth; a stream
 // gives its growth back when it ends and nothing of it is queued any more
@@ -363,12 +369,11 @@ func (s *Stream) uncharge() {
 // time (from 256 KiB to 4 MiB took 3.75 MiB of consumed messages, 30% of a
 // benchmark upload of 200 messages of 64 KiB, which ran 14% faster with the
 // learned growth: docs/BENCHMARKS.md, nineteenth pass). The growth is
-// still earned, by a whole window consumed and a wait on an empty queue:
-// a stream that idles after its first message takes none of the budget.
-// s.mu is held.
+// still earned, as any: a stream that idles, or whose messages trickle,
+// takes none of the budget. s.mu is held.
 func (s *Stream) growLocked() int {
 	w := s.c.cfg.StreamWindow + s.grown
-	if s.drained < w || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
+	if s.drained < w || !s.filled || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
 		return 0
 	}
 	step := min(w, s.c.cfg.MaxStreamWindow-w) // doubling
@@ -389,7 +394,7 @@ func (s *Stream) growLocked() int {
 		}
 	}
 	s.grown += n
-	s.drained = 0
+	s.drained, s.filled = 0, false
 	s.recvWindow += n
 	for l := s.c.learnedGrowth.Load(); int64(s.grown) > l && !s.c.learnedGrowth.CompareAndSwap(l, int64(s.grown)); l = s.c.learnedGrowth.Load() {
 	}

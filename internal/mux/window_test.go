@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math"
 	"sync"
@@ -162,6 +163,28 @@ func streamGrowth(s *Stream) int {
 	return s.grown
 }
 
+// waitFilled waits until s's sender has had half of s's window or more in
+// flight at once (what growth asks for besides a whole window consumed), or
+// s has grown by max: a consumer that read each message as it came would
+// make whether a burst counts depend on timing.
+func waitFilled(t *testing.T, s *Stream, max int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s.mu.Lock()
+		ok := s.filled || s.grown >= max
+		state := fmt.Sprintf("window %d of %d (grown %d, deferred %d), %d chunks queued, %d drained", s.recvWindow, s.c.cfg.StreamWindow+s.grown, s.grown, s.deferredGrant, s.recvQ.len(), s.drained)
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30s the sender has not filled half the window: %s", state)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestWindowGrowsWhileConsumerKeepsUp (issue 15): a stream whose consumer
 // drains a whole window and then waits on an empty queue doubles its
 // receive window, up to MaxStreamWindow (here 4 × StreamWindow: a budget of
@@ -185,6 +208,7 @@ func TestWindowGrowsWhileConsumerKeepsUp(t *testing.T) {
 		// next batch only after a moment (if the batch came first, the
 		// window grows a batch later).
 		signals.Go(func() { time.Sleep(20 * time.Millisecond); next <- struct{}{} })
+		waitFilled(t, s, max)
 		for range 5 {
 			if _, err := s.RecvMsg(); err != nil {
 				t.Fatal(err)
@@ -232,22 +256,33 @@ func TestMaxStreamWindowDefault(t *testing.T) {
 	}
 }
 
-// uploadServer is a server whose handler reads every message of each
-// stream to its end, giving the test each stream as it starts.
-func uploadServer(t *testing.T, scfg Config) (cc, sc *Conn, streams chan *Stream) {
+// uploads is a server whose handlers read every message of their stream
+// to its end, giving the test each stream as it starts.
+type uploads struct {
+	cc, sc  *Conn
+	streams chan *Stream
+	// pause, held by the test while it sends a burst, holds the handlers
+	// before their next receive, so that the burst is queued before they
+	// read it (burst).
+	pause sync.RWMutex
+}
+
+func uploadServer(t *testing.T, scfg Config) *uploads {
 	t.Helper()
-	streams = make(chan *Stream, 8)
+	u := &uploads{streams: make(chan *Stream, 8)}
 	scfg.Accept = func(s *Stream, _ *tetherv1.Open) {
-		streams <- s
+		u.streams <- s
 		for {
+			u.pause.RLock()
+			u.pause.RUnlock()
 			if _, err := s.RecvMsg(); err != nil {
 				break
 			}
 		}
 		_ = s.Finish(nil, nil)
 	}
-	cc, sc = pair(t, scfg, Config{})
-	return cc, sc, streams
+	u.cc, u.sc = pair(t, scfg, Config{})
+	return u
 }
 
 // openGranted opens a stream on cc, waits for the server's first WINDOW
@@ -280,19 +315,48 @@ func endUpload(t *testing.T, ctx context.Context, s *Stream) {
 	}
 }
 
-// burst sends bursts of five 64 KiB messages on s, each followed by a pause
-// in which the handler of ss (s's stream on the server) finds its queue
-// empty, until ss has grown by want or rounds bursts have gone.
-func burst(t *testing.T, ctx context.Context, s, ss *Stream, want, rounds int) {
+// burst sends bursts of 16 KiB messages on s, as much as the window of ss
+// (s's stream on the server) certainly has credit for, until ss has grown
+// by want or rounds bursts have gone. The handler reads a burst only once
+// it is queued, so its sender has had half the window or more in flight
+// (waitFilled), then drains it and waits on an empty queue: growth as the
+// fast upload it stands for earns it, without depending on timing.
+func burst(t *testing.T, ctx context.Context, u *uploads, s, ss *Stream, want, rounds int) {
 	t.Helper()
-	msg := make([]byte, 64<<10)
+	msg := make([]byte, 16<<10)
+	cost := len(msg) + FrameOverhead
 	for i := 0; i < rounds && streamGrowth(ss) < want; i++ {
-		for range 5 {
+		// The last burst drained, the handler waits on the empty queue,
+		// where its window may have grown.
+		waitFor(t, 30*time.Second, "the burst drained", func() bool {
+			ss.mu.Lock()
+			defer ss.mu.Unlock()
+			return ss.recvQ.len() == 0
+		})
+		time.Sleep(20 * time.Millisecond)
+		g := streamGrowth(ss)
+		// What the handler consumed but has not granted back yet (less
+		// than a quarter of StreamWindow) is not the client's credit; the
+		// WINDOW of the last growth may still be on its way.
+		w := DefaultStreamWindow + g - DefaultStreamWindow/4
+		waitFor(t, 30*time.Second, "the client's credit", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.sendCredit >= w
+		})
+		u.pause.Lock()
+		if streamGrowth(ss) != g { // grew meanwhile: a burst for the new window
+			u.pause.Unlock()
+			continue
+		}
+		for range w/cost - 1 {
 			if err := s.SendMsg(ctx, msg); err != nil {
+				u.pause.Unlock()
 				t.Fatal(err)
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		waitFilled(t, ss, want)
+		u.pause.Unlock()
 	}
 }
 
@@ -303,7 +367,8 @@ func burst(t *testing.T, ctx context.Context, s, ss *Stream, want, rounds int) {
 // the stream that grew ends.
 func TestFirstGrowthJumpsToLearned(t *testing.T) {
 	const budget = 3 * DefaultStreamWindow // the first stream grows to 4 × StreamWindow
-	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	cc, sc, streams := u.cc, u.sc, u.streams
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
@@ -314,11 +379,11 @@ func TestFirstGrowthJumpsToLearned(t *testing.T) {
 		t.Fatalf("first stream's credit %d after the first WINDOW; want %d", credit, DefaultStreamWindow)
 	}
 	ss1 := <-streams
-	burst(t, ctx, s1, ss1, DefaultStreamWindow, 40)
+	burst(t, ctx, u, s1, ss1, DefaultStreamWindow, 40)
 	if g := streamGrowth(ss1); g != DefaultStreamWindow {
 		t.Fatalf("first stream's first growth %d; want %d (doubling)", g, DefaultStreamWindow)
 	}
-	burst(t, ctx, s1, ss1, budget, 40)
+	burst(t, ctx, u, s1, ss1, budget, 40)
 	if g := streamGrowth(ss1); g != budget {
 		t.Fatalf("first stream grew by %d; want %d", g, budget)
 	}
@@ -335,7 +400,7 @@ func TestFirstGrowthJumpsToLearned(t *testing.T) {
 	if credit != DefaultStreamWindow || streamGrowth(ss2) != 0 {
 		t.Fatalf("second stream's credit %d, growth %d before it consumed a window; want %d, 0", credit, streamGrowth(ss2), DefaultStreamWindow)
 	}
-	burst(t, ctx, s2, ss2, 1, 40)
+	burst(t, ctx, u, s2, ss2, 1, 40)
 	if g, c := streamGrowth(ss2), sc.windowGrowth.Load(); g != budget || c != budget {
 		t.Fatalf("second stream's first growth %d, the connection counts %d; want %d, %d", g, c, budget, budget)
 	}
@@ -343,7 +408,7 @@ func TestFirstGrowthJumpsToLearned(t *testing.T) {
 	// While it holds the budget, a third cannot grow.
 	s3, _ := openGranted(t, ctx, cc)
 	ss3 := <-streams
-	burst(t, ctx, s3, ss3, 1, 4)
+	burst(t, ctx, u, s3, ss3, 1, 4)
 	if g := streamGrowth(ss3); g != 0 {
 		t.Fatalf("third stream grew by %d with the budget taken", g)
 	}
@@ -361,12 +426,13 @@ func TestFirstGrowthJumpsToLearned(t *testing.T) {
 // budget, so a later upload still grows to the learned growth at once.
 func TestIdleStreamTakesNoLearnedGrowth(t *testing.T) {
 	const budget = 3 * DefaultStreamWindow
-	cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	cc, sc, streams := u.cc, u.sc, u.streams
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s1, _ := openGranted(t, ctx, cc)
 	ss1 := <-streams
-	burst(t, ctx, s1, ss1, budget, 40)
+	burst(t, ctx, u, s1, ss1, budget, 40)
 	endUpload(t, ctx, s1)
 	waitFor(t, 30*time.Second, "growth back", func() bool { return sc.windowGrowth.Load() == 0 })
 
@@ -387,13 +453,58 @@ func TestIdleStreamTakesNoLearnedGrowth(t *testing.T) {
 
 	s3, _ := openGranted(t, ctx, cc)
 	ss3 := <-streams
-	burst(t, ctx, s3, ss3, 1, 40)
+	burst(t, ctx, u, s3, ss3, 1, 40)
 	if g := streamGrowth(ss3); g != budget {
 		t.Fatalf("an upload beside the idle stream grew by %d at its first growth; want %d", g, budget)
 	}
 	endUpload(t, ctx, s3)
 	endUpload(t, ctx, idle)
 	waitFor(t, 30*time.Second, "growth back", func() bool { return sc.windowGrowth.Load() == 0 })
+}
+
+// TestTrickleStreamDoesNotGrow (issue 15, nineteenth pass, from the second
+// review): a long-lived stream whose messages come one at a time (a chat,
+// a subscription fed by the client) waits on an empty queue at every
+// receive, but its sender never runs into its credit: however much it
+// consumes over its life it does not grow, so it cannot take the learned
+// growth and hold the connection's budget from the uploads beside it.
+func TestTrickleStreamDoesNotGrow(t *testing.T) {
+	const budget = 3 * DefaultStreamWindow
+	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s1, _ := openGranted(t, ctx, u.cc)
+	ss1 := <-u.streams
+	burst(t, ctx, u, s1, ss1, budget, 40)
+	endUpload(t, ctx, s1)
+	waitFor(t, 30*time.Second, "growth back", func() bool { return u.sc.windowGrowth.Load() == 0 })
+
+	chat, _ := openGranted(t, ctx, u.cc)
+	ssChat := <-u.streams
+	msg := make([]byte, 1<<10)
+	const msgs = 2 * DefaultStreamWindow / (1<<10 + FrameOverhead) // two whole windows
+	for i := range msgs {
+		if err := chat.SendMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+		want := (i + 1) * (len(msg) + FrameOverhead)
+		waitFor(t, 30*time.Second, "the message taken", func() bool {
+			ssChat.mu.Lock()
+			defer ssChat.mu.Unlock()
+			return (ssChat.drained >= want || ssChat.grown > 0) && ssChat.recvQ.len() == 0
+		})
+	}
+	if g, c := streamGrowth(ssChat), u.sc.windowGrowth.Load(); g != 0 || c != 0 {
+		t.Fatalf("a stream of messages one at a time grew by %d (connection %d) after two windows", g, c)
+	}
+	s3, _ := openGranted(t, ctx, u.cc)
+	ss3 := <-u.streams
+	burst(t, ctx, u, s3, ss3, 1, 10)
+	if g := streamGrowth(ss3); g != budget {
+		t.Fatalf("an upload beside the chat stream grew by %d at its first growth; want %d", g, budget)
+	}
+	endUpload(t, ctx, s3)
+	endUpload(t, ctx, chat)
 }
 
 // TestLearnedGrowthPartOfBudget (issue 15, nineteenth pass): a first growth
@@ -407,13 +518,14 @@ func TestLearnedGrowthPartOfBudget(t *testing.T) {
 		{DefaultStreamWindow, budget - DefaultStreamWindow},
 		{budget - DefaultStreamWindow/2, 0},
 	} {
-		cc, sc, streams := uploadServer(t, Config{MaxWindowGrowth: budget})
+		u := uploadServer(t, Config{MaxWindowGrowth: budget})
+		cc, sc, streams := u.cc, u.sc, u.streams
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		sc.learnedGrowth.Store(budget)
 		sc.windowGrowth.Store(int64(tc.others))
 		s, _ := openGranted(t, ctx, cc)
 		ss := <-streams
-		burst(t, ctx, s, ss, 1, 4)
+		burst(t, ctx, u, s, ss, 1, 4)
 		if g, c := streamGrowth(ss), sc.windowGrowth.Load(); g != tc.want || c != int64(tc.others+tc.want) {
 			t.Errorf("with %d of %d taken: first growth %d, connection %d; want %d, %d", tc.others, budget, g, c, tc.want, tc.others+tc.want)
 		}
@@ -449,6 +561,11 @@ func TestWindowGrowthBoundedPerConnection(t *testing.T) {
 			}
 		})
 		for _, s := range streams {
+			waitFor(t, 30*time.Second, "a batch", func() bool {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return s.filled || s.recvQ.len() >= 5
+			})
 			for range 5 {
 				if _, err := s.RecvMsg(); err != nil {
 					t.Fatal(err)
@@ -567,6 +684,7 @@ func TestGrowthHeldWhileEndedStreamQueued(t *testing.T) {
 		// Bursts the consumer keeps up with: the window grows.
 		for i := 0; i < 20 && streamGrowth(s) < budget; i++ {
 			go func() { time.Sleep(20 * time.Millisecond); next <- 5 }()
+			waitFilled(t, s, budget)
 			for range 5 {
 				if _, err := s.RecvMsg(); err != nil {
 					t.Fatal(err)
