@@ -126,13 +126,15 @@ func WithMaxPartialBytes(n int) Option { return func(c *config) { c.mux.MaxParti
 // WithStreamWindow sets the flow-control window granted to the server per
 // stream (default 1 MiB, DefaultStreamWindow; minimum 64 KiB): what one
 // stream can make the client buffer. A stream whose consumer keeps up with
-// the server may grow it, within 4 MiB of growth per connection
-// (WithWindowGrowth; docs/PROTOCOL.md, section 7). Zero or less keeps the
-// default.
+// a server that runs into its credit may grow it, within 4 MiB of growth per
+// connection, its first growth straight to the most the connection's streams
+// grew (WithWindowGrowth; docs/PROTOCOL.md, section 7). Zero or less keeps
+// the default.
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithWindowGrowth bounds how far a stream's flow-control window may grow
-// while its consumer keeps up with the server (maxStreamWindow, default the
+// while its consumer keeps up with a server that runs into its credit
+// (maxStreamWindow, default the
 // stream window plus maxPerConnection; the stream window itself turns growth
 // off) and, per
 // connection, the sum of what the streams' windows have grown

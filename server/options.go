@@ -117,12 +117,13 @@ func WithMaxConcurrentStreams(n int) Option {
 func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindow = n } }
 
 // WithWindowGrowth bounds how far a stream's flow-control window may grow
-// while its consumer keeps up with the client (maxStreamWindow, default the
-// stream window plus maxPerConnection; the stream window itself turns growth
-// off) and, per
-// connection, the sum of what the streams' windows have grown
-// (maxPerConnection, default 4 MiB): what growth can add to the memory the
-// client makes the server hold. Zero or less keeps a default.
+// while its handler keeps up with a client that runs into its credit
+// (maxStreamWindow, default the stream window plus maxPerConnection; the
+// stream window itself turns growth off) and, per connection, the sum of
+// what the streams' windows have grown (maxPerConnection, default 4 MiB):
+// what growth can add to the memory the client makes the server hold. A
+// stream's first growth goes straight to the most the connection's streams
+// grew, within maxPerConnection. Zero or less keeps a default.
 func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
 	return func(c *config) { c.mux.MaxStreamWindow, c.mux.MaxWindowGrowth = maxStreamWindow, maxPerConnection }
 }
