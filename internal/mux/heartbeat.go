@@ -233,7 +233,12 @@ const latencyBuckets = 40
 func (h *latencyHistogram) add(ns int64) {
 	ns = max(ns, 0)
 	h.buckets[min(bits.Len64(uint64(ns/1000)), latencyBuckets-1)].Add(1)
-	for m := h.max.Load(); ns > m && !h.max.CompareAndSwap(m, ns); m = h.max.Load() {
+	raiseTo(&h.max, ns)
+}
+
+// raiseTo raises a to v if v is more, against concurrent raises.
+func raiseTo(a *atomic.Int64, v int64) {
+	for m := a.Load(); v > m && !a.CompareAndSwap(m, v); m = a.Load() {
 	}
 }
 

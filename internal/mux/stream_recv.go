@@ -346,20 +346,19 @@ func (s *Stream) uncharge() {
 // used at least half the window at once meanwhile (filled): the consumer
 // keeps up with a sender that runs into its credit, so the window, not the
 // consumer nor the sender's pace, is what holds the stream back, and each
-// WINDOW's round trip left the two ends taking turns. A stream whose
-// messages trickle in (a chat, a subscription, a ping-pong) never grows,
-// however much it consumes over its life (it did before the nineteenth
-// pass, and a review found that with the learned growth below one such
-// stream could hold the connection's whole budget).
-// The window doubles, up to Config.MaxStreamWindow, while the growth of all
-// the connection's streams stays within Config.MaxWindowGrowth; a stream
-// gives its growth back when it ends and nothing of it is queued any more
-// (terminate; finish with an empty queue, else RecvMsg once the queue is
-// drained). A consumer that falls
-// behind never finds its queue empty, so its window does not grow; one
-// that stops reading after its window grew holds at most the grown window,
-// which the connection's budget bounds. A procedure that takes one request
-// does not grow its window.
+// WINDOW's round trip left the two ends taking turns. The window doubles,
+// up to Config.MaxStreamWindow, while the growth of all the connection's
+// streams stays within Config.MaxWindowGrowth; a stream gives its growth
+// back when it ends and nothing of it is queued any more (terminate; finish
+// with an empty queue, else RecvMsg once the queue is drained). A consumer
+// that falls behind never finds its queue empty, so its window does not
+// grow; one that stops reading after its window grew holds at most the
+// grown window, which the connection's budget bounds. A procedure that takes one request
+// does not grow its window. A stream whose messages trickle in (a chat, a
+// subscription, a ping-pong) never grows, however much it consumes over its
+// life (it did before the nineteenth pass, and a review found that with the
+// learned growth below one such stream could hold the connection's whole
+// budget).
 //
 // A stream's first growth goes straight to the most any stream of the
 // connection has grown (learnedGrowth), if that is more than doubling,
@@ -396,8 +395,7 @@ func (s *Stream) growLocked() int {
 	s.grown += n
 	s.drained, s.filled = 0, false
 	s.recvWindow += n
-	for l := s.c.learnedGrowth.Load(); int64(s.grown) > l && !s.c.learnedGrowth.CompareAndSwap(l, int64(s.grown)); l = s.c.learnedGrowth.Load() {
-	}
+	raiseTo(&s.c.learnedGrowth, int64(s.grown))
 	return n
 }
 
