@@ -369,24 +369,47 @@ func (s *Stream) uncharge() {
 // benchmark upload of 200 messages of 64 KiB, which ran 14% faster with the
 // learned growth: docs/BENCHMARKS.md, nineteenth pass). The growth is
 // still earned, as any: a stream that idles, or whose messages trickle,
-// takes none of the budget. s.mu is held.
+// takes none of the budget.
+//
+// Streams that earn growth share the budget: each may hold its fair share
+// (Conn.fairShare, the budget over the streams that hold growth or have
+// earned some), and one that holds more gives the rest back as its consumer
+// reads on, withholding that much of the credit it would grant
+// (takeGrantLocked), so that a second upload on the connection is not held
+// to StreamWindow because the first took the whole budget (twentieth
+// pass). A lone stream's share is the whole budget. A stream that earned
+// growth and found the budget taken keeps its share until it grows or
+// ends, even if it stops reading: the others then keep theirs, not the
+// whole budget, as with a stream that stops reading after it grew. s.mu is
+// held.
 func (s *Stream) growLocked() int {
 	w := s.c.cfg.StreamWindow + s.grown
 	if s.drained < w || !s.filled || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
 		return 0
+	}
+	if !s.share {
+		s.share = true
+		s.c.growthShares.Add(1)
 	}
 	step := min(w, s.c.cfg.MaxStreamWindow-w) // doubling
 	want := step
 	if l := int(s.c.learnedGrowth.Load()); s.grown == 0 && l > want {
 		want = min(l, s.c.cfg.MaxStreamWindow-w)
 	}
+	least := step // at least doubling, or up to the share: not a WINDOW for crumbs
+	if room := s.c.fairShare() - s.grown; room < want {
+		if room < s.c.cfg.StreamWindow/4 {
+			return 0
+		}
+		want, least = room, min(least, room)
+	}
 	budget := int64(s.c.cfg.MaxWindowGrowth)
 	var n int
 	for {
 		used := s.c.windowGrowth.Load()
 		n = int(min(int64(want), budget-used))
-		if n < step {
-			return 0 // not even doubling fits
+		if n < least {
+			return 0 // the budget is taken (others give back what is beyond their share as they read)
 		}
 		if s.c.windowGrowth.CompareAndSwap(used, used+int64(n)) {
 			break
@@ -399,16 +422,38 @@ func (s *Stream) growLocked() int {
 	return n
 }
 
-// releaseGrowthLocked gives the stream's window growth back to the
-// connection (growLocked); the stream has ended. s.mu is held.
+// fairShare is the window growth each stream that holds or has earned some
+// may keep: the connection's budget over their number (growLocked).
+func (c *Conn) fairShare() int {
+	return c.cfg.MaxWindowGrowth / max(1, int(c.growthShares.Load()))
+}
+
+// releaseGrowthLocked gives the stream's window growth, and its share of
+// the budget, back to the connection (growLocked); the stream has ended.
+// s.mu is held.
 func (s *Stream) releaseGrowthLocked() {
 	s.c.windowGrowth.Add(-int64(s.grown))
 	s.grown = 0
+	if s.share {
+		s.share = false
+		s.c.growthShares.Add(-1)
+	}
 }
 
 // takeGrantLocked returns the credit to grant back now, if enough has been
-// consumed to be worth a WINDOW frame.
+// consumed to be worth a WINDOW frame. A stream whose window grew beyond
+// its fair share, as other streams earned growth since, gives what it
+// consumed back to the connection's budget instead of granting it, until it
+// is down to its share (growLocked).
 func (s *Stream) takeGrantLocked() int {
+	if s.grown > 0 && s.unacked > 0 {
+		if over := s.grown - s.c.fairShare(); over > 0 {
+			k := min(over, s.unacked)
+			s.grown -= k
+			s.unacked -= k
+			s.c.windowGrowth.Add(-int64(k))
+		}
+	}
 	if s.unacked < s.c.cfg.StreamWindow/4 || s.recvEnd != nil || s.finished {
 		return 0
 	}

@@ -405,7 +405,9 @@ func TestFirstGrowthJumpsToLearned(t *testing.T) {
 		t.Fatalf("second stream's first growth %d, the connection counts %d; want %d, %d", g, c, budget, budget)
 	}
 
-	// While it holds the budget, a third cannot grow.
+	// While it holds the budget and reads nothing, a third cannot grow:
+	// a stream gives growth beyond its share back only as it reads
+	// (TestConcurrentUploadsShareGrowth).
 	s3, _ := openGranted(t, ctx, cc)
 	ss3 := <-streams
 	burst(t, ctx, u, s3, ss3, 1, 4)
@@ -534,6 +536,65 @@ func TestLearnedGrowthPartOfBudget(t *testing.T) {
 		sc.windowGrowth.Store(0)
 		cancel()
 	}
+}
+
+// TestConcurrentUploadsShareGrowth (issue 15, twentieth pass, from the
+// nineteenth pass's second review): a second upload on a connection whose
+// first upload took the whole growth budget earns half of it, which the
+// first gives back as it reads on, and the whole once the first ends.
+func TestConcurrentUploadsShareGrowth(t *testing.T) {
+	const budget = 4 * DefaultStreamWindow
+	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	cc, sc, streams := u.cc, u.sc, u.streams
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	s1, _ := openGranted(t, ctx, cc)
+	ss1 := <-streams
+	burst(t, ctx, u, s1, ss1, budget, 40)
+	if g := streamGrowth(ss1); g != budget {
+		t.Fatalf("first stream grew by %d; want the whole budget, %d", g, budget)
+	}
+
+	// The second earns growth: it finds the budget taken, and asks for
+	// its share.
+	s2, _ := openGranted(t, ctx, cc)
+	ss2 := <-streams
+	burst(t, ctx, u, s2, ss2, 1, 2)
+	waitFor(t, 30*time.Second, "the second stream's ask", func() bool { return sc.growthShares.Load() == 2 })
+	if g := streamGrowth(ss2); g != 0 {
+		t.Fatalf("second stream grew by %d with the budget taken; want 0", g)
+	}
+	// The first gives back what is beyond its share as it reads on, and
+	// does not grow again; the second then takes its share.
+	burst(t, ctx, u, s1, ss1, budget+1, 2)
+	if g := streamGrowth(ss1); g != budget/2 {
+		t.Fatalf("first stream holds %d after reading on; want its share, %d", g, budget/2)
+	}
+	burst(t, ctx, u, s2, ss2, 1, 4)
+	if g1, g2, c := streamGrowth(ss1), streamGrowth(ss2), sc.windowGrowth.Load(); g1 != budget/2 || g2 != budget/2 || c != budget {
+		t.Fatalf("streams hold %d and %d, the connection counts %d; want %d each, %d", g1, g2, c, budget/2, budget)
+	}
+	// The client's credit follows: the first stream's sender has no more
+	// than its shrunk window.
+	s1.mu.Lock()
+	credit := s1.sendCredit
+	s1.mu.Unlock()
+	if w := DefaultStreamWindow + budget/2; credit > w {
+		t.Fatalf("first stream's sender has %d of credit; want at most its window, %d", credit, w)
+	}
+
+	// Once the first ends, the second may grow to the whole budget.
+	endUpload(t, ctx, s1)
+	waitFor(t, 30*time.Second, "the first stream's share back", func() bool { return sc.growthShares.Load() == 1 })
+	burst(t, ctx, u, s2, ss2, budget, 20)
+	if g := streamGrowth(ss2); g != budget {
+		t.Fatalf("second stream grew by %d alone; want %d", g, budget)
+	}
+	endUpload(t, ctx, s2)
+	waitFor(t, 30*time.Second, "the growth and shares back", func() bool {
+		return sc.windowGrowth.Load() == 0 && sc.growthShares.Load() == 0
+	})
 }
 
 // TestWindowGrowthBoundedPerConnection (issue 15): the windows of all the
