@@ -16,7 +16,7 @@ import (
 // dialWS starts an HTTP server on 127.0.0.1 (httptest) that upgrades each
 // request and gives its WebSocket to accept, and dials it once: it returns
 // the client's WebSocket and the server, which the caller closes.
-func dialWS(t *testing.T, accept func(ws *websocket.Conn)) (*websocket.Conn, *httptest.Server) {
+func dialWS(t testing.TB, accept func(ws *websocket.Conn)) (*websocket.Conn, *httptest.Server) {
 	t.Helper()
 	up := websocket.Upgrader{}
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -36,7 +36,7 @@ func dialWS(t *testing.T, accept func(ws *websocket.Conn)) (*websocket.Conn, *ht
 
 // pair connects a client Conn to a server Conn over a real WebSocket on
 // 127.0.0.1 (httptest) and closes both, and the server, when the test ends.
-func pair(t *testing.T, scfg, ccfg Config) (cc, sc *Conn) {
+func pair(t testing.TB, scfg, ccfg Config) (cc, sc *Conn) {
 	t.Helper()
 	conns := make(chan *Conn, 1)
 	ws, hs := dialWS(t, func(ws *websocket.Conn) { conns <- New(ws, RoleServer, scfg) })
