@@ -128,8 +128,9 @@ type Conn struct {
 	wmu         sync.Mutex
 	wbuf        []byte
 	spare       []byte
-	wwaiters    int
-	wspace      chan struct{} // made by a waiting sender, closed when the queue drains below batchBytes
+	wwaiters    int           // senders waiting for room in the queue (queue)
+	wtokens     int           // wake-ups sent on wspace that no waiter has taken yet
+	wspace      chan struct{} // made by the first sender to wait, then kept: one wake-up for each waiter when the writer takes the queue (takeLocked)
 	wnotify     chan struct{}
 	wclosing    bool          // graceful close queued: the writer closes once drained
 	wrunning    bool          // a writer goroutine is running

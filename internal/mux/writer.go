@@ -44,6 +44,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math"
 	"runtime"
 	"time"
 
@@ -114,7 +115,9 @@ func (c *Conn) queue(ctx context.Context, st *Stream, alone *uint32, fn func([]b
 	for len(c.wbuf) >= batchBytes {
 		c.wwaiters++
 		if c.wspace == nil {
-			c.wspace = make(chan struct{})
+			// Its elements take no memory: the capacity costs nothing
+			// and no wake-up ever blocks the writer (takeLocked).
+			c.wspace = make(chan struct{}, math.MaxInt32)
 		}
 		space := c.wspace
 		c.wmu.Unlock()
@@ -142,6 +145,7 @@ func (c *Conn) queue(ctx context.Context, st *Stream, alone *uint32, fn func([]b
 		}
 		c.wmu.Lock()
 		c.wwaiters--
+		c.wtokens--
 	}
 	select {
 	case <-c.closed:
@@ -244,9 +248,14 @@ func (c *Conn) takeLocked() []byte {
 	c.wbusy = true
 	c.wbuf = c.spare[:0]
 	c.spare = nil
-	if c.wwaiters > 0 && c.wspace != nil { // nil: every waiter's channel is closed already
-		close(c.wspace) // made by the waiters (write)
-		c.wspace = nil
+	// One wake-up for each waiting sender (queue), sent on a channel kept
+	// for the connection's life instead of one made and closed each time
+	// (an allocation for every batch of large messages). A waiter that
+	// gave up may leave its wake-up to the next one, which then looks at
+	// the queue once more than it needed to.
+	for c.wtokens < c.wwaiters {
+		c.wspace <- struct{}{}
+		c.wtokens++
 	}
 	return buf
 }
