@@ -121,7 +121,6 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 		c.handBack()
 		return
 	}
-	var rs readState
 	for !s.replied() {
 		// (Checked first too: the reader that stepped aside may have
 		// queued the reply after this goroutine looked.)
@@ -142,7 +141,7 @@ func (c *Conn) readFor(s *Stream, ctx context.Context) {
 			return
 		}
 		c.inReadOne.Store(true)
-		ok := c.readOne(&rs)
+		ok := c.readOne(&c.rs)
 		c.inReadOne.Store(false)
 		if j := c.lone; j.c != nil {
 			// A server's OPEN that started the connection's only running

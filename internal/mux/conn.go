@@ -185,6 +185,7 @@ type Conn struct {
 	inReadOne  atomic.Bool            // that receiver is handling a message (readOne): a reset then needs no cut
 	lastReady  bool                   // reader: the last message left the connection ready for a receiver's read (noteReady)
 	lastMsgLen int                    // reader: the size of the last message read
+	rs         readState              // reader: kept from one message to the next, whichever goroutine reads (readOne)
 
 	// The read deadline of the message being read, set on the socket only
 	// when the message needs a read of it (socketRead). Reader goroutine.

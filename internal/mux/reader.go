@@ -51,8 +51,7 @@ import (
 
 func (c *Conn) readLoop() {
 	parked := false // the reader parked or handed off: this goroutine is not the reader (until a reclaim)
-	var rs readState
-	read := false // this goroutine has read a message: it may step aside
+	read := false   // this goroutine has read a message: it may step aside
 	defer func() {
 		if !parked { // a parked reader's waiter runs the loop again (park.go)
 			c.readerEnd()
@@ -78,7 +77,7 @@ func (c *Conn) readLoop() {
 				return
 			}
 		}
-		if !c.readOne(&rs) {
+		if !c.readOne(&c.rs) {
 			return
 		}
 		read = true
@@ -97,7 +96,10 @@ func (c *Conn) readLoop() {
 	}
 }
 
-// readState is what a reader keeps from one message to the next.
+// readState is what a reader keeps from one message to the next: the
+// connection's (Conn.rs), so that a receiver reading for itself, or the next
+// reader goroutine, does not start it anew (a new slice of large payloads
+// for each message a receiver read: an allocation a message in uploads).
 type readState struct {
 	direct    []directPayload // large payloads of the current message (readMessage)
 	lookAhead bool            // the last message had a large MESSAGE frame
