@@ -598,6 +598,37 @@ func TestConcurrentUploadsShareGrowth(t *testing.T) {
 	})
 }
 
+// TestSmallWindowDoesNotStall (from the twentieth pass's review): at the
+// smallest stream window (InitialWindow), a consumer that took less than
+// a quarter of it and waits on an empty queue grants it back, so that a
+// sender whose next message needs nearly the whole window in one frame
+// (SendProto) gets the credit; before, both ends waited for good.
+func TestSmallWindowDoesNotStall(t *testing.T) {
+	got := make(chan int, 8)
+	cc, _ := pair(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
+		for {
+			m, err := s.RecvMsg()
+			if err != nil {
+				return
+			}
+			got <- len(m)
+		}
+	}}, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{10 << 10, 60 << 10, 1 << 10, 63 << 10} {
+		if err := s.SendProto(ctx, wrapperspb.Bytes(make([]byte, size))); err != nil {
+			t.Fatalf("message of %d bytes: %v (credit never granted back)", size, err)
+		}
+		<-got
+	}
+	s.Reset(context.Canceled)
+}
+
 // TestWindowGrowthBoundedPerConnection (issue 15): the windows of all the
 // streams of a connection grow by at most MaxWindowGrowth together.
 func TestWindowGrowthBoundedPerConnection(t *testing.T) {
