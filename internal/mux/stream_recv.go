@@ -383,11 +383,11 @@ func (s *Stream) uncharge() {
 // reads on, withholding that much of the credit it would grant
 // (takeGrantLocked), so that a second upload on the connection is not held
 // to StreamWindow because the first took the whole budget (twentieth
-// pass). A lone stream's share is the whole budget. A stream that earned
-// growth and found the budget taken keeps its share until it grows or
-// ends, even if it stops reading: the others then keep theirs, not the
-// whole budget, as with a stream that stops reading after it grew. s.mu is
-// held.
+// pass). A lone stream's share is the whole budget. A stream that has
+// earned growth keeps its share until it ends, even if it stops reading:
+// the others then keep theirs, not the whole budget, as with a stream that
+// stops reading after it grew (k such streams hold each other to the budget
+// over k + 1). s.mu is held.
 func (s *Stream) growLocked() int {
 	w := s.c.cfg.StreamWindow + s.grown
 	if s.drained < w || !s.filled || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
