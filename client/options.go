@@ -138,9 +138,9 @@ func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindo
 // stream window itself turns growth off) and, per connection, the sum of
 // what the streams' windows have grown (maxPerConnection, default 4 MiB):
 // what growth can add to the memory the server makes the client hold.
-// Streams that have earned growth share maxPerConnection: each may keep it
-// over their number, and one that holds more gives the rest back as it
-// reads. Zero or less keeps a default. A
+// Streams that grow share maxPerConnection: each may keep it over their
+// number (one more while another asks), and one that holds more gives the
+// rest back as it reads. Zero or less keeps a default. A
 // maxStreamWindow below the stream window is raised to it (1 MiB by
 // default): to hold a stream to less, set WithStreamWindow.
 func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {

@@ -123,9 +123,10 @@ func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindo
 // what the streams' windows have grown (maxPerConnection, default 4 MiB):
 // what growth can add to the memory the client makes the server hold. A
 // stream's first growth goes straight to the most the connection's streams
-// grew, within maxPerConnection. Streams that have earned growth share
-// maxPerConnection: each may keep it over their number, and one that holds
-// more gives the rest back as it reads. Zero or less keeps a default.
+// grew, within maxPerConnection. Streams that grow share maxPerConnection:
+// each may keep it over their number (one more while another asks), and
+// one that holds more gives the rest back as it reads. Zero or less keeps
+// a default.
 func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
 	return func(c *config) { c.mux.MaxStreamWindow, c.mux.MaxWindowGrowth = maxStreamWindow, maxPerConnection }
 }

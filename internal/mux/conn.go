@@ -200,7 +200,8 @@ type Conn struct {
 	partialBytes      atomic.Int64 // capacity of the buffers of messages being assembled (Stream.assembleLocked)
 	windowGrowth      atomic.Int64 // receive windows grown beyond StreamWindow, all streams (Stream.growLocked)
 	learnedGrowth     atomic.Int64 // the most one stream's receive window has grown beyond StreamWindow: a stream's first growth goes straight to it (Stream.growLocked)
-	growthShares      atomic.Int32 // streams that hold window growth or have earned some: each may keep MaxWindowGrowth/growthShares while others ask (Stream.growLocked, fairShare)
+	growthHolders     atomic.Int32 // streams whose receive window has grown (Stream.grown > 0): each may keep MaxWindowGrowth over their number (fairShare)
+	growthAsked       atomic.Int64 // nanotime of the last ask for growth by a stream without any, 0 once answered or stale: one more share while fresh (Stream.growLocked, fairShare)
 }
 
 // New starts the engine on an established WebSocket: one reader goroutine,

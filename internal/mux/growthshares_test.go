@@ -18,7 +18,7 @@ import (
 // growth stays within the budget, no peer is disconnected for sending
 // beyond its window (the give-back never leaves a sender more credit than
 // the window), and once all have ended the connection's growth and shares
-// are back to 0.
+// (and the count of streams holding it) are back to 0.
 func TestGrowthSharesAccounting(t *testing.T) {
 	const budget = 4 * DefaultStreamWindow
 	var mu sync.Mutex
@@ -65,7 +65,7 @@ func TestGrowthSharesAccounting(t *testing.T) {
 			case <-time.After(100 * time.Microsecond):
 			}
 			mu.Lock()
-			maxShares = max(maxShares, int64(sc.growthShares.Load()))
+			maxShares = max(maxShares, int64(sc.growthHolders.Load()))
 			maxGrowth = max(maxGrowth, sc.windowGrowth.Load())
 			mu.Unlock()
 		}
@@ -104,13 +104,13 @@ func TestGrowthSharesAccounting(t *testing.T) {
 	wg.Wait()
 	close(stop)
 	mu.Lock()
-	t.Logf("max growthShares %d, max windowGrowth %d of %d", maxShares, maxGrowth, budget)
+	t.Logf("max growthHolders %d, max windowGrowth %d of %d", maxShares, maxGrowth, budget)
 	mu.Unlock()
 	if sc.isClosed() || cc.isClosed() {
 		t.Fatalf("a connection closed: %v / %v", sc.err, cc.err)
 	}
 	waitFor(t, 30*time.Second, "growth and shares back to 0", func() bool {
-		return sc.windowGrowth.Load() == 0 && sc.growthShares.Load() == 0
+		return sc.windowGrowth.Load() == 0 && sc.growthHolders.Load() == 0
 	})
 	if len(bad) > 0 {
 		t.Fatal(bad[0])

@@ -94,7 +94,6 @@ type Stream struct {
 	headersSet    bool  // headers are set (HEADERS, or the end without them)
 	fed           bool  // reader: a whole message went to a receiver that had taken every one before, since noteReady last looked (stepAside)
 	filled        bool  // the peer had used half its window or more at once since the window last grew (handleMessage): the window held it back (growLocked)
-	share         bool  // counted in the connection's growthShares: the stream holds window growth or has earned some (growLocked)
 	assembly      []byte
 	assemblyCap   int   // capacity of assembly charged to the connection's partialBytes
 	slab          *slab // where small queued frames are copied (slab.go)

@@ -15,6 +15,8 @@ package mux
 import (
 	"context"
 	"errors"
+	"sync/atomic"
+	"time"
 
 	"github.com/tetherrpc/tether"
 	"github.com/tetherrpc/tether/internal/frame"
@@ -378,29 +380,31 @@ func (s *Stream) uncharge() {
 // takes none of the budget.
 //
 // Streams that earn growth share the budget: each may hold its fair share
-// (Conn.fairShare, the budget over the streams that hold growth or have
-// earned some), and one that holds more gives the rest back as its consumer
-// reads on, withholding that much of the credit it would grant
-// (takeGrantLocked), so that a second upload on the connection is not held
-// to StreamWindow because the first took the whole budget (twentieth
-// pass). A lone stream's share is the whole budget. A stream that has
-// earned growth keeps its share until it ends, even if it stops reading:
-// the others then keep theirs, not the whole budget, as with a stream that
-// stops reading after it grew (k such streams hold each other to the budget
-// over k + 1). s.mu is held.
+// (Conn.fairShare: the budget over the streams whose windows have grown, one
+// more while a stream without growth asks for some), and one that holds
+// more gives the rest back as its consumer reads on, withholding that much
+// of the credit it would grant (takeGrantLocked), so that a second upload
+// on the connection is not held to StreamWindow because the first took the
+// whole budget (twentieth pass). A lone stream's share is the whole budget.
+// A stream without growth asks each time its consumer waits on an empty
+// queue having earned growth; an ask counts for askFresh, so a stream that
+// asked and then went idle does not hold the others to less for long. A
+// stream that grew and then stops reading keeps its growth, as before.
+// s.mu is held.
 func (s *Stream) growLocked() int {
 	w := s.c.cfg.StreamWindow + s.grown
 	if s.drained < w || !s.filled || w >= s.c.cfg.MaxStreamWindow || s.single || s.recvEnd != nil || s.finished {
 		return 0
 	}
-	if !s.share {
-		s.share = true
-		s.c.growthShares.Add(1)
-	}
 	step := min(w, s.c.cfg.MaxStreamWindow-w) // doubling
 	want := step
-	if l := int(s.c.learnedGrowth.Load()); s.grown == 0 && l > want {
-		want = min(l, s.c.cfg.MaxStreamWindow-w)
+	var asked int64
+	if s.grown == 0 {
+		if l := int(s.c.learnedGrowth.Load()); l > want {
+			want = min(l, s.c.cfg.MaxStreamWindow-w)
+		}
+		asked = nanotime(time.Now())
+		s.c.growthAsked.Store(asked) // counted in fairShare, here too
 	}
 	least := step // at least doubling, or up to the share: not a WINDOW for crumbs
 	if room := s.c.fairShare() - s.grown; room < want {
@@ -421,6 +425,10 @@ func (s *Stream) growLocked() int {
 			break
 		}
 	}
+	if s.grown == 0 {
+		s.c.growthHolders.Add(1)
+		s.c.growthAsked.CompareAndSwap(asked, 0) // answered, unless another asked since
+	}
 	s.grown += n
 	s.drained, s.filled = 0, false
 	s.recvWindow += n
@@ -428,21 +436,41 @@ func (s *Stream) growLocked() int {
 	return n
 }
 
-// fairShare is the window growth each stream that holds or has earned some
-// may keep: the connection's budget over their number (growLocked).
+// askFresh is how long a stream's ask for window growth counts in
+// fairShare: a stream that earned growth asks at each wait of its consumer
+// (a few milliseconds apart for an upload held to its base window), so one
+// whose ask is older has gone idle or slow.
+const askFresh = 100 * time.Millisecond
+
+// testAskFresh, when not 0, replaces askFresh (nanoseconds; tests).
+var testAskFresh atomic.Int64
+
+// fairShare is the window growth each stream whose window has grown may
+// keep: the connection's budget over their number, one more while a
+// stream without growth asks for some (growLocked).
 func (c *Conn) fairShare() int {
-	return c.cfg.MaxWindowGrowth / max(1, int(c.growthShares.Load()))
+	n := int(c.growthHolders.Load())
+	if at := c.growthAsked.Load(); at != 0 {
+		fresh := int64(askFresh)
+		if f := testAskFresh.Load(); f != 0 {
+			fresh = f
+		}
+		if nanotime(time.Now())-at < fresh {
+			n++
+		} else {
+			c.growthAsked.CompareAndSwap(at, 0)
+		}
+	}
+	return c.cfg.MaxWindowGrowth / max(1, n)
 }
 
-// releaseGrowthLocked gives the stream's window growth, and its share of
-// the budget, back to the connection (growLocked); the stream has ended.
-// s.mu is held.
+// releaseGrowthLocked gives the stream's window growth back to the
+// connection (growLocked); the stream has ended. s.mu is held.
 func (s *Stream) releaseGrowthLocked() {
-	s.c.windowGrowth.Add(-int64(s.grown))
-	s.grown = 0
-	if s.share {
-		s.share = false
-		s.c.growthShares.Add(-1)
+	if s.grown > 0 {
+		s.c.growthHolders.Add(-1)
+		s.c.windowGrowth.Add(-int64(s.grown))
+		s.grown = 0
 	}
 }
 
@@ -475,6 +503,9 @@ func (s *Stream) takeGrantLocked() int {
 			s.grown -= k
 			s.unacked -= k
 			s.c.windowGrowth.Add(-int64(k))
+			if s.grown == 0 { // a share of nothing: a budget smaller than the streams
+				s.c.growthHolders.Add(-1)
+			}
 		}
 	}
 	if s.unacked < s.c.cfg.StreamWindow/4 || s.recvEnd != nil || s.finished {

@@ -541,9 +541,12 @@ func TestLearnedGrowthPartOfBudget(t *testing.T) {
 
 // TestConcurrentUploadsShareGrowth (issue 15, twentieth pass, from the
 // nineteenth pass's second review): a second upload on a connection whose
-// first upload took the whole growth budget earns half of it, which the
-// first gives back as it reads on, and the whole once the first ends.
+// first upload took the whole growth budget asks for growth, and earns half
+// of it, which the first gives back as it reads on, and the whole once the
+// first ends.
 func TestConcurrentUploadsShareGrowth(t *testing.T) {
+	testAskFresh.Store(int64(time.Minute)) // the ask counts while the first reads on, however slowly
+	defer testAskFresh.Store(0)
 	const budget = 4 * DefaultStreamWindow
 	u := uploadServer(t, Config{MaxWindowGrowth: budget})
 	cc, sc, streams := u.cc, u.sc, u.streams
@@ -557,14 +560,13 @@ func TestConcurrentUploadsShareGrowth(t *testing.T) {
 		t.Fatalf("first stream grew by %d; want the whole budget, %d", g, budget)
 	}
 
-	// The second earns growth: it finds the budget taken, and asks for
-	// its share.
+	// The second earns growth: it finds the budget taken, and asks.
 	s2, _ := openGranted(t, ctx, cc)
 	ss2 := <-streams
 	burst(t, ctx, u, s2, ss2, 1, 2)
-	waitFor(t, 30*time.Second, "the second stream's ask", func() bool { return sc.growthShares.Load() == 2 })
-	if g := streamGrowth(ss2); g != 0 {
-		t.Fatalf("second stream grew by %d with the budget taken; want 0", g)
+	waitFor(t, 30*time.Second, "the second stream's ask", func() bool { return sc.growthAsked.Load() != 0 })
+	if g, h := streamGrowth(ss2), sc.growthHolders.Load(); g != 0 || h != 1 {
+		t.Fatalf("second stream grew by %d with the budget taken, %d streams hold growth; want 0, 1", g, h)
 	}
 	// The first gives back what is beyond its share as it reads on, and
 	// does not grow again; the second then takes its share.
@@ -575,6 +577,9 @@ func TestConcurrentUploadsShareGrowth(t *testing.T) {
 	burst(t, ctx, u, s2, ss2, 1, 4)
 	if g1, g2, c := streamGrowth(ss1), streamGrowth(ss2), sc.windowGrowth.Load(); g1 != budget/2 || g2 != budget/2 || c != budget {
 		t.Fatalf("streams hold %d and %d, the connection counts %d; want %d each, %d", g1, g2, c, budget/2, budget)
+	}
+	if h, a := sc.growthHolders.Load(), sc.growthAsked.Load(); h != 2 || a != 0 {
+		t.Fatalf("%d streams hold growth, ask %d; want 2, the ask answered (0)", h, a)
 	}
 	// The client's credit follows: the first stream's sender has no more
 	// than its shrunk window.
@@ -587,15 +592,53 @@ func TestConcurrentUploadsShareGrowth(t *testing.T) {
 
 	// Once the first ends, the second may grow to the whole budget.
 	endUpload(t, ctx, s1)
-	waitFor(t, 30*time.Second, "the first stream's share back", func() bool { return sc.growthShares.Load() == 1 })
+	waitFor(t, 30*time.Second, "the first stream's growth back", func() bool { return sc.growthHolders.Load() == 1 })
 	burst(t, ctx, u, s2, ss2, budget, 20)
 	if g := streamGrowth(ss2); g != budget {
 		t.Fatalf("second stream grew by %d alone; want %d", g, budget)
 	}
 	endUpload(t, ctx, s2)
-	waitFor(t, 30*time.Second, "the growth and shares back", func() bool {
-		return sc.windowGrowth.Load() == 0 && sc.growthShares.Load() == 0
+	waitFor(t, 30*time.Second, "the growth back", func() bool {
+		return sc.windowGrowth.Load() == 0 && sc.growthHolders.Load() == 0
 	})
+}
+
+// TestStaleAskTakesNoShare (twentieth pass, from its review): a stream that
+// asked for growth and then went idle counts in the others' share only
+// while its ask is fresh (askFresh); afterwards the stream that holds the
+// budget keeps it as it reads on. (Before, every stream that had ever
+// asked held the others to the budget over their number until it ended.)
+func TestStaleAskTakesNoShare(t *testing.T) {
+	testAskFresh.Store(int64(time.Millisecond))
+	defer testAskFresh.Store(0)
+	const budget = 4 * DefaultStreamWindow
+	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	cc, sc, streams := u.cc, u.sc, u.streams
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	s1, _ := openGranted(t, ctx, cc)
+	ss1 := <-streams
+	burst(t, ctx, u, s1, ss1, budget, 40)
+	var asking []*Stream
+	for range 3 { // three streams ask once, then idle
+		s, _ := openGranted(t, ctx, cc)
+		ss := <-streams
+		burst(t, ctx, u, s, ss, 1, 2)
+		waitFor(t, 30*time.Second, "an ask", func() bool { return sc.growthAsked.Load() != 0 })
+		asking = append(asking, s)
+	}
+	time.Sleep(10 * time.Millisecond) // the asks are stale
+	burst(t, ctx, u, s1, ss1, budget+1, 2)
+	if g := streamGrowth(ss1); g != budget {
+		t.Fatalf("first stream holds %d after reading on past stale asks; want the whole budget, %d", g, budget)
+	}
+	if a := sc.growthAsked.Load(); a != 0 {
+		t.Fatalf("stale ask still recorded (%d)", a)
+	}
+	for _, s := range append(asking, s1) {
+		endUpload(t, ctx, s)
+	}
 }
 
 // TestSmallWindowDoesNotStall (from the twentieth pass's review): at the
