@@ -356,7 +356,7 @@ func (c *Conn) newStream(id uint32, into *Stream) *Stream {
 		s = new(Stream)
 	}
 	s.c, s.id = c, id
-	s.sendCredit = InitialWindow
+	s.sendCredit, s.sendPeak = InitialWindow, InitialWindow
 	s.recvWindow = c.cfg.StreamWindow
 	if c.cfg.LendFirstMessage { // its first message as the later ones (slab.go)
 		s.copiedFirst, s.gaveFirst = true, true

@@ -3,6 +3,7 @@ package mux
 import (
 	"bytes"
 	"context"
+	"errors"
 	"runtime"
 	"sync"
 	"testing"
@@ -19,8 +20,10 @@ func sendPartial(ctx context.Context, s *Stream, n int) error {
 	part := make([]byte, 16<<10)
 	for n > 0 {
 		k := min(n, len(part))
-		if err := s.takeCredit(ctx, k+FrameOverhead); err != nil {
+		if ok, err := s.takeFrameCredit(ctx, k+FrameOverhead); err != nil {
 			return err
+		} else if !ok {
+			return errors.New("16 KiB fragments need a window of 32 KiB or more")
 		}
 		err := s.c.write(ctx, s, func(b []byte) []byte {
 			b = frame.AppendHeader(b, frame.TypeMessage, frame.FlagMore, s.id, k)

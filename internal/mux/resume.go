@@ -131,6 +131,7 @@ func (s *Stream) handleWindowAck(n uint32, seq uint64) error {
 	}
 	fn := s.ackFn
 	s.sendCredit += int(n)
+	s.sendPeak = max(s.sendPeak, s.sendCredit)
 	over := s.sendCredit > 1<<31-1
 	s.mu.Unlock()
 	if over {

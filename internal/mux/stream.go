@@ -118,7 +118,7 @@ type Stream struct {
 	// The sending side (stream_send.go, stream_end.go).
 	sendNotify chan struct{} // made by the first sender to wait for credit (senderWakeLocked); a resumable stream's with the stream
 	sendCredit int
-	sendPeak   int   // the most credit a sender has seen at once (wholeWantLocked)
+	sendPeak   int   // the most credit the stream has held at once (handleWindow; wholeWantLocked, takeFrameCredit)
 	sendErr    error // set when the stream can carry no more sends
 	halfClosed bool  // we sent HALF_CLOSE or END
 

@@ -158,6 +158,7 @@ func (s *Stream) handleHalfClose() error {
 func (s *Stream) handleWindow(n uint32) error {
 	s.mu.Lock()
 	s.sendCredit += int(n)
+	s.sendPeak = max(s.sendPeak, s.sendCredit)
 	over := s.sendCredit > 1<<31-1
 	wake := s.sendNotify // nil until a sender waits (senderWakeLocked)
 	s.mu.Unlock()

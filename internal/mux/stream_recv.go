@@ -164,12 +164,6 @@ func (s *Stream) recv(ctx context.Context, read bool) ([]byte, error) {
 		// for more: the sender's replay buffer may be full of it.
 		n, seq := s.ackIdleLocked()
 		n += s.growLocked()
-		if t := s.topUpLocked(); t > 0 {
-			n += t
-			if seq == 0 {
-				seq = s.ackLocked(t)
-			}
-		}
 		if read && s.c.parkState.Load() == 1 {
 			read = false // once per receive: else it waits below
 			s.mu.Unlock()
@@ -472,23 +466,6 @@ func (s *Stream) releaseGrowthLocked() {
 		s.c.windowGrowth.Add(-int64(s.grown))
 		s.grown = 0
 	}
-}
-
-// topUpLocked grants what the consumer has taken and not granted back yet,
-// as it is about to wait on an empty queue, when the peer's credit is less
-// than one frame of the largest a Go sender sends in one piece
-// (InitialWindow, SendProto): under a window of about 85 KiB, what
-// takeGrantLocked keeps back (less than StreamWindow/4) could leave the
-// sender waiting for credit and the consumer for a message, for good. At
-// the default windows the peer then always has more. s.mu is held.
-func (s *Stream) topUpLocked() int {
-	if s.unacked == 0 || s.recvWindow >= InitialWindow || s.recvEnd != nil || s.finished {
-		return 0
-	}
-	n := s.unacked
-	s.unacked = 0
-	s.recvWindow += n
-	return n
 }
 
 // takeGrantLocked returns the credit to grant back now, if enough has been

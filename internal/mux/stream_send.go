@@ -6,7 +6,7 @@ package mux
 // sendMu serializes SendMsg, SendProto, CloseSend, SendHeaders and
 // FinishWith, so that a message's fragments never interleave with another
 // frame of the stream. Credit (sendCredit) is under mu: a sender takes it
-// (takeCredit, waitCredit) and gives back what it did not use; the reader
+// (takeFrameCredit, waitCredit) and gives back what it did not use; the reader
 // goroutine adds to it (handleWindow) and wakes sendNotify, which the first
 // sender to wait makes (senderWakeLocked), both under mu. Frames are
 // queued with Conn.write, which may wait for space in the writer's queue.
@@ -155,8 +155,10 @@ func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	cost := size + FrameOverhead
-	if err := s.takeCredit(ctx, cost); err != nil {
+	if ok, err := s.takeFrameCredit(ctx, cost); err != nil {
 		return err
+	} else if !ok {
+		return s.sendLargeProtoLocked(ctx, m, size)
 	}
 	// A message that answers one the peer sent (a bidi ping-pong, a
 	// server stream's first message) is written by this goroutine when the
@@ -217,6 +219,11 @@ func (s *Stream) marshalled(m proto.Message, back int, err, merr error) error {
 func (s *Stream) sendLargeProto(ctx context.Context, m proto.Message, size int) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
+	return s.sendLargeProtoLocked(ctx, m, size)
+}
+
+// sendLargeProtoLocked is sendLargeProto with sendMu held.
+func (s *Stream) sendLargeProtoLocked(ctx context.Context, m proto.Message, size int) error {
 	if cost := messageCost(size); cost <= maxWholeWait {
 		credit, err := s.waitCredit(ctx, size)
 		if err != nil {
@@ -296,23 +303,36 @@ func (s *Stream) marshalFragments(b []byte, m proto.Message, size int) ([]byte, 
 	return out, nil
 }
 
-// takeCredit waits until n credit is available and takes exactly n.
-func (s *Stream) takeCredit(ctx context.Context, n int) error {
+// takeFrameCredit takes n credit for a message sent as one frame
+// (SendProto), waiting for it only while it is at most half the most credit
+// the stream has held at once (sendPeak): what a receiver certainly gives
+// back, as for a whole message (wholeWantLocked). Otherwise, with less
+// credit in hand, it takes nothing and reports false: the message goes
+// out in fragments as credit comes (sendLargeProtoLocked). A receiver
+// grants consumed credit once a quarter of its window is consumed, so with
+// a window under about 85 KiB a sender that waited for a whole 64 KiB frame
+// could wait for good while the receiver waited for a message (found by
+// the twentieth pass's review).
+func (s *Stream) takeFrameCredit(ctx context.Context, n int) (bool, error) {
 	for {
 		s.mu.Lock()
 		if s.sendErr != nil {
 			err := s.sendErr
 			s.mu.Unlock()
-			return err
+			return false, err
 		}
 		if s.halfClosed {
 			s.mu.Unlock()
-			return tether.Errorf(tether.CodeInternal, "tether: send after close")
+			return false, tether.Errorf(tether.CodeInternal, "tether: send after close")
 		}
 		if s.sendCredit >= n {
 			s.sendCredit -= n
 			s.mu.Unlock()
-			return nil
+			return true, nil
+		}
+		if 2*n > s.sendPeak {
+			s.mu.Unlock()
+			return false, nil
 		}
 		wake, done := s.senderWakeLocked(), s.doneLocked()
 		s.mu.Unlock()
@@ -320,7 +340,7 @@ func (s *Stream) takeCredit(ctx context.Context, n int) error {
 		case <-wake:
 		case <-done:
 		case <-ctx.Done():
-			return tether.AsError(ctx.Err())
+			return false, tether.AsError(ctx.Err())
 		}
 	}
 }

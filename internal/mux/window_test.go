@@ -642,10 +642,11 @@ func TestStaleAskTakesNoShare(t *testing.T) {
 }
 
 // TestSmallWindowDoesNotStall (from the twentieth pass's review): at the
-// smallest stream window (InitialWindow), a consumer that took less than
-// a quarter of it and waits on an empty queue grants it back, so that a
-// sender whose next message needs nearly the whole window in one frame
-// (SendProto) gets the credit; before, both ends waited for good.
+// smallest stream window (InitialWindow), a consumer that took less than a
+// quarter of it keeps that credit back while it waits for more; a sender
+// whose next message needs more than the rest in one frame (SendProto)
+// sends it in fragments instead of waiting for credit that does not come,
+// as it did before, both ends waiting for good.
 func TestSmallWindowDoesNotStall(t *testing.T) {
 	got := make(chan int, 8)
 	cc, _ := pair(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
@@ -668,6 +669,47 @@ func TestSmallWindowDoesNotStall(t *testing.T) {
 			t.Fatalf("message of %d bytes: %v (credit never granted back)", size, err)
 		}
 		<-got
+	}
+	s.Reset(context.Canceled)
+}
+
+// TestSmallWindowNoWindowFlood (from the twentieth pass's second review of
+// a first fix, which granted a small window's consumed credit back at each
+// wait of its consumer): a stream at the smallest window carrying small
+// messages one at a time sends a WINDOW only once a quarter of the window
+// is consumed, not one per message, which the peer counts as idle frames
+// (under minUsefulWindow) and closes the connection for.
+func TestSmallWindowNoWindowFlood(t *testing.T) {
+	got := make(chan struct{}, 1)
+	cc, sc := pair(t, Config{StreamWindow: InitialWindow, Accept: func(s *Stream, _ *tetherv1.Open) {
+		for {
+			if _, err := s.RecvMsg(); err != nil {
+				return
+			}
+			got <- struct{}{}
+		}
+	}}, Config{MaxIdleFrameRate: 50})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 16)
+	for i := range 1000 {
+		if err := s.SendMsg(ctx, msg); err != nil {
+			t.Fatalf("message %d: %v (client %v, server %v)", i, err, cc.err, sc.err)
+		}
+		select {
+		case <-got:
+		case <-cc.Done():
+			t.Fatalf("client closed after %d messages: %v", i, cc.err)
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		}
+	}
+	if cc.isClosed() || sc.isClosed() {
+		t.Fatalf("a connection closed: client %v, server %v", cc.err, sc.err)
 	}
 	s.Reset(context.Canceled)
 }

@@ -634,23 +634,7 @@ export class Stream {
         if (this.end === null) return null;
         throw this.end;
       }
-      this.topUp();
       await new Promise<void>((r) => (this.recvWaiter = r));
     }
-  }
-
-  /**
-   * Grants what was consumed and not granted back yet, before waiting on an
-   * empty queue, when the server's credit is less than one frame of the
-   * largest a Go server sends in one piece (65536 bytes): under a window of
-   * about 85 KiB, what consumed() keeps back could leave both ends waiting
-   * for good (docs/PROTOCOL.md, section 7).
-   */
-  private topUp(): void {
-    if (this.unacked === 0 || this.recvCredit >= INITIAL_WINDOW || this.done) return;
-    const n = this.unacked;
-    this.unacked = 0;
-    this.recvCredit += n;
-    this.c.queue(encodeWindow(this.id, n));
   }
 }
