@@ -85,6 +85,7 @@ type Stream struct {
 	unacked       int   // credit consumed by the application, not yet granted back
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg (single: when RecvMsg must wait)
 	grown         int   // receive window beyond StreamWindow, charged to the connection's windowGrowth (growLocked)
+	grownMax      int   // the most grown has been: what the peer's sender may have seen (shrinkFloorLocked)
 	drained       int   // credit consumed since the receive window last grew
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not

@@ -424,6 +424,7 @@ func (s *Stream) growLocked() int {
 		s.c.growthAsked.CompareAndSwap(asked, 0) // answered, unless another asked since
 	}
 	s.grown += n
+	s.grownMax = max(s.grownMax, s.grown)
 	s.drained, s.filled = 0, false
 	s.recvWindow += n
 	raiseTo(&s.c.learnedGrowth, int64(s.grown))
@@ -468,14 +469,27 @@ func (s *Stream) releaseGrowthLocked() {
 	}
 }
 
+// shrinkFloorLocked is the least growth a stream may give back down to
+// (takeGrantLocked): a Go sender waits for credit for a whole message, or a
+// whole frame, costing up to maxWholeWait and up to half the most credit it
+// has held (wholeWantLocked, takeFrameCredit), and this receiver keeps back
+// less than StreamWindow/4, so the window must stay at least that much
+// above it, or both ends would wait on each other for good. At the default
+// windows (StreamWindow 256 KiB and more) the floor is 0. s.mu is held.
+func (s *Stream) shrinkFloorLocked() int {
+	w := s.c.cfg.StreamWindow
+	return min(maxWholeWait, (w+s.grownMax)/2) - 3*w/4
+}
+
 // takeGrantLocked returns the credit to grant back now, if enough has been
 // consumed to be worth a WINDOW frame. A stream whose window grew beyond
 // its fair share, as other streams earned growth since, gives what it
 // consumed back to the connection's budget instead of granting it, until it
-// is down to its share (growLocked).
+// is down to its share, or to what a sender may be waiting for
+// (shrinkFloorLocked).
 func (s *Stream) takeGrantLocked() int {
 	if s.grown > 0 && s.unacked > 0 {
-		if over := s.grown - s.c.fairShare(); over > 0 {
+		if over := s.grown - max(s.c.fairShare(), s.shrinkFloorLocked()); over > 0 {
 			k := min(over, s.unacked)
 			s.grown -= k
 			s.unacked -= k

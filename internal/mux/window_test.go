@@ -1043,3 +1043,36 @@ func BenchmarkTwoUploads(b *testing.B) {
 		b.ReportMetric(float64(behind)/float64(ahead), "evenness")
 	}
 }
+
+// TestGiveBackKeepsWhatSendersWaitFor (from the twentieth pass's third
+// review): a stream that gives growth back to its share never shrinks its
+// window below what a Go sender may be waiting for whole (up to
+// maxWholeWait and half the most credit it held, wholeWantLocked and
+// takeFrameCredit) plus the quarter of StreamWindow the receiver keeps
+// back; else, at a small StreamWindow, both ends would wait for good. At
+// the default windows the share alone decides.
+func TestGiveBackKeepsWhatSendersWaitFor(t *testing.T) {
+	for _, sw := range []int{InitialWindow, 80 << 10, 128 << 10, DefaultStreamWindow} {
+		for _, grownMax := range []int{64 << 10, 192 << 10, 1 << 20, 4 << 20} {
+			for _, holders := range []int32{1, 2, 8, 64} {
+				c := &Conn{cfg: Config{StreamWindow: sw, MaxWindowGrowth: 4 << 20}}
+				c.windowGrowth.Store(int64(grownMax))
+				c.growthHolders.Store(holders)
+				c.growthAsked.Store(nanotime(time.Now())) // another asks: one share more
+				s := &Stream{c: c, grown: grownMax, grownMax: grownMax, unacked: grownMax + sw}
+				s.takeGrantLocked()
+				need := min(maxWholeWait, (sw+grownMax)/2) // what a sender may wait for whole
+				if got := 3*sw/4 + s.grown; got < need {
+					t.Errorf("window %d, grown to %d, %d holders: gave back to %d, so %d of credit at worst; a sender may wait for %d", sw, grownMax, holders, s.grown, got, need)
+				}
+				share := (4 << 20) / (int(holders) + 1)
+				if want := max(min(grownMax, share), need-3*sw/4); s.grown != want {
+					t.Errorf("window %d, grown to %d, %d holders: kept %d; want %d", sw, grownMax, holders, s.grown, want)
+				}
+				if g := c.windowGrowth.Load(); g != int64(s.grown) {
+					t.Errorf("connection counts %d of growth; the stream holds %d", g, s.grown)
+				}
+			}
+		}
+	}
+}
