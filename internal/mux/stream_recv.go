@@ -424,7 +424,7 @@ func (s *Stream) growLocked() int {
 		s.c.growthAsked.CompareAndSwap(asked, 0) // answered, unless another asked since
 	}
 	s.grown += n
-	s.grownMax = max(s.grownMax, s.grown)
+	s.grownMax = max(s.grownMax, int32(s.grown))
 	s.drained, s.filled = 0, false
 	s.recvWindow += n
 	raiseTo(&s.c.learnedGrowth, int64(s.grown))
@@ -478,7 +478,7 @@ func (s *Stream) releaseGrowthLocked() {
 // windows (StreamWindow 256 KiB and more) the floor is 0. s.mu is held.
 func (s *Stream) shrinkFloorLocked() int {
 	w := s.c.cfg.StreamWindow
-	return min(maxWholeWait, (w+s.grownMax)/2) - 3*w/4
+	return min(maxWholeWait, (w+int(s.grownMax))/2) - 3*w/4
 }
 
 // takeGrantLocked returns the credit to grant back now, if enough has been

@@ -1059,7 +1059,7 @@ func TestGiveBackKeepsWhatSendersWaitFor(t *testing.T) {
 				c.windowGrowth.Store(int64(grownMax))
 				c.growthHolders.Store(holders)
 				c.growthAsked.Store(nanotime(time.Now())) // another asks: one share more
-				s := &Stream{c: c, grown: grownMax, grownMax: grownMax, unacked: grownMax + sw}
+				s := &Stream{c: c, grown: grownMax, grownMax: int32(grownMax), unacked: grownMax + sw}
 				s.takeGrantLocked()
 				need := min(maxWholeWait, (sw+grownMax)/2) // what a sender may wait for whole
 				if got := 3*sw/4 + s.grown; got < need {
