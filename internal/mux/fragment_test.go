@@ -95,12 +95,7 @@ func TestSendMsgFailingMidMessageResets(t *testing.T) {
 		<-s.Context().Done()
 		cause <- context.Cause(s.Context())
 	}}, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, s := openFor(t, cc, 10*time.Second)
 	sendCtx, sendCancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer sendCancel()
 	if err := s.SendMsg(sendCtx, make([]byte, 200<<10)); tether.CodeOf(err) != tether.CodeDeadlineExceeded {

@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	tetherv1 "github.com/tetherrpc/tether/gen/tether/v1"
 	"github.com/tetherrpc/tether/internal/frame"
 )
 
@@ -183,4 +185,17 @@ func (m *messageTally) read(t *testing.T, ws *websocket.Conn) (int, bool) {
 		m.splits++
 	}
 	return len(b), true
+}
+
+// openFor opens a stream on cc (the procedure /a/b, no request yet) with a
+// context that ends after d, or with the test.
+func openFor(t *testing.T, cc *Conn, d time.Duration) (context.Context, *Stream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, s
 }

@@ -539,26 +539,35 @@ func TestLearnedGrowthPartOfBudget(t *testing.T) {
 	}
 }
 
+// grownUpload starts an upload server with a growth budget, asks for
+// growth counting for fresh (askFresh), and one upload whose window has
+// grown by the whole budget: s1 on the client, ss1 on the server.
+func grownUpload(t *testing.T, budget int, fresh time.Duration) (u *uploads, ctx context.Context, s1, ss1 *Stream) {
+	t.Helper()
+	testAskFresh.Store(int64(fresh))
+	t.Cleanup(func() { testAskFresh.Store(0) })
+	u = uploadServer(t, Config{MaxWindowGrowth: budget})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	s1, _ = openGranted(t, ctx, u.cc)
+	ss1 = <-u.streams
+	burst(t, ctx, u, s1, ss1, budget, 40)
+	if g := streamGrowth(ss1); g != budget {
+		t.Fatalf("first stream grew by %d; want the whole budget, %d", g, budget)
+	}
+	return u, ctx, s1, ss1
+}
+
 // TestConcurrentUploadsShareGrowth (issue 15, twentieth pass, from the
 // nineteenth pass's second review): a second upload on a connection whose
 // first upload took the whole growth budget asks for growth, and earns half
 // of it, which the first gives back as it reads on, and the whole once the
 // first ends.
 func TestConcurrentUploadsShareGrowth(t *testing.T) {
-	testAskFresh.Store(int64(time.Minute)) // the ask counts while the first reads on, however slowly
-	defer testAskFresh.Store(0)
 	const budget = 4 * DefaultStreamWindow
-	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	// The ask counts while the first reads on, however slowly.
+	u, ctx, s1, ss1 := grownUpload(t, budget, time.Minute)
 	cc, sc, streams := u.cc, u.sc, u.streams
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-
-	s1, _ := openGranted(t, ctx, cc)
-	ss1 := <-streams
-	burst(t, ctx, u, s1, ss1, budget, 40)
-	if g := streamGrowth(ss1); g != budget {
-		t.Fatalf("first stream grew by %d; want the whole budget, %d", g, budget)
-	}
 
 	// The second earns growth: it finds the budget taken, and asks.
 	s2, _ := openGranted(t, ctx, cc)
@@ -609,17 +618,9 @@ func TestConcurrentUploadsShareGrowth(t *testing.T) {
 // budget keeps it as it reads on. (Before, every stream that had ever
 // asked held the others to the budget over their number until it ended.)
 func TestStaleAskTakesNoShare(t *testing.T) {
-	testAskFresh.Store(int64(time.Millisecond))
-	defer testAskFresh.Store(0)
 	const budget = 4 * DefaultStreamWindow
-	u := uploadServer(t, Config{MaxWindowGrowth: budget})
+	u, ctx, s1, ss1 := grownUpload(t, budget, time.Millisecond)
 	cc, sc, streams := u.cc, u.sc, u.streams
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-
-	s1, _ := openGranted(t, ctx, cc)
-	ss1 := <-streams
-	burst(t, ctx, u, s1, ss1, budget, 40)
 	var asking []*Stream
 	for range 3 { // three streams ask once, then idle
 		s, _ := openGranted(t, ctx, cc)
@@ -658,12 +659,7 @@ func TestSmallWindowDoesNotStall(t *testing.T) {
 			got <- len(m)
 		}
 	}}, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, s := openFor(t, cc, 10*time.Second)
 	for _, size := range []int{10 << 10, 60 << 10, 1 << 10, 63 << 10} {
 		if err := s.SendProto(ctx, wrapperspb.Bytes(make([]byte, size))); err != nil {
 			t.Fatalf("message of %d bytes: %v (credit never granted back)", size, err)
@@ -689,12 +685,7 @@ func TestSmallWindowNoWindowFlood(t *testing.T) {
 			got <- struct{}{}
 		}
 	}}, Config{MaxIdleFrameRate: 50})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, s := openFor(t, cc, 20*time.Second)
 	msg := make([]byte, 16)
 	for i := range 1000 {
 		if err := s.SendMsg(ctx, msg); err != nil {
@@ -920,12 +911,7 @@ func TestOneFrameMessageOverSmallWindow(t *testing.T) {
 		}
 		_ = s.Finish(nil, nil)
 	}}, Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, _, err := cc.Open(ctx, &tetherv1.Open{Procedure: "/a/b"}, nil, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, s := openFor(t, cc, 10*time.Second)
 	m := &wrapperspb.BytesValue{Value: make([]byte, 65530)} // 65,534 bytes, 65,550 of credit
 	if err := s.SendProto(ctx, m); err != nil {
 		t.Fatalf("SendProto: %v", err)
