@@ -140,7 +140,8 @@ func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindo
 // what growth can add to the memory the server makes the client hold.
 // Streams that grow share maxPerConnection: each may keep it over their
 // number (one more while another asks), and one that holds more gives the
-// rest back as it reads. Zero or less keeps a default. A
+// rest back as it reads (docs/PROTOCOL.md, section 7). Zero or less keeps
+// a default. A
 // maxStreamWindow below the stream window is raised to it (1 MiB by
 // default): to hold a stream to less, set WithStreamWindow.
 func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {

@@ -125,8 +125,8 @@ func WithStreamWindow(n int) Option { return func(c *config) { c.mux.StreamWindo
 // stream's first growth goes straight to the most the connection's streams
 // grew, within maxPerConnection. Streams that grow share maxPerConnection:
 // each may keep it over their number (one more while another asks), and
-// one that holds more gives the rest back as it reads. Zero or less keeps
-// a default.
+// one that holds more gives the rest back as it reads (docs/PROTOCOL.md,
+// section 7). Zero or less keeps a default.
 func WithWindowGrowth(maxStreamWindow, maxPerConnection int) Option {
 	return func(c *config) { c.mux.MaxStreamWindow, c.mux.MaxWindowGrowth = maxStreamWindow, maxPerConnection }
 }

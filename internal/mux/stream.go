@@ -45,9 +45,11 @@ type Stream struct {
 	// Set when the stream is made, read-only afterwards (until Clear).
 	c  *Conn
 	id uint32
-	// The most grown (below) has been, what the peer's sender may have
-	// seen (shrinkFloorLocked); under mu, here in id's padding (a
-	// serverStream must stay in its size class: server's size test).
+
+	// Not read-only: under mu, with the receiving side's fields below, but
+	// here in id's padding (a serverStream must stay in its size class:
+	// server's size test). The most grown (below) has been, what the
+	// peer's sender may have seen (shrinkFloorLocked).
 	grownMax int32
 
 	// Set by the reader goroutine before the stream's frames are handled
@@ -88,7 +90,7 @@ type Stream struct {
 	recvWindow    int   // credit the peer still has
 	unacked       int   // credit consumed by the application, not yet granted back
 	deferredGrant int   // server: window beyond InitialWindow, granted on the first RecvMsg (single: when RecvMsg must wait)
-	grown         int   // receive window beyond StreamWindow, charged to the connection's windowGrowth (growLocked)
+	grown         int   // receive window beyond StreamWindow, charged to the connection's windowGrowth (growLocked; given back beyond the stream's share in takeGrantLocked)
 	drained       int   // credit consumed since the receive window last grew
 	partial       int   // reader goroutine: bytes of the message being received
 	midMessage    bool  // reader goroutine: a fragment with MORE came, the message's last has not

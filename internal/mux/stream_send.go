@@ -141,6 +141,9 @@ func (s *Stream) abandonMessage(started bool, err error) error {
 // that the credit in hand covers whole (wholeWantLocked), is marshalled
 // straight into the writer's queue, saving an allocation and a copy; a
 // larger one is marshalled into a pooled buffer and goes through SendMsg.
+// A one-frame message whose cost the credit in hand does not cover, and
+// that is more than half the most credit the stream has held, goes the
+// way of large ones too (takeFrameCredit): in fragments as credit comes.
 func (s *Stream) SendProto(ctx context.Context, m proto.Message) error {
 	size := proto.Size(m)
 	// One frame costs size+FrameOverhead of credit at once: a message
@@ -211,7 +214,8 @@ func (s *Stream) marshalled(m proto.Message, back int, err, merr error) error {
 	return nil
 }
 
-// sendLargeProto sends m, of size bytes, more than one frame. When it
+// sendLargeProto sends m, of size bytes: more than one frame, or one frame
+// that the credit cannot surely cover whole (takeFrameCredit). When it
 // costs little enough to wait for credit for all of it (wholeWantLocked),
 // it is marshalled straight into the writer's queue (marshalFragments);
 // otherwise into a pooled buffer (bigbuf.go), which SendMsg copies into the

@@ -625,6 +625,7 @@ func TestStaleAskTakesNoShare(t *testing.T) {
 	for range 3 { // three streams ask once, then idle
 		s, _ := openGranted(t, ctx, cc)
 		ss := <-streams
+		sc.growthAsked.Store(0) // the last stream's ask, stale already: this one's is awaited below
 		burst(t, ctx, u, s, ss, 1, 2)
 		waitFor(t, 30*time.Second, "an ask", func() bool { return sc.growthAsked.Load() != 0 })
 		asking = append(asking, s)
@@ -1038,6 +1039,8 @@ func BenchmarkTwoUploads(b *testing.B) {
 // back; else, at a small StreamWindow, both ends would wait for good. At
 // the default windows the share alone decides.
 func TestGiveBackKeepsWhatSendersWaitFor(t *testing.T) {
+	testAskFresh.Store(int64(time.Hour)) // the ask below stays fresh, however slow the run
+	defer testAskFresh.Store(0)
 	for _, sw := range []int{InitialWindow, 80 << 10, 128 << 10, DefaultStreamWindow} {
 		for _, grownMax := range []int{64 << 10, 192 << 10, 1 << 20, 4 << 20} {
 			for _, holders := range []int32{1, 2, 8, 64} {
