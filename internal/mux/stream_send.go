@@ -106,7 +106,7 @@ func messageCost(n int) int {
 // wholeWantLocked returns the credit a sender waits for before it sends the
 // rest (n bytes) of a message. That is the whole rest when it costs at most
 // maxWholeWait and at most half the most credit the stream has held at once
-// (sendPeak, at least the peer's window as far as this side has seen it):
+// (creditSureLocked):
 // otherwise a message a little larger than the credit left in the window
 // (a 64 KiB payload costs 65,572 bytes; 3.998 of them fit the server's
 // default 256 KiB window) went out as a large fragment and a sliver that waited for
@@ -118,12 +118,19 @@ func messageCost(n int) int {
 // messages wait for min(n, minFragment) plus a frame's overhead, as before.
 // s.mu is held.
 func (s *Stream) wholeWantLocked(n int) int {
-	s.sendPeak = max(s.sendPeak, s.sendCredit)
-	if cost := messageCost(n); cost <= maxWholeWait && 2*cost <= s.sendPeak {
+	if cost := messageCost(n); cost <= maxWholeWait && s.creditSureLocked(cost) {
 		return cost
 	}
 	return min(n, minFragment) + FrameOverhead
 }
+
+// creditSureLocked reports whether a sender may wait for cost credit at
+// once: at most half the most credit the stream has held (sendPeak, raised
+// by every WINDOW: the largest window the peer has granted), which a
+// receiver that grants consumed credit once a quarter of its window is
+// consumed always gives back; a Go receiver that shrinks its window keeps
+// that much (shrinkFloorLocked). s.mu is held.
+func (s *Stream) creditSureLocked(cost int) bool { return 2*cost <= s.sendPeak }
 
 // abandonMessage returns err, the error of a SendMsg that stops before the
 // message is complete. Once a fragment has been queued (started), the
@@ -334,7 +341,7 @@ func (s *Stream) takeFrameCredit(ctx context.Context, n int) (bool, error) {
 			s.mu.Unlock()
 			return true, nil
 		}
-		if 2*n > s.sendPeak {
+		if !s.creditSureLocked(n) {
 			s.mu.Unlock()
 			return false, nil
 		}
