@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +66,8 @@ type fleetResult struct {
 }
 
 // runFleetClient is a fleet client process's main: it opens cfg.conns
-// connections to targets, prints fleetReady, waits for a line on stdin,
+// connections to targets, collects its garbage, prints fleetReady, waits
+// for a line on stdin,
 // runs the schedule, prints fleetResult and closes its connections when
 // stdin closes.
 func runFleetClient(sys string, targets []string, cfg fleetConfig) error {
@@ -76,6 +78,13 @@ func runFleetClient(sys string, targets []string, cfg fleetConfig) error {
 		return err
 	}
 	defer closeAll(conns)
+	// The set-up's garbage collected before the run, as testing.B does
+	// before it times: a process of 10,000 connections otherwise ran its
+	// first large collection (a heap of ~110 MB, a 173 ms mark phase with
+	// 156 ms of assists) in the run's first seconds, and whether it fell
+	// in the window decided the late share and the p99 of the run
+	// (docs/BENCHMARKS.md, "The push fleet's collections").
+	runtime.GC()
 	if err := out.Encode(fleetReady{Conns: len(conns)}); err != nil {
 		return err
 	}
@@ -181,6 +190,7 @@ func runFleet(conns []bench.Conn, cfg fleetConfig) fleetResult {
 	}
 	wg.Wait()
 	var res fleetResult
+	res.CPUNanos = bench.ReadProcStats(false).CPUNanos - cpu0 // before the harness's own gathering
 	for _, r := range results {
 		res.Calls += r.calls
 		res.Errors += r.errs
@@ -190,7 +200,6 @@ func runFleet(conns []bench.Conn, cfg fleetConfig) fleetResult {
 			res.FirstErr = r.err.Error()
 		}
 	}
-	res.CPUNanos = bench.ReadProcStats(false).CPUNanos - cpu0
 	return res
 }
 
