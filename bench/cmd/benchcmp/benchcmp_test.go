@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/goleak"
 
@@ -97,5 +98,49 @@ func TestReportClientGCs(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("report lacks %q:\n%s", want, s)
 		}
+	}
+}
+
+// TestRunKeepsEveryLatency: run leaves each worker's latencies in its
+// slice of lat, one per op, in the room made for them (no slice grown
+// inside the timed window when the room suffices), and none without lat.
+func TestRunKeepsEveryLatency(t *testing.T) {
+	const workers = 3
+	lat := make([][]time.Duration, workers)
+	for w := range lat {
+		lat[w] = make([]time.Duration, 0, 1<<16)
+	}
+	room := make([]*time.Duration, workers)
+	for w := range lat {
+		room[w] = unsafe.SliceData(lat[w])
+	}
+	res, err := run(20*time.Millisecond, workers, lat, func(int) (int, error) {
+		time.Sleep(50 * time.Microsecond)
+		return 2, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for w, l := range lat {
+		n += int64(len(l))
+		if len(l) > 0 && unsafe.SliceData(l) != room[w] {
+			t.Errorf("worker %d: latencies not in the slice made for them", w)
+		}
+		for _, d := range l {
+			if d <= 0 {
+				t.Fatalf("worker %d: latency %v", w, d)
+			}
+		}
+	}
+	if n == 0 || n != res.ops || res.units != 2*res.ops {
+		t.Fatalf("latencies %d, ops %d, units %d", n, res.ops, res.units)
+	}
+	if res.lat != nil {
+		t.Fatalf("run gathered %d latencies itself", len(res.lat))
+	}
+	res, err = run(5*time.Millisecond, workers, nil, func(int) (int, error) { return 1, nil })
+	if err != nil || res.ops == 0 || res.lat != nil {
+		t.Fatalf("without lat: ops %d, %d latencies, %v", res.ops, len(res.lat), err)
 	}
 }
