@@ -306,6 +306,12 @@ func (e *env) pushFleet(sys string, srv *child) (metrics, error) {
 	// With -profile: the server's CPU and allocation profiles of the timed
 	// run (the "client" ones are of this process, which only waits), taken
 	// outside the stats' bracket as measure does.
+	// The server collects its set-up's garbage too (stats(true): two
+	// collections, finished when it answers), as every fleet client
+	// process did before it reported ready.
+	if _, err := srv.stats(true); err != nil {
+		return nil, err
+	}
 	prof := e.startProfiles(srv, "push-fleet", cfg.duration)
 	srv0, err := srv.stats(false)
 	if err != nil {

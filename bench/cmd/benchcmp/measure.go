@@ -109,12 +109,13 @@ func (e *env) measure(srv *child, name string, workers int, recordLatency bool, 
 		return m, fmt.Errorf("warm-up: %w", err)
 	}
 	var lat [][]time.Duration
+	perWorker := 1 << 14
 	if recordLatency {
-		// Room for the timed run's latencies: the warm-up's rate, and
-		// half as much again.
-		perWorker := 1 << 14
+		// Room for the timed run's latencies: the warm-up's rate per
+		// worker, twice over (workers of one run do not all go at the
+		// same pace).
 		if warm.elapsed > 0 {
-			perWorker = max(perWorker, int(float64(warm.ops)*1.5*float64(e.duration)/float64(warm.elapsed))/workers+1)
+			perWorker = max(perWorker, int(float64(warm.ops)*2*float64(e.duration)/float64(warm.elapsed))/workers+1)
 		}
 		lat = make([][]time.Duration, workers)
 		for w := range lat {
@@ -133,11 +134,18 @@ func (e *env) measure(srv *child, name string, workers int, recordLatency bool, 
 	cli1 := bench.ReadProcStats(false)
 	srv1, serr := srv.stats(false)
 	prof.stop()
-	// Gathered and sorted only now: the sort of a run's latencies (a
+	// Gathered and sorted only now: the sort of a run's latencies (0.7
 	// million at bidi c=64) took 3% of the client's CPU samples inside the
 	// timed window, charged to the system as CPU per call.
+	grew := 0
 	for _, l := range lat {
 		m.lat = append(m.lat, l...)
+		if cap(l) != perWorker {
+			grew++
+		}
+	}
+	if grew > 0 {
+		e.logf("%s: %d workers' latency slices grew during the timed run (its bytes per call include the growth)", name, grew)
 	}
 	slices.Sort(m.lat)
 	if err != nil {
