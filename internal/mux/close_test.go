@@ -3,6 +3,7 @@ package mux
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -133,5 +134,30 @@ func TestClientLeavesTCPCloseToServer(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the client did not finish after the server's close frame and FIN")
+	}
+}
+
+// TestReadErrorOfPeerClose: the error a peer's close frame ends the calls
+// with keeps its text (the documented "connection closed by peer (code
+// reason)") whether gorilla/websocket returns the close frame bare or a
+// caller wraps it, and a connection's routine end costs no allocation to
+// find the close frame.
+func TestReadErrorOfPeerClose(t *testing.T) {
+	ce := &websocket.CloseError{Code: websocket.CloseGoingAway, Text: "shutdown"}
+	for _, err := range []error{ce, fmt.Errorf("read: %w", ce)} {
+		got := readError(err)
+		if tether.CodeOf(got) != tether.CodeUnavailable || got.Error() != "unavailable: tether: connection closed by peer (1001 shutdown)" {
+			t.Errorf("readError(%v) = %v (%v)", err, got, tether.CodeOf(got))
+		}
+		if closeErrorOf(err) != ce {
+			t.Errorf("closeErrorOf(%v) did not find the close frame", err)
+		}
+	}
+	if closeErrorOf(io.EOF) != nil {
+		t.Error("closeErrorOf(io.EOF) found a close frame")
+	}
+	var err error = ce
+	if n := testing.AllocsPerRun(100, func() { _ = closeErrorOf(err) }); n != 0 {
+		t.Errorf("closeErrorOf of a bare close frame: %v allocations", n)
 	}
 }

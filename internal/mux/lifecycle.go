@@ -45,8 +45,13 @@ import (
 // Close closes the connection at once with close code 1000; every open
 // stream fails with unavailable. It is idempotent.
 func (c *Conn) Close() {
-	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), websocket.CloseNormalClosure, "")
+	c.closeWith(tether.NewError(tether.CodeUnavailable, errConnClosed), websocket.CloseNormalClosure, "")
 }
+
+// errConnClosed is the message of a connection closed by this side: the
+// *tether.Error around it is each connection's own (a caller may add
+// details to it), the message needs no formatting.
+var errConnClosed = errors.New("tether: connection closed")
 
 // ClosePolicy closes the connection at once with close code 1008 (policy
 // violation) and the given reason; open streams fail with err.
@@ -291,7 +296,14 @@ func (c *Conn) drain() {
 	// A closeWith running in another goroutine may not have written its
 	// close frame yet: wait for it (closeOnce.Do blocks until the first
 	// call returns; if none ran, this one closes).
-	c.closeWith(tether.Errorf(tether.CodeUnavailable, "tether: connection closed"), 0, "")
+	var err error
+	if !c.isClosed() {
+		// Only the first closeWith keeps its error; an error built for
+		// a connection already closed (the usual case here) would be
+		// garbage at once.
+		err = tether.NewError(tether.CodeUnavailable, errConnClosed)
+	}
+	c.closeWith(err, 0, "")
 	if c.lingerUntil.Load() != 0 {
 		// No read limit while draining: over it, gorilla/websocket would
 		// write a close frame (1009) of its own after this side's.
@@ -313,8 +325,7 @@ func discard(ws *websocket.Conn) {
 		if err == nil {
 			continue
 		}
-		var ce *websocket.CloseError
-		if !errors.As(err, &ce) {
+		if closeErrorOf(err) == nil {
 			_, _ = io.Copy(io.Discard, ws.NetConn())
 		}
 		return

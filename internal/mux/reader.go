@@ -39,6 +39,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -460,19 +461,33 @@ func readCloseCode(err error) int {
 // browser, which cannot send 1002): a bug on one side or the other that
 // operators should see, not a routine disconnect.
 func (c *Conn) logPeerProtocolError(err error) {
-	var ce *websocket.CloseError
-	if errors.As(err, &ce) && (ce.Code == websocket.CloseProtocolError || ce.Code == CloseClientProtocolError) {
+	if ce := closeErrorOf(err); ce != nil && (ce.Code == websocket.CloseProtocolError || ce.Code == CloseClientProtocolError) {
 		c.cfg.Logger.Warn("tether: peer closed the connection for a protocol error", "peer", c.ws.RemoteAddr().String(), "code", ce.Code, "reason", ce.Text)
 	}
 }
 
-func readError(err error) error {
+// closeErrorOf returns the peer's close frame that err reports, or nil.
+// gorilla/websocket returns it unwrapped: the type assertion first, so
+// that a connection's routine end does not allocate errors.As's target.
+func closeErrorOf(err error) *websocket.CloseError {
+	if ce, ok := err.(*websocket.CloseError); ok {
+		return ce
+	}
 	var ce *websocket.CloseError
 	if errors.As(err, &ce) {
+		return ce
+	}
+	return nil
+}
+
+func readError(err error) error {
+	if ce := closeErrorOf(err); ce != nil {
 		if code, ok := refusalCode(ce.Code); ok {
 			return tether.NewError(code, &refusalError{ce.Code, ce.Text})
 		}
-		return tether.Errorf(tether.CodeUnavailable, "tether: connection closed by peer (%d %s)", ce.Code, ce.Text)
+		// "tether: connection closed by peer (%d %s)", built without fmt:
+		// every connection that ends normally comes here.
+		return tether.NewError(tether.CodeUnavailable, errors.New("tether: connection closed by peer ("+strconv.Itoa(ce.Code)+" "+ce.Text+")"))
 	}
 	if errors.Is(err, websocket.ErrReadLimit) {
 		return tether.Errorf(tether.CodeResourceExhausted, "tether: WebSocket message over %d bytes", MaxWebSocketMessage)
