@@ -61,6 +61,11 @@ func New(opts ...Option) *Server {
 		s.cfg.logger = slog.Default()
 	}
 	s.cfg.mux.Logger = s.cfg.logger
+	// What every connection's engine shares, set once: the method value
+	// s.route made per connection was an allocation per set-up.
+	s.cfg.mux.Route = s.route
+	s.cfg.mux.NewStream = newServerStream
+	s.cfg.mux.LendFirstMessage = true // call.Receive decodes, then releases
 	s.upgradeHeader = http.Header{}
 	s.cfg.mux.Announce(s.upgradeHeader, mux.RoleServer)
 	if !s.cfg.noResume {

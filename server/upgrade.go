@@ -71,43 +71,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.logger.Debug("tether upgrade failed", "peer", r.RemoteAddr, "err", err)
 		return // the upgrader has answered
 	}
-	peer := Peer{Addr: r.RemoteAddr, Principal: id.Principal, ConnID: connID}
+	sc := &serverConn{s: s, peer: Peer{Addr: r.RemoteAddr, Principal: id.Principal, ConnID: connID}, ip: ip}
+	if s.resume != nil {
+		sc.budget.limit = s.resume.lim.ConnBytes
+	}
 	cfg := s.cfg.mux
 	cfg.PeerMaxHeaderBytes = mux.ParseLimit(r.Header.Get(mux.HeaderMaxHeaderBytes))
-	var conn *mux.Conn
-	var expiry, aged *time.Timer
-	var budget *lazyBudget
-	if s.resume != nil {
-		budget = &lazyBudget{limit: s.resume.lim.ConnBytes}
-	}
-	cfg.Accept = func(st *mux.Stream, open *tetherv1.Open) { s.serveStream(st, open, peer, budget) }
-	cfg.Route = s.route
-	cfg.NewStream = newServerStream
-	cfg.LendFirstMessage = true // call.Receive decodes, then releases
-	cfg.OnClose = func(error) {
-		s.mu.Lock()
-		if expiry != nil {
-			expiry.Stop()
-		}
-		if aged != nil {
-			aged.Stop()
-		}
-		delete(s.conns, conn)
-		s.releaseIP(ip)
-		s.counters.bytesInClosed.Add(conn.BytesIn())
-		s.counters.bytesOutClosed.Add(conn.BytesOut())
-		s.mu.Unlock()
-		s.wg.Done()
-	}
+	cfg.Accept = sc.accept
+	cfg.OnClose = sc.closed
 	s.mu.Lock()
-	conn = mux.New(ws, mux.RoleServer, cfg)
+	conn := mux.New(ws, mux.RoleServer, cfg)
+	sc.conn = conn // under s.mu, as closed reads it
 	if !id.Expires.IsZero() {
-		expiry = time.AfterFunc(time.Until(id.Expires), func() {
+		sc.expiry = time.AfterFunc(time.Until(id.Expires), func() {
 			conn.ClosePolicy(tether.Errorf(tether.CodeUnauthenticated, "tether: credentials expired"), "credentials expired")
 		})
 	}
 	if s.cfg.maxConnAge > 0 {
-		aged = time.AfterFunc(jitter(s.cfg.maxConnAge), func() { s.ageOut(conn) })
+		sc.aged = time.AfterFunc(jitter(s.cfg.maxConnAge), func() { s.ageOut(conn) })
 	}
 	s.pending--
 	s.conns[conn] = struct{}{}
@@ -120,6 +101,48 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// the connection closes at once).
 		go func() { _ = conn.Shutdown(drainCtx) }()
 	}
+}
+
+// serverConn is what an upgraded connection's hooks (mux.Config.Accept and
+// OnClose) need, in one allocation rather than one per captured variable
+// and closure.
+type serverConn struct {
+	s    *Server
+	peer Peer
+	ip   string
+	// Set under s.mu while the connection is made; closed reads them
+	// under s.mu.
+	conn         *mux.Conn
+	expiry, aged *time.Timer
+	budget       lazyBudget // the connection's replay budget, with resume
+}
+
+// accept is the connection's mux.Config.Accept: it serves one stream.
+func (sc *serverConn) accept(st *mux.Stream, open *tetherv1.Open) {
+	var budget *lazyBudget
+	if sc.s.resume != nil {
+		budget = &sc.budget
+	}
+	sc.s.serveStream(st, open, sc.peer, budget)
+}
+
+// closed is the connection's mux.Config.OnClose: it stops the connection's
+// timers and gives its place back (admit).
+func (sc *serverConn) closed(error) {
+	s := sc.s
+	s.mu.Lock()
+	if sc.expiry != nil {
+		sc.expiry.Stop()
+	}
+	if sc.aged != nil {
+		sc.aged.Stop()
+	}
+	delete(s.conns, sc.conn)
+	s.releaseIP(sc.ip)
+	s.counters.bytesInClosed.Add(sc.conn.BytesIn())
+	s.counters.bytesOutClosed.Add(sc.conn.BytesOut())
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // admit reserves a place for a connection from r, or answers 503 (shutting
