@@ -3,7 +3,7 @@
 # scheduler's terms: context switches, futex calls (threads put to sleep and
 # woken), the poller's epoll calls, reads and writes, per call, client and
 # server, counted by perf stat (Debian's linux-perf) over a run of calls on
-# one connection (or CONNS). Used in docs/BENCHMARKS.md's sixteenth pass: where a
+# one connection (or CONNS). Used in the sixteenth pass (docs/benchmarks/HISTORY.md): where a
 # call's time goes between goroutines, which a CPU profile spreads thin.
 #
 #   ./bench/percall.sh [SYSTEM] [CONCURRENCY] [CALLS] [CONNS]

@@ -9,7 +9,7 @@ package mux
 // runtime wakes a thread for every such wake-up, and the thread finds
 // nothing to run: a client ran 3.7 context switches and 1.9 futex calls per
 // call, against the raw echo's 1.5 and 0.3, and its calls took 48 µs at
-// GOMAXPROCS=1 against 69 µs at 2 (docs/BENCHMARKS.md, seventeenth pass).
+// GOMAXPROCS=1 against 69 µs at 2 (docs/benchmarks/HISTORY.md, seventeenth pass).
 // A stream whose messages are answered one at a time (a bidi ping-pong)
 // paid the same hand-off on both sides for every message: the reader woke
 // the client's receiver, and on the server the handler waiting in RecvMsg

@@ -8,7 +8,7 @@ package mux
 // the server's again when its reader first left the shared poller; the
 // server's upgrade-only listener (Go) for the goroutine that reads the
 // upgrade request: together a fifth of a set-up's instructions in user
-// space (docs/BENCHMARKS.md, "Connection set-up, second pass"). A reader
+// space (docs/benchmarks/HISTORY.md, "Connection set-up, second pass"). A reader
 // goroutine whose loop has returned (the connection parked or ended, or the
 // reader handed off and the lone stream's Accept it then ran returned)
 // instead waits readerIdle (to twice that) for the next reader to run, of
@@ -106,7 +106,7 @@ func (w *workers[T]) idleTime() time.Duration {
 // whole heap when that time comes: with a job every few microseconds and
 // a timer per connection in the heap (read deadlines, heartbeats), those
 // scans took 6 to 8% of the CPU of a server holding 10,000 connections
-// (docs/BENCHMARKS.md). A fired timer re-armed is added, not moved.
+// (docs/benchmarks/HISTORY.md, eleventh pass). A fired timer re-armed is added, not moved.
 func (w *workers[T]) loop(j T) {
 	var idle *time.Timer
 	var armed time.Duration // idle's duration

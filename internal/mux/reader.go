@@ -249,7 +249,7 @@ func (c *Conn) readerEnd() {
 //     when Accept returns (reclaimFromPoller) and reads on. Unary calls one at a time then wake
 //     no goroutine at all: waking one made the runtime wake a thread for it
 //     too, about 2 of the server's 3.8 context switches per call
-//     (docs/BENCHMARKS.md, sixteenth pass). The conditions keep it to
+//     (docs/benchmarks/HISTORY.md, sixteenth pass). The conditions keep it to
 //     that traffic: with many calls in flight, a lone call is a moment when
 //     the pipeline has drained, and the next calls' bytes would wait for
 //     Accept or for the poller instead of a reader already waiting for

@@ -75,7 +75,7 @@ func (s *Stream) handleMessage(f frame.Frame, bufCap int, own *slab) error {
 			// resumable stream's receiver never reads for itself
 			// (mayRead). Told by the reader alone: a flag the receiver
 			// set on every wait cost bidi c=64 about a tenth of its
-			// round trips (docs/BENCHMARKS.md, eighteenth pass).
+			// round trips (docs/benchmarks/HISTORY.md, eighteenth pass).
 			s.fed = true
 		}
 		if !s.answering.Load() {

@@ -369,7 +369,7 @@ func (s *Stream) uncharge() {
 // make each new upload find that out again, doubling a whole window at a
 // time (from 256 KiB to 4 MiB took 3.75 MiB of consumed messages, 30% of a
 // benchmark upload of 200 messages of 64 KiB, which ran 14% faster with the
-// learned growth: docs/BENCHMARKS.md, nineteenth pass). The growth is
+// learned growth: docs/benchmarks/HISTORY.md, nineteenth pass). The growth is
 // still earned, as any: a stream that idles, or whose messages trickle,
 // takes none of the budget.
 //

@@ -302,7 +302,7 @@ func (c *Conn) writeLoop() {
 		// only for a small queue, only after a write that emptied it,
 		// skipping yields after one that did not pay, only with more
 		// than one stream) gave more system calls per call or no clear
-		// CPU saving: docs/BENCHMARKS.md, "The writer's yield".
+		// CPU saving: docs/benchmarks/HISTORY.md, "The writer's yield".
 		runtime.Gosched()
 		c.wmu.Lock()
 		if len(c.wbuf) == 0 || c.wbusy {
@@ -448,7 +448,7 @@ const maxWriteMessage = 129 << 10
 // left as one WebSocket message of up to the stream's window, which the
 // receiver read whole before its consumer got the first frame. Cut at
 // 64 KiB, CPU per 1 KiB message (both ends) fell in 10 of 11 paired runs,
-// by 7% on average (docs/BENCHMARKS.md, "Round 2: what each change
-// gained"), for 0.08 instead of 0.05 read and write system calls per
+// by 7% on average (docs/benchmarks/HISTORY.md, "Streams: WebSocket
+// messages of small frames cut at 64 KiB"), for 0.08 instead of 0.05 read and write system calls per
 // message on both ends together.
 const maxSmallWriteMessage = 64 << 10

@@ -83,7 +83,8 @@ func runFleetClient(sys string, targets []string, cfg fleetConfig) error {
 	// first large collection (a heap of ~110 MB, a 173 ms mark phase with
 	// 156 ms of assists) in the run's first seconds, and whether it fell
 	// in the window decided the late share and the p99 of the run
-	// (docs/BENCHMARKS.md, "The push fleet's collections").
+	// (docs/benchmarks/HISTORY.md, "The harness: the push fleet's
+	// collections").
 	runtime.GC()
 	if err := out.Encode(fleetReady{Conns: len(conns)}); err != nil {
 		return err
