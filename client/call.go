@@ -286,7 +286,7 @@ func (c *Client) openStream(ctx context.Context, co *callOptions, call *Call, fi
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
-			return nil, false, tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded before the call started")
+			return nil, false, deadlinePassed(ctx)
 		}
 		open.TimeoutMicros = uint64((rem + time.Microsecond - 1) / time.Microsecond)
 	}

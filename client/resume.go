@@ -217,17 +217,21 @@ func releaseAbandonedResume(a abandonedResume) {
 	}
 }
 
-// setTimeout sets open's timeout from ctx's deadline.
+// setTimeout sets open's timeout from ctx's deadline. It returns ctx's
+// cause if ctx has ended or its deadline has passed.
 func setTimeout(ctx context.Context, open *tetherv1.Open) error {
 	open.TimeoutMicros = 0
 	if dl, ok := ctx.Deadline(); ok {
 		rem := time.Until(dl)
 		if rem <= 0 {
-			return tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded")
+			return deadlinePassed(ctx)
 		}
 		open.TimeoutMicros = uint64((rem + time.Microsecond - 1) / time.Microsecond)
 	}
-	return ctx.Err()
+	if ctx.Err() != nil {
+		return tether.AsError(context.Cause(ctx))
+	}
+	return nil
 }
 
 func (rs *resumeStream) wakeLocked() {

@@ -290,6 +290,32 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// deadlinePassed is the error of a call or stream whose context's deadline
+// the clock has passed before it was opened: the context's cause, as for
+// any call its context ended (a *tether.Error; the caller may have set it
+// with context.WithDeadlineCause). The context's own timer, which ends it
+// and sets the cause, may not have run yet: a busy process runs timers
+// late (by a tenth of a second under the race detector on 2 loaded CPUs),
+// so this waits for it. A Context whose Done does not close after its
+// deadline, against the interface's contract, gets tether's own error after
+// maxDeadlineLag.
+func deadlinePassed(ctx context.Context) error {
+	if ctx.Err() == nil {
+		t := time.NewTimer(maxDeadlineLag)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			return tether.Errorf(tether.CodeDeadlineExceeded, "tether: deadline exceeded before the call started")
+		}
+	}
+	return tether.AsError(context.Cause(ctx))
+}
+
+// maxDeadlineLag is how long deadlinePassed waits for a context whose
+// deadline has passed to end (a variable for the tests).
+var maxDeadlineLag = time.Second
+
 // fitsDeadline reports whether waiting d leaves time for another attempt.
 func fitsDeadline(ctx context.Context, d time.Duration) bool {
 	dl, ok := ctx.Deadline()

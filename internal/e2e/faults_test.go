@@ -393,7 +393,7 @@ func TestStalledUnarySendEndsWithCause(t *testing.T) {
 		_, err := e.echo.Say(ctx, &echov1.SayRequest{Payload: make([]byte, size)}, client.WithoutRetries())
 		cancel()
 		if err != cause {
-			t.Errorf("%d-byte request: err = %#v, want the context's cause %v", size, err, cause)
+			t.Errorf("%d-byte request: err = %v (%#v), want the context's cause %v", size, err, err, cause)
 		}
 	}
 }
