@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # abpairs.sh: two builds of tether side by side in alternating runs, the way
-# docs/BENCHMARKS.md measures a change ("alternating pairs"): one benchcmp
+# docs/benchmarks/HISTORY.md measures a change ("alternating pairs"): one benchcmp
 # run of revision A, then one of revision B, ROUNDS times, each against a
 # fresh server, and for every row of benchcmp's table both medians and in
 # how many pairs B's value was lower (the order in a round alternates: A

@@ -66,7 +66,8 @@ const (
 	// client's peer is its server, and what the window lets it queue is
 	// bounded by the streams the client's own application opens. At 256
 	// KiB a download stream of large messages ran at 73% to 75% of a raw
-	// WebSocket stream; at 1 MiB it runs at 92% to 103% (docs/BENCHMARKS.md).
+	// WebSocket stream; at 1 MiB it runs at 92% to 103% (docs/benchmarks/HISTORY.md,
+	// sixth pass).
 	DefaultStreamWindow = 1 << 20
 	DefaultPingInterval = mux.DefaultPingInterval
 	DefaultPingTimeout  = mux.DefaultPingTimeout
