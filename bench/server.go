@@ -118,6 +118,7 @@ func Serve(system string, ips ...string) (*Server, error) {
 		mux.HandleFunc(RawPath, rawEcho)
 		mux.HandleFunc(RawStreamPath, rawStream)
 		mux.HandleFunc(RawUploadPath, rawUpload)
+		mux.HandleFunc(RawMuxPath, rawMuxServe)
 		s.stop = serveHTTP(mux, lns)
 		s.Targets = wsURLs(lns, RawPath)
 	case GRPC:

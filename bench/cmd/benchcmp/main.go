@@ -31,6 +31,9 @@
 //	raw-stream-1KiB,  raw gorilla/websocket stream, server to client
 //	raw-stream-64KiB
 //	raw-upload-64KiB  raw gorilla/websocket stream, client to server
+//	raw-mux-bidi-c64  bidi-c64 on a minimal multiplexer over raw
+//	                  gorilla/websocket (bench.RawMuxConn): the floor of
+//	                  the goroutine-per-stream design, with CPU per round trip
 //
 // Use -run to pick scenarios, -systems to pick the RPC systems (default:
 // all), -profile DIR to collect CPU and allocation profiles of client and

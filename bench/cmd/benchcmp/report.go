@@ -306,19 +306,19 @@ func (e *env) report(w io.Writer) {
 func (e *env) ceiling(w io.Writer) {
 	raw1, rawP := e.get("raw-c1", bench.Raw), e.get("raw-pipelined", bench.Raw)
 	rawS1, rawS64 := e.get("raw-stream-1KiB", bench.Raw), e.get("raw-stream-64KiB", bench.Raw)
-	rawU64 := e.get("raw-upload-64KiB", bench.Raw)
-	if raw1 == nil && rawP == nil && rawS1 == nil && rawS64 == nil && rawU64 == nil {
+	rawU64, rawMux := e.get("raw-upload-64KiB", bench.Raw), e.get("raw-mux-bidi-c64", bench.Raw)
+	if raw1 == nil && rawP == nil && rawS1 == nil && rawS64 == nil && rawU64 == nil && rawMux == nil {
 		return
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Ceiling: raw gorilla/websocket over one connection, no RPC layer; each system's value with its share of the raw value. Echo: a 16-byte binary message. Stream: the server marshals each payload and writes it as a WebSocket message of its own, the client decodes each into a new message (the streaming scenarios' application work; no flow control, no batching). Upload: the same from the client to the server, each message one frame (the raw client's write buffer holds a whole payload; at gorilla's default 4 KiB a client writes 17 frames per 64 KiB message).")
+	fmt.Fprintln(w, "Ceiling: raw gorilla/websocket over one connection, no RPC layer; each system's value with its share of the raw value. Echo: a 16-byte binary message. Stream: the server marshals each payload and writes it as a WebSocket message of its own, the client decodes each into a new message (the streaming scenarios' application work; no flow control, no batching). Upload: the same from the client to the server, each message one frame (the raw client's write buffer holds a whole payload; at gorilla's default 4 KiB a client writes 17 frames per 64 KiB message). Minimal multiplexer (bench.RawMuxConn): 64 streams on one connection, a goroutine each blocking in its receive, one reader and one writer goroutine per end, the writer yielding once before it takes its batch, the bidi scenario's application work, and nothing else (no flow control, deadlines, metadata or errors): the floor of the goroutine-per-stream design every system here shares.")
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "| raw, no RPC layer | raw | %s |\n|---|---:|%s\n", strings.Join(e.systems, " | "), strings.Repeat("---:|", len(e.systems)))
-	line := func(label string, raw metrics, rawMetric, scenario, metricName string, format func(float64) string) {
+	lineOf := func(label string, raw metrics, rawValue func(metrics) float64, scenario string, value func(metrics) float64, format func(float64) string) {
 		if raw == nil || e.results[scenario] == nil {
 			return
 		}
-		rv := raw[rawMetric]
+		rv := rawValue(raw)
 		cols := []string{label, format(rv)}
 		for _, sys := range e.systems {
 			m := e.get(scenario, sys)
@@ -326,10 +326,13 @@ func (e *env) ceiling(w io.Writer) {
 				cols = append(cols, "–")
 				continue
 			}
-			v := m[metricName]
+			v := value(m)
 			cols = append(cols, fmt.Sprintf("%s (%.0f%%)", format(v), 100*v/rv))
 		}
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cols, " | "))
+	}
+	line := func(label string, raw metrics, rawMetric, scenario, metricName string, format func(float64) string) {
+		lineOf(label, raw, metric(rawMetric), scenario, metric(metricName), format)
 	}
 	line("c=1 round trips/s vs unary c=1 calls/s", raw1, mRate, "unary-c1", mRate, fmtInt)
 	line("c=1 p50 round trip (µs) vs unary c=1 p50", raw1, mP50, "unary-c1", mP50, fmt1)
@@ -340,6 +343,11 @@ func (e *env) ceiling(w io.Writer) {
 	line("stream 1 KiB msgs/s vs server stream 1 KiB msgs/s", rawS1, mRate, "stream-1KiB", mRate, fmtInt)
 	line("stream 64 KiB MB/s vs server stream 64 KiB MB/s", rawS64, mMBps, "stream-64KiB", mMBps, fmt1)
 	line("upload 64 KiB MB/s vs client stream 64 KiB MB/s", rawU64, mMBps, "upload-64KiB", mMBps, fmt1)
+	line("minimal multiplexer, 64 streams: round trips/s vs bidi c=64 round trips/s", rawMux, mRate, "bidi-c64", mRate, fmtInt)
+	cpu := sum(mCliCPU, mSrvCPU)
+	lineOf("minimal multiplexer, 64 streams: CPU µs/round trip vs bidi c=64's (client+server)", rawMux, cpu, "bidi-c64", cpu, fmt1)
+	syscalls := sum(mCliReads, mCliWrites, mSrvReads, mSrvWrites)
+	lineOf("minimal multiplexer, 64 streams: read+write syscalls/round trip vs bidi c=64's (client+server)", rawMux, syscalls, "bidi-c64", syscalls, fmt2)
 }
 
 // targets checks the goals of the performance issue (round 2).

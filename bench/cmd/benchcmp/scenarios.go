@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,6 +119,9 @@ func scenarios() []scenario {
 		}},
 		{name: "raw-upload-64KiB", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
 			return e.rawUpload(srv, "raw-upload-64KiB", 64<<10, 200)
+		}},
+		{name: "raw-mux-bidi-c64", systems: []string{bench.Raw}, run: func(e *env, _ string, srv *child) (metrics, error) {
+			return e.rawMuxBidi(srv, "raw-mux-bidi-c64", 64)
 		}},
 	}
 }
@@ -316,6 +320,37 @@ func (e *env) bidi(sys string, srv *child, name string, workers int) (metrics, e
 	}
 	mt := latencyMetrics(m)
 	mt[mConns] = dialed(conns)
+	return mt, nil
+}
+
+// rawMuxBidi is bidi on the minimal multiplexer (bench.RawMuxConn): workers
+// streams on one connection, each sending a 16-byte message and waiting
+// for its echo, measured as the bidi scenarios are.
+func (e *env) rawMuxBidi(srv *child, name string, workers int) (metrics, error) {
+	target := strings.TrimSuffix(srv.Targets[0], bench.RawPath) + bench.RawMuxPath
+	conn, err := bench.DialRawMux(context.Background(), target)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	streams := make([]bench.BidiStream, workers)
+	reqs := make([]*benchv1.Payload, workers)
+	for i := range streams {
+		streams[i] = conn.Bidi()
+		reqs[i] = payload(bench.PayloadSize)
+	}
+	m, err := e.measure(srv, name, workers, true, func(w int) (int, error) {
+		if err := streams[w].Send(reqs[w]); err != nil {
+			return 0, err
+		}
+		_, err := streams[w].Recv()
+		return 1, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	mt := latencyMetrics(m)
+	mt[mConns] = 1
 	return mt, nil
 }
 
