@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/gorilla/websocket"
@@ -32,9 +33,14 @@ const RawMuxPath = "/mux"
 // every message into a new benchv1.Payload and encodes its answer (the
 // client its next request) straight into the write queue.
 //
-// It is a measuring stick, not a transport: a slow stream makes the
-// reader block, a peer can make the server start goroutines without bound,
-// and a stream is never ended.
+// It is written the plain way with gorilla/websocket's own API and
+// defaults (4 KiB buffers, WriteMessage, which copies each batch into its
+// buffer and masks it on the client), where tether frames its own writes;
+// so it is a reference for the design, not a lower bound on it.
+//
+// It is a measuring stick, not a transport: a stream that does not receive
+// holds up the reader once 16 of its frames wait, a peer can make the
+// server start goroutines without bound, and a stream is never ended.
 
 const rawMuxHeader = 8
 
@@ -50,22 +56,46 @@ type rawMuxConn struct {
 	smu     sync.Mutex
 	streams map[uint32]chan []byte
 	nextID  uint32
-	closed  chan struct{}
-	readErr error // set before closed is closed
+	closed  chan struct{} // closed when the reader has ended
+	readErr error         // set before closed is closed
+
+	done       chan struct{} // closed by close: the reader stops waiting for a stream
+	closeOnce  sync.Once
+	writerDone chan struct{} // closed when writeLoop has returned
 }
 
 func newRawMuxConn(ws *websocket.Conn) *rawMuxConn {
 	return &rawMuxConn{
-		ws:      ws,
-		wake:    make(chan struct{}, 1),
-		streams: make(map[uint32]chan []byte),
-		closed:  make(chan struct{}),
+		ws:         ws,
+		wake:       make(chan struct{}, 1),
+		streams:    make(map[uint32]chan []byte),
+		closed:     make(chan struct{}),
+		done:       make(chan struct{}),
+		writerDone: make(chan struct{}),
 	}
+}
+
+// errRawMuxClosed is a Send's error once the connection has ended.
+var errRawMuxClosed = errors.New("bench: raw mux: connection closed")
+
+// close ends the connection: the socket is closed and a reader waiting for
+// a stream to take a frame stops waiting.
+func (c *rawMuxConn) close() {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		_ = c.ws.Close()
+	})
 }
 
 // send queues p as a frame of stream id and wakes the writer.
 func (c *rawMuxConn) send(id uint32, p *benchv1.Payload) error {
 	c.wmu.Lock()
+	select {
+	case <-c.closed:
+		c.wmu.Unlock()
+		return errRawMuxClosed
+	default:
+	}
 	start := len(c.wbuf)
 	c.wbuf = append(c.wbuf, make([]byte, rawMuxHeader)...)
 	b, err := proto.MarshalOptions{}.MarshalAppend(c.wbuf, p)
@@ -87,6 +117,7 @@ func (c *rawMuxConn) send(id uint32, p *benchv1.Payload) error {
 
 // writeLoop writes what is queued until the connection closes.
 func (c *rawMuxConn) writeLoop() {
+	defer close(c.writerDone)
 	for {
 		select {
 		case <-c.wake:
@@ -100,7 +131,7 @@ func (c *rawMuxConn) writeLoop() {
 		c.wmu.Unlock()
 		if len(buf) > 0 {
 			if err := c.ws.WriteMessage(websocket.BinaryMessage, buf); err != nil {
-				_ = c.ws.Close()
+				c.close()
 				return
 			}
 		}
@@ -167,35 +198,47 @@ func (c *rawMuxConn) readLoop(accept func(id uint32) chan []byte) {
 			}
 			c.smu.Unlock()
 			if ch != nil {
-				ch <- payload
+				select {
+				case ch <- payload:
+				case <-c.done:
+					err = errRawMuxClosed
+					return
+				}
 			}
 		}
 	}
 }
 
-// rawMuxServe is the minimal multiplexer's server: every stream echoes
-// each message it receives, decoded and encoded again.
+// rawMuxServe is the minimal multiplexer's server: every stream answers
+// each message it receives with a new Payload of the same body (echo, as
+// every system's Bidi handler does). It returns once the connection and
+// all of its goroutines have ended.
 func rawMuxServe(w http.ResponseWriter, r *http.Request) {
 	ws, err := rawUpgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return
 	}
-	defer ws.Close()
 	c := newRawMuxConn(ws)
 	go c.writeLoop()
+	var streams sync.WaitGroup
 	c.readLoop(func(id uint32) chan []byte {
 		in := make(chan []byte, 16)
-		go func() {
+		streams.Go(func() {
 			for b := range in {
-				p := new(benchv1.Payload)
-				if proto.Unmarshal(b, p) != nil || c.send(id, p) != nil {
-					_ = ws.Close()
+				req := new(benchv1.Payload)
+				if proto.Unmarshal(b, req) != nil || c.send(id, echo(req)) != nil {
+					c.close()
+					for range in { // until the reader ends and closes it
+					}
 					return
 				}
 			}
-		}()
+		})
 		return in
 	})
+	c.close()
+	<-c.writerDone
+	streams.Wait()
 }
 
 // RawMuxConn is the client end of a connection to the minimal multiplexer
@@ -203,10 +246,16 @@ func rawMuxServe(w http.ResponseWriter, r *http.Request) {
 // scenarios compare tether with.
 type RawMuxConn struct{ c *rawMuxConn }
 
-// DialRawMux connects to the minimal multiplexer at target, a ws:// URL
-// of a Raw server with RawMuxPath.
-func DialRawMux(ctx context.Context, target string) (*RawMuxConn, error) {
-	ws, _, err := websocket.DefaultDialer.DialContext(ctx, target, nil)
+// RawMuxURL is the URL of the minimal multiplexer of the Raw server whose
+// target (Server.Targets) is target.
+func RawMuxURL(target string) string {
+	return strings.TrimSuffix(target, RawPath) + RawMuxPath
+}
+
+// DialRawMux connects to the minimal multiplexer at rawURL (RawMuxURL), a
+// loopback address.
+func DialRawMux(ctx context.Context, rawURL string) (*RawMuxConn, error) {
+	ws, err := DialRaw(ctx, rawURL)
 	if err != nil {
 		return nil, err
 	}
@@ -232,11 +281,13 @@ func (m *RawMuxConn) Bidi() BidiStream {
 	return &rawMuxStream{c: c, id: c.nextID, in: in}
 }
 
-// Close closes the connection.
+// Close closes the connection and waits for its reader and writer
+// goroutines to end; every stream's Recv then fails.
 func (m *RawMuxConn) Close() error {
-	err := m.c.ws.Close()
+	m.c.close()
 	<-m.c.closed
-	return err
+	<-m.c.writerDone
+	return nil
 }
 
 type rawMuxStream struct {

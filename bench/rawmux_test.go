@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,21 +12,14 @@ import (
 )
 
 // TestRawMux runs 16 streams of the minimal multiplexer at once over one
-// connection, each checking that every echo is its own message, then
-// closes the connection: the streams' receives end and no goroutine is
-// left (TestMain's goleak check).
+// connection, each checking that every echo is its own message.
 func TestRawMux(t *testing.T) {
-	srv, err := Serve(Raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := DialRawMux(ctx, strings.TrimSuffix(srv.Targets[0], RawPath)+RawMuxPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialRawMuxForTest(t)
+	defer c.Close()
+	// A hang fails the test instead of waiting for go test's timeout:
+	// Close ends every Recv.
+	watchdog := time.AfterFunc(30*time.Second, func() { _ = c.Close() })
+	defer watchdog.Stop()
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for i := range 16 {
@@ -52,14 +44,72 @@ func TestRawMux(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	s := c.Bidi()
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
+}
+
+// TestRawMuxClose closes a connection with one stream waiting in Recv and
+// another whose echoes pile up unreceived (more than its channel holds, so
+// the reader waits for it): Close returns, both streams fail, a stream
+// opened afterwards fails, Send fails, and no goroutine is left on either
+// end (TestMain's goleak check).
+func TestRawMuxClose(t *testing.T) {
+	c := dialRawMuxForTest(t)
+	waiting, piled := c.Bidi(), c.Bidi()
+	for i := range 40 {
+		if err := piled.Send(&benchv1.Payload{Body: fmt.Appendf(nil, "%d", i)}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if _, err := s.Recv(); err == nil {
-		t.Fatal("Recv after Close succeeded")
+	recvErr := make(chan error, 1)
+	go func() {
+		_, err := waiting.Recv()
+		recvErr <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the echoes arrive; Recv waits
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	select {
+	case err := <-recvErr:
+		if err == nil {
+			t.Fatal("a Recv waiting at Close succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a Recv waiting at Close did not return")
+	}
+	for {
+		if _, err := piled.Recv(); err != nil {
+			break // the echoes taken before Close, then the error
+		}
 	}
 	if _, err := c.Bidi().Recv(); err == nil {
 		t.Fatal("Recv on a stream opened after Close succeeded")
 	}
+	if err := waiting.Send(&benchv1.Payload{}); err == nil {
+		t.Fatal("Send after Close succeeded")
+	}
+}
+
+// dialRawMuxForTest serves the Raw system and dials its multiplexer; the
+// server stops at the end of the test.
+func dialRawMuxForTest(t *testing.T) *RawMuxConn {
+	t.Helper()
+	srv, err := Serve(Raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := DialRawMux(ctx, RawMuxURL(srv.Targets[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -32,8 +32,10 @@
 //	raw-stream-64KiB
 //	raw-upload-64KiB  raw gorilla/websocket stream, client to server
 //	raw-mux-bidi-c64  bidi-c64 on a minimal multiplexer over raw
-//	                  gorilla/websocket (bench.RawMuxConn): the floor of
-//	                  the goroutine-per-stream design, with CPU per round trip
+//	                  gorilla/websocket (bench.RawMuxConn), a reference for
+//	                  the goroutine-per-stream design: round trips/s, CPU
+//	                  and read+write syscalls per round trip (an unanchored
+//	                  -run bidi-c64 runs it too)
 //
 // Use -run to pick scenarios, -systems to pick the RPC systems (default:
 // all), -profile DIR to collect CPU and allocation profiles of client and

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -327,8 +326,7 @@ func (e *env) bidi(sys string, srv *child, name string, workers int) (metrics, e
 // streams on one connection, each sending a 16-byte message and waiting
 // for its echo, measured as the bidi scenarios are.
 func (e *env) rawMuxBidi(srv *child, name string, workers int) (metrics, error) {
-	target := strings.TrimSuffix(srv.Targets[0], bench.RawPath) + bench.RawMuxPath
-	conn, err := bench.DialRawMux(context.Background(), target)
+	conn, err := bench.DialRawMux(context.Background(), bench.RawMuxURL(srv.Targets[0]))
 	if err != nil {
 		return nil, err
 	}
@@ -349,9 +347,7 @@ func (e *env) rawMuxBidi(srv *child, name string, workers int) (metrics, error) 
 	if err != nil {
 		return nil, err
 	}
-	mt := latencyMetrics(m)
-	mt[mConns] = 1
-	return mt, nil
+	return latencyMetrics(m), nil
 }
 
 // idle: e.idleConns connections, each after one unary call, held open
