@@ -158,24 +158,8 @@ func (c *rawMuxConn) readLoop(accept func(id uint32) chan []byte) {
 		c.smu.Unlock()
 	}()
 	for {
-		var r io.Reader
-		if _, r, err = c.ws.NextReader(); err != nil {
+		if scratch, err = RawRead(c.ws, scratch); err != nil {
 			return
-		}
-		scratch = scratch[:0]
-		for {
-			if len(scratch) == cap(scratch) {
-				scratch = append(scratch, 0)[:len(scratch)]
-			}
-			n, rerr := r.Read(scratch[len(scratch):cap(scratch)])
-			scratch = scratch[:len(scratch)+n]
-			if rerr == io.EOF {
-				break
-			}
-			if rerr != nil {
-				err = rerr
-				return
-			}
 		}
 		// One buffer per WebSocket message, shared by its frames: a
 		// stream's goroutine may still decode its payload when the next

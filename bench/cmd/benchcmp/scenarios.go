@@ -303,11 +303,22 @@ func (e *env) bidi(sys string, srv *child, name string, workers int) (metrics, e
 			return nil, err
 		}
 	}
-	reqs := make([]*benchv1.Payload, workers)
+	mt, err := e.measureBidi(srv, name, streams)
+	if err != nil {
+		return nil, err
+	}
+	mt[mConns] = dialed(conns)
+	return mt, nil
+}
+
+// measureBidi times round trips on streams, a worker each sending a
+// 16-byte body and waiting for its echo.
+func (e *env) measureBidi(srv *child, name string, streams []bench.BidiStream) (metrics, error) {
+	reqs := make([]*benchv1.Payload, len(streams))
 	for i := range reqs {
 		reqs[i] = payload(bench.PayloadSize)
 	}
-	m, err := e.measure(srv, name, workers, true, func(w int) (int, error) {
+	m, err := e.measure(srv, name, len(streams), true, func(w int) (int, error) {
 		if err := streams[w].Send(reqs[w]); err != nil {
 			return 0, err
 		}
@@ -317,9 +328,7 @@ func (e *env) bidi(sys string, srv *child, name string, workers int) (metrics, e
 	if err != nil {
 		return nil, err
 	}
-	mt := latencyMetrics(m)
-	mt[mConns] = dialed(conns)
-	return mt, nil
+	return latencyMetrics(m), nil
 }
 
 // rawMuxBidi is bidi on the minimal multiplexer (bench.RawMuxConn): workers
@@ -332,22 +341,10 @@ func (e *env) rawMuxBidi(srv *child, name string, workers int) (metrics, error) 
 	}
 	defer conn.Close()
 	streams := make([]bench.BidiStream, workers)
-	reqs := make([]*benchv1.Payload, workers)
 	for i := range streams {
 		streams[i] = conn.Bidi()
-		reqs[i] = payload(bench.PayloadSize)
 	}
-	m, err := e.measure(srv, name, workers, true, func(w int) (int, error) {
-		if err := streams[w].Send(reqs[w]); err != nil {
-			return 0, err
-		}
-		_, err := streams[w].Recv()
-		return 1, err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return latencyMetrics(m), nil
+	return e.measureBidi(srv, name, streams)
 }
 
 // idle: e.idleConns connections, each after one unary call, held open
