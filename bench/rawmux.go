@@ -19,9 +19,9 @@ import (
 // RawMuxPath is the Raw server's minimal multiplexer (rawMux).
 const RawMuxPath = "/mux"
 
-// The minimal multiplexer: the floor of the design tether, grpc-go and
-// connect-go share for streams, measured over the same gorilla/websocket
-// connection as tether. Each stream has a goroutine that blocks in its
+// The minimal multiplexer: a reference for the design tether, grpc-go and
+// connect-go share for streams, over a gorilla/websocket connection with
+// its defaults. Each stream has a goroutine that blocks in its
 // receive; one reader goroutine per connection hands each message to its
 // stream over a channel; one writer goroutine per connection yields once
 // before it takes the queue (as tether's and grpc-go's writers do, so that
@@ -39,8 +39,9 @@ const RawMuxPath = "/mux"
 // so it is a reference for the design, not a lower bound on it.
 //
 // It is a measuring stick, not a transport: a stream that does not receive
-// holds up the reader once 16 of its frames wait, a peer can make the
-// server start goroutines without bound, and a stream is never ended.
+// holds up the reader once 16 of its frames wait (until the connection is
+// closed), a peer can make the server start goroutines without bound, and
+// a stream is never ended.
 
 const rawMuxHeader = 8
 
@@ -165,10 +166,14 @@ func (c *rawMuxConn) readLoop(accept func(id uint32) chan []byte) {
 		// stream's goroutine may still decode its payload when the next
 		// message arrives.
 		msg := append([]byte(nil), scratch...)
-		for len(msg) >= rawMuxHeader {
+		for len(msg) > 0 {
+			if len(msg) < rawMuxHeader {
+				err = errors.New("bench: raw mux: short frame header")
+				return
+			}
 			id := binary.BigEndian.Uint32(msg)
-			n := int(binary.BigEndian.Uint32(msg[4:]))
-			if len(msg) < rawMuxHeader+n {
+			n := binary.BigEndian.Uint32(msg[4:])
+			if uint64(n) > uint64(len(msg)-rawMuxHeader) {
 				err = errors.New("bench: raw mux: short frame")
 				return
 			}
@@ -211,9 +216,7 @@ func rawMuxServe(w http.ResponseWriter, r *http.Request) {
 			for b := range in {
 				req := new(benchv1.Payload)
 				if proto.Unmarshal(b, req) != nil || c.send(id, echo(req)) != nil {
-					c.close()
-					for range in { // until the reader ends and closes it
-					}
+					c.close() // the reader stops waiting for this stream
 					return
 				}
 			}
@@ -226,7 +229,7 @@ func rawMuxServe(w http.ResponseWriter, r *http.Request) {
 }
 
 // RawMuxConn is the client end of a connection to the minimal multiplexer
-// (RawMuxPath on a Raw server): its bidi streams are the floor the bidi
+// (RawMuxPath on a Raw server): its bidi streams are the reference the bidi
 // scenarios compare tether with.
 type RawMuxConn struct{ c *rawMuxConn }
 
@@ -266,7 +269,8 @@ func (m *RawMuxConn) Bidi() BidiStream {
 }
 
 // Close closes the connection and waits for its reader and writer
-// goroutines to end; every stream's Recv then fails.
+// goroutines to end; every stream's Recv then returns the frames it had
+// already received, then fails.
 func (m *RawMuxConn) Close() error {
 	m.c.close()
 	<-m.c.closed

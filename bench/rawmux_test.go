@@ -3,10 +3,14 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	benchv1 "github.com/tetherrpc/tether/bench/gen/bench/v1"
 )
@@ -48,9 +52,9 @@ func TestRawMux(t *testing.T) {
 
 // TestRawMuxClose closes a connection with one stream waiting in Recv and
 // another whose echoes pile up unreceived (more than its channel holds, so
-// the reader waits for it): Close returns, both streams fail, a stream
-// opened afterwards fails, Send fails, and no goroutine is left on either
-// end (TestMain's goleak check).
+// the reader waits for it): Close returns with the writer ended, both
+// streams fail, a stream opened afterwards fails, Send fails, and no
+// goroutine is left on either end (TestMain's goleak check).
 func TestRawMuxClose(t *testing.T) {
 	c := dialRawMuxForTest(t)
 	waiting, piled := c.Bidi(), c.Bidi()
@@ -64,7 +68,15 @@ func TestRawMuxClose(t *testing.T) {
 		_, err := waiting.Recv()
 		recvErr <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // the echoes arrive; Recv waits
+	// Wait until the piled stream's channel is full: the reader then waits
+	// for it with more echoes behind (40 sent, 16 held).
+	in := piled.(*rawMuxStream).in
+	for deadline := time.Now().Add(10 * time.Second); len(in) < cap(in); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the piled stream holds %d echoes, want %d", len(in), cap(in))
+		}
+		time.Sleep(time.Millisecond)
+	}
 	closed := make(chan error, 1)
 	go func() { closed <- c.Close() }()
 	select {
@@ -74,6 +86,11 @@ func TestRawMuxClose(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close did not return")
+	}
+	select {
+	case <-c.c.writerDone:
+	default:
+		t.Fatal("Close returned before the writer goroutine ended")
 	}
 	select {
 	case err := <-recvErr:
@@ -111,5 +128,40 @@ func dialRawMuxForTest(t *testing.T) *RawMuxConn {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = c.Close() }) // before the server's: cleanups run last first
 	return c
+}
+
+// TestRawMuxBadFrames sends the multiplexer's server a payload that does
+// not decode, and a message that ends inside a frame header: each time the
+// server closes the connection (and, per TestMain's goleak check, leaves
+// no goroutine).
+func TestRawMuxBadFrames(t *testing.T) {
+	srv, err := Serve(Raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	for name, msg := range map[string][]byte{
+		"undecodable payload": {0, 0, 0, 1, 0, 0, 0, 2, 0xff, 0xff},
+		"partial header":      {0, 0, 0, 1, 0, 0},
+		"length past the end": {0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			ws, err := DialRaw(ctx, RawMuxURL(srv.Targets[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ws.Close()
+			if err := ws.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+				t.Fatal(err)
+			}
+			_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, _, err := ws.ReadMessage(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("ReadMessage = %v, want the server's close", err)
+			}
+		})
+	}
 }

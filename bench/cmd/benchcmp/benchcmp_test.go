@@ -144,3 +144,52 @@ func TestRunKeepsEveryLatency(t *testing.T) {
 		t.Fatalf("without lat: ops %d, %d latencies, %v", res.ops, len(res.lat), err)
 	}
 }
+
+// TestReportMultiplexerRows checks the ceiling table's minimal-multiplexer
+// rows and their note: printed with both raw-mux-bidi-c64 and bidi-c64,
+// left out when either is missing.
+func TestReportMultiplexerRows(t *testing.T) {
+	newEnv := func() *env {
+		return &env{
+			systems: []string{bench.Tether, bench.GRPC},
+			fleet:   fleetConfig{conns: 10000, interval: time.Second},
+			results: map[string]map[string]metrics{
+				"raw-c1": {bench.Raw: {mRate: 20000, mP50: 12, mP99: 100}},
+			},
+			errs: map[string]map[string]error{},
+			na:   map[string]map[string]string{},
+		}
+	}
+	mux := metrics{mRate: 200000, mCliCPU: 3, mSrvCPU: 2.5, mCliReads: 0.05, mCliWrites: 0.07, mSrvReads: 0.05, mSrvWrites: 0.07}
+	bidi := map[string]metrics{
+		bench.Tether: {mRate: 150000, mCliCPU: 4, mSrvCPU: 3.5, mCliReads: 0.06, mCliWrites: 0.09, mSrvReads: 0.06, mSrvWrites: 0.09},
+		bench.GRPC:   {mRate: 100000, mCliCPU: 6, mSrvCPU: 5, mCliReads: 0.07, mCliWrites: 0.08, mSrvReads: 0.08, mSrvWrites: 0.08},
+	}
+	rows := []string{
+		"| minimal multiplexer, 64 streams: round trips/s vs bidi c=64 round trips/s | 200,000 | 150,000 (75%) | 100,000 (50%) |",
+		"| minimal multiplexer, 64 streams: CPU µs/round trip vs bidi c=64's (client+server) | 5.5 | 7.5 (136%) | 11.0 (200%) |",
+		"| minimal multiplexer, 64 streams: read+write syscalls/round trip vs bidi c=64's (client+server) | 0.24 | 0.30 (125%) | 0.31 (129%) |",
+		"Minimal multiplexer (bench.RawMuxConn",
+	}
+	for _, tc := range []struct {
+		name      string
+		mux, bidi bool
+	}{{"both", true, true}, {"no multiplexer", false, true}, {"no bidi", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv()
+			if tc.mux {
+				e.results["raw-mux-bidi-c64"] = map[string]metrics{bench.Raw: mux}
+			}
+			if tc.bidi {
+				e.results["bidi-c64"] = bidi
+			}
+			var out bytes.Buffer
+			e.report(&out)
+			for _, row := range rows {
+				if got, want := strings.Contains(out.String(), row), tc.mux && tc.bidi; got != want {
+					t.Errorf("report has %q: %v, want %v:\n%s", row, got, want, out.String())
+				}
+			}
+		})
+	}
+}
