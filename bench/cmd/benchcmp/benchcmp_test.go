@@ -193,3 +193,36 @@ func TestReportMultiplexerRows(t *testing.T) {
 		})
 	}
 }
+
+// TestTargetsAgainstTheEchosBestRun checks that the raw echo's targets are
+// judged against its best run as well as its median one: a median run in
+// the echo's slow mode must not turn a miss into "yes".
+func TestTargetsAgainstTheEchosBestRun(t *testing.T) {
+	e := &env{
+		systems: []string{bench.Tether},
+		fleet:   fleetConfig{conns: 10000, interval: time.Second},
+		results: map[string]map[string]metrics{
+			"unary-c1":      {bench.Tether: {mP50: 28.3, mP99: 218.5, mRate: 18000}},
+			"raw-c1":        {bench.Raw: {mP50: 65.7, mP99: 195.2, mRate: 14839}},
+			"unary-c64":     {bench.Tether: {mRate: 112963}},
+			"raw-pipelined": {bench.Raw: {mRate: 90000}},
+		},
+		runs: map[string]map[string][]metrics{
+			"raw-c1":        {bench.Raw: {{mP50: 79.7, mP99: 186.5}, {mP50: 12.2, mP99: 197.9}, {mP50: 65.7, mP99: 195.2}}},
+			"raw-pipelined": {bench.Raw: {{mRate: 90000}, {mRate: 80000}, {mRate: 118930}}},
+		},
+		errs: map[string]map[string]error{},
+		na:   map[string]map[string]string{},
+	}
+	var out bytes.Buffer
+	e.report(&out)
+	for _, want := range []string{
+		"| unary c=1 p50 ≤ 2x the raw echo round trip | 28.3 µs vs 65.7 µs (0.43x); vs its best run, 12.2 µs: 2.32x | **no** |",
+		"| unary c=1 p99 ≤ 3x the raw echo's p99 | 218.5 µs vs 195.2 µs (1.12x); vs its best run, 186.5 µs: 1.17x | yes |",
+		"| unary c=64, 1 conn ≥ 120% of the raw echo with 64 in flight | 126%; 95% of its best run | **no** |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+}

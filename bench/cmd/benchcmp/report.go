@@ -355,6 +355,18 @@ func (e *env) ceiling(w io.Writer) {
 	lineOf("minimal multiplexer, 64 streams: read+write syscalls/round trip vs bidi c=64's (client+server)", rawMux, syscalls, "bidi-c64", syscalls, fmt2)
 }
 
+// bestRun is the best of metric over scenario's runs of sys (the highest
+// when higher is better, else the lowest), or its median with no runs kept.
+func (e *env) bestRun(scenario, sys, metric string, higher bool) float64 {
+	best := e.get(scenario, sys)[metric]
+	for _, m := range e.runs[scenario][sys] {
+		if v := m[metric]; v > 0 && (higher && v > best || !higher && v < best) {
+			best = v
+		}
+	}
+	return best
+}
+
 // targets checks the goals of the performance issue (round 2).
 func (e *env) targets(w io.Writer) {
 	type target struct {
@@ -373,20 +385,42 @@ func (e *env) targets(w io.Writer) {
 		t, g := e.get(scenario, bench.Tether), e.get(scenario, peer)
 		return t, g, t != nil && g != nil
 	}
+	// The raw echo's targets are judged against its median run and against
+	// its best one, and met only against both: on these VMs the echo's round
+	// trip is bimodal from run to run (about 12 µs or 65–80 µs), and a
+	// median run in the slow mode would flatter tether.
 	t, raw := e.get("unary-c1", bench.Tether), e.get("raw-c1", bench.Raw)
-	if t != nil && raw != nil && raw[mP50] > 0 {
-		r := t[mP50] / raw[mP50]
-		ts = append(ts, target{"unary c=1 p50 ≤ 2x the raw echo round trip", fmt.Sprintf("%.1f µs vs %.1f µs (%.2fx)", t[mP50], raw[mP50], r), verdict(r <= 2)})
-		r = t[mP99] / raw[mP99]
-		ts = append(ts, target{"unary c=1 p99 ≤ 3x the raw echo's p99", fmt.Sprintf("%.1f µs vs %.1f µs (%.2fx)", t[mP99], raw[mP99], r), verdict(r <= 3)})
+	if t != nil && raw != nil && raw[mP50] > 0 && raw[mP99] > 0 {
+		for _, c := range []struct {
+			goal   string
+			metric string
+			limit  float64
+		}{{"unary c=1 p50 ≤ 2x the raw echo round trip", mP50, 2}, {"unary c=1 p99 ≤ 3x the raw echo's p99", mP99, 3}} {
+			med, best := raw[c.metric], e.bestRun("raw-c1", bench.Raw, c.metric, false)
+			r := t[c.metric] / med
+			measured := fmt.Sprintf("%.1f µs vs %.1f µs (%.2fx)", t[c.metric], med, r)
+			if best != med {
+				rb := t[c.metric] / best
+				measured += fmt.Sprintf("; vs its best run, %.1f µs: %.2fx", best, rb)
+				r = max(r, rb)
+			}
+			ts = append(ts, target{c.goal, measured, verdict(r <= c.limit)})
+		}
 	}
 	if t, g, ok := both("unary-c64", bench.GRPC); ok {
 		r := t[mRate] / g[mRate]
 		ts = append(ts, target{"unary c=64, 1 conn ≥ 2.2x grpc-go", fmt.Sprintf("%.2fx", r), verdict(r >= 2.2)})
 	}
-	if t, raw := e.get("unary-c64", bench.Tether), e.get("raw-pipelined", bench.Raw); t != nil && raw != nil {
-		r := t[mRate] / raw[mRate]
-		ts = append(ts, target{"unary c=64, 1 conn ≥ 120% of the raw echo with 64 in flight", fmt.Sprintf("%.0f%%", 100*r), verdict(r >= 1.2)})
+	if t, raw := e.get("unary-c64", bench.Tether), e.get("raw-pipelined", bench.Raw); t != nil && raw != nil && raw[mRate] > 0 {
+		med, best := raw[mRate], e.bestRun("raw-pipelined", bench.Raw, mRate, true)
+		r := t[mRate] / med
+		measured := fmt.Sprintf("%.0f%%", 100*r)
+		if best != med {
+			rb := t[mRate] / best
+			measured += fmt.Sprintf("; %.0f%% of its best run", 100*rb)
+			r = min(r, rb)
+		}
+		ts = append(ts, target{"unary c=64, 1 conn ≥ 120% of the raw echo with 64 in flight", measured, verdict(r >= 1.2)})
 	}
 	if t, g, ok := both("stream-1KiB", bench.GRPC); ok {
 		r := t[mRate] / g[mRate]
