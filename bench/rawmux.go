@@ -38,10 +38,13 @@ const RawMuxPath = "/mux"
 // buffer and masks it on the client), where tether frames its own writes;
 // so it is a reference for the design, not a lower bound on it.
 //
-// It is a measuring stick, not a transport: a stream that does not receive
-// holds up the reader once 16 of its frames wait (until the connection is
-// closed), a peer can make the server start goroutines without bound, and
-// a stream is never ended.
+// It is a measuring stick, not a transport, used on loopback only: a
+// stream that does not receive holds up the reader once 16 of its frames
+// wait (until the connection is closed), the write queue has no bound (a
+// Send never waits), a peer can make the server start goroutines without
+// bound, and a stream is never ended. Its goroutines end with the
+// connection: the reader when a read fails or Close stops its wait, the
+// writer and the server's stream goroutines when the reader has ended.
 
 const rawMuxHeader = 8
 
